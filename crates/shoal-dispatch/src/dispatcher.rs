@@ -1,0 +1,190 @@
+//! The function registry: name → the active pool, plus retired pools still draining.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::pool::Pool;
+use crate::{DispatchError, InstanceLauncher, Invocation, Outcome, PoolConfig, PoolStatus, Result};
+
+struct Function {
+    active: Arc<Pool>,
+    /// Older versions (or a deleted function's pools) finishing their in-flight work.
+    retired: Vec<Arc<Pool>>,
+}
+
+/// Routes invocations to function pools. Cheap to share (`Arc`).
+pub struct Dispatcher {
+    launcher: Arc<dyn InstanceLauncher>,
+    functions: Mutex<HashMap<String, Function>>,
+    /// Pools of deleted functions, still draining.
+    orphans: Mutex<Vec<Arc<Pool>>>,
+    next_instance: Arc<AtomicU64>,
+    shutting_down: std::sync::atomic::AtomicBool,
+}
+
+impl Dispatcher {
+    pub fn new(launcher: Arc<dyn InstanceLauncher>) -> Arc<Dispatcher> {
+        Arc::new(Dispatcher {
+            launcher,
+            functions: Mutex::new(HashMap::new()),
+            orphans: Mutex::new(Vec::new()),
+            next_instance: Arc::new(AtomicU64::new(1)),
+            shutting_down: Default::default(),
+        })
+    }
+
+    fn functions(&self) -> MutexGuard<'_, HashMap<String, Function>> {
+        self.functions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Make `version` the one that takes new invocations. The previous version drains:
+    /// its queued and in-flight work finishes on its own instances, then they stop.
+    /// Must be called from within a tokio runtime.
+    pub fn deploy(&self, function: &str, version: u32, config: PoolConfig) {
+        let pool = Pool::new(
+            function,
+            version,
+            config,
+            self.launcher.clone(),
+            self.next_instance.clone(),
+        );
+        let mut functions = self.functions();
+        match functions.get_mut(function) {
+            Some(entry) if entry.active.version() == version => {}
+            Some(entry) => {
+                let old = std::mem::replace(&mut entry.active, pool);
+                old.retire();
+                entry.retired.retain(|p| !p.is_finished());
+                entry.retired.push(old);
+            }
+            None => {
+                functions.insert(
+                    function.to_owned(),
+                    Function {
+                        active: pool,
+                        retired: Vec::new(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Forget a function: new calls get `NotFound`, running ones finish.
+    pub fn remove(&self, function: &str) -> bool {
+        let Some(entry) = self.functions().remove(function) else {
+            return false;
+        };
+        entry.active.retire();
+        let mut orphans = self.orphans.lock().unwrap_or_else(|e| e.into_inner());
+        orphans.retain(|p| !p.is_finished());
+        orphans.push(entry.active);
+        orphans.extend(entry.retired);
+        true
+    }
+
+    /// Run one invocation of the active version of `function`.
+    pub async fn invoke(
+        &self,
+        function: &str,
+        request_id: String,
+        payload: Bytes,
+    ) -> Result<Outcome> {
+        if self
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(DispatchError::ShuttingDown);
+        }
+        let pool = self
+            .functions()
+            .get(function)
+            .map(|f| f.active.clone())
+            .ok_or_else(|| DispatchError::NotFound(function.to_owned()))?;
+        let timeout = pool.timeout();
+        let invocation = Invocation {
+            request_id,
+            payload,
+            deadline: Instant::now() + timeout,
+            deadline_epoch_ms: epoch_ms() + timeout.as_millis() as u64,
+        };
+        pool.invoke(invocation).await
+    }
+
+    /// The version that takes new invocations, if the function is known.
+    pub fn active_version(&self, function: &str) -> Option<u32> {
+        self.functions().get(function).map(|f| f.active.version())
+    }
+
+    /// Pools of one function (or all), active first, retired ones still draining after.
+    pub fn status(&self, function: Option<&str>) -> Vec<PoolStatus> {
+        let functions = self.functions();
+        let mut names: Vec<&String> = functions
+            .keys()
+            .filter(|n| function.is_none_or(|f| f == *n))
+            .collect();
+        names.sort();
+        let mut out = Vec::new();
+        for name in names {
+            let entry = &functions[name];
+            out.push(entry.active.status());
+            out.extend(
+                entry
+                    .retired
+                    .iter()
+                    .filter(|p| !p.is_finished())
+                    .map(|p| p.status()),
+            );
+        }
+        out
+    }
+
+    fn all_pools(&self) -> Vec<Arc<Pool>> {
+        let mut pools: Vec<Arc<Pool>> = Vec::new();
+        for entry in self.functions().values() {
+            pools.push(entry.active.clone());
+            pools.extend(entry.retired.iter().cloned());
+        }
+        pools.extend(
+            self.orphans
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned(),
+        );
+        pools
+    }
+
+    /// Refuse new work, let in-flight work finish for up to `grace`, then stop every
+    /// instance and wait (briefly) for them to be gone.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let pools = self.all_pools();
+        for pool in &pools {
+            pool.retire();
+        }
+        let until = Instant::now() + grace;
+        while Instant::now() < until && pools.iter().any(|p| p.in_flight() > 0) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for pool in &pools {
+            pool.stop_all();
+        }
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until && pools.iter().any(|p| p.instance_count() > 0) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn epoch_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

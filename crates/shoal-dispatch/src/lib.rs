@@ -1,0 +1,152 @@
+//! Per-function instance pools, pending queues and the routing policy.
+//!
+//! The dispatcher owns the answer to "which instance runs this invocation, now or later":
+//! it hands an invocation to an instance only while that instance's in-flight count is
+//! below its limit, queues the rest (bounded), starts the instances a burst needs
+//! (`ceil(excess / limit)`, counting the capacity of instances that are still starting),
+//! drains old versions after a redeploy and stops idle instances.
+//!
+//! It is pure logic over the [`InstanceLauncher`] and [`InstanceHandle`] traits, so it is
+//! tested with a paused tokio clock and fake instances. It must not know about HTTP, SQL
+//! or `std::process`: the real launcher lives in `shoal-runtime`.
+#![forbid(unsafe_code)]
+
+mod dispatcher;
+mod pool;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+pub use dispatcher::Dispatcher;
+pub use pool::{InstanceState, InstanceStatus, PoolStatus};
+
+/// A boxed, sendable future, the return type of the trait methods below.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// One call of a function, as the dispatcher moves it.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    /// The `awsRequestId` the handler sees.
+    pub request_id: String,
+    /// The event, UTF-8 JSON.
+    pub payload: Bytes,
+    /// When the caller stops waiting (queueing counts against it).
+    pub deadline: Instant,
+    /// The same deadline as Unix epoch milliseconds, for the runtime's context.
+    pub deadline_epoch_ms: u64,
+}
+
+/// What a handler produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The handler's result, UTF-8 JSON.
+    Success(Bytes),
+    /// The handler threw or rejected: `{errorType, errorMessage, stackTrace}` JSON.
+    FunctionError { error_type: String, body: Bytes },
+}
+
+/// Why an instance could not finish an invocation it was given.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InstanceFailure {
+    /// The process exited (or the channel broke) while the invocation was in flight.
+    #[error("instance {instance} exited while handling the request: {detail}")]
+    Crashed { instance: String, detail: String },
+    /// The instance refused the invocation (it is stopping or its channel is closed).
+    #[error("instance {instance} is not accepting work")]
+    Unavailable { instance: String },
+}
+
+/// Why an instance failed to start.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{error_type}: {message}")]
+pub struct LaunchError {
+    /// Lambda-style error type, e.g. `Runtime.ImportModuleError`.
+    pub error_type: String,
+    pub message: String,
+}
+
+/// Errors the caller of [`Dispatcher::invoke`] sees. The server maps each to one HTTP
+/// status in one place.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DispatchError {
+    #[error("function {0} not found")]
+    NotFound(String),
+    #[error("Task timed out after {:.2} seconds", .0.as_secs_f64())]
+    Timeout(Duration),
+    #[error(transparent)]
+    Instance(#[from] InstanceFailure),
+    #[error("function failed to start: {0}")]
+    InitFailed(LaunchError),
+    #[error("too many requests queued for {function}; retry after {retry_after:?}")]
+    Overloaded {
+        function: String,
+        retry_after: Duration,
+    },
+    #[error("the platform is shutting down")]
+    ShuttingDown,
+}
+
+pub type Result<T, E = DispatchError> = std::result::Result<T, E>;
+
+/// A running instance as the dispatcher sees it. Implemented by `shoal-runtime` for real
+/// processes and by fakes in tests.
+pub trait InstanceHandle: Send + Sync + 'static {
+    /// Run one invocation. The future may be dropped (caller timeout or disconnect): the
+    /// implementation must then forget the invocation without disturbing others.
+    fn invoke(&self, invocation: Invocation) -> BoxFuture<Result<Outcome, InstanceFailure>>;
+    /// Resolves once the instance is gone, with a one-line reason.
+    fn exited(&self) -> BoxFuture<String>;
+    /// Ask the instance to stop (idempotent). In-flight work has already drained when the
+    /// dispatcher calls this, except at shutdown.
+    fn stop(&self);
+    /// OS process id, when there is one.
+    fn pid(&self) -> Option<u32>;
+}
+
+/// What the dispatcher asks the launcher to start.
+#[derive(Debug, Clone)]
+pub struct LaunchRequest {
+    pub function: String,
+    pub version: u32,
+    /// Unique across the daemon's lifetime, e.g. `hello-3-7`.
+    pub instance_id: String,
+    /// The ceiling the runtime may assume (`AWS_LAMBDA_MAX_CONCURRENCY`).
+    pub max_concurrency: u32,
+}
+
+/// Starts instances. `launch` resolves when the instance is ready to take work.
+pub trait InstanceLauncher: Send + Sync + 'static {
+    fn launch(
+        &self,
+        request: LaunchRequest,
+    ) -> BoxFuture<Result<Arc<dyn InstanceHandle>, LaunchError>>;
+}
+
+/// Per-version pool settings, derived from the function's manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    /// In-flight invocations per instance.
+    pub limit: u32,
+    /// Ceiling handed to runtimes; `limit` never exceeds it.
+    pub max_concurrency: u32,
+    pub max_instances: u32,
+    /// Warm instances kept even when idle.
+    pub min_instances: u32,
+    /// An instance idle this long is stopped (down to `min_instances`).
+    pub idle_timeout: Duration,
+    /// Invocations waiting for a slot beyond this get `Overloaded` (429): bounds memory.
+    pub max_queue: usize,
+    /// The function's timeout: queueing plus running, from arrival.
+    pub timeout: Duration,
+}
+
+impl PoolConfig {
+    /// The limit used for `concurrency = "auto"` until the controller exists: a fixed
+    /// value that fits I/O-bound functions well and never exceeds the ceiling.
+    pub const AUTO_DEFAULT_LIMIT: u32 = 64;
+}

@@ -1,0 +1,549 @@
+//! One function version's instances and its queue of invocations waiting for a slot.
+//!
+//! A slot is one unit of an instance's in-flight limit. Callers either get a slot at once
+//! (a [`Grant`]) or wait in the queue; a finishing invocation hands its slot straight to
+//! the next waiter, so a queued call never races a newly arrived one for it.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::{
+    DispatchError, InstanceHandle, InstanceLauncher, Invocation, LaunchError, LaunchRequest,
+    Outcome, PoolConfig, Result,
+};
+
+/// How often the housekeeping task looks for idle instances and finished drains.
+const HOUSEKEEPING_PERIOD: Duration = Duration::from_millis(250);
+/// First pause after a failed start; doubles per consecutive failure.
+const BACKOFF_BASE: Duration = Duration::from_millis(200);
+/// A function that never starts is retried at most this rarely.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceState {
+    /// Launched, not yet ready; its capacity already counts against a burst.
+    Starting,
+    /// Taking work.
+    Ready,
+    /// Takes no new work; stops once its in-flight count reaches zero.
+    Draining,
+    /// Asked to stop; removed when its process is gone.
+    Stopping,
+}
+
+/// A point-in-time view of one instance, for `shoal status` and the control API.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceStatus {
+    pub id: String,
+    pub pid: Option<u32>,
+    pub state: InstanceState,
+    pub in_flight: u32,
+    pub limit: u32,
+    pub uptime_ms: u64,
+    pub invocations: u64,
+}
+
+/// A point-in-time view of one function version's pool.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolStatus {
+    pub function: String,
+    pub version: u32,
+    /// An older version finishing its work after a redeploy or delete.
+    pub retired: bool,
+    pub queued: usize,
+    pub limit: u32,
+    pub max_instances: u32,
+    pub instances: Vec<InstanceStatus>,
+    /// Why the pool last started or stopped an instance.
+    pub last_decision: String,
+}
+
+struct Slot {
+    id: String,
+    state: InstanceState,
+    handle: Option<Arc<dyn InstanceHandle>>,
+    in_flight: u32,
+    limit: u32,
+    started: Instant,
+    idle_since: Instant,
+    invocations: u64,
+}
+
+impl Slot {
+    fn is_live(&self) -> bool {
+        matches!(self.state, InstanceState::Starting | InstanceState::Ready)
+    }
+}
+
+type Waiter = oneshot::Sender<Result<Grant>>;
+
+struct Inner {
+    slots: Vec<Slot>,
+    queue: VecDeque<Waiter>,
+    /// Set when a newer version replaced this one, or the function was deleted.
+    retired: bool,
+    /// Set when the pool has no instances left after retirement.
+    finished: bool,
+    failures: u32,
+    backoff_until: Option<Instant>,
+    last_launch_error: Option<LaunchError>,
+    last_decision: String,
+}
+
+pub(crate) struct Pool {
+    function: String,
+    version: u32,
+    config: PoolConfig,
+    launcher: Arc<dyn InstanceLauncher>,
+    next_instance: Arc<std::sync::atomic::AtomicU64>,
+    inner: Mutex<Inner>,
+}
+
+/// The right to run one invocation on one instance. Dropping it frees the slot (or hands
+/// it to the next waiter).
+pub(crate) struct Grant {
+    pool: Option<Arc<Pool>>,
+    instance: String,
+    handle: Arc<dyn InstanceHandle>,
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool.release(&self.instance);
+        }
+    }
+}
+
+impl Pool {
+    pub(crate) fn new(
+        function: &str,
+        version: u32,
+        config: PoolConfig,
+        launcher: Arc<dyn InstanceLauncher>,
+        next_instance: Arc<std::sync::atomic::AtomicU64>,
+    ) -> Arc<Pool> {
+        let pool = Arc::new(Pool {
+            function: function.to_owned(),
+            version,
+            config,
+            launcher,
+            next_instance,
+            inner: Mutex::new(Inner {
+                slots: Vec::new(),
+                queue: VecDeque::new(),
+                retired: false,
+                finished: false,
+                failures: 0,
+                backoff_until: None,
+                last_launch_error: None,
+                last_decision: "no instances yet".to_owned(),
+            }),
+        });
+        tokio::spawn(housekeeping(Arc::downgrade(&pool)));
+        pool
+    }
+
+    pub(crate) fn version(&self) -> u32 {
+        self.version
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.config.timeout
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock is a bug; keep serving with the state as it is.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Run one invocation: wait for a slot (bounded by the deadline), then run it there.
+    pub(crate) async fn invoke(self: &Arc<Self>, invocation: Invocation) -> Result<Outcome> {
+        let deadline = invocation.deadline;
+        let work = async {
+            let grant = self.acquire().await?;
+            let handle = grant.handle.clone();
+            let outcome = handle.invoke(invocation).await;
+            drop(grant);
+            outcome.map_err(DispatchError::from)
+        };
+        match tokio::time::timeout_at(deadline, work).await {
+            Ok(result) => result,
+            Err(_) => Err(DispatchError::Timeout(self.config.timeout)),
+        }
+    }
+
+    async fn acquire(self: &Arc<Self>) -> Result<Grant> {
+        let waiting = {
+            let mut inner = self.lock();
+            if let Some(grant) = self.try_grant(&mut inner) {
+                return Ok(grant);
+            }
+            let now = Instant::now();
+            let nothing_live = !inner.slots.iter().any(Slot::is_live);
+            if let (Some(until), true) = (inner.backoff_until, nothing_live) {
+                if now < until {
+                    let err = inner
+                        .last_launch_error
+                        .clone()
+                        .unwrap_or_else(|| LaunchError {
+                            error_type: "Runtime.Unknown".into(),
+                            message: "instance failed to start".into(),
+                        });
+                    return Err(DispatchError::InitFailed(err));
+                }
+            }
+            if inner.queue.len() >= self.config.max_queue {
+                return Err(DispatchError::Overloaded {
+                    function: self.function.clone(),
+                    retry_after: Duration::from_secs(1),
+                });
+            }
+            let (tx, rx) = oneshot::channel();
+            inner.queue.push_back(tx);
+            self.scale_up(&mut inner);
+            rx
+        };
+        waiting.await.unwrap_or(Err(DispatchError::ShuttingDown))
+    }
+
+    /// Take a free slot on the least-loaded ready instance, if any.
+    fn try_grant(self: &Arc<Self>, inner: &mut Inner) -> Option<Grant> {
+        let slot = inner
+            .slots
+            .iter_mut()
+            .filter(|s| s.state == InstanceState::Ready && s.in_flight < s.limit)
+            .min_by_key(|s| s.in_flight)?;
+        slot.in_flight += 1;
+        slot.invocations += 1;
+        Some(Grant {
+            pool: Some(self.clone()),
+            instance: slot.id.clone(),
+            handle: slot.handle.clone().expect("ready slot has a handle"),
+        })
+    }
+
+    /// Hand free slots of instance `index` to waiters, oldest first.
+    fn feed_waiters(self: &Arc<Self>, inner: &mut Inner, index: usize) {
+        while inner.slots[index].state == InstanceState::Ready
+            && inner.slots[index].in_flight < inner.slots[index].limit
+        {
+            let Some(waiter) = inner.queue.pop_front() else {
+                break;
+            };
+            if waiter.is_closed() {
+                continue;
+            }
+            let slot = &mut inner.slots[index];
+            slot.in_flight += 1;
+            slot.invocations += 1;
+            let grant = Grant {
+                pool: Some(self.clone()),
+                instance: slot.id.clone(),
+                handle: slot.handle.clone().expect("ready slot has a handle"),
+            };
+            if let Err(Ok(mut grant)) = waiter.send(Ok(grant)) {
+                // The waiter left between the check and the send: take the slot back
+                // without re-entering `release` under the lock.
+                grant.pool = None;
+                let slot = &mut inner.slots[index];
+                slot.in_flight -= 1;
+                slot.invocations -= 1;
+            }
+        }
+    }
+
+    /// An invocation finished on `instance`: pass the slot on or free it.
+    fn release(self: &Arc<Self>, instance: &str) {
+        let mut inner = self.lock();
+        let Some(index) = inner.slots.iter().position(|s| s.id == instance) else {
+            return;
+        };
+        inner.slots[index].in_flight -= 1;
+        if inner.slots[index].in_flight == 0 {
+            inner.slots[index].idle_since = Instant::now();
+        }
+        self.feed_waiters(&mut inner, index);
+        let slot = &inner.slots[index];
+        let drained = slot.in_flight == 0
+            && (slot.state == InstanceState::Draining
+                || (inner.retired && inner.queue.is_empty() && slot.state == InstanceState::Ready));
+        if drained {
+            Self::stop_slot(&mut inner.slots[index]);
+        }
+    }
+
+    fn stop_slot(slot: &mut Slot) {
+        slot.state = InstanceState::Stopping;
+        if let Some(handle) = &slot.handle {
+            handle.stop();
+        }
+    }
+
+    /// Start the instances the queue needs beyond the capacity already starting.
+    fn scale_up(self: &Arc<Self>, inner: &mut Inner) {
+        let limit = self.config.limit.max(1) as usize;
+        let starting_capacity: usize = inner
+            .slots
+            .iter()
+            .filter(|s| s.state == InstanceState::Starting)
+            .map(|s| s.limit as usize)
+            .sum();
+        let waiting = inner.queue.iter().filter(|w| !w.is_closed()).count();
+        if waiting <= starting_capacity {
+            return;
+        }
+        let live = inner.slots.iter().filter(|s| s.is_live()).count();
+        let room = (self.config.max_instances as usize).saturating_sub(live);
+        let need = (waiting - starting_capacity).div_ceil(limit);
+        let starting = need.min(room);
+        if starting == 0 {
+            inner.last_decision = format!(
+                "{waiting} waiting, at max_instances {}: queueing",
+                self.config.max_instances
+            );
+            return;
+        }
+        inner.last_decision = format!(
+            "{waiting} waiting beyond {starting_capacity} starting capacity: \
+             starting {starting} instance(s) at limit {limit}"
+        );
+        for _ in 0..starting {
+            self.launch(inner);
+        }
+    }
+
+    fn launch(self: &Arc<Self>, inner: &mut Inner) {
+        let seq = self
+            .next_instance
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("{}-v{}-{}", self.function, self.version, seq);
+        let now = Instant::now();
+        inner.slots.push(Slot {
+            id: id.clone(),
+            state: InstanceState::Starting,
+            handle: None,
+            in_flight: 0,
+            limit: self.config.limit.max(1),
+            started: now,
+            idle_since: now,
+            invocations: 0,
+        });
+        let request = LaunchRequest {
+            function: self.function.clone(),
+            version: self.version,
+            instance_id: id.clone(),
+            max_concurrency: self.config.max_concurrency,
+        };
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let launched = pool.launcher.launch(request).await;
+            pool.on_launched(&id, launched);
+        });
+    }
+
+    fn on_launched(
+        self: &Arc<Self>,
+        id: &str,
+        launched: std::result::Result<Arc<dyn InstanceHandle>, LaunchError>,
+    ) {
+        let mut inner = self.lock();
+        let index = inner.slots.iter().position(|s| s.id == id);
+        match (launched, index) {
+            (Ok(handle), None) => handle.stop(),
+            (Ok(handle), Some(index)) => {
+                inner.failures = 0;
+                inner.backoff_until = None;
+                let slot = &mut inner.slots[index];
+                slot.handle = Some(handle.clone());
+                slot.state = InstanceState::Ready;
+                slot.idle_since = Instant::now();
+                self.feed_waiters(&mut inner, index);
+                if inner.retired && inner.queue.is_empty() && inner.slots[index].in_flight == 0 {
+                    Self::stop_slot(&mut inner.slots[index]);
+                }
+                let pool = Arc::downgrade(self);
+                let id = id.to_owned();
+                tokio::spawn(async move {
+                    let reason = handle.exited().await;
+                    if let Some(pool) = pool.upgrade() {
+                        pool.on_exit(&id, &reason);
+                    }
+                });
+            }
+            (Err(error), index) => {
+                if let Some(index) = index {
+                    inner.slots.remove(index);
+                }
+                inner.failures += 1;
+                let pause = BACKOFF_BASE
+                    .saturating_mul(1 << inner.failures.min(8).saturating_sub(1))
+                    .min(BACKOFF_MAX);
+                inner.backoff_until = Some(Instant::now() + pause);
+                inner.last_decision = format!(
+                    "start failed ({} in a row), retrying after {pause:?}: {error}",
+                    inner.failures
+                );
+                if !inner.slots.iter().any(Slot::is_live) {
+                    for waiter in inner.queue.drain(..) {
+                        let _ = waiter.send(Err(DispatchError::InitFailed(error.clone())));
+                    }
+                }
+                inner.last_launch_error = Some(error);
+            }
+        }
+    }
+
+    fn on_exit(self: &Arc<Self>, id: &str, reason: &str) {
+        let mut inner = self.lock();
+        let Some(index) = inner.slots.iter().position(|s| s.id == id) else {
+            return;
+        };
+        let slot = inner.slots.remove(index);
+        if slot.state != InstanceState::Stopping {
+            inner.last_decision = format!("instance {id} exited unexpectedly: {reason}");
+        }
+        if !inner.queue.is_empty() {
+            self.scale_up(&mut inner);
+        }
+    }
+
+    /// Stop taking new work; finish what is queued and in flight, then stop.
+    pub(crate) fn retire(self: &Arc<Self>) {
+        let mut inner = self.lock();
+        inner.retired = true;
+        if inner.queue.is_empty() {
+            for slot in inner.slots.iter_mut() {
+                if slot.state == InstanceState::Ready && slot.in_flight == 0 {
+                    Self::stop_slot(slot);
+                } else if slot.state == InstanceState::Ready {
+                    slot.state = InstanceState::Draining;
+                }
+            }
+        }
+        inner.last_decision = "retired: draining".to_owned();
+    }
+
+    /// Stop everything now and fail whatever waits (daemon shutdown).
+    pub(crate) fn stop_all(&self) {
+        let mut inner = self.lock();
+        inner.retired = true;
+        for waiter in inner.queue.drain(..) {
+            let _ = waiter.send(Err(DispatchError::ShuttingDown));
+        }
+        for slot in inner.slots.iter_mut() {
+            Self::stop_slot(slot);
+        }
+    }
+
+    pub(crate) fn in_flight(&self) -> u32 {
+        let inner = self.lock();
+        inner.slots.iter().map(|s| s.in_flight).sum::<u32>() + inner.queue.len() as u32
+    }
+
+    pub(crate) fn instance_count(&self) -> usize {
+        self.lock().slots.len()
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        self.lock().finished
+    }
+
+    pub(crate) fn status(&self) -> PoolStatus {
+        let inner = self.lock();
+        let now = Instant::now();
+        PoolStatus {
+            function: self.function.clone(),
+            version: self.version,
+            retired: inner.retired,
+            queued: inner.queue.iter().filter(|w| !w.is_closed()).count(),
+            limit: self.config.limit,
+            max_instances: self.config.max_instances,
+            instances: inner
+                .slots
+                .iter()
+                .map(|s| InstanceStatus {
+                    id: s.id.clone(),
+                    pid: s.handle.as_ref().and_then(|h| h.pid()),
+                    state: s.state,
+                    in_flight: s.in_flight,
+                    limit: s.limit,
+                    uptime_ms: now.duration_since(s.started).as_millis() as u64,
+                    invocations: s.invocations,
+                })
+                .collect(),
+            last_decision: inner.last_decision.clone(),
+        }
+    }
+
+    /// Periodic work: stop idle instances, keep `min_instances` warm, finish a drain.
+    /// Returns false once the pool is finished.
+    fn housekeep(self: &Arc<Self>) -> bool {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        inner.queue.retain(|w| !w.is_closed());
+        if inner.retired {
+            if inner.queue.is_empty() {
+                for slot in inner.slots.iter_mut() {
+                    if slot.state == InstanceState::Ready && slot.in_flight == 0 {
+                        Self::stop_slot(slot);
+                    }
+                }
+            }
+            if inner.slots.is_empty() && inner.queue.is_empty() {
+                inner.finished = true;
+                return false;
+            }
+            return true;
+        }
+        let mut live = inner.slots.iter().filter(|s| s.is_live()).count();
+        let min = self.config.min_instances as usize;
+        let mut decision = None;
+        for slot in inner.slots.iter_mut() {
+            if live <= min {
+                break;
+            }
+            if slot.state == InstanceState::Ready
+                && slot.in_flight == 0
+                && now.duration_since(slot.idle_since) >= self.config.idle_timeout
+            {
+                Self::stop_slot(slot);
+                live -= 1;
+                decision = Some(format!(
+                    "instance {} idle for {:?}: stopping (min_instances {min})",
+                    slot.id, self.config.idle_timeout
+                ));
+            }
+        }
+        if let Some(decision) = decision {
+            inner.last_decision = decision;
+        }
+        let in_backoff = inner.backoff_until.is_some_and(|until| now < until);
+        if live < min && !in_backoff {
+            inner.last_decision =
+                format!("keeping min_instances {min} warm: starting {}", min - live);
+            for _ in live..min {
+                self.launch(&mut inner);
+            }
+        }
+        true
+    }
+}
+
+async fn housekeeping(pool: Weak<Pool>) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        if !pool.housekeep() {
+            return;
+        }
+    }
+}

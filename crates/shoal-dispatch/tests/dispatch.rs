@@ -1,0 +1,519 @@
+//! Deterministic tests of the dispatcher with fake instances and a paused tokio clock.
+//!
+//! A fake instance "runs" an invocation by sleeping for the number of milliseconds in its
+//! payload (or failing when the payload says so); time only moves when every task waits.
+
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use shoal_dispatch::{
+    BoxFuture, DispatchError, Dispatcher, InstanceFailure, InstanceHandle, InstanceLauncher,
+    Invocation, LaunchError, LaunchRequest, Outcome, PoolConfig,
+};
+use tokio::sync::watch;
+
+#[derive(Default)]
+struct FakeLauncher {
+    launches: AtomicUsize,
+    start_delay_ms: u64,
+    fail_starts: bool,
+    live: Arc<AtomicUsize>,
+    /// Highest in-flight count any one instance saw.
+    peak_in_flight: Arc<AtomicU32>,
+    instances: Mutex<Vec<Arc<FakeInstance>>>,
+}
+
+struct FakeInstance {
+    id: String,
+    version: u32,
+    in_flight: Arc<AtomicU32>,
+    peak: Arc<AtomicU32>,
+    live: Arc<AtomicUsize>,
+    exit: watch::Sender<Option<String>>,
+}
+
+impl InstanceLauncher for FakeLauncher {
+    fn launch(
+        &self,
+        request: LaunchRequest,
+    ) -> BoxFuture<Result<Arc<dyn InstanceHandle>, LaunchError>> {
+        self.launches.fetch_add(1, Ordering::SeqCst);
+        let delay = self.start_delay_ms;
+        let fail = self.fail_starts;
+        let instance = Arc::new(FakeInstance {
+            id: request.instance_id,
+            version: request.version,
+            in_flight: Arc::new(AtomicU32::new(0)),
+            peak: self.peak_in_flight.clone(),
+            live: self.live.clone(),
+            exit: watch::channel(None).0,
+        });
+        if !fail {
+            self.instances.lock().unwrap().push(instance.clone());
+        }
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            if fail {
+                return Err(LaunchError {
+                    error_type: "Runtime.ImportModuleError".into(),
+                    message: "no index.js".into(),
+                });
+            }
+            instance.live.fetch_add(1, Ordering::SeqCst);
+            Ok(instance as Arc<dyn InstanceHandle>)
+        })
+    }
+}
+
+impl FakeInstance {
+    fn crash(&self) {
+        self.exit.send_replace(Some("exit code 1".into()));
+    }
+}
+
+impl InstanceHandle for FakeInstance {
+    fn invoke(&self, invocation: Invocation) -> BoxFuture<Result<Outcome, InstanceFailure>> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        let text = String::from_utf8(invocation.payload.to_vec()).unwrap();
+        let mut exit = self.exit.subscribe();
+        let id = self.id.clone();
+        let version = self.version;
+        // The in-flight counter is decremented by a guard so cancelled futures count too.
+        struct Done(Arc<AtomicU32>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let done = Done(self.in_flight.clone());
+        Box::pin(async move {
+            let _done = done;
+            if text == "throw" {
+                return Ok(Outcome::FunctionError {
+                    error_type: "Error".into(),
+                    body: Bytes::from_static(b"{}"),
+                });
+            }
+            let ms: u64 = text.parse().unwrap_or(0);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(ms)) => {
+                    Ok(Outcome::Success(Bytes::from(format!("{id}@v{version}"))))
+                }
+                _ = exit.wait_for(|e| e.is_some()) => {
+                    Err(InstanceFailure::Crashed { instance: id.clone(), detail: "exit code 1".into() })
+                }
+            }
+        })
+    }
+
+    fn exited(&self) -> BoxFuture<String> {
+        let mut exit = self.exit.subscribe();
+        Box::pin(async move {
+            let reason = exit
+                .wait_for(|e| e.is_some())
+                .await
+                .map(|e| e.clone().unwrap());
+            reason.unwrap_or_else(|_| "dropped".into())
+        })
+    }
+
+    fn stop(&self) {
+        if self.exit.borrow().is_none() {
+            self.live.fetch_sub(1, Ordering::SeqCst);
+            self.exit.send_replace(Some("stopped".into()));
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        None
+    }
+}
+
+fn config(limit: u32) -> PoolConfig {
+    PoolConfig {
+        limit,
+        max_concurrency: 256,
+        max_instances: 100,
+        min_instances: 0,
+        idle_timeout: Duration::from_secs(300),
+        max_queue: 1000,
+        timeout: Duration::from_secs(30),
+    }
+}
+
+fn setup(launcher: FakeLauncher, cfg: PoolConfig) -> (Arc<FakeLauncher>, Arc<Dispatcher>) {
+    let launcher = Arc::new(launcher);
+    let dispatcher = Dispatcher::new(launcher.clone());
+    dispatcher.deploy("f", 1, cfg);
+    (launcher, dispatcher)
+}
+
+/// Fire `n` concurrent invocations with the given payload; collect results in order.
+async fn burst(
+    d: &Arc<Dispatcher>,
+    n: usize,
+    payload: &'static str,
+) -> Vec<Result<Outcome, DispatchError>> {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let d = d.clone();
+            tokio::spawn(async move {
+                d.invoke("f", format!("r{i}"), Bytes::from_static(payload.as_bytes()))
+                    .await
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+fn instance_of(r: &Result<Outcome, DispatchError>) -> String {
+    match r {
+        Ok(Outcome::Success(b)) => String::from_utf8(b.to_vec()).unwrap(),
+        other => panic!("expected success, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn burst_on_cold_function_starts_one_instance_when_limit_allows() {
+    let (launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 300,
+            ..Default::default()
+        },
+        config(64),
+    );
+    let results = burst(&d, 10, "2000").await;
+    let instances: std::collections::BTreeSet<_> = results.iter().map(instance_of).collect();
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    assert_eq!(launcher.launches.load(Ordering::SeqCst), 1);
+    assert_eq!(launcher.peak_in_flight.load(Ordering::SeqCst), 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn limit_one_starts_one_instance_per_concurrent_call() {
+    let (launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 300,
+            ..Default::default()
+        },
+        config(1),
+    );
+    let results = burst(&d, 10, "2000").await;
+    let instances: std::collections::BTreeSet<_> = results.iter().map(instance_of).collect();
+    assert_eq!(instances.len(), 10);
+    assert_eq!(launcher.launches.load(Ordering::SeqCst), 10);
+    assert_eq!(launcher.peak_in_flight.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn burst_starts_ceil_excess_over_limit() {
+    let (launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 300,
+            ..Default::default()
+        },
+        config(4),
+    );
+    let results = burst(&d, 10, "1000").await;
+    assert!(results.iter().all(|r| r.is_ok()));
+    assert_eq!(launcher.launches.load(Ordering::SeqCst), 3, "ceil(10/4)");
+    assert!(launcher.peak_in_flight.load(Ordering::SeqCst) <= 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn warm_instance_with_room_is_used_instead_of_starting_another() {
+    let (launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 300,
+            ..Default::default()
+        },
+        config(8),
+    );
+    burst(&d, 1, "10").await;
+    assert_eq!(launcher.launches.load(Ordering::SeqCst), 1);
+    let results = burst(&d, 8, "500").await;
+    assert!(results.iter().all(|r| r.is_ok()));
+    assert_eq!(
+        launcher.launches.load(Ordering::SeqCst),
+        1,
+        "the running instance had room for 8"
+    );
+    // Nine at once exceeds it by one: exactly one more instance.
+    burst(&d, 9, "500").await;
+    assert_eq!(launcher.launches.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_instances_queues_the_rest_serially() {
+    let mut cfg = config(1);
+    cfg.max_instances = 4;
+    let (launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 100,
+            ..Default::default()
+        },
+        cfg,
+    );
+    let start = tokio::time::Instant::now();
+    let results = burst(&d, 10, "1000").await;
+    assert!(results.iter().all(|r| r.is_ok()));
+    assert_eq!(launcher.launches.load(Ordering::SeqCst), 4);
+    // Ten one-second calls on four serial instances take three rounds.
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(3000) && took < Duration::from_millis(3200),
+        "{took:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn queue_beyond_bound_is_refused_with_overloaded() {
+    let mut cfg = config(1);
+    cfg.max_instances = 1;
+    cfg.max_queue = 3;
+    let (_launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 10,
+            ..Default::default()
+        },
+        cfg,
+    );
+    let results = burst(&d, 6, "100").await;
+    let overloaded = results
+        .iter()
+        .filter(|r| matches!(r, Err(DispatchError::Overloaded { .. })))
+        .count();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    // 3 waiting (one of them gets the single slot when it starts), the rest refused at once.
+    assert_eq!(overloaded, 3, "{results:?}");
+    assert_eq!(ok, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeout_covers_queueing_and_running() {
+    let mut cfg = config(1);
+    cfg.max_instances = 1;
+    cfg.timeout = Duration::from_secs(1);
+    let (_launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 10,
+            ..Default::default()
+        },
+        cfg,
+    );
+    let results = burst(&d, 3, "700").await;
+    assert!(results[0].is_ok());
+    // The second waits ~700 ms then would run 700 more: past its 1 s deadline.
+    assert!(matches!(results[1], Err(DispatchError::Timeout(t)) if t == Duration::from_secs(1)));
+    assert_eq!(
+        results[1].as_ref().unwrap_err().to_string(),
+        "Task timed out after 1.00 seconds"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn redeploy_drains_old_version_and_routes_new_calls_to_new_one() {
+    let (launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 100,
+            ..Default::default()
+        },
+        config(16),
+    );
+    let old_calls = {
+        let d = d.clone();
+        tokio::spawn(async move { burst(&d, 5, "1000").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    d.deploy("f", 2, config(16));
+    let new_results = burst(&d, 3, "10").await;
+    for r in &new_results {
+        assert!(instance_of(r).ends_with("@v2"));
+    }
+    for r in old_calls.await.unwrap() {
+        assert!(
+            instance_of(&r).ends_with("@v1"),
+            "in-flight work finished on the old version"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let status = d.status(Some("f"));
+    assert_eq!(
+        status.len(),
+        1,
+        "the old pool is gone once drained: {status:?}"
+    );
+    assert_eq!(status[0].version, 2);
+    assert_eq!(
+        launcher.live.load(Ordering::SeqCst),
+        1,
+        "only the v2 instance runs"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_instances_stop_after_idle_timeout_and_next_call_cold_starts() {
+    let mut cfg = config(4);
+    cfg.idle_timeout = Duration::from_secs(5);
+    let (launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 100,
+            ..Default::default()
+        },
+        cfg,
+    );
+    burst(&d, 8, "100").await;
+    assert_eq!(launcher.live.load(Ordering::SeqCst), 2);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(launcher.live.load(Ordering::SeqCst), 0, "scaled to zero");
+    assert!(d.status(Some("f"))[0].last_decision.contains("idle"));
+    let r = burst(&d, 1, "10").await;
+    assert!(r[0].is_ok());
+    assert_eq!(launcher.launches.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn min_instances_stay_warm() {
+    let mut cfg = config(4);
+    cfg.idle_timeout = Duration::from_secs(1);
+    cfg.min_instances = 1;
+    let (launcher, _d) = setup(
+        FakeLauncher {
+            start_delay_ms: 100,
+            ..Default::default()
+        },
+        cfg,
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(launcher.live.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_start_fails_waiters_and_backs_off() {
+    let (launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 50,
+            fail_starts: true,
+            ..Default::default()
+        },
+        config(8),
+    );
+    let results = burst(&d, 5, "10").await;
+    for r in &results {
+        assert!(
+            matches!(r, Err(DispatchError::InitFailed(e)) if e.error_type == "Runtime.ImportModuleError"),
+            "{r:?}"
+        );
+    }
+    assert_eq!(launcher.launches.load(Ordering::SeqCst), 1);
+    // Within the backoff window calls fail fast without another start.
+    burst(&d, 3, "10").await;
+    assert_eq!(launcher.launches.load(Ordering::SeqCst), 1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    burst(&d, 1, "10").await;
+    assert_eq!(
+        launcher.launches.load(Ordering::SeqCst),
+        2,
+        "retried after the backoff"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_function_error_does_not_affect_concurrent_calls() {
+    let (_launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 10,
+            ..Default::default()
+        },
+        config(8),
+    );
+    let ok = {
+        let d = d.clone();
+        tokio::spawn(async move { burst(&d, 4, "200").await })
+    };
+    let err = d
+        .invoke("f", "x".into(), Bytes::from_static(b"throw"))
+        .await;
+    assert!(matches!(err, Ok(Outcome::FunctionError { .. })));
+    assert!(ok
+        .await
+        .unwrap()
+        .iter()
+        .all(|r| matches!(r, Ok(Outcome::Success(_)))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn crash_fails_in_flight_calls_and_is_replaced() {
+    let (launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 10,
+            ..Default::default()
+        },
+        config(8),
+    );
+    let calls = {
+        let d = d.clone();
+        tokio::spawn(async move { burst(&d, 3, "5000").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    launcher.instances.lock().unwrap()[0].crash();
+    for r in calls.await.unwrap() {
+        assert!(
+            matches!(
+                r,
+                Err(DispatchError::Instance(InstanceFailure::Crashed { .. }))
+            ),
+            "{r:?}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(d.status(Some("f"))[0]
+        .last_decision
+        .contains("exited unexpectedly"));
+    assert!(burst(&d, 1, "10").await[0].is_ok());
+    assert_eq!(launcher.launches.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_function_is_not_found_and_removed_function_too() {
+    let (_launcher, d) = setup(FakeLauncher::default(), config(8));
+    assert!(matches!(
+        d.invoke("nope", "r".into(), Bytes::new()).await,
+        Err(DispatchError::NotFound(_))
+    ));
+    assert!(d.remove("f"));
+    assert!(matches!(
+        d.invoke("f", "r".into(), Bytes::new()).await,
+        Err(DispatchError::NotFound(_))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_lets_in_flight_finish_then_stops_instances() {
+    let (launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 10,
+            ..Default::default()
+        },
+        config(8),
+    );
+    let calls = {
+        let d = d.clone();
+        tokio::spawn(async move { burst(&d, 3, "500").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    d.shutdown(Duration::from_secs(5)).await;
+    assert!(calls.await.unwrap().iter().all(|r| r.is_ok()));
+    assert_eq!(launcher.live.load(Ordering::SeqCst), 0);
+    assert!(matches!(
+        d.invoke("f", "r".into(), Bytes::new()).await,
+        Err(DispatchError::ShuttingDown)
+    ));
+}
