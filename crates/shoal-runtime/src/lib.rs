@@ -1,1 +1,208 @@
-//! placeholder
+//! Instance processes: spawning them with the Lambda environment, the native channel
+//! (a framed Unix socket per instance, see docs/PROTOCOL.md) and the per-instance Lambda
+//! Runtime API listener, stdout/stderr capture, and resource sampling from /proc.
+//!
+//! This crate implements `shoal-dispatch`'s launcher and instance traits for real
+//! processes. It is the only crate that spawns processes. It must not know about routes,
+//! manifests or SQL: the server hands it a [`FunctionCode`] per function version.
+
+mod frame;
+mod native;
+mod process;
+pub mod procfs;
+mod runtime_api;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shoal_dispatch::{BoxFuture, InstanceHandle, InstanceLauncher, LaunchError, LaunchRequest};
+
+pub use frame::{decode_invoke, encode, encode_invoke, read_frame, Frame};
+pub use procfs::ProcSample;
+
+/// The Node bootstrap, compiled into the daemon and written into the data directory.
+const NODE_BOOTSTRAP: &str = include_str!("../../../runtimes/node/bootstrap.js");
+
+/// Which process an instance runs and how the daemon talks to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// `node` running Shoal's bootstrap over the native channel.
+    Node,
+    /// The function's own `bootstrap` executable over the Lambda Runtime API.
+    Provided,
+}
+
+/// Everything needed to start instances of one function version.
+#[derive(Debug, Clone)]
+pub struct FunctionCode {
+    pub function: String,
+    pub version: u32,
+    pub runtime: RuntimeKind,
+    pub handler: String,
+    /// Unpacked code, read-only: `LAMBDA_TASK_ROOT` and the working directory.
+    pub code_dir: PathBuf,
+    pub memory_mb: u64,
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+/// Where instance output goes, one line at a time.
+pub trait LogSink: Send + Sync + 'static {
+    fn line(&self, function: &str, instance: &str, stream: LogStream, line: &str);
+}
+
+/// Settings of the process launcher.
+#[derive(Debug, Clone)]
+pub struct LauncherConfig {
+    /// Parent of per-instance scratch directories (sockets live there).
+    pub instances_dir: PathBuf,
+    /// Where the built-in bootstraps are written.
+    pub runtimes_dir: PathBuf,
+    /// The `node` binary.
+    pub node: PathBuf,
+    /// How long an instance may take to become ready.
+    pub start_timeout: Duration,
+}
+
+/// Starts real instance processes for registered function versions.
+pub struct ProcessLauncher {
+    config: LauncherConfig,
+    node_bootstrap: PathBuf,
+    logs: Arc<dyn LogSink>,
+    functions: Mutex<HashMap<(String, u32), Arc<FunctionCode>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("preparing {path}")]
+    Prepare {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ProcessLauncher {
+    /// Create the directories and write the built-in bootstraps.
+    pub fn new(config: LauncherConfig, logs: Arc<dyn LogSink>) -> Result<ProcessLauncher, Error> {
+        let prepare = |path: &Path, result: std::io::Result<()>| {
+            result.map_err(|source| Error::Prepare { path: path.to_owned(), source })
+        };
+        prepare(&config.instances_dir, std::fs::create_dir_all(&config.instances_dir))?;
+        let node_dir = config.runtimes_dir.join("node");
+        prepare(&node_dir, std::fs::create_dir_all(&node_dir))?;
+        let node_bootstrap = node_dir.join("bootstrap.js");
+        prepare(&node_bootstrap, std::fs::write(&node_bootstrap, NODE_BOOTSTRAP))?;
+        Ok(ProcessLauncher {
+            config,
+            node_bootstrap,
+            logs,
+            functions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Make a function version launchable (before the dispatcher deploys it).
+    pub fn register(&self, code: FunctionCode) {
+        let key = (code.function.clone(), code.version);
+        self.functions.lock().unwrap_or_else(|e| e.into_inner()).insert(key, Arc::new(code));
+    }
+
+    fn code(&self, function: &str, version: u32) -> Option<Arc<FunctionCode>> {
+        let functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        functions.get(&(function.to_owned(), version)).cloned()
+    }
+
+    /// The environment every instance gets: Lambda's variables, then the function's own.
+    fn environment(&self, code: &FunctionCode, request: &LaunchRequest) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = [
+            ("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())),
+            ("LANG", "C.UTF-8".into()),
+            ("TZ", ":UTC".into()),
+            ("HOME", code.code_dir.display().to_string()),
+            ("_HANDLER", code.handler.clone()),
+            ("LAMBDA_TASK_ROOT", code.code_dir.display().to_string()),
+            ("AWS_REGION", "local".into()),
+            ("AWS_DEFAULT_REGION", "local".into()),
+            ("AWS_LAMBDA_FUNCTION_NAME", code.function.clone()),
+            ("AWS_LAMBDA_FUNCTION_VERSION", code.version.to_string()),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", code.memory_mb.to_string()),
+            ("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{}", code.function)),
+            ("AWS_LAMBDA_LOG_STREAM_NAME", request.instance_id.clone()),
+            ("AWS_LAMBDA_MAX_CONCURRENCY", request.max_concurrency.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        env.extend(code.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env
+    }
+}
+
+impl InstanceLauncher for ProcessLauncher {
+    fn launch(&self, request: LaunchRequest) -> BoxFuture<Result<Arc<dyn InstanceHandle>, LaunchError>> {
+        let Some(code) = self.code(&request.function, request.version) else {
+            let message = format!("{} version {} is not registered", request.function, request.version);
+            return Box::pin(async move { Err(LaunchError { error_type: "Runtime.Unknown".into(), message }) });
+        };
+        let scratch = self.config.instances_dir.join(&request.instance_id);
+        let env = self.environment(&code, &request);
+        let start = Launch {
+            code,
+            scratch,
+            env,
+            request,
+            logs: self.logs.clone(),
+            start_timeout: self.config.start_timeout,
+        };
+        match start.code.runtime {
+            RuntimeKind::Node => {
+                let node = self.config.node.clone();
+                let bootstrap = self.node_bootstrap.clone();
+                Box::pin(async move { native::launch(start, &node, &bootstrap).await })
+            }
+            RuntimeKind::Provided => Box::pin(runtime_api::launch(start)),
+        }
+    }
+}
+
+/// One instance start in progress.
+pub(crate) struct Launch {
+    pub code: Arc<FunctionCode>,
+    pub scratch: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub request: LaunchRequest,
+    pub logs: Arc<dyn LogSink>,
+    pub start_timeout: Duration,
+}
+
+impl Launch {
+    fn error(&self, error_type: &str, message: impl Into<String>) -> LaunchError {
+        LaunchError { error_type: error_type.to_owned(), message: message.into() }
+    }
+
+    fn prepare_scratch(&self) -> Result<(), LaunchError> {
+        let _ = std::fs::remove_dir_all(&self.scratch);
+        std::fs::create_dir_all(&self.scratch).map_err(|e| {
+            self.error("Runtime.Unknown", format!("creating {}: {e}", self.scratch.display()))
+        })
+    }
+}
+
+/// Parse a `{errorType, errorMessage}` JSON body into a launch error.
+pub(crate) fn launch_error_from_json(body: &[u8], fallback_type: &str) -> LaunchError {
+    let value: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    LaunchError {
+        error_type: value["errorType"].as_str().unwrap_or(fallback_type).to_owned(),
+        message: value["errorMessage"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned()),
+    }
+}

@@ -1,0 +1,291 @@
+//! Mapping a function's Lambda proxy result to the HTTP response, per API Gateway HTTP API
+//! rules for payload format 2.0.
+//!
+//! A JSON object with a `statusCode` key is a proxy response and is checked strictly: a
+//! malformed one is the function's bug, reported to the client as 502 with API Gateway's
+//! `{"message":"Internal Server Error"}` and to the log through [`ResponseError`]. Any
+//! other valid JSON is returned as is with 200 and `application/json`. Header names and
+//! values are validated here so the server can build its response without another check.
+//! This module does not write to a socket or log anything itself.
+
+use base64::Engine as _;
+use serde_json::{Map, Value};
+
+/// The HTTP response for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Lower-case names, valid header values; may repeat (e.g. `set-cookie`).
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Why a function's result could not be mapped to a response (a 502 for the client).
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseError {
+    #[error("function result is not valid JSON")]
+    InvalidJson(#[source] serde_json::Error),
+    #[error(
+        "`statusCode` {found} is not an HTTP status; return a number from 100 to 599 such as 404"
+    )]
+    StatusCode { found: String },
+    #[error("`{field}` must be {expected}, found {found}")]
+    FieldType {
+        field: String,
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error("`{field}` has header name {name:?}, which is not a valid HTTP header name")]
+    HeaderName { field: &'static str, name: String },
+    #[error("`{field}` has a value for {name:?} with control characters (such as a newline), which HTTP headers cannot carry")]
+    HeaderValue { field: &'static str, name: String },
+    #[error("`body` is marked `isBase64Encoded` but is not valid base64")]
+    Base64(#[source] base64::DecodeError),
+}
+
+/// Maps the handler's JSON result bytes to an HTTP response; a malformed result becomes
+/// 502 `{"message":"Internal Server Error"}`. Use [`try_map_v2_response`] to log why.
+pub fn map_v2_response(result_json: &[u8]) -> HttpResponse {
+    try_map_v2_response(result_json).unwrap_or_else(|_| internal_server_error())
+}
+
+/// Like [`map_v2_response`], but says what was wrong with a malformed result.
+pub fn try_map_v2_response(result_json: &[u8]) -> Result<HttpResponse, ResponseError> {
+    let value: Value = serde_json::from_slice(result_json).map_err(ResponseError::InvalidJson)?;
+    match value {
+        Value::Object(obj) if obj.contains_key("statusCode") => proxy_response(&obj),
+        // AWS: "If your Lambda function returns valid JSON and doesn't return a statusCode,
+        // API Gateway assumes" 200, application/json, and the result as the body. The body
+        // is the JSON text itself, so a string result keeps its quotes.
+        _ => Ok(HttpResponse {
+            status: 200,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: result_json.to_vec(),
+        }),
+    }
+}
+
+fn internal_server_error() -> HttpResponse {
+    HttpResponse {
+        status: 502,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: br#"{"message":"Internal Server Error"}"#.to_vec(),
+    }
+}
+
+fn proxy_response(obj: &Map<String, Value>) -> Result<HttpResponse, ResponseError> {
+    let status = status_code(&obj["statusCode"])?;
+
+    let single = object_field(obj, "headers")?;
+    let multi = object_field(obj, "multiValueHeaders")?;
+
+    let mut multi_headers = Vec::new();
+    for (name, values) in multi.into_iter().flatten() {
+        let name = header_name("multiValueHeaders", name)?;
+        let values = match values {
+            Value::Null => continue,
+            Value::Array(values) => values,
+            other => {
+                return Err(type_error(
+                    format!("multiValueHeaders.{name}"),
+                    "an array",
+                    other,
+                ))
+            }
+        };
+        for value in values {
+            let field = || format!("multiValueHeaders.{name}");
+            if let Some(value) = scalar_text(value, field)? {
+                multi_headers.push((
+                    name.clone(),
+                    header_value("multiValueHeaders", &name, value)?,
+                ));
+            }
+        }
+    }
+
+    let mut headers = Vec::new();
+    for (name, value) in single.into_iter().flatten() {
+        let name = header_name("headers", name)?;
+        let Some(value) = scalar_text(value, || format!("headers.{name}"))? else {
+            continue;
+        };
+        let value = header_value("headers", &name, value)?;
+        // As API Gateway documents for 1.0: a pair given in both maps appears once.
+        if !multi_headers.iter().any(|(n, v)| *n == name && *v == value) {
+            headers.push((name, value));
+        }
+    }
+    headers.extend(multi_headers);
+
+    match obj.get("cookies") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(cookies)) => {
+            for cookie in cookies {
+                let Value::String(cookie) = cookie else {
+                    return Err(type_error("cookies[]".into(), "a string", cookie));
+                };
+                headers.push((
+                    "set-cookie".into(),
+                    header_value("cookies", "set-cookie", cookie.clone())?,
+                ));
+            }
+        }
+        Some(other) => return Err(type_error("cookies".into(), "an array of strings", other)),
+    }
+
+    let is_base64 = match obj.get("isBase64Encoded") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => return Err(type_error("isBase64Encoded".into(), "true or false", other)),
+    };
+    let body = match obj.get("body") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(text)) if is_base64 => decode_base64(text)?,
+        Some(Value::String(text)) => text.as_bytes().to_vec(),
+        Some(other) => {
+            return Err(type_error(
+                "body".into(),
+                "a string (serialize JSON bodies first)",
+                other,
+            ))
+        }
+    };
+
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Only a JSON integer is accepted: AWS documents `statusCode` as a number, and a string
+/// such as `"404"` is rejected rather than coerced so a function that works on Shoal does
+/// not break on AWS.
+fn status_code(value: &Value) -> Result<u16, ResponseError> {
+    match value.as_u64() {
+        Some(code @ 100..=599) => Ok(code as u16),
+        _ => Err(ResponseError::StatusCode {
+            found: value.to_string(),
+        }),
+    }
+}
+
+fn object_field<'a>(
+    obj: &'a Map<String, Value>,
+    field: &str,
+) -> Result<Option<&'a Map<String, Value>>, ResponseError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(map)) => Ok(Some(map)),
+        Some(other) => Err(type_error(field.into(), "an object", other)),
+    }
+}
+
+/// Header values may be any scalar, as handlers often return numbers
+/// (`"content-length": 12`) or booleans; `null` means no header.
+fn scalar_text(
+    value: &Value,
+    field: impl FnOnce() -> String,
+) -> Result<Option<String>, ResponseError> {
+    match value {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(Some(s.clone())),
+        Value::Number(n) => Ok(Some(n.to_string())),
+        Value::Bool(b) => Ok(Some(b.to_string())),
+        other => Err(type_error(field(), "a string, number or boolean", other)),
+    }
+}
+
+fn header_name(field: &'static str, name: &str) -> Result<String, ResponseError> {
+    // RFC 9110 token characters.
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if valid {
+        Ok(name.to_ascii_lowercase())
+    } else {
+        Err(ResponseError::HeaderName {
+            field,
+            name: name.into(),
+        })
+    }
+}
+
+/// Rejects control characters (CR/LF would split the response) but allows tab and
+/// non-ASCII text, the same set hyper's `HeaderValue` accepts.
+fn header_value(field: &'static str, name: &str, value: String) -> Result<String, ResponseError> {
+    if value
+        .bytes()
+        .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+    {
+        Ok(value)
+    } else {
+        Err(ResponseError::HeaderValue {
+            field,
+            name: name.into(),
+        })
+    }
+}
+
+/// Standard alphabet; padding optional and ASCII whitespace ignored, because runtimes
+/// differ (Python's `encodebytes` wraps lines) and none of that is ambiguous.
+fn decode_base64(text: &str) -> Result<Vec<u8>, ResponseError> {
+    use base64::engine::{
+        general_purpose::GeneralPurpose, DecodePaddingMode, GeneralPurposeConfig,
+    };
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    LENIENT.decode(compact).map_err(ResponseError::Base64)
+}
+
+fn type_error(field: String, expected: &'static str, found: &Value) -> ResponseError {
+    let found = match found {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    };
+    ResponseError::FieldType {
+        field,
+        expected,
+        found,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(result: &str) -> String {
+        try_map_v2_response(result.as_bytes())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        assert!(error(r#"{"statusCode":"404"}"#).contains(r#"`statusCode` "404""#));
+        assert!(error(r#"{"statusCode":200,"body":{"a":1}}"#).contains("`body` must be a string"));
+        assert!(error(r#"{"statusCode":200,"headers":{"x":[1]}}"#).contains("`headers.x`"));
+        assert!(error(r#"{"statusCode":200,"multiValueHeaders":{"x":"a"}}"#)
+            .contains("`multiValueHeaders.x` must be an array"));
+        assert!(error(r#"{"statusCode":200,"cookies":"a=b"}"#).contains("`cookies`"));
+        assert!(error(r#"{"statusCode":200,"isBase64Encoded":"true"}"#).contains("isBase64Encoded"));
+        assert!(error(r#"{"statusCode":200,"cookies":["a=b\nx"]}"#).contains("control characters"));
+        assert!(error("{").contains("not valid JSON"));
+    }
+
+    #[test]
+    fn malformed_results_become_502() {
+        let resp = map_v2_response(br#"{"statusCode":"404"}"#);
+        assert_eq!(resp.status, 502);
+        assert_eq!(resp.body, br#"{"message":"Internal Server Error"}"#);
+    }
+}

@@ -1,0 +1,350 @@
+//! Instances on the Lambda Runtime API: the function's own `bootstrap` polls a loopback
+//! listener of its own (`AWS_LAMBDA_RUNTIME_API`), possibly with several `/next` polls
+//! open at once. The dispatcher has already enforced the instance's in-flight limit, so
+//! an invocation handed here is given to the first open poll (or the next one to arrive).
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use shoal_dispatch::{BoxFuture, InstanceFailure, InstanceHandle, Invocation, LaunchError, Outcome};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch, Notify};
+
+use crate::process::{self, SpawnSpec};
+use crate::{launch_error_from_json, Launch};
+
+/// Lambda's limit on a synchronous response payload.
+const MAX_RESPONSE: usize = 6 * 1024 * 1024;
+/// Request ids remembered after their caller left, so a late answer gets 410, not 400.
+const EXPIRED_MEMORY: usize = 1024;
+const API_PREFIX: &str = "/2018-06-01/runtime/";
+
+type Reply = oneshot::Sender<Result<Outcome, InstanceFailure>>;
+
+struct Assigned {
+    request_id: String,
+    deadline_ms: u64,
+    payload: Bytes,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Assigned>,
+    polls: VecDeque<oneshot::Sender<Assigned>>,
+    pending: HashMap<String, Reply>,
+    expired: VecDeque<String>,
+    closed: bool,
+    init_error: Option<LaunchError>,
+}
+
+struct Shared {
+    instance: String,
+    arn: String,
+    pid: u32,
+    state: Mutex<State>,
+    /// Signalled on the first `/next` poll (ready) and on `/runtime/init/error`.
+    started: Notify,
+    exit: watch::Receiver<Option<String>>,
+    kill: Arc<Notify>,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub(crate) struct ApiInstance(Arc<Shared>);
+
+pub(crate) async fn launch(start: Launch) -> Result<Arc<dyn InstanceHandle>, LaunchError> {
+    start.prepare_scratch()?;
+    let program = start.code.code_dir.join("bootstrap");
+    if !is_executable(&program) {
+        return Err(start.error(
+            "Runtime.InvalidEntrypoint",
+            format!("{} is missing or not executable; a provided runtime needs an executable named bootstrap", program.display()),
+        ));
+    }
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| start.error("Runtime.Unknown", format!("binding the Runtime API listener: {e}")))?;
+    let addr = listener.local_addr().map_err(|e| start.error("Runtime.Unknown", e.to_string()))?;
+    let mut env = start.env.clone();
+    env.push(("AWS_LAMBDA_RUNTIME_API".into(), addr.to_string()));
+    let spawned = process::spawn(
+        SpawnSpec {
+            program: &program,
+            args: &[],
+            cwd: &start.code.code_dir,
+            env,
+            function: &start.code.function,
+            instance: &start.request.instance_id,
+            scratch: &start.scratch,
+        },
+        start.logs.clone(),
+    )
+    .map_err(|e| start.error("Runtime.InvalidEntrypoint", format!("starting {}: {e}", program.display())))?;
+    let shared = Arc::new(Shared {
+        instance: start.request.instance_id.clone(),
+        arn: format!("arn:aws:lambda:local:000000000000:function:{}", start.code.function),
+        pid: spawned.pid,
+        state: Mutex::new(State::default()),
+        started: Notify::new(),
+        exit: spawned.exit.clone(),
+        kill: spawned.kill.clone(),
+    });
+    let server = tokio::spawn(serve(listener, shared.clone()));
+    tokio::spawn(close_on_exit(shared.clone(), server));
+
+    let mut exit = spawned.exit.clone();
+    tokio::select! {
+        _ = shared.started.notified() => {}
+        _ = exit.wait_for(|e| e.is_some()) => {}
+        _ = tokio::time::sleep(start.start_timeout) => {
+            spawned.kill.notify_one();
+            return Err(start.error("Runtime.StartTimeout", format!(
+                "bootstrap did not poll /runtime/invocation/next within {:?}", start.start_timeout)));
+        }
+    }
+    if let Some(error) = shared.state().init_error.clone() {
+        spawned.kill.notify_one();
+        return Err(error);
+    }
+    if let Some(reason) = exit.borrow().clone() {
+        let tail = spawned.stderr_tail();
+        return Err(start.error("Runtime.ExitError", format!("bootstrap {reason} before it was ready\n{tail}").trim_end().to_owned()));
+    }
+    Ok(Arc::new(ApiInstance(shared)))
+}
+
+fn is_executable(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(handle(shared, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn close_on_exit(shared: Arc<Shared>, server: tokio::task::JoinHandle<()>) {
+    let mut exit = shared.exit.clone();
+    let reason = exit.wait_for(|e| e.is_some()).await.ok().and_then(|e| e.clone()).unwrap_or_default();
+    server.abort();
+    let pending: Vec<Reply> = {
+        let mut state = shared.state();
+        state.closed = true;
+        state.polls.clear();
+        state.queue.clear();
+        state.pending.drain().map(|(_, r)| r).collect()
+    };
+    for reply in pending {
+        let _ = reply.send(Err(InstanceFailure::Crashed { instance: shared.instance.clone(), detail: reason.clone() }));
+    }
+    shared.started.notify_one();
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(hyper::header::CONTENT_TYPE, "application/json".parse().expect("static"));
+    response
+}
+
+fn api_error(status: StatusCode, error_type: &str, message: &str) -> Response<Full<Bytes>> {
+    json(status, serde_json::json!({ "errorType": error_type, "errorMessage": message }))
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    let Some(route) = path.strip_prefix(API_PREFIX) else {
+        return api_error(StatusCode::NOT_FOUND, "InvalidRequest", "unknown Runtime API path");
+    };
+    let method = req.method().clone();
+    match (method, route.split('/').collect::<Vec<_>>().as_slice()) {
+        (Method::GET, ["invocation", "next"]) => next(&shared).await,
+        (Method::POST, ["invocation", id, "response"]) => {
+            let id = (*id).to_owned();
+            match read_body(req).await {
+                Ok(body) => answer(&shared, &id, Ok(Outcome::Success(body))),
+                Err(response) => response,
+            }
+        }
+        (Method::POST, ["invocation", id, "error"]) => {
+            let id = (*id).to_owned();
+            let header_type = req
+                .headers()
+                .get("lambda-runtime-function-error-type")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            match read_body(req).await {
+                Ok(body) => {
+                    let error_type = header_type.unwrap_or_else(|| launch_error_from_json(&body, "Unhandled").error_type);
+                    answer(&shared, &id, Ok(Outcome::FunctionError { error_type, body }))
+                }
+                Err(response) => response,
+            }
+        }
+        (Method::POST, ["init", "error"]) => {
+            let body = read_body(req).await.unwrap_or_default();
+            shared.state().init_error = Some(launch_error_from_json(&body, "Runtime.InitError"));
+            shared.started.notify_one();
+            json(StatusCode::ACCEPTED, serde_json::json!({ "status": "OK" }))
+        }
+        _ => api_error(StatusCode::NOT_FOUND, "InvalidRequest", "unknown Runtime API path"),
+    }
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
+    match Limited::new(req.into_body(), MAX_RESPONSE).collect().await {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(_) => Err(api_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            "response payload exceeds 6 MiB",
+        )),
+    }
+}
+
+async fn next(shared: &Arc<Shared>) -> Response<Full<Bytes>> {
+    let waiting = {
+        let mut state = shared.state();
+        if let Some(assigned) = state.queue.pop_front() {
+            drop(state);
+            shared.started.notify_one();
+            return invocation_response(shared, assigned);
+        }
+        let (tx, rx) = oneshot::channel();
+        state.polls.push_back(tx);
+        rx
+    };
+    shared.started.notify_one();
+    match waiting.await {
+        Ok(assigned) => invocation_response(shared, assigned),
+        Err(_) => api_error(StatusCode::GONE, "InstanceStopping", "this instance is stopping"),
+    }
+}
+
+fn invocation_response(shared: &Shared, assigned: Assigned) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(assigned.payload));
+    let headers = response.headers_mut();
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(value) = value.parse() {
+            headers.insert(name, value);
+        }
+    };
+    set("content-type", "application/json".into());
+    set("lambda-runtime-trace-id", format!("Root=1-00000000-{}", assigned.request_id.replace('-', "")));
+    set("lambda-runtime-deadline-ms", assigned.deadline_ms.to_string());
+    set("lambda-runtime-invoked-function-arn", shared.arn.clone());
+    set("lambda-runtime-aws-request-id", assigned.request_id);
+    response
+}
+
+fn answer(shared: &Shared, id: &str, result: Result<Outcome, InstanceFailure>) -> Response<Full<Bytes>> {
+    let reply = {
+        let mut state = shared.state();
+        match state.pending.remove(id) {
+            Some(reply) => Ok(reply),
+            None if state.expired.iter().any(|e| e == id) => Err(true),
+            None => Err(false),
+        }
+    };
+    match reply {
+        Ok(reply) => {
+            let _ = reply.send(result);
+            json(StatusCode::ACCEPTED, serde_json::json!({ "status": "OK" }))
+        }
+        Err(true) => api_error(StatusCode::GONE, "InvocationExpired", "the invocation already timed out"),
+        Err(false) => api_error(StatusCode::BAD_REQUEST, "InvalidRequestID", "unknown request id"),
+    }
+}
+
+/// Forgets an invocation whose caller left; a late answer then gets 410.
+struct Forget {
+    shared: Arc<Shared>,
+    request_id: String,
+}
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        let mut state = self.shared.state();
+        if state.pending.remove(&self.request_id).is_some() {
+            state.queue.retain(|a| a.request_id != self.request_id);
+            if state.expired.len() == EXPIRED_MEMORY {
+                state.expired.pop_front();
+            }
+            state.expired.push_back(self.request_id.clone());
+        }
+    }
+}
+
+impl InstanceHandle for ApiInstance {
+    fn invoke(&self, invocation: Invocation) -> BoxFuture<Result<Outcome, InstanceFailure>> {
+        let shared = self.0.clone();
+        let (reply, result) = oneshot::channel();
+        {
+            let mut state = shared.state();
+            if state.closed {
+                let instance = shared.instance.clone();
+                return Box::pin(std::future::ready(Err(InstanceFailure::Unavailable { instance })));
+            }
+            state.pending.insert(invocation.request_id.clone(), reply);
+            let mut assigned = Assigned {
+                request_id: invocation.request_id.clone(),
+                deadline_ms: invocation.deadline_epoch_ms,
+                payload: invocation.payload,
+            };
+            loop {
+                let Some(poll) = state.polls.pop_front() else {
+                    state.queue.push_back(assigned);
+                    break;
+                };
+                match poll.send(assigned) {
+                    Ok(()) => break,
+                    // That poll's connection went away; try the next one.
+                    Err(back) => assigned = back,
+                }
+            }
+        }
+        let forget = Forget { shared: shared.clone(), request_id: invocation.request_id };
+        Box::pin(async move {
+            let outcome = result.await;
+            drop(forget);
+            outcome.unwrap_or_else(|_| {
+                Err(InstanceFailure::Crashed { instance: shared.instance.clone(), detail: "instance stopped".into() })
+            })
+        })
+    }
+
+    fn exited(&self) -> BoxFuture<String> {
+        let mut exit = self.0.exit.clone();
+        Box::pin(async move { exit.wait_for(|e| e.is_some()).await.ok().and_then(|e| e.clone()).unwrap_or_default() })
+    }
+
+    fn stop(&self) {
+        self.0.kill.notify_one();
+    }
+
+    fn pid(&self) -> Option<u32> {
+        Some(self.0.pid)
+    }
+}
