@@ -1,1 +1,114 @@
-//! placeholder
+//! Wiring of the platform: the public gateway, the control API (admin routes, the Lambda
+//! Invoke API, metrics), deploys (archive in, versions out), function logs, startup and
+//! graceful shutdown.
+//!
+//! It composes the library crates through their public APIs and must not know how
+//! processes are spawned (that is `shoal-runtime`) or how state is laid out in SQL (that
+//! is `shoal-store`). Every error becomes an HTTP status in one place: [`respond`].
+
+mod archive;
+mod control;
+mod gateway;
+mod http;
+mod logs;
+mod platform;
+mod respond;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use archive::pack_dir;
+pub use logs::LogRecord;
+pub use platform::Platform;
+
+/// How `shoal serve` (or the demo, or a test) runs the platform.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Everything Shoal writes lives here.
+    pub data_dir: PathBuf,
+    /// Public gateway: function routes only.
+    pub gateway_addr: SocketAddr,
+    /// Control API: admin, Invoke API, metrics; loopback by default.
+    pub control_addr: SocketAddr,
+    /// The `node` binary for Node.js functions.
+    pub node: PathBuf,
+    /// How long an instance may take to become ready.
+    pub start_timeout: Duration,
+    /// At shutdown, in-flight invocations get this long to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// Loopback on ephemeral ports, for tests and the demo.
+    pub fn ephemeral(data_dir: PathBuf) -> Config {
+        Config {
+            data_dir,
+            gateway_addr: ([127, 0, 0, 1], 0).into(),
+            control_addr: ([127, 0, 0, 1], 0).into(),
+            node: PathBuf::from("node"),
+            start_timeout: Duration::from_secs(20),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A running platform. Dropping it without [`Running::shutdown`] still kills instances
+/// (they die with the daemon), but skips the drain.
+pub struct Running {
+    pub gateway_addr: SocketAddr,
+    pub control_addr: SocketAddr,
+    /// The admin token clients must present to the control API.
+    pub token: String,
+    pub platform: Arc<Platform>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Start the platform: open the store, restore deployed functions, bind both listeners.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let platform = Platform::open(&config).context("opening the data directory")?;
+    let gateway = TcpListener::bind(config.gateway_addr)
+        .await
+        .with_context(|| format!("binding the gateway to {}", config.gateway_addr))?;
+    let control = TcpListener::bind(config.control_addr)
+        .await
+        .with_context(|| format!("binding the control API to {}", config.control_addr))?;
+    let gateway_addr = gateway.local_addr()?;
+    let control_addr = control.local_addr()?;
+    platform.set_public_base(format!("http://{gateway_addr}"));
+    platform.restore().context("restoring deployed functions")?;
+    std::fs::write(config.data_dir.join("control-addr"), control_addr.to_string())
+        .context("writing control-addr")?;
+    std::fs::write(config.data_dir.join("gateway-addr"), gateway_addr.to_string())
+        .context("writing gateway-addr")?;
+    let (stop, stopped) = watch::channel(false);
+    let tasks = vec![
+        tokio::spawn(http::serve(gateway, stopped.clone(), gateway::Gateway::new(platform.clone()))),
+        tokio::spawn(http::serve(control, stopped, control::Control::new(platform.clone()))),
+    ];
+    Ok(Running {
+        gateway_addr,
+        control_addr,
+        token: platform.token().to_owned(),
+        platform,
+        stop,
+        tasks,
+    })
+}
+
+impl Running {
+    /// Stop accepting, let in-flight invocations finish (up to the grace), stop instances.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.platform.shutdown().await;
+    }
+}

@@ -1,0 +1,90 @@
+//! The HTTP/1.1 accept loop shared by the gateway and the control API, and small helpers
+//! for bodies and responses.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use shoal_dispatch::BoxFuture;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub(crate) type Body = Full<Bytes>;
+
+/// Something that answers requests on one listener.
+pub(crate) trait Handler: Send + Sync + 'static {
+    fn handle(self: Arc<Self>, req: Request<Incoming>, remote: SocketAddr) -> BoxFuture<Response<Body>>;
+}
+
+/// Accept connections until `stopped` turns true; open connections finish their current
+/// request and close.
+pub(crate) async fn serve<H: Handler>(listener: TcpListener, mut stopped: watch::Receiver<bool>, handler: Arc<H>) {
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of descriptors and the like: back off a little instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = async { let _ = stopped.wait_for(|s| *s).await; } => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler.handle(req, remote).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = async { let _ = stopped.wait_for(|s| *s).await; } => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+}
+
+/// Read a whole body of at most `limit` bytes; `None` when it is larger.
+pub(crate) async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(BodyError::TooLarge(limit)),
+        Err(_) => Err(BodyError::Broken),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    #[error("request body exceeds {0} bytes")]
+    TooLarge(usize),
+    #[error("request body could not be read")]
+    Broken,
+}
+
+pub(crate) fn response(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    if let Ok(value) = content_type.parse() {
+        response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    response(status, "application/json", value.to_string())
+}
