@@ -83,7 +83,11 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<F
     let id = u32::from_be_bytes(header[5..9].try_into().expect("4 bytes"));
     let mut payload = BytesMut::zeroed(payload_len);
     reader.read_exact(&mut payload).await?;
-    Ok(Some(Frame { kind, id, payload: payload.freeze() }))
+    Ok(Some(Frame {
+        kind,
+        id,
+        payload: payload.freeze(),
+    }))
 }
 
 /// Split an INVOKE payload back into (deadline, request id, event); tests use it.
@@ -107,21 +111,36 @@ mod tests {
         let first = read_frame(&mut reader).await.unwrap().unwrap();
         assert_eq!((first.kind, first.id), (INVOKE, 7));
         let (deadline, rid, event) = decode_invoke(&first.payload).unwrap();
-        assert_eq!((deadline, rid, event), (1_700_000_000_123, "req-1", &br#"{"a":1}"#[..]));
+        assert_eq!(
+            (deadline, rid, event),
+            (1_700_000_000_123, "req-1", &br#"{"a":1}"#[..])
+        );
         let second = read_frame(&mut reader).await.unwrap().unwrap();
-        assert_eq!((second.kind, second.id, &second.payload[..]), (RESULT, 7, &b"null"[..]));
+        assert_eq!(
+            (second.kind, second.id, &second.payload[..]),
+            (RESULT, 7, &b"null"[..])
+        );
         assert!(read_frame(&mut reader).await.unwrap().is_none());
     }
 
     #[tokio::test]
     async fn malformed_frames_are_errors() {
         let mut short = &[0u8, 0, 0, 2, 1, 0][..];
-        assert!(matches!(read_frame(&mut short).await, Err(FrameError::TooShort(2))));
+        assert!(matches!(
+            read_frame(&mut short).await,
+            Err(FrameError::TooShort(2))
+        ));
         let unknown = encode(9, 1, b"");
-        assert!(matches!(read_frame(&mut &unknown[..]).await, Err(FrameError::UnknownKind(9))));
+        assert!(matches!(
+            read_frame(&mut &unknown[..]).await,
+            Err(FrameError::UnknownKind(9))
+        ));
         let mut huge = Vec::new();
         huge.extend_from_slice(&(u32::MAX).to_be_bytes());
-        assert!(matches!(read_frame(&mut &huge[..]).await, Err(FrameError::TooLarge(_))));
+        assert!(matches!(
+            read_frame(&mut &huge[..]).await,
+            Err(FrameError::TooLarge(_))
+        ));
         let truncated = &encode(RESULT, 1, b"abcdef")[..12];
         assert!(read_frame(&mut &truncated[..]).await.is_err());
     }

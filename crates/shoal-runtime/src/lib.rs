@@ -93,13 +93,22 @@ impl ProcessLauncher {
     /// Create the directories and write the built-in bootstraps.
     pub fn new(config: LauncherConfig, logs: Arc<dyn LogSink>) -> Result<ProcessLauncher, Error> {
         let prepare = |path: &Path, result: std::io::Result<()>| {
-            result.map_err(|source| Error::Prepare { path: path.to_owned(), source })
+            result.map_err(|source| Error::Prepare {
+                path: path.to_owned(),
+                source,
+            })
         };
-        prepare(&config.instances_dir, std::fs::create_dir_all(&config.instances_dir))?;
+        prepare(
+            &config.instances_dir,
+            std::fs::create_dir_all(&config.instances_dir),
+        )?;
         let node_dir = config.runtimes_dir.join("node");
         prepare(&node_dir, std::fs::create_dir_all(&node_dir))?;
         let node_bootstrap = node_dir.join("bootstrap.js");
-        prepare(&node_bootstrap, std::fs::write(&node_bootstrap, NODE_BOOTSTRAP))?;
+        prepare(
+            &node_bootstrap,
+            std::fs::write(&node_bootstrap, NODE_BOOTSTRAP),
+        )?;
         Ok(ProcessLauncher {
             config,
             node_bootstrap,
@@ -111,7 +120,10 @@ impl ProcessLauncher {
     /// Make a function version launchable (before the dispatcher deploys it).
     pub fn register(&self, code: FunctionCode) {
         let key = (code.function.clone(), code.version);
-        self.functions.lock().unwrap_or_else(|e| e.into_inner()).insert(key, Arc::new(code));
+        self.functions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, Arc::new(code));
     }
 
     fn code(&self, function: &str, version: u32) -> Option<Arc<FunctionCode>> {
@@ -122,7 +134,10 @@ impl ProcessLauncher {
     /// The environment every instance gets: Lambda's variables, then the function's own.
     fn environment(&self, code: &FunctionCode, request: &LaunchRequest) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = [
-            ("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())),
+            (
+                "PATH",
+                std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+            ),
             ("LANG", "C.UTF-8".into()),
             ("TZ", ":UTC".into()),
             ("HOME", code.code_dir.display().to_string()),
@@ -132,10 +147,19 @@ impl ProcessLauncher {
             ("AWS_DEFAULT_REGION", "local".into()),
             ("AWS_LAMBDA_FUNCTION_NAME", code.function.clone()),
             ("AWS_LAMBDA_FUNCTION_VERSION", code.version.to_string()),
-            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", code.memory_mb.to_string()),
-            ("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{}", code.function)),
+            (
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+                code.memory_mb.to_string(),
+            ),
+            (
+                "AWS_LAMBDA_LOG_GROUP_NAME",
+                format!("/aws/lambda/{}", code.function),
+            ),
             ("AWS_LAMBDA_LOG_STREAM_NAME", request.instance_id.clone()),
-            ("AWS_LAMBDA_MAX_CONCURRENCY", request.max_concurrency.to_string()),
+            (
+                "AWS_LAMBDA_MAX_CONCURRENCY",
+                request.max_concurrency.to_string(),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -146,10 +170,21 @@ impl ProcessLauncher {
 }
 
 impl InstanceLauncher for ProcessLauncher {
-    fn launch(&self, request: LaunchRequest) -> BoxFuture<Result<Arc<dyn InstanceHandle>, LaunchError>> {
+    fn launch(
+        &self,
+        request: LaunchRequest,
+    ) -> BoxFuture<Result<Arc<dyn InstanceHandle>, LaunchError>> {
         let Some(code) = self.code(&request.function, request.version) else {
-            let message = format!("{} version {} is not registered", request.function, request.version);
-            return Box::pin(async move { Err(LaunchError { error_type: "Runtime.Unknown".into(), message }) });
+            let message = format!(
+                "{} version {} is not registered",
+                request.function, request.version
+            );
+            return Box::pin(async move {
+                Err(LaunchError {
+                    error_type: "Runtime.Unknown".into(),
+                    message,
+                })
+            });
         };
         let scratch = self.config.instances_dir.join(&request.instance_id);
         let env = self.environment(&code, &request);
@@ -184,13 +219,19 @@ pub(crate) struct Launch {
 
 impl Launch {
     fn error(&self, error_type: &str, message: impl Into<String>) -> LaunchError {
-        LaunchError { error_type: error_type.to_owned(), message: message.into() }
+        LaunchError {
+            error_type: error_type.to_owned(),
+            message: message.into(),
+        }
     }
 
     fn prepare_scratch(&self) -> Result<(), LaunchError> {
         let _ = std::fs::remove_dir_all(&self.scratch);
         std::fs::create_dir_all(&self.scratch).map_err(|e| {
-            self.error("Runtime.Unknown", format!("creating {}: {e}", self.scratch.display()))
+            self.error(
+                "Runtime.Unknown",
+                format!("creating {}: {e}", self.scratch.display()),
+            )
         })
     }
 }
@@ -199,7 +240,10 @@ impl Launch {
 pub(crate) fn launch_error_from_json(body: &[u8], fallback_type: &str) -> LaunchError {
     let value: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     LaunchError {
-        error_type: value["errorType"].as_str().unwrap_or(fallback_type).to_owned(),
+        error_type: value["errorType"]
+            .as_str()
+            .unwrap_or(fallback_type)
+            .to_owned(),
         message: value["errorMessage"]
             .as_str()
             .map(str::to_owned)

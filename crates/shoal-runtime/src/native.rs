@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use shoal_dispatch::{BoxFuture, InstanceFailure, InstanceHandle, Invocation, LaunchError, Outcome};
+use shoal_dispatch::{
+    BoxFuture, InstanceFailure, InstanceHandle, Invocation, LaunchError, Outcome,
+};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixListener;
@@ -47,11 +49,18 @@ pub(crate) async fn launch(
     if socket_path.as_os_str().len() > MAX_SOCKET_PATH {
         return Err(start.error(
             "Runtime.Unknown",
-            format!("socket path {} is too long; use a shorter --data-dir", socket_path.display()),
+            format!(
+                "socket path {} is too long; use a shorter --data-dir",
+                socket_path.display()
+            ),
         ));
     }
-    let listener = UnixListener::bind(&socket_path)
-        .map_err(|e| start.error("Runtime.Unknown", format!("binding {}: {e}", socket_path.display())))?;
+    let listener = UnixListener::bind(&socket_path).map_err(|e| {
+        start.error(
+            "Runtime.Unknown",
+            format!("binding {}: {e}", socket_path.display()),
+        )
+    })?;
     let mut env = start.env.clone();
     env.push(("SHOAL_SOCKET".into(), socket_path.display().to_string()));
     env.push(("SHOAL_PROTOCOL".into(), frame::PROTOCOL_VERSION.to_string()));
@@ -72,13 +81,20 @@ pub(crate) async fn launch(
         },
         start.logs.clone(),
     )
-    .map_err(|e| start.error("Runtime.Unknown", format!("starting {}: {e}", node.display())))?;
+    .map_err(|e| {
+        start.error(
+            "Runtime.Unknown",
+            format!("starting {}: {e}", node.display()),
+        )
+    })?;
 
     let handshake = async {
         let (stream, _) = listener.accept().await.map_err(|e| e.to_string())?;
         let (read, write) = stream.into_split();
         let mut reader = BufReader::with_capacity(256 * 1024, read);
-        let first = frame::read_frame(&mut reader).await.map_err(|e| e.to_string())?;
+        let first = frame::read_frame(&mut reader)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok::<_, String>((reader, write, first))
     };
     let mut exit = spawned.exit.clone();
@@ -97,12 +113,17 @@ pub(crate) async fn launch(
     };
     match first.kind {
         frame::HELLO => {
-            let hello: serde_json::Value = serde_json::from_slice(&first.payload).unwrap_or_default();
+            let hello: serde_json::Value =
+                serde_json::from_slice(&first.payload).unwrap_or_default();
             if hello["protocol"].as_u64() != Some(frame::PROTOCOL_VERSION) {
                 spawned.kill.notify_one();
                 return Err(start.error(
                     "Runtime.ProtocolError",
-                    format!("bootstrap speaks protocol {}, the daemon {}", hello["protocol"], frame::PROTOCOL_VERSION),
+                    format!(
+                        "bootstrap speaks protocol {}, the daemon {}",
+                        hello["protocol"],
+                        frame::PROTOCOL_VERSION
+                    ),
                 ));
             }
         }
@@ -112,7 +133,10 @@ pub(crate) async fn launch(
         }
         other => {
             spawned.kill.notify_one();
-            return Err(start.error("Runtime.ProtocolError", format!("expected HELLO, got frame kind {other}")));
+            return Err(start.error(
+                "Runtime.ProtocolError",
+                format!("expected HELLO, got frame kind {other}"),
+            ));
         }
     }
     drop(listener);
@@ -137,7 +161,12 @@ pub(crate) async fn launch(
 async fn exited_early(start: &Launch, spawned: &Spawned) -> LaunchError {
     spawned.kill.notify_one();
     let mut exit = spawned.exit.clone();
-    let reason = exit.wait_for(|e| e.is_some()).await.ok().and_then(|e| e.clone()).unwrap_or_default();
+    let reason = exit
+        .wait_for(|e| e.is_some())
+        .await
+        .ok()
+        .and_then(|e| e.clone())
+        .unwrap_or_default();
     let tail = spawned.stderr_tail();
     let message = if tail.is_empty() {
         format!("instance {reason} before it was ready")
@@ -147,7 +176,11 @@ async fn exited_early(start: &Launch, spawned: &Spawned) -> LaunchError {
     start.error("Runtime.ExitError", message)
 }
 
-async fn write_loop(mut write: OwnedWriteHalf, mut queue: mpsc::UnboundedReceiver<Bytes>, kill: Arc<Notify>) {
+async fn write_loop(
+    mut write: OwnedWriteHalf,
+    mut queue: mpsc::UnboundedReceiver<Bytes>,
+    kill: Arc<Notify>,
+) {
     let mut batch = BytesMut::new();
     while let Some(first) = queue.recv().await {
         batch.extend_from_slice(&first);
@@ -168,10 +201,24 @@ async fn write_loop(mut write: OwnedWriteHalf, mut queue: mpsc::UnboundedReceive
 async fn read_loop(mut reader: BufReader<tokio::net::unix::OwnedReadHalf>, shared: Arc<Shared>) {
     loop {
         match frame::read_frame(&mut reader).await {
-            Ok(Some(Frame { kind: frame::RESULT, id, payload })) => shared.complete(id, Ok(Outcome::Success(payload))),
-            Ok(Some(Frame { kind: frame::ERROR, id, payload })) => {
+            Ok(Some(Frame {
+                kind: frame::RESULT,
+                id,
+                payload,
+            })) => shared.complete(id, Ok(Outcome::Success(payload))),
+            Ok(Some(Frame {
+                kind: frame::ERROR,
+                id,
+                payload,
+            })) => {
                 let error_type = error_type_of(&payload);
-                shared.complete(id, Ok(Outcome::FunctionError { error_type, body: payload }));
+                shared.complete(
+                    id,
+                    Ok(Outcome::FunctionError {
+                        error_type,
+                        body: payload,
+                    }),
+                );
             }
             Ok(Some(frame)) => {
                 tracing::warn!(instance = %shared.instance, kind = frame.kind, "unexpected frame from runtime; stopping it");
@@ -197,20 +244,32 @@ fn error_type_of(payload: &[u8]) -> String {
 
 async fn fail_on_exit(shared: Arc<Shared>) {
     let mut exit = shared.exit.clone();
-    let reason = exit.wait_for(|e| e.is_some()).await.ok().and_then(|e| e.clone()).unwrap_or_default();
+    let reason = exit
+        .wait_for(|e| e.is_some())
+        .await
+        .ok()
+        .and_then(|e| e.clone())
+        .unwrap_or_default();
     let drained: Vec<Reply> = {
         let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
         shared.closed.store(true, Ordering::SeqCst);
         pending.drain().map(|(_, reply)| reply).collect()
     };
     for reply in drained {
-        let _ = reply.send(Err(InstanceFailure::Crashed { instance: shared.instance.clone(), detail: reason.clone() }));
+        let _ = reply.send(Err(InstanceFailure::Crashed {
+            instance: shared.instance.clone(),
+            detail: reason.clone(),
+        }));
     }
 }
 
 impl Shared {
     fn complete(&self, id: u32, result: Result<Outcome, InstanceFailure>) {
-        let reply = self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        let reply = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
         if let Some(reply) = reply {
             let _ = reply.send(result);
         }
@@ -225,14 +284,20 @@ struct Forget {
 
 impl Drop for Forget {
     fn drop(&mut self) {
-        self.shared.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
     }
 }
 
 impl InstanceHandle for NativeInstance {
     fn invoke(&self, invocation: Invocation) -> BoxFuture<Result<Outcome, InstanceFailure>> {
         let shared = self.0.clone();
-        let unavailable = || InstanceFailure::Unavailable { instance: shared.instance.clone() };
+        let unavailable = || InstanceFailure::Unavailable {
+            instance: shared.instance.clone(),
+        };
         let mut id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         if id == 0 {
             id = shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -245,24 +310,45 @@ impl InstanceHandle for NativeInstance {
             }
             pending.insert(id, reply);
         }
-        let frame = frame::encode_invoke(id, invocation.deadline_epoch_ms, &invocation.request_id, &invocation.payload);
+        let frame = frame::encode_invoke(
+            id,
+            invocation.deadline_epoch_ms,
+            &invocation.request_id,
+            &invocation.payload,
+        );
         if shared.writer.send(frame).is_err() {
-            shared.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
             return Box::pin(std::future::ready(Err(unavailable())));
         }
-        let forget = Forget { shared: shared.clone(), id };
+        let forget = Forget {
+            shared: shared.clone(),
+            id,
+        };
         Box::pin(async move {
             let outcome = result.await;
             drop(forget);
             outcome.unwrap_or_else(|_| {
-                Err(InstanceFailure::Crashed { instance: shared.instance.clone(), detail: "channel closed".into() })
+                Err(InstanceFailure::Crashed {
+                    instance: shared.instance.clone(),
+                    detail: "channel closed".into(),
+                })
             })
         })
     }
 
     fn exited(&self) -> BoxFuture<String> {
         let mut exit = self.0.exit.clone();
-        Box::pin(async move { exit.wait_for(|e| e.is_some()).await.ok().and_then(|e| e.clone()).unwrap_or_default() })
+        Box::pin(async move {
+            exit.wait_for(|e| e.is_some())
+                .await
+                .ok()
+                .and_then(|e| e.clone())
+                .unwrap_or_default()
+        })
     }
 
     fn stop(&self) {

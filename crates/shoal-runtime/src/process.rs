@@ -61,7 +61,14 @@ pub(crate) fn spawn(spec: SpawnSpec<'_>, logs: Arc<dyn LogSink>) -> std::io::Res
     let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
-    let stdout_done = tokio::spawn(pump(stdout, LogStream::Stdout, spec.function.to_owned(), spec.instance.to_owned(), logs.clone(), None));
+    let stdout_done = tokio::spawn(pump(
+        stdout,
+        LogStream::Stdout,
+        spec.function.to_owned(),
+        spec.instance.to_owned(),
+        logs.clone(),
+        None,
+    ));
     let stderr_done = tokio::spawn(pump(
         stderr,
         LogStream::Stderr,
@@ -88,7 +95,12 @@ pub(crate) fn spawn(spec: SpawnSpec<'_>, logs: Arc<dyn LogSink>) -> std::io::Res
         let _ = std::fs::remove_dir_all(&scratch);
         exit_tx.send_replace(Some(describe(status)));
     });
-    Ok(Spawned { pid, exit, kill, stderr_tail })
+    Ok(Spawned {
+        pid,
+        exit,
+        kill,
+        stderr_tail,
+    })
 }
 
 fn describe(status: std::io::Result<ExitStatus>) -> String {

@@ -23,7 +23,11 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
         .and_then(|s| kib_field(&s, "Pss:"))
         .unwrap_or(rss_kib);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    Some(ProcSample { rss_kib, pss_kib, cpu_ms: cpu_ms_from_stat(&stat).unwrap_or(0) })
+    Some(ProcSample {
+        rss_kib,
+        pss_kib,
+        cpu_ms: cpu_ms_from_stat(&stat).unwrap_or(0),
+    })
 }
 
 fn kib_field(text: &str, name: &str) -> Option<u64> {

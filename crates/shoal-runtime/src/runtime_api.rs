@@ -12,7 +12,9 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use shoal_dispatch::{BoxFuture, InstanceFailure, InstanceHandle, Invocation, LaunchError, Outcome};
+use shoal_dispatch::{
+    BoxFuture, InstanceFailure, InstanceHandle, Invocation, LaunchError, Outcome,
+};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch, Notify};
 
@@ -71,10 +73,15 @@ pub(crate) async fn launch(start: Launch) -> Result<Arc<dyn InstanceHandle>, Lau
             format!("{} is missing or not executable; a provided runtime needs an executable named bootstrap", program.display()),
         ));
     }
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| start.error("Runtime.Unknown", format!("binding the Runtime API listener: {e}")))?;
-    let addr = listener.local_addr().map_err(|e| start.error("Runtime.Unknown", e.to_string()))?;
+    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| {
+        start.error(
+            "Runtime.Unknown",
+            format!("binding the Runtime API listener: {e}"),
+        )
+    })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| start.error("Runtime.Unknown", e.to_string()))?;
     let mut env = start.env.clone();
     env.push(("AWS_LAMBDA_RUNTIME_API".into(), addr.to_string()));
     let spawned = process::spawn(
@@ -89,10 +96,18 @@ pub(crate) async fn launch(start: Launch) -> Result<Arc<dyn InstanceHandle>, Lau
         },
         start.logs.clone(),
     )
-    .map_err(|e| start.error("Runtime.InvalidEntrypoint", format!("starting {}: {e}", program.display())))?;
+    .map_err(|e| {
+        start.error(
+            "Runtime.InvalidEntrypoint",
+            format!("starting {}: {e}", program.display()),
+        )
+    })?;
     let shared = Arc::new(Shared {
         instance: start.request.instance_id.clone(),
-        arn: format!("arn:aws:lambda:local:000000000000:function:{}", start.code.function),
+        arn: format!(
+            "arn:aws:lambda:local:000000000000:function:{}",
+            start.code.function
+        ),
         pid: spawned.pid,
         state: Mutex::new(State::default()),
         started: Notify::new(),
@@ -118,7 +133,12 @@ pub(crate) async fn launch(start: Launch) -> Result<Arc<dyn InstanceHandle>, Lau
     }
     if let Some(reason) = exit.borrow().clone() {
         let tail = spawned.stderr_tail();
-        return Err(start.error("Runtime.ExitError", format!("bootstrap {reason} before it was ready\n{tail}").trim_end().to_owned()));
+        return Err(start.error(
+            "Runtime.ExitError",
+            format!("bootstrap {reason} before it was ready\n{tail}")
+                .trim_end()
+                .to_owned(),
+        ));
     }
     Ok(Arc::new(ApiInstance(shared)))
 }
@@ -130,7 +150,9 @@ fn is_executable(path: &std::path::Path) -> bool {
 
 async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -147,7 +169,12 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 
 async fn close_on_exit(shared: Arc<Shared>, server: tokio::task::JoinHandle<()>) {
     let mut exit = shared.exit.clone();
-    let reason = exit.wait_for(|e| e.is_some()).await.ok().and_then(|e| e.clone()).unwrap_or_default();
+    let reason = exit
+        .wait_for(|e| e.is_some())
+        .await
+        .ok()
+        .and_then(|e| e.clone())
+        .unwrap_or_default();
     server.abort();
     let pending: Vec<Reply> = {
         let mut state = shared.state();
@@ -157,7 +184,10 @@ async fn close_on_exit(shared: Arc<Shared>, server: tokio::task::JoinHandle<()>)
         state.pending.drain().map(|(_, r)| r).collect()
     };
     for reply in pending {
-        let _ = reply.send(Err(InstanceFailure::Crashed { instance: shared.instance.clone(), detail: reason.clone() }));
+        let _ = reply.send(Err(InstanceFailure::Crashed {
+            instance: shared.instance.clone(),
+            detail: reason.clone(),
+        }));
     }
     shared.started.notify_one();
 }
@@ -165,18 +195,28 @@ async fn close_on_exit(shared: Arc<Shared>, server: tokio::task::JoinHandle<()>)
 fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
-    response.headers_mut().insert(hyper::header::CONTENT_TYPE, "application/json".parse().expect("static"));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        "application/json".parse().expect("static"),
+    );
     response
 }
 
 fn api_error(status: StatusCode, error_type: &str, message: &str) -> Response<Full<Bytes>> {
-    json(status, serde_json::json!({ "errorType": error_type, "errorMessage": message }))
+    json(
+        status,
+        serde_json::json!({ "errorType": error_type, "errorMessage": message }),
+    )
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     let Some(route) = path.strip_prefix(API_PREFIX) else {
-        return api_error(StatusCode::NOT_FOUND, "InvalidRequest", "unknown Runtime API path");
+        return api_error(
+            StatusCode::NOT_FOUND,
+            "InvalidRequest",
+            "unknown Runtime API path",
+        );
     };
     let method = req.method().clone();
     match (method, route.split('/').collect::<Vec<_>>().as_slice()) {
@@ -197,8 +237,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
                 .map(str::to_owned);
             match read_body(req).await {
                 Ok(body) => {
-                    let error_type = header_type.unwrap_or_else(|| launch_error_from_json(&body, "Unhandled").error_type);
-                    answer(&shared, &id, Ok(Outcome::FunctionError { error_type, body }))
+                    let error_type = header_type
+                        .unwrap_or_else(|| launch_error_from_json(&body, "Unhandled").error_type);
+                    answer(
+                        &shared,
+                        &id,
+                        Ok(Outcome::FunctionError { error_type, body }),
+                    )
                 }
                 Err(response) => response,
             }
@@ -209,7 +254,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
             shared.started.notify_one();
             json(StatusCode::ACCEPTED, serde_json::json!({ "status": "OK" }))
         }
-        _ => api_error(StatusCode::NOT_FOUND, "InvalidRequest", "unknown Runtime API path"),
+        _ => api_error(
+            StatusCode::NOT_FOUND,
+            "InvalidRequest",
+            "unknown Runtime API path",
+        ),
     }
 }
 
@@ -239,7 +288,11 @@ async fn next(shared: &Arc<Shared>) -> Response<Full<Bytes>> {
     shared.started.notify_one();
     match waiting.await {
         Ok(assigned) => invocation_response(shared, assigned),
-        Err(_) => api_error(StatusCode::GONE, "InstanceStopping", "this instance is stopping"),
+        Err(_) => api_error(
+            StatusCode::GONE,
+            "InstanceStopping",
+            "this instance is stopping",
+        ),
     }
 }
 
@@ -252,14 +305,24 @@ fn invocation_response(shared: &Shared, assigned: Assigned) -> Response<Full<Byt
         }
     };
     set("content-type", "application/json".into());
-    set("lambda-runtime-trace-id", format!("Root=1-00000000-{}", assigned.request_id.replace('-', "")));
-    set("lambda-runtime-deadline-ms", assigned.deadline_ms.to_string());
+    set(
+        "lambda-runtime-trace-id",
+        format!("Root=1-00000000-{}", assigned.request_id.replace('-', "")),
+    );
+    set(
+        "lambda-runtime-deadline-ms",
+        assigned.deadline_ms.to_string(),
+    );
     set("lambda-runtime-invoked-function-arn", shared.arn.clone());
     set("lambda-runtime-aws-request-id", assigned.request_id);
     response
 }
 
-fn answer(shared: &Shared, id: &str, result: Result<Outcome, InstanceFailure>) -> Response<Full<Bytes>> {
+fn answer(
+    shared: &Shared,
+    id: &str,
+    result: Result<Outcome, InstanceFailure>,
+) -> Response<Full<Bytes>> {
     let reply = {
         let mut state = shared.state();
         match state.pending.remove(id) {
@@ -273,8 +336,16 @@ fn answer(shared: &Shared, id: &str, result: Result<Outcome, InstanceFailure>) -
             let _ = reply.send(result);
             json(StatusCode::ACCEPTED, serde_json::json!({ "status": "OK" }))
         }
-        Err(true) => api_error(StatusCode::GONE, "InvocationExpired", "the invocation already timed out"),
-        Err(false) => api_error(StatusCode::BAD_REQUEST, "InvalidRequestID", "unknown request id"),
+        Err(true) => api_error(
+            StatusCode::GONE,
+            "InvocationExpired",
+            "the invocation already timed out",
+        ),
+        Err(false) => api_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestID",
+            "unknown request id",
+        ),
     }
 }
 
@@ -305,7 +376,9 @@ impl InstanceHandle for ApiInstance {
             let mut state = shared.state();
             if state.closed {
                 let instance = shared.instance.clone();
-                return Box::pin(std::future::ready(Err(InstanceFailure::Unavailable { instance })));
+                return Box::pin(std::future::ready(Err(InstanceFailure::Unavailable {
+                    instance,
+                })));
             }
             state.pending.insert(invocation.request_id.clone(), reply);
             let mut assigned = Assigned {
@@ -325,19 +398,31 @@ impl InstanceHandle for ApiInstance {
                 }
             }
         }
-        let forget = Forget { shared: shared.clone(), request_id: invocation.request_id };
+        let forget = Forget {
+            shared: shared.clone(),
+            request_id: invocation.request_id,
+        };
         Box::pin(async move {
             let outcome = result.await;
             drop(forget);
             outcome.unwrap_or_else(|_| {
-                Err(InstanceFailure::Crashed { instance: shared.instance.clone(), detail: "instance stopped".into() })
+                Err(InstanceFailure::Crashed {
+                    instance: shared.instance.clone(),
+                    detail: "instance stopped".into(),
+                })
             })
         })
     }
 
     fn exited(&self) -> BoxFuture<String> {
         let mut exit = self.0.exit.clone();
-        Box::pin(async move { exit.wait_for(|e| e.is_some()).await.ok().and_then(|e| e.clone()).unwrap_or_default() })
+        Box::pin(async move {
+            exit.wait_for(|e| e.is_some())
+                .await
+                .ok()
+                .and_then(|e| e.clone())
+                .unwrap_or_default()
+        })
     }
 
     fn stop(&self) {

@@ -38,7 +38,11 @@ pub fn pack_dir(dir: &Path) -> std::io::Result<Vec<u8>> {
     builder.into_inner()?.finish()
 }
 
-fn add_dir<W: std::io::Write>(builder: &mut tar::Builder<W>, root: &Path, rel: &Path) -> std::io::Result<()> {
+fn add_dir<W: std::io::Write>(
+    builder: &mut tar::Builder<W>,
+    root: &Path,
+    rel: &Path,
+) -> std::io::Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(root.join(rel))?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
@@ -71,13 +75,20 @@ pub fn unpack(bytes: &[u8], dest: &Path) -> Result<(), ArchiveError> {
         }
         let raw = entry.path().map_err(ArchiveError::Corrupt)?.into_owned();
         let shown = raw.display().to_string();
-        let bad = |reason: &str| ArchiveError::BadEntry { entry: shown.clone(), reason: reason.to_owned() };
-        let rel = safe_relative(&raw).ok_or_else(|| bad("path must be relative and stay inside the archive"))?;
+        let bad = |reason: &str| ArchiveError::BadEntry {
+            entry: shown.clone(),
+            reason: reason.to_owned(),
+        };
+        let rel = safe_relative(&raw)
+            .ok_or_else(|| bad("path must be relative and stay inside the archive"))?;
         if rel.as_os_str().is_empty() {
             continue;
         }
         let target = dest.join(&rel);
-        let write_err = |source| ArchiveError::Write { path: target.clone(), source };
+        let write_err = |source| ArchiveError::Write {
+            path: target.clone(),
+            source,
+        };
         let kind = entry.header().entry_type();
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent).map_err(write_err)?;
@@ -88,7 +99,8 @@ pub fn unpack(bytes: &[u8], dest: &Path) -> Result<(), ArchiveError> {
             let mode = entry.header().mode().unwrap_or(0o644);
             let mut file = std::fs::File::create(&target).map_err(write_err)?;
             let budget = MAX_UNPACKED_BYTES - total;
-            let written = std::io::copy(&mut (&mut entry).take(budget + 1), &mut file).map_err(write_err)?;
+            let written =
+                std::io::copy(&mut (&mut entry).take(budget + 1), &mut file).map_err(write_err)?;
             total += written;
             if total > MAX_UNPACKED_BYTES {
                 return Err(ArchiveError::TooLarge);
@@ -105,7 +117,9 @@ pub fn unpack(bytes: &[u8], dest: &Path) -> Result<(), ArchiveError> {
             }
             std::os::unix::fs::symlink(&link, &target).map_err(write_err)?;
         } else {
-            return Err(bad("only files, folders and symlinks inside the archive are allowed"));
+            return Err(bad(
+                "only files, folders and symlinks inside the archive are allowed",
+            ));
         }
     }
     Ok(())
@@ -192,10 +206,26 @@ mod tests {
     #[test]
     fn hostile_archives_are_refused_with_the_entry_named() {
         let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-            ("dotdot", tar_gz(|b| file(b, b"../evil.js", b"x")), "../evil.js"),
-            ("absolute", tar_gz(|b| file(b, b"/tmp/evil.js", b"x")), "/tmp/evil.js"),
-            ("symlink", tar_gz(|b| link(b, "escape", "../../etc")), "symlink points outside"),
-            ("abs-symlink", tar_gz(|b| link(b, "escape", "/etc/passwd")), "symlink points outside"),
+            (
+                "dotdot",
+                tar_gz(|b| file(b, b"../evil.js", b"x")),
+                "../evil.js",
+            ),
+            (
+                "absolute",
+                tar_gz(|b| file(b, b"/tmp/evil.js", b"x")),
+                "/tmp/evil.js",
+            ),
+            (
+                "symlink",
+                tar_gz(|b| link(b, "escape", "../../etc")),
+                "symlink points outside",
+            ),
+            (
+                "abs-symlink",
+                tar_gz(|b| link(b, "escape", "/etc/passwd")),
+                "symlink points outside",
+            ),
             ("not-gzip", b"plain text".to_vec(), "not a readable tar.gz"),
         ];
         for (name, bytes, expected) in cases {
@@ -216,7 +246,10 @@ mod tests {
         });
         let dest = scratch("internal-link");
         unpack(&bytes, &dest).unwrap();
-        assert_eq!(std::fs::read_to_string(dest.join("lib/alias.js")).unwrap(), "x");
+        assert_eq!(
+            std::fs::read_to_string(dest.join("lib/alias.js")).unwrap(),
+            "x"
+        );
         let _ = std::fs::remove_dir_all(&dest);
     }
 
@@ -228,7 +261,10 @@ mod tests {
             }
         });
         let dest = scratch("many");
-        assert!(matches!(unpack(&many, &dest), Err(ArchiveError::TooManyEntries)));
+        assert!(matches!(
+            unpack(&many, &dest),
+            Err(ArchiveError::TooManyEntries)
+        ));
         let _ = std::fs::remove_dir_all(&dest);
     }
 }

@@ -35,7 +35,9 @@ impl Control {
             .get(hyper::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        presented.is_some_and(|token| constant_time_eq(token.as_bytes(), self.platform.token().as_bytes()))
+        presented.is_some_and(|token| {
+            constant_time_eq(token.as_bytes(), self.platform.token().as_bytes())
+        })
     }
 
     async fn route(&self, req: Request<Incoming>) -> Response<Body> {
@@ -77,14 +79,28 @@ impl Control {
             (&Method::GET, ["admin", "functions", name, "logs"]) => {
                 let query = req.uri().query();
                 let since = query_param(query, "since").and_then(|s| s.parse().ok());
-                let tail = query_param(query, "tail").and_then(|s| s.parse().ok()).unwrap_or(100);
+                let tail = query_param(query, "tail")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(100);
                 match self.platform.logs.read(name, since, tail) {
-                    Ok((records, next)) => http::json(StatusCode::OK, &json!({ "records": records, "next": next })),
-                    Err(e) => respond::aws_error(StatusCode::INTERNAL_SERVER_ERROR, "ServiceException", &e.to_string()),
+                    Ok((records, next)) => {
+                        http::json(StatusCode::OK, &json!({ "records": records, "next": next }))
+                    }
+                    Err(e) => respond::aws_error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "ServiceException",
+                        &e.to_string(),
+                    ),
                 }
             }
-            (&Method::GET, ["metrics"]) => http::response(StatusCode::OK, "text/plain; version=0.0.4", self.metrics()),
-            _ => respond::aws_error(StatusCode::NOT_FOUND, "UnknownOperationException", &format!("no route for {method} {path}")),
+            (&Method::GET, ["metrics"]) => {
+                http::response(StatusCode::OK, "text/plain; version=0.0.4", self.metrics())
+            }
+            _ => respond::aws_error(
+                StatusCode::NOT_FOUND,
+                "UnknownOperationException",
+                &format!("no route for {method} {path}"),
+            ),
         }
     }
 
@@ -97,18 +113,26 @@ impl Control {
             .to_owned();
         let body = match http::read_body(req.into_body(), MAX_INVOKE_BODY).await {
             Ok(body) => body,
-            Err(BodyError::TooLarge(limit)) => {
+            Err(BodyError::TooLarge(limit)) => return respond::aws_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestTooLargeException",
+                &format!(
+                    "Request must be smaller than {limit} bytes for the InvokeFunction operation"
+                ),
+            ),
+            Err(BodyError::Broken) => {
                 return respond::aws_error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "RequestTooLargeException",
-                    &format!("Request must be smaller than {limit} bytes for the InvokeFunction operation"),
+                    StatusCode::BAD_REQUEST,
+                    "InvalidRequestContentException",
+                    "request body could not be read",
                 )
             }
-            Err(BodyError::Broken) => {
-                return respond::aws_error(StatusCode::BAD_REQUEST, "InvalidRequestContentException", "request body could not be read")
-            }
         };
-        let payload = if body.is_empty() { Bytes::from_static(b"{}") } else { body };
+        let payload = if body.is_empty() {
+            Bytes::from_static(b"{}")
+        } else {
+            body
+        };
         if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&payload) {
             return respond::aws_error(
                 StatusCode::BAD_REQUEST,
@@ -121,7 +145,9 @@ impl Control {
         }
         let request_id = uuid::Uuid::new_v4().to_string();
         match invocation_type.as_str() {
-            "DryRun" => return http::response(StatusCode::NO_CONTENT, "application/json", Bytes::new()),
+            "DryRun" => {
+                return http::response(StatusCode::NO_CONTENT, "application/json", Bytes::new())
+            }
             "Event" => {
                 let platform = self.platform.clone();
                 let function = function.to_owned();
@@ -129,21 +155,28 @@ impl Control {
                 tokio::spawn(async move {
                     let _ = platform.invoke(&function, id, payload).await;
                 });
-                let mut response = http::response(StatusCode::ACCEPTED, "application/json", Bytes::new());
+                let mut response =
+                    http::response(StatusCode::ACCEPTED, "application/json", Bytes::new());
                 insert_header(&mut response, "x-amzn-requestid", &request_id);
                 return response;
             }
             "RequestResponse" => {}
-            other => {
-                return respond::aws_error(
-                    StatusCode::BAD_REQUEST,
-                    "InvalidParameterValueException",
-                    &format!("X-Amz-Invocation-Type must be RequestResponse, Event or DryRun, not {other:?}"),
-                )
-            }
+            other => return respond::aws_error(
+                StatusCode::BAD_REQUEST,
+                "InvalidParameterValueException",
+                &format!(
+                    "X-Amz-Invocation-Type must be RequestResponse, Event or DryRun, not {other:?}"
+                ),
+            ),
         }
-        let mut response = match self.platform.invoke(function, request_id.clone(), payload).await {
-            Ok(Outcome::Success(result)) => http::response(StatusCode::OK, "application/json", result),
+        let mut response = match self
+            .platform
+            .invoke(function, request_id.clone(), payload)
+            .await
+        {
+            Ok(Outcome::Success(result)) => {
+                http::response(StatusCode::OK, "application/json", result)
+            }
             Ok(Outcome::FunctionError { body, .. }) => {
                 let mut response = http::response(StatusCode::OK, "application/json", body);
                 insert_header(&mut response, "x-amz-function-error", "Unhandled");
@@ -153,7 +186,11 @@ impl Control {
         };
         insert_header(&mut response, "x-amzn-requestid", &request_id);
         if let Some(version) = self.platform.dispatcher.active_version(function) {
-            insert_header(&mut response, "x-amz-executed-version", &version.to_string());
+            insert_header(
+                &mut response,
+                "x-amz-executed-version",
+                &version.to_string(),
+            );
         }
         response
     }
@@ -161,14 +198,26 @@ impl Control {
     async fn deploy(&self, req: Request<Incoming>) -> Response<Body> {
         let archive = match http::read_body(req.into_body(), MAX_ARCHIVE).await {
             Ok(body) => body,
-            Err(e) => return respond::aws_error(StatusCode::PAYLOAD_TOO_LARGE, "RequestTooLargeException", &e.to_string()),
+            Err(e) => {
+                return respond::aws_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "RequestTooLargeException",
+                    &e.to_string(),
+                )
+            }
         };
         let platform = self.platform.clone();
         let deployed = tokio::task::spawn_blocking(move || platform.deploy(&archive)).await;
         match deployed {
-            Ok(Ok(functions)) => http::json(StatusCode::CREATED, &json!({ "functions": functions })),
+            Ok(Ok(functions)) => {
+                http::json(StatusCode::CREATED, &json!({ "functions": functions }))
+            }
             Ok(Err(e)) => respond::deploy_error(&e),
-            Err(e) => respond::aws_error(StatusCode::INTERNAL_SERVER_ERROR, "ServiceException", &e.to_string()),
+            Err(e) => respond::aws_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ServiceException",
+                &e.to_string(),
+            ),
         }
     }
 
@@ -178,27 +227,64 @@ impl Control {
         let _ = writeln!(out, "# HELP shoal_instances Instances per function version and state.\n# TYPE shoal_instances gauge");
         for pool in &pools {
             for state in ["starting", "ready", "draining", "stopping"] {
-                let n = pool.instances.iter().filter(|i| state_name(i.status.state) == state).count();
-                let _ = writeln!(out, "shoal_instances{{function=\"{}\",version=\"{}\",state=\"{state}\"}} {n}", pool.function, pool.version);
+                let n = pool
+                    .instances
+                    .iter()
+                    .filter(|i| state_name(i.status.state) == state)
+                    .count();
+                let _ = writeln!(
+                    out,
+                    "shoal_instances{{function=\"{}\",version=\"{}\",state=\"{state}\"}} {n}",
+                    pool.function, pool.version
+                );
             }
         }
         let gauges: [(&str, &str, fn(&crate::platform::InstanceReport) -> u64); 4] = [
-            ("shoal_instance_in_flight", "Invocations running in an instance.", |i| i.status.in_flight as u64),
-            ("shoal_instance_limit", "An instance's in-flight limit.", |i| i.status.limit as u64),
-            ("shoal_instance_pss_bytes", "Proportional set size of an instance process.", |i| i.resources.map_or(0, |r| r.pss_kib * 1024)),
-            ("shoal_instance_cpu_seconds_total", "CPU time of an instance process.", |i| i.resources.map_or(0, |r| r.cpu_ms / 1000)),
+            (
+                "shoal_instance_in_flight",
+                "Invocations running in an instance.",
+                |i| i.status.in_flight as u64,
+            ),
+            (
+                "shoal_instance_limit",
+                "An instance's in-flight limit.",
+                |i| i.status.limit as u64,
+            ),
+            (
+                "shoal_instance_pss_bytes",
+                "Proportional set size of an instance process.",
+                |i| i.resources.map_or(0, |r| r.pss_kib * 1024),
+            ),
+            (
+                "shoal_instance_cpu_seconds_total",
+                "CPU time of an instance process.",
+                |i| i.resources.map_or(0, |r| r.cpu_ms / 1000),
+            ),
         ];
         for (name, help, value) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
             for pool in &pools {
                 for instance in &pool.instances {
-                    let _ = writeln!(out, "{name}{{function=\"{}\",instance=\"{}\"}} {}", pool.function, instance.status.id, value(instance));
+                    let _ = writeln!(
+                        out,
+                        "{name}{{function=\"{}\",instance=\"{}\"}} {}",
+                        pool.function,
+                        instance.status.id,
+                        value(instance)
+                    );
                 }
             }
         }
-        let _ = writeln!(out, "# HELP shoal_queued Invocations waiting for a slot.\n# TYPE shoal_queued gauge");
+        let _ = writeln!(
+            out,
+            "# HELP shoal_queued Invocations waiting for a slot.\n# TYPE shoal_queued gauge"
+        );
         for pool in &pools {
-            let _ = writeln!(out, "shoal_queued{{function=\"{}\",version=\"{}\"}} {}", pool.function, pool.version, pool.queued);
+            let _ = writeln!(
+                out,
+                "shoal_queued{{function=\"{}\",version=\"{}\"}} {}",
+                pool.function, pool.version, pool.queued
+            );
         }
         out
     }
@@ -240,7 +326,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Handler for Control {
-    fn handle(self: Arc<Self>, req: Request<Incoming>, _remote: SocketAddr) -> BoxFuture<Response<Body>> {
+    fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        _remote: SocketAddr,
+    ) -> BoxFuture<Response<Body>> {
         Box::pin(async move { self.route(req).await })
     }
 }

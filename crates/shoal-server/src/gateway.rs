@@ -28,22 +28,35 @@ impl Gateway {
 
     async fn handle_request(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
         let (parts, body) = req.into_parts();
-        let Some((function, route)) = self.platform.lookup_route(parts.method.as_str(), parts.uri.path()) else {
+        let Some((function, route)) = self
+            .platform
+            .lookup_route(parts.method.as_str(), parts.uri.path())
+        else {
             return respond::gateway_message(StatusCode::NOT_FOUND, "Not Found");
         };
         let body = match http::read_body(body, MAX_REQUEST_BODY).await {
             Ok(body) => body,
             Err(BodyError::TooLarge(_)) => {
-                return respond::gateway_message(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large")
+                return respond::gateway_message(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "Request Entity Too Large",
+                )
             }
-            Err(BodyError::Broken) => return respond::gateway_message(StatusCode::BAD_REQUEST, "Bad Request"),
+            Err(BodyError::Broken) => {
+                return respond::gateway_message(StatusCode::BAD_REQUEST, "Bad Request")
+            }
         };
         let headers: Vec<(String, Vec<u8>)> = parts
             .headers
             .iter()
             .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
             .collect();
-        let host = parts.headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("localhost").to_owned();
+        let host = parts
+            .headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("localhost")
+            .to_owned();
         let request_id = uuid::Uuid::new_v4().to_string();
         let source_ip = remote.ip().to_string();
         let event = shoal_events::build_v2_event(
@@ -61,11 +74,20 @@ impl Gateway {
             "shoal",
             &host,
         );
-        let mut response = match self.platform.invoke(&function, request_id.clone(), Bytes::from(event)).await {
+        let mut response = match self
+            .platform
+            .invoke(&function, request_id.clone(), Bytes::from(event))
+            .await
+        {
             Ok(Outcome::Success(result)) => match shoal_events::try_map_v2_response(&result) {
                 Ok(mapped) => to_hyper(mapped),
                 Err(e) => {
-                    self.platform.logs.system(&function, "-", &request_id, format!("malformed proxy result: {e}"));
+                    self.platform.logs.system(
+                        &function,
+                        "-",
+                        &request_id,
+                        format!("malformed proxy result: {e}"),
+                    );
                     respond::gateway_function_error()
                 }
             },
@@ -95,7 +117,11 @@ fn to_hyper(mapped: shoal_events::HttpResponse) -> Response<Body> {
 }
 
 impl Handler for Gateway {
-    fn handle(self: Arc<Self>, req: Request<Incoming>, remote: SocketAddr) -> BoxFuture<Response<Body>> {
+    fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> BoxFuture<Response<Body>> {
         Box::pin(async move { self.handle_request(req, remote).await })
     }
 }

@@ -18,12 +18,20 @@ pub(crate) type Body = Full<Bytes>;
 
 /// Something that answers requests on one listener.
 pub(crate) trait Handler: Send + Sync + 'static {
-    fn handle(self: Arc<Self>, req: Request<Incoming>, remote: SocketAddr) -> BoxFuture<Response<Body>>;
+    fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> BoxFuture<Response<Body>>;
 }
 
 /// Accept connections until `stopped` turns true; open connections finish their current
 /// request and close.
-pub(crate) async fn serve<H: Handler>(listener: TcpListener, mut stopped: watch::Receiver<bool>, handler: Arc<H>) {
+pub(crate) async fn serve<H: Handler>(
+    listener: TcpListener,
+    mut stopped: watch::Receiver<bool>,
+    handler: Arc<H>,
+) {
     loop {
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -63,7 +71,12 @@ pub(crate) async fn serve<H: Handler>(listener: TcpListener, mut stopped: watch:
 pub(crate) async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(BodyError::TooLarge(limit)),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(BodyError::TooLarge(limit))
+        }
         Err(_) => Err(BodyError::Broken),
     }
 }
@@ -76,11 +89,17 @@ pub(crate) enum BodyError {
     Broken,
 }
 
-pub(crate) fn response(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+pub(crate) fn response(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     if let Ok(value) = content_type.parse() {
-        response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
     }
     response
 }

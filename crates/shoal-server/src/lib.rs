@@ -83,14 +83,28 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let control_addr = control.local_addr()?;
     platform.set_public_base(format!("http://{gateway_addr}"));
     platform.restore().context("restoring deployed functions")?;
-    std::fs::write(config.data_dir.join("control-addr"), control_addr.to_string())
-        .context("writing control-addr")?;
-    std::fs::write(config.data_dir.join("gateway-addr"), gateway_addr.to_string())
-        .context("writing gateway-addr")?;
+    std::fs::write(
+        config.data_dir.join("control-addr"),
+        control_addr.to_string(),
+    )
+    .context("writing control-addr")?;
+    std::fs::write(
+        config.data_dir.join("gateway-addr"),
+        gateway_addr.to_string(),
+    )
+    .context("writing gateway-addr")?;
     let (stop, stopped) = watch::channel(false);
     let tasks = vec![
-        tokio::spawn(http::serve(gateway, stopped.clone(), gateway::Gateway::new(platform.clone()))),
-        tokio::spawn(http::serve(control, stopped, control::Control::new(platform.clone()))),
+        tokio::spawn(http::serve(
+            gateway,
+            stopped.clone(),
+            gateway::Gateway::new(platform.clone()),
+        )),
+        tokio::spawn(http::serve(
+            control,
+            stopped,
+            control::Control::new(platform.clone()),
+        )),
     ];
     Ok(Running {
         gateway_addr,

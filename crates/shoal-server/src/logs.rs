@@ -34,7 +34,10 @@ pub(crate) struct LogStore {
 impl LogStore {
     pub fn new(dir: PathBuf) -> std::io::Result<LogStore> {
         std::fs::create_dir_all(&dir)?;
-        Ok(LogStore { dir, files: Mutex::new(HashMap::new()) })
+        Ok(LogStore {
+            dir,
+            files: Mutex::new(HashMap::new()),
+        })
     }
 
     fn path(&self, function: &str) -> PathBuf {
@@ -42,11 +45,17 @@ impl LogStore {
     }
 
     pub fn append(&self, function: &str, record: &LogRecord) {
-        let Ok(mut line) = serde_json::to_vec(record) else { return };
+        let Ok(mut line) = serde_json::to_vec(record) else {
+            return;
+        };
         line.push(b'\n');
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         if !files.contains_key(function) {
-            match OpenOptions::new().create(true).append(true).open(self.path(function)) {
+            match OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.path(function))
+            {
                 Ok(file) => {
                     files.insert(function.to_owned(), file);
                 }
@@ -78,7 +87,12 @@ impl LogStore {
 
     /// Records from byte offset `since` (or the last `tail` records when `None`), and the
     /// offset to continue from.
-    pub fn read(&self, function: &str, since: Option<u64>, tail: usize) -> std::io::Result<(Vec<LogRecord>, u64)> {
+    pub fn read(
+        &self,
+        function: &str,
+        since: Option<u64>,
+        tail: usize,
+    ) -> std::io::Result<(Vec<LogRecord>, u64)> {
         let mut file = match File::open(self.path(function)) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
@@ -113,7 +127,10 @@ impl LogStore {
     }
 
     pub fn remove(&self, function: &str) {
-        self.files.lock().unwrap_or_else(|e| e.into_inner()).remove(function);
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(function);
         let _ = std::fs::remove_file(self.path(function));
     }
 }
@@ -143,7 +160,9 @@ impl LogSink for LogStore {
 /// kept whole.
 fn parse_lambda_line(line: &str) -> (Option<String>, Option<String>, String) {
     let mut parts = line.splitn(4, '\t');
-    if let (Some(time), Some(rid), Some(level), Some(message)) = (parts.next(), parts.next(), parts.next(), parts.next()) {
+    if let (Some(time), Some(rid), Some(level), Some(message)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    {
         let looks_like_time = time.len() >= 20 && time.as_bytes()[4] == b'-' && time.contains('T');
         if looks_like_time && level.chars().all(|c| c.is_ascii_uppercase()) {
             let rid = (rid != "undefined" && !rid.is_empty()).then(|| rid.to_owned());
@@ -154,7 +173,10 @@ fn parse_lambda_line(line: &str) -> (Option<String>, Option<String>, String) {
 }
 
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -163,11 +185,22 @@ mod tests {
 
     #[test]
     fn lambda_format_lines_are_tagged() {
-        let (rid, level, msg) = parse_lambda_line("2026-11-28T12:00:00.000Z\tabc-123\tINFO\thello\tworld");
-        assert_eq!((rid.as_deref(), level.as_deref(), msg.as_str()), (Some("abc-123"), Some("INFO"), "hello\tworld"));
-        let (rid, level, msg) = parse_lambda_line("2026-11-28T12:00:00.000Z\tundefined\tWARN\tat load");
-        assert_eq!((rid, level.as_deref(), msg.as_str()), (None, Some("WARN"), "at load"));
+        let (rid, level, msg) =
+            parse_lambda_line("2026-11-28T12:00:00.000Z\tabc-123\tINFO\thello\tworld");
+        assert_eq!(
+            (rid.as_deref(), level.as_deref(), msg.as_str()),
+            (Some("abc-123"), Some("INFO"), "hello\tworld")
+        );
+        let (rid, level, msg) =
+            parse_lambda_line("2026-11-28T12:00:00.000Z\tundefined\tWARN\tat load");
+        assert_eq!(
+            (rid, level.as_deref(), msg.as_str()),
+            (None, Some("WARN"), "at load")
+        );
         let (rid, level, msg) = parse_lambda_line("plain output\twith tab");
-        assert_eq!((rid, level, msg.as_str()), (None, None, "plain output\twith tab"));
+        assert_eq!(
+            (rid, level, msg.as_str()),
+            (None, None, "plain output\twith tab")
+        );
     }
 }

@@ -139,7 +139,10 @@ impl Platform {
     }
 
     fn public_base(&self) -> String {
-        self.public_base.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.public_base
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Bring back every function deployed before the last restart.
@@ -168,7 +171,8 @@ impl Platform {
             memory_mb: spec.memory_mb,
             env: spec.env.clone(),
         });
-        self.dispatcher.deploy(&spec.name, record.version, pool_config(spec));
+        self.dispatcher
+            .deploy(&spec.name, record.version, pool_config(spec));
         Ok(())
     }
 
@@ -177,11 +181,19 @@ impl Platform {
         if dir.is_dir() {
             return Ok(dir);
         }
-        let bytes = self.store.get_blob(digest)?.ok_or_else(|| DeployError::Io {
-            path: dir.clone(),
-            source: std::io::Error::other(format!("code blob {digest} is missing from the store")),
-        })?;
-        let staging = self.data_dir.join("tmp").join(uuid::Uuid::new_v4().to_string());
+        let bytes = self
+            .store
+            .get_blob(digest)?
+            .ok_or_else(|| DeployError::Io {
+                path: dir.clone(),
+                source: std::io::Error::other(format!(
+                    "code blob {digest} is missing from the store"
+                )),
+            })?;
+        let staging = self
+            .data_dir
+            .join("tmp")
+            .join(uuid::Uuid::new_v4().to_string());
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| DeployError::Io { path, source }
@@ -206,14 +218,22 @@ impl Platform {
     /// its `shoal.toml`. Nothing changes unless the whole deploy is valid.
     pub fn deploy(&self, archive_bytes: &[u8]) -> Result<Vec<Deployed>, DeployError> {
         // Check the archive and read the manifest before storing anything.
-        let staging = self.data_dir.join("tmp").join(uuid::Uuid::new_v4().to_string());
-        std::fs::create_dir_all(&staging).map_err(|source| DeployError::Io { path: staging.clone(), source })?;
-        let checked = archive::unpack(archive_bytes, &staging).map_err(DeployError::from).and_then(|()| {
-            match std::fs::read_to_string(staging.join("shoal.toml")) {
-                Ok(text) => Ok(shoal_manifest::parse("shoal.toml", &text)?),
-                Err(_) => Err(DeployError::MissingManifest),
-            }
-        });
+        let staging = self
+            .data_dir
+            .join("tmp")
+            .join(uuid::Uuid::new_v4().to_string());
+        std::fs::create_dir_all(&staging).map_err(|source| DeployError::Io {
+            path: staging.clone(),
+            source,
+        })?;
+        let checked = archive::unpack(archive_bytes, &staging)
+            .map_err(DeployError::from)
+            .and_then(
+                |()| match std::fs::read_to_string(staging.join("shoal.toml")) {
+                    Ok(text) => Ok(shoal_manifest::parse("shoal.toml", &text)?),
+                    Err(_) => Err(DeployError::MissingManifest),
+                },
+            );
         let _ = std::fs::remove_dir_all(&staging);
         let manifest = checked?;
         for spec in &manifest.functions {
@@ -235,7 +255,11 @@ impl Platform {
         for spec in &manifest.functions {
             let record = self.store.create_version(spec, &digest)?;
             self.activate(&record)?;
-            deployed.push(Deployed { name: spec.name.clone(), version: record.version, urls: self.urls(spec) });
+            deployed.push(Deployed {
+                name: spec.name.clone(),
+                version: record.version,
+                urls: self.urls(spec),
+            });
         }
         *self.routes.write().unwrap_or_else(|e| e.into_inner()) = routes;
         Ok(deployed)
@@ -255,7 +279,10 @@ impl Platform {
         if !self.store.delete_function(name)? {
             return Ok(false);
         }
-        self.routes.write().unwrap_or_else(|e| e.into_inner()).remove_target(name);
+        self.routes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove_target(name);
         self.dispatcher.remove(name);
         self.logs.remove(name);
         Ok(true)
@@ -268,7 +295,11 @@ impl Platform {
             .list_current()?
             .into_iter()
             .map(|r| FunctionInfo {
-                instances: status.iter().filter(|p| p.function == r.spec.name).map(|p| p.instances.len()).sum(),
+                instances: status
+                    .iter()
+                    .filter(|p| p.function == r.spec.name)
+                    .map(|p| p.instances.len())
+                    .sum(),
                 routes: self.urls(&r.spec),
                 name: r.spec.name,
                 version: r.version,
@@ -286,23 +317,49 @@ impl Platform {
     }
 
     pub fn status(&self, function: Option<&str>) -> Vec<PoolReport> {
-        self.dispatcher.status(function).into_iter().map(report).collect()
+        self.dispatcher
+            .status(function)
+            .into_iter()
+            .map(report)
+            .collect()
     }
 
     /// Run one invocation through the dispatcher; failures are logged to the function.
-    pub async fn invoke(&self, function: &str, request_id: String, payload: Bytes) -> Result<Outcome, DispatchError> {
-        let result = self.dispatcher.invoke(function, request_id.clone(), payload).await;
+    pub async fn invoke(
+        &self,
+        function: &str,
+        request_id: String,
+        payload: Bytes,
+    ) -> Result<Outcome, DispatchError> {
+        let result = self
+            .dispatcher
+            .invoke(function, request_id.clone(), payload)
+            .await;
         if let Err(error) = &result {
-            if !matches!(error, DispatchError::NotFound(_) | DispatchError::Overloaded { .. }) {
-                self.logs.system(function, "-", &request_id, format!("invocation failed: {error}"));
+            if !matches!(
+                error,
+                DispatchError::NotFound(_) | DispatchError::Overloaded { .. }
+            ) {
+                self.logs.system(
+                    function,
+                    "-",
+                    &request_id,
+                    format!("invocation failed: {error}"),
+                );
             }
         }
         result
     }
 
-    pub(crate) fn lookup_route(&self, method: &str, path: &str) -> Option<(String, shoal_events::RouteMatch)> {
+    pub(crate) fn lookup_route(
+        &self,
+        method: &str,
+        path: &str,
+    ) -> Option<(String, shoal_events::RouteMatch)> {
         let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
-        routes.lookup(method, path).map(|(target, m)| (target.to_owned(), m))
+        routes
+            .lookup(method, path)
+            .map(|(target, m)| (target.to_owned(), m))
     }
 
     pub(crate) async fn shutdown(&self) {
@@ -322,7 +379,10 @@ fn report(pool: PoolStatus) -> PoolReport {
         instances: pool
             .instances
             .into_iter()
-            .map(|status| InstanceReport { resources: status.pid.and_then(shoal_runtime::procfs::sample), status })
+            .map(|status| InstanceReport {
+                resources: status.pid.and_then(shoal_runtime::procfs::sample),
+                status,
+            })
             .collect(),
     }
 }
@@ -333,7 +393,8 @@ fn runtime_kind(spec: &FunctionSpec) -> Result<RuntimeKind, DeployError> {
         Runtime::Provided => Ok(RuntimeKind::Provided),
         Runtime::Python => Err(DeployError::Unsupported {
             function: spec.name.clone(),
-            reason: "runtime \"python\" is not available yet; use \"nodejs\" or \"provided\"".into(),
+            reason: "runtime \"python\" is not available yet; use \"nodejs\" or \"provided\""
+                .into(),
         }),
     }
 }
@@ -375,7 +436,11 @@ fn admin_token(data_dir: &Path) -> std::io::Result<String> {
             return Ok(token);
         }
     }
-    let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let token = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
     std::fs::write(&path, &token)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     Ok(token)

@@ -1,1 +1,86 @@
-fn main() {}
+//! The `shoal` command: a thin CLI over the platform. `serve` and `demo` run it in this
+//! process; the other subcommands talk to a running daemon's control API, finding its
+//! address and admin token in the data directory. One file per subcommand.
+
+mod client;
+mod commands;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "shoal",
+    version,
+    about = "Self-hosted serverless functions, many invocations per instance"
+)]
+struct Cli {
+    /// The data directory (database, code, logs, admin token).
+    #[arg(long, global = true, env = "SHOAL_DATA_DIR", default_value = ".shoal")]
+    data_dir: PathBuf,
+    /// Control API address of a running daemon (default: read from the data directory).
+    #[arg(long, global = true, env = "SHOAL_CONTROL")]
+    control: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the platform: public gateway plus control API.
+    Serve(commands::serve::Args),
+    /// Start a throwaway platform, deploy examples/hello, and replay the seed's burst
+    /// with Shoal's packing and with Lambda's one-invocation-per-instance model.
+    Demo(commands::demo::Args),
+    /// Package DIR (with its shoal.toml) and deploy it as new versions.
+    Deploy(commands::deploy::Args),
+    /// Call a function through the Lambda Invoke API and print the result.
+    Invoke(commands::invoke::Args),
+    /// List deployed functions.
+    Ls,
+    /// Show instances and queues of one function or all.
+    Status(commands::status::Args),
+    /// Print a function's logs.
+    Logs(commands::logs::Args),
+    /// Delete a function.
+    Rm(commands::rm::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let client = || client::Client::new(&cli.data_dir, cli.control.as_deref());
+        match cli.command {
+            Command::Serve(args) => commands::serve::run(&cli.data_dir, args).await,
+            Command::Demo(args) => commands::demo::run(args).await,
+            Command::Deploy(args) => commands::deploy::run(&client()?, args).await,
+            Command::Invoke(args) => commands::invoke::run(&client()?, args).await,
+            Command::Ls => commands::ls::run(&client()?).await,
+            Command::Status(args) => commands::status::run(&client()?, args).await,
+            Command::Logs(args) => commands::logs::run(&client()?, args).await,
+            Command::Rm(args) => commands::rm::run(&client()?, args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! The one helper every black-box test uses: a real Shoal server on loopback ephemeral
+//! ports (gateway and control API), real instance processes, and a small HTTP client.
+//!
+//! Only one server runs at a time per test binary: the tests assert latencies of real
+//! `node` processes, and two servers cold-starting instances on a 2-core machine would
+//! measure each other rather than Shoal.
+#![allow(dead_code)] // each test binary uses a different part of the helper
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::HeaderMap;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// Held by the running server: see the module comment.
+static ONE_SERVER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A directory under the system temp dir, removed on drop. Names stay short because the
+/// data directory holds the instances' Unix sockets (paths under 100 bytes).
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(kind: &str) -> TempDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("shoal-{kind}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("creating a temp dir");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One HTTP answer, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// From sending the request to having the whole body.
+    pub elapsed: Duration,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub struct TestServer {
+    running: Option<shoal_server::Running>,
+    pub api: Api,
+    // Dropped after `running`: the server's files go only once it is gone.
+    data_dir: TempDir,
+    _one_at_a_time: tokio::sync::MutexGuard<'static, ()>,
+}
+
+/// A client of one server's gateway and control API; cheap to clone into tasks.
+#[derive(Clone)]
+pub struct Api {
+    pub gateway: std::net::SocketAddr,
+    pub control: std::net::SocketAddr,
+    pub token: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl std::ops::Deref for TestServer {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        let guard = ONE_SERVER_AT_A_TIME.lock().await;
+        let data_dir = TempDir::new("t");
+        let running = shoal_server::start(shoal_server::Config::ephemeral(data_dir.path().to_owned()))
+            .await
+            .expect("starting the server");
+        TestServer {
+            api: Api {
+                gateway: running.gateway_addr,
+                control: running.control_addr,
+                token: running.token.clone(),
+                client: Client::builder(TokioExecutor::new()).build_http(),
+            },
+            running: Some(running),
+            data_dir,
+            _one_at_a_time: guard,
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
+    }
+
+    /// Stop the server (drain, stop every instance).
+    pub async fn shutdown(mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await;
+        }
+    }
+}
+
+impl Api {
+    /// Send one request.
+    pub async fn send(&self, method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+        let mut request = Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Full::new(body.into())).expect("a valid request");
+        let started = Instant::now();
+        let response = self.client.request(request).await.unwrap_or_else(|e| panic!("{url}: {e:?}"));
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap_or_else(|e| panic!("{url}: reading the body: {e}")).to_bytes();
+        Reply { status: parts.status, headers: parts.headers, body, elapsed: started.elapsed() }
+    }
+
+    pub fn gateway_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.gateway)
+    }
+
+    pub fn control_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.control)
+    }
+
+    fn bearer(&self) -> String {
+        format!("Bearer {}", self.token)
+    }
+
+    /// GET on the public gateway.
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(Method::GET, &self.gateway_url(path), &[], Bytes::new()).await
+    }
+
+    /// POST on the public gateway.
+    pub async fn post(&self, path: &str, body: impl Into<Bytes>) -> Reply {
+        self.send(Method::POST, &self.gateway_url(path), &[("content-type", "application/json")], body).await
+    }
+
+    /// A control API request with the admin token.
+    pub async fn control(&self, method: Method, path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+        let bearer = self.bearer();
+        let mut all = vec![("authorization", bearer.as_str())];
+        all.extend_from_slice(headers);
+        self.send(method, &self.control_url(path), &all, body).await
+    }
+
+    /// GET on the control API, which must answer 200 with JSON.
+    pub async fn admin_get(&self, path: &str) -> Value {
+        let reply = self.control(Method::GET, path, &[], Bytes::new()).await;
+        assert_eq!(reply.status, StatusCode::OK, "GET {path}: {}", reply.text());
+        reply.json()
+    }
+
+    /// The Lambda Invoke API (synchronous).
+    pub async fn invoke(&self, name: &str, payload: &Value) -> Reply {
+        self.invoke_raw(name, &[], payload.to_string()).await
+    }
+
+    pub async fn invoke_raw(&self, name: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+        let path = format!("/2015-03-31/functions/{name}/invocations");
+        self.control(Method::POST, &path, headers, body).await
+    }
+
+    /// Deploy an archive as is.
+    pub async fn deploy_archive(&self, archive: Vec<u8>) -> (StatusCode, Value) {
+        let reply = self.control(Method::POST, "/admin/functions", &[], archive).await;
+        let json = serde_json::from_slice(&reply.body).unwrap_or(Value::String(reply.text()));
+        (reply.status, json)
+    }
+
+    /// Pack a function directory and deploy it.
+    pub async fn deploy_dir(&self, dir: &Path) -> (StatusCode, Value) {
+        let archive = shoal_server::pack_dir(dir).expect("packing the function directory");
+        self.deploy_archive(archive).await
+    }
+
+    /// Write `files` (relative path, contents) into a fresh directory and deploy it.
+    pub async fn deploy_files(&self, files: &[(&str, &str)]) -> (StatusCode, Value) {
+        let dir = function_dir(files);
+        self.deploy_dir(dir.path()).await
+    }
+
+    /// Deploy `files`, which must succeed.
+    pub async fn deploy_ok(&self, files: &[(&str, &str)]) -> Value {
+        let (status, body) = self.deploy_files(files).await;
+        assert_eq!(status, StatusCode::CREATED, "deploy: {body}");
+        body
+    }
+
+    /// `GET /admin/status?function=NAME`: the function's pools.
+    pub async fn status(&self, name: &str) -> Vec<Value> {
+        let status = self.admin_get(&format!("/admin/status?function={name}")).await;
+        status["pools"].as_array().expect("pools").clone()
+    }
+
+    /// Every instance of every pool of the function.
+    pub async fn instances(&self, name: &str) -> Vec<Value> {
+        self.status(name).await.iter().flat_map(|p| p["instances"].as_array().cloned().unwrap_or_default()).collect()
+    }
+
+    /// Poll the function's status until `done` holds; panics with the last status after
+    /// `within`.
+    pub async fn wait_for_status(&self, name: &str, within: Duration, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let pools = self.status(name).await;
+            if done(&pools) {
+                return pools;
+            }
+            assert!(Instant::now() < deadline, "status of {name} never settled: {pools:#?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A fresh directory holding `files` (relative path, contents).
+pub fn function_dir(files: &[(&str, &str)]) -> TempDir {
+    let dir = TempDir::new("f");
+    for (name, contents) in files {
+        let path = dir.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("creating a folder");
+        }
+        std::fs::write(&path, contents).expect("writing a function file");
+    }
+    dir
+}
+
+/// The repository's `examples/<name>` directory.
+pub fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").join(name)
+}
+
+/// Whether a process with this pid still exists.
+pub fn process_alive(pid: u64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Pids of instances in a status listing.
+pub fn pids(instances: &[Value]) -> Vec<u64> {
+    instances.iter().filter_map(|i| i["pid"].as_u64()).collect()
+}
+
+impl Api {
+    /// `GET /admin/functions/NAME/logs?since=0`: every record the function has logged.
+    pub async fn logs(&self, name: &str) -> Vec<Value> {
+        let logs = self.admin_get(&format!("/admin/functions/{name}/logs?since=0")).await;
+        logs["records"].as_array().expect("records").clone()
+    }
+
+    /// Poll the function's logs until a record satisfies `wanted` (lines reach the log
+    /// from the instance's stdout pump, after the response may already be out).
+    pub async fn wait_for_log(&self, name: &str, within: Duration, wanted: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let records = self.logs(name).await;
+            if let Some(record) = records.iter().find(|r| wanted(r)) {
+                return record.clone();
+            }
+            assert!(Instant::now() < deadline, "no such log record of {name}; have: {records:#?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

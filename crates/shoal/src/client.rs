@@ -1,0 +1,106 @@
+//! A small client of the control API: finds the daemon through the data directory.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::TokioExecutor;
+
+pub struct Client {
+    base: String,
+    token: String,
+    http: HyperClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
+        serde_json::from_slice(&self.body).context("the daemon answered with invalid JSON")
+    }
+
+    /// The body as JSON, or the daemon's error message as an error.
+    pub fn ok_json(&self) -> anyhow::Result<serde_json::Value> {
+        if !self.status.is_success() {
+            let message = serde_json::from_slice::<serde_json::Value>(&self.body)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&self.body).into_owned());
+            bail!("{} ({})", message, self.status);
+        }
+        self.json()
+    }
+}
+
+impl Client {
+    pub fn new(data_dir: &Path, control: Option<&str>) -> anyhow::Result<Client> {
+        let token_path = data_dir.join("admin-token");
+        let token = std::fs::read_to_string(&token_path)
+            .with_context(|| {
+                format!(
+                    "reading {} (is `shoal serve --data-dir {}` running?)",
+                    token_path.display(),
+                    data_dir.display()
+                )
+            })?
+            .trim()
+            .to_owned();
+        let addr = match control {
+            Some(addr) => addr.to_owned(),
+            None => std::fs::read_to_string(data_dir.join("control-addr"))
+                .with_context(|| {
+                    format!(
+                        "reading {}/control-addr (is `shoal serve` running?)",
+                        data_dir.display()
+                    )
+                })?
+                .trim()
+                .to_owned(),
+        };
+        Ok(Client {
+            base: format!("http://{addr}"),
+            token,
+            http: HyperClient::builder(TokioExecutor::new()).build_http(),
+        })
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> anyhow::Result<Reply> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("authorization", format!("Bearer {}", self.token));
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let response = self
+            .http
+            .request(builder.body(Full::new(body))?)
+            .await
+            .with_context(|| format!("connecting to the daemon at {}", self.base))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Reply> {
+        self.request(Method::GET, path, &[], Bytes::new()).await
+    }
+}

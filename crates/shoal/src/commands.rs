@@ -1,0 +1,10 @@
+//! One module per subcommand.
+
+pub mod demo;
+pub mod deploy;
+pub mod invoke;
+pub mod logs;
+pub mod ls;
+pub mod rm;
+pub mod serve;
+pub mod status;

@@ -1,0 +1,48 @@
+//! `shoal deploy DIR`: check the manifest locally, pack the directory, upload it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use hyper::Method;
+
+use crate::client::Client;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A directory with a shoal.toml at its top.
+    dir: PathBuf,
+}
+
+pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
+    let manifest_path = args.dir.join("shoal.toml");
+    let text = std::fs::read_to_string(&manifest_path)
+        .with_context(|| format!("reading {}", manifest_path.display()))?;
+    // Fail fast, with the local path in the message, before uploading anything.
+    if let Err(e) = shoal_manifest::parse(&manifest_path.display().to_string(), &text) {
+        bail!("{e}");
+    }
+    let archive = shoal_server::pack_dir(&args.dir)
+        .with_context(|| format!("packing {}", args.dir.display()))?;
+    let reply = client
+        .request(
+            Method::POST,
+            "/admin/functions",
+            &[("content-type", "application/gzip")],
+            Bytes::from(archive),
+        )
+        .await?;
+    let body = reply.ok_json()?;
+    for function in body["functions"].as_array().into_iter().flatten() {
+        println!(
+            "deployed {} version {}",
+            function["name"].as_str().unwrap_or("?"),
+            function["version"]
+        );
+        for url in function["urls"].as_array().into_iter().flatten() {
+            println!("  {}", url.as_str().unwrap_or_default());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

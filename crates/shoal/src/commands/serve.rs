@@ -1,0 +1,49 @@
+//! `shoal serve`: run the platform until SIGINT or SIGTERM, then drain and stop.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Public gateway address (function routes).
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    listen: SocketAddr,
+    /// Control API address (admin, Invoke API, metrics). Keep it on loopback.
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    control_listen: SocketAddr,
+    /// The node binary for Node.js functions.
+    #[arg(long, default_value = "node")]
+    node: PathBuf,
+    /// Seconds in-flight invocations get to finish at shutdown.
+    #[arg(long, default_value_t = 30)]
+    shutdown_grace: u64,
+}
+
+pub async fn run(data_dir: &Path, args: Args) -> anyhow::Result<ExitCode> {
+    let mut config = shoal_server::Config::ephemeral(data_dir.to_owned());
+    config.gateway_addr = args.listen;
+    config.control_addr = args.control_listen;
+    config.node = args.node;
+    config.shutdown_grace = Duration::from_secs(args.shutdown_grace);
+    let running = shoal_server::start(config).await?;
+    println!("shoal is serving");
+    println!("  gateway      http://{}", running.gateway_addr);
+    println!(
+        "  control API  http://{}  (token in {}/admin-token)",
+        running.control_addr,
+        data_dir.display()
+    );
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    eprintln!("shutting down: draining in-flight invocations");
+    running.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}

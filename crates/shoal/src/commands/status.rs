@@ -1,0 +1,78 @@
+//! `shoal status [NAME]`: pools, queues and instances with their resources.
+
+use std::process::ExitCode;
+
+use serde_json::Value;
+
+use crate::client::Client;
+
+#[derive(clap::Args)]
+pub struct Args {
+    name: Option<String>,
+}
+
+pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
+    let path = match &args.name {
+        Some(name) => format!("/admin/status?function={name}"),
+        None => "/admin/status".to_owned(),
+    };
+    let body = client.get(&path).await?.ok_json()?;
+    let pools = body["pools"].as_array().cloned().unwrap_or_default();
+    if pools.is_empty() {
+        println!("no functions deployed");
+    }
+    for pool in pools {
+        print_pool(&pool);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_pool(pool: &Value) {
+    let retired = if pool["retired"].as_bool() == Some(true) {
+        " (retired, draining)"
+    } else {
+        ""
+    };
+    println!(
+        "{} v{}{}: {} instance(s), {} queued, limit {} per instance, max {} instances",
+        pool["function"].as_str().unwrap_or("?"),
+        pool["version"],
+        retired,
+        pool["instances"].as_array().map_or(0, Vec::len),
+        pool["queued"],
+        pool["limit"],
+        pool["max_instances"],
+    );
+    println!(
+        "  last decision: {}",
+        pool["last_decision"].as_str().unwrap_or("")
+    );
+    let instances = pool["instances"].as_array().cloned().unwrap_or_default();
+    if instances.is_empty() {
+        return;
+    }
+    println!(
+        "  {:<22} {:>8} {:<9} {:>9} {:>6} {:>9} {:>9} {:>8} {:>8} {:>7}",
+        "INSTANCE", "PID", "STATE", "IN-FLIGHT", "LIMIT", "RSS", "PSS", "CPU", "UPTIME", "CALLS"
+    );
+    for i in instances {
+        println!(
+            "  {:<22} {:>8} {:<9} {:>9} {:>6} {:>9} {:>9} {:>8} {:>8} {:>7}",
+            i["id"].as_str().unwrap_or("?"),
+            i["pid"],
+            i["state"].as_str().unwrap_or("?"),
+            i["in_flight"],
+            i["limit"],
+            mib(&i["rss_kib"]),
+            mib(&i["pss_kib"]),
+            format!("{:.1}s", i["cpu_ms"].as_f64().unwrap_or(0.0) / 1000.0),
+            format!("{:.0}s", i["uptime_ms"].as_f64().unwrap_or(0.0) / 1000.0),
+            i["invocations"],
+        );
+    }
+}
+
+fn mib(kib: &Value) -> String {
+    kib.as_f64()
+        .map_or("-".to_owned(), |k| format!("{:.1}MiB", k / 1024.0))
+}
