@@ -1,0 +1,518 @@
+//! Black-box tests of the platform: a real server, real `node` instances, plain HTTP.
+//! Each test deploys its own functions through the control API and talks to them through
+//! the gateway or the Invoke API, as a user would.
+
+mod support;
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::{Duration, Instant};
+
+use hyper::{Method, StatusCode};
+use serde_json::{json, Value};
+use support::{example, pids, process_alive, Api, Reply, TestServer};
+
+/// The hello handler sleeps this long after its CPU work.
+const HELLO_SLEEP: Duration = Duration::from_millis(2000);
+/// What a hello call may take beyond its sleep: a cold start, ten sum loops queued on one
+/// event loop, and a slow CI machine.
+const HELLO_MARGIN: Duration = Duration::from_millis(2500);
+
+/// Fire `n` requests at once; answers in request order.
+async fn burst(api: &Api, n: usize, request: impl Fn(Api, usize) -> tokio::task::JoinHandle<Reply>) -> Vec<Reply> {
+    let tasks: Vec<_> = (0..n).map(|i| request(api.clone(), i)).collect();
+    let mut replies = Vec::with_capacity(n);
+    for task in tasks {
+        replies.push(task.await.expect("request task"));
+    }
+    replies
+}
+
+fn burst_get(api: &Api, n: usize, path: &'static str) -> impl std::future::Future<Output = Vec<Reply>> + '_ {
+    burst(api, n, move |api, _| tokio::spawn(async move { api.get(path).await }))
+}
+
+/// `instanceId,invocationId,10000000,49999995000000,Hello World\n` → (instance, invocation).
+fn parse_hello(reply: &Reply) -> (String, u64) {
+    let text = reply.text();
+    let fields: Vec<&str> = text.trim_end().split(',').collect();
+    assert_eq!(fields.len(), 5, "hello body: {text:?}");
+    assert_eq!(&fields[2..], ["10000000", "49999995000000", "Hello World"], "hello body: {text:?}");
+    (fields[0].to_owned(), fields[1].parse().expect("invocation id"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_burst_shares_one_instance() {
+    let server = TestServer::start().await;
+    let (status, deployed) = server.deploy_dir(&example("hello")).await;
+    assert_eq!(status, StatusCode::CREATED, "{deployed}");
+    assert_eq!(deployed["functions"][0]["name"], "hello");
+    assert_eq!(deployed["functions"][0]["version"], 1);
+    let url = format!("GET http://{}/helloWorld", server.gateway);
+    assert_eq!(deployed["functions"][0]["urls"], json!([url]));
+
+    let replies = burst_get(&server, 10, "/helloWorld").await;
+    let mut instances = HashSet::new();
+    let mut invocations = BTreeSet::new();
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        let (instance, invocation) = parse_hello(reply);
+        instances.insert(instance);
+        invocations.insert(invocation);
+        assert!(reply.elapsed >= HELLO_SLEEP, "answered before the handler's sleep ended: {:?}", reply.elapsed);
+        assert!(reply.elapsed <= HELLO_SLEEP + HELLO_MARGIN, "too slow: {:?}", reply.elapsed);
+    }
+    assert_eq!(instances.len(), 1, "the burst should share one instance: {instances:?}");
+    assert_eq!(invocations, (1..=10).collect(), "invocation ids");
+
+    let pools = server.status("hello").await;
+    assert_eq!(pools.len(), 1, "{pools:#?}");
+    let instances = pools[0]["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 1, "{pools:#?}");
+    assert_eq!(instances[0]["invocations"], 10);
+    assert_eq!(instances[0]["in_flight"], 0);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_one_gives_each_call_its_own_instance() {
+    let server = TestServer::start().await;
+    let index = std::fs::read_to_string(example("hello").join("index.js")).unwrap();
+    let manifest = r#"
+[functions.hello1]
+runtime = "nodejs"
+handler = "index.helloWorld"
+concurrency = 1
+http = [{ method = "GET", path = "/helloWorld" }]
+"#;
+    server.deploy_ok(&[("index.js", &index), ("shoal.toml", manifest)]).await;
+
+    let replies = burst_get(&server, 10, "/helloWorld").await;
+    let mut instances = HashSet::new();
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        let (instance, invocation) = parse_hello(reply);
+        assert_eq!(invocation, 1, "an instance ran more than one call: {}", reply.text());
+        instances.insert(instance);
+        assert!(reply.elapsed >= HELLO_SLEEP, "{:?}", reply.elapsed);
+    }
+    assert_eq!(instances.len(), 10, "{instances:?}");
+
+    let instances = server.instances("hello1").await;
+    assert_eq!(instances.len(), 10, "{instances:#?}");
+    assert!(instances.iter().all(|i| i["limit"] == 1 && i["invocations"] == 1), "{instances:#?}");
+    let distinct: HashSet<u64> = pids(&instances).into_iter().collect();
+    assert_eq!(distinct.len(), 10, "ten processes: {instances:#?}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throwing_call_does_not_disturb_its_neighbours() {
+    let server = TestServer::start().await;
+    let handler = r#"
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+exports.handler = async (event) => {
+  if ((event.queryStringParameters || {}).fail) {
+    await sleep(100); // fail while the others are in flight on the same event loop
+    throw new Error('asked to fail');
+  }
+  await sleep(300);
+  return { statusCode: 200, body: 'ok' };
+};
+"#;
+    let manifest = r#"
+[functions.flaky]
+runtime = "nodejs"
+handler = "index.handler"
+http = [{ method = "GET", path = "/flaky" }]
+"#;
+    server.deploy_ok(&[("index.js", handler), ("shoal.toml", manifest)]).await;
+
+    let replies = burst(&server, 6, |api, i| {
+        tokio::spawn(async move { api.get(if i == 3 { "/flaky?fail=1" } else { "/flaky" }).await })
+    })
+    .await;
+    for (i, reply) in replies.iter().enumerate() {
+        if i == 3 {
+            assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", reply.text());
+            assert_eq!(reply.json(), json!({ "message": "Internal Server Error" }));
+        } else {
+            assert_eq!(reply.status, StatusCode::OK, "call {i}: {}", reply.text());
+            assert_eq!(reply.text(), "ok");
+        }
+    }
+    let instances = server.instances("flaky").await;
+    assert_eq!(instances.len(), 1, "{instances:#?}");
+    assert_eq!(instances[0]["invocations"], 6, "{instances:#?}");
+    assert_eq!(instances[0]["state"], "ready", "{instances:#?}");
+
+    // The instance that saw the error keeps serving.
+    let pid = instances[0]["pid"].clone();
+    assert_eq!(server.get("/flaky").await.status, StatusCode::OK);
+    assert_eq!(server.instances("flaky").await[0]["pid"], pid);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeploy_under_traffic_loses_no_request() {
+    const PROBERS: usize = 4;
+    const RUN: Duration = Duration::from_secs(4);
+    let server = TestServer::start().await;
+    let code = support::function_dir(&[
+        (
+            "index.js",
+            r#"
+exports.handler = async () => {
+  await new Promise((r) => setTimeout(r, 50));
+  return { statusCode: 200, body: process.env.AWS_LAMBDA_FUNCTION_VERSION };
+};
+"#,
+        ),
+        (
+            "shoal.toml",
+            r#"
+[functions.ver]
+runtime = "nodejs"
+handler = "index.handler"
+http = [{ method = "GET", path = "/version" }]
+"#,
+        ),
+    ]);
+    let (status, body) = server.deploy_dir(code.path()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // (answers so far, highest version seen): the main task redeploys on these events.
+    let (seen_tx, mut seen) = tokio::sync::watch::channel((0usize, 0u64));
+    let started = Instant::now();
+    let probers: Vec<_> = (0..PROBERS)
+        .map(|_| {
+            let api = server.api.clone();
+            let seen_tx = seen_tx.clone();
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                while started.elapsed() < RUN {
+                    let reply = api.get("/version").await;
+                    let version = reply.text().parse::<u64>().unwrap_or(0);
+                    seen_tx.send_modify(|(n, max)| {
+                        *n += 1;
+                        *max = (*max).max(version);
+                    });
+                    answers.push((reply.status, reply.text()));
+                }
+                answers
+            })
+        })
+        .collect();
+
+    let within = Duration::from_secs(10);
+    tokio::time::timeout(within, seen.wait_for(|(n, _)| *n >= 20)).await.expect("traffic flows").unwrap();
+    let (status, body) = server.deploy_dir(code.path()).await;
+    assert_eq!((status, &body["functions"][0]["version"]), (StatusCode::CREATED, &json!(2)), "{body}");
+    tokio::time::timeout(within, seen.wait_for(|(_, v)| *v >= 2)).await.expect("version 2 answers").unwrap();
+    let (status, body) = server.deploy_dir(code.path()).await;
+    assert_eq!((status, &body["functions"][0]["version"]), (StatusCode::CREATED, &json!(3)), "{body}");
+    tokio::time::timeout(within, seen.wait_for(|(_, v)| *v >= 3)).await.expect("version 3 answers").unwrap();
+
+    let mut versions = BTreeSet::new();
+    for prober in probers {
+        let answers = prober.await.unwrap();
+        let mut last = 0;
+        for (status, body) in answers {
+            assert_eq!(status, StatusCode::OK, "a request failed during a redeploy: {body}");
+            let version: u64 = body.parse().unwrap_or_else(|_| panic!("not a version: {body:?}"));
+            // A call starts after the previous one answered: it cannot reach an older version.
+            assert!(version >= last, "version went back from {last} to {version}");
+            last = version;
+            versions.insert(version);
+        }
+    }
+    assert!(versions.contains(&1) && versions.contains(&3), "versions seen: {versions:?}");
+    assert!(versions.is_subset(&BTreeSet::from([1, 2, 3])), "versions seen: {versions:?}");
+
+    let pools = server
+        .wait_for_status("ver", Duration::from_secs(10), |pools| pools.iter().all(|p| p["retired"] == false))
+        .await;
+    assert_eq!(pools.len(), 1, "{pools:#?}");
+    assert_eq!(pools[0]["version"], 3, "{pools:#?}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_deploys_are_refused_and_change_nothing() {
+    let server = TestServer::start().await;
+    server
+        .deploy_ok(&[
+            ("index.js", "exports.handler = async () => ({ statusCode: 200, body: 'fine' });"),
+            (
+                "shoal.toml",
+                "[functions.good]\nruntime = \"nodejs\"\nhandler = \"index.handler\"\nhttp = [{ method = \"GET\", path = \"/good\" }]\n",
+            ),
+        ])
+        .await;
+    let before = server.admin_get("/admin/functions").await;
+    assert_eq!(before["functions"].as_array().unwrap().len(), 1, "{before}");
+
+    let bad_field = "[functions.bad]\nruntime = \"nodejs\"\nhandler = \"index.handler\"\nmemory = \"lots\"\n";
+    let (status, body) = server.deploy_files(&[("index.js", ""), ("shoal.toml", bad_field)]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["__type"], "InvalidManifestException", "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("shoal.toml:4:"), "{message}");
+    assert!(message.contains("functions.bad.memory"), "{message}");
+
+    let (status, body) = server.deploy_files(&[("shoal.toml", "[functions.bad\nruntime = \"nodejs\"\n")]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["__type"], "InvalidManifestException", "{body}");
+    assert!(body["message"].as_str().unwrap().starts_with("shoal.toml:1:"), "{body}");
+
+    let (status, body) = server.deploy_files(&[("index.js", "exports.handler = async () => 1;")]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["__type"], "InvalidManifestException", "{body}");
+    assert!(body["message"].as_str().unwrap().contains("shoal.toml"), "{body}");
+
+    let (status, body) = server.deploy_archive(b"this is not a tar.gz".to_vec()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["__type"], "InvalidArchiveException", "{body}");
+
+    // A route that collides with a deployed function's route.
+    let clash = "[functions.other]\nruntime = \"nodejs\"\nhandler = \"index.handler\"\nhttp = [{ method = \"GET\", path = \"/good\" }]\n";
+    let (status, body) = server.deploy_files(&[("index.js", ""), ("shoal.toml", clash)]).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["__type"], "ResourceConflictException", "{body}");
+
+    assert_eq!(server.admin_get("/admin/functions").await, before);
+    let good = server.get("/good").await;
+    assert_eq!((good.status, good.text()), (StatusCode::OK, "fine".to_owned()));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoke_api_speaks_lambda() {
+    let server = TestServer::start().await;
+    let handler = r#"
+class BadInput extends Error {
+  constructor(message) { super(message); this.name = 'BadInput'; }
+}
+exports.handler = async (event, context) => {
+  if (event.fail) throw new BadInput('no thanks: ' + event.fail);
+  if (event.mark) console.log('event mark', event.mark);
+  return { sum: event.a + event.b, requestId: context.awsRequestId, name: context.functionName };
+};
+"#;
+    let manifest = "[functions.calc]\nruntime = \"nodejs\"\nhandler = \"index.handler\"\n";
+    server.deploy_ok(&[("index.js", handler), ("shoal.toml", manifest)]).await;
+
+    let reply = server.invoke("calc", &json!({ "a": 2, "b": 3 })).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.header("x-amz-function-error"), None);
+    assert_eq!(reply.header("x-amz-executed-version"), Some("1"));
+    let result = reply.json();
+    assert_eq!(result["sum"], 5);
+    assert_eq!(result["name"], "calc");
+    assert_eq!(result["requestId"].as_str(), reply.header("x-amzn-requestid"), "{result}");
+
+    let reply = server.invoke("calc", &json!({ "fail": "x" })).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.header("x-amz-function-error"), Some("Unhandled"));
+    let error = reply.json();
+    assert_eq!(error["errorType"], "BadInput", "{error}");
+    assert_eq!(error["errorMessage"], "no thanks: x", "{error}");
+    assert!(error["stackTrace"].is_array(), "{error}");
+
+    let reply = server.invoke("nope", &json!({})).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text());
+    assert_eq!(reply.header("x-amzn-errortype"), Some("ResourceNotFoundException"));
+    assert_eq!(reply.json()["__type"], "ResourceNotFoundException");
+
+    let reply = server.invoke_raw("calc", &[], "{not json").await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text());
+    assert_eq!(reply.header("x-amzn-errortype"), Some("InvalidRequestContentException"));
+
+    let reply = server.invoke_raw("calc", &[("x-amz-invocation-type", "DryRun")], "{}").await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text());
+
+    let event = json!({ "a": 1, "b": 1, "mark": "async-7" }).to_string();
+    let reply = server.invoke_raw("calc", &[("X-Amz-Invocation-Type", "Event")], event).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
+    let request_id = reply.header("x-amzn-requestid").expect("a request id for the event").to_owned();
+    // The event really runs, later, under the id the caller was given.
+    let record = server
+        .wait_for_log("calc", Duration::from_secs(10), |r| r["message"].as_str().is_some_and(|m| m.contains("event mark async-7")))
+        .await;
+    assert_eq!(record["request_id"].as_str(), Some(request_id.as_str()), "{record}");
+
+    let invocations = |instances: Vec<Value>| instances.iter().map(|i| i["invocations"].as_u64().unwrap()).sum::<u64>();
+    let before = invocations(server.instances("calc").await);
+    let invoke_path = "/2015-03-31/functions/calc/invocations";
+    for (method, path) in [(Method::GET, "/admin/functions"), (Method::GET, "/metrics"), (Method::POST, invoke_path)] {
+        // No header, a wrong token, and the right token without "Bearer ".
+        for auth in [None, Some("Bearer wrong"), Some(server.token.as_str())] {
+            let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+            let reply = server.send(method.clone(), &server.control_url(path), &headers, "{}").await;
+            assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{method} {path} with {auth:?}");
+            assert_eq!(reply.header("x-amzn-errortype"), Some("UnauthorizedException"));
+        }
+    }
+    assert_eq!(invocations(server.instances("calc").await), before, "an unauthorised invoke ran");
+
+    let metrics = server.control(Method::GET, "/metrics", &[], "").await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    assert!(metrics.text().contains("shoal_instances{function=\"calc\",version=\"1\",state=\"ready\"} 1"), "{}", metrics.text());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callback_and_esm_handlers_answer_through_the_gateway() {
+    let server = TestServer::start().await;
+    let callback = r#"
+exports.handler = (event, context, callback) => {
+  setTimeout(() => callback(null, {
+    statusCode: 201,
+    headers: { 'x-style': 'callback' },
+    body: JSON.stringify({
+      requestId: context.awsRequestId,
+      eventRequestId: event.requestContext.requestId,
+      path: event.rawPath,
+      q: event.queryStringParameters,
+    }),
+  }), 20);
+};
+"#;
+    let esm = r#"
+export const handler = async (event, context) => ({
+  statusCode: 200,
+  headers: { 'x-style': 'esm' },
+  body: JSON.stringify({ requestId: context.awsRequestId, method: event.requestContext.http.method, body: event.body }),
+});
+"#;
+    let manifest = r#"
+[functions.cb]
+runtime = "nodejs"
+handler = "cb.handler"
+http = [{ method = "GET", path = "/cb" }]
+
+[functions.esm]
+runtime = "nodejs"
+handler = "esm.handler"
+http = [{ method = "POST", path = "/esm" }]
+"#;
+    let deployed = server.deploy_ok(&[("cb.js", callback), ("esm.mjs", esm), ("shoal.toml", manifest)]).await;
+    assert_eq!(deployed["functions"].as_array().unwrap().len(), 2, "{deployed}");
+
+    let reply = server.get("/cb?x=1").await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    assert_eq!(reply.header("x-style"), Some("callback"));
+    let body = reply.json();
+    let request_id = reply.header("apigw-requestid").expect("apigw-requestid");
+    assert_eq!(body["requestId"], request_id, "{body}");
+    assert_eq!(body["eventRequestId"], request_id, "{body}");
+    assert_eq!(body["path"], "/cb");
+    assert_eq!(body["q"], json!({ "x": "1" }));
+
+    let reply = server.post("/esm", "{\"hi\":1}").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.header("x-style"), Some("esm"));
+    let body = reply.json();
+    assert_eq!(body["requestId"], reply.header("apigw-requestid").expect("apigw-requestid"), "{body}");
+    assert_eq!(body["method"], "POST");
+    assert_eq!(body["body"], "{\"hi\":1}");
+
+    // Each call gets its own id.
+    let again = server.get("/cb").await;
+    assert_ne!(again.header("apigw-requestid"), Some(request_id));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_output_is_logged_with_its_request_id() {
+    let server = TestServer::start().await;
+    let handler = r#"
+exports.handler = async (event, context) => {
+  console.log('hello from', context.awsRequestId);
+  await new Promise((r) => setTimeout(r, 20));
+  console.error('still', context.awsRequestId);
+  return { statusCode: 200, body: context.awsRequestId };
+};
+"#;
+    let manifest = "[functions.talk]\nruntime = \"nodejs\"\nhandler = \"index.handler\"\nhttp = [{ method = \"GET\", path = \"/talk\" }]\n";
+    server.deploy_ok(&[("index.js", handler), ("shoal.toml", manifest)]).await;
+
+    // Two concurrent calls on one instance: each line carries its own call's id.
+    let replies = burst_get(&server, 2, "/talk").await;
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        let id = reply.text();
+        let record = server.wait_for_log("talk", Duration::from_secs(10), |r| r["request_id"] == id.as_str() && r["stream"] == "stdout").await;
+        assert_eq!(record["message"], format!("hello from {id}"), "{record}");
+        assert_eq!(record["level"], "INFO", "{record}");
+        let record = server.wait_for_log("talk", Duration::from_secs(10), |r| r["request_id"] == id.as_str() && r["stream"] == "stderr").await;
+        assert_eq!(record["message"], format!("still {id}"), "{record}");
+        assert_eq!(record["level"], "ERROR", "{record}");
+    }
+
+    // `next` continues after what was read.
+    let logs = server.admin_get("/admin/functions/talk/logs?since=0").await;
+    let next = logs["next"].as_u64().unwrap();
+    let rest = server.admin_get(&format!("/admin/functions/talk/logs?since={next}")).await;
+    assert_eq!(rest["records"], json!([]), "{rest}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_and_shutdown_leave_no_instance_behind() {
+    let server = TestServer::start().await;
+    let handler = "exports.handler = async () => ({ statusCode: 200, body: String(process.pid) });";
+    let manifest = r#"
+[functions.keep]
+runtime = "nodejs"
+handler = "index.handler"
+http = [{ method = "GET", path = "/keep" }]
+
+[functions.gone]
+runtime = "nodejs"
+handler = "index.handler"
+http = [{ method = "GET", path = "/gone" }]
+"#;
+    server.deploy_ok(&[("index.js", handler), ("shoal.toml", manifest)]).await;
+    let mut seen = Vec::new();
+    for path in ["/keep", "/gone"] {
+        let reply = server.get(path).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        seen.push(reply.text().parse::<u64>().unwrap());
+    }
+    let (keep_pid, gone_pid) = (seen[0], seen[1]);
+    assert_eq!(pids(&server.instances("keep").await), [keep_pid]);
+    assert_eq!(pids(&server.instances("gone").await), [gone_pid]);
+
+    let reply = server.control(Method::DELETE, "/admin/functions/gone", &[], "").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let reply = server.get("/gone").await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text());
+    assert_eq!(reply.json(), json!({ "message": "Not Found" }));
+    assert_eq!(server.invoke("gone", &json!({})).await.status, StatusCode::NOT_FOUND);
+    let reply = server.control(Method::GET, "/admin/status?function=gone", &[], "").await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text());
+    let all = server.admin_get("/admin/status").await;
+    assert!(all["pools"].as_array().unwrap().iter().all(|p| p["function"] != "gone"), "{all}");
+    let listed = server.admin_get("/admin/functions").await;
+    let names: Vec<&Value> = listed["functions"].as_array().unwrap().iter().map(|f| &f["name"]).collect();
+    assert_eq!(names, [&json!("keep")]);
+    // Deleting twice is a 404, not a success.
+    let reply = server.control(Method::DELETE, "/admin/functions/gone", &[], "").await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text());
+
+    // The deleted function's idle instance stops.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while process_alive(gone_pid) {
+        assert!(Instant::now() < deadline, "instance {gone_pid} of a deleted function still runs");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Unrouted paths are 404s; the other function is untouched.
+    assert_eq!(server.get("/nowhere").await.status, StatusCode::NOT_FOUND);
+    let reply = server.get("/keep").await;
+    assert_eq!((reply.status, reply.text()), (StatusCode::OK, keep_pid.to_string()));
+    assert!(process_alive(keep_pid));
+
+    server.shutdown().await;
+    assert!(!process_alive(keep_pid), "instance {keep_pid} outlived the server");
+}
