@@ -23,6 +23,9 @@ const HOUSEKEEPING_PERIOD: Duration = Duration::from_millis(250);
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
 /// A function that never starts is retried at most this rarely.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long past a call's deadline its instance may stay busy with it before it is
+/// considered stuck (e.g. a blocked event loop) and stopped.
+pub const STUCK_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -164,18 +167,46 @@ impl Pool {
     }
 
     /// Run one invocation: wait for a slot (bounded by the deadline), then run it there.
+    ///
+    /// The run itself happens on its own task, which keeps the slot until the instance
+    /// really finishes the call: a caller that times out or goes away must not free a slot
+    /// whose handler is still running (that would push the instance past its limit). An
+    /// instance that has not answered by the deadline plus [`STUCK_GRACE`] is stopped.
     pub(crate) async fn invoke(self: &Arc<Self>, invocation: Invocation) -> Result<Outcome> {
         let deadline = invocation.deadline;
-        let work = async {
-            let grant = self.acquire().await?;
-            let handle = grant.handle.clone();
-            let outcome = handle.invoke(invocation).await;
-            drop(grant);
-            outcome.map_err(DispatchError::from)
+        let grant = match tokio::time::timeout_at(deadline, self.acquire()).await {
+            Ok(grant) => grant?,
+            Err(_) => return Err(DispatchError::Timeout(self.config.timeout)),
         };
-        match tokio::time::timeout_at(deadline, work).await {
-            Ok(result) => result,
-            Err(_) => Err(DispatchError::Timeout(self.config.timeout)),
+        let (reply, result) = oneshot::channel();
+        let timeout = self.config.timeout;
+        tokio::spawn(async move {
+            let handle = grant.handle.clone();
+            let mut call = handle.invoke(invocation);
+            let outcome = match tokio::time::timeout_at(deadline, &mut call).await {
+                Ok(outcome) => outcome.map_err(DispatchError::from),
+                Err(_) => Err(DispatchError::Timeout(timeout)),
+            };
+            let timed_out = matches!(outcome, Err(DispatchError::Timeout(_)));
+            let _ = reply.send(outcome);
+            if timed_out && tokio::time::timeout(STUCK_GRACE, call).await.is_err() {
+                if let Some(pool) = &grant.pool {
+                    pool.stop_stuck(&grant.instance);
+                }
+            }
+            drop(grant);
+        });
+        result.await.unwrap_or(Err(DispatchError::ShuttingDown))
+    }
+
+    /// An instance kept running a call past its deadline and grace: stop it. Its other
+    /// in-flight calls fail with the exit; the pool starts a replacement if work waits.
+    fn stop_stuck(&self, instance: &str) {
+        let mut inner = self.lock();
+        if let Some(slot) = inner.slots.iter_mut().find(|s| s.id == instance) {
+            Self::stop_slot(slot);
+            inner.last_decision =
+                format!("instance {instance} still busy {STUCK_GRACE:?} after a call's deadline: stopping it");
         }
     }
 

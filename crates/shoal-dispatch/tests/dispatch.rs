@@ -517,3 +517,48 @@ async fn shutdown_lets_in_flight_finish_then_stops_instances() {
         Err(DispatchError::ShuttingDown)
     ));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_call_keeps_its_slot_and_a_stuck_instance_is_stopped() {
+    let mut cfg = config(1);
+    cfg.max_instances = 1;
+    cfg.timeout = Duration::from_secs(3);
+    let (launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 10,
+            ..Default::default()
+        },
+        cfg,
+    );
+    let first = {
+        let d = d.clone();
+        tokio::spawn(async move {
+            d.invoke("f", "a".into(), Bytes::from_static(b"60000"))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    assert!(matches!(
+        first.await.unwrap(),
+        Err(DispatchError::Timeout(_))
+    ));
+    let start = tokio::time::Instant::now();
+    let second = d.invoke("f", "b".into(), Bytes::from_static(b"10")).await;
+    assert!(second.is_ok(), "{second:?}");
+    // The slot stayed taken until the stuck instance was stopped (deadline + grace).
+    assert!(
+        start.elapsed() >= Duration::from_millis(1800),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        launcher.peak_in_flight.load(Ordering::SeqCst),
+        1,
+        "never two calls in one instance"
+    );
+    assert_eq!(
+        launcher.launches.load(Ordering::SeqCst),
+        2,
+        "the stuck instance was replaced"
+    );
+}

@@ -113,13 +113,15 @@ impl Control {
             .to_owned();
         let body = match http::read_body(req.into_body(), MAX_INVOKE_BODY).await {
             Ok(body) => body,
-            Err(BodyError::TooLarge(limit)) => return respond::aws_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RequestTooLargeException",
-                &format!(
+            Err(BodyError::TooLarge(limit)) => {
+                return respond::aws_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "RequestTooLargeException",
+                    &format!(
                     "Request must be smaller than {limit} bytes for the InvokeFunction operation"
                 ),
-            ),
+                )
+            }
             Err(BodyError::Broken) => {
                 return respond::aws_error(
                     StatusCode::BAD_REQUEST,
@@ -161,13 +163,15 @@ impl Control {
                 return response;
             }
             "RequestResponse" => {}
-            other => return respond::aws_error(
-                StatusCode::BAD_REQUEST,
-                "InvalidParameterValueException",
-                &format!(
+            other => {
+                return respond::aws_error(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidParameterValueException",
+                    &format!(
                     "X-Amz-Invocation-Type must be RequestResponse, Event or DryRun, not {other:?}"
                 ),
-            ),
+                )
+            }
         }
         let mut response = match self
             .platform
@@ -239,7 +243,7 @@ impl Control {
                 );
             }
         }
-        let gauges: [(&str, &str, fn(&crate::platform::InstanceReport) -> u64); 4] = [
+        let gauges: [Gauge; 4] = [
             (
                 "shoal_instance_in_flight",
                 "Invocations running in an instance.",
@@ -289,6 +293,13 @@ impl Control {
         out
     }
 }
+
+/// A per-instance metric: name, help text, and how to read it from a report.
+type Gauge = (
+    &'static str,
+    &'static str,
+    fn(&crate::platform::InstanceReport) -> u64,
+);
 
 fn state_name(state: shoal_dispatch::InstanceState) -> &'static str {
     match state {

@@ -18,7 +18,11 @@ const HELLO_SLEEP: Duration = Duration::from_millis(2000);
 const HELLO_MARGIN: Duration = Duration::from_millis(2500);
 
 /// Fire `n` requests at once; answers in request order.
-async fn burst(api: &Api, n: usize, request: impl Fn(Api, usize) -> tokio::task::JoinHandle<Reply>) -> Vec<Reply> {
+async fn burst(
+    api: &Api,
+    n: usize,
+    request: impl Fn(Api, usize) -> tokio::task::JoinHandle<Reply>,
+) -> Vec<Reply> {
     let tasks: Vec<_> = (0..n).map(|i| request(api.clone(), i)).collect();
     let mut replies = Vec::with_capacity(n);
     for task in tasks {
@@ -27,8 +31,11 @@ async fn burst(api: &Api, n: usize, request: impl Fn(Api, usize) -> tokio::task:
     replies
 }
 
-fn burst_get(api: &Api, n: usize, path: &'static str) -> impl std::future::Future<Output = Vec<Reply>> + '_ {
-    burst(api, n, move |api, _| tokio::spawn(async move { api.get(path).await }))
+async fn burst_get(api: &Api, n: usize, path: &'static str) -> Vec<Reply> {
+    burst(api, n, move |api, _| {
+        tokio::spawn(async move { api.get(path).await })
+    })
+    .await
 }
 
 /// `instanceId,invocationId,10000000,49999995000000,Hello World\n` → (instance, invocation).
@@ -36,8 +43,15 @@ fn parse_hello(reply: &Reply) -> (String, u64) {
     let text = reply.text();
     let fields: Vec<&str> = text.trim_end().split(',').collect();
     assert_eq!(fields.len(), 5, "hello body: {text:?}");
-    assert_eq!(&fields[2..], ["10000000", "49999995000000", "Hello World"], "hello body: {text:?}");
-    (fields[0].to_owned(), fields[1].parse().expect("invocation id"))
+    assert_eq!(
+        &fields[2..],
+        ["10000000", "49999995000000", "Hello World"],
+        "hello body: {text:?}"
+    );
+    (
+        fields[0].to_owned(),
+        fields[1].parse().expect("invocation id"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,10 +72,22 @@ async fn seed_burst_shares_one_instance() {
         let (instance, invocation) = parse_hello(reply);
         instances.insert(instance);
         invocations.insert(invocation);
-        assert!(reply.elapsed >= HELLO_SLEEP, "answered before the handler's sleep ended: {:?}", reply.elapsed);
-        assert!(reply.elapsed <= HELLO_SLEEP + HELLO_MARGIN, "too slow: {:?}", reply.elapsed);
+        assert!(
+            reply.elapsed >= HELLO_SLEEP,
+            "answered before the handler's sleep ended: {:?}",
+            reply.elapsed
+        );
+        assert!(
+            reply.elapsed <= HELLO_SLEEP + HELLO_MARGIN,
+            "too slow: {:?}",
+            reply.elapsed
+        );
     }
-    assert_eq!(instances.len(), 1, "the burst should share one instance: {instances:?}");
+    assert_eq!(
+        instances.len(),
+        1,
+        "the burst should share one instance: {instances:?}"
+    );
     assert_eq!(invocations, (1..=10).collect(), "invocation ids");
 
     let pools = server.status("hello").await;
@@ -84,14 +110,21 @@ handler = "index.helloWorld"
 concurrency = 1
 http = [{ method = "GET", path = "/helloWorld" }]
 "#;
-    server.deploy_ok(&[("index.js", &index), ("shoal.toml", manifest)]).await;
+    server
+        .deploy_ok(&[("index.js", &index), ("shoal.toml", manifest)])
+        .await;
 
     let replies = burst_get(&server, 10, "/helloWorld").await;
     let mut instances = HashSet::new();
     for reply in &replies {
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
         let (instance, invocation) = parse_hello(reply);
-        assert_eq!(invocation, 1, "an instance ran more than one call: {}", reply.text());
+        assert_eq!(
+            invocation,
+            1,
+            "an instance ran more than one call: {}",
+            reply.text()
+        );
         instances.insert(instance);
         assert!(reply.elapsed >= HELLO_SLEEP, "{:?}", reply.elapsed);
     }
@@ -99,7 +132,12 @@ http = [{ method = "GET", path = "/helloWorld" }]
 
     let instances = server.instances("hello1").await;
     assert_eq!(instances.len(), 10, "{instances:#?}");
-    assert!(instances.iter().all(|i| i["limit"] == 1 && i["invocations"] == 1), "{instances:#?}");
+    assert!(
+        instances
+            .iter()
+            .all(|i| i["limit"] == 1 && i["invocations"] == 1),
+        "{instances:#?}"
+    );
     let distinct: HashSet<u64> = pids(&instances).into_iter().collect();
     assert_eq!(distinct.len(), 10, "ten processes: {instances:#?}");
     server.shutdown().await;
@@ -125,15 +163,25 @@ runtime = "nodejs"
 handler = "index.handler"
 http = [{ method = "GET", path = "/flaky" }]
 "#;
-    server.deploy_ok(&[("index.js", handler), ("shoal.toml", manifest)]).await;
+    server
+        .deploy_ok(&[("index.js", handler), ("shoal.toml", manifest)])
+        .await;
 
     let replies = burst(&server, 6, |api, i| {
-        tokio::spawn(async move { api.get(if i == 3 { "/flaky?fail=1" } else { "/flaky" }).await })
+        tokio::spawn(async move {
+            api.get(if i == 3 { "/flaky?fail=1" } else { "/flaky" })
+                .await
+        })
     })
     .await;
     for (i, reply) in replies.iter().enumerate() {
         if i == 3 {
-            assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", reply.text());
+            assert_eq!(
+                reply.status,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{}",
+                reply.text()
+            );
             assert_eq!(reply.json(), json!({ "message": "Internal Server Error" }));
         } else {
             assert_eq!(reply.status, StatusCode::OK, "call {i}: {}", reply.text());
@@ -204,32 +252,66 @@ http = [{ method = "GET", path = "/version" }]
         .collect();
 
     let within = Duration::from_secs(10);
-    tokio::time::timeout(within, seen.wait_for(|(n, _)| *n >= 20)).await.expect("traffic flows").unwrap();
+    tokio::time::timeout(within, seen.wait_for(|(n, _)| *n >= 20))
+        .await
+        .expect("traffic flows")
+        .unwrap();
     let (status, body) = server.deploy_dir(code.path()).await;
-    assert_eq!((status, &body["functions"][0]["version"]), (StatusCode::CREATED, &json!(2)), "{body}");
-    tokio::time::timeout(within, seen.wait_for(|(_, v)| *v >= 2)).await.expect("version 2 answers").unwrap();
+    assert_eq!(
+        (status, &body["functions"][0]["version"]),
+        (StatusCode::CREATED, &json!(2)),
+        "{body}"
+    );
+    tokio::time::timeout(within, seen.wait_for(|(_, v)| *v >= 2))
+        .await
+        .expect("version 2 answers")
+        .unwrap();
     let (status, body) = server.deploy_dir(code.path()).await;
-    assert_eq!((status, &body["functions"][0]["version"]), (StatusCode::CREATED, &json!(3)), "{body}");
-    tokio::time::timeout(within, seen.wait_for(|(_, v)| *v >= 3)).await.expect("version 3 answers").unwrap();
+    assert_eq!(
+        (status, &body["functions"][0]["version"]),
+        (StatusCode::CREATED, &json!(3)),
+        "{body}"
+    );
+    tokio::time::timeout(within, seen.wait_for(|(_, v)| *v >= 3))
+        .await
+        .expect("version 3 answers")
+        .unwrap();
 
     let mut versions = BTreeSet::new();
     for prober in probers {
         let answers = prober.await.unwrap();
         let mut last = 0;
         for (status, body) in answers {
-            assert_eq!(status, StatusCode::OK, "a request failed during a redeploy: {body}");
-            let version: u64 = body.parse().unwrap_or_else(|_| panic!("not a version: {body:?}"));
+            assert_eq!(
+                status,
+                StatusCode::OK,
+                "a request failed during a redeploy: {body}"
+            );
+            let version: u64 = body
+                .parse()
+                .unwrap_or_else(|_| panic!("not a version: {body:?}"));
             // A call starts after the previous one answered: it cannot reach an older version.
-            assert!(version >= last, "version went back from {last} to {version}");
+            assert!(
+                version >= last,
+                "version went back from {last} to {version}"
+            );
             last = version;
             versions.insert(version);
         }
     }
-    assert!(versions.contains(&1) && versions.contains(&3), "versions seen: {versions:?}");
-    assert!(versions.is_subset(&BTreeSet::from([1, 2, 3])), "versions seen: {versions:?}");
+    assert!(
+        versions.contains(&1) && versions.contains(&3),
+        "versions seen: {versions:?}"
+    );
+    assert!(
+        versions.is_subset(&BTreeSet::from([1, 2, 3])),
+        "versions seen: {versions:?}"
+    );
 
     let pools = server
-        .wait_for_status("ver", Duration::from_secs(10), |pools| pools.iter().all(|p| p["retired"] == false))
+        .wait_for_status("ver", Duration::from_secs(10), |pools| {
+            pools.iter().all(|p| p["retired"] == false)
+        })
         .await;
     assert_eq!(pools.len(), 1, "{pools:#?}");
     assert_eq!(pools[0]["version"], 3, "{pools:#?}");
@@ -251,37 +333,60 @@ async fn bad_deploys_are_refused_and_change_nothing() {
     let before = server.admin_get("/admin/functions").await;
     assert_eq!(before["functions"].as_array().unwrap().len(), 1, "{before}");
 
-    let bad_field = "[functions.bad]\nruntime = \"nodejs\"\nhandler = \"index.handler\"\nmemory = \"lots\"\n";
-    let (status, body) = server.deploy_files(&[("index.js", ""), ("shoal.toml", bad_field)]).await;
+    let bad_field =
+        "[functions.bad]\nruntime = \"nodejs\"\nhandler = \"index.handler\"\nmemory = \"lots\"\n";
+    let (status, body) = server
+        .deploy_files(&[("index.js", ""), ("shoal.toml", bad_field)])
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["__type"], "InvalidManifestException", "{body}");
     let message = body["message"].as_str().unwrap();
     assert!(message.contains("shoal.toml:4:"), "{message}");
     assert!(message.contains("functions.bad.memory"), "{message}");
 
-    let (status, body) = server.deploy_files(&[("shoal.toml", "[functions.bad\nruntime = \"nodejs\"\n")]).await;
+    let (status, body) = server
+        .deploy_files(&[("shoal.toml", "[functions.bad\nruntime = \"nodejs\"\n")])
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["__type"], "InvalidManifestException", "{body}");
-    assert!(body["message"].as_str().unwrap().starts_with("shoal.toml:1:"), "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("shoal.toml:1:"),
+        "{body}"
+    );
 
-    let (status, body) = server.deploy_files(&[("index.js", "exports.handler = async () => 1;")]).await;
+    let (status, body) = server
+        .deploy_files(&[("index.js", "exports.handler = async () => 1;")])
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["__type"], "InvalidManifestException", "{body}");
-    assert!(body["message"].as_str().unwrap().contains("shoal.toml"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("shoal.toml"),
+        "{body}"
+    );
 
-    let (status, body) = server.deploy_archive(b"this is not a tar.gz".to_vec()).await;
+    let (status, body) = server
+        .deploy_archive(b"this is not a tar.gz".to_vec())
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["__type"], "InvalidArchiveException", "{body}");
 
     // A route that collides with a deployed function's route.
     let clash = "[functions.other]\nruntime = \"nodejs\"\nhandler = \"index.handler\"\nhttp = [{ method = \"GET\", path = \"/good\" }]\n";
-    let (status, body) = server.deploy_files(&[("index.js", ""), ("shoal.toml", clash)]).await;
+    let (status, body) = server
+        .deploy_files(&[("index.js", ""), ("shoal.toml", clash)])
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["__type"], "ResourceConflictException", "{body}");
 
     assert_eq!(server.admin_get("/admin/functions").await, before);
     let good = server.get("/good").await;
-    assert_eq!((good.status, good.text()), (StatusCode::OK, "fine".to_owned()));
+    assert_eq!(
+        (good.status, good.text()),
+        (StatusCode::OK, "fine".to_owned())
+    );
     server.shutdown().await;
 }
 
@@ -299,7 +404,9 @@ exports.handler = async (event, context) => {
 };
 "#;
     let manifest = "[functions.calc]\nruntime = \"nodejs\"\nhandler = \"index.handler\"\n";
-    server.deploy_ok(&[("index.js", handler), ("shoal.toml", manifest)]).await;
+    server
+        .deploy_ok(&[("index.js", handler), ("shoal.toml", manifest)])
+        .await;
 
     let reply = server.invoke("calc", &json!({ "a": 2, "b": 3 })).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
@@ -308,7 +415,11 @@ exports.handler = async (event, context) => {
     let result = reply.json();
     assert_eq!(result["sum"], 5);
     assert_eq!(result["name"], "calc");
-    assert_eq!(result["requestId"].as_str(), reply.header("x-amzn-requestid"), "{result}");
+    assert_eq!(
+        result["requestId"].as_str(),
+        reply.header("x-amzn-requestid"),
+        "{result}"
+    );
 
     let reply = server.invoke("calc", &json!({ "fail": "x" })).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
@@ -320,43 +431,93 @@ exports.handler = async (event, context) => {
 
     let reply = server.invoke("nope", &json!({})).await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text());
-    assert_eq!(reply.header("x-amzn-errortype"), Some("ResourceNotFoundException"));
+    assert_eq!(
+        reply.header("x-amzn-errortype"),
+        Some("ResourceNotFoundException")
+    );
     assert_eq!(reply.json()["__type"], "ResourceNotFoundException");
 
     let reply = server.invoke_raw("calc", &[], "{not json").await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text());
-    assert_eq!(reply.header("x-amzn-errortype"), Some("InvalidRequestContentException"));
+    assert_eq!(
+        reply.header("x-amzn-errortype"),
+        Some("InvalidRequestContentException")
+    );
 
-    let reply = server.invoke_raw("calc", &[("x-amz-invocation-type", "DryRun")], "{}").await;
+    let reply = server
+        .invoke_raw("calc", &[("x-amz-invocation-type", "DryRun")], "{}")
+        .await;
     assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text());
 
     let event = json!({ "a": 1, "b": 1, "mark": "async-7" }).to_string();
-    let reply = server.invoke_raw("calc", &[("X-Amz-Invocation-Type", "Event")], event).await;
+    let reply = server
+        .invoke_raw("calc", &[("X-Amz-Invocation-Type", "Event")], event)
+        .await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
-    let request_id = reply.header("x-amzn-requestid").expect("a request id for the event").to_owned();
+    let request_id = reply
+        .header("x-amzn-requestid")
+        .expect("a request id for the event")
+        .to_owned();
     // The event really runs, later, under the id the caller was given.
     let record = server
-        .wait_for_log("calc", Duration::from_secs(10), |r| r["message"].as_str().is_some_and(|m| m.contains("event mark async-7")))
+        .wait_for_log("calc", Duration::from_secs(10), |r| {
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("event mark async-7"))
+        })
         .await;
-    assert_eq!(record["request_id"].as_str(), Some(request_id.as_str()), "{record}");
+    assert_eq!(
+        record["request_id"].as_str(),
+        Some(request_id.as_str()),
+        "{record}"
+    );
 
-    let invocations = |instances: Vec<Value>| instances.iter().map(|i| i["invocations"].as_u64().unwrap()).sum::<u64>();
+    let invocations = |instances: Vec<Value>| {
+        instances
+            .iter()
+            .map(|i| i["invocations"].as_u64().unwrap())
+            .sum::<u64>()
+    };
     let before = invocations(server.instances("calc").await);
     let invoke_path = "/2015-03-31/functions/calc/invocations";
-    for (method, path) in [(Method::GET, "/admin/functions"), (Method::GET, "/metrics"), (Method::POST, invoke_path)] {
+    for (method, path) in [
+        (Method::GET, "/admin/functions"),
+        (Method::GET, "/metrics"),
+        (Method::POST, invoke_path),
+    ] {
         // No header, a wrong token, and the right token without "Bearer ".
         for auth in [None, Some("Bearer wrong"), Some(server.token.as_str())] {
-            let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
-            let reply = server.send(method.clone(), &server.control_url(path), &headers, "{}").await;
-            assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{method} {path} with {auth:?}");
-            assert_eq!(reply.header("x-amzn-errortype"), Some("UnauthorizedException"));
+            let headers: Vec<(&str, &str)> =
+                auth.map(|a| ("authorization", a)).into_iter().collect();
+            let reply = server
+                .send(method.clone(), &server.control_url(path), &headers, "{}")
+                .await;
+            assert_eq!(
+                reply.status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with {auth:?}"
+            );
+            assert_eq!(
+                reply.header("x-amzn-errortype"),
+                Some("UnauthorizedException")
+            );
         }
     }
-    assert_eq!(invocations(server.instances("calc").await), before, "an unauthorised invoke ran");
+    assert_eq!(
+        invocations(server.instances("calc").await),
+        before,
+        "an unauthorised invoke ran"
+    );
 
     let metrics = server.control(Method::GET, "/metrics", &[], "").await;
     assert_eq!(metrics.status, StatusCode::OK);
-    assert!(metrics.text().contains("shoal_instances{function=\"calc\",version=\"1\",state=\"ready\"} 1"), "{}", metrics.text());
+    assert!(
+        metrics
+            .text()
+            .contains("shoal_instances{function=\"calc\",version=\"1\",state=\"ready\"} 1"),
+        "{}",
+        metrics.text()
+    );
     server.shutdown().await;
 }
 
@@ -395,8 +556,18 @@ runtime = "nodejs"
 handler = "esm.handler"
 http = [{ method = "POST", path = "/esm" }]
 "#;
-    let deployed = server.deploy_ok(&[("cb.js", callback), ("esm.mjs", esm), ("shoal.toml", manifest)]).await;
-    assert_eq!(deployed["functions"].as_array().unwrap().len(), 2, "{deployed}");
+    let deployed = server
+        .deploy_ok(&[
+            ("cb.js", callback),
+            ("esm.mjs", esm),
+            ("shoal.toml", manifest),
+        ])
+        .await;
+    assert_eq!(
+        deployed["functions"].as_array().unwrap().len(),
+        2,
+        "{deployed}"
+    );
 
     let reply = server.get("/cb?x=1").await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
@@ -412,7 +583,11 @@ http = [{ method = "POST", path = "/esm" }]
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     assert_eq!(reply.header("x-style"), Some("esm"));
     let body = reply.json();
-    assert_eq!(body["requestId"], reply.header("apigw-requestid").expect("apigw-requestid"), "{body}");
+    assert_eq!(
+        body["requestId"],
+        reply.header("apigw-requestid").expect("apigw-requestid"),
+        "{body}"
+    );
     assert_eq!(body["method"], "POST");
     assert_eq!(body["body"], "{\"hi\":1}");
 
@@ -434,17 +609,27 @@ exports.handler = async (event, context) => {
 };
 "#;
     let manifest = "[functions.talk]\nruntime = \"nodejs\"\nhandler = \"index.handler\"\nhttp = [{ method = \"GET\", path = \"/talk\" }]\n";
-    server.deploy_ok(&[("index.js", handler), ("shoal.toml", manifest)]).await;
+    server
+        .deploy_ok(&[("index.js", handler), ("shoal.toml", manifest)])
+        .await;
 
     // Two concurrent calls on one instance: each line carries its own call's id.
     let replies = burst_get(&server, 2, "/talk").await;
     for reply in &replies {
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
         let id = reply.text();
-        let record = server.wait_for_log("talk", Duration::from_secs(10), |r| r["request_id"] == id.as_str() && r["stream"] == "stdout").await;
+        let record = server
+            .wait_for_log("talk", Duration::from_secs(10), |r| {
+                r["request_id"] == id.as_str() && r["stream"] == "stdout"
+            })
+            .await;
         assert_eq!(record["message"], format!("hello from {id}"), "{record}");
         assert_eq!(record["level"], "INFO", "{record}");
-        let record = server.wait_for_log("talk", Duration::from_secs(10), |r| r["request_id"] == id.as_str() && r["stream"] == "stderr").await;
+        let record = server
+            .wait_for_log("talk", Duration::from_secs(10), |r| {
+                r["request_id"] == id.as_str() && r["stream"] == "stderr"
+            })
+            .await;
         assert_eq!(record["message"], format!("still {id}"), "{record}");
         assert_eq!(record["level"], "ERROR", "{record}");
     }
@@ -452,7 +637,9 @@ exports.handler = async (event, context) => {
     // `next` continues after what was read.
     let logs = server.admin_get("/admin/functions/talk/logs?since=0").await;
     let next = logs["next"].as_u64().unwrap();
-    let rest = server.admin_get(&format!("/admin/functions/talk/logs?since={next}")).await;
+    let rest = server
+        .admin_get(&format!("/admin/functions/talk/logs?since={next}"))
+        .await;
     assert_eq!(rest["records"], json!([]), "{rest}");
     server.shutdown().await;
 }
@@ -472,7 +659,9 @@ runtime = "nodejs"
 handler = "index.handler"
 http = [{ method = "GET", path = "/gone" }]
 "#;
-    server.deploy_ok(&[("index.js", handler), ("shoal.toml", manifest)]).await;
+    server
+        .deploy_ok(&[("index.js", handler), ("shoal.toml", manifest)])
+        .await;
     let mut seen = Vec::new();
     for path in ["/keep", "/gone"] {
         let reply = server.get(path).await;
@@ -483,36 +672,155 @@ http = [{ method = "GET", path = "/gone" }]
     assert_eq!(pids(&server.instances("keep").await), [keep_pid]);
     assert_eq!(pids(&server.instances("gone").await), [gone_pid]);
 
-    let reply = server.control(Method::DELETE, "/admin/functions/gone", &[], "").await;
+    let reply = server
+        .control(Method::DELETE, "/admin/functions/gone", &[], "")
+        .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let reply = server.get("/gone").await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text());
     assert_eq!(reply.json(), json!({ "message": "Not Found" }));
-    assert_eq!(server.invoke("gone", &json!({})).await.status, StatusCode::NOT_FOUND);
-    let reply = server.control(Method::GET, "/admin/status?function=gone", &[], "").await;
+    assert_eq!(
+        server.invoke("gone", &json!({})).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let reply = server
+        .control(Method::GET, "/admin/status?function=gone", &[], "")
+        .await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text());
     let all = server.admin_get("/admin/status").await;
-    assert!(all["pools"].as_array().unwrap().iter().all(|p| p["function"] != "gone"), "{all}");
+    assert!(
+        all["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["function"] != "gone"),
+        "{all}"
+    );
     let listed = server.admin_get("/admin/functions").await;
-    let names: Vec<&Value> = listed["functions"].as_array().unwrap().iter().map(|f| &f["name"]).collect();
+    let names: Vec<&Value> = listed["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| &f["name"])
+        .collect();
     assert_eq!(names, [&json!("keep")]);
     // Deleting twice is a 404, not a success.
-    let reply = server.control(Method::DELETE, "/admin/functions/gone", &[], "").await;
+    let reply = server
+        .control(Method::DELETE, "/admin/functions/gone", &[], "")
+        .await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text());
 
     // The deleted function's idle instance stops.
     let deadline = Instant::now() + Duration::from_secs(10);
     while process_alive(gone_pid) {
-        assert!(Instant::now() < deadline, "instance {gone_pid} of a deleted function still runs");
+        assert!(
+            Instant::now() < deadline,
+            "instance {gone_pid} of a deleted function still runs"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     // Unrouted paths are 404s; the other function is untouched.
     assert_eq!(server.get("/nowhere").await.status, StatusCode::NOT_FOUND);
     let reply = server.get("/keep").await;
-    assert_eq!((reply.status, reply.text()), (StatusCode::OK, keep_pid.to_string()));
+    assert_eq!(
+        (reply.status, reply.text()),
+        (StatusCode::OK, keep_pid.to_string())
+    );
     assert!(process_alive(keep_pid));
 
     server.shutdown().await;
-    assert!(!process_alive(keep_pid), "instance {keep_pid} outlived the server");
+    assert!(
+        !process_alive(keep_pid),
+        "instance {keep_pid} outlived the server"
+    );
+}
+
+/// A concurrency = 1 function whose handler reports how many calls its process runs at once.
+const COUNTING_HANDLER: &str = r#"
+let inFlight = 0;
+exports.handler = async (event) => {
+  inFlight++;
+  const seen = inFlight;
+  try {
+    await new Promise((r) => setTimeout(r, (event.queryStringParameters || event).sleepMs || 0));
+    return { statusCode: 200, body: JSON.stringify({ seen }) };
+  } finally {
+    inFlight--;
+  }
+};
+"#;
+const SLOW_MANIFEST: &str = "[functions.slow]\nruntime = \"nodejs\"\nhandler = \"index.handler\"\ntimeout = \"1s\"\nconcurrency = 1\nhttp = [{ method = \"GET\", path = \"/slow\" }]\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_call_is_reported_as_a_timeout() {
+    let server = TestServer::start().await;
+    server
+        .deploy_ok(&[
+            ("index.js", COUNTING_HANDLER),
+            ("shoal.toml", SLOW_MANIFEST),
+        ])
+        .await;
+    // Warm the instance so the timeout measures the handler, not the start.
+    assert_eq!(server.get("/slow").await.status, StatusCode::OK);
+
+    let reply = server.get("/slow?sleepMs=3000").await;
+    assert_eq!(
+        reply.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{}",
+        reply.text()
+    );
+    assert_eq!(reply.json(), json!({ "message": "Gateway Timeout" }));
+    assert!(
+        reply.elapsed >= Duration::from_secs(1) && reply.elapsed < Duration::from_millis(2500),
+        "{:?}",
+        reply.elapsed
+    );
+
+    let reply = server.invoke("slow", &json!({ "sleepMs": 3000 })).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.header("x-amz-function-error"), Some("Unhandled"));
+    let error = reply.json();
+    assert_eq!(error["errorType"], "Sandbox.Timedout", "{error}");
+    assert!(
+        error["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("Task timed out after 1.00 seconds"),
+        "{error}"
+    );
+    assert!(
+        reply.elapsed >= Duration::from_secs(1) && reply.elapsed < Duration::from_millis(2500),
+        "{:?}",
+        reply.elapsed
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_call_keeps_its_instance_from_taking_more_than_its_limit() {
+    let server = TestServer::start().await;
+    server
+        .deploy_ok(&[
+            ("index.js", COUNTING_HANDLER),
+            ("shoal.toml", SLOW_MANIFEST),
+        ])
+        .await;
+    assert_eq!(server.get("/slow").await.status, StatusCode::OK);
+    assert_eq!(
+        server.get("/slow?sleepMs=3000").await.status,
+        StatusCode::GATEWAY_TIMEOUT
+    );
+
+    // The timed-out handler still runs for ~2 s. With concurrency = 1 the next call must
+    // not run beside it in the same process (a fresh or restarted instance is fine).
+    let reply = server.get("/slow").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(
+        reply.json(),
+        json!({ "seen": 1 }),
+        "two calls ran at once in a concurrency = 1 instance"
+    );
+    server.shutdown().await;
 }

@@ -31,26 +31,45 @@ fn every_source_file_opens_with_a_module_doc() {
     let missing: Vec<_> = files
         .iter()
         .filter(|f| !f.components().any(|c| c.as_os_str() == "tests"))
-        .filter(|f| !std::fs::read_to_string(f).unwrap().trim_start().starts_with("//!"))
+        .filter(|f| {
+            !std::fs::read_to_string(f)
+                .unwrap()
+                .trim_start()
+                .starts_with("//!")
+        })
         .collect();
-    assert!(missing.is_empty(), "files without a //! paragraph: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "files without a //! paragraph: {missing:?}"
+    );
 }
 
 #[test]
 fn pure_crates_do_not_depend_on_http_sql_or_processes() {
     for krate in ["shoal-dispatch", "shoal-manifest", "shoal-events"] {
-        let manifest = std::fs::read_to_string(workspace().join("crates").join(krate).join("Cargo.toml")).unwrap();
+        let manifest =
+            std::fs::read_to_string(workspace().join("crates").join(krate).join("Cargo.toml"))
+                .unwrap();
         for forbidden in ["hyper", "axum", "rusqlite", "shoal-runtime", "shoal-store"] {
             assert!(
-                !manifest.lines().any(|l| l.trim_start().starts_with(forbidden)),
+                !manifest
+                    .lines()
+                    .any(|l| l.trim_start().starts_with(forbidden)),
                 "{krate} depends on {forbidden}"
             );
         }
         let mut files = Vec::new();
-        rust_files(&workspace().join("crates").join(krate).join("src"), &mut files);
+        rust_files(
+            &workspace().join("crates").join(krate).join("src"),
+            &mut files,
+        );
         for file in files {
             let text = std::fs::read_to_string(&file).unwrap();
-            assert!(!text.contains("std::process::Command"), "{} spawns processes", file.display());
+            assert!(
+                !text.contains("std::process::Command"),
+                "{} spawns processes",
+                file.display()
+            );
         }
     }
 }
@@ -60,10 +79,17 @@ fn only_shoal_runtime_spawns_processes() {
     let mut files = Vec::new();
     rust_files(&workspace().join("crates"), &mut files);
     for file in files {
-        if file.components().any(|c| c.as_os_str() == "shoal-runtime" || c.as_os_str() == "tests") {
+        if file
+            .components()
+            .any(|c| c.as_os_str() == "shoal-runtime" || c.as_os_str() == "tests")
+        {
             continue;
         }
         let text = std::fs::read_to_string(&file).unwrap();
-        assert!(!text.contains("Command::new"), "{} spawns a process", file.display());
+        assert!(
+            !text.contains("Command::new"),
+            "{} spawns a process",
+            file.display()
+        );
     }
 }

@@ -63,7 +63,8 @@ impl Reply {
     }
 
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -100,9 +101,10 @@ impl TestServer {
     pub async fn start() -> TestServer {
         let guard = ONE_SERVER_AT_A_TIME.lock().await;
         let data_dir = TempDir::new("t");
-        let running = shoal_server::start(shoal_server::Config::ephemeral(data_dir.path().to_owned()))
-            .await
-            .expect("starting the server");
+        let running =
+            shoal_server::start(shoal_server::Config::ephemeral(data_dir.path().to_owned()))
+                .await
+                .expect("starting the server");
         TestServer {
             api: Api {
                 gateway: running.gateway_addr,
@@ -130,17 +132,38 @@ impl TestServer {
 
 impl Api {
     /// Send one request.
-    pub async fn send(&self, method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Reply {
         let mut request = Request::builder().method(method).uri(url);
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let request = request.body(Full::new(body.into())).expect("a valid request");
+        let request = request
+            .body(Full::new(body.into()))
+            .expect("a valid request");
         let started = Instant::now();
-        let response = self.client.request(request).await.unwrap_or_else(|e| panic!("{url}: {e:?}"));
+        let response = self
+            .client
+            .request(request)
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e:?}"));
         let (parts, body) = response.into_parts();
-        let body = body.collect().await.unwrap_or_else(|e| panic!("{url}: reading the body: {e}")).to_bytes();
-        Reply { status: parts.status, headers: parts.headers, body, elapsed: started.elapsed() }
+        let body = body
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("{url}: reading the body: {e}"))
+            .to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            elapsed: started.elapsed(),
+        }
     }
 
     pub fn gateway_url(&self, path: &str) -> String {
@@ -157,16 +180,29 @@ impl Api {
 
     /// GET on the public gateway.
     pub async fn get(&self, path: &str) -> Reply {
-        self.send(Method::GET, &self.gateway_url(path), &[], Bytes::new()).await
+        self.send(Method::GET, &self.gateway_url(path), &[], Bytes::new())
+            .await
     }
 
     /// POST on the public gateway.
     pub async fn post(&self, path: &str, body: impl Into<Bytes>) -> Reply {
-        self.send(Method::POST, &self.gateway_url(path), &[("content-type", "application/json")], body).await
+        self.send(
+            Method::POST,
+            &self.gateway_url(path),
+            &[("content-type", "application/json")],
+            body,
+        )
+        .await
     }
 
     /// A control API request with the admin token.
-    pub async fn control(&self, method: Method, path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+    pub async fn control(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Reply {
         let bearer = self.bearer();
         let mut all = vec![("authorization", bearer.as_str())];
         all.extend_from_slice(headers);
@@ -185,14 +221,21 @@ impl Api {
         self.invoke_raw(name, &[], payload.to_string()).await
     }
 
-    pub async fn invoke_raw(&self, name: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+    pub async fn invoke_raw(
+        &self,
+        name: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Reply {
         let path = format!("/2015-03-31/functions/{name}/invocations");
         self.control(Method::POST, &path, headers, body).await
     }
 
     /// Deploy an archive as is.
     pub async fn deploy_archive(&self, archive: Vec<u8>) -> (StatusCode, Value) {
-        let reply = self.control(Method::POST, "/admin/functions", &[], archive).await;
+        let reply = self
+            .control(Method::POST, "/admin/functions", &[], archive)
+            .await;
         let json = serde_json::from_slice(&reply.body).unwrap_or(Value::String(reply.text()));
         (reply.status, json)
     }
@@ -218,25 +261,39 @@ impl Api {
 
     /// `GET /admin/status?function=NAME`: the function's pools.
     pub async fn status(&self, name: &str) -> Vec<Value> {
-        let status = self.admin_get(&format!("/admin/status?function={name}")).await;
+        let status = self
+            .admin_get(&format!("/admin/status?function={name}"))
+            .await;
         status["pools"].as_array().expect("pools").clone()
     }
 
     /// Every instance of every pool of the function.
     pub async fn instances(&self, name: &str) -> Vec<Value> {
-        self.status(name).await.iter().flat_map(|p| p["instances"].as_array().cloned().unwrap_or_default()).collect()
+        self.status(name)
+            .await
+            .iter()
+            .flat_map(|p| p["instances"].as_array().cloned().unwrap_or_default())
+            .collect()
     }
 
     /// Poll the function's status until `done` holds; panics with the last status after
     /// `within`.
-    pub async fn wait_for_status(&self, name: &str, within: Duration, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    pub async fn wait_for_status(
+        &self,
+        name: &str,
+        within: Duration,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
         let deadline = Instant::now() + within;
         loop {
             let pools = self.status(name).await;
             if done(&pools) {
                 return pools;
             }
-            assert!(Instant::now() < deadline, "status of {name} never settled: {pools:#?}");
+            assert!(
+                Instant::now() < deadline,
+                "status of {name} never settled: {pools:#?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -257,7 +314,9 @@ pub fn function_dir(files: &[(&str, &str)]) -> TempDir {
 
 /// The repository's `examples/<name>` directory.
 pub fn example(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name)
 }
 
 /// Whether a process with this pid still exists.
@@ -273,20 +332,30 @@ pub fn pids(instances: &[Value]) -> Vec<u64> {
 impl Api {
     /// `GET /admin/functions/NAME/logs?since=0`: every record the function has logged.
     pub async fn logs(&self, name: &str) -> Vec<Value> {
-        let logs = self.admin_get(&format!("/admin/functions/{name}/logs?since=0")).await;
+        let logs = self
+            .admin_get(&format!("/admin/functions/{name}/logs?since=0"))
+            .await;
         logs["records"].as_array().expect("records").clone()
     }
 
     /// Poll the function's logs until a record satisfies `wanted` (lines reach the log
     /// from the instance's stdout pump, after the response may already be out).
-    pub async fn wait_for_log(&self, name: &str, within: Duration, wanted: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_for_log(
+        &self,
+        name: &str,
+        within: Duration,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + within;
         loop {
             let records = self.logs(name).await;
             if let Some(record) = records.iter().find(|r| wanted(r)) {
                 return record.clone();
             }
-            assert!(Instant::now() < deadline, "no such log record of {name}; have: {records:#?}");
+            assert!(
+                Instant::now() < deadline,
+                "no such log record of {name}; have: {records:#?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
