@@ -20,10 +20,10 @@ pub async fn run(client: &Client) -> anyhow::Result<ExitCode> {
         println!(
             "{:<20} {:>7} {:<9} {:<11} {:>9}  {}",
             f["name"].as_str().unwrap_or("?"),
-            f["version"],
+            f["version"].to_string(),
             f["runtime"].as_str().unwrap_or("?"),
             f["concurrency"].to_string().trim_matches('"'),
-            f["instances"],
+            f["instances"].to_string(),
             routes.join(", ")
         );
     }

@@ -59,15 +59,15 @@ fn print_pool(pool: &Value) {
         println!(
             "  {:<22} {:>8} {:<9} {:>9} {:>6} {:>9} {:>9} {:>8} {:>8} {:>7}",
             i["id"].as_str().unwrap_or("?"),
-            i["pid"],
+            i["pid"].to_string(),
             i["state"].as_str().unwrap_or("?"),
-            i["in_flight"],
-            i["limit"],
+            i["in_flight"].to_string(),
+            i["limit"].to_string(),
             mib(&i["rss_kib"]),
             mib(&i["pss_kib"]),
             format!("{:.1}s", i["cpu_ms"].as_f64().unwrap_or(0.0) / 1000.0),
             format!("{:.0}s", i["uptime_ms"].as_f64().unwrap_or(0.0) / 1000.0),
-            i["invocations"],
+            i["invocations"].to_string(),
         );
     }
 }
