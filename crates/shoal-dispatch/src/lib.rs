@@ -11,6 +11,7 @@
 //! or `std::process`: the real launcher lives in `shoal-runtime`.
 #![forbid(unsafe_code)]
 
+pub mod controller;
 mod dispatcher;
 mod pool;
 
@@ -106,6 +107,19 @@ pub trait InstanceHandle: Send + Sync + 'static {
     fn stop(&self);
     /// OS process id, when there is one.
     fn pid(&self) -> Option<u32>;
+    /// CPU time consumed and memory in use so far, when measurable. The concurrency
+    /// controller reads it once per sampling interval.
+    fn resources(&self) -> Option<Resources> {
+        None
+    }
+}
+
+/// A reading of an instance's resource use.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Resources {
+    /// Total CPU time (user + system) since the instance started.
+    pub cpu_time: Duration,
+    pub rss_kib: u64,
 }
 
 /// What the dispatcher asks the launcher to start.
@@ -130,8 +144,12 @@ pub trait InstanceLauncher: Send + Sync + 'static {
 /// Per-version pool settings, derived from the function's manifest.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
-    /// In-flight invocations per instance.
+    /// In-flight invocations per instance: fixed, or where `auto` starts (a learned limit).
     pub limit: u32,
+    /// `concurrency = "auto"`: each instance's limit is tuned by a [`controller::Controller`].
+    pub auto: bool,
+    /// The instance's memory limit, for the controller's memory rule (0: unknown).
+    pub memory_limit_kib: u64,
     /// Ceiling handed to runtimes; `limit` never exceeds it.
     pub max_concurrency: u32,
     pub max_instances: u32,
@@ -146,7 +164,8 @@ pub struct PoolConfig {
 }
 
 impl PoolConfig {
-    /// The limit used for `concurrency = "auto"` until the controller exists: a fixed
-    /// value that fits I/O-bound functions well and never exceeds the ceiling.
-    pub const AUTO_DEFAULT_LIMIT: u32 = 64;
+    /// Where `concurrency = "auto"` starts before anything was learned: enough for the
+    /// seed's burst of 10 in one instance, low enough not to drown a CPU-bound function
+    /// before the controller's first samples bring it down.
+    pub const AUTO_DEFAULT_LIMIT: u32 = controller::ControllerConfig::DEFAULT_INITIAL_LIMIT;
 }

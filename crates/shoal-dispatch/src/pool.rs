@@ -12,6 +12,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::controller::{Controller, ControllerConfig, Sample};
 use crate::{
     DispatchError, InstanceHandle, InstanceLauncher, Invocation, LaunchError, LaunchRequest,
     Outcome, PoolConfig, Result,
@@ -19,6 +20,18 @@ use crate::{
 
 /// How often the housekeeping task looks for idle instances and finished drains.
 const HOUSEKEEPING_PERIOD: Duration = Duration::from_millis(250);
+/// How often each auto-tuned instance is measured and its controller consulted.
+const SAMPLE_PERIOD: Duration = Duration::from_millis(1000);
+/// Demand averaged over this long decides scale-in (long: avoids flapping).
+const STABLE_WINDOW: Duration = Duration::from_secs(60);
+/// Demand averaged over this long is shown beside the stable one (bursts are handled at
+/// once by the queue-driven scale-up).
+const PANIC_WINDOW: Duration = Duration::from_secs(6);
+/// Scale-in happens only when the stable demand would fill the remaining instances to at
+/// most this fraction of their limits: headroom so the next wobble does not scale out again.
+const SCALE_IN_UTILIZATION: f64 = 0.7;
+/// At most one instance is drained per this period.
+const SCALE_IN_COOLDOWN: Duration = Duration::from_secs(10);
 /// First pause after a failed start; doubles per consecutive failure.
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
 /// A function that never starts is retried at most this rarely.
@@ -50,6 +63,8 @@ pub struct InstanceStatus {
     pub limit: u32,
     pub uptime_ms: u64,
     pub invocations: u64,
+    /// Fraction of one core the instance used over its last sampling interval.
+    pub cpu_busy: Option<f64>,
 }
 
 /// A point-in-time view of one function version's pool.
@@ -62,6 +77,15 @@ pub struct PoolStatus {
     pub queued: usize,
     pub limit: u32,
     pub max_instances: u32,
+    /// `concurrency = "auto"`.
+    pub auto: bool,
+    /// The limit a new instance starts with (learned from running ones when auto).
+    pub learned_limit: u32,
+    /// Instances the demand calls for (stable window), against `instances.len()`.
+    pub desired: usize,
+    /// Mean in-flight + queued over the stable and the panic window.
+    pub demand_stable: f64,
+    pub demand_panic: f64,
     pub instances: Vec<InstanceStatus>,
     /// Why the pool last started or stopped an instance.
     pub last_decision: String,
@@ -76,9 +100,34 @@ struct Slot {
     started: Instant,
     idle_since: Instant,
     invocations: u64,
+    controller: Option<Controller>,
+    window: Window,
+    cpu_busy: Option<f64>,
+}
+
+/// What an instance did since its last sample.
+#[derive(Default)]
+struct Window {
+    started: Option<Instant>,
+    last_change: Option<Instant>,
+    /// In-flight count integrated over time (call-seconds), for the time-averaged count.
+    in_flight_area: f64,
+    completed: u32,
+    latency_sum: Duration,
+    min_latency: Option<Duration>,
+    cpu_at_start: Option<Duration>,
 }
 
 impl Slot {
+    /// Account the in-flight count up to `now`; call before changing it.
+    fn touch(&mut self, now: Instant) {
+        if let Some(last) = self.window.last_change {
+            self.window.in_flight_area +=
+                self.in_flight as f64 * now.duration_since(last).as_secs_f64();
+        }
+        self.window.last_change = Some(now);
+    }
+
     fn is_live(&self) -> bool {
         matches!(self.state, InstanceState::Starting | InstanceState::Ready)
     }
@@ -97,6 +146,12 @@ struct Inner {
     backoff_until: Option<Instant>,
     last_launch_error: Option<LaunchError>,
     last_decision: String,
+    /// Limit for new instances: the config's, then what the controllers learned.
+    learned_limit: u32,
+    /// (time, in-flight + queued) every housekeeping tick, over the stable window.
+    demand: VecDeque<(Instant, f64)>,
+    last_sample: Instant,
+    last_scale_in: Instant,
 }
 
 pub(crate) struct Pool {
@@ -114,12 +169,14 @@ pub(crate) struct Grant {
     pool: Option<Arc<Pool>>,
     instance: String,
     handle: Arc<dyn InstanceHandle>,
+    /// When the slot was handed over: the call's latency is measured from here.
+    started: Instant,
 }
 
 impl Drop for Grant {
     fn drop(&mut self) {
         if let Some(pool) = self.pool.take() {
-            pool.release(&self.instance);
+            pool.release(&self.instance, self.started);
         }
     }
 }
@@ -132,6 +189,7 @@ impl Pool {
         launcher: Arc<dyn InstanceLauncher>,
         next_instance: Arc<std::sync::atomic::AtomicU64>,
     ) -> Arc<Pool> {
+        let learned = config.limit.max(1);
         let pool = Arc::new(Pool {
             function: function.to_owned(),
             version,
@@ -147,6 +205,10 @@ impl Pool {
                 backoff_until: None,
                 last_launch_error: None,
                 last_decision: "no instances yet".to_owned(),
+                learned_limit: learned,
+                demand: VecDeque::new(),
+                last_sample: Instant::now(),
+                last_scale_in: Instant::now(),
             }),
         });
         tokio::spawn(housekeeping(Arc::downgrade(&pool)));
@@ -251,12 +313,15 @@ impl Pool {
             .iter_mut()
             .filter(|s| s.state == InstanceState::Ready && s.in_flight < s.limit)
             .min_by_key(|s| s.in_flight)?;
+        let now = Instant::now();
+        slot.touch(now);
         slot.in_flight += 1;
         slot.invocations += 1;
         Some(Grant {
             pool: Some(self.clone()),
             instance: slot.id.clone(),
             handle: slot.handle.clone().expect("ready slot has a handle"),
+            started: now,
         })
     }
 
@@ -271,13 +336,16 @@ impl Pool {
             if waiter.is_closed() {
                 continue;
             }
+            let now = Instant::now();
             let slot = &mut inner.slots[index];
+            slot.touch(now);
             slot.in_flight += 1;
             slot.invocations += 1;
             let grant = Grant {
                 pool: Some(self.clone()),
                 instance: slot.id.clone(),
                 handle: slot.handle.clone().expect("ready slot has a handle"),
+                started: now,
             };
             if let Err(Ok(mut grant)) = waiter.send(Ok(grant)) {
                 // The waiter left between the check and the send: take the slot back
@@ -291,11 +359,18 @@ impl Pool {
     }
 
     /// An invocation finished on `instance`: pass the slot on or free it.
-    fn release(self: &Arc<Self>, instance: &str) {
+    fn release(self: &Arc<Self>, instance: &str, started: Instant) {
         let mut inner = self.lock();
         let Some(index) = inner.slots.iter().position(|s| s.id == instance) else {
             return;
         };
+        let now = Instant::now();
+        let slot = &mut inner.slots[index];
+        slot.touch(now);
+        let latency = now.duration_since(started);
+        slot.window.completed += 1;
+        slot.window.latency_sum += latency;
+        slot.window.min_latency = Some(slot.window.min_latency.map_or(latency, |m| m.min(latency)));
         inner.slots[index].in_flight -= 1;
         if inner.slots[index].in_flight == 0 {
             inner.slots[index].idle_since = Instant::now();
@@ -319,7 +394,7 @@ impl Pool {
 
     /// Start the instances the queue needs beyond the capacity already starting.
     fn scale_up(self: &Arc<Self>, inner: &mut Inner) {
-        let limit = self.config.limit.max(1) as usize;
+        let limit = inner.learned_limit.max(1) as usize;
         let starting_capacity: usize = inner
             .slots
             .iter()
@@ -356,15 +431,25 @@ impl Pool {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = format!("{}-v{}-{}", self.function, self.version, seq);
         let now = Instant::now();
+        let limit = inner.learned_limit.max(1);
+        let controller = self.config.auto.then(|| {
+            let mut config =
+                ControllerConfig::new(self.config.max_concurrency, self.config.memory_limit_kib);
+            config.initial_limit = limit.min(config.max_limit);
+            Controller::new(config)
+        });
         inner.slots.push(Slot {
             id: id.clone(),
             state: InstanceState::Starting,
             handle: None,
             in_flight: 0,
-            limit: self.config.limit.max(1),
+            limit,
             started: now,
             idle_since: now,
             invocations: 0,
+            controller,
+            window: Window::default(),
+            cpu_busy: None,
         });
         let request = LaunchRequest {
             function: self.function.clone(),
@@ -496,6 +581,11 @@ impl Pool {
             queued: inner.queue.iter().filter(|w| !w.is_closed()).count(),
             limit: self.config.limit,
             max_instances: self.config.max_instances,
+            auto: self.config.auto,
+            learned_limit: inner.learned_limit,
+            desired: self.desired(&inner, now),
+            demand_stable: window_mean(&inner.demand, now, STABLE_WINDOW),
+            demand_panic: window_mean(&inner.demand, now, PANIC_WINDOW),
             instances: inner
                 .slots
                 .iter()
@@ -507,10 +597,166 @@ impl Pool {
                     limit: s.limit,
                     uptime_ms: now.duration_since(s.started).as_millis() as u64,
                     invocations: s.invocations,
+                    cpu_busy: s.cpu_busy,
                 })
                 .collect(),
             last_decision: inner.last_decision.clone(),
         }
+    }
+
+    /// Instances the demand calls for: the larger of the two windows' mean demand over
+    /// the limit new instances get.
+    fn desired(&self, inner: &Inner, now: Instant) -> usize {
+        let demand = window_mean(&inner.demand, now, STABLE_WINDOW).max(window_mean(
+            &inner.demand,
+            now,
+            PANIC_WINDOW,
+        ));
+        let desired = (demand / inner.learned_limit.max(1) as f64).ceil() as usize;
+        desired.clamp(
+            self.config.min_instances as usize,
+            self.config.max_instances as usize,
+        )
+    }
+
+    /// Measure every ready auto-tuned instance and let its controller set its limit.
+    /// /proc is read outside the pool lock.
+    fn sample_controllers(self: &Arc<Self>) {
+        let due: Vec<(String, Arc<dyn InstanceHandle>)> = {
+            let mut inner = self.lock();
+            let now = Instant::now();
+            if !self.config.auto || now.duration_since(inner.last_sample) < SAMPLE_PERIOD {
+                return;
+            }
+            inner.last_sample = now;
+            inner
+                .slots
+                .iter()
+                .filter(|s| s.state == InstanceState::Ready)
+                .filter_map(|s| Some((s.id.clone(), s.handle.clone()?)))
+                .collect()
+        };
+        let readings: Vec<(String, Option<crate::Resources>)> = due
+            .into_iter()
+            .map(|(id, handle)| (id, handle.resources()))
+            .collect();
+        let mut inner = self.lock();
+        let now = Instant::now();
+        let queued = inner.queue.len() as u32;
+        for (id, reading) in readings {
+            let Some(index) = inner.slots.iter().position(|s| s.id == id) else {
+                continue;
+            };
+            let Some(reading) = reading else { continue };
+            let slot = &mut inner.slots[index];
+            slot.touch(now);
+            let window = std::mem::take(&mut slot.window);
+            slot.window = Window {
+                started: Some(now),
+                last_change: Some(now),
+                cpu_at_start: Some(reading.cpu_time),
+                ..Window::default()
+            };
+            let (Some(started), Some(cpu_at_start)) = (window.started, window.cpu_at_start) else {
+                continue; // first reading of this instance: it only opens a window
+            };
+            let interval = now.duration_since(started);
+            if interval.is_zero() {
+                continue;
+            }
+            let cpu_time = reading.cpu_time.saturating_sub(cpu_at_start);
+            slot.cpu_busy = Some(cpu_time.as_secs_f64() / interval.as_secs_f64());
+            let sample = Sample {
+                interval,
+                cpu_time,
+                completed: window.completed,
+                latency_sum: window.latency_sum,
+                min_latency: window.min_latency,
+                mean_in_flight: window.in_flight_area / interval.as_secs_f64(),
+                queued,
+                rss_kib: reading.rss_kib,
+            };
+            let Some(controller) = slot.controller.as_mut() else {
+                continue;
+            };
+            let decision = controller.observe(&sample);
+            let grew = decision.limit > slot.limit;
+            slot.limit = decision.limit;
+            if decision.changed {
+                inner.last_decision = format!("{id}: {}", decision.reason);
+            }
+            if grew {
+                self.feed_waiters(&mut inner, index);
+            }
+        }
+        let learned: Vec<u32> = inner
+            .slots
+            .iter()
+            .filter(|s| s.state == InstanceState::Ready)
+            .filter_map(|s| s.controller.as_ref().map(Controller::suggested_initial))
+            .collect();
+        if !learned.is_empty() {
+            inner.learned_limit = (learned.iter().sum::<u32>() as f64 / learned.len() as f64)
+                .round()
+                .max(1.0) as u32;
+        }
+    }
+
+    /// Record demand, and drain one instance when the stable demand fits comfortably in
+    /// fewer. Scale-out is not decided here: the queue starts instances as soon as work
+    /// waits beyond the capacity running and starting.
+    fn autoscale(&self, inner: &mut Inner, now: Instant) {
+        let demand =
+            inner.slots.iter().map(|s| s.in_flight).sum::<u32>() as f64 + inner.queue.len() as f64;
+        inner.demand.push_back((now, demand));
+        while inner
+            .demand
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > STABLE_WINDOW)
+        {
+            inner.demand.pop_front();
+        }
+        let covered = inner
+            .demand
+            .front()
+            .map_or(Duration::ZERO, |(t, _)| now.duration_since(*t));
+        let ready: Vec<usize> = (0..inner.slots.len())
+            .filter(|&i| inner.slots[i].state == InstanceState::Ready)
+            .collect();
+        let floor = (self.config.min_instances as usize).max(1);
+        if ready.len() <= floor
+            || covered < PANIC_WINDOW
+            || !inner.queue.is_empty()
+            || now.duration_since(inner.last_scale_in) < SCALE_IN_COOLDOWN
+        {
+            return;
+        }
+        let stable = window_mean(&inner.demand, now, STABLE_WINDOW);
+        let panic = window_mean(&inner.demand, now, PANIC_WINDOW);
+        let mean_limit = ready
+            .iter()
+            .map(|&i| inner.slots[i].limit as f64)
+            .sum::<f64>()
+            / ready.len() as f64;
+        let capacity_after = (ready.len() - 1) as f64 * mean_limit * SCALE_IN_UTILIZATION;
+        if stable.max(panic) > capacity_after {
+            return;
+        }
+        let Some(&victim) = ready.iter().min_by_key(|&&i| inner.slots[i].in_flight) else {
+            return;
+        };
+        let slot = &mut inner.slots[victim];
+        if slot.in_flight == 0 {
+            Self::stop_slot(slot);
+        } else {
+            slot.state = InstanceState::Draining;
+        }
+        inner.last_scale_in = now;
+        inner.last_decision = format!(
+            "demand {stable:.1} (60 s) / {panic:.1} (6 s) fits {} instance(s) at limit {mean_limit:.0}: draining {}",
+            ready.len() - 1,
+            inner.slots[victim].id
+        );
     }
 
     /// Periodic work: stop idle instances, keep `min_instances` warm, finish a drain.
@@ -533,6 +779,7 @@ impl Pool {
             }
             return true;
         }
+        self.autoscale(&mut inner, now);
         let mut live = inner.slots.iter().filter(|s| s.is_live()).count();
         let min = self.config.min_instances as usize;
         let mut decision = None;
@@ -573,8 +820,21 @@ async fn housekeeping(pool: Weak<Pool>) {
     loop {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
+        pool.sample_controllers();
         if !pool.housekeep() {
             return;
         }
+    }
+}
+
+fn window_mean(demand: &VecDeque<(Instant, f64)>, now: Instant, window: Duration) -> f64 {
+    let (sum, n) = demand
+        .iter()
+        .filter(|(t, _)| now.duration_since(*t) <= window)
+        .fold((0.0, 0usize), |(sum, n), (_, d)| (sum + d, n + 1));
+    if n == 0 {
+        0.0
+    } else {
+        sum / n as f64
     }
 }

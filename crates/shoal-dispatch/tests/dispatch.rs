@@ -26,6 +26,8 @@ struct FakeLauncher {
 }
 
 struct FakeInstance {
+    /// CPU "used" so far: each finished call adds the CPU part of its payload.
+    cpu_ms: Arc<std::sync::atomic::AtomicU64>,
     id: String,
     version: u32,
     in_flight: Arc<AtomicU32>,
@@ -43,6 +45,7 @@ impl InstanceLauncher for FakeLauncher {
         let delay = self.start_delay_ms;
         let fail = self.fail_starts;
         let instance = Arc::new(FakeInstance {
+            cpu_ms: Default::default(),
             id: request.instance_id,
             version: request.version,
             in_flight: Arc::new(AtomicU32::new(0)),
@@ -81,6 +84,7 @@ impl InstanceHandle for FakeInstance {
         let mut exit = self.exit.subscribe();
         let id = self.id.clone();
         let version = self.version;
+        let cpu_ms = self.cpu_ms.clone();
         // The in-flight counter is decremented by a guard so cancelled futures count too.
         struct Done(Arc<AtomicU32>);
         impl Drop for Done {
@@ -97,7 +101,10 @@ impl InstanceHandle for FakeInstance {
                     body: Bytes::from_static(b"{}"),
                 });
             }
-            let ms: u64 = text.parse().unwrap_or(0);
+            // "WAIT" or "WAIT/CPU" in milliseconds.
+            let (ms, cpu) = text.split_once('/').unwrap_or((&text, "0"));
+            let (ms, cpu): (u64, u64) = (ms.parse().unwrap_or(0), cpu.parse().unwrap_or(0));
+            cpu_ms.fetch_add(cpu, Ordering::SeqCst);
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(ms)) => {
                     Ok(Outcome::Success(Bytes::from(format!("{id}@v{version}"))))
@@ -130,11 +137,20 @@ impl InstanceHandle for FakeInstance {
     fn pid(&self) -> Option<u32> {
         None
     }
+
+    fn resources(&self) -> Option<shoal_dispatch::Resources> {
+        Some(shoal_dispatch::Resources {
+            cpu_time: Duration::from_millis(self.cpu_ms.load(Ordering::SeqCst)),
+            rss_kib: 50_000,
+        })
+    }
 }
 
 fn config(limit: u32) -> PoolConfig {
     PoolConfig {
         limit,
+        auto: false,
+        memory_limit_kib: 0,
         max_concurrency: 256,
         max_instances: 100,
         min_instances: 0,
@@ -561,4 +577,104 @@ async fn a_timed_out_call_keeps_its_slot_and_a_stuck_instance_is_stopped() {
         2,
         "the stuck instance was replaced"
     );
+}
+
+/// `loops` callers, each calling again as soon as its call returns, for `for_how_long`.
+async fn sustained(
+    d: &Arc<Dispatcher>,
+    loops: usize,
+    payload: &'static str,
+    for_how_long: Duration,
+) -> usize {
+    let until = tokio::time::Instant::now() + for_how_long;
+    let tasks: Vec<_> = (0..loops)
+        .map(|i| {
+            let d = d.clone();
+            tokio::spawn(async move {
+                let mut ok = 0;
+                while tokio::time::Instant::now() < until {
+                    if d.invoke("f", format!("s{i}"), Bytes::from_static(payload.as_bytes()))
+                        .await
+                        .is_ok()
+                    {
+                        ok += 1;
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    total
+}
+
+#[tokio::test(start_paused = true)]
+async fn auto_limit_grows_for_io_bound_work_and_idle_capacity_is_drained() {
+    let mut cfg = config(16);
+    cfg.auto = true;
+    cfg.memory_limit_kib = 512 * 1024;
+    let (launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 200,
+            ..Default::default()
+        },
+        cfg,
+    );
+    // 40 callers of a call that waits 2 s and uses 20 ms of CPU: Little's law puts the
+    // optimum near 0.8 * 2.02 / 0.02 = 80 per instance, so the limit must rise above 16.
+    let served = sustained(&d, 40, "2000/20", Duration::from_secs(40)).await;
+    assert!(served > 500, "{served}");
+    let status = &d.status(Some("f"))[0];
+    assert!(status.learned_limit > 16, "{status:?}");
+    assert!(
+        status
+            .instances
+            .iter()
+            .any(|i| i.limit > 16 && i.cpu_busy.is_some()),
+        "{status:?}"
+    );
+    let started = launcher.launches.load(Ordering::SeqCst);
+    assert!(started <= 3, "ceil(40/16) at most, then fewer: {started}");
+    // Load drops to 4 callers: the stable window sees the excess and drains it.
+    sustained(&d, 4, "2000/20", Duration::from_secs(90)).await;
+    let status = &d.status(Some("f"))[0];
+    assert_eq!(launcher.live.load(Ordering::SeqCst), 1, "{status:?}");
+    assert!(status.desired <= 1, "{status:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_draining_instance_finishes_its_calls_before_it_stops() {
+    let mut cfg = config(2);
+    cfg.idle_timeout = Duration::from_secs(3600);
+    let (launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 10,
+            ..Default::default()
+        },
+        cfg,
+    );
+    // Four long calls need two instances; afterwards one short caller keeps one busy.
+    let long = {
+        let d = d.clone();
+        tokio::spawn(async move { burst(&d, 4, "15000").await })
+    };
+    let short = sustained(&d, 1, "100", Duration::from_secs(90)).await;
+    assert!(short > 0);
+    let results = long.await.unwrap();
+    assert!(
+        results.iter().all(|r| r.is_ok()),
+        "draining never cut a call short: {results:?}"
+    );
+    let status = &d.status(Some("f"))[0];
+    // Two for the long calls, a third for the short caller that found both full.
+    assert_eq!(launcher.launches.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        launcher.live.load(Ordering::SeqCst),
+        1,
+        "the spare instances were drained: {status:?}"
+    );
+    assert!(status.last_decision.contains("draining"), "{status:?}");
 }

@@ -358,4 +358,8 @@ impl InstanceHandle for NativeInstance {
     fn pid(&self) -> Option<u32> {
         Some(self.0.pid)
     }
+
+    fn resources(&self) -> Option<shoal_dispatch::Resources> {
+        crate::procfs::resources(self.0.pid)
+    }
 }

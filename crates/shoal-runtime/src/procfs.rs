@@ -30,6 +30,16 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     })
 }
 
+/// The cheap part of a sample (no smaps walk), for the concurrency controller.
+pub fn resources(pid: u32) -> Option<shoal_dispatch::Resources> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(shoal_dispatch::Resources {
+        cpu_time: std::time::Duration::from_millis(cpu_ms_from_stat(&stat)?),
+        rss_kib: kib_field(&status, "VmRSS:").unwrap_or(0),
+    })
+}
+
 fn kib_field(text: &str, name: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with(name))?;
     line[name.len()..].split_whitespace().next()?.parse().ok()

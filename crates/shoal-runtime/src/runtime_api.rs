@@ -432,4 +432,8 @@ impl InstanceHandle for ApiInstance {
     fn pid(&self) -> Option<u32> {
         Some(self.0.pid)
     }
+
+    fn resources(&self) -> Option<shoal_dispatch::Resources> {
+        crate::procfs::resources(self.0.pid)
+    }
 }

@@ -407,6 +407,8 @@ pub(crate) fn pool_config(spec: &FunctionSpec) -> PoolConfig {
     };
     PoolConfig {
         limit,
+        auto: spec.concurrency == Concurrency::Auto,
+        memory_limit_kib: spec.memory_mb * 1024,
         max_concurrency: spec.max_concurrency.max(limit),
         max_instances: spec.max_instances,
         min_instances: spec.min_instances,

@@ -53,7 +53,16 @@ fn print_pool(pool: &Value) {
     }
     println!(
         "  {:<22} {:>8} {:<9} {:>9} {:>6} {:>9} {:>9} {:>8} {:>8} {:>7}",
-        "INSTANCE", "PID", "STATE", "IN-FLIGHT", "LIMIT", "RSS", "PSS", "CPU", "UPTIME", "CALLS"
+        "INSTANCE",
+        "PID",
+        "STATE",
+        "IN-FLIGHT",
+        "LIMIT",
+        "RSS",
+        "PSS",
+        "CPU BUSY",
+        "UPTIME",
+        "CALLS"
     );
     for i in instances {
         println!(
@@ -65,7 +74,9 @@ fn print_pool(pool: &Value) {
             i["limit"].to_string(),
             mib(&i["rss_kib"]),
             mib(&i["pss_kib"]),
-            format!("{:.1}s", i["cpu_ms"].as_f64().unwrap_or(0.0) / 1000.0),
+            i["cpu_busy"]
+                .as_f64()
+                .map_or("-".to_owned(), |b| format!("{:.0}%", b * 100.0)),
             format!("{:.0}s", i["uptime_ms"].as_f64().unwrap_or(0.0) / 1000.0),
             i["invocations"].to_string(),
         );

@@ -1,0 +1,603 @@
+//! The per-instance concurrency controller behind `concurrency = "auto"`.
+//!
+//! It decides one number: how many invocations one runtime instance (a single-threaded
+//! Node.js process) may run at once. The caller measures the instance every ~0.5–1 s and
+//! passes a [`Sample`] to [`Controller::observe`]; the controller returns a [`Decision`]
+//! with the new limit and a one-line reason for `shoal status`. It never reads a clock, a
+//! file or a socket itself, so it is deterministic and tested with a simulated instance.
+//!
+//! # Signals
+//!
+//! * **CPU per invocation and wall time per invocation** (exponentially smoothed ratios of
+//!   sums, so an interval with 20 completions weighs more than one with 1). They give the
+//!   Little's-law estimate `L* = target_cpu × wall / cpu` (Nightcore): the in-flight count
+//!   at which the process is `target_cpu` busy. A function that computes 60 ms and then
+//!   waits 2 s fits ~27 per core at 80 %; one that computes 200 ms and never waits fits 1.
+//!   The measured wall time includes waiting for the shared CPU, so at the operating point
+//!   `L*` is self-consistent (in-flight = throughput × wall, busy = throughput × cpu); under
+//!   saturation it overestimates, which is why the saturation rule does not rely on it
+//!   alone.
+//! * **Busy fraction** `cpu_time / interval` of one core: the hard resource of a
+//!   single-threaded runtime.
+//! * **Latency against an uncontended baseline** (Gradient2/Vegas). The baseline is a
+//!   minimum that falls at once and rises slowly (over minutes), so it follows real changes
+//!   without locking on an early outlier. Its candidates are *means over at least three
+//!   invocations*, not the per-interval `min_latency`: one fast error path (a 1 ms
+//!   rejection) would otherwise pin the baseline near zero and make every normal interval
+//!   look inflated, collapsing the limit. `min_latency` is therefore not used for decisions.
+//! * **RSS against the instance's memory limit** (0 means "no limit known": rule skipped).
+//!
+//! # Rules, first match wins
+//!
+//! 1. *Memory*: RSS ≥ `memory_headroom` × the memory limit → cut ×0.8. Always allowed,
+//!    even before any completion and right after growth: an OOM kill loses every
+//!    in-flight invocation.
+//! 2. *CPU saturated*: busy > `target_cpu` + 0.1 → cut to
+//!    `min(limit × 0.9, L* × 1.1, in_flight × target / busy)` but never below half the
+//!    limit in one step. The in-flight term uses the direct evidence "this many in flight
+//!    saturate the core"; the half-step floor keeps one GC pause from collapsing the limit.
+//!    Allowed before any completion (a long CPU-bound call saturates before it finishes).
+//! 3. *Latency inflated*: the mean wall time of the latest window of ≥ 3 completions
+//!    (one interval, or several for a slow or quiet function; each window is judged once)
+//!    exceeds `latency_tolerance` × baseline → cut ×0.9. If four cuts in a row, spanning
+//!    at least one latency (a cut shows only once earlier admissions finish), have not
+//!    improved latency by 5 %, the slowdown is not ours (a slower downstream): the
+//!    baseline is rebased to the current latency instead of cutting on towards 1.
+//! 4. Before any invocation has completed there is no CPU-per-invocation figure, so the
+//!    limit stays at `initial_limit` (only rules 1 and 2 may lower it).
+//! 5. *Grow* when the limit binds (mean in-flight ≥ 0.8 × limit, or invocations queue)
+//!    and busy < `target_cpu` − 0.05 (a dead band, so sampling noise around the target does
+//!    not creep the limit up): halfway to `L*` per interval while far below it and latency
+//!    is flat, else +1 (+2 when the core is less than half the target busy), capped by
+//!    * the CPU projection `in_flight × target / busy` (busy scales with in-flight),
+//!    * the latency projection `limit × tolerance / max(1, latency / baseline)` (latency
+//!      may in the worst case grow in proportion to concurrency; this also bounds every
+//!      step to ×tolerance when `L*` is far away or latency was not judged),
+//!    * the memory projection `in_flight × headroom × memory_limit / rss` (pessimistic:
+//!      it charges the runtime's base heap to each invocation), and no growth at all
+//!      within 5 % of the memory headroom,
+//!    * `max_limit`. Growth beyond `L*` is allowed, one step at a time: `L*` is only an
+//!      estimate, and the live CPU/latency signals have the last word.
+//! 6. Otherwise hold.
+//!
+//! Anti-flapping: a change in the opposite direction of the previous change waits until
+//! three intervals have passed since it (memory cuts excepted), proposals that move the
+//! limit by less than one are ignored, and the grow dead band sits between the grow and
+//! the saturation thresholds. The limit is always within `[min_limit, max_limit]`.
+
+use std::time::Duration;
+
+/// Smoothing of the per-invocation CPU and wall estimates (weight of the newest interval).
+const EWMA_ALPHA: f64 = 0.25;
+/// Busy above `target_cpu` by more than this counts as saturated.
+const SATURATION_MARGIN: f64 = 0.10;
+/// Grow only while busy is below `target_cpu` by at least this much.
+const GROW_DEADBAND: f64 = 0.05;
+/// No growth while RSS is within this fraction of the memory headroom.
+const MEMORY_HOLD_BAND: f64 = 0.05;
+const MEMORY_CUT: f64 = 0.8;
+const CPU_CUT: f64 = 0.9;
+const LATENCY_CUT: f64 = 0.9;
+/// No single CPU cut goes below this fraction of the current limit.
+const MAX_CPU_CUT: f64 = 0.5;
+/// In-flight at or above this fraction of the limit means the limit is what holds it back.
+const BINDING_FRACTION: f64 = 0.8;
+/// Latency is judged (and baseline candidates formed) only over this many completions.
+const MIN_JUDGED_COMPLETIONS: u32 = 3;
+/// Intervals that must pass after a change before the limit may move the other way.
+const REVERSAL_COOLDOWN: u32 = 3;
+/// The baseline closes the gap to higher observed latency over roughly this long.
+const BASELINE_RISE_SECS: f64 = 300.0;
+/// Latency cuts tried before deciding an inflation is external.
+const REBASE_AFTER_CUTS: u32 = 4;
+/// ... spanning at least this many latencies (a cut shows in latency only once the
+/// invocations admitted before it have finished).
+const REBASE_AFTER_LATENCIES: f64 = 1.0;
+/// Latency must fall below this fraction of its value at the first cut to count as relief.
+const REBASE_RELIEF: f64 = 0.95;
+/// Below this fraction of `L*` growth jumps halfway towards it.
+const FAR_BELOW: f64 = 0.9;
+/// When saturated, the limit is cut to at most this multiple of `L*`.
+const SATURATED_OVERSHOOT: f64 = 1.1;
+/// Below this busy fraction the CPU projection is too noisy to cap growth.
+const MIN_BUSY_FOR_PROJECTION: f64 = 0.02;
+/// The smallest CPU per invocation used in `L*`, so a zero reading cannot divide by zero.
+const MIN_CPU_PER_INVOCATION: f64 = 1e-6;
+
+/// The controller's knobs. The defaults from [`ControllerConfig::new`] are meant to be
+/// left alone; `max_limit` is the user's `max_concurrency`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControllerConfig {
+    /// The limit before any measurement (a limit learned by a previous version, or 16).
+    pub initial_limit: u32,
+    pub min_limit: u32,
+    /// The user's `max_concurrency` ceiling.
+    pub max_limit: u32,
+    /// Target busy fraction of one core.
+    pub target_cpu: f64,
+    /// Latency may grow to this multiple of the uncontended baseline before backing off.
+    pub latency_tolerance: f64,
+    /// The instance's memory limit; 0 disables the memory rules.
+    pub memory_limit_kib: u64,
+    /// Above this fraction of the memory limit the limit shrinks (and stops growing a
+    /// little below it).
+    pub memory_headroom: f64,
+}
+
+impl ControllerConfig {
+    /// The starting limit when nothing has been learned yet: high enough for an I/O-bound
+    /// function to take a burst on few instances, low enough that a CPU-bound one is not
+    /// badly oversubscribed before the first measurement cuts it.
+    pub const DEFAULT_INITIAL_LIMIT: u32 = 16;
+
+    pub fn new(max_limit: u32, memory_limit_kib: u64) -> Self {
+        let max_limit = max_limit.max(1);
+        Self {
+            initial_limit: Self::DEFAULT_INITIAL_LIMIT.min(max_limit),
+            min_limit: 1,
+            max_limit,
+            target_cpu: 0.8,
+            latency_tolerance: 1.5,
+            memory_limit_kib,
+            memory_headroom: 0.85,
+        }
+    }
+
+    /// The same config with every field in a usable range: the fields are public, and a
+    /// bad value (NaN target, min above max) must not panic or wedge the controller.
+    fn sanitized(mut self) -> Self {
+        self.min_limit = self.min_limit.max(1);
+        self.max_limit = self.max_limit.max(self.min_limit);
+        self.initial_limit = self.initial_limit.clamp(self.min_limit, self.max_limit);
+        self.target_cpu = finite_or(self.target_cpu, 0.8).clamp(0.05, 1.0);
+        self.latency_tolerance = finite_or(self.latency_tolerance, 1.5).max(1.05);
+        self.memory_headroom = finite_or(self.memory_headroom, 0.85).clamp(0.1, 1.0);
+        self
+    }
+}
+
+/// What one instance did during one sampling interval (~0.5–1 s), measured by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Sample {
+    pub interval: Duration,
+    /// Process CPU time (user + sys) consumed during the interval.
+    pub cpu_time: Duration,
+    /// Invocations that finished during the interval.
+    pub completed: u32,
+    /// Sum of their wall times, dispatch to result (queueing before dispatch excluded).
+    pub latency_sum: Duration,
+    /// Smallest wall time among them (reported, not used for decisions: see module doc).
+    pub min_latency: Option<Duration>,
+    /// Time-averaged in-flight count (or the count at the end of the interval).
+    pub mean_in_flight: f64,
+    /// Invocations of this function waiting for any slot at sample time.
+    pub queued: u32,
+    pub rss_kib: u64,
+}
+
+/// The outcome of one [`Controller::observe`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub limit: u32,
+    pub changed: bool,
+    /// One human line, e.g. `cpu 0.93 > target 0.80: 40 -> 34`.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Up,
+    Down,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rule {
+    Memory,
+    Cpu,
+    Latency,
+    Grow,
+}
+
+/// What the rules propose before hysteresis and bounds are applied.
+enum Verdict {
+    Hold(String),
+    Change {
+        target: u32,
+        rule: Rule,
+        why: String,
+    },
+}
+
+/// The concurrency controller of one instance. See the module doc for the algorithm.
+#[derive(Debug, Clone)]
+pub struct Controller {
+    config: ControllerConfig,
+    limit: u32,
+    /// Smoothed CPU seconds, completions and wall seconds per folded interval; their
+    /// ratios are the per-invocation estimates. `None` until something completed.
+    cpu_secs: Option<f64>,
+    completions: Option<f64>,
+    wall_secs: Option<f64>,
+    /// CPU spent in intervals without completions, charged to the next completions (an
+    /// invocation longer than an interval would otherwise look nearly free).
+    pending_cpu_secs: f64,
+    /// Uncontended latency baseline in seconds.
+    baseline_secs: Option<f64>,
+    /// Completions accumulated until there are enough to form a baseline candidate.
+    pending_latency_secs: f64,
+    pending_latency_count: u32,
+    /// Seconds since the previous window closed, for the baseline's rise rate.
+    pending_latency_window_secs: f64,
+    /// The mean of the latest window of at least three completions, and whether that
+    /// window closed in the current interval (each window is judged once).
+    window_latency_secs: Option<f64>,
+    window_fresh: bool,
+    last_direction: Option<Direction>,
+    intervals_since_change: u32,
+    /// Latency cuts in a row without relief, for rebasing on external slowdowns.
+    latency_cuts: u32,
+    latency_at_first_cut: f64,
+    secs_since_first_cut: f64,
+}
+
+impl Controller {
+    pub fn new(config: ControllerConfig) -> Self {
+        let config = config.sanitized();
+        Self {
+            limit: config.initial_limit,
+            config,
+            cpu_secs: None,
+            completions: None,
+            wall_secs: None,
+            pending_cpu_secs: 0.0,
+            baseline_secs: None,
+            pending_latency_secs: 0.0,
+            pending_latency_count: 0,
+            pending_latency_window_secs: 0.0,
+            window_latency_secs: None,
+            window_fresh: false,
+            last_direction: None,
+            intervals_since_change: 0,
+            latency_cuts: 0,
+            latency_at_first_cut: 0.0,
+            secs_since_first_cut: 0.0,
+        }
+    }
+
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    pub fn config(&self) -> &ControllerConfig {
+        &self.config
+    }
+
+    /// Little's-law estimate so far: `target_cpu × mean_wall / mean_cpu_per_invocation`
+    /// (`None` until an invocation has completed). Unclamped: it may be below 1 or above
+    /// `max_limit`.
+    pub fn littles_law_estimate(&self) -> Option<f64> {
+        let (cpu, wall) = self.per_invocation()?;
+        Some(self.config.target_cpu * wall / cpu.max(MIN_CPU_PER_INVOCATION))
+    }
+
+    /// The limit a *new* instance of this function should start with: the limit the live
+    /// signals have accepted here once anything was measured, else the initial limit. It
+    /// is deliberately not `L*`, which ignores latency and memory.
+    pub fn suggested_initial(&self) -> u32 {
+        if self.cpu_secs.is_some() {
+            self.limit
+        } else {
+            self.config.initial_limit
+        }
+    }
+
+    /// Feed one interval's measurements; returns the (possibly unchanged) limit and why.
+    pub fn observe(&mut self, sample: &Sample) -> Decision {
+        self.intervals_since_change = self.intervals_since_change.saturating_add(1);
+        let in_flight = finite_or(sample.mean_in_flight, 0.0).max(0.0);
+        self.learn(sample, in_flight);
+        let verdict = self.decide(sample, in_flight);
+        self.apply(verdict)
+    }
+
+    /// (mean CPU seconds, mean wall seconds) per invocation.
+    fn per_invocation(&self) -> Option<(f64, f64)> {
+        let n = self.completions?;
+        if n <= 0.0 {
+            return None;
+        }
+        Some((self.cpu_secs? / n, self.wall_secs? / n))
+    }
+
+    fn learn(&mut self, s: &Sample, in_flight: f64) {
+        let secs = s.interval.as_secs_f64();
+        self.window_fresh = false;
+        self.pending_latency_window_secs += secs;
+        // Idle CPU (timers, GC with nothing in flight) is not invocation cost.
+        if in_flight > 0.0 || s.completed > 0 {
+            self.pending_cpu_secs += s.cpu_time.as_secs_f64();
+        }
+        if s.completed > 0 {
+            let n = f64::from(s.completed);
+            let wall = s.latency_sum.as_secs_f64();
+            self.cpu_secs = Some(ewma(self.cpu_secs, self.pending_cpu_secs));
+            self.completions = Some(ewma(self.completions, n));
+            self.wall_secs = Some(ewma(self.wall_secs, wall));
+            self.pending_cpu_secs = 0.0;
+
+            self.pending_latency_secs += wall;
+            self.pending_latency_count += s.completed;
+            if self.pending_latency_count >= MIN_JUDGED_COMPLETIONS {
+                let candidate = self.pending_latency_secs / f64::from(self.pending_latency_count);
+                let elapsed = self.pending_latency_window_secs;
+                self.pending_latency_secs = 0.0;
+                self.pending_latency_count = 0;
+                self.pending_latency_window_secs = 0.0;
+                self.window_latency_secs = Some(candidate);
+                self.window_fresh = true;
+                self.baseline_secs = Some(match self.baseline_secs {
+                    Some(b) if candidate > b => {
+                        b + (candidate - b) * (elapsed / BASELINE_RISE_SECS).min(1.0)
+                    }
+                    _ => candidate,
+                });
+            }
+        }
+        if self.latency_cuts > 0 {
+            self.secs_since_first_cut += secs;
+        }
+    }
+
+    fn decide(&mut self, s: &Sample, in_flight: f64) -> Verdict {
+        let cfg = &self.config;
+        let limit = self.limit;
+        let lim = f64::from(limit);
+
+        // 1. Memory.
+        let mem_frac = if cfg.memory_limit_kib > 0 {
+            Some(s.rss_kib as f64 / cfg.memory_limit_kib as f64)
+        } else {
+            None
+        };
+        if let Some(frac) = mem_frac {
+            if frac >= cfg.memory_headroom {
+                return Verdict::Change {
+                    target: shrink_to(lim * MEMORY_CUT),
+                    rule: Rule::Memory,
+                    why: format!("memory {frac:.2} >= headroom {:.2}", cfg.memory_headroom),
+                };
+            }
+        }
+
+        let interval = s.interval.as_secs_f64();
+        if interval <= 0.0 {
+            return Verdict::Hold("empty interval".to_owned());
+        }
+        let busy = s.cpu_time.as_secs_f64() / interval;
+        let target = cfg.target_cpu;
+        let littles = self.littles_law_estimate();
+
+        // 2. CPU saturation.
+        if busy > target + SATURATION_MARGIN {
+            let mut to = lim * CPU_CUT;
+            if let Some(l) = littles {
+                to = to.min(l * SATURATED_OVERSHOOT);
+            }
+            if in_flight >= 1.0 {
+                to = to.min(in_flight * target / busy);
+            }
+            return Verdict::Change {
+                target: shrink_to(to.max(lim * MAX_CPU_CUT)),
+                rule: Rule::Cpu,
+                why: format!("cpu {busy:.2} > target {target:.2}"),
+            };
+        }
+
+        // 3. Latency inflation, judged once per window of at least three completions (a
+        // slow or lightly used function may need several intervals to fill one).
+        let window = self
+            .baseline_secs
+            .filter(|b| *b > 0.0)
+            .zip(self.window_latency_secs);
+        let latency_ratio = window.map(|(base, mean)| mean / base);
+        if let Some((base, mean)) = window.filter(|_| self.window_fresh) {
+            let ratio = mean / base;
+            let tol = cfg.latency_tolerance;
+            if ratio > tol {
+                if self.latency_cuts == 0 {
+                    self.latency_at_first_cut = mean;
+                    self.secs_since_first_cut = 0.0;
+                } else if self.latency_cuts >= REBASE_AFTER_CUTS
+                    && self.secs_since_first_cut >= REBASE_AFTER_LATENCIES * mean
+                    && mean >= REBASE_RELIEF * self.latency_at_first_cut
+                {
+                    // Cutting did not help: the slowdown is not caused by our concurrency.
+                    let cuts = self.latency_cuts;
+                    self.baseline_secs = Some(mean);
+                    self.latency_cuts = 0;
+                    self.window_fresh = false;
+                    return Verdict::Hold(format!(
+                        "latency {mean:.3}s stayed {ratio:.2}x baseline after {cuts} cuts: \
+                         external slowdown, rebasing baseline to {mean:.3}s"
+                    ));
+                }
+                return Verdict::Change {
+                    target: shrink_to(lim * LATENCY_CUT),
+                    rule: Rule::Latency,
+                    why: format!(
+                        "latency {mean:.3}s = {ratio:.2}x baseline {base:.3}s > {tol:.2}x"
+                    ),
+                };
+            }
+            self.latency_cuts = 0;
+        }
+
+        // 4. Nothing measured yet.
+        let Some(littles) = littles else {
+            return Verdict::Hold(format!(
+                "no completed invocation yet: keeping initial limit {limit}"
+            ));
+        };
+
+        // 5. Grow, or 6. hold.
+        self.grow(s, in_flight, busy, littles, latency_ratio, mem_frac)
+    }
+
+    /// Rule 5: how far the limit may grow, if it binds and nothing objects.
+    fn grow(
+        &self,
+        s: &Sample,
+        in_flight: f64,
+        busy: f64,
+        littles: f64,
+        latency_ratio: Option<f64>,
+        mem_frac: Option<f64>,
+    ) -> Verdict {
+        let cfg = &self.config;
+        let limit = self.limit;
+        let lim = f64::from(limit);
+        let target = cfg.target_cpu;
+        let binding = in_flight >= BINDING_FRACTION * lim || s.queued > 0;
+        if !binding {
+            return Verdict::Hold(format!(
+                "limit not binding (in-flight {in_flight:.1} of {limit}, none queued)"
+            ));
+        }
+        if busy >= target - GROW_DEADBAND {
+            return Verdict::Hold(format!("cpu {busy:.2} at target {target:.2}"));
+        }
+        if let Some(frac) = mem_frac {
+            if frac >= cfg.memory_headroom - MEMORY_HOLD_BAND {
+                return Verdict::Hold(format!(
+                    "memory {frac:.2} near headroom {:.2}",
+                    cfg.memory_headroom
+                ));
+            }
+        }
+        let tol = cfg.latency_tolerance;
+        let flat = latency_ratio.is_none_or(|r| r <= 1.0 + (tol - 1.0) / 2.0);
+        let stepped = if flat && lim < FAR_BELOW * littles {
+            lim + ((littles - lim) / 2.0).max(1.0)
+        } else if flat && busy < target / 2.0 {
+            lim + 2.0
+        } else {
+            lim + 1.0
+        };
+        let mut to = stepped;
+        let mut capped_by = "";
+        let mut cap = |value: f64, name: &'static str| {
+            if value < to {
+                to = value;
+                capped_by = name;
+            }
+        };
+        if busy >= MIN_BUSY_FOR_PROJECTION {
+            cap(in_flight.max(1.0) * target / busy, "cpu projection");
+        }
+        // Worst case, latency grows in proportion to concurrency; an interval without a
+        // latency judgement counts as flat, so no step ever exceeds ×tolerance.
+        cap(
+            lim * tol / latency_ratio.unwrap_or(1.0).max(1.0),
+            "latency projection",
+        );
+        if let (Some(frac), true) = (mem_frac, s.rss_kib > 0) {
+            cap(
+                in_flight.max(1.0) * cfg.memory_headroom / frac,
+                "memory projection",
+            );
+        }
+        cap(f64::from(cfg.max_limit), "max_concurrency");
+        let to = to.floor();
+        if to < lim + 1.0 {
+            return Verdict::Hold(format!("growth capped by {capped_by} at {to:.0}"));
+        }
+        Verdict::Change {
+            target: to as u32,
+            rule: Rule::Grow,
+            why: format!(
+                "limit binding, cpu {busy:.2} < target {target:.2}, little's law {littles:.1}"
+            ),
+        }
+    }
+
+    /// Bounds, hysteresis and bookkeeping for a proposal.
+    fn apply(&mut self, verdict: Verdict) -> Decision {
+        let old = self.limit;
+        let (target, rule, why) = match verdict {
+            Verdict::Hold(reason) => {
+                return Decision {
+                    limit: old,
+                    changed: false,
+                    reason,
+                };
+            }
+            Verdict::Change { target, rule, why } => (target, rule, why),
+        };
+        let target = target.clamp(self.config.min_limit, self.config.max_limit);
+        if target == old {
+            if rule == Rule::Latency {
+                // At the floor, the attempt still counts towards deciding it is external.
+                self.latency_cuts = self.latency_cuts.saturating_add(1);
+            }
+            return Decision {
+                limit: old,
+                changed: false,
+                reason: format!("{why}: at bound {old}"),
+            };
+        }
+        let direction = if target > old {
+            Direction::Up
+        } else {
+            Direction::Down
+        };
+        let reversing = self.last_direction.is_some_and(|d| d != direction);
+        if rule != Rule::Memory && reversing && self.intervals_since_change < REVERSAL_COOLDOWN {
+            return Decision {
+                limit: old,
+                changed: false,
+                reason: format!(
+                    "{why}: {old} -> {target} deferred (changed the other way {} interval(s) ago)",
+                    self.intervals_since_change
+                ),
+            };
+        }
+        match rule {
+            Rule::Latency => self.latency_cuts = self.latency_cuts.saturating_add(1),
+            // Cuts interleaved with growth say nothing about whether cutting helps.
+            Rule::Grow => self.latency_cuts = 0,
+            Rule::Memory | Rule::Cpu => {}
+        }
+        self.limit = target;
+        self.last_direction = Some(direction);
+        self.intervals_since_change = 0;
+        Decision {
+            limit: target,
+            changed: true,
+            reason: format!("{why}: {old} -> {target}"),
+        }
+    }
+}
+
+fn ewma(prev: Option<f64>, x: f64) -> f64 {
+    match prev {
+        Some(p) => p + EWMA_ALPHA * (x - p),
+        None => x,
+    }
+}
+
+/// A shrink proposal rounded down (a cut always moves by at least one when it can).
+fn shrink_to(value: f64) -> u32 {
+    // Saturating float-to-int: NaN becomes 0 and the caller clamps to min_limit.
+    value.floor() as u32
+}
+
+fn finite_or(value: f64, fallback: f64) -> f64 {
+    if value.is_finite() {
+        value
+    } else {
+        fallback
+    }
+}
+
+#[cfg(test)]
+mod tests;
