@@ -27,6 +27,9 @@ pub use archive::pack_dir;
 pub use logs::LogRecord;
 pub use platform::Platform;
 
+/// How often learned concurrency limits are written to the store.
+const LEARNED_LIMIT_SAVE_PERIOD: Duration = Duration::from_secs(5);
+
 /// How `shoal serve` (or the demo, or a test) runs the platform.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -94,7 +97,23 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     )
     .context("writing gateway-addr")?;
     let (stop, stopped) = watch::channel(false);
+    let persist = {
+        let platform = platform.clone();
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(LEARNED_LIMIT_SAVE_PERIOD) => {}
+                    _ = async { let _ = stopped.wait_for(|s| *s).await; } => return,
+                }
+                let platform = platform.clone();
+                let _ =
+                    tokio::task::spawn_blocking(move || platform.persist_learned_limits()).await;
+            }
+        })
+    };
     let tasks = vec![
+        persist,
         tokio::spawn(http::serve(
             gateway,
             stopped.clone(),

@@ -95,6 +95,11 @@ pub struct PoolReport {
     pub queued: usize,
     pub limit: u32,
     pub max_instances: u32,
+    pub auto: bool,
+    pub learned_limit: u32,
+    pub desired: usize,
+    pub demand_stable: f64,
+    pub demand_panic: f64,
     pub last_decision: String,
     pub instances: Vec<InstanceReport>,
 }
@@ -171,9 +176,37 @@ impl Platform {
             memory_mb: spec.memory_mb,
             env: spec.env.clone(),
         });
-        self.dispatcher
-            .deploy(&spec.name, record.version, pool_config(spec));
+        let mut config = pool_config(spec);
+        if config.auto {
+            // New instances of this version start where earlier ones had tuned themselves.
+            if let Some(learned) = self.store.learned_limit(&spec.name, record.version)? {
+                config.limit = learned.clamp(1, config.max_concurrency);
+            }
+        }
+        self.dispatcher.deploy(&spec.name, record.version, config);
         Ok(())
+    }
+
+    /// Save what the concurrency controllers learned, per function version.
+    pub(crate) fn persist_learned_limits(&self) {
+        for pool in self.dispatcher.status(None) {
+            if !pool.auto || pool.retired || pool.instances.is_empty() {
+                continue;
+            }
+            let known = self
+                .store
+                .learned_limit(&pool.function, pool.version)
+                .ok()
+                .flatten();
+            if known != Some(pool.learned_limit) {
+                if let Err(e) =
+                    self.store
+                        .set_learned_limit(&pool.function, pool.version, pool.learned_limit)
+                {
+                    tracing::warn!(function = %pool.function, error = %e, "saving the learned limit");
+                }
+            }
+        }
     }
 
     fn code_dir(&self, digest: &str) -> Result<PathBuf, DeployError> {
@@ -363,6 +396,7 @@ impl Platform {
     }
 
     pub(crate) async fn shutdown(&self) {
+        self.persist_learned_limits();
         self.dispatcher.shutdown(self.shutdown_grace).await;
     }
 }
@@ -375,6 +409,11 @@ fn report(pool: PoolStatus) -> PoolReport {
         queued: pool.queued,
         limit: pool.limit,
         max_instances: pool.max_instances,
+        auto: pool.auto,
+        learned_limit: pool.learned_limit,
+        desired: pool.desired,
+        demand_stable: pool.demand_stable,
+        demand_panic: pool.demand_panic,
         last_decision: pool.last_decision,
         instances: pool
             .instances

@@ -824,3 +824,37 @@ async fn a_timed_out_call_keeps_its_instance_from_taking_more_than_its_limit() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_on_a_cold_auto_function_starts_few_instances_and_the_limit_is_saved() {
+    let server = TestServer::start().await;
+    let (status, deployed) = server.deploy_dir(&example("hello")).await;
+    assert_eq!(status, StatusCode::CREATED, "{deployed}");
+    let replies = burst_get(&server, 40, "/helloWorld").await;
+    let mut instances = HashSet::new();
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        instances.insert(parse_hello(reply).0);
+    }
+    // ceil(40 / 16), the limit auto starts from: never one instance per request.
+    assert!(
+        instances.len() <= 3,
+        "{} instances for 40 calls",
+        instances.len()
+    );
+    let pools = server.status("hello").await;
+    assert_eq!(pools[0]["auto"], true, "{pools:#?}");
+    assert!(pools[0]["learned_limit"].as_u64().unwrap() >= 1);
+    // The learned limit is saved for this version (every few seconds while serving).
+    let store = shoal_store::Store::open(&server.data_dir().join("shoal.db")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.learned_limit("hello", 1).unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no learned limit saved"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(store);
+    server.shutdown().await;
+}
