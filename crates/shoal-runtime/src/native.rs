@@ -160,13 +160,7 @@ pub(crate) async fn launch(
 /// The process ended before it was ready: explain with its exit and last stderr lines.
 async fn exited_early(start: &Launch, spawned: &Spawned) -> LaunchError {
     spawned.kill.notify_one();
-    let mut exit = spawned.exit.clone();
-    let reason = exit
-        .wait_for(|e| e.is_some())
-        .await
-        .ok()
-        .and_then(|e| e.clone())
-        .unwrap_or_default();
+    let reason = process::exit_reason(spawned.exit.clone()).await;
     let tail = spawned.stderr_tail();
     let message = if tail.is_empty() {
         format!("instance {reason} before it was ready")
@@ -243,13 +237,7 @@ fn error_type_of(payload: &[u8]) -> String {
 }
 
 async fn fail_on_exit(shared: Arc<Shared>) {
-    let mut exit = shared.exit.clone();
-    let reason = exit
-        .wait_for(|e| e.is_some())
-        .await
-        .ok()
-        .and_then(|e| e.clone())
-        .unwrap_or_default();
+    let reason = process::exit_reason(shared.exit.clone()).await;
     let drained: Vec<Reply> = {
         let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
         shared.closed.store(true, Ordering::SeqCst);
@@ -341,14 +329,7 @@ impl InstanceHandle for NativeInstance {
     }
 
     fn exited(&self) -> BoxFuture<String> {
-        let mut exit = self.0.exit.clone();
-        Box::pin(async move {
-            exit.wait_for(|e| e.is_some())
-                .await
-                .ok()
-                .and_then(|e| e.clone())
-                .unwrap_or_default()
-        })
+        Box::pin(process::exit_reason(self.0.exit.clone()))
     }
 
     fn stop(&self) {

@@ -103,6 +103,15 @@ pub(crate) fn spawn(spec: SpawnSpec<'_>, logs: Arc<dyn LogSink>) -> std::io::Res
     })
 }
 
+/// Wait until the process is gone; its one-line exit reason.
+pub(crate) async fn exit_reason(mut exit: watch::Receiver<Option<String>>) -> String {
+    exit.wait_for(|e| e.is_some())
+        .await
+        .ok()
+        .and_then(|e| e.clone())
+        .unwrap_or_default()
+}
+
 fn describe(status: std::io::Result<ExitStatus>) -> String {
     use std::os::unix::process::ExitStatusExt;
     match status {

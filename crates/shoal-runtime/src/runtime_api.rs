@@ -168,13 +168,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 async fn close_on_exit(shared: Arc<Shared>, server: tokio::task::JoinHandle<()>) {
-    let mut exit = shared.exit.clone();
-    let reason = exit
-        .wait_for(|e| e.is_some())
-        .await
-        .ok()
-        .and_then(|e| e.clone())
-        .unwrap_or_default();
+    let reason = process::exit_reason(shared.exit.clone()).await;
     server.abort();
     let pending: Vec<Reply> = {
         let mut state = shared.state();
@@ -415,14 +409,7 @@ impl InstanceHandle for ApiInstance {
     }
 
     fn exited(&self) -> BoxFuture<String> {
-        let mut exit = self.0.exit.clone();
-        Box::pin(async move {
-            exit.wait_for(|e| e.is_some())
-                .await
-                .ok()
-                .and_then(|e| e.clone())
-                .unwrap_or_default()
-        })
+        Box::pin(process::exit_reason(self.0.exit.clone()))
     }
 
     fn stop(&self) {
