@@ -86,6 +86,8 @@ pub struct PoolStatus {
     /// Mean in-flight + queued over the stable and the panic window.
     pub demand_stable: f64,
     pub demand_panic: f64,
+    /// Left out of the JSON: the server reports instances with their resources instead.
+    #[serde(skip)]
     pub instances: Vec<InstanceStatus>,
     /// Why the pool last started or stopped an instance.
     pub last_decision: String,

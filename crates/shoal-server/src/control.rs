@@ -239,7 +239,7 @@ impl Control {
                 let _ = writeln!(
                     out,
                     "shoal_instances{{function=\"{}\",version=\"{}\",state=\"{state}\"}} {n}",
-                    pool.function, pool.version
+                    pool.pool.function, pool.pool.version
                 );
             }
         }
@@ -272,7 +272,7 @@ impl Control {
                     let _ = writeln!(
                         out,
                         "{name}{{function=\"{}\",instance=\"{}\"}} {}",
-                        pool.function,
+                        pool.pool.function,
                         instance.status.id,
                         value(instance)
                     );
@@ -287,7 +287,7 @@ impl Control {
             let _ = writeln!(
                 out,
                 "shoal_queued{{function=\"{}\",version=\"{}\"}} {}",
-                pool.function, pool.version, pool.queued
+                pool.pool.function, pool.pool.version, pool.pool.queued
             );
         }
         out

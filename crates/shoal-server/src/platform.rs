@@ -87,20 +87,11 @@ pub struct InstanceReport {
     pub resources: Option<ProcSample>,
 }
 
+/// A pool with each instance's resource sample, for `shoal status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct PoolReport {
-    pub function: String,
-    pub version: u32,
-    pub retired: bool,
-    pub queued: usize,
-    pub limit: u32,
-    pub max_instances: u32,
-    pub auto: bool,
-    pub learned_limit: u32,
-    pub desired: usize,
-    pub demand_stable: f64,
-    pub demand_panic: f64,
-    pub last_decision: String,
+    #[serde(flatten)]
+    pub pool: PoolStatus,
     pub instances: Vec<InstanceReport>,
 }
 
@@ -401,29 +392,15 @@ impl Platform {
     }
 }
 
-fn report(pool: PoolStatus) -> PoolReport {
-    PoolReport {
-        function: pool.function,
-        version: pool.version,
-        retired: pool.retired,
-        queued: pool.queued,
-        limit: pool.limit,
-        max_instances: pool.max_instances,
-        auto: pool.auto,
-        learned_limit: pool.learned_limit,
-        desired: pool.desired,
-        demand_stable: pool.demand_stable,
-        demand_panic: pool.demand_panic,
-        last_decision: pool.last_decision,
-        instances: pool
-            .instances
-            .into_iter()
-            .map(|status| InstanceReport {
-                resources: status.pid.and_then(shoal_runtime::procfs::sample),
-                status,
-            })
-            .collect(),
-    }
+fn report(mut pool: PoolStatus) -> PoolReport {
+    let instances = std::mem::take(&mut pool.instances)
+        .into_iter()
+        .map(|status| InstanceReport {
+            resources: status.pid.and_then(shoal_runtime::procfs::sample),
+            status,
+        })
+        .collect();
+    PoolReport { pool, instances }
 }
 
 fn runtime_kind(spec: &FunctionSpec) -> Result<RuntimeKind, DeployError> {

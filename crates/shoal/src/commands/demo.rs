@@ -115,7 +115,7 @@ async fn burst(
                 let pools = platform.status(Some(&function));
                 let instances = pools
                     .iter()
-                    .filter(|p| p.version == version)
+                    .filter(|p| p.pool.version == version)
                     .flat_map(|p| p.instances.iter());
                 let (pss, rss) = instances
                     .filter_map(|i| i.resources)
