@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use crate::budget::{BudgetLimits, BudgetStatus, HostBudget};
 use crate::pool::Pool;
 use crate::{DispatchError, InstanceLauncher, Invocation, Outcome, PoolConfig, PoolStatus, Result};
 
@@ -20,6 +21,7 @@ struct Function {
 /// Routes invocations to function pools. Cheap to share (`Arc`).
 pub struct Dispatcher {
     launcher: Arc<dyn InstanceLauncher>,
+    budget: Arc<HostBudget>,
     functions: Mutex<HashMap<String, Function>>,
     /// Pools of deleted functions, still draining.
     orphans: Mutex<Vec<Arc<Pool>>>,
@@ -28,9 +30,19 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
+    /// A dispatcher with no host-wide bound (each pool's `max_instances` still holds).
     pub fn new(launcher: Arc<dyn InstanceLauncher>) -> Arc<Dispatcher> {
+        Self::with_budget(launcher, BudgetLimits::UNBOUNDED)
+    }
+
+    /// A dispatcher whose pools together stay within `limits`.
+    pub fn with_budget(
+        launcher: Arc<dyn InstanceLauncher>,
+        limits: BudgetLimits,
+    ) -> Arc<Dispatcher> {
         Arc::new(Dispatcher {
             launcher,
+            budget: HostBudget::new(limits),
             functions: Mutex::new(HashMap::new()),
             orphans: Mutex::new(Vec::new()),
             next_instance: Arc::new(AtomicU64::new(1)),
@@ -51,6 +63,7 @@ impl Dispatcher {
             version,
             config,
             self.launcher.clone(),
+            self.budget.clone(),
             self.next_instance.clone(),
         );
         let mut functions = self.functions();
@@ -118,6 +131,11 @@ impl Dispatcher {
     /// The version that takes new invocations, if the function is known.
     pub fn active_version(&self, function: &str) -> Option<u32> {
         self.functions().get(function).map(|f| f.active.version())
+    }
+
+    /// Instances and memory in use against the host-wide budget.
+    pub fn budget(&self) -> BudgetStatus {
+        self.budget.status()
     }
 
     /// Pools of one function (or all), active first, retired ones still draining after.

@@ -11,6 +11,7 @@
 //! or `std::process`: the real launcher lives in `shoal-runtime`.
 #![forbid(unsafe_code)]
 
+mod budget;
 pub mod controller;
 mod dispatcher;
 mod pool;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+pub use budget::{BudgetLimits, BudgetStatus};
 pub use dispatcher::Dispatcher;
 pub use pool::{InstanceState, InstanceStatus, PoolStatus};
 

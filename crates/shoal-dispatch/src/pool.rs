@@ -12,6 +12,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::budget::{BudgetRefusal, HostBudget, Ticket};
 use crate::controller::{Controller, ControllerConfig, Sample};
 use crate::{
     DispatchError, InstanceHandle, InstanceLauncher, Invocation, LaunchError, LaunchRequest,
@@ -32,6 +33,8 @@ const PANIC_WINDOW: Duration = Duration::from_secs(6);
 const SCALE_IN_UTILIZATION: f64 = 0.7;
 /// At most one instance is drained per this period.
 const SCALE_IN_COOLDOWN: Duration = Duration::from_secs(10);
+/// Under host-budget pressure, an instance idle this long is given back early.
+const BUDGET_RECLAIM_IDLE: Duration = Duration::from_millis(500);
 /// First pause after a failed start; doubles per consecutive failure.
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
 /// A function that never starts is retried at most this rarely.
@@ -105,6 +108,8 @@ struct Slot {
     controller: Option<Controller>,
     window: Window,
     cpu_busy: Option<f64>,
+    /// This instance's share of the host budget, given back when the slot goes.
+    _ticket: Ticket,
 }
 
 /// What an instance did since its last sample.
@@ -161,6 +166,7 @@ pub(crate) struct Pool {
     version: u32,
     config: PoolConfig,
     launcher: Arc<dyn InstanceLauncher>,
+    budget: Arc<HostBudget>,
     next_instance: Arc<std::sync::atomic::AtomicU64>,
     inner: Mutex<Inner>,
 }
@@ -189,6 +195,7 @@ impl Pool {
         version: u32,
         config: PoolConfig,
         launcher: Arc<dyn InstanceLauncher>,
+        budget: Arc<HostBudget>,
         next_instance: Arc<std::sync::atomic::AtomicU64>,
     ) -> Arc<Pool> {
         let learned = config.limit.max(1);
@@ -197,6 +204,7 @@ impl Pool {
             version,
             config,
             launcher,
+            budget,
             next_instance,
             inner: Mutex::new(Inner {
                 slots: Vec::new(),
@@ -418,16 +426,25 @@ impl Pool {
             );
             return;
         }
+        for started in 0..starting {
+            if let Err(refused) = self.launch(inner) {
+                inner.last_decision = format!(
+                    "{waiting} waiting beyond {starting_capacity} starting capacity: \
+                     started {started} of {starting}, {}: queueing",
+                    refused.0
+                );
+                return;
+            }
+        }
         inner.last_decision = format!(
             "{waiting} waiting beyond {starting_capacity} starting capacity: \
              starting {starting} instance(s) at limit {limit}"
         );
-        for _ in 0..starting {
-            self.launch(inner);
-        }
     }
 
-    fn launch(self: &Arc<Self>, inner: &mut Inner) {
+    /// Start one instance, if the host budget has room for it.
+    fn launch(self: &Arc<Self>, inner: &mut Inner) -> Result<(), BudgetRefusal> {
+        let ticket = self.budget.try_take(self.config.memory_limit_kib)?;
         let seq = self
             .next_instance
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -452,6 +469,7 @@ impl Pool {
             controller,
             window: Window::default(),
             cpu_busy: None,
+            _ticket: ticket,
         });
         let request = LaunchRequest {
             function: self.function.clone(),
@@ -464,6 +482,7 @@ impl Pool {
             let launched = pool.launcher.launch(request).await;
             pool.on_launched(&id, launched);
         });
+        Ok(())
     }
 
     fn on_launched(
@@ -801,6 +820,30 @@ impl Pool {
                 ));
             }
         }
+        // One instance this pool already stopped will give its share back when it exits.
+        let releasing = inner
+            .slots
+            .iter()
+            .any(|s| s.state == InstanceState::Stopping);
+        if decision.is_none()
+            && live > min
+            && !releasing
+            && inner.queue.is_empty()
+            && self.budget.under_pressure()
+        {
+            let idle = inner.slots.iter_mut().find(|s| {
+                s.state == InstanceState::Ready
+                    && s.in_flight == 0
+                    && now.duration_since(s.idle_since) >= BUDGET_RECLAIM_IDLE
+            });
+            if let Some(slot) = idle.filter(|_| self.budget.relieve()) {
+                Self::stop_slot(slot);
+                decision = Some(format!(
+                    "host budget needed by another function: stopping idle instance {}",
+                    slot.id
+                ));
+            }
+        }
         if let Some(decision) = decision {
             inner.last_decision = decision;
         }
@@ -809,8 +852,17 @@ impl Pool {
             inner.last_decision =
                 format!("keeping min_instances {min} warm: starting {}", min - live);
             for _ in live..min {
-                self.launch(&mut inner);
+                if let Err(refused) = self.launch(&mut inner) {
+                    inner.last_decision =
+                        format!("keeping min_instances {min} warm: {}", refused.0);
+                    break;
+                }
             }
+        }
+        // Work may be waiting because the host budget was spent when it arrived; another
+        // function's instances may have stopped since.
+        if !inner.queue.is_empty() && !in_backoff {
+            self.scale_up(&mut inner);
         }
         true
     }

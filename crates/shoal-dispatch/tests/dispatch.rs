@@ -678,3 +678,101 @@ async fn a_draining_instance_finishes_its_calls_before_it_stops() {
     );
     assert!(status.last_decision.contains("draining"), "{status:?}");
 }
+
+async fn call(d: &Arc<Dispatcher>, function: &str, payload: &'static str) -> String {
+    let r = d
+        .invoke(function, "r".into(), Bytes::from_static(payload.as_bytes()))
+        .await;
+    instance_of(&r)
+}
+
+#[tokio::test(start_paused = true)]
+async fn host_budget_bounds_instances_across_functions_and_frees_as_they_stop() {
+    let launcher = Arc::new(FakeLauncher {
+        start_delay_ms: 100,
+        ..Default::default()
+    });
+    let d = Dispatcher::with_budget(
+        launcher.clone(),
+        shoal_dispatch::BudgetLimits {
+            max_instances: 3,
+            max_memory_kib: u64::MAX,
+        },
+    );
+    let cfg = config(1); // idle_timeout 300 s: a's instances are reclaimed, not timed out
+    d.deploy("a", 1, cfg.clone());
+    d.deploy("b", 1, cfg);
+    let a_calls: Vec<_> = (0..3)
+        .map(|_| {
+            let d = d.clone();
+            tokio::spawn(async move { call(&d, "a", "5000").await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(d.budget().instances, 3);
+    let start = tokio::time::Instant::now();
+    let b_call = {
+        let d = d.clone();
+        tokio::spawn(async move { call(&d, "b", "100").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b = &d.status(Some("b"))[0];
+    assert_eq!(b.queued, 1, "b waits for the budget");
+    assert!(
+        b.last_decision.contains("host budget: 3 of 3 instances"),
+        "{}",
+        b.last_decision
+    );
+    assert!(launcher.live.load(Ordering::SeqCst) <= 3);
+    for t in a_calls {
+        t.await.unwrap();
+    }
+    // a's instances go idle at ~5.1 s; under budget pressure one is given back within
+    // about a second instead of after the 300 s idle timeout, and b starts there.
+    let b_instance = b_call.await.unwrap();
+    assert!(b_instance.starts_with("b-"), "{b_instance}");
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_millis(4500), "{waited:?}");
+    assert!(waited < Duration::from_millis(6500), "{waited:?}");
+    assert!(
+        d.status(Some("a"))[0]
+            .last_decision
+            .contains("host budget needed"),
+        "{}",
+        d.status(Some("a"))[0].last_decision
+    );
+    // b's retry can run between a's stop and its exit, and ask once more: at most one
+    // extra idle instance of a is given back, never a busy one.
+    let live = launcher.live.load(Ordering::SeqCst);
+    assert!((2..=3).contains(&live), "{live}: {:#?}", d.status(None));
+    assert!(d.status(Some("b"))[0].instances.len() == 1);
+    assert_eq!(launcher.launches.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn host_memory_budget_counts_each_instance_memory_limit() {
+    let launcher = Arc::new(FakeLauncher {
+        start_delay_ms: 100,
+        ..Default::default()
+    });
+    let d = Dispatcher::with_budget(
+        launcher.clone(),
+        shoal_dispatch::BudgetLimits {
+            max_instances: 100,
+            max_memory_kib: 256 * 1024,
+        },
+    );
+    let mut cfg = config(1);
+    cfg.memory_limit_kib = 128 * 1024;
+    d.deploy("f", 1, cfg);
+    // Six one-second calls, one per instance, but only two 128 MiB instances fit.
+    let start = tokio::time::Instant::now();
+    let results = burst(&d, 6, "1000").await;
+    assert!(results.iter().all(|r| r.is_ok()));
+    assert_eq!(launcher.launches.load(Ordering::SeqCst), 2);
+    assert!(
+        start.elapsed() >= Duration::from_millis(3000),
+        "three rounds on two instances"
+    );
+    assert_eq!(d.budget().memory_kib, 2 * 128 * 1024);
+}

@@ -74,7 +74,8 @@ impl Control {
                     }
                 }
                 let pools = self.platform.status(function.as_deref());
-                http::json(StatusCode::OK, &json!({ "pools": pools }))
+                let host = self.platform.budget();
+                http::json(StatusCode::OK, &json!({ "pools": pools, "host": host }))
             }
             (&Method::GET, ["admin", "functions", name, "logs"]) => {
                 let query = req.uri().query();
@@ -290,6 +291,19 @@ impl Control {
                 pool.pool.function, pool.pool.version, pool.pool.queued
             );
         }
+        let host = self.platform.budget();
+        let _ = writeln!(
+            out,
+            "# HELP shoal_host_instances Instances on this host, all functions.\n# TYPE shoal_host_instances gauge\n\
+             shoal_host_instances {}\n\
+             # HELP shoal_host_max_instances The host-wide instance budget.\n# TYPE shoal_host_max_instances gauge\n\
+             shoal_host_max_instances {}\n\
+             # HELP shoal_host_memory_limit_bytes Sum of the memory limits of the instances on this host.\n# TYPE shoal_host_memory_limit_bytes gauge\n\
+             shoal_host_memory_limit_bytes {}",
+            host.instances,
+            host.max_instances,
+            host.memory_kib * 1024
+        );
         out
     }
 }

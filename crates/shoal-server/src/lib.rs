@@ -45,6 +45,9 @@ pub struct Config {
     pub start_timeout: Duration,
     /// At shutdown, in-flight invocations get this long to finish.
     pub shutdown_grace: Duration,
+    /// Bounds on all functions' instances together: count, and the sum of their memory
+    /// limits.
+    pub host_budget: shoal_dispatch::BudgetLimits,
 }
 
 impl Config {
@@ -57,7 +60,28 @@ impl Config {
             node: PathBuf::from("node"),
             start_timeout: Duration::from_secs(20),
             shutdown_grace: Duration::from_secs(10),
+            host_budget: default_host_budget(),
         }
+    }
+}
+
+/// Instances the host runs at most by default, across all functions.
+pub const DEFAULT_HOST_MAX_INSTANCES: u32 = 512;
+
+/// The default host budget: [`DEFAULT_HOST_MAX_INSTANCES`], and three quarters of the
+/// machine's memory for the instances' memory limits together (the rest is the daemon's
+/// and the system's).
+pub fn default_host_budget() -> shoal_dispatch::BudgetLimits {
+    let total_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        });
+    shoal_dispatch::BudgetLimits {
+        max_instances: DEFAULT_HOST_MAX_INSTANCES,
+        max_memory_kib: total_kib.map_or(u64::MAX, |t| t / 4 * 3),
     }
 }
 

@@ -111,7 +111,7 @@ impl Platform {
             },
             logs.clone(),
         )?);
-        let dispatcher = Dispatcher::new(launcher.clone());
+        let dispatcher = Dispatcher::with_budget(launcher.clone(), config.host_budget);
         Ok(Arc::new(Platform {
             data_dir,
             store,
@@ -338,6 +338,11 @@ impl Platform {
 
     pub fn exists(&self, name: &str) -> bool {
         self.dispatcher.active_version(name).is_some()
+    }
+
+    /// Instances and memory in use against the host-wide budget.
+    pub fn budget(&self) -> shoal_dispatch::BudgetStatus {
+        self.dispatcher.budget()
     }
 
     pub fn status(&self, function: Option<&str>) -> Vec<PoolReport> {

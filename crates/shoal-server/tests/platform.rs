@@ -671,6 +671,9 @@ http = [{ method = "GET", path = "/gone" }]
     let (keep_pid, gone_pid) = (seen[0], seen[1]);
     assert_eq!(pids(&server.instances("keep").await), [keep_pid]);
     assert_eq!(pids(&server.instances("gone").await), [gone_pid]);
+    let host = &server.admin_get("/admin/status").await["host"];
+    assert_eq!(host["instances"], 2, "{host}");
+    assert!(host["memory_kib"].as_u64().unwrap() > 0, "{host}");
 
     let reply = server
         .control(Method::DELETE, "/admin/functions/gone", &[], "")

@@ -21,6 +21,12 @@ pub struct Args {
     /// Seconds in-flight invocations get to finish at shutdown.
     #[arg(long, default_value_t = 30)]
     shutdown_grace: u64,
+    /// Most instances across all functions.
+    #[arg(long, default_value_t = shoal_server::DEFAULT_HOST_MAX_INSTANCES)]
+    max_instances: u32,
+    /// Most memory (MiB) the instances' memory limits may add up to [default: 3/4 of RAM].
+    #[arg(long)]
+    max_memory_mib: Option<u64>,
 }
 
 pub async fn run(data_dir: &Path, args: Args) -> anyhow::Result<ExitCode> {
@@ -29,6 +35,10 @@ pub async fn run(data_dir: &Path, args: Args) -> anyhow::Result<ExitCode> {
     config.control_addr = args.control_listen;
     config.node = args.node;
     config.shutdown_grace = Duration::from_secs(args.shutdown_grace);
+    config.host_budget.max_instances = args.max_instances;
+    if let Some(mib) = args.max_memory_mib {
+        config.host_budget.max_memory_kib = mib * 1024;
+    }
     let running = shoal_server::start(config).await?;
     println!("shoal is serving");
     println!("  gateway      http://{}", running.gateway_addr);

@@ -17,6 +17,16 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
         None => "/admin/status".to_owned(),
     };
     let body = client.get(&path).await?.ok_json()?;
+    let host = &body["host"];
+    println!(
+        "host: {} of {} instances, {} of {} MiB of instance memory limits",
+        host["instances"],
+        host["max_instances"],
+        host["memory_kib"].as_u64().unwrap_or(0) / 1024,
+        host["max_memory_kib"]
+            .as_u64()
+            .map_or("?".to_owned(), |k| (k / 1024).to_string()),
+    );
     let pools = body["pools"].as_array().cloned().unwrap_or_default();
     if pools.is_empty() {
         println!("no functions deployed");
@@ -33,15 +43,26 @@ fn print_pool(pool: &Value) {
     } else {
         ""
     };
+    let limit = if pool["auto"].as_bool() == Some(true) {
+        format!("auto (new instances start at {})", pool["learned_limit"])
+    } else {
+        pool["limit"].to_string()
+    };
     println!(
-        "{} v{}{}: {} instance(s), {} queued, limit {} per instance, max {} instances",
+        "{} v{}{}: {} instance(s), desired {}, max {}; {} queued; limit {}",
         pool["function"].as_str().unwrap_or("?"),
         pool["version"],
         retired,
         pool["instances"].as_array().map_or(0, Vec::len),
-        pool["queued"],
-        pool["limit"],
+        pool["desired"],
         pool["max_instances"],
+        pool["queued"],
+        limit,
+    );
+    println!(
+        "  demand (in flight + queued): {:.1} over 6 s, {:.1} over 60 s",
+        pool["demand_panic"].as_f64().unwrap_or(0.0),
+        pool["demand_stable"].as_f64().unwrap_or(0.0),
     );
     println!(
         "  last decision: {}",

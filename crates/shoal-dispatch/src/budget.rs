@@ -1,0 +1,171 @@
+//! The host-wide budget every pool draws on: how many instances may exist at once across
+//! all functions, and how much memory their limits may add up to.
+//!
+//! A pool takes a [`Ticket`] before it launches an instance and keeps it in the instance's
+//! slot; dropping the slot (the process exited, or its start failed) gives it back. A
+//! burst that finds the budget spent waits in its pool's bounded queue, and the pool
+//! retries on its next housekeeping tick. A refusal also raises a pressure flag: while it
+//! is up, every pool gives back its idle instances (above `min_instances`) without waiting
+//! for their idle timeout, so one function's idle capacity never starves another's work.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+/// Limits for the whole host. `u64::MAX` / `u32::MAX` mean unbounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetLimits {
+    pub max_instances: u32,
+    /// Sum of the instances' memory limits, in KiB.
+    pub max_memory_kib: u64,
+}
+
+impl BudgetLimits {
+    pub const UNBOUNDED: BudgetLimits = BudgetLimits {
+        max_instances: u32::MAX,
+        max_memory_kib: u64::MAX,
+    };
+}
+
+/// What is in use now, for `shoal status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BudgetStatus {
+    pub instances: u32,
+    pub max_instances: u32,
+    pub memory_kib: u64,
+    pub max_memory_kib: u64,
+}
+
+#[derive(Debug, Default)]
+struct Used {
+    instances: u32,
+    memory_kib: u64,
+}
+
+/// Shared by every pool of one dispatcher.
+#[derive(Debug)]
+pub struct HostBudget {
+    limits: BudgetLimits,
+    used: Mutex<Used>,
+    /// A launch was refused and no launch has succeeded since.
+    pressure: AtomicBool,
+}
+
+/// Why a launch was refused, phrased for a scaling decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetRefusal(pub String);
+
+impl HostBudget {
+    pub fn new(limits: BudgetLimits) -> Arc<HostBudget> {
+        Arc::new(HostBudget {
+            limits,
+            used: Mutex::new(Used::default()),
+            pressure: AtomicBool::new(false),
+        })
+    }
+
+    /// Reserve one instance with `memory_kib` of memory limit, or say which bound is hit.
+    pub fn try_take(self: &Arc<Self>, memory_kib: u64) -> Result<Ticket, BudgetRefusal> {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        let refusal = if used.instances >= self.limits.max_instances {
+            Some(BudgetRefusal(format!(
+                "host budget: {} of {} instances in use",
+                used.instances, self.limits.max_instances
+            )))
+        } else if used.memory_kib.saturating_add(memory_kib) > self.limits.max_memory_kib {
+            Some(BudgetRefusal(format!(
+                "host budget: {} MiB of {} MiB of instance memory in use, {} MiB more does not fit",
+                used.memory_kib / 1024,
+                self.limits.max_memory_kib / 1024,
+                memory_kib / 1024
+            )))
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            self.pressure.store(true, Ordering::Relaxed);
+            return Err(refusal);
+        }
+        self.pressure.store(false, Ordering::Relaxed);
+        used.instances += 1;
+        used.memory_kib += memory_kib;
+        Ok(Ticket {
+            budget: self.clone(),
+            memory_kib,
+        })
+    }
+
+    /// Some pool is waiting for room: idle instances elsewhere should be given back.
+    pub fn under_pressure(&self) -> bool {
+        self.pressure.load(Ordering::Relaxed)
+    }
+
+    /// Answer the pressure by freeing one instance: lowers the flag, so each refusal
+    /// reclaims one idle instance, not every idle instance on the host.
+    pub fn relieve(&self) -> bool {
+        self.pressure.swap(false, Ordering::Relaxed)
+    }
+
+    pub fn status(&self) -> BudgetStatus {
+        let used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        BudgetStatus {
+            instances: used.instances,
+            max_instances: self.limits.max_instances,
+            memory_kib: used.memory_kib,
+            max_memory_kib: self.limits.max_memory_kib,
+        }
+    }
+}
+
+/// One instance's share of the budget; given back when dropped.
+#[derive(Debug)]
+pub struct Ticket {
+    budget: Arc<HostBudget>,
+    memory_kib: u64,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut used = self.budget.used.lock().unwrap_or_else(|e| e.into_inner());
+        used.instances -= 1;
+        used.memory_kib -= self.memory_kib;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_count_bound_refuses_then_frees() {
+        let budget = HostBudget::new(BudgetLimits {
+            max_instances: 2,
+            max_memory_kib: u64::MAX,
+        });
+        let a = budget.try_take(1024).unwrap();
+        let _b = budget.try_take(1024).unwrap();
+        let refused = budget.try_take(1024).unwrap_err();
+        assert!(refused.0.contains("2 of 2 instances"), "{refused:?}");
+        assert!(budget.under_pressure());
+        drop(a);
+        assert!(budget.try_take(1024).is_ok());
+        assert!(!budget.under_pressure());
+    }
+
+    #[test]
+    fn memory_bound_counts_each_instance_limit() {
+        let budget = HostBudget::new(BudgetLimits {
+            max_instances: 100,
+            max_memory_kib: 1024 * 1024,
+        });
+        let _big = budget.try_take(768 * 1024).unwrap();
+        let refused = budget.try_take(512 * 1024).unwrap_err();
+        assert!(refused.0.contains("768 MiB of 1024 MiB"), "{refused:?}");
+        let small = budget.try_take(256 * 1024).unwrap();
+        assert_eq!(budget.status().memory_kib, 1024 * 1024);
+        drop(small);
+        assert_eq!(budget.status().instances, 1);
+        assert_eq!(budget.status().memory_kib, 768 * 1024);
+    }
+}
