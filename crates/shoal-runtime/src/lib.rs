@@ -1,11 +1,13 @@
 //! Instance processes: spawning them with the Lambda environment, the native channel
 //! (a framed Unix socket per instance, see docs/PROTOCOL.md) and the per-instance Lambda
-//! Runtime API listener, stdout/stderr capture, and resource sampling from /proc.
+//! Runtime API listener, stdout/stderr capture, memory limits (a cgroup per instance),
+//! and resource sampling from /proc.
 //!
 //! This crate implements `shoal-dispatch`'s launcher and instance traits for real
 //! processes. It is the only crate that spawns processes. It must not know about routes,
 //! manifests or SQL: the server hands it a [`FunctionCode`] per function version.
 
+pub mod cgroup;
 mod frame;
 mod native;
 mod process;
@@ -24,6 +26,11 @@ pub use procfs::ProcSample;
 
 /// The Node bootstrap, compiled into the daemon and written into the data directory.
 const NODE_BOOTSTRAP: &str = include_str!("../../../runtimes/node/bootstrap.js");
+/// An instance's cgroup limit is its function's `memory` plus this: room for the runtime
+/// itself outside the JavaScript heap (node's own footprint is about 40 MiB), so that for
+/// heap growth V8's `--max-old-space-size` usually speaks first, with a clearer message,
+/// while Buffers and native memory still meet the kernel's limit.
+pub const RUNTIME_MEMORY_ALLOWANCE_MIB: u64 = 64;
 
 /// Which process an instance runs and how the daemon talks to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +63,41 @@ pub enum LogStream {
 /// Where instance output goes, one line at a time.
 pub trait LogSink: Send + Sync + 'static {
     fn line(&self, function: &str, instance: &str, stream: LogStream, line: &str);
+    /// The instance ended without being asked to (a crash, an out-of-memory kill);
+    /// `reason` is the same one-line exit reason its callers and the pool see.
+    fn exited(&self, function: &str, instance: &str, reason: &str) {
+        let _ = (function, instance, reason);
+    }
+}
+
+/// How instance memory is limited on this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemoryLimits {
+    /// A cgroup per instance (plus the heap flag for Node).
+    Cgroup {
+        version: cgroup::Version,
+        /// The launcher's parent cgroup.
+        dir: PathBuf,
+    },
+    /// No usable memory controller: Node's heap flag is the only limit.
+    HeapFlagOnly { why: String },
+}
+
+impl std::fmt::Display for MemoryLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MemoryLimits::Cgroup { version, dir } => {
+                let v = match version {
+                    cgroup::Version::V1 => "v1",
+                    cgroup::Version::V2 => "v2",
+                };
+                write!(f, "cgroup {v} per instance under {}", dir.display())
+            }
+            MemoryLimits::HeapFlagOnly { why } => {
+                write!(f, "V8 heap flag only (no usable memory cgroup: {why})")
+            }
+        }
+    }
 }
 
 /// Settings of the process launcher.
@@ -77,6 +119,9 @@ pub struct ProcessLauncher {
     node_bootstrap: PathBuf,
     logs: Arc<dyn LogSink>,
     functions: Mutex<HashMap<(String, u32), Arc<FunctionCode>>>,
+    /// Parent of the instances' memory cgroups, when the machine has a usable controller.
+    cgroups: Option<Arc<cgroup::Root>>,
+    memory_limits: MemoryLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,12 +154,34 @@ impl ProcessLauncher {
             &node_bootstrap,
             std::fs::write(&node_bootstrap, NODE_BOOTSTRAP),
         )?;
+        let (cgroups, memory_limits) = match cgroup::Root::create() {
+            Ok(root) => {
+                let limits = MemoryLimits::Cgroup {
+                    version: root.version(),
+                    dir: root.dir().to_owned(),
+                };
+                tracing::info!("memory limits: {limits}");
+                (Some(Arc::new(root)), limits)
+            }
+            Err(why) => {
+                let limits = MemoryLimits::HeapFlagOnly { why };
+                tracing::warn!("memory limits: {limits}");
+                (None, limits)
+            }
+        };
         Ok(ProcessLauncher {
             config,
             node_bootstrap,
             logs,
             functions: Mutex::new(HashMap::new()),
+            cgroups,
+            memory_limits,
         })
+    }
+
+    /// How instance memory is limited here (said once in the log at start).
+    pub fn memory_limits(&self) -> &MemoryLimits {
+        &self.memory_limits
     }
 
     /// Make a function version launchable (before the dispatcher deploys it).
@@ -195,6 +262,7 @@ impl InstanceLauncher for ProcessLauncher {
             request,
             logs: self.logs.clone(),
             start_timeout: self.config.start_timeout,
+            cgroups: self.cgroups.clone(),
         };
         match start.code.runtime {
             RuntimeKind::Node => {
@@ -215,6 +283,7 @@ pub(crate) struct Launch {
     pub request: LaunchRequest,
     pub logs: Arc<dyn LogSink>,
     pub start_timeout: Duration,
+    pub cgroups: Option<Arc<cgroup::Root>>,
 }
 
 impl Launch {
@@ -222,6 +291,21 @@ impl Launch {
         LaunchError {
             error_type: error_type.to_owned(),
             message: message.into(),
+        }
+    }
+
+    /// The instance's memory cgroup, limited to the function's memory plus the runtime
+    /// allowance. Without one the instance still starts (under the heap flag alone).
+    fn cgroup(&self) -> Option<cgroup::InstanceCgroup> {
+        let root = self.cgroups.as_ref()?;
+        let limit = (self.code.memory_mb + RUNTIME_MEMORY_ALLOWANCE_MIB) * 1024 * 1024;
+        match root.instance(&self.request.instance_id, limit) {
+            Ok(cgroup) => Some(cgroup),
+            Err(e) => {
+                tracing::warn!(instance = %self.request.instance_id, error = %e,
+                    "creating the instance's memory cgroup; it runs without one");
+                None
+            }
         }
     }
 

@@ -78,6 +78,7 @@ pub(crate) async fn launch(
             function: &start.code.function,
             instance: &start.request.instance_id,
             scratch: &start.scratch,
+            cgroup: start.cgroup(),
         },
         start.logs.clone(),
     )

@@ -93,6 +93,7 @@ pub(crate) async fn launch(start: Launch) -> Result<Arc<dyn InstanceHandle>, Lau
             function: &start.code.function,
             instance: &start.request.instance_id,
             scratch: &start.scratch,
+            cgroup: start.cgroup(),
         },
         start.logs.clone(),
     )

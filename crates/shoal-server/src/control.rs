@@ -75,7 +75,11 @@ impl Control {
                 }
                 let pools = self.platform.status(function.as_deref());
                 let host = self.platform.budget();
-                http::json(StatusCode::OK, &json!({ "pools": pools, "host": host }))
+                let memory_limits = self.platform.memory_limits();
+                http::json(
+                    StatusCode::OK,
+                    &json!({ "pools": pools, "host": host, "memory_limits": memory_limits }),
+                )
             }
             (&Method::GET, ["admin", "functions", name, "logs"]) => {
                 let query = req.uri().query();

@@ -136,6 +136,20 @@ impl LogStore {
 }
 
 impl LogSink for LogStore {
+    fn exited(&self, function: &str, instance: &str, reason: &str) {
+        self.append(
+            function,
+            &LogRecord {
+                ts: now_ms(),
+                instance: instance.to_owned(),
+                request_id: None,
+                stream: "platform".into(),
+                level: Some("ERROR".into()),
+                message: format!("instance {instance} stopped unexpectedly: {reason}"),
+            },
+        );
+    }
+
     fn line(&self, function: &str, instance: &str, stream: LogStream, line: &str) {
         let stream = match stream {
             LogStream::Stdout => "stdout",

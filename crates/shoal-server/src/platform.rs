@@ -340,6 +340,11 @@ impl Platform {
         self.dispatcher.active_version(name).is_some()
     }
 
+    /// How instance memory is limited on this machine (cgroup or heap flag only).
+    pub fn memory_limits(&self) -> String {
+        self.launcher.memory_limits().to_string()
+    }
+
     /// Instances and memory in use against the host-wide budget.
     pub fn budget(&self) -> shoal_dispatch::BudgetStatus {
         self.dispatcher.budget()

@@ -27,6 +27,9 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
             .as_u64()
             .map_or("?".to_owned(), |k| (k / 1024).to_string()),
     );
+    if let Some(limits) = body["memory_limits"].as_str() {
+        println!("memory limits: {limits}");
+    }
     let pools = body["pools"].as_array().cloned().unwrap_or_default();
     if pools.is_empty() {
         println!("no functions deployed");

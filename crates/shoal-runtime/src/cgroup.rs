@@ -1,0 +1,457 @@
+//! Memory limits per instance through the kernel's memory controller: cgroup v2 where
+//! the daemon's own cgroup has the memory controller, cgroup v1's `memory` hierarchy
+//! where that is what the machine mounts.
+//!
+//! Every instance gets a cgroup of its own under one parent the launcher owns
+//! (`<the daemon's cgroup>/shoal-<pid>-<n>`), so the limits nest inside whatever limit
+//! the daemon itself runs under and the rest of the hierarchy is never touched. The
+//! child joins its cgroup between fork and exec, before it can allocate anything; the
+//! cgroup is removed when the instance is gone. This module only reads and writes cgroup
+//! files: it does not spawn, and it does not decide limits (the launcher does).
+
+use std::ffi::CString;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Which interface the memory controller speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+impl Version {
+    fn limit_file(self) -> &'static str {
+        match self {
+            Version::V1 => "memory.limit_in_bytes",
+            Version::V2 => "memory.max",
+        }
+    }
+}
+
+/// The launcher's parent cgroup. Removed when dropped (it is empty by then: every
+/// instance cgroup holds an `Arc` of it and goes first).
+#[derive(Debug)]
+pub struct Root {
+    version: Version,
+    dir: PathBuf,
+}
+
+/// One instance's cgroup: the child joins it before exec; [`InstanceCgroup::finish`]
+/// reads whether the kernel's OOM killer struck and removes it.
+#[derive(Debug)]
+pub struct InstanceCgroup {
+    version: Version,
+    dir: PathBuf,
+    limit_bytes: u64,
+    _root: std::sync::Arc<Root>,
+}
+
+/// Launchers in this process so far: each gets its own parent cgroup.
+static NEXT_ROOT: AtomicU64 = AtomicU64::new(0);
+
+impl Root {
+    /// Find a usable memory controller and create the launcher's parent cgroup, or say
+    /// why there is none.
+    pub fn create() -> Result<Root, String> {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?;
+        let membership = std::fs::read_to_string("/proc/self/cgroup")
+            .map_err(|e| format!("reading /proc/self/cgroup: {e}"))?;
+        let mounts = parse_mounts(&mountinfo);
+        let mut why = Vec::new();
+        for version in [Version::V2, Version::V1] {
+            let found = mounts
+                .iter()
+                .find(|m| m.version == version)
+                .and_then(|m| own_cgroup(&membership, version).map(|path| (m, m.dir_of(&path))));
+            let Some((_, own)) = found else {
+                why.push(format!("no cgroup {version:?} memory hierarchy"));
+                continue;
+            };
+            match Root::create_in(version, &own) {
+                Ok(root) => return Ok(root),
+                Err(e) => why.push(format!("cgroup {version:?} at {}: {e}", own.display())),
+            }
+        }
+        Err(why.join("; "))
+    }
+
+    fn create_in(version: Version, own: &Path) -> io::Result<Root> {
+        if version == Version::V2 {
+            let controllers = std::fs::read_to_string(own.join("cgroup.controllers"))?;
+            if !controllers.split_whitespace().any(|c| c == "memory") {
+                return Err(io::Error::other("the memory controller is not available"));
+            }
+            // Children of the daemon's cgroup get the memory controller only if it is
+            // enabled below it; that fails (EBUSY) when the daemon's cgroup is not a root
+            // and holds processes, i.e. when memory was not delegated to us.
+            enable_memory(own).map_err(|e| {
+                io::Error::other(format!(
+                    "enabling memory for child cgroups (cgroup.subtree_control): {e}"
+                ))
+            })?;
+        }
+        sweep_stale(own);
+        let n = NEXT_ROOT.fetch_add(1, Ordering::Relaxed);
+        let dir = own.join(format!("shoal-{}-{n}", std::process::id()));
+        std::fs::create_dir(&dir)?;
+        let root = Root { version, dir };
+        if version == Version::V2 {
+            enable_memory(&root.dir)?;
+        }
+        if !root.dir.join(version.limit_file()).exists() {
+            return Err(io::Error::other(format!(
+                "{} has no {}",
+                root.dir.display(),
+                version.limit_file()
+            )));
+        }
+        Ok(root)
+    }
+
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Create `instance`'s cgroup with a memory limit of `limit_bytes`.
+    pub fn instance(
+        self: &std::sync::Arc<Self>,
+        instance: &str,
+        limit_bytes: u64,
+    ) -> io::Result<InstanceCgroup> {
+        let dir = self.dir.join(instance);
+        // A cgroup left from an earlier instance of the same name (not possible within
+        // one launcher, but cheap to handle) would refuse mkdir.
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir)?;
+        let cgroup = InstanceCgroup {
+            version: self.version,
+            dir,
+            limit_bytes,
+            _root: self.clone(),
+        };
+        let limit = limit_bytes.to_string();
+        let set = std::fs::write(cgroup.dir.join(self.version.limit_file()), &limit);
+        if let Err(e) = set {
+            let _ = std::fs::remove_dir(&cgroup.dir);
+            return Err(e);
+        }
+        // Swap must not stretch the limit. Not every kernel accounts swap: best effort.
+        match self.version {
+            Version::V1 => {
+                let _ = std::fs::write(cgroup.dir.join("memory.memsw.limit_in_bytes"), &limit);
+            }
+            Version::V2 => {
+                let _ = std::fs::write(cgroup.dir.join("memory.swap.max"), "0");
+            }
+        }
+        Ok(cgroup)
+    }
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+impl InstanceCgroup {
+    /// `cgroup.procs` as a C string, for the child to write `0` (itself) into before exec.
+    pub fn procs_path(&self) -> CString {
+        let path = self.dir.join("cgroup.procs");
+        CString::new(path.into_os_string().into_encoded_bytes())
+            .expect("cgroup paths hold no NUL byte")
+    }
+
+    pub fn limit_bytes(&self) -> u64 {
+        self.limit_bytes
+    }
+
+    /// Whether the kernel's OOM killer killed a process of this cgroup.
+    pub fn oom_killed(&self) -> bool {
+        match self.version {
+            Version::V2 => std::fs::read_to_string(self.dir.join("memory.events"))
+                .ok()
+                .and_then(|text| counter(&text, "oom_kill"))
+                .is_some_and(|n| n > 0),
+            Version::V1 => {
+                let control = std::fs::read_to_string(self.dir.join("memory.oom_control"))
+                    .unwrap_or_default();
+                match counter(&control, "oom_kill") {
+                    Some(n) => n > 0,
+                    // Kernels before 4.13 do not count kills: hitting the limit is the
+                    // best hint there is.
+                    None => std::fs::read_to_string(self.dir.join("memory.failcnt"))
+                        .ok()
+                        .and_then(|t| t.trim().parse::<u64>().ok())
+                        .is_some_and(|n| n > 0),
+                }
+            }
+        }
+    }
+
+    /// Remove the cgroup once its process is gone. Anything the instance left running
+    /// in it (processes it spawned) is killed first: nothing outlives its instance.
+    pub async fn remove(&self) {
+        for attempt in 0..20 {
+            match std::fs::remove_dir(&self.dir) {
+                Ok(()) => return,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+                Err(_) => {
+                    if attempt > 0 {
+                        kill_members(&self.dir);
+                    }
+                    tokio::time::sleep(Duration::from_millis(10 * (attempt + 1))).await;
+                }
+            }
+        }
+        tracing::warn!(cgroup = %self.dir.display(), "could not remove an instance cgroup");
+    }
+}
+
+impl Drop for InstanceCgroup {
+    /// Best effort when the instance never started (its process could not be spawned);
+    /// after [`InstanceCgroup::remove`] the directory is already gone.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// SIGKILL every process still in the cgroup at `dir`.
+#[allow(unsafe_code)]
+fn kill_members(dir: &Path) {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+fn enable_memory(dir: &Path) -> io::Result<()> {
+    let enabled = std::fs::read_to_string(dir.join("cgroup.subtree_control"))?;
+    if enabled.split_whitespace().any(|c| c == "memory") {
+        return Ok(());
+    }
+    std::fs::write(dir.join("cgroup.subtree_control"), "+memory")
+}
+
+/// Remove parents left by daemons that are gone (killed before they could clean up).
+/// Their instances died with them, so the cgroups are empty.
+fn sweep_stale(own: &Path) {
+    let Ok(entries) = std::fs::read_dir(own) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("shoal-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if let Ok(children) = std::fs::read_dir(entry.path()) {
+            for child in children.flatten() {
+                if child.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = std::fs::remove_dir(child.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(entry.path());
+    }
+}
+
+/// A mounted hierarchy that carries the memory controller.
+#[derive(Debug, PartialEq)]
+struct Mount {
+    version: Version,
+    /// Where in the hierarchy the mount starts (not `/` inside some containers).
+    root: String,
+    mount_point: PathBuf,
+}
+
+impl Mount {
+    /// The directory of cgroup `path` (as /proc/self/cgroup names it) under this mount.
+    fn dir_of(&self, path: &str) -> PathBuf {
+        let relative = path
+            .strip_prefix(self.root.as_str())
+            .unwrap_or(path)
+            .trim_start_matches('/');
+        self.mount_point.join(relative)
+    }
+}
+
+/// The cgroup2 mount and the v1 mount with the `memory` controller, from mountinfo.
+fn parse_mounts(mountinfo: &str) -> Vec<Mount> {
+    let mut mounts = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((before, after)) = line.split_once(" - ") else {
+            continue;
+        };
+        let fields: Vec<&str> = before.split_whitespace().collect();
+        let mut rest = after.split_whitespace();
+        let (Some(fstype), Some(_source), Some(super_options)) =
+            (rest.next(), rest.next(), rest.next())
+        else {
+            continue;
+        };
+        let (Some(root), Some(mount_point)) = (fields.get(3), fields.get(4)) else {
+            continue;
+        };
+        let version = match fstype {
+            "cgroup2" => Version::V2,
+            "cgroup" if super_options.split(',').any(|o| o == "memory") => Version::V1,
+            _ => continue,
+        };
+        if mounts.iter().any(|m: &Mount| m.version == version) {
+            continue;
+        }
+        mounts.push(Mount {
+            version,
+            root: unescape(root),
+            mount_point: PathBuf::from(unescape(mount_point)),
+        });
+    }
+    mounts
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape(field: &str) -> String {
+    field
+        .replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// This process's cgroup in the hierarchy of `version`, from /proc/self/cgroup.
+fn own_cgroup(membership: &str, version: Version) -> Option<String> {
+    membership.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let matches = match version {
+            Version::V2 => controllers.is_empty(),
+            Version::V1 => controllers.split(',').any(|c| c == "memory"),
+        };
+        matches.then(|| path.to_owned())
+    })
+}
+
+/// The value of `name` in a flat-keyed cgroup file (`key value` per line).
+fn counter(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (key, value) = line.split_once(' ')?;
+        (key == name).then(|| value.trim().parse().ok()).flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    #[test]
+    fn finds_both_hierarchies_in_mountinfo() {
+        let mounts = parse_mounts(HYBRID);
+        assert_eq!(
+            mounts,
+            [
+                Mount {
+                    version: Version::V1,
+                    root: "/".into(),
+                    mount_point: "/sys/fs/cgroup/memory".into(),
+                },
+                Mount {
+                    version: Version::V2,
+                    root: "/".into(),
+                    mount_point: "/sys/fs/cgroup/unified".into(),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn maps_the_own_cgroup_to_a_directory() {
+        let membership = "9:name=systemd:/\n4:memory:/jobs/42\n1:cpu,cpuacct:/\n0::/user.slice/x\n";
+        assert_eq!(
+            own_cgroup(membership, Version::V1).as_deref(),
+            Some("/jobs/42")
+        );
+        assert_eq!(
+            own_cgroup(membership, Version::V2).as_deref(),
+            Some("/user.slice/x")
+        );
+        let mounts = parse_mounts(HYBRID);
+        assert_eq!(
+            mounts[0].dir_of("/jobs/42"),
+            Path::new("/sys/fs/cgroup/memory/jobs/42")
+        );
+        // Inside a container the mount may start below the hierarchy's root.
+        let nested = Mount {
+            version: Version::V2,
+            root: "/kubepods/pod1".into(),
+            mount_point: "/sys/fs/cgroup".into(),
+        };
+        assert_eq!(
+            nested.dir_of("/kubepods/pod1/app"),
+            Path::new("/sys/fs/cgroup/app")
+        );
+    }
+
+    #[test]
+    fn reads_oom_counters() {
+        let events = "low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(counter(events, "oom_kill"), Some(1));
+        assert_eq!(counter(events, "oom"), Some(1));
+        let control = "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n";
+        assert_eq!(counter(control, "oom_kill"), Some(0));
+        assert_eq!(
+            counter("oom_kill_disable 0\nunder_oom 0\n", "oom_kill"),
+            None
+        );
+    }
+
+    /// On a machine with a usable memory controller (the project's CI machine has v1),
+    /// an instance cgroup gets its limit and goes away again.
+    #[tokio::test]
+    async fn instance_cgroups_get_their_limit_and_are_removed() {
+        let root = match Root::create() {
+            Ok(root) => std::sync::Arc::new(root),
+            Err(why) => {
+                eprintln!("no usable memory cgroup here, nothing to check: {why}");
+                return;
+            }
+        };
+        let parent = root.dir().to_owned();
+        assert!(parent.is_dir());
+        let cgroup = root.instance("probe", 96 * 1024 * 1024).unwrap();
+        let limit = std::fs::read_to_string(cgroup.dir.join(root.version().limit_file())).unwrap();
+        assert_eq!(limit.trim(), (96u64 * 1024 * 1024).to_string());
+        assert!(!cgroup.oom_killed());
+        let dir = cgroup.dir.clone();
+        cgroup.remove().await;
+        assert!(!dir.exists());
+        drop(cgroup);
+        drop(root);
+        assert!(!parent.exists(), "the parent cgroup outlived its launcher");
+    }
+}
