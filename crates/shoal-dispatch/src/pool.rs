@@ -42,6 +42,14 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How long past a call's deadline its instance may stay busy with it before it is
 /// considered stuck (e.g. a blocked event loop) and stopped.
 pub const STUCK_GRACE: Duration = Duration::from_secs(2);
+/// An instance whose RSS reaches this fraction of its memory limit (a leak creeping up
+/// over many calls) is recycled: it drains, stops, and demand starts a fresh one before
+/// the memory limit kills it mid-call.
+pub const RECYCLE_RSS_FRACTION: f64 = 0.9;
+/// Only an instance that served this many calls is recycled for its RSS: growth over
+/// many calls is a leak worth a fresh start, a function whose footprint is simply that
+/// large would otherwise be restarted every sampling interval.
+const RECYCLE_MIN_INVOCATIONS: u64 = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -640,13 +648,15 @@ impl Pool {
         )
     }
 
-    /// Measure every ready auto-tuned instance and let its controller set its limit.
-    /// /proc is read outside the pool lock.
+    /// Measure every ready instance: recycle one whose RSS crept past
+    /// [`RECYCLE_RSS_FRACTION`] of the memory limit, and (when auto-tuned) let its
+    /// controller set its limit. /proc is read outside the pool lock.
     fn sample_controllers(self: &Arc<Self>) {
         let due: Vec<(String, Arc<dyn InstanceHandle>)> = {
             let mut inner = self.lock();
             let now = Instant::now();
-            if !self.config.auto || now.duration_since(inner.last_sample) < SAMPLE_PERIOD {
+            let measured = self.config.auto || self.config.memory_limit_kib > 0;
+            if !measured || now.duration_since(inner.last_sample) < SAMPLE_PERIOD {
                 return;
             }
             inner.last_sample = now;
@@ -669,6 +679,9 @@ impl Pool {
                 continue;
             };
             let Some(reading) = reading else { continue };
+            if self.recycle_if_bloated(&mut inner, index, reading.rss_kib) || !self.config.auto {
+                continue;
+            }
             let slot = &mut inner.slots[index];
             slot.touch(now);
             let window = std::mem::take(&mut slot.window);
@@ -721,6 +734,33 @@ impl Pool {
                 .round()
                 .max(1.0) as u32;
         }
+    }
+
+    /// Drain (or stop, when idle) instance `index` if its RSS is past the recycling
+    /// threshold. It takes no new work from now on; calls in flight finish first.
+    fn recycle_if_bloated(&self, inner: &mut Inner, index: usize, rss_kib: u64) -> bool {
+        let limit_kib = self.config.memory_limit_kib;
+        let slot = &mut inner.slots[index];
+        if limit_kib == 0
+            || (rss_kib as f64) < limit_kib as f64 * RECYCLE_RSS_FRACTION
+            || slot.invocations < RECYCLE_MIN_INVOCATIONS
+        {
+            return false;
+        }
+        if slot.in_flight == 0 {
+            Self::stop_slot(slot);
+        } else {
+            slot.state = InstanceState::Draining;
+        }
+        inner.last_decision = format!(
+            "instance {} uses {} MiB, past {:.0}% of its {} MiB memory limit: recycling it \
+             once its calls finish",
+            inner.slots[index].id,
+            rss_kib / 1024,
+            RECYCLE_RSS_FRACTION * 100.0,
+            limit_kib / 1024
+        );
+        true
     }
 
     /// Record demand, and drain one instance when the stable demand fits comfortably in

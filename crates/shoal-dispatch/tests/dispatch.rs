@@ -3,7 +3,7 @@
 //! A fake instance "runs" an invocation by sleeping for the number of milliseconds in its
 //! payload (or failing when the payload says so); time only moves when every task waits.
 
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,6 +19,8 @@ struct FakeLauncher {
     launches: AtomicUsize,
     start_delay_ms: u64,
     fail_starts: bool,
+    /// Each call an instance takes adds this much to its RSS (a leak).
+    leak_kib_per_call: u64,
     live: Arc<AtomicUsize>,
     /// Highest in-flight count any one instance saw.
     peak_in_flight: Arc<AtomicU32>,
@@ -28,6 +30,8 @@ struct FakeLauncher {
 struct FakeInstance {
     /// CPU "used" so far: each finished call adds the CPU part of its payload.
     cpu_ms: Arc<std::sync::atomic::AtomicU64>,
+    rss_kib: AtomicU64,
+    leak_kib_per_call: u64,
     id: String,
     version: u32,
     in_flight: Arc<AtomicU32>,
@@ -46,6 +50,8 @@ impl InstanceLauncher for FakeLauncher {
         let fail = self.fail_starts;
         let instance = Arc::new(FakeInstance {
             cpu_ms: Default::default(),
+            rss_kib: AtomicU64::new(50_000),
+            leak_kib_per_call: self.leak_kib_per_call,
             id: request.instance_id,
             version: request.version,
             in_flight: Arc::new(AtomicU32::new(0)),
@@ -80,6 +86,8 @@ impl InstanceHandle for FakeInstance {
     fn invoke(&self, invocation: Invocation) -> BoxFuture<Result<Outcome, InstanceFailure>> {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now, Ordering::SeqCst);
+        self.rss_kib
+            .fetch_add(self.leak_kib_per_call, Ordering::SeqCst);
         let text = String::from_utf8(invocation.payload.to_vec()).unwrap();
         let mut exit = self.exit.subscribe();
         let id = self.id.clone();
@@ -141,7 +149,7 @@ impl InstanceHandle for FakeInstance {
     fn resources(&self) -> Option<shoal_dispatch::Resources> {
         Some(shoal_dispatch::Resources {
             cpu_time: Duration::from_millis(self.cpu_ms.load(Ordering::SeqCst)),
-            rss_kib: 50_000,
+            rss_kib: self.rss_kib.load(Ordering::SeqCst),
         })
     }
 }
@@ -775,4 +783,55 @@ async fn host_memory_budget_counts_each_instance_memory_limit() {
         "three rounds on two instances"
     );
     assert_eq!(d.budget().memory_kib, 2 * 128 * 1024);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_instance_whose_memory_creeps_up_is_recycled_after_draining() {
+    let mut cfg = config(4);
+    cfg.memory_limit_kib = 128 * 1024;
+    // 50 MB at start, 2 MB more per call: past 90 % of 128 MiB after about 34 calls.
+    let (launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 10,
+            leak_kib_per_call: 2_000,
+            ..Default::default()
+        },
+        cfg,
+    );
+    // One long call is in flight on the first instance when the sample sees the leak.
+    let long = {
+        let d = d.clone();
+        tokio::spawn(async move { call(&d, "f", "20000").await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let first = d.status(Some("f"))[0].instances[0].id.clone();
+    let mut served = Vec::new();
+    let mut decisions = Vec::new();
+    for _ in 0..60 {
+        served.push(call(&d, "f", "100").await);
+        decisions.push(d.status(Some("f"))[0].last_decision.clone());
+    }
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d.contains("recycling") && d.contains(&first)),
+        "{decisions:#?}"
+    );
+    let status = &d.status(Some("f"))[0];
+    let old = status.instances.iter().find(|i| i.id == first);
+    assert!(
+        old.is_some_and(|i| i.state == shoal_dispatch::InstanceState::Draining),
+        "the bloated instance drains while its long call runs: {status:?}"
+    );
+    // Calls after the recycle went to a fresh instance.
+    assert_eq!(served.first(), Some(&format!("{first}@v1")));
+    assert_ne!(served.last(), Some(&format!("{first}@v1")));
+    // The call in flight when the leak was seen finishes on the old instance, which then
+    // stops.
+    assert_eq!(long.await.unwrap(), format!("{first}@v1"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = &d.status(Some("f"))[0];
+    assert!(status.instances.iter().all(|i| i.id != first), "{status:?}");
+    assert_eq!(launcher.launches.load(Ordering::SeqCst), 2);
+    assert_eq!(launcher.live.load(Ordering::SeqCst), 1);
 }
