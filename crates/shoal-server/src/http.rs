@@ -26,13 +26,16 @@ pub(crate) trait Handler: Send + Sync + 'static {
 }
 
 /// Accept connections until `stopped` turns true; open connections finish their current
-/// request and close.
+/// request and close. Returns once the listener is closed and every connection is done,
+/// so a caller that waits for it knows each accepted request got its answer.
 pub(crate) async fn serve<H: Handler>(
     listener: TcpListener,
     mut stopped: watch::Receiver<bool>,
     handler: Arc<H>,
 ) {
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -43,12 +46,12 @@ pub(crate) async fn serve<H: Handler>(
                     continue;
                 }
             },
-            _ = async { let _ = stopped.wait_for(|s| *s).await; } => return,
+            _ = async { let _ = stopped.wait_for(|s| *s).await; } => break,
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let mut stopped = stopped.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let handler = handler.clone();
                 async move { Ok::<_, Infallible>(handler.handle(req, remote).await) }
@@ -65,6 +68,8 @@ pub(crate) async fn serve<H: Handler>(
             }
         });
     }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
 }
 
 /// Read a whole body of at most `limit` bytes; `None` when it is larger.

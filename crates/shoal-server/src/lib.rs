@@ -27,6 +27,9 @@ pub use archive::pack_dir;
 pub use logs::LogRecord;
 pub use platform::Platform;
 
+/// At shutdown, after the drain, how long open connections get to write their last
+/// answers before the daemon stops waiting for them.
+const CONNECTION_LINGER: Duration = Duration::from_secs(2);
 /// How often learned concurrency limits are written to the store.
 const LEARNED_LIMIT_SAVE_PERIOD: Duration = Duration::from_secs(5);
 
@@ -48,6 +51,9 @@ pub struct Config {
     /// Bounds on all functions' instances together: count, and the sum of their memory
     /// limits.
     pub host_budget: shoal_dispatch::BudgetLimits,
+    /// Invocations waiting for a slot, per function version, before callers get 429: what
+    /// bounds the daemon's memory under a flood.
+    pub max_queue: usize,
 }
 
 impl Config {
@@ -61,9 +67,13 @@ impl Config {
             start_timeout: Duration::from_secs(20),
             shutdown_grace: Duration::from_secs(10),
             host_budget: default_host_budget(),
+            max_queue: DEFAULT_MAX_QUEUE,
         }
     }
 }
+
+/// Invocations queued per function version by default.
+pub const DEFAULT_MAX_QUEUE: usize = 1000;
 
 /// Instances the host runs at most by default, across all functions.
 pub const DEFAULT_HOST_MAX_INSTANCES: u32 = 512;
@@ -160,12 +170,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 }
 
 impl Running {
-    /// Stop accepting, let in-flight invocations finish (up to the grace), stop instances.
+    /// Stop accepting, let in-flight invocations finish (up to the grace), stop instances,
+    /// and let open connections deliver their last answers.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        for task in self.tasks {
-            let _ = task.await;
-        }
         self.platform.shutdown().await;
+        // Every invocation has ended by now (finished, or failed as its instance stopped);
+        // what is left is writing those answers out.
+        let until = tokio::time::Instant::now() + CONNECTION_LINGER;
+        for task in self.tasks {
+            let _ = tokio::time::timeout_at(until, task).await;
+        }
     }
 }

@@ -17,9 +17,6 @@ use crate::archive::{self, ArchiveError};
 use crate::logs::LogStore;
 use crate::Config;
 
-/// Invocations waiting for a slot, per function version, before callers get 429.
-const MAX_QUEUE: usize = 1000;
-
 pub struct Platform {
     data_dir: PathBuf,
     store: Store,
@@ -32,6 +29,7 @@ pub struct Platform {
     /// Deploys and deletes are serialised: each rebuilds the route table as a whole.
     changes: std::sync::Mutex<()>,
     shutdown_grace: Duration,
+    max_queue: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +121,7 @@ impl Platform {
             public_base: RwLock::new(String::new()),
             changes: std::sync::Mutex::new(()),
             shutdown_grace: config.shutdown_grace,
+            max_queue: config.max_queue,
         }))
     }
 
@@ -167,7 +166,7 @@ impl Platform {
             memory_mb: spec.memory_mb,
             env: spec.env.clone(),
         });
-        let mut config = pool_config(spec);
+        let mut config = pool_config(spec, self.max_queue);
         if config.auto {
             // New instances of this version start where earlier ones had tuned themselves.
             if let Some(learned) = self.store.learned_limit(&spec.name, record.version)? {
@@ -426,7 +425,7 @@ fn runtime_kind(spec: &FunctionSpec) -> Result<RuntimeKind, DeployError> {
 }
 
 /// The dispatcher's view of a function's settings.
-pub(crate) fn pool_config(spec: &FunctionSpec) -> PoolConfig {
+pub(crate) fn pool_config(spec: &FunctionSpec, max_queue: usize) -> PoolConfig {
     let limit = match spec.concurrency {
         Concurrency::Fixed(n) => n,
         Concurrency::Auto => PoolConfig::AUTO_DEFAULT_LIMIT.min(spec.max_concurrency),
@@ -439,7 +438,7 @@ pub(crate) fn pool_config(spec: &FunctionSpec) -> PoolConfig {
         max_instances: spec.max_instances,
         min_instances: spec.min_instances,
         idle_timeout: Duration::from_millis(spec.idle_timeout_ms),
-        max_queue: MAX_QUEUE,
+        max_queue,
         timeout: Duration::from_millis(spec.timeout_ms),
     }
 }
