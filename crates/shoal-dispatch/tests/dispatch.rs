@@ -835,3 +835,37 @@ async fn an_instance_whose_memory_creeps_up_is_recycled_after_draining() {
     assert_eq!(launcher.launches.load(Ordering::SeqCst), 2);
     assert_eq!(launcher.live.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_waits_for_in_flight_calls_only_up_to_the_grace() {
+    let (launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 10,
+            ..Default::default()
+        },
+        config(8),
+    );
+    let call = {
+        let d = d.clone();
+        tokio::spawn(async move {
+            d.invoke("f", "r".into(), Bytes::from_static(b"60000"))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let start = tokio::time::Instant::now();
+    d.shutdown(Duration::from_secs(2)).await;
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_millis(2500),
+        "{waited:?}"
+    );
+    assert!(
+        matches!(
+            call.await.unwrap(),
+            Err(DispatchError::Instance(InstanceFailure::Crashed { .. }))
+        ),
+        "the call past the grace ends with its stopped instance"
+    );
+    assert_eq!(launcher.live.load(Ordering::SeqCst), 0);
+}

@@ -99,12 +99,18 @@ impl std::ops::Deref for TestServer {
 
 impl TestServer {
     pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Start a server with some settings changed from [`shoal_server::Config::ephemeral`].
+    pub async fn start_with(configure: impl FnOnce(&mut shoal_server::Config)) -> TestServer {
         let guard = ONE_SERVER_AT_A_TIME.lock().await;
         let data_dir = TempDir::new("t");
-        let running =
-            shoal_server::start(shoal_server::Config::ephemeral(data_dir.path().to_owned()))
-                .await
-                .expect("starting the server");
+        let mut config = shoal_server::Config::ephemeral(data_dir.path().to_owned());
+        configure(&mut config);
+        let running = shoal_server::start(config)
+            .await
+            .expect("starting the server");
         TestServer {
             api: Api {
                 gateway: running.gateway_addr,
