@@ -236,6 +236,18 @@ fn kill_members(dir: &Path) {
     }
 }
 
+/// Kill what is left in the cgroup at `dir` and remove it, waiting briefly (at start-up,
+/// outside any async task) for the killed processes to be gone.
+fn remove_now(dir: &Path) {
+    for _ in 0..50 {
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        kill_members(dir);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn enable_memory(dir: &Path) -> io::Result<()> {
     let enabled = std::fs::read_to_string(dir.join("cgroup.subtree_control"))?;
     if enabled.split_whitespace().any(|c| c == "memory") {
@@ -245,7 +257,8 @@ fn enable_memory(dir: &Path) -> io::Result<()> {
 }
 
 /// Remove parents left by daemons that are gone (killed before they could clean up).
-/// Their instances died with them, so the cgroups are empty.
+/// Their instances died with them; anything an instance had started itself does not get
+/// that signal and is killed here.
 fn sweep_stale(own: &Path) {
     let Ok(entries) = std::fs::read_dir(own) else {
         return;
@@ -266,7 +279,7 @@ fn sweep_stale(own: &Path) {
         if let Ok(children) = std::fs::read_dir(entry.path()) {
             for child in children.flatten() {
                 if child.file_type().is_ok_and(|t| t.is_dir()) {
-                    let _ = std::fs::remove_dir(child.path());
+                    remove_now(&child.path());
                 }
             }
         }

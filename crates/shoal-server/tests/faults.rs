@@ -492,6 +492,57 @@ memory = 64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_whose_memory_creeps_up_is_recycled_before_it_is_killed() {
+    let server = TestServer::start().await;
+    // Node starts at about 40 MiB; every call keeps 3 MiB more. The recycling threshold
+    // is 90 % of 64 MiB, the kill line (cgroup) 128 MiB.
+    let manifest = "[functions.leaky]\nruntime = \"nodejs\"\nhandler = \"index.handler\"\nmemory = 64\nconcurrency = 4\n";
+    let handler = r#"
+const kept = [];
+exports.handler = async () => {
+  kept.push(Buffer.alloc(3 * 1024 * 1024, 7));
+  return { pid: process.pid, kept: kept.length };
+};
+"#;
+    server
+        .deploy_ok(&[("index.js", handler), ("shoal.toml", manifest)])
+        .await;
+    let first = success(&server.invoke("leaky", &json!({})).await)["pid"]
+        .as_u64()
+        .unwrap();
+    for _ in 0..11 {
+        let reply = server.invoke("leaky", &json!({})).await;
+        assert_eq!(success(&reply)["pid"], first);
+    }
+    let pools = server
+        .wait_for_status("leaky", Duration::from_secs(5), |pools| {
+            pools[0]["last_decision"]
+                .as_str()
+                .is_some_and(|d| d.contains("recycling"))
+        })
+        .await;
+    let decision = pools[0]["last_decision"].as_str().unwrap();
+    assert!(
+        decision.contains("past 90% of its 64 MiB memory limit"),
+        "{decision}"
+    );
+    wait_gone(first, Duration::from_secs(2)).await;
+    // A recycle is not a crash: the function's log has no unexpected exit.
+    assert!(
+        !server
+            .logs("leaky")
+            .await
+            .iter()
+            .any(|r| r["stream"] == "platform"),
+        "recycling looked like a crash"
+    );
+    let next = success(&server.invoke("leaky", &json!({})).await);
+    assert_ne!(next["pid"], first);
+    assert_eq!(next["kept"], 1, "a fresh instance");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_beyond_the_queue_bound_gets_429_and_daemon_memory_stays_bounded() {
     const REQUESTS: usize = 2000;
     const SENDERS: usize = 32;

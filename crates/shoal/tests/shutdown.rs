@@ -186,8 +186,15 @@ fn http(
     Ok((status, body))
 }
 
+/// Whether `pid` runs (a zombie waiting for its reaper does not).
 fn alive(pid: u64) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.get(stat.rfind(')')? + 2..)?.chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
 }
 
 const SLEEPER: &str = r#"
@@ -252,6 +259,17 @@ fn sigterm_stops_accepting_lets_the_call_in_flight_finish_and_exits_zero() {
     );
 }
 
+/// Starts a process of its own that does not die with the instance (detached, and
+/// PR_SET_PDEATHSIG is not inherited), and returns its pid.
+const SPAWNER: &str = r#"
+const { spawn } = require('node:child_process');
+exports.handler = async () => {
+  const child = spawn('sleep', ['60'], { detached: true, stdio: 'ignore' });
+  child.unref();
+  return { statusCode: 200, body: String(child.pid) };
+};
+"#;
+
 #[test]
 fn sigkill_leaves_no_instance_behind_and_a_restart_serves_again() {
     let dir = TempDir::new("kill");
@@ -264,13 +282,22 @@ http = [{ method = "GET", path = "/a" }]
 
 [functions.b]
 runtime = "nodejs"
-handler = "index.handler"
+handler = "spawner.handler"
 http = [{ method = "GET", path = "/b" }]
 "#;
-    daemon.deploy(&[("index.js", SLEEPER), ("shoal.toml", manifest)]);
-    for path in ["/a", "/b"] {
-        assert_eq!(http(daemon.gateway, "GET", path, &[]).unwrap().0, 200);
-    }
+    daemon.deploy(&[
+        ("index.js", SLEEPER),
+        ("spawner.js", SPAWNER),
+        ("shoal.toml", manifest),
+    ]);
+    assert_eq!(http(daemon.gateway, "GET", "/a", &[]).unwrap().0, 200);
+    let (status, body) = http(daemon.gateway, "GET", "/b", &[]).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let grandchild: u64 = body.parse().unwrap();
+    let cgroups = daemon.admin("/admin/status")["memory_limits"]
+        .as_str()
+        .unwrap()
+        .starts_with("cgroup");
     let instances = daemon.instance_pids();
     assert_eq!(instances.len(), 2, "{instances:?}");
     assert!(instances.iter().all(|&pid| alive(pid)));
@@ -288,8 +315,27 @@ http = [{ method = "GET", path = "/b" }]
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    // The next daemon on the same data directory picks up where the dead one was.
+    // What an instance started itself outlives a killed daemon...
+    assert!(
+        alive(grandchild),
+        "{grandchild} died with the daemon after all"
+    );
+
+    // ...until the next daemon on the same data directory starts: it clears the dead
+    // daemon's cgroups, killing what is left in them, and serves again.
     let daemon = Daemon::start(&dir.0);
+    if cgroups {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while alive(grandchild) {
+            assert!(
+                Instant::now() < deadline,
+                "{grandchild} outlived the restart"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    } else {
+        signal(grandchild as i32, libc::SIGKILL);
+    }
     let (status, body) = http(daemon.gateway, "GET", "/a", &[]).unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(!instances.contains(&body.parse().unwrap()));
