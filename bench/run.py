@@ -153,6 +153,23 @@ def cpu_secs(pid: int) -> float:
         return 0.0
 
 
+def reaped_children_cpu_secs(pid: int) -> float:
+    """CPU time of `pid`'s children that have exited and been waited for."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def runtime_cpu_secs(target: "Target") -> float:
+    """CPU time of all the target's runtime processes so far, exited ones included."""
+    daemon = target.daemon_pid()
+    reaped = reaped_children_cpu_secs(daemon) if daemon else 0.0
+    return reaped + sum(cpu_secs(p) for p in target.instance_pids())
+
+
 def children(pid: int) -> list[int]:
     out = []
     for entry in os.listdir("/proc"):
@@ -586,12 +603,24 @@ class Run:
                     get(target.url)  # warm: the cold start is its own scenario
                     oha(tool, target.url, seconds=1, concurrency=max(levels))
                     for level in levels:
-                        raw[c][level].append(oha(tool, target.url, seconds=seconds, concurrency=level))
+                        # Where the CPU goes: the daemon vs the runtime instance(s) vs
+                        # the load generator, per request.
+                        daemon = target.daemon_pid()
+                        before = (runtime_cpu_secs(target), cpu_secs(daemon) if daemon else 0.0)
+                        result = oha(tool, target.url, seconds=seconds, concurrency=level)
+                        after = (runtime_cpu_secs(target), cpu_secs(daemon) if daemon else 0.0)
+                        n = max(1, result["ok"])
+                        result["runtime_us"] = (after[0] - before[0]) / n * 1e6
+                        result["daemon_us"] = (after[1] - before[1]) / n * 1e6
+                        raw[c][level].append(result)
                 finally:
                     target.stop()
         rows = {
             c: {
-                l: {k: med([r[k] for r in runs]) for k in ("rps", "p50_ms", "p99_ms")}
+                l: {
+                    k: med([r[k] for r in runs])
+                    for k in ("rps", "p50_ms", "p99_ms", "runtime_us", "daemon_us")
+                }
                 | {"ok": sum(r["ok"] for r in runs), "total": sum(r["total"] for r in runs)}
                 for l, runs in by_level.items()
             }
@@ -765,33 +794,73 @@ class Run:
     # -- CPU-heavy -----------------------------------------------------------------------
     def cpu_heavy(self) -> dict:
         tool = self.load_tool()
-        seconds = 8 if self.quick else 40
+        seconds = 6 if self.quick else 40
+        warmup = 2 if self.quick else 10
         rate = 8  # 8 × 200 ms = 1.6 cores of work per second: more than one event loop
         src = BENCH / "functions" / "cpu"
         rows = {}
-        statuses = {}
+        limit_series = {}
         for c in ["shoal-auto", "fixed-80"]:
-            log(f"cpu-heavy: {c}, {rate} req/s for {seconds} s")
+            log(f"cpu-heavy: {c}, {rate} req/s for {warmup} + {seconds} s")
             fn = function_dir(
                 self.workdir, src, c, manifest("cpu", "index.handler", "/cpu", SETTINGS[c])
             )
             target = Shoal(self.binary, self.workdir, c, fn, "/cpu")
             try:
                 sampler = Sampler(target, period=0.5, status_every=1.0)
-                result = oha(tool, target.url, seconds=seconds, concurrency=64, rate=rate)
+                result = oha(
+                    tool, target.url, seconds=warmup + seconds, concurrency=64, rate=rate, after=warmup
+                )
                 sampler.stop()
             finally:
                 target.stop()
-            last = sampler.statuses[-1][1] if sampler.statuses else {}
-            instances = [i for p in last.get("pools", []) for i in p.get("instances", [])]
+            result.pop("latencies")
+            measured = [(t, st) for t, st in sampler.statuses if t >= warmup]
+            limits = [
+                i["limit"]
+                for _, st in measured
+                for p in st.get("pools", [])
+                for i in p.get("instances", [])
+                if i.get("state") == "ready"
+            ]
+            counts = [
+                sum(1 for p in st.get("pools", []) for i in p.get("instances", []) if i.get("state") == "ready")
+                for _, st in measured
+            ]
+            busy = [
+                i["cpu_busy"]
+                for _, st in measured
+                for p in st.get("pools", [])
+                for i in p.get("instances", [])
+                if i.get("cpu_busy") is not None
+            ]
             rows[c] = {
                 **result,
-                "instances_end": len(instances),
-                "limits_end": sorted(i["limit"] for i in instances),
-                "busy_end": [round(i.get("cpu_busy") or 0, 2) for i in instances],
+                "limit_median": med(limits),
+                "limit_range": (min(limits, default=0), max(limits, default=0)),
+                "instances_median": med(counts),
+                # Only auto-tuned instances are sampled for CPU; n/a for fixed limits.
+                "busy_sum_median": med(
+                    [
+                        sum(i["cpu_busy"] for p in st.get("pools", []) for i in p.get("instances", []) if i.get("cpu_busy") is not None)
+                        for _, st in measured
+                    ]
+                )
+                if busy
+                else float("nan"),
+                "busy_max": max(busy, default=0.0),
             }
-            statuses[c] = sampler.statuses
-        return {"rate": rate, "seconds": seconds, "rows": rows}
+            limit_series[c] = limit_timeline(sampler.statuses)
+        plot = self.plots / "cpu-heavy-limit.svg"
+        svgplot.line_chart(
+            plot,
+            "cpu-heavy: mean per-instance limit over time (200 ms of CPU per call)",
+            "seconds",
+            "in-flight limit",
+            {"shoal-auto": limit_series["shoal-auto"]},
+            step=True,
+        )
+        return {"rate": rate, "seconds": seconds, "warmup": warmup, "rows": rows, "plot": plot}
 
     # -- scale to zero -------------------------------------------------------------------
     def scale_to_zero(self) -> dict:
@@ -1101,6 +1170,14 @@ def report(run: Run, res: dict, command: str) -> str:
                              f"{ratio(r['rows'][c][l]['rps'], d[l]['rps'])} of direct")
             lines.append(f"- {c}: " + "; ".join(parts))
         w("\n".join(lines) + "\n")
+        w("Where the CPU goes, per request (CPU time of the processes over the run / "
+          "requests answered; the load generator runs on the same two cores):\n")
+        w("| contender | " + " | ".join(f"c={l} runtime µs | c={l} daemon µs" for l in r["levels"]) + " |")
+        w("|---|" + "---|---|" * len(r["levels"]))
+        for c, by in r["rows"].items():
+            w(f"| {c} | " + " | ".join(
+                f"{fmt(by[l]['runtime_us'])} | {fmt(by[l]['daemon_us'])}" for l in r["levels"]) + " |")
+        w("")
         w(f"![throughput]({rel(r['plot'])})\n")
     if "cold-start" in res:
         r = res["cold-start"]
@@ -1149,14 +1226,19 @@ def report(run: Run, res: dict, command: str) -> str:
         r = res["cpu-heavy"]
         w("## cpu-heavy\n")
         w(f"A function that computes 200 ms and never waits, at {r['rate']} req/s (1.6 cores "
-          f"of work) for {r['seconds']} s: auto should settle near 1–2 per instance and use "
-          "both cores; a fixed limit of 80 queues everything behind one event loop.\n")
-        w("| contender | ok | p50 ms | p99 ms | instances at end | limits at end | CPU busy at end |")
-        w("|---|---|---|---|---|---|---|")
+          f"of work), `oha -q {r['rate']} --latency-correction -w -c 64`, for {r['warmup']} s of "
+          f"warm-up and {r['seconds']} s measured (latency, limits and CPU over the measured "
+          "part). Auto should settle near 1–2 per instance and use both cores; a fixed limit "
+          "of 80 queues everything behind one event loop (oha's 64 connections then cap how "
+          "many calls are even sent).\n")
+        w("| contender | ok | p50 ms | p99 ms | all p99 ms | ready instances (median) | limit median (min–max) | CPU busy summed over instances (median) |")
+        w("|---|---|---|---|---|---|---|---|")
         for c, row in r["rows"].items():
+            lo, hi = row["limit_range"]
             w(f"| {c} | {row['ok']} of {row['total']} | {fmt(row['p50_ms'])} | {fmt(row['p99_ms'])} | "
-              f"{row['instances_end']} | {row['limits_end']} | {row['busy_end']} |")
-        w("")
+              f"{fmt(row['all_p99_ms'])} | {fmt(row['instances_median'], 1)} | "
+              f"{fmt(row['limit_median'], 1)} ({lo}–{hi}) | {fmt(row['busy_sum_median'], 2)} |")
+        w(f"\n![limit]({rel(r['plot'])})\n")
     if "scale-to-zero" in res:
         r = res["scale-to-zero"]
         w("## scale-to-zero\n")

@@ -37,6 +37,12 @@
 //!    limit in one step. The in-flight term uses the direct evidence "this many in flight
 //!    saturate the core"; the half-step floor keeps one GC pause from collapsing the limit.
 //!    Allowed before any completion (a long CPU-bound call saturates before it finishes).
+//!    *Oversubscribed*: busy ≥ `target_cpu` − 0.05, the limit above 1.5 × `L0` + 1 and
+//!    more than `L0` in flight, where `L0 = target_cpu × baseline / cpu` is Little's law
+//!    with the uncontended latency → cut to `1.1 × L0` (at most halving). This catches
+//!    CPU-bound work spread over several instances, each busy but none saturated: the
+//!    wall-time `L*` cannot, because calls queued inside the event loop inflate the wall
+//!    time and `L*` with it.
 //! 3. *Latency inflated*: the mean wall time of the latest window of ≥ 3 completions
 //!    (one interval, or several for a slow or quiet function; each window is judged once)
 //!    exceeds `latency_tolerance` × baseline → cut ×0.9. If four cuts in a row, spanning
@@ -99,6 +105,9 @@ const REBASE_RELIEF: f64 = 0.95;
 const FAR_BELOW: f64 = 0.9;
 /// When saturated, the limit is cut to at most this multiple of `L*`.
 const SATURATED_OVERSHOOT: f64 = 1.1;
+/// A limit above this multiple of the uncontended Little's-law figure (plus one) while
+/// the core is at target counts as oversubscribed.
+const OVERSUBSCRIBED: f64 = 1.5;
 /// Below this busy fraction the CPU projection is too noisy to cap growth.
 const MIN_BUSY_FOR_PROJECTION: f64 = 0.02;
 /// The smallest CPU per invocation used in `L*`, so a zero reading cannot divide by zero.
@@ -280,6 +289,15 @@ impl Controller {
         Some(self.config.target_cpu * wall / cpu.max(MIN_CPU_PER_INVOCATION))
     }
 
+    /// Little's law with the uncontended latency baseline instead of the measured wall
+    /// time: `target_cpu × baseline / cpu per invocation`, the in-flight count that keeps
+    /// the core at target without queueing inside it. `None` until a baseline exists.
+    pub fn uncontended_estimate(&self) -> Option<f64> {
+        let (cpu, _) = self.per_invocation()?;
+        let baseline = self.baseline_secs.filter(|b| *b > 0.0)?;
+        Some(self.config.target_cpu * baseline / cpu.max(MIN_CPU_PER_INVOCATION))
+    }
+
     /// The limit a *new* instance of this function should start with: the limit the live
     /// signals have accepted here once anything was measured, else the initial limit. It
     /// is deliberately not `L*`, which ignores latency and memory.
@@ -391,6 +409,25 @@ impl Controller {
                 rule: Rule::Cpu,
                 why: format!("cpu {busy:.2} > target {target:.2}"),
             };
+        }
+
+        // 2b. Oversubscribed: the core is at its target and the instance holds more calls
+        // than its uncontended Little's-law figure, target × baseline latency / CPU per
+        // call. The wall-time `L*` cannot see this: for CPU-bound work the extra calls
+        // queue inside the event loop, inflating the wall time and with it `L*`. Calls
+        // beyond `L0` only wait for the core here; elsewhere (another instance, another
+        // core) they would run.
+        if let (Some(l0), true) = (self.uncontended_estimate(), busy >= target - GROW_DEADBAND) {
+            if lim > OVERSUBSCRIBED * l0 + 1.0 && in_flight > l0 {
+                return Verdict::Change {
+                    target: shrink_to((l0 * SATURATED_OVERSHOOT).ceil().max(lim * MAX_CPU_CUT)),
+                    rule: Rule::Cpu,
+                    why: format!(
+                        "cpu {busy:.2} at target with {in_flight:.1} in flight, uncontended \
+                         little's law {l0:.1}"
+                    ),
+                };
+            }
         }
 
         // 3. Latency inflation, judged once per window of at least three completions (a

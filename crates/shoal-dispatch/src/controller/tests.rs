@@ -275,6 +275,60 @@ fn cpu_heavy_function_settles_at_one_or_two() {
 }
 
 #[test]
+fn cpu_bound_instance_busy_but_unsaturated_is_cut_to_its_uncontended_littles_law() {
+    // 200 ms of CPU per call, no waiting. First quiet intervals set the baseline (one
+    // call at a time, 0.2 s each); then the instance gets its share of a load spread over
+    // several instances: ~78 % busy, below the saturation threshold, yet three calls in
+    // flight queue inside its event loop and take 0.6 s instead of 0.2 s.
+    let mut cfg = config(1000);
+    cfg.initial_limit = 8;
+    let mut ctl = Controller::new(cfg);
+    let sample = |busy: f64, completed: u32, latency: f64, in_flight: f64| Sample {
+        interval: Duration::from_secs(1),
+        cpu_time: Duration::from_secs_f64(busy),
+        completed,
+        latency_sum: Duration::from_secs_f64(latency * f64::from(completed)),
+        min_latency: Some(Duration::from_secs_f64(latency)),
+        mean_in_flight: in_flight,
+        queued: 0,
+        rss_kib: 60 * MIB,
+    };
+    for _ in 0..3 {
+        let d = ctl.observe(&sample(0.6, 3, 0.2, 0.6));
+        assert_eq!(d.limit, 8, "{d:?}");
+    }
+    let l0 = ctl.uncontended_estimate().unwrap();
+    assert!((0.7..=0.9).contains(&l0), "{l0}");
+    let mut reasons = Vec::new();
+    for _ in 0..6 {
+        reasons.push(ctl.observe(&sample(0.78, 4, 0.6, 3.0)).reason);
+    }
+    assert!(
+        (1..=2).contains(&ctl.limit()),
+        "{} {reasons:?}",
+        ctl.limit()
+    );
+    assert!(
+        reasons[0].contains("uncontended little's law"),
+        "{reasons:?}"
+    );
+    // An I/O-bound function at the same busy fraction is left alone: its uncontended
+    // figure (2 s of waiting per 60 ms of CPU) is far above its in-flight count.
+    let mut io = Controller::new(config(1000));
+    for _ in 0..3 {
+        io.observe(&Sample {
+            latency_sum: Duration::from_secs_f64(2.06 * 3.0),
+            ..sample(0.18, 3, 2.06, 6.0)
+        });
+    }
+    let d = io.observe(&Sample {
+        latency_sum: Duration::from_secs_f64(2.1 * 13.0),
+        ..sample(0.78, 13, 2.1, 27.0)
+    });
+    assert!(!d.reason.contains("uncontended"), "{d:?}");
+}
+
+#[test]
 fn memory_pressure_shrinks_even_when_cpu_is_idle() {
     let mem = 512 * MIB;
     let mut ctl = Controller::new(ControllerConfig {
