@@ -1134,6 +1134,7 @@ def report(run: Run, res: dict, command: str) -> str:
       "over the instance processes plus, for Shoal, the daemon itself. Latency is measured "
       "by the client from sending the request to the end of the response.\n")
     w(SEED_REFERENCE + "\n")
+    w(summary(res))
     for key in ("seed-burst-10", "seed-burst-100"):
         if key not in res:
             continue
@@ -1275,6 +1276,48 @@ def report(run: Run, res: dict, command: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def summary(res: dict) -> str:
+    """shoal-auto's numbers divided by each other contender's, one row per measure
+    (below 1 means shoal-auto's figure is lower)."""
+    others = [c for c in ["direct", "lambda-model", "fixed-80", "capped-serial"]]
+    rows = []
+
+    def add(label, table, key, get=lambda row, k: row.get(k)):
+        auto = table.get("shoal-auto")
+        if not auto:
+            return
+        cells = []
+        for c in others:
+            row = table.get(c)
+            cells.append(ratio(get(auto, key), get(row, key)) if row else "n/a")
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    for key in ("seed-burst-10", "seed-burst-100"):
+        if key in res:
+            add(f"{key}: median latency", res[key]["rows"], "median")
+            add(f"{key}: peak memory (PSS)", res[key]["rows"], "pss_mib")
+    if "sustained" in res:
+        t = res["sustained"]["rows"]
+        add("sustained: p99 latency", t, "p99_ms")
+        add("sustained: instance-seconds", t, "instance_s")
+        add("sustained: memory GB-seconds", t, "gb_s")
+    if "db-connections" in res:
+        t = res["db-connections"]["rows"]
+        warm = lambda row, k: (row or {}).get("warm", {}).get(k)  # noqa: E731
+        add("db-connections (warm burst): peak connections", t, "peak_connections", warm)
+        add("db-connections (warm burst): median latency", t, "median", warm)
+    if not rows:
+        return ""
+    head = [
+        "## Summary\n",
+        "shoal-auto's figure divided by each contender's (below 1×: shoal-auto's is lower). "
+        "Each scenario's section has the absolute numbers.\n",
+        "| measure | " + " | ".join(others) + " |",
+        "|---|" + "---|" * len(others),
+    ]
+    return "\n".join(head + rows) + "\n"
+
+
 def check_complete(res: dict) -> list[str]:
     """Every contender of every scenario that ran produced numbers."""
     missing = []
@@ -1325,6 +1368,11 @@ def main() -> int:
     parser.add_argument("--contenders", default="", help="comma-separated subset of: " + ", ".join(CONTENDERS))
     parser.add_argument("--out", default=None, help="report path (default docs/BENCHMARKS.md; bench/out with --quick)")
     parser.add_argument(
+        "--render",
+        action="store_true",
+        help="only rewrite the report from its JSON (no runs)",
+    )
+    parser.add_argument(
         "--merge",
         action="store_true",
         help="keep the other scenarios' results from the report's JSON and replace only these",
@@ -1344,6 +1392,17 @@ def main() -> int:
         print(f"unknown scenario(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
     command = " ".join(["python3 bench/run.py", *sys.argv[1:]])
+    if args.render:
+        out = Path(args.out)
+        json_path = (out.parent / (out.stem + ".json")) if out.suffix == ".md" else out / "BENCHMARKS.json"
+        res = json.loads(json_path.read_text())
+        for by_level in res.get("overhead", {}).get("rows", {}).values():
+            for key in list(by_level):
+                by_level[int(key)] = by_level.pop(key)
+        view = argparse.Namespace(report_dir=json_path.parent, quick=args.quick)
+        json_path.with_suffix(".md").write_text(report(view, res, command))
+        log(f"report re-rendered from {json_path}")
+        return 0
     try:
         run = Run(args)
         res: dict = {}
@@ -1380,9 +1439,12 @@ def main() -> int:
         for by_level in old.get("overhead", {}).get("rows", {}).values():
             for key in list(by_level):
                 by_level[int(key)] = by_level.pop(key)
-        runs = [
-            r for r in old.pop("_runs", []) if set(r["scenarios"]) - set(chosen)
-        ] + runs
+        kept = []
+        for r in old.pop("_runs", []):
+            r["scenarios"] = [x for x in r["scenarios"] if x not in chosen]
+            if r["scenarios"]:
+                kept.append(r)
+        runs = kept + runs
         res = {**old, **res}
     res["_runs"] = runs
     text = report(run, res, command)
