@@ -144,23 +144,30 @@ def pss_kib(pid: int) -> int:
     return 0
 
 
-def cpu_secs(pid: int) -> float:
+def stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name (field 3 onwards); empty if unreadable."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def clock_secs(fields: list[str], first: int) -> float:
+    """Two adjacent clock-tick fields (user + system) in seconds."""
+    try:
+        return (int(fields[first]) + int(fields[first + 1])) / os.sysconf("SC_CLK_TCK")
+    except (IndexError, ValueError):
         return 0.0
+
+
+def cpu_secs(pid: int) -> float:
+    return clock_secs(stat_fields(pid), 11)
 
 
 def reaped_children_cpu_secs(pid: int) -> float:
     """CPU time of `pid`'s children that have exited and been waited for."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
+    return clock_secs(stat_fields(pid), 13)
 
 
 def runtime_cpu_secs(target: "Target") -> float:
@@ -173,14 +180,8 @@ def runtime_cpu_secs(target: "Target") -> float:
 def children(pid: int) -> list[int]:
     out = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == pid:
+        fields = stat_fields(int(entry)) if entry.isdigit() else []
+        if fields and fields[1] == str(pid):
             out.append(int(entry))
     return out
 
@@ -1361,6 +1362,15 @@ SCENARIOS = [
 ]
 
 
+def load_results(path: Path) -> dict:
+    res = json.loads(path.read_text())
+    # JSON turned the overhead table's integer keys (concurrency levels) into strings.
+    for by_level in res.get("overhead", {}).get("rows", {}).values():
+        for key in list(by_level):
+            by_level[int(key)] = by_level.pop(key)
+    return res
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small counts, a few seconds each (CI)")
@@ -1395,10 +1405,7 @@ def main() -> int:
     if args.render:
         out = Path(args.out)
         json_path = (out.parent / (out.stem + ".json")) if out.suffix == ".md" else out / "BENCHMARKS.json"
-        res = json.loads(json_path.read_text())
-        for by_level in res.get("overhead", {}).get("rows", {}).values():
-            for key in list(by_level):
-                by_level[int(key)] = by_level.pop(key)
+        res = load_results(json_path)
         view = argparse.Namespace(report_dir=json_path.parent, quick=args.quick)
         json_path.with_suffix(".md").write_text(report(view, res, command))
         log(f"report re-rendered from {json_path}")
@@ -1434,11 +1441,7 @@ def main() -> int:
     json_path = (out.parent / (out.stem + ".json")) if out.suffix == ".md" else out / "BENCHMARKS.json"
     runs = [{"command": command, "date": datetime.date.today().isoformat(), "scenarios": chosen}]
     if args.merge and json_path.exists():
-        old = json.loads(json_path.read_text())
-        # JSON turned the overhead table's integer keys (concurrency levels) into strings.
-        for by_level in old.get("overhead", {}).get("rows", {}).values():
-            for key in list(by_level):
-                by_level[int(key)] = by_level.pop(key)
+        old = load_results(json_path)
         kept = []
         for r in old.pop("_runs", []):
             r["scenarios"] = [x for x in r["scenarios"] if x not in chosen]
