@@ -163,6 +163,10 @@ pub struct PoolConfig {
     pub max_queue: usize,
     /// The function's timeout: queueing plus running, from arrival.
     pub timeout: Duration,
+    /// `auto`: the controller's target busy fraction of one core.
+    pub target_cpu: f64,
+    /// `auto`: latency may rise to this multiple of its uncontended baseline.
+    pub latency_tolerance: f64,
 }
 
 impl PoolConfig {

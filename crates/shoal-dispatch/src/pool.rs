@@ -463,6 +463,8 @@ impl Pool {
             let mut config =
                 ControllerConfig::new(self.config.max_concurrency, self.config.memory_limit_kib);
             config.initial_limit = limit.min(config.max_limit);
+            config.target_cpu = self.config.target_cpu;
+            config.latency_tolerance = self.config.latency_tolerance;
             Controller::new(config)
         });
         inner.slots.push(Slot {

@@ -165,6 +165,8 @@ fn config(limit: u32) -> PoolConfig {
         idle_timeout: Duration::from_secs(300),
         max_queue: 1000,
         timeout: Duration::from_secs(30),
+        target_cpu: 0.8,
+        latency_tolerance: 1.5,
     }
 }
 
@@ -868,4 +870,29 @@ async fn shutdown_waits_for_in_flight_calls_only_up_to_the_grace() {
         "the call past the grace ends with its stopped instance"
     );
     assert_eq!(launcher.live.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_target_cpu_knob_reaches_the_controllers() {
+    // 100 ms of CPU and a 2 s wait per call: one instance is 0.8 busy at ~17 in flight and
+    // 0.4 busy at ~8. The same load under the two targets must settle at different limits.
+    let mut learned = Vec::new();
+    for target in [0.8, 0.4] {
+        let mut cfg = config(16);
+        cfg.auto = true;
+        cfg.target_cpu = target;
+        let (_launcher, d) = setup(
+            FakeLauncher {
+                start_delay_ms: 100,
+                ..Default::default()
+            },
+            cfg,
+        );
+        sustained(&d, 40, "2000/100", Duration::from_secs(30)).await;
+        let status = &d.status(Some("f"))[0];
+        learned.push(status.learned_limit);
+    }
+    let (high, low) = (learned[0], learned[1]);
+    assert!((10..=21).contains(&high), "{learned:?}");
+    assert!(low >= 4 && low * 4 <= high * 3, "{learned:?}");
 }

@@ -47,6 +47,14 @@ pub struct FunctionSpec {
     pub min_instances: u32,
     /// How long an instance above `min_instances` may sit idle before it is stopped.
     pub idle_timeout_ms: u64,
+    /// `concurrency = "auto"`: the busy fraction of one core the controller aims for
+    /// (0.05..=1.0; default 0.8).
+    #[serde(default = "defaults::target_cpu")]
+    pub target_cpu: f64,
+    /// `concurrency = "auto"`: how far latency may rise above its uncontended baseline
+    /// before the controller backs off, as a multiple (1.05..=10; default 1.5).
+    #[serde(default = "defaults::latency_tolerance")]
+    pub latency_tolerance: f64,
     pub env: BTreeMap<String, String>,
     pub http: Vec<HttpRoute>,
 }
@@ -172,6 +180,8 @@ impl FunctionSpec {
             max_instances: defaults::MAX_INSTANCES,
             min_instances: defaults::MIN_INSTANCES,
             idle_timeout_ms: defaults::IDLE_TIMEOUT_MS,
+            target_cpu: defaults::target_cpu(),
+            latency_tolerance: defaults::latency_tolerance(),
             env: BTreeMap::new(),
             http: Vec::new(),
         }
@@ -186,6 +196,14 @@ mod defaults {
     pub(crate) const MIN_INSTANCES: u32 = 0;
     pub(crate) const IDLE_TIMEOUT_MS: u64 = 300_000;
     pub(crate) const PROVIDED_HANDLER: &str = "bootstrap";
+
+    pub(crate) fn target_cpu() -> f64 {
+        0.8
+    }
+
+    pub(crate) fn latency_tolerance() -> f64 {
+        1.5
+    }
 }
 
 impl Serialize for Concurrency {

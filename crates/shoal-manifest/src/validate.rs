@@ -20,6 +20,8 @@ const FUNCTION_KEYS: &[&str] = &[
     "max_instances",
     "min_instances",
     "idle_timeout",
+    "target_cpu",
+    "latency_tolerance",
     "env",
     "http",
 ];
@@ -28,6 +30,8 @@ const MEMORY_MB: (u64, u64) = (64, 32_768);
 const TIMEOUT_MS: (u64, u64) = (1, 15 * 60_000);
 const IDLE_TIMEOUT_MS: (u64, u64) = (1, 24 * 3_600_000);
 const MAX_CONCURRENCY: u32 = 10_000;
+const TARGET_CPU: (f64, f64) = (0.05, 1.0);
+const LATENCY_TOLERANCE: (f64, f64) = (1.05, 10.0);
 
 /// Environment names the platform sets itself; a function overriding them would break its
 /// runtime or lie to it about where it runs.
@@ -250,6 +254,19 @@ fn function(src: &Source<'_>, name: &Key, body: &Node) -> Result<(FunctionSpec, 
             "idle_timeout" => {
                 spec.idle_timeout_ms =
                     duration(src, &field, "idle_timeout", value, offset, IDLE_TIMEOUT_MS)?
+            }
+            "target_cpu" => {
+                spec.target_cpu = fraction(src, &field, "target_cpu", value, offset, TARGET_CPU)?
+            }
+            "latency_tolerance" => {
+                spec.latency_tolerance = fraction(
+                    src,
+                    &field,
+                    "latency_tolerance",
+                    value,
+                    offset,
+                    LATENCY_TOLERANCE,
+                )?
             }
             "concurrency" => {
                 let value = concurrency_value(src, &field, value, offset)?;
@@ -524,6 +541,36 @@ fn concurrency_value(
             ),
         )),
     }
+}
+
+/// A number (integer or float) within `lo..=hi`.
+fn fraction(
+    src: &Source<'_>,
+    field: &str,
+    name: &str,
+    node: &Node,
+    offset: usize,
+    (lo, hi): (f64, f64),
+) -> Result<f64> {
+    let value = match node.kind {
+        Kind::Float(f) => f,
+        Kind::Integer(n) => n as f64,
+        _ => {
+            return Err(src.error(
+                offset,
+                field,
+                format!("expected a number, got {}", describe(node)),
+            ))
+        }
+    };
+    if !(lo..=hi).contains(&value) {
+        return Err(src.error(
+            offset,
+            field,
+            format!("{name} must be between {lo} and {hi}, got {value}"),
+        ));
+    }
+    Ok(value)
 }
 
 /// An integer within `lo..=hi`.

@@ -440,6 +440,8 @@ pub(crate) fn pool_config(spec: &FunctionSpec, max_queue: usize) -> PoolConfig {
         idle_timeout: Duration::from_millis(spec.idle_timeout_ms),
         max_queue,
         timeout: Duration::from_millis(spec.timeout_ms),
+        target_cpu: spec.target_cpu,
+        latency_tolerance: spec.latency_tolerance,
     }
 }
 
