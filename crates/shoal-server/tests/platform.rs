@@ -861,3 +861,68 @@ async fn a_burst_on_a_cold_auto_function_starts_few_instances_and_the_limit_is_s
     drop(store);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_budget_bounds_instances_across_functions_and_reclaims_idle_ones() {
+    let server = TestServer::start_with(|config| {
+        config.host_budget.max_instances = 1;
+    })
+    .await;
+    let handler = "exports.handler = async () => ({ statusCode: 200, body: String(process.pid) });";
+    let manifest = r#"
+[functions.first]
+runtime = "nodejs"
+handler = "index.handler"
+http = [{ method = "GET", path = "/first" }]
+
+[functions.second]
+runtime = "nodejs"
+handler = "index.handler"
+http = [{ method = "GET", path = "/second" }]
+"#;
+    server
+        .deploy_ok(&[("index.js", handler), ("shoal.toml", manifest)])
+        .await;
+    let first = server.get("/first").await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    let first_pid: u64 = first.text().parse().unwrap();
+    // The only instance the host may run belongs to `first` and is idle, with its 5 min
+    // idle timeout far away. `second` waits for the budget, and the pressure makes `first`
+    // give its idle instance back.
+    let started = Instant::now();
+    let second = server.get("/second").await;
+    assert_eq!(second.status, StatusCode::OK, "{}", second.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let second_pid: u64 = second.text().parse().unwrap();
+    assert_ne!(first_pid, second_pid);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while process_alive(first_pid) {
+        assert!(
+            Instant::now() < deadline,
+            "first's instance {first_pid} still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = server.admin_get("/admin/status").await;
+    assert_eq!(status["host"]["instances"], 1, "{status}");
+    assert_eq!(status["host"]["max_instances"], 1, "{status}");
+    let first_pool = status["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["function"] == "first")
+        .unwrap()
+        .clone();
+    assert!(
+        first_pool["last_decision"]
+            .as_str()
+            .unwrap()
+            .contains("host budget needed by another function"),
+        "{first_pool}"
+    );
+    server.shutdown().await;
+}
