@@ -710,7 +710,7 @@ class Run:
         rate = max(1, round(0.8 * 1000 / calibration["cpu_ms"]))
         if self.quick:
             rate = min(rate, 2)
-        rows, timelines, limits, latencies, measured = {}, {}, {}, {}, {}
+        rows, timelines, limits, latencies, measured, memory = {}, {}, {}, {}, {}, {}
         for c in CONTENDERS:
             log(f"sustained: {c}, {rate} req/s for {seconds} s")
             target = self.hello(c)
@@ -730,6 +730,9 @@ class Run:
             latencies[c] = result.pop("latencies")
             period = 0.5
             timelines[c] = [(x["t"], x["instances"]) for x in sampler.samples]
+            memory[c] = [
+                (x["t"], (x["pss_kib"] + x["daemon_pss_kib"]) / 1024) for x in sampler.samples
+            ]
             # Instance-seconds, GB-seconds and flatness over the measured window only.
             sampler.samples = [x for x in sampler.samples if x["t"] >= warmup]
             measured[c] = [x["instances"] for x in sampler.samples]
@@ -764,6 +767,14 @@ class Run:
             timelines,
             step=True,
         )
+        plot_mem = self.plots / "sustained-memory.svg"
+        svgplot.line_chart(
+            plot_mem,
+            f"sustained: memory over time at {rate} req/s (PSS of instances + daemon)",
+            "seconds",
+            "MiB",
+            memory,
+        )
         plot_limit = self.plots / "sustained-auto-limit.svg"
         svgplot.line_chart(
             plot_limit,
@@ -789,7 +800,7 @@ class Run:
                 min(measured_instances, default=0),
                 max(measured_instances, default=0),
             ),
-            "plots": [plot_cdf, plot_inst, plot_limit],
+            "plots": [plot_cdf, plot_inst, plot_mem, plot_limit],
         }
 
     # -- CPU-heavy -----------------------------------------------------------------------

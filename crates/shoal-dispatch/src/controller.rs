@@ -51,7 +51,10 @@
 //!    baseline is rebased to the current latency instead of cutting on towards 1.
 //! 4. Before any invocation has completed there is no CPU-per-invocation figure, so the
 //!    limit stays at `initial_limit` (only rules 1 and 2 may lower it).
-//! 5. *Grow* when the limit binds (mean in-flight ≥ 0.8 × limit, or invocations queue)
+//! 5. *Grow* when the limit binds (mean in-flight ≥ 0.8 × limit, or invocations queue),
+//!    or, *recovering*, when it sits below 0.9 × min(`L*`, `L0`) with latency judged flat
+//!    (then never beyond that figure: a cut during a cold start must not leave the limit,
+//!    and with it the instance count the autoscaler derives, stuck),
 //!    and busy < `target_cpu` − 0.05 (a dead band, so sampling noise around the target does
 //!    not creep the limit up): halfway to `L*` per interval while far below it and latency
 //!    is flat, else +1 (+2 when the core is less than half the target busy), capped by
@@ -495,7 +498,18 @@ impl Controller {
         let lim = f64::from(limit);
         let target = cfg.target_cpu;
         let binding = in_flight >= BINDING_FRACTION * lim || s.queued > 0;
-        if !binding {
+        let tol = cfg.latency_tolerance;
+        let flat = latency_ratio.is_none_or(|r| r <= 1.0 + (tol - 1.0) / 2.0);
+        // A limit left far below Little's law (by a cut during a cold start, say) is raised
+        // back towards it even when it does not bind, while CPU and latency are calm: the
+        // autoscaler sizes the instance count from the limits, so a limit stuck low keeps
+        // more instances than the work needs. Never beyond the estimate without binding.
+        let recover_to = self
+            .uncontended_estimate()
+            .map_or(littles, |l0| l0.min(littles));
+        let recovering =
+            !binding && flat && latency_ratio.is_some() && lim < FAR_BELOW * recover_to;
+        if !binding && !recovering {
             return Verdict::Hold(format!(
                 "limit not binding (in-flight {in_flight:.1} of {limit}, none queued)"
             ));
@@ -511,8 +525,6 @@ impl Controller {
                 ));
             }
         }
-        let tol = cfg.latency_tolerance;
-        let flat = latency_ratio.is_none_or(|r| r <= 1.0 + (tol - 1.0) / 2.0);
         let stepped = if flat && lim < FAR_BELOW * littles {
             lim + ((littles - lim) / 2.0).max(1.0)
         } else if flat && busy < target / 2.0 {
@@ -544,6 +556,9 @@ impl Controller {
             );
         }
         cap(f64::from(cfg.max_limit), "max_concurrency");
+        if recovering {
+            cap(recover_to, "little's law (not binding)");
+        }
         let to = to.floor();
         if to < lim + 1.0 {
             return Verdict::Hold(format!("growth capped by {capped_by} at {to:.0}"));
@@ -551,9 +566,16 @@ impl Controller {
         Verdict::Change {
             target: to as u32,
             rule: Rule::Grow,
-            why: format!(
-                "limit binding, cpu {busy:.2} < target {target:.2}, little's law {littles:.1}"
-            ),
+            why: if recovering {
+                format!(
+                    "limit far below little's law {recover_to:.1}, cpu {busy:.2} < target \
+                     {target:.2}, latency flat: recovering"
+                )
+            } else {
+                format!(
+                    "limit binding, cpu {busy:.2} < target {target:.2}, little's law {littles:.1}"
+                )
+            },
         }
     }
 

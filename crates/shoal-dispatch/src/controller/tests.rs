@@ -329,6 +329,39 @@ fn cpu_bound_instance_busy_but_unsaturated_is_cut_to_its_uncontended_littles_law
 }
 
 #[test]
+fn a_limit_cut_far_below_littles_law_recovers_without_binding() {
+    // Hello-like: 100 ms of CPU, then 2 s of waiting; L* ≈ 0.8 × 2.1 / 0.1 ≈ 17. The
+    // limit starts at 8 (as after a cut during a cold start) and the instance's share of
+    // the load keeps ~5 in flight: the limit never binds, yet it must climb back near L*
+    // (so the autoscaler can consolidate) and then hold, not run past it.
+    let (c, w) = (0.1, 2.0);
+    let mut cfg = config(1000);
+    cfg.initial_limit = 8;
+    let mut ctl = Controller::new(cfg);
+    let mut inst = Instance::new(c, move |_| w);
+    let trace = run(&mut ctl, &mut inst, 60, |_| 2.5);
+    let lstar = ctl.littles_law_estimate().unwrap();
+    let end = *trace.limits.last().unwrap();
+    assert!(
+        f64::from(end) >= 0.75 * lstar && f64::from(end) <= lstar,
+        "end {end}, L* {lstar:.1}: {:?}",
+        trace.limits
+    );
+    assert!(
+        trace.reasons.iter().any(|r| r.contains("recovering")),
+        "{:?}",
+        trace.reasons
+    );
+    assert_eq!(trace.reversals_in_last(30), 0, "{:?}", trace.limits);
+    for s in &trace.samples {
+        assert!(
+            s.mean_in_flight < 8.0,
+            "the load alone never made the limit bind"
+        );
+    }
+}
+
+#[test]
 fn memory_pressure_shrinks_even_when_cpu_is_idle() {
     let mem = 512 * MIB;
     let mut ctl = Controller::new(ControllerConfig {
