@@ -1,0 +1,1 @@
+"""The benchmark runner's pieces; `bench/run.py` is the command."""

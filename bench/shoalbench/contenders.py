@@ -1,0 +1,157 @@
+"""The contenders as running processes: the direct Node server, or a `shoal serve` daemon
+with one function deployed; and the function directories and manifests they run."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from .common import BENCH, BenchError
+from .measure import children
+
+class Target:
+    """One running contender: a Shoal daemon with one function, or the direct server."""
+
+    name: str
+    url: str
+    pid: int
+
+    def instance_pids(self) -> list[int]:
+        raise NotImplementedError
+
+    def daemon_pid(self) -> int | None:
+        return None
+
+    def status(self) -> dict | None:
+        return None
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class Direct(Target):
+    def __init__(self, fn_dir: Path, module: str, export: str, path: str, env=None):
+        self.name = "direct"
+        self.proc = subprocess.Popen(
+            ["node", str(BENCH / "direct" / "server.js"), str(fn_dir), module, export],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        line = self.proc.stdout.readline()
+        if not line.startswith("listening "):
+            raise BenchError(f"direct server for {fn_dir} did not start: {line!r}")
+        self.url = f"http://127.0.0.1:{line.split()[1]}{path}"
+        self.pid = self.proc.pid
+
+    def instance_pids(self) -> list[int]:
+        return [self.pid]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Shoal(Target):
+    def __init__(self, binary: str, workdir: Path, name: str, fn_dir: Path, path: str):
+        self.name = name
+        self.binary = binary
+        self.data = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
+        self.log = open(self.data / "daemon.log", "w")
+        # Lambda's model reserves every instance's memory size; with the host's default
+        # budget the 100-burst of 512 MiB instances would queue. Lift the memory bound so
+        # each contender runs its own model.
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--data-dir",
+                str(self.data),
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--control-listen",
+                "127.0.0.1:0",
+                "--max-memory-mib",
+                "1048576",
+                "--shutdown-grace",
+                "5",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.pid = self.proc.pid
+        deadline = time.time() + 30
+        while not (self.data / "gateway-addr").exists() or not (self.data / "control-addr").exists():
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise BenchError(f"shoal serve did not start; see {self.data / 'daemon.log'}")
+            time.sleep(0.05)
+        time.sleep(0.05)
+        self.gateway = (self.data / "gateway-addr").read_text().strip()
+        self.control = (self.data / "control-addr").read_text().strip()
+        self.token = (self.data / "admin-token").read_text().strip()
+        deploy = subprocess.run(
+            [binary, "--data-dir", str(self.data), "deploy", str(fn_dir)],
+            capture_output=True,
+            text=True,
+        )
+        if deploy.returncode != 0:
+            self.stop()
+            raise BenchError(f"deploy of {fn_dir} failed: {deploy.stderr.strip()}")
+        self.url = f"http://{self.gateway}{path}"
+
+    def daemon_pid(self) -> int | None:
+        return self.pid
+
+    def instance_pids(self) -> list[int]:
+        return children(self.pid)
+
+    def status(self) -> dict | None:
+        host, port = self.control.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            conn.request("GET", "/admin/status", headers={"authorization": f"Bearer {self.token}"})
+            return json.loads(conn.getresponse().read())
+        except (OSError, ValueError):
+            return None
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def function_dir(workdir: Path, source: Path, contender: str, manifest: str) -> Path:
+    """A copy of `source` with a shoal.toml for this contender."""
+    dest = Path(tempfile.mkdtemp(prefix=f"fn-{contender}-", dir=workdir))
+    shutil.copytree(source, dest, dirs_exist_ok=True, symlinks=True)
+    (dest / "shoal.toml").write_text(manifest)
+    return dest
+
+
+def manifest(name: str, handler: str, path: str, settings: dict, runtime="nodejs", extra="") -> str:
+    lines = [f"[functions.{name}]", f'runtime = "{runtime}"']
+    if runtime == "nodejs":
+        lines.append(f'handler = "{handler}"')
+    lines += ['memory = "512MiB"', 'timeout = "120s"']
+    lines += [f"{k} = {v}" for k, v in settings.items()]
+    lines.append(extra) if extra else None
+    lines.append(f'http = [{{ method = "GET", path = "{path}" }}]')
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,159 @@
+"""The tools the runner needs, installed when missing: oha, the shoal binary, PostgreSQL (run
+as a throwaway server on a loopback port) and the pg npm package."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from .common import BENCH, OHA_VERSION, ROOT, BenchError, log
+
+def find_oha() -> str:
+    for candidate in [shutil.which("oha"), str(Path.home() / ".cargo/bin/oha")]:
+        if candidate and Path(candidate).exists():
+            return candidate
+    log(f"oha (the load generator) is not installed: cargo install oha@{OHA_VERSION} --locked")
+    result = subprocess.run(
+        ["cargo", "install", "--locked", "--quiet", f"oha@{OHA_VERSION}"], check=False
+    )
+    oha = Path.home() / ".cargo/bin/oha"
+    if result.returncode != 0 or not oha.exists():
+        raise BenchError(
+            "oha is missing and `cargo install oha --locked` failed; install it "
+            "(crates.io) or put it on PATH"
+        )
+    return str(oha)
+
+
+def shoal_binary(release: bool) -> str:
+    profile = ["--release"] if release else []
+    log(f"building shoal ({'release' if release else 'debug'})")
+    subprocess.run(
+        ["cargo", "build", "--quiet", "--locked", "--bin", "shoal", *profile],
+        cwd=ROOT,
+        check=True,
+    )
+    return str(ROOT / "target" / ("release" if release else "debug") / "shoal")
+
+
+def postgres_bin() -> Path:
+    for base in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (base / "postgres").exists():
+            return base
+    log("PostgreSQL is not installed: apt-get install postgresql")
+    subprocess.run(["apt-get", "update", "-qq"], check=False)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "postgresql"],
+        check=False,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    )
+    for base in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (base / "postgres").exists():
+            return base
+    raise BenchError("PostgreSQL server binaries not found under /usr/lib/postgresql")
+
+
+def ensure_pg_module() -> None:
+    fn = BENCH / "functions" / "db"
+    if (fn / "node_modules" / "pg").exists():
+        return
+    log("installing the pg npm package for the db function")
+    result = subprocess.run(
+        ["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=fn, check=False
+    )
+    if result.returncode != 0:
+        raise BenchError("`npm install` of pg failed in bench/functions/db")
+
+
+class Postgres:
+    """A throwaway PostgreSQL server on a loopback port, run as the postgres user."""
+
+    MAX_CONNECTIONS = 150
+
+    def __init__(self, bindir: Path, workdir: Path):
+        self.bindir = bindir
+        self.dir = Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp"))
+        os.chmod(self.dir, 0o777)
+        self.port = free_port()
+        as_pg = [] if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--"]
+        self.as_pg = as_pg
+        subprocess.run(
+            [*as_pg, str(bindir / "initdb"), "-D", str(self.dir / "data"), "-A", "trust", "-U", "bench"],
+            check=True,
+            capture_output=True,
+        )
+        self.proc = subprocess.Popen(
+            [
+                *as_pg,
+                str(bindir / "postgres"),
+                "-D",
+                str(self.dir / "data"),
+                "-p",
+                str(self.port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                f"unix_socket_directories={self.dir}",
+                "-c",
+                f"max_connections={self.MAX_CONNECTIONS}",
+                "-c",
+                "fsync=off",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.url = f"postgres://bench@127.0.0.1:{self.port}/postgres"
+        self.psql: subprocess.Popen | None = None
+        deadline = time.time() + 30
+        while subprocess.run(
+            [str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+            capture_output=True,
+        ).returncode != 0:
+            if time.time() > deadline or self.proc.poll() is not None:
+                raise BenchError("PostgreSQL did not start")
+            time.sleep(0.2)
+
+    def connections(self) -> int:
+        """Client connections now, over one long-lived psql session (spawning psql per
+        reading is too slow to catch a burst's peak on a busy machine)."""
+        if self.psql is None:
+            self.psql = subprocess.Popen(
+                ["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "bench", "-d", "postgres", "-At"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                bufsize=1,
+            )
+        self.psql.stdin.write(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+            "AND pid <> pg_backend_pid();\n"
+        )
+        self.psql.stdin.flush()
+        try:
+            return int(self.psql.stdout.readline().strip())
+        except ValueError:
+            return 0
+
+    def stop(self) -> None:
+        if self.psql is not None:
+            self.psql.stdin.close()
+            self.psql.wait()
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
