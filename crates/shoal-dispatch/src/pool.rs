@@ -653,7 +653,7 @@ impl Pool {
     /// Measure every ready instance: recycle one whose RSS crept past
     /// [`RECYCLE_RSS_FRACTION`] of the memory limit, and (when auto-tuned) let its
     /// controller set its limit. /proc is read outside the pool lock.
-    fn sample_controllers(self: &Arc<Self>) {
+    fn sample_instances(self: &Arc<Self>) {
         let due: Vec<(String, Arc<dyn InstanceHandle>)> = {
             let mut inner = self.lock();
             let now = Instant::now();
@@ -916,7 +916,7 @@ async fn housekeeping(pool: Weak<Pool>) {
     loop {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
-        pool.sample_controllers();
+        pool.sample_instances();
         if !pool.housekeep() {
             return;
         }
