@@ -17,8 +17,8 @@ Contenders (see docs/BENCHMARKS.md):
   shoal-auto     Shoal with its defaults (concurrency = "auto")
   capped-serial  Shoal with concurrency = 1, max_instances = 4 (the seed's "other clouds")
 
-Standard library only; the pieces live in bench/shoalbench/ (tools, measuring,
-contenders, scenarios, report), the plots come from bench/svgplot.py.
+Standard library plus matplotlib for the plots (installed with pip when missing); the pieces
+live in bench/shoalbench/ (tools, measuring, contenders, scenarios, plots, report).
 """
 
 from __future__ import annotations

@@ -23,6 +23,10 @@ SEED_REFERENCE = (
     "100 instances, 3–5 s."
 )
 OHA_VERSION = "1.16.0"
+# A range rather than one version: every release in it draws these plots, and from 3.8 on
+# Axes.ecdf exists (the CDFs use it). The upper bound keeps an unseen release's layout
+# changes from redrawing the committed SVGs on whichever machine re-runs a scenario.
+MATPLOTLIB = "matplotlib>=3.8,<3.12"
 
 
 class BenchError(Exception):

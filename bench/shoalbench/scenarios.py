@@ -11,8 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-import svgplot
-
+from . import plots
 from .common import BENCH, CONTENDERS, ROOT, SETTINGS, BenchError, log
 from .contenders import Direct, Shoal, Target, function_dir, manifest
 from .measure import (
@@ -27,12 +26,15 @@ from .measure import (
     runtime_cpu_secs,
     settle_time,
 )
-from .tools import Postgres, ensure_pg_module, find_oha, postgres_bin, shoal_binary
+from .tools import Postgres, ensure_matplotlib, ensure_pg_module, find_oha, postgres_bin, shoal_binary
 
 class Run:
     def __init__(self, args):
         self.quick = args.quick
         self.workdir = Path(tempfile.mkdtemp(prefix="shoal-bench-"))
+        # Now rather than at the first plot: a failed install would otherwise come after
+        # the scenario it was to draw, and take its numbers down with it.
+        ensure_matplotlib()
         self.binary = shoal_binary(release=not args.quick)
         self.oha = None
         self.results: dict[str, dict] = {}
@@ -96,7 +98,7 @@ class Run:
             c: {k: med([r[k] for r in runs]) for k in runs[0]} for c, runs in per.items() if runs
         }
         plot = self.plots / f"{key}-latency.svg"
-        svgplot.cdf_chart(
+        plots.cdf_chart(
             plot,
             f"{key}: latency of {n} concurrent requests ({reps} repetition(s) pooled)",
             "latency (ms)",
@@ -159,7 +161,7 @@ class Run:
             for c, by_level in raw.items()
         }
         plot = self.plots / "overhead-throughput.svg"
-        svgplot.bar_chart(
+        plots.bar_chart(
             plot,
             f"overhead: no-op throughput by concurrency ({seconds} s per level)",
             "requests per second",
@@ -282,7 +284,7 @@ class Run:
         settle = settle_time(limits, lstar)
         measured_instances = measured.get("shoal-auto", [])
         plot_cdf = self.plots / "sustained-latency.svg"
-        svgplot.cdf_chart(
+        plots.cdf_chart(
             plot_cdf,
             f"sustained: latency at {rate} req/s after a {warmup} s warm-up",
             "latency (ms)",
@@ -290,7 +292,7 @@ class Run:
             log_x=True,
         )
         plot_inst = self.plots / "sustained-instances.svg"
-        svgplot.line_chart(
+        plots.line_chart(
             plot_inst,
             f"sustained: instances over time at {rate} req/s",
             "seconds",
@@ -299,7 +301,7 @@ class Run:
             step=True,
         )
         plot_mem = self.plots / "sustained-memory.svg"
-        svgplot.line_chart(
+        plots.line_chart(
             plot_mem,
             f"sustained: memory over time at {rate} req/s (PSS of instances + daemon)",
             "seconds",
@@ -307,7 +309,7 @@ class Run:
             memory,
         )
         plot_limit = self.plots / "sustained-auto-limit.svg"
-        svgplot.line_chart(
+        plots.line_chart(
             plot_limit,
             f"sustained: shoal-auto per-instance limit vs Little's law ({lstar:.0f})",
             "seconds",
@@ -395,7 +397,7 @@ class Run:
             }
             limit_series[c] = limit_timeline(sampler.statuses)
         plot = self.plots / "cpu-heavy-limit.svg"
-        svgplot.line_chart(
+        plots.line_chart(
             plot,
             "cpu-heavy: mean per-instance limit over time (200 ms of CPU per call)",
             "seconds",

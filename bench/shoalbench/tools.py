@@ -1,18 +1,20 @@
 """The tools the runner needs, installed when missing: oha, the shoal binary, PostgreSQL (run
-as a throwaway server on a loopback port) and the pg npm package."""
+as a throwaway server on a loopback port), the pg npm package and matplotlib (the plots)."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from .common import BENCH, OHA_VERSION, ROOT, BenchError, log
+from .common import BENCH, MATPLOTLIB, OHA_VERSION, ROOT, BenchError, log
 
 def find_oha() -> str:
     for candidate in [shutil.which("oha"), str(Path.home() / ".cargo/bin/oha")]:
@@ -69,6 +71,37 @@ def ensure_pg_module() -> None:
     )
     if result.returncode != 0:
         raise BenchError("`npm install` of pg failed in bench/functions/db")
+
+
+def ensure_matplotlib() -> None:
+    """Installs matplotlib into the Python running the runner (or its tests) when missing."""
+    try:
+        import matplotlib  # noqa: F401
+        return
+    except ImportError:
+        pass
+    log(f"matplotlib (the plots) is not installed: python3 -m pip install --quiet '{MATPLOTLIB}'")
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", MATPLOTLIB]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0 and "externally-managed-environment" in result.stderr:
+        # A distribution's own python3 (PEP 668) refuses pip. The runner is root on a
+        # machine set up for it, and matplotlib's wheels do not replace Debian's packages.
+        log("this python3 is managed by the system (PEP 668): retrying with --break-system-packages")
+        result = subprocess.run(
+            [*cmd, "--break-system-packages"], capture_output=True, text=True, check=False
+        )
+    if result.returncode != 0:
+        raise BenchError(
+            f"`python3 -m pip install '{MATPLOTLIB}'` failed: {result.stderr.strip()[-500:]}; "
+            "install matplotlib for this python3 (or python3-pip first)"
+        )
+    # The import system caches directory listings; without this the fresh install can stay
+    # invisible to this process.
+    importlib.invalidate_caches()
+    try:
+        import matplotlib  # noqa: F401,F811
+    except ImportError as e:
+        raise BenchError(f"matplotlib was installed but {sys.executable} cannot import it: {e}") from e
 
 
 class Postgres:
