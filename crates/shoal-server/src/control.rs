@@ -1,344 +1,199 @@
 //! The control API (loopback by default, admin token required on every route): the
 //! Lambda Invoke API, admin routes (deploy, list, status, logs, delete) and `/metrics`.
+//!
+//! A request is parsed into an [`Action`] (firecracker's shape: parse, then act), the
+//! action runs against the core and yields a [`Reply`] or an error, and [`respond`] turns
+//! either into a response — the only place this API chooses status codes.
 
-use std::fmt::Write as _;
+mod respond;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
-use serde_json::json;
-use shoal_dispatch::{BoxFuture, Outcome};
+use hyper::{Method, Request, Response};
+use shoal_api::{headers, Deleted, DeployReply, FunctionList, LogPage, StatusReport};
+use shoal_core::{InvocationType, InvokeRequest, Invoked, Platform};
+use shoal_dispatch::BoxFuture;
 
+use crate::auth;
 use crate::http::{self, Body, BodyError, Handler};
-use crate::platform::Platform;
-use crate::respond;
 
 /// Lambda's synchronous invoke payload limit.
 const MAX_INVOKE_BODY: usize = 6 * 1024 * 1024;
 /// Largest code archive a deploy may upload.
 const MAX_ARCHIVE: usize = 64 * 1024 * 1024;
+/// Log records returned when the caller does not say how many.
+const DEFAULT_LOG_TAIL: usize = 100;
+
+/// What a control request asks the platform to do.
+#[derive(Debug)]
+enum Action {
+    Invoke(InvokeRequest),
+    Deploy(Bytes),
+    ListFunctions,
+    DeleteFunction(String),
+    Status { function: Option<String> },
+    Logs {
+        function: String,
+        since: Option<u64>,
+        tail: usize,
+    },
+    Metrics,
+}
+
+/// What an action produced.
+#[derive(Debug)]
+enum Reply {
+    Invoked {
+        request_id: String,
+        invoked: Invoked,
+    },
+    Deployed(DeployReply),
+    Functions(FunctionList),
+    Deleted(Deleted),
+    Status(StatusReport),
+    Logs(LogPage),
+    Metrics(String),
+}
+
+/// Why a request was refused before or while it ran.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("missing or wrong admin token")]
+    Unauthorized,
+    #[error("no route for {method} {path}")]
+    NoRoute { method: Method, path: String },
+    #[error("request body exceeds {limit} bytes")]
+    TooLarge { limit: usize, operation: &'static str },
+    #[error("request body could not be read")]
+    BrokenBody,
+    #[error(transparent)]
+    Platform(#[from] shoal_core::Error),
+}
 
 pub(crate) struct Control {
     platform: Arc<Platform>,
+    token: String,
 }
 
 impl Control {
-    pub(crate) fn new(platform: Arc<Platform>) -> Arc<Control> {
-        Arc::new(Control { platform })
+    pub(crate) fn new(platform: Arc<Platform>, token: String) -> Arc<Control> {
+        Arc::new(Control { platform, token })
     }
 
-    fn authorized(&self, req: &Request<Incoming>) -> bool {
-        let presented = req
+    async fn handle_request(&self, req: Request<Incoming>) -> Response<Body> {
+        let request_id = shoal_core::new_request_id();
+        let function = function_in_path(req.uri().path());
+        let result = match self.parse(req, &request_id).await {
+            Ok(action) => self.run(action).await.map_err(Failure::from),
+            Err(failure) => Err(failure),
+        };
+        match result {
+            Ok(reply) => respond::reply(reply),
+            Err(failure) => respond::failure(&failure, function.as_deref(), &request_id),
+        }
+    }
+
+    async fn parse(&self, req: Request<Incoming>, request_id: &str) -> Result<Action, Failure> {
+        let authorization = req
             .headers()
             .get(hyper::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        presented.is_some_and(|token| {
-            constant_time_eq(token.as_bytes(), self.platform.token().as_bytes())
+            .and_then(|v| v.to_str().ok());
+        if !auth::bearer_matches(authorization, &self.token) {
+            return Err(Failure::Unauthorized);
+        }
+        let path = req.uri().path().to_owned();
+        let query = req.uri().query().map(str::to_owned);
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let method = req.method().clone();
+        Ok(match (&method, segments.as_slice()) {
+            (&Method::POST, ["2015-03-31", "functions", name, "invocations"]) => {
+                let invocation_type = req
+                    .headers()
+                    .get(headers::INVOCATION_TYPE)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    .map_or(Ok(InvocationType::default()), |t| t.parse())?;
+                Action::Invoke(InvokeRequest {
+                    function: (*name).to_owned(),
+                    payload: body(req, MAX_INVOKE_BODY, "InvokeFunction").await?,
+                    invocation_type,
+                    request_id: request_id.to_owned(),
+                })
+            }
+            (&Method::POST, ["admin", "functions"]) => {
+                Action::Deploy(body(req, MAX_ARCHIVE, "Deploy").await?)
+            }
+            (&Method::GET, ["admin", "functions"]) => Action::ListFunctions,
+            (&Method::DELETE, ["admin", "functions", name]) => {
+                Action::DeleteFunction((*name).to_owned())
+            }
+            (&Method::GET, ["admin", "status"]) => Action::Status {
+                function: query_param(query.as_deref(), "function"),
+            },
+            (&Method::GET, ["admin", "functions", name, "logs"]) => Action::Logs {
+                function: (*name).to_owned(),
+                since: query_param(query.as_deref(), "since").and_then(|s| s.parse().ok()),
+                tail: query_param(query.as_deref(), "tail")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(DEFAULT_LOG_TAIL),
+            },
+            (&Method::GET, ["metrics"]) => Action::Metrics,
+            _ => return Err(Failure::NoRoute { method, path }),
         })
     }
 
-    async fn route(&self, req: Request<Incoming>) -> Response<Body> {
-        if !self.authorized(&req) {
-            return respond::aws_error(
-                StatusCode::UNAUTHORIZED,
-                "UnauthorizedException",
-                "missing or wrong admin token (send Authorization: Bearer <token from the data directory's admin-token file>)",
-            );
-        }
-        let path = req.uri().path().to_owned();
-        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-        let method = req.method().clone();
-        match (&method, segments.as_slice()) {
-            (&Method::POST, ["2015-03-31", "functions", name, "invocations"]) => {
-                let name = (*name).to_owned();
-                self.invoke(req, &name).await
-            }
-            (&Method::POST, ["admin", "functions"]) => self.deploy(req).await,
-            (&Method::GET, ["admin", "functions"]) => match self.platform.functions() {
-                Ok(functions) => http::json(StatusCode::OK, &json!({ "functions": functions })),
-                Err(e) => respond::deploy_error(&e),
-            },
-            (&Method::DELETE, ["admin", "functions", name]) => match self.platform.remove(name) {
-                Ok(true) => http::json(StatusCode::OK, &json!({ "deleted": name })),
-                Ok(false) => not_found(name),
-                Err(e) => respond::deploy_error(&e),
-            },
-            (&Method::GET, ["admin", "status"]) => {
-                let function = query_param(req.uri().query(), "function");
-                if let Some(name) = &function {
-                    if !self.platform.exists(name) {
-                        return not_found(name);
-                    }
-                }
-                let pools = self.platform.status(function.as_deref());
-                let host = self.platform.budget();
-                let memory_limits = self.platform.memory_limits();
-                http::json(
-                    StatusCode::OK,
-                    &json!({ "pools": pools, "host": host, "memory_limits": memory_limits }),
-                )
-            }
-            (&Method::GET, ["admin", "functions", name, "logs"]) => {
-                let query = req.uri().query();
-                let since = query_param(query, "since").and_then(|s| s.parse().ok());
-                let tail = query_param(query, "tail")
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(100);
-                match self.platform.logs.read(name, since, tail) {
-                    Ok((records, next)) => {
-                        http::json(StatusCode::OK, &json!({ "records": records, "next": next }))
-                    }
-                    Err(e) => respond::aws_error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "ServiceException",
-                        &e.to_string(),
-                    ),
+    async fn run(&self, action: Action) -> shoal_core::Result<Reply> {
+        Ok(match action {
+            Action::Invoke(request) => {
+                let request_id = request.request_id.clone();
+                let invoked = self.platform.invoke(request).await?;
+                Reply::Invoked {
+                    request_id,
+                    invoked,
                 }
             }
-            (&Method::GET, ["metrics"]) => {
-                http::response(StatusCode::OK, "text/plain; version=0.0.4", self.metrics())
+            Action::Deploy(archive) => Reply::Deployed(DeployReply {
+                functions: self.platform.deploy(archive).await?,
+            }),
+            Action::ListFunctions => Reply::Functions(FunctionList {
+                functions: self.platform.functions()?,
+            }),
+            Action::DeleteFunction(name) => {
+                self.platform.remove(&name).await?;
+                Reply::Deleted(Deleted { deleted: name })
             }
-            _ => respond::aws_error(
-                StatusCode::NOT_FOUND,
-                "UnknownOperationException",
-                &format!("no route for {method} {path}"),
-            ),
-        }
-    }
-
-    async fn invoke(&self, req: Request<Incoming>, function: &str) -> Response<Body> {
-        let invocation_type = req
-            .headers()
-            .get("x-amz-invocation-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("RequestResponse")
-            .to_owned();
-        let body = match http::read_body(req.into_body(), MAX_INVOKE_BODY).await {
-            Ok(body) => body,
-            Err(BodyError::TooLarge(limit)) => {
-                return respond::aws_error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "RequestTooLargeException",
-                    &format!(
-                    "Request must be smaller than {limit} bytes for the InvokeFunction operation"
-                ),
-                )
+            Action::Status { function } => {
+                Reply::Status(self.platform.status(function.as_deref())?)
             }
-            Err(BodyError::Broken) => {
-                return respond::aws_error(
-                    StatusCode::BAD_REQUEST,
-                    "InvalidRequestContentException",
-                    "request body could not be read",
-                )
-            }
-        };
-        let payload = if body.is_empty() {
-            Bytes::from_static(b"{}")
-        } else {
-            body
-        };
-        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&payload) {
-            return respond::aws_error(
-                StatusCode::BAD_REQUEST,
-                "InvalidRequestContentException",
-                &format!("Could not parse request body into json: {e}"),
-            );
-        }
-        if !self.platform.exists(function) {
-            return not_found(function);
-        }
-        let request_id = uuid::Uuid::new_v4().to_string();
-        match invocation_type.as_str() {
-            "DryRun" => {
-                return http::response(StatusCode::NO_CONTENT, "application/json", Bytes::new())
-            }
-            "Event" => {
-                let platform = self.platform.clone();
-                let function = function.to_owned();
-                let id = request_id.clone();
-                tokio::spawn(async move {
-                    let _ = platform.invoke(&function, id, payload).await;
-                });
-                let mut response =
-                    http::response(StatusCode::ACCEPTED, "application/json", Bytes::new());
-                insert_header(&mut response, "x-amzn-requestid", &request_id);
-                return response;
-            }
-            "RequestResponse" => {}
-            other => {
-                return respond::aws_error(
-                    StatusCode::BAD_REQUEST,
-                    "InvalidParameterValueException",
-                    &format!(
-                    "X-Amz-Invocation-Type must be RequestResponse, Event or DryRun, not {other:?}"
-                ),
-                )
-            }
-        }
-        let mut response = match self
-            .platform
-            .invoke(function, request_id.clone(), payload)
-            .await
-        {
-            Ok(Outcome::Success(result)) => {
-                http::response(StatusCode::OK, "application/json", result)
-            }
-            Ok(Outcome::FunctionError { body, .. }) => {
-                let mut response = http::response(StatusCode::OK, "application/json", body);
-                insert_header(&mut response, "x-amz-function-error", "Unhandled");
-                response
-            }
-            Err(error) => respond::invoke_error(function, &request_id, &error),
-        };
-        insert_header(&mut response, "x-amzn-requestid", &request_id);
-        if let Some(version) = self.platform.dispatcher.active_version(function) {
-            insert_header(
-                &mut response,
-                "x-amz-executed-version",
-                &version.to_string(),
-            );
-        }
-        response
-    }
-
-    async fn deploy(&self, req: Request<Incoming>) -> Response<Body> {
-        let archive = match http::read_body(req.into_body(), MAX_ARCHIVE).await {
-            Ok(body) => body,
-            Err(e) => {
-                return respond::aws_error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "RequestTooLargeException",
-                    &e.to_string(),
-                )
-            }
-        };
-        let platform = self.platform.clone();
-        let deployed = tokio::task::spawn_blocking(move || platform.deploy(&archive)).await;
-        match deployed {
-            Ok(Ok(functions)) => {
-                http::json(StatusCode::CREATED, &json!({ "functions": functions }))
-            }
-            Ok(Err(e)) => respond::deploy_error(&e),
-            Err(e) => respond::aws_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "ServiceException",
-                &e.to_string(),
-            ),
-        }
-    }
-
-    fn metrics(&self) -> String {
-        let mut out = String::new();
-        let pools = self.platform.status(None);
-        let _ = writeln!(out, "# HELP shoal_instances Instances per function version and state.\n# TYPE shoal_instances gauge");
-        for pool in &pools {
-            for state in ["starting", "ready", "draining", "stopping"] {
-                let n = pool
-                    .instances
-                    .iter()
-                    .filter(|i| state_name(i.status.state) == state)
-                    .count();
-                let _ = writeln!(
-                    out,
-                    "shoal_instances{{function=\"{}\",version=\"{}\",state=\"{state}\"}} {n}",
-                    pool.pool.function, pool.pool.version
-                );
-            }
-        }
-        let gauges: [Gauge; 4] = [
-            (
-                "shoal_instance_in_flight",
-                "Invocations running in an instance.",
-                |i| i.status.in_flight as u64,
-            ),
-            (
-                "shoal_instance_limit",
-                "An instance's in-flight limit.",
-                |i| i.status.limit as u64,
-            ),
-            (
-                "shoal_instance_pss_bytes",
-                "Proportional set size of an instance process.",
-                |i| i.resources.map_or(0, |r| r.pss_kib * 1024),
-            ),
-            (
-                "shoal_instance_cpu_seconds_total",
-                "CPU time of an instance process.",
-                |i| i.resources.map_or(0, |r| r.cpu_ms / 1000),
-            ),
-        ];
-        for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-            for pool in &pools {
-                for instance in &pool.instances {
-                    let _ = writeln!(
-                        out,
-                        "{name}{{function=\"{}\",instance=\"{}\"}} {}",
-                        pool.pool.function,
-                        instance.status.id,
-                        value(instance)
-                    );
-                }
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP shoal_queued Invocations waiting for a slot.\n# TYPE shoal_queued gauge"
-        );
-        for pool in &pools {
-            let _ = writeln!(
-                out,
-                "shoal_queued{{function=\"{}\",version=\"{}\"}} {}",
-                pool.pool.function, pool.pool.version, pool.pool.queued
-            );
-        }
-        let host = self.platform.budget();
-        let _ = writeln!(
-            out,
-            "# HELP shoal_host_instances Instances on this host, all functions.\n# TYPE shoal_host_instances gauge\n\
-             shoal_host_instances {}\n\
-             # HELP shoal_host_max_instances The host-wide instance budget.\n# TYPE shoal_host_max_instances gauge\n\
-             shoal_host_max_instances {}\n\
-             # HELP shoal_host_memory_limit_bytes Sum of the memory limits of the instances on this host.\n# TYPE shoal_host_memory_limit_bytes gauge\n\
-             shoal_host_memory_limit_bytes {}",
-            host.instances,
-            host.max_instances,
-            host.memory_kib * 1024
-        );
-        out
+            Action::Logs {
+                function,
+                since,
+                tail,
+            } => Reply::Logs(self.platform.logs(&function, since, tail).await?),
+            Action::Metrics => Reply::Metrics(self.platform.metrics()),
+        })
     }
 }
 
-/// A per-instance metric: name, help text, and how to read it from a report.
-type Gauge = (
-    &'static str,
-    &'static str,
-    fn(&crate::platform::InstanceReport) -> u64,
-);
-
-fn state_name(state: shoal_dispatch::InstanceState) -> &'static str {
-    match state {
-        shoal_dispatch::InstanceState::Starting => "starting",
-        shoal_dispatch::InstanceState::Ready => "ready",
-        shoal_dispatch::InstanceState::Draining => "draining",
-        shoal_dispatch::InstanceState::Stopping => "stopping",
-    }
+async fn body(req: Request<Incoming>, limit: usize, operation: &'static str) -> Result<Bytes, Failure> {
+    http::read_body(req.into_body(), limit)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge(limit) => Failure::TooLarge { limit, operation },
+            BodyError::Broken => Failure::BrokenBody,
+        })
 }
 
-fn not_found(function: &str) -> Response<Body> {
-    respond::aws_error(
-        StatusCode::NOT_FOUND,
-        "ResourceNotFoundException",
-        &format!("Function not found: arn:aws:lambda:local:000000000000:function:{function}"),
-    )
-}
-
-fn insert_header(response: &mut Response<Body>, name: &'static str, value: &str) {
-    if let Ok(value) = value.parse() {
-        response.headers_mut().insert(name, value);
+/// The function a path names, for error messages (`ResourceNotFoundException`).
+fn function_in_path(path: &str) -> Option<String> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["2015-03-31", "functions", name, ..] | ["admin", "functions", name, ..] => {
+            Some((*name).to_owned())
+        }
+        _ => None,
     }
 }
 
@@ -349,17 +204,12 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     })
 }
 
-/// Compare tokens without leaking, through timing, how much of a guess was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 impl Handler for Control {
     fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         _remote: SocketAddr,
     ) -> BoxFuture<Response<Body>> {
-        Box::pin(async move { self.route(req).await })
+        Box::pin(async move { self.handle_request(req).await })
     }
 }

@@ -1,21 +1,22 @@
-//! The public gateway: function routes only. A request becomes an API Gateway payload
-//! 2.0 event, runs through the dispatcher, and the proxy result becomes the response.
+//! The public gateway: function routes only. It reads a request into plain parts, asks
+//! the core to run the routed function with an API Gateway payload 2.0 event, and hands
+//! the result (or error) to [`respond`], the only place its status codes are chosen.
+
+mod respond;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
-use shoal_dispatch::{BoxFuture, Outcome};
+use hyper::{Request, Response};
+use shoal_core::Platform;
+use shoal_dispatch::BoxFuture;
 
-use crate::http::{self, Body, BodyError, Handler};
-use crate::logs::now_ms;
-use crate::platform::Platform;
-use crate::respond;
+use crate::http::{self, Body, Handler};
 
 /// API Gateway's payload limit for HTTP APIs.
-pub(crate) const MAX_REQUEST_BODY: usize = 6 * 1024 * 1024;
+const MAX_REQUEST_BODY: usize = 6 * 1024 * 1024;
 
 pub(crate) struct Gateway {
     platform: Arc<Platform>,
@@ -28,23 +29,15 @@ impl Gateway {
 
     async fn handle_request(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
         let (parts, body) = req.into_parts();
-        let Some((function, route)) = self
+        let Some(target) = self
             .platform
-            .lookup_route(parts.method.as_str(), parts.uri.path())
+            .route(parts.method.as_str(), parts.uri.path())
         else {
-            return respond::gateway_message(StatusCode::NOT_FOUND, "Not Found");
+            return respond::no_route();
         };
         let body = match http::read_body(body, MAX_REQUEST_BODY).await {
             Ok(body) => body,
-            Err(BodyError::TooLarge(_)) => {
-                return respond::gateway_message(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "Request Entity Too Large",
-                )
-            }
-            Err(BodyError::Broken) => {
-                return respond::gateway_message(StatusCode::BAD_REQUEST, "Bad Request")
-            }
+            Err(e) => return respond::unreadable_body(&e),
         };
         let headers: Vec<(String, Vec<u8>)> = parts
             .headers
@@ -55,65 +48,28 @@ impl Gateway {
             .headers
             .get("host")
             .and_then(|h| h.to_str().ok())
-            .unwrap_or("localhost")
-            .to_owned();
-        let request_id = uuid::Uuid::new_v4().to_string();
+            .unwrap_or("localhost");
+        let request_id = shoal_core::new_request_id();
         let source_ip = remote.ip().to_string();
-        let event = shoal_events::build_v2_event(
-            &shoal_events::HttpRequest {
-                method: parts.method.as_str(),
-                path: parts.uri.path(),
-                query: parts.uri.query(),
-                headers: &headers,
-                body: &body,
-                source_ip: &source_ip,
-                request_id: &request_id,
-                time_epoch_ms: now_ms(),
-            },
-            &route,
-            "shoal",
-            &host,
-        );
-        let mut response = match self
-            .platform
-            .invoke(&function, request_id.clone(), Bytes::from(event))
-            .await
-        {
-            Ok(Outcome::Success(result)) => match shoal_events::try_map_v2_response(&result) {
-                Ok(mapped) => to_hyper(mapped),
-                Err(e) => {
-                    self.platform.logs.system(
-                        &function,
-                        "-",
-                        &request_id,
-                        format!("malformed proxy result: {e}"),
-                    );
-                    respond::gateway_function_error()
-                }
-            },
-            Ok(Outcome::FunctionError { .. }) => respond::gateway_function_error(),
-            Err(error) => respond::gateway_error(&error),
+        let request = shoal_events::HttpRequest {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &headers,
+            body: &body,
+            source_ip: &source_ip,
+            request_id: &request_id,
+            time_epoch_ms: epoch_ms(),
         };
-        if let Ok(value) = request_id.parse() {
-            response.headers_mut().insert("apigw-requestid", value);
-        }
-        response
+        let result = self.platform.invoke_http(&target, &request, host).await;
+        respond::invoked(result, &request_id)
     }
 }
 
-fn to_hyper(mapped: shoal_events::HttpResponse) -> Response<Body> {
-    let mut response = Response::new(http_body_util::Full::new(Bytes::from(mapped.body)));
-    *response.status_mut() = StatusCode::from_u16(mapped.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let headers = response.headers_mut();
-    for (name, value) in mapped.headers {
-        if let (Ok(name), Ok(value)) = (
-            hyper::header::HeaderName::from_bytes(name.as_bytes()),
-            hyper::header::HeaderValue::from_str(&value),
-        ) {
-            headers.append(name, value);
-        }
-    }
-    response
+fn epoch_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Handler for Gateway {

@@ -1,18 +1,18 @@
-//! Wiring of the platform: the public gateway, the control API (admin routes, the Lambda
-//! Invoke API, metrics), deploys (archive in, versions out), function logs, startup and
+//! The transports in front of the platform core: the public gateway (function routes)
+//! and the control API (admin routes, the Lambda Invoke API, metrics), plus startup and
 //! graceful shutdown.
 //!
-//! It composes the library crates through their public APIs and must not know how
-//! processes are spawned (that is `shoal-runtime`) or how state is laid out in SQL (that
-//! is `shoal-store`). Every error becomes an HTTP status in one place: [`respond`].
+//! Each transport only translates: it parses a request into a typed call of
+//! [`shoal_core::Platform`] and maps the typed result or error back to a response, in one
+//! `respond` module per transport (the only places that choose status codes). It must not
+//! hold platform logic, scaling policy, SQL or process spawning.
+#![forbid(unsafe_code)]
+#![warn(unused_crate_dependencies)]
 
-mod archive;
+mod auth;
 mod control;
 mod gateway;
 mod http;
-mod logs;
-mod platform;
-mod respond;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,9 +23,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use archive::pack_dir;
-pub use logs::LogRecord;
-pub use platform::Platform;
+pub use shoal_core::{pack_dir, Platform};
 
 /// At shutdown, after the drain, how long open connections get to write their last
 /// answers before the daemon stops waiting for them.
@@ -109,7 +107,19 @@ pub struct Running {
 
 /// Start the platform: open the store, restore deployed functions, bind both listeners.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    let platform = Platform::open(&config).context("opening the data directory")?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let token = auth::admin_token(&config.data_dir).context("reading the admin token")?;
+    let platform = Platform::open(&shoal_core::Config {
+        data_dir: config.data_dir.clone(),
+        node: config.node.clone(),
+        start_timeout: config.start_timeout,
+        shutdown_grace: config.shutdown_grace,
+        host_budget: config.host_budget,
+        max_queue: config.max_queue,
+    })
+    .map_err(|e| anyhow::anyhow!(shoal_core::chain(&e)))
+    .context("opening the data directory")?;
     let gateway = TcpListener::bind(config.gateway_addr)
         .await
         .with_context(|| format!("binding the gateway to {}", config.gateway_addr))?;
@@ -119,7 +129,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let gateway_addr = gateway.local_addr()?;
     let control_addr = control.local_addr()?;
     platform.set_public_base(format!("http://{gateway_addr}"));
-    platform.restore().context("restoring deployed functions")?;
     std::fs::write(
         config.data_dir.join("control-addr"),
         control_addr.to_string(),
@@ -156,13 +165,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tokio::spawn(http::serve(
             control,
             stopped,
-            control::Control::new(platform.clone()),
+            control::Control::new(platform.clone(), token.clone()),
         )),
     ];
     Ok(Running {
         gateway_addr,
         control_addr,
-        token: platform.token().to_owned(),
+        token,
         platform,
         stop,
         tasks,

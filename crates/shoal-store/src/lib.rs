@@ -5,6 +5,7 @@
 //! This crate must not know about HTTP or processes: callers hand it specs and bytes and
 //! get records back. Every method is a short, blocking call on one connection behind a
 //! mutex, cheap enough to make from async code without a blocking pool.
+#![warn(unused_crate_dependencies)]
 
 #![forbid(unsafe_code)]
 
@@ -159,6 +160,34 @@ impl Store {
             )
             .optional()?;
         Ok(bytes)
+    }
+
+    /// Remembers the digest of `digest`'s unpacked file tree (see the core's code
+    /// directories), so a directory on disk can be checked before it is reused.
+    pub fn set_tree_digest(&self, digest: &str, tree_digest: &str) -> Result<()> {
+        let changed = self.conn().execute(
+            "UPDATE blobs SET tree_digest = ?2 WHERE digest = ?1",
+            params![digest, tree_digest],
+        )?;
+        if changed == 0 {
+            return Err(Error::UnknownBlob {
+                digest: digest.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The digest recorded by [`Store::set_tree_digest`], if any.
+    pub fn tree_digest(&self, digest: &str) -> Result<Option<String>> {
+        let tree = self
+            .conn()
+            .query_row(
+                "SELECT tree_digest FROM blobs WHERE digest = ?1",
+                [digest],
+                |row| row.get::<_, Option<String>>(0),
+            )
+            .optional()?;
+        Ok(tree.flatten())
     }
 
     /// Records a new version of `spec.name` running the code in blob `code_digest` and makes

@@ -44,6 +44,11 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         FOREIGN KEY (function, version) REFERENCES versions(function, version) ON DELETE CASCADE
     ) STRICT;
     ",
+    // 2: the digest of each blob's unpacked tree, checked before an unpacked code
+    // directory is reused (a tampered directory is unpacked afresh).
+    "
+    ALTER TABLE blobs ADD COLUMN tree_digest TEXT;
+    ",
 ];
 
 /// Applies every step the database has not seen yet, each in its own transaction together

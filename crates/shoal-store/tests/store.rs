@@ -118,6 +118,19 @@ fn blobs_are_content_addressed() {
 }
 
 #[test]
+fn tree_digests_are_kept_per_blob() {
+    let store = Store::open_in_memory().unwrap();
+    let a = store.put_blob(b"one").unwrap();
+    assert_eq!(store.tree_digest(&a).unwrap(), None);
+    store.set_tree_digest(&a, "tree-of-one").unwrap();
+    assert_eq!(store.tree_digest(&a).unwrap().as_deref(), Some("tree-of-one"));
+    assert!(matches!(
+        store.set_tree_digest(&"0".repeat(64), "x"),
+        Err(shoal_store::Error::UnknownBlob { .. })
+    ));
+}
+
+#[test]
 fn create_version_with_unknown_blob_fails_and_changes_nothing() {
     let store = Store::open_in_memory().unwrap();
     let missing = "f".repeat(64);

@@ -1,4 +1,5 @@
-//! A small client of the control API: finds the daemon through the data directory.
+//! A small client of the control API: finds the daemon through the data directory and
+//! reads its answers as the typed `shoal-api` types.
 
 use std::path::Path;
 
@@ -8,6 +9,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+use shoal_api::ErrorBody;
 
 pub struct Client {
     base: String,
@@ -22,20 +25,28 @@ pub struct Reply {
 }
 
 impl Reply {
-    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
-        serde_json::from_slice(&self.body).context("the daemon answered with invalid JSON")
+    /// Fail with the daemon's error message unless the request succeeded.
+    pub fn ok(self) -> anyhow::Result<Reply> {
+        if self.status.is_success() {
+            return Ok(self);
+        }
+        match serde_json::from_slice::<ErrorBody>(&self.body) {
+            Ok(error) => bail!("{} ({}, {})", error.message, error.error_type, self.status),
+            Err(_) => bail!("{} ({})", String::from_utf8_lossy(&self.body), self.status),
+        }
     }
 
-    /// The body as JSON, or the daemon's error message as an error.
-    pub fn ok_json(&self) -> anyhow::Result<serde_json::Value> {
-        if !self.status.is_success() {
-            let message = serde_json::from_slice::<serde_json::Value>(&self.body)
-                .ok()
-                .and_then(|v| v["message"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| String::from_utf8_lossy(&self.body).into_owned());
-            bail!("{} ({})", message, self.status);
-        }
-        self.json()
+    /// The body as `T`, or the daemon's error message as an error.
+    pub fn parse<T: DeserializeOwned>(self) -> anyhow::Result<T> {
+        let reply = self.ok()?;
+        serde_json::from_slice(&reply.body).context("the daemon's answer did not match this shoal's API (is it the same version?)")
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("?")
     }
 }
 
@@ -100,7 +111,10 @@ impl Client {
         })
     }
 
-    pub async fn get(&self, path: &str) -> anyhow::Result<Reply> {
-        self.request(Method::GET, path, &[], Bytes::new()).await
+    /// GET `path` and read the answer as `T`.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.request(Method::GET, path, &[], Bytes::new())
+            .await?
+            .parse()
     }
 }

@@ -1,6 +1,8 @@
 //! The `shoal` command: a thin CLI over the platform. `serve` and `demo` run it in this
 //! process; the other subcommands talk to a running daemon's control API, finding its
 //! address and admin token in the data directory. One file per subcommand.
+#![forbid(unsafe_code)]
+#![warn(unused_crate_dependencies)]
 
 mod client;
 mod commands;
@@ -48,7 +50,12 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // RUST_LOG picks what is printed (e.g. `RUST_LOG=shoal_core=debug,info`); by default
+    // the daemon says what it deploys, starts, stops and decides, and every error.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();

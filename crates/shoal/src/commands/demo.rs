@@ -88,8 +88,11 @@ async fn deploy(
     std::fs::write(dir.join("index.js"), HELLO_JS)?;
     std::fs::write(dir.join("shoal.toml"), manifest)?;
     let archive = shoal_server::pack_dir(&dir)?;
-    let platform = running.platform.clone();
-    let deployed = tokio::task::spawn_blocking(move || platform.deploy(&archive)).await??;
+    let deployed = running
+        .platform
+        .deploy(Bytes::from(archive))
+        .await
+        .map_err(|e| anyhow::anyhow!(shoal_core::chain(&e)))?;
     deployed
         .first()
         .map(|d| d.version)
@@ -117,14 +120,17 @@ async fn burst(
         tokio::spawn(async move {
             let (mut peak_pss, mut peak_rss) = (0u64, 0u64);
             while sampling.load(Ordering::Relaxed) {
-                let pools = platform.status(Some(&function));
+                let pools = platform
+                    .status(Some(&function))
+                    .map(|s| s.pools)
+                    .unwrap_or_default();
                 let instances = pools
                     .iter()
-                    .filter(|p| p.pool.version == version)
+                    .filter(|p| p.version == version)
                     .flat_map(|p| p.instances.iter());
-                let (pss, rss) = instances
-                    .filter_map(|i| i.resources)
-                    .fold((0, 0), |(p, r), s| (p + s.pss_kib, r + s.rss_kib));
+                let (pss, rss) = instances.fold((0, 0), |(p, r), i| {
+                    (p + i.pss_kib.unwrap_or(0), r + i.rss_kib.unwrap_or(0))
+                });
                 peak_pss = peak_pss.max(pss);
                 peak_rss = peak_rss.max(rss);
                 tokio::time::sleep(Duration::from_millis(25)).await;

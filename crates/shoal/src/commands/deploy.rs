@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use hyper::Method;
+use shoal_api::DeployReply;
 
 use crate::client::Client;
 
@@ -33,15 +34,11 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
             Bytes::from(archive),
         )
         .await?;
-    let body = reply.ok_json()?;
-    for function in body["functions"].as_array().into_iter().flatten() {
-        println!(
-            "deployed {} version {}",
-            function["name"].as_str().unwrap_or("?"),
-            function["version"]
-        );
-        for url in function["urls"].as_array().into_iter().flatten() {
-            println!("  {}", url.as_str().unwrap_or_default());
+    let reply: DeployReply = reply.parse()?;
+    for function in reply.functions {
+        println!("deployed {} version {}", function.name, function.version);
+        for url in function.urls {
+            println!("  {url}");
         }
     }
     Ok(ExitCode::SUCCESS)

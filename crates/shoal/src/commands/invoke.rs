@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use bytes::Bytes;
 use hyper::Method;
+use shoal_api::headers;
 
 use crate::client::Client;
 
@@ -24,30 +25,20 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
         .request(
             Method::POST,
             &path,
-            &[("x-amz-invocation-type", &args.invocation_type)],
+            &[(headers::INVOCATION_TYPE, &args.invocation_type)],
             Bytes::from(args.data),
         )
-        .await?;
-    if !reply.status.is_success() {
-        reply.ok_json()?;
-    }
-    if let Some(kind) = reply.headers.get("x-amz-function-error") {
-        eprintln!("function error ({}):", kind.to_str().unwrap_or("?"));
+        .await?
+        .ok()?;
+    if reply.headers.contains_key(headers::FUNCTION_ERROR) {
+        eprintln!("function error ({}):", reply.header(headers::FUNCTION_ERROR));
         eprintln!("{}", String::from_utf8_lossy(&reply.body));
         return Ok(ExitCode::FAILURE);
     }
     match reply.status.as_u16() {
-        202 => println!("queued (request id {})", header(&reply, "x-amzn-requestid")),
+        202 => println!("queued (request id {})", reply.header(headers::REQUEST_ID)),
         204 => println!("dry run ok"),
         _ => println!("{}", String::from_utf8_lossy(&reply.body)),
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn header<'a>(reply: &'a crate::client::Reply, name: &str) -> &'a str {
-    reply
-        .headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("?")
 }

@@ -3,6 +3,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use shoal_api::LogPage;
+
 use crate::client::Client;
 
 #[derive(clap::Args)]
@@ -19,25 +21,22 @@ pub struct Args {
 pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
     let mut path = format!("/admin/functions/{}/logs?tail={}", args.name, args.tail);
     loop {
-        let body = client.get(&path).await?.ok_json()?;
-        for record in body["records"].as_array().into_iter().flatten() {
-            let ts = record["ts"].as_u64().unwrap_or(0);
+        let page: LogPage = client.get(&path).await?;
+        for record in &page.records {
             println!(
                 "{}.{:03} {} {} {:<5} {}",
-                ts / 1000,
-                ts % 1000,
-                record["instance"].as_str().unwrap_or("-"),
-                record["request_id"].as_str().unwrap_or("-"),
-                record["level"]
-                    .as_str()
-                    .unwrap_or(record["stream"].as_str().unwrap_or("")),
-                record["message"].as_str().unwrap_or("")
+                record.ts / 1000,
+                record.ts % 1000,
+                record.instance,
+                record.request_id.as_deref().unwrap_or("-"),
+                record.level.as_deref().unwrap_or(&record.stream),
+                record.message
             );
         }
         if !args.follow {
             return Ok(ExitCode::SUCCESS);
         }
-        path = format!("/admin/functions/{}/logs?since={}", args.name, body["next"]);
+        path = format!("/admin/functions/{}/logs?since={}", args.name, page.next);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

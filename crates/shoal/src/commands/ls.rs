@@ -2,29 +2,30 @@
 
 use std::process::ExitCode;
 
+use shoal_api::{Concurrency, FunctionList};
+
 use crate::client::Client;
 
 pub async fn run(client: &Client) -> anyhow::Result<ExitCode> {
-    let body = client.get("/admin/functions").await?.ok_json()?;
+    let list: FunctionList = client.get("/admin/functions").await?;
     println!(
         "{:<20} {:>7} {:<9} {:<11} {:>9}  ROUTES",
         "NAME", "VERSION", "RUNTIME", "CONCURRENCY", "INSTANCES"
     );
-    for f in body["functions"].as_array().into_iter().flatten() {
-        let routes: Vec<&str> = f["routes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|r| r.as_str())
-            .collect();
+    for f in list.functions {
+        let runtime = format!("{:?}", f.runtime).to_lowercase();
+        let concurrency = match f.concurrency {
+            Concurrency::Auto => "auto".to_owned(),
+            Concurrency::Fixed(n) => n.to_string(),
+        };
         println!(
             "{:<20} {:>7} {:<9} {:<11} {:>9}  {}",
-            f["name"].as_str().unwrap_or("?"),
-            f["version"].to_string(),
-            f["runtime"].as_str().unwrap_or("?"),
-            f["concurrency"].to_string().trim_matches('"'),
-            f["instances"].to_string(),
-            routes.join(", ")
+            f.name,
+            f.version,
+            runtime,
+            concurrency,
+            f.instances,
+            f.routes.join(", ")
         );
     }
     Ok(ExitCode::SUCCESS)

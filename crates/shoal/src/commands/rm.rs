@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use bytes::Bytes;
 use hyper::Method;
+use shoal_api::Deleted;
 
 use crate::client::Client;
 
@@ -21,7 +22,7 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
             Bytes::new(),
         )
         .await?
-        .ok_json()?;
+        .parse::<Deleted>()?;
     println!("deleted {}", args.name);
     Ok(ExitCode::SUCCESS)
 }

@@ -1,14 +1,19 @@
-//! `shoal status [NAME]`: pools, queues and instances with their resources.
+//! `shoal status [NAME] [--decisions]`: pools, queues and instances with their resources,
+//! and why each pool scaled.
 
 use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::Value;
+use shoal_api::{PoolReport, StatusReport};
 
 use crate::client::Client;
 
 #[derive(clap::Args)]
 pub struct Args {
     name: Option<String>,
+    /// Show each pool's recent scaling decisions (up to the last 50), oldest first.
+    #[arg(long)]
+    decisions: bool,
 }
 
 pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
@@ -16,63 +21,68 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
         Some(name) => format!("/admin/status?function={name}"),
         None => "/admin/status".to_owned(),
     };
-    let body = client.get(&path).await?.ok_json()?;
-    let host = &body["host"];
+    let status: StatusReport = client.get(&path).await?;
+    let host = status.host;
     println!(
         "host: {} of {} instances, {} of {} MiB of instance memory limits",
-        host["instances"],
-        host["max_instances"],
-        host["memory_kib"].as_u64().unwrap_or(0) / 1024,
-        host["max_memory_kib"]
-            .as_u64()
-            .map_or("?".to_owned(), |k| (k / 1024).to_string()),
+        host.instances,
+        host.max_instances,
+        host.memory_kib / 1024,
+        if host.max_memory_kib == u64::MAX {
+            "unbounded".to_owned()
+        } else {
+            (host.max_memory_kib / 1024).to_string()
+        },
     );
-    if let Some(limits) = body["memory_limits"].as_str() {
-        println!("memory limits: {limits}");
-    }
-    let pools = body["pools"].as_array().cloned().unwrap_or_default();
-    if pools.is_empty() {
+    println!("memory limits: {}", status.memory_limits);
+    if status.pools.is_empty() {
         println!("no functions deployed");
     }
-    for pool in pools {
-        print_pool(&pool);
+    for pool in &status.pools {
+        print_pool(pool, args.decisions);
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_pool(pool: &Value) {
-    let retired = if pool["retired"].as_bool() == Some(true) {
+fn print_pool(pool: &PoolReport, decisions: bool) {
+    let retired = if pool.retired {
         " (retired, draining)"
     } else {
         ""
     };
-    let limit = if pool["auto"].as_bool() == Some(true) {
-        format!("auto (new instances start at {})", pool["learned_limit"])
+    let limit = if pool.auto {
+        format!("auto (new instances start at {})", pool.learned_limit)
     } else {
-        pool["limit"].to_string()
+        pool.limit.to_string()
     };
     println!(
         "{} v{}{}: {} instance(s), desired {}, max {}; {} queued; limit {}",
-        pool["function"].as_str().unwrap_or("?"),
-        pool["version"],
+        pool.function,
+        pool.version,
         retired,
-        pool["instances"].as_array().map_or(0, Vec::len),
-        pool["desired"],
-        pool["max_instances"],
-        pool["queued"],
+        pool.instances.len(),
+        pool.desired,
+        pool.max_instances,
+        pool.queued,
         limit,
     );
     println!(
         "  demand (in flight + queued): {:.1} over 6 s, {:.1} over 60 s",
-        pool["demand_panic"].as_f64().unwrap_or(0.0),
-        pool["demand_stable"].as_f64().unwrap_or(0.0),
+        pool.demand_panic, pool.demand_stable,
     );
-    println!(
-        "  last decision: {}",
-        pool["last_decision"].as_str().unwrap_or("")
-    );
-    let instances = pool["instances"].as_array().cloned().unwrap_or_default();
-    if instances.is_empty() {
+    if decisions {
+        println!("  decisions ({}, oldest first):", pool.decisions.len());
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        for d in &pool.decisions {
+            let ago = now.saturating_sub(d.at_ms) as f64 / 1000.0;
+            println!("    {ago:>8.1}s ago  {:<16} {}", d.kind, d.message);
+        }
+    } else {
+        println!("  last decision: {}", pool.last_decision());
+    }
+    if pool.instances.is_empty() {
         return;
     }
     println!(
@@ -88,26 +98,24 @@ fn print_pool(pool: &Value) {
         "UPTIME",
         "CALLS"
     );
-    for i in instances {
+    for i in &pool.instances {
         println!(
             "  {:<22} {:>8} {:<9} {:>9} {:>6} {:>9} {:>9} {:>8} {:>8} {:>7}",
-            i["id"].as_str().unwrap_or("?"),
-            i["pid"].to_string(),
-            i["state"].as_str().unwrap_or("?"),
-            i["in_flight"].to_string(),
-            i["limit"].to_string(),
-            mib(&i["rss_kib"]),
-            mib(&i["pss_kib"]),
-            i["cpu_busy"]
-                .as_f64()
+            i.id,
+            i.pid.map_or("-".to_owned(), |p| p.to_string()),
+            i.state,
+            i.in_flight,
+            i.limit,
+            mib(i.rss_kib),
+            mib(i.pss_kib),
+            i.cpu_busy
                 .map_or("-".to_owned(), |b| format!("{:.0}%", b * 100.0)),
-            format!("{:.0}s", i["uptime_ms"].as_f64().unwrap_or(0.0) / 1000.0),
-            i["invocations"].to_string(),
+            format!("{:.0}s", i.uptime_ms as f64 / 1000.0),
+            i.invocations,
         );
     }
 }
 
-fn mib(kib: &Value) -> String {
-    kib.as_f64()
-        .map_or("-".to_owned(), |k| format!("{:.1}MiB", k / 1024.0))
+fn mib(kib: Option<u64>) -> String {
+    kib.map_or("-".to_owned(), |k| format!("{:.1}MiB", k as f64 / 1024.0))
 }

@@ -1,5 +1,6 @@
 //! Function logs: every line an instance prints, tagged with instance and request id,
-//! appended as JSON lines to `logs/<function>.log` in the data directory.
+//! appended as JSON lines to `logs/<function>.log` in the data directory. Platform
+//! messages about a call (why it failed) go to the same log.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -8,23 +9,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
+use shoal_api::LogRecord;
 use shoal_runtime::{LogSink, LogStream};
-
-/// One line of a function's output.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LogRecord {
-    /// Unix epoch milliseconds when the daemon read the line.
-    pub ts: u64,
-    pub instance: String,
-    /// The invocation that printed it, when the runtime said (Lambda's log format).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
-    pub stream: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub level: Option<String>,
-    pub message: String,
-}
 
 pub(crate) struct LogStore {
     dir: PathBuf,
@@ -40,7 +26,7 @@ impl LogStore {
         })
     }
 
-    fn path(&self, function: &str) -> PathBuf {
+    pub(crate) fn path(&self, function: &str) -> PathBuf {
         self.dir.join(format!("{function}.log"))
     }
 

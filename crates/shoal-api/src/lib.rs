@@ -1,0 +1,175 @@
+//! The control API's wire types, shared by the daemon (which serializes them) and the CLI
+//! (which reads and prints them), so neither side reads the other's JSON untyped.
+//!
+//! Plain data only: no IO, no transport, no platform logic. The JSON field names are the
+//! API (the benchmark runner and users' scripts read them); rename with care.
+#![forbid(unsafe_code)]
+#![warn(unused_crate_dependencies)]
+
+use serde::{Deserialize, Serialize};
+pub use shoal_manifest::{Concurrency, Runtime};
+
+/// `POST /admin/functions` (201): what a deploy made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployReply {
+    pub functions: Vec<Deployed>,
+}
+
+/// One function version a deploy created.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deployed {
+    pub name: String,
+    pub version: u32,
+    /// `METHOD http://host:port/path` per HTTP route.
+    pub urls: Vec<String>,
+}
+
+/// `GET /admin/functions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionList {
+    pub functions: Vec<FunctionInfo>,
+}
+
+/// One deployed function, for `shoal ls`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionInfo {
+    pub name: String,
+    pub version: u32,
+    pub runtime: Runtime,
+    pub handler: String,
+    pub concurrency: Concurrency,
+    pub memory_mb: u64,
+    pub timeout_ms: u64,
+    pub routes: Vec<String>,
+    pub instances: usize,
+}
+
+/// `DELETE /admin/functions/{name}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deleted {
+    pub deleted: String,
+}
+
+/// `GET /admin/status[?function=NAME]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub pools: Vec<PoolReport>,
+    pub host: HostReport,
+    /// How instance memory is limited on this machine (cgroup v2, v1, or heap flag only).
+    pub memory_limits: String,
+}
+
+/// Instances and memory in use against the host-wide budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostReport {
+    pub instances: u32,
+    pub max_instances: u32,
+    pub memory_kib: u64,
+    pub max_memory_kib: u64,
+}
+
+/// One function version's pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolReport {
+    pub function: String,
+    pub version: u32,
+    /// An older version finishing its work after a redeploy or delete.
+    pub retired: bool,
+    pub queued: usize,
+    pub limit: u32,
+    pub max_instances: u32,
+    /// `concurrency = "auto"`.
+    pub auto: bool,
+    /// The limit a new instance starts with (learned from running ones when auto).
+    pub learned_limit: u32,
+    /// Instances the demand calls for (stable window).
+    pub desired: usize,
+    /// Mean in-flight + queued over the 60 s stable and the 6 s panic window.
+    pub demand_stable: f64,
+    pub demand_panic: f64,
+    pub instances: Vec<InstanceReport>,
+    /// Why the pool scaled, oldest first (a bounded history).
+    pub decisions: Vec<DecisionReport>,
+}
+
+impl PoolReport {
+    /// The most recent decision's sentence, or a placeholder when there is none yet.
+    pub fn last_decision(&self) -> &str {
+        self.decisions
+            .last()
+            .map_or("no decisions yet", |d| d.message.as_str())
+    }
+}
+
+/// One scaling decision of a pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionReport {
+    /// Unix epoch milliseconds.
+    pub at_ms: u64,
+    /// A stable name (`scale_out`, `scale_in`, `idle_stop`, ...), for scripts.
+    pub kind: String,
+    /// The decision as a sentence, for people.
+    pub message: String,
+}
+
+/// One instance and its resource use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceReport {
+    pub id: String,
+    pub pid: Option<u32>,
+    /// `starting`, `ready`, `draining` or `stopping`.
+    pub state: String,
+    pub in_flight: u32,
+    pub limit: u32,
+    pub uptime_ms: u64,
+    pub invocations: u64,
+    /// Fraction of one core used over the last sampling interval.
+    pub cpu_busy: Option<f64>,
+    /// Resident set size; `None` when the process could not be measured.
+    pub rss_kib: Option<u64>,
+    /// Proportional set size (shared pages split among their users).
+    pub pss_kib: Option<u64>,
+    /// User + system CPU time so far.
+    pub cpu_ms: Option<u64>,
+}
+
+/// `GET /admin/functions/{name}/logs`: records and the offset to continue from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogPage {
+    pub records: Vec<LogRecord>,
+    /// Pass as `since` to read what came after.
+    pub next: u64,
+}
+
+/// One line of a function's output, or a platform message about one of its calls.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// Unix epoch milliseconds when the daemon read the line.
+    pub ts: u64,
+    pub instance: String,
+    /// The invocation that printed it, when the runtime said (Lambda's log format).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// `stdout`, `stderr` or `platform`.
+    pub stream: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    pub message: String,
+}
+
+/// The body of every error the control API answers, in the shape AWS SDKs parse
+/// (`__type` is also sent as the `x-amzn-ErrorType` header).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    #[serde(rename = "__type")]
+    pub error_type: String,
+    pub message: String,
+}
+
+/// Headers of the Lambda Invoke API.
+pub mod headers {
+    pub const INVOCATION_TYPE: &str = "x-amz-invocation-type";
+    pub const FUNCTION_ERROR: &str = "x-amz-function-error";
+    pub const REQUEST_ID: &str = "x-amzn-requestid";
+    pub const EXECUTED_VERSION: &str = "x-amz-executed-version";
+}

@@ -1,0 +1,250 @@
+//! Invocations: the Invoke API's three invocation types, and HTTP requests matched to a
+//! route. Each invocation runs inside one `tracing` span carrying function, version,
+//! request id and (once a slot is granted) instance, so everything logged about it can be
+//! found together.
+
+use bytes::Bytes;
+use shoal_dispatch::Outcome;
+use shoal_events::{HttpRequest, HttpResponse, RouteMatch};
+use tracing::Instrument;
+
+use crate::error::chain;
+use crate::metrics::OutcomeLabel;
+use crate::{Error, Platform, Result};
+
+/// Lambda's `X-Amz-Invocation-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InvocationType {
+    /// Run and wait for the result.
+    #[default]
+    RequestResponse,
+    /// Accept now, run later; the caller gets the request id only.
+    Event,
+    /// Check that the function exists and the payload is valid; run nothing.
+    DryRun,
+}
+
+impl std::str::FromStr for InvocationType {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<InvocationType> {
+        match text {
+            "RequestResponse" => Ok(InvocationType::RequestResponse),
+            "Event" => Ok(InvocationType::Event),
+            "DryRun" => Ok(InvocationType::DryRun),
+            other => Err(Error::InvalidInvocationType(other.to_owned())),
+        }
+    }
+}
+
+/// One call of the Invoke API.
+#[derive(Debug, Clone)]
+pub struct InvokeRequest {
+    pub function: String,
+    /// The event, JSON; empty means `{}`.
+    pub payload: Bytes,
+    pub invocation_type: InvocationType,
+    /// The `awsRequestId` the handler will see (see [`new_request_id`]).
+    pub request_id: String,
+}
+
+/// What an accepted invocation produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invoked {
+    /// The version that ran (or will run) it.
+    pub version: u32,
+    pub outcome: InvokeOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum InvokeOutcome {
+    /// The handler's result, JSON.
+    Success(Bytes),
+    /// The handler threw: Lambda's `{errorType, errorMessage, stackTrace}` JSON.
+    FunctionError { error_type: String, body: Bytes },
+    /// `Event`: accepted, will run.
+    Accepted,
+    /// `DryRun`: would have run.
+    DryRun,
+}
+
+/// A fresh request id, in the UUID form Lambda uses.
+pub fn new_request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// A route matched for an HTTP request: which function, and the route's parameters.
+#[derive(Debug, Clone)]
+pub struct HttpTarget {
+    pub function: String,
+    pub route: RouteMatch,
+}
+
+impl Platform {
+    /// Run (or accept, or check) one invocation. Failures of the function itself (timeout,
+    /// crash, failed start) are errors here; a handler that threw is a successful call with
+    /// [`InvokeOutcome::FunctionError`], as Lambda counts it.
+    pub async fn invoke(self: &std::sync::Arc<Self>, request: InvokeRequest) -> Result<Invoked> {
+        let payload = if request.payload.is_empty() {
+            Bytes::from_static(b"{}")
+        } else {
+            request.payload
+        };
+        serde_json::from_slice::<serde::de::IgnoredAny>(&payload)
+            .map_err(Error::InvalidPayload)?;
+        let version = self
+            .dispatcher
+            .active_version(&request.function)
+            .ok_or_else(|| Error::FunctionNotFound(request.function.clone()))?;
+        let outcome = match request.invocation_type {
+            InvocationType::DryRun => InvokeOutcome::DryRun,
+            InvocationType::Event => {
+                // Not yet durable: the events issue moves this onto the store.
+                let platform = self.clone();
+                let (function, request_id) = (request.function, request.request_id);
+                tokio::spawn(async move {
+                    let _ = platform
+                        .run(&function, version, request_id, payload, "event")
+                        .await;
+                });
+                InvokeOutcome::Accepted
+            }
+            InvocationType::RequestResponse => {
+                match self
+                    .run(
+                        &request.function,
+                        version,
+                        request.request_id,
+                        payload,
+                        "invoke",
+                    )
+                    .await?
+                {
+                    Outcome::Success(body) => InvokeOutcome::Success(body),
+                    Outcome::FunctionError { error_type, body } => {
+                        InvokeOutcome::FunctionError { error_type, body }
+                    }
+                }
+            }
+        };
+        Ok(Invoked { version, outcome })
+    }
+
+    /// The function and route parameters for an HTTP request, if a route matches.
+    pub fn route(&self, method: &str, path: &str) -> Option<HttpTarget> {
+        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+        routes.lookup(method, path).map(|(target, route)| HttpTarget {
+            function: target.to_owned(),
+            route,
+        })
+    }
+
+    /// Run the function behind an HTTP route with an API Gateway payload 2.0 event, and
+    /// map its proxy result back to an HTTP response.
+    pub async fn invoke_http(
+        &self,
+        target: &HttpTarget,
+        request: &HttpRequest<'_>,
+        stage_host: &str,
+    ) -> Result<HttpResponse> {
+        let version = self
+            .dispatcher
+            .active_version(&target.function)
+            .ok_or_else(|| Error::FunctionNotFound(target.function.clone()))?;
+        let event = shoal_events::build_v2_event(request, &target.route, "shoal", stage_host);
+        let request_id = request.request_id.to_owned();
+        match self
+            .run(
+                &target.function,
+                version,
+                request_id.clone(),
+                Bytes::from(event),
+                "http",
+            )
+            .await?
+        {
+            Outcome::Success(result) => {
+                shoal_events::try_map_v2_response(&result).map_err(|e| {
+                    let error = Error::BadProxyResult(e);
+                    self.logs
+                        .system(&target.function, "-", &request_id, chain(&error));
+                    error
+                })
+            }
+            // API Gateway hides a handler's error from its caller.
+            Outcome::FunctionError { error_type, .. } => Err(Error::HandlerThrew { error_type }),
+        }
+    }
+
+    /// One invocation through the dispatcher, inside its span; failures are written to
+    /// the function's log as well.
+    async fn run(
+        &self,
+        function: &str,
+        version: u32,
+        request_id: String,
+        payload: Bytes,
+        trigger: &'static str,
+    ) -> Result<Outcome> {
+        let span = tracing::info_span!(
+            "invoke",
+            function,
+            version,
+            request_id = %request_id,
+            trigger,
+            instance = tracing::field::Empty,
+        );
+        async {
+            let arrived = std::time::Instant::now();
+            let result = self
+                .dispatcher
+                .invoke(function, request_id.clone(), payload)
+                .await
+                .map_err(Error::from);
+            self.metrics
+                .observe(function, outcome_label(&result), ran(&result, arrived));
+            match &result {
+                Ok(Outcome::Success(_)) => tracing::debug!("invocation succeeded"),
+                Ok(Outcome::FunctionError { error_type, .. }) => {
+                    tracing::info!(error_type = %error_type, "handler threw")
+                }
+                Err(error @ (Error::FunctionNotFound(_) | Error::Overloaded { .. })) => {
+                    tracing::info!(error = %error, "invocation refused")
+                }
+                Err(error) => {
+                    tracing::warn!(error = %chain(error), "invocation failed");
+                    self.logs.system(
+                        function,
+                        "-",
+                        &request_id,
+                        format!("invocation failed: {}", chain(error)),
+                    );
+                }
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+fn outcome_label(result: &Result<Outcome>) -> OutcomeLabel {
+    match result {
+        Ok(Outcome::Success(_)) => OutcomeLabel::Success,
+        Ok(Outcome::FunctionError { .. }) => OutcomeLabel::FunctionError,
+        Err(Error::FunctionTimeout(_)) => OutcomeLabel::Timeout,
+        Err(Error::InstanceFailed(_)) => OutcomeLabel::Crashed,
+        Err(Error::InitFailed(_)) => OutcomeLabel::InitFailed,
+        Err(Error::Overloaded { .. }) => OutcomeLabel::Throttled,
+        Err(_) => OutcomeLabel::Refused,
+    }
+}
+
+/// How long the call took, if a handler ran it (a refused call has no latency).
+fn ran(result: &Result<Outcome>, arrived: std::time::Instant) -> Option<std::time::Duration> {
+    matches!(
+        result,
+        Ok(_) | Err(Error::FunctionTimeout(_) | Error::InstanceFailed(_))
+    )
+    .then(|| arrived.elapsed())
+}

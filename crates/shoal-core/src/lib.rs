@@ -1,0 +1,173 @@
+//! The platform itself, with no transport in it: deploy, remove, invoke (each invocation
+//! type), status, logs and the host budget are methods on [`Platform`], taking typed
+//! requests and returning typed results or one [`Error`].
+//!
+//! It composes the store (what is deployed), the launcher (instance processes), the
+//! dispatcher (pools, queues, scaling) and the route table. The gateway, the control API
+//! and later schedulers, queue pollers and cluster peers call it directly; none of them
+//! holds platform logic. It must not know about HTTP servers or status codes: mapping an
+//! [`Error`] to a response is each transport's job, done in one place per transport.
+#![forbid(unsafe_code)]
+#![warn(unused_crate_dependencies)]
+
+mod archive;
+mod code;
+mod deploy;
+mod error;
+mod invoke;
+mod logs;
+mod metrics;
+mod status;
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use shoal_dispatch::Dispatcher;
+use shoal_events::RouteTable;
+use shoal_runtime::{LauncherConfig, ProcessLauncher};
+use shoal_store::Store;
+
+pub use archive::{pack_dir, ArchiveError};
+pub use error::{chain, Error, Result};
+pub use invoke::{new_request_id, InvocationType, InvokeOutcome, InvokeRequest, Invoked};
+pub use shoal_api as api;
+
+use logs::LogStore;
+use metrics::Metrics;
+
+/// How the platform runs: where its state lives and the bounds it keeps.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Everything Shoal writes lives here.
+    pub data_dir: PathBuf,
+    /// The `node` binary for Node.js functions.
+    pub node: PathBuf,
+    /// How long an instance may take to become ready.
+    pub start_timeout: Duration,
+    /// At shutdown, in-flight invocations get this long to finish.
+    pub shutdown_grace: Duration,
+    /// Bounds on all functions' instances together: count, and the sum of their memory
+    /// limits.
+    pub host_budget: shoal_dispatch::BudgetLimits,
+    /// Invocations waiting for a slot, per function version, before callers get
+    /// `Overloaded`: what bounds the daemon's memory under a flood.
+    pub max_queue: usize,
+}
+
+/// The platform: deployed functions (store + launcher + dispatcher + routes) and their
+/// logs. Shared behind an `Arc` by every transport.
+pub struct Platform {
+    data_dir: PathBuf,
+    store: Store,
+    dispatcher: Arc<Dispatcher>,
+    launcher: Arc<ProcessLauncher>,
+    logs: Arc<LogStore>,
+    metrics: Metrics,
+    routes: RwLock<RouteTable>,
+    /// `http://host:port` of the public gateway, for the URLs a deploy reports.
+    public_base: RwLock<String>,
+    /// Deploys and deletes are serialised: each rebuilds the route table as a whole.
+    changes: std::sync::Mutex<()>,
+    shutdown_grace: Duration,
+    max_queue: usize,
+}
+
+impl std::fmt::Debug for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Platform")
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Platform {
+    /// Open the data directory (creating it), the store and the launcher, and bring back
+    /// every function deployed before the last restart. Must run inside a tokio runtime.
+    pub fn open(config: &Config) -> Result<Arc<Platform>> {
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(&data_dir)
+            .map_err(|source| Error::io("creating the data directory", &data_dir, source))?;
+        let store = Store::open(&data_dir.join("shoal.db"))?;
+        let logs_dir = data_dir.join("logs");
+        let logs = Arc::new(
+            LogStore::new(logs_dir.clone())
+                .map_err(|source| Error::io("creating the log directory", &logs_dir, source))?,
+        );
+        let launcher = Arc::new(
+            ProcessLauncher::new(
+                LauncherConfig {
+                    instances_dir: data_dir.join("instances"),
+                    runtimes_dir: data_dir.join("runtimes"),
+                    node: config.node.clone(),
+                    start_timeout: config.start_timeout,
+                },
+                logs.clone(),
+            )
+            .map_err(Error::Launcher)?,
+        );
+        let dispatcher = Dispatcher::with_budget(launcher.clone(), config.host_budget);
+        let platform = Arc::new(Platform {
+            data_dir,
+            store,
+            dispatcher,
+            launcher,
+            logs,
+            metrics: Metrics::new(),
+            routes: RwLock::new(RouteTable::new()),
+            public_base: RwLock::new(String::new()),
+            changes: std::sync::Mutex::new(()),
+            shutdown_grace: config.shutdown_grace,
+            max_queue: config.max_queue,
+        });
+        platform.restore()?;
+        Ok(platform)
+    }
+
+    /// Where the public gateway listens (`http://host:port`), for the URLs deploys report.
+    pub fn set_public_base(&self, base: String) {
+        *self.public_base.write().unwrap_or_else(|e| e.into_inner()) = base;
+    }
+
+    fn public_base(&self) -> String {
+        self.public_base
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The data directory this platform owns.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
+    /// Save what the concurrency controllers learned, per function version. Blocking
+    /// (SQLite): call from a blocking context.
+    pub fn persist_learned_limits(&self) {
+        for pool in self.dispatcher.status(None) {
+            if !pool.auto || pool.retired || pool.instances.is_empty() {
+                continue;
+            }
+            let known = self
+                .store
+                .learned_limit(&pool.function, pool.version)
+                .ok()
+                .flatten();
+            if known != Some(pool.learned_limit) {
+                if let Err(e) =
+                    self.store
+                        .set_learned_limit(&pool.function, pool.version, pool.learned_limit)
+                {
+                    tracing::warn!(function = %pool.function, error = %error::chain(&e), "saving the learned limit");
+                }
+            }
+        }
+    }
+
+    /// Refuse new calls, let in-flight ones finish (up to the shutdown grace), stop every
+    /// instance. Learned limits are saved first.
+    pub async fn shutdown(&self) {
+        self.persist_learned_limits();
+        self.dispatcher.shutdown(self.shutdown_grace).await;
+    }
+}

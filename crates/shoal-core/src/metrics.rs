@@ -1,0 +1,211 @@
+//! Prometheus metrics, in OpenMetrics text through `prometheus-client`: counters and a
+//! latency histogram that invocations update as they finish, and gauges read from a
+//! status snapshot at scrape time (instances, limits, memory, CPU, queues, host budget).
+//!
+//! Each scrape encodes a fresh registry: the long-lived families are shared handles, and
+//! the snapshot families are filled from [`Platform::status`], so an instance that is gone
+//! is gone from the next scrape too. A value that could not be measured is left out,
+//! never reported as zero.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::Platform;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// How a finished invocation ended, as the `outcome` label says it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum OutcomeLabel {
+    Success,
+    FunctionError,
+    Timeout,
+    Crashed,
+    InitFailed,
+    Throttled,
+    Refused,
+}
+
+impl OutcomeLabel {
+    fn as_str(self) -> &'static str {
+        match self {
+            OutcomeLabel::Success => "success",
+            OutcomeLabel::FunctionError => "function_error",
+            OutcomeLabel::Timeout => "timeout",
+            OutcomeLabel::Crashed => "crashed",
+            OutcomeLabel::InitFailed => "init_failed",
+            OutcomeLabel::Throttled => "throttled",
+            OutcomeLabel::Refused => "refused",
+        }
+    }
+}
+
+/// The metrics that accumulate over the daemon's life.
+pub(crate) struct Metrics {
+    invocations: Family<Labels, Counter>,
+    duration: Family<Labels, Histogram>,
+}
+
+fn duration_histogram() -> Histogram {
+    // 1 ms to about 33 s, doubling: a no-op call and a slow I/O-bound one both resolve.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Metrics {
+        Metrics {
+            invocations: Family::default(),
+            duration: Family::new_with_constructor(duration_histogram),
+        }
+    }
+
+    /// Count one finished invocation; its duration counts only if a handler ran.
+    pub(crate) fn observe(&self, function: &str, outcome: OutcomeLabel, took: Option<Duration>) {
+        self.invocations
+            .get_or_create(&vec![
+                ("function", function.to_owned()),
+                ("outcome", outcome.as_str().to_owned()),
+            ])
+            .inc();
+        if let Some(took) = took {
+            self.duration
+                .get_or_create(&vec![("function", function.to_owned())])
+                .observe(took.as_secs_f64());
+        }
+    }
+}
+
+impl Platform {
+    /// Every metric, as OpenMetrics text.
+    pub fn metrics(&self) -> String {
+        let mut registry = Registry::with_prefix("shoal");
+        registry.register(
+            "invocations",
+            "Invocations finished, by function and outcome",
+            self.metrics.invocations.clone(),
+        );
+        registry.register_with_unit(
+            "invocation_duration",
+            "Time from arrival to answer of invocations a handler ran (queueing included)",
+            Unit::Seconds,
+            self.metrics.duration.clone(),
+        );
+        self.register_snapshot(&mut registry);
+        let mut text = String::new();
+        if let Err(e) = encode(&mut text, &registry) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        text
+    }
+
+    fn register_snapshot(&self, registry: &mut Registry) {
+        let status = match self.status(None) {
+            Ok(status) => status,
+            Err(e) => {
+                tracing::error!(error = %crate::chain(&e), "reading status for metrics");
+                return;
+            }
+        };
+        let instances = Family::<Labels, Gauge>::default();
+        let queued = Family::<Labels, Gauge>::default();
+        let in_flight = Family::<Labels, Gauge>::default();
+        let limit = Family::<Labels, Gauge>::default();
+        let rss = Family::<Labels, Gauge>::default();
+        let pss = Family::<Labels, Gauge>::default();
+        let cpu = Family::<Labels, Counter<f64>>::default();
+        for pool in &status.pools {
+            let version = pool.version.to_string();
+            for state in ["starting", "ready", "draining", "stopping"] {
+                let n = pool.instances.iter().filter(|i| i.state == state).count();
+                instances
+                    .get_or_create(&vec![
+                        ("function", pool.function.clone()),
+                        ("version", version.clone()),
+                        ("state", state.to_owned()),
+                    ])
+                    .set(n as i64);
+            }
+            queued
+                .get_or_create(&vec![
+                    ("function", pool.function.clone()),
+                    ("version", version.clone()),
+                ])
+                .set(pool.queued as i64);
+            for instance in &pool.instances {
+                let labels = vec![
+                    ("function", pool.function.clone()),
+                    ("version", version.clone()),
+                    ("instance", instance.id.clone()),
+                ];
+                in_flight
+                    .get_or_create(&labels)
+                    .set(i64::from(instance.in_flight));
+                limit.get_or_create(&labels).set(i64::from(instance.limit));
+                if let Some(kib) = instance.rss_kib {
+                    rss.get_or_create(&labels).set((kib * 1024) as i64);
+                }
+                if let Some(kib) = instance.pss_kib {
+                    pss.get_or_create(&labels).set((kib * 1024) as i64);
+                }
+                if let Some(ms) = instance.cpu_ms {
+                    cpu.get_or_create(&labels).inc_by(ms as f64 / 1000.0);
+                }
+            }
+        }
+        registry.register(
+            "instances",
+            "Instances per function version and state",
+            instances,
+        );
+        registry.register(
+            "queued_invocations",
+            "Invocations waiting for a slot",
+            queued,
+        );
+        registry.register(
+            "instance_in_flight",
+            "Invocations running in an instance",
+            in_flight,
+        );
+        registry.register("instance_limit", "An instance's in-flight limit", limit);
+        registry.register_with_unit(
+            "instance_rss",
+            "Resident set size of an instance process",
+            Unit::Bytes,
+            rss,
+        );
+        registry.register_with_unit(
+            "instance_pss",
+            "Proportional set size of an instance process (shared pages split among users)",
+            Unit::Bytes,
+            pss,
+        );
+        registry.register_with_unit(
+            "instance_cpu",
+            "CPU time (user + system) of an instance process",
+            Unit::Seconds,
+            cpu,
+        );
+        let host = status.host;
+        let host_gauges: [(&str, &str, Option<Unit>, u64); 4] = [
+            ("host_instances", "Instances on this host, all functions", None, u64::from(host.instances)),
+            ("host_max_instances", "The host-wide instance budget", None, u64::from(host.max_instances)),
+            ("host_memory_limit", "Sum of the memory limits of the instances on this host", Some(Unit::Bytes), host.memory_kib * 1024),
+            ("host_max_memory_limit", "The host-wide budget for instances' memory limits", Some(Unit::Bytes), host.max_memory_kib.saturating_mul(1024)),
+        ];
+        for (name, help, unit, value) in host_gauges {
+            let gauge = Gauge::<i64>::default();
+            gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+            match unit {
+                Some(unit) => registry.register_with_unit(name, help, unit, gauge),
+                None => registry.register(name, help, gauge),
+            }
+        }
+    }
+}

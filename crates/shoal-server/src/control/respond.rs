@@ -1,0 +1,193 @@
+//! The control API's answers: admin replies as JSON, the Invoke API as Lambda answers it,
+//! and every error in the shape AWS SDKs parse (`x-amzn-ErrorType` header, `__type` and
+//! `message` in the body). The only place this API chooses status codes. The platform's
+//! own trouble (store, files, tasks) is logged here in full and answered with a stable
+//! message that carries no internal detail.
+
+use bytes::Bytes;
+use hyper::{Response, StatusCode};
+use serde::Serialize;
+use shoal_api::{headers, ErrorBody};
+use shoal_core::{ArchiveError, Error, InvokeOutcome};
+
+use super::{Failure, Reply};
+use crate::http::{self, Body};
+
+/// Seconds a throttled caller is told to wait.
+const RETRY_AFTER_SECS: u64 = 1;
+/// The ARN prefix of functions in error messages, as Lambda writes them.
+const FUNCTION_ARN: &str = "arn:aws:lambda:local:000000000000:function:";
+/// OpenMetrics text, as Prometheus negotiates it.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+pub(super) fn reply(reply: Reply) -> Response<Body> {
+    match reply {
+        Reply::Invoked {
+            request_id,
+            invoked,
+        } => {
+            let mut response = match invoked.outcome {
+                InvokeOutcome::Success(body) => {
+                    http::response(StatusCode::OK, "application/json", body)
+                }
+                InvokeOutcome::FunctionError { body, .. } => {
+                    let mut response = http::response(StatusCode::OK, "application/json", body);
+                    insert(&mut response, headers::FUNCTION_ERROR, "Unhandled");
+                    response
+                }
+                InvokeOutcome::Accepted => {
+                    http::response(StatusCode::ACCEPTED, "application/json", Bytes::new())
+                }
+                InvokeOutcome::DryRun => {
+                    http::response(StatusCode::NO_CONTENT, "application/json", Bytes::new())
+                }
+            };
+            insert(&mut response, headers::REQUEST_ID, &request_id);
+            insert(
+                &mut response,
+                headers::EXECUTED_VERSION,
+                &invoked.version.to_string(),
+            );
+            response
+        }
+        Reply::Deployed(deployed) => json(StatusCode::CREATED, &deployed),
+        Reply::Functions(list) => json(StatusCode::OK, &list),
+        Reply::Deleted(deleted) => json(StatusCode::OK, &deleted),
+        Reply::Status(status) => json(StatusCode::OK, &status),
+        Reply::Logs(page) => json(StatusCode::OK, &page),
+        Reply::Metrics(text) => http::response(StatusCode::OK, OPENMETRICS, text),
+    }
+}
+
+/// A refused or failed request. `function` is the one the path names, if any.
+pub(super) fn failure(failure: &Failure, function: Option<&str>, request_id: &str) -> Response<Body> {
+    let function = function.unwrap_or("-");
+    let mut response = match failure {
+        Failure::Unauthorized => aws_error(
+            StatusCode::UNAUTHORIZED,
+            "UnauthorizedException",
+            "missing or wrong admin token (send Authorization: Bearer <token from the data directory's admin-token file>)",
+        ),
+        Failure::NoRoute { method, path } => aws_error(
+            StatusCode::NOT_FOUND,
+            "UnknownOperationException",
+            &format!("no route for {method} {path}"),
+        ),
+        Failure::TooLarge { limit, operation } => aws_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestTooLargeException",
+            &format!("Request must be smaller than {limit} bytes for the {operation} operation"),
+        ),
+        Failure::BrokenBody => aws_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContentException",
+            "the request body could not be read (the connection broke or the encoding is invalid)",
+        ),
+        Failure::Platform(error) => platform_error(error, function, request_id),
+    };
+    insert(&mut response, headers::REQUEST_ID, request_id);
+    response
+}
+
+fn platform_error(error: &Error, function: &str, request_id: &str) -> Response<Body> {
+    let user = |status, error_type: &str| aws_error(status, error_type, &shoal_core::chain(error));
+    match error {
+        Error::FunctionNotFound(name) => aws_error(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFoundException",
+            &format!("Function not found: {FUNCTION_ARN}{name}"),
+        ),
+        Error::InvalidPayload(source) => aws_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContentException",
+            &format!("Could not parse request body into json: {source}"),
+        ),
+        Error::InvalidInvocationType(_) => {
+            user(StatusCode::BAD_REQUEST, "InvalidParameterValueException")
+        }
+        Error::Archive(ArchiveError::Write { .. }) => internal(error, request_id),
+        Error::Archive(_) => user(StatusCode::BAD_REQUEST, "InvalidArchiveException"),
+        Error::MissingManifest | Error::Manifest(_) | Error::Unsupported { .. } => {
+            user(StatusCode::BAD_REQUEST, "InvalidManifestException")
+        }
+        Error::RouteConflict(_) => user(StatusCode::CONFLICT, "ResourceConflictException"),
+        Error::Overloaded { .. } => aws_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TooManyRequestsException",
+            &format!("Rate exceeded: too many requests queued for {function}"),
+        ),
+        Error::ShuttingDown => aws_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceException",
+            "the platform is shutting down",
+        ),
+        // The function's own failures: 200 with X-Amz-Function-Error, as on Lambda.
+        Error::FunctionTimeout(_) => function_error(
+            "Sandbox.Timedout",
+            &format!("RequestId: {request_id} Error: {error}"),
+        ),
+        Error::InstanceFailed(failure) => function_error(
+            "Runtime.ExitError",
+            &format!("RequestId: {request_id} Error: {failure}"),
+        ),
+        Error::InitFailed(launch) => function_error(launch.error_type.as_str(), &launch.message),
+        Error::HandlerThrew { error_type } => function_error(error_type, "the handler threw"),
+        Error::BadProxyResult(_) => function_error("Runtime.Unknown", &error.to_string()),
+        Error::Store(_) | Error::Io { .. } | Error::Launcher(_) | Error::Task(_) => {
+            internal(error, request_id)
+        }
+    }
+}
+
+/// Our own trouble: the details go to the daemon's log, the client gets a stable message.
+fn internal(error: &Error, request_id: &str) -> Response<Body> {
+    tracing::error!(request_id, error = %shoal_core::chain(error), "control request failed");
+    aws_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "ServiceException",
+        &format!("internal error; the daemon's log has the details (request id {request_id})"),
+    )
+}
+
+fn function_error(error_type: &str, message: &str) -> Response<Body> {
+    let mut response = http::json(
+        StatusCode::OK,
+        &serde_json::json!({ "errorType": error_type, "errorMessage": message }),
+    );
+    insert(&mut response, headers::FUNCTION_ERROR, "Unhandled");
+    response
+}
+
+/// An AWS-style service error: the SDKs read `x-amzn-ErrorType` and the body's message.
+fn aws_error(status: StatusCode, error_type: &str, message: &str) -> Response<Body> {
+    let mut response = json(
+        status,
+        &ErrorBody {
+            error_type: error_type.to_owned(),
+            message: message.to_owned(),
+        },
+    );
+    insert(&mut response, "x-amzn-errortype", error_type);
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        response
+            .headers_mut()
+            .insert("retry-after", RETRY_AFTER_SECS.into());
+    }
+    response
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    match serde_json::to_vec(value) {
+        Ok(body) => http::response(status, "application/json", body),
+        Err(e) => {
+            tracing::error!(error = %e, "encoding a control API reply");
+            http::response(StatusCode::INTERNAL_SERVER_ERROR, "application/json", "{}")
+        }
+    }
+}
+
+fn insert(response: &mut Response<Body>, name: &'static str, value: &str) {
+    if let Ok(value) = value.parse() {
+        response.headers_mut().insert(name, value);
+    }
+}
