@@ -11,8 +11,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
-
 /// Limits for the whole host. `u64::MAX` / `u32::MAX` mean unbounded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BudgetLimits {
@@ -29,7 +27,7 @@ impl BudgetLimits {
 }
 
 /// What is in use now, for `shoal status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BudgetStatus {
     pub instances: u32,
     pub max_instances: u32,
@@ -52,9 +50,25 @@ pub struct HostBudget {
     pressure: AtomicBool,
 }
 
-/// Why a launch was refused, phrased for a scaling decision.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BudgetRefusal(pub String);
+/// Which bound of the host budget refused a launch, with the figures at the time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BudgetRefusal {
+    /// Every instance the host allows is in use.
+    #[error("host budget: {in_use} of {max_instances} instances in use")]
+    Instances { in_use: u32, max_instances: u32 },
+    /// The new instance's memory limit does not fit beside the ones in use.
+    #[error(
+        "host budget: {} MiB of {} MiB of instance memory in use, {} MiB more does not fit",
+        in_use_kib / 1024,
+        max_memory_kib / 1024,
+        requested_kib / 1024
+    )]
+    Memory {
+        in_use_kib: u64,
+        max_memory_kib: u64,
+        requested_kib: u64,
+    },
+}
 
 impl HostBudget {
     pub fn new(limits: BudgetLimits) -> Arc<HostBudget> {
@@ -69,17 +83,16 @@ impl HostBudget {
     pub fn try_take(self: &Arc<Self>, memory_kib: u64) -> Result<Ticket, BudgetRefusal> {
         let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
         let refusal = if used.instances >= self.limits.max_instances {
-            Some(BudgetRefusal(format!(
-                "host budget: {} of {} instances in use",
-                used.instances, self.limits.max_instances
-            )))
+            Some(BudgetRefusal::Instances {
+                in_use: used.instances,
+                max_instances: self.limits.max_instances,
+            })
         } else if used.memory_kib.saturating_add(memory_kib) > self.limits.max_memory_kib {
-            Some(BudgetRefusal(format!(
-                "host budget: {} MiB of {} MiB of instance memory in use, {} MiB more does not fit",
-                used.memory_kib / 1024,
-                self.limits.max_memory_kib / 1024,
-                memory_kib / 1024
-            )))
+            Some(BudgetRefusal::Memory {
+                in_use_kib: used.memory_kib,
+                max_memory_kib: self.limits.max_memory_kib,
+                requested_kib: memory_kib,
+            })
         } else {
             None
         };
@@ -146,7 +159,14 @@ mod tests {
         let a = budget.try_take(1024).unwrap();
         let _b = budget.try_take(1024).unwrap();
         let refused = budget.try_take(1024).unwrap_err();
-        assert!(refused.0.contains("2 of 2 instances"), "{refused:?}");
+        assert_eq!(
+            refused,
+            BudgetRefusal::Instances {
+                in_use: 2,
+                max_instances: 2
+            }
+        );
+        assert_eq!(refused.to_string(), "host budget: 2 of 2 instances in use");
         assert!(budget.under_pressure());
         drop(a);
         assert!(budget.try_take(1024).is_ok());
@@ -161,7 +181,18 @@ mod tests {
         });
         let _big = budget.try_take(768 * 1024).unwrap();
         let refused = budget.try_take(512 * 1024).unwrap_err();
-        assert!(refused.0.contains("768 MiB of 1024 MiB"), "{refused:?}");
+        assert_eq!(
+            refused,
+            BudgetRefusal::Memory {
+                in_use_kib: 768 * 1024,
+                max_memory_kib: 1024 * 1024,
+                requested_kib: 512 * 1024
+            }
+        );
+        assert_eq!(
+            refused.to_string(),
+            "host budget: 768 MiB of 1024 MiB of instance memory in use, 512 MiB more does not fit"
+        );
         let small = budget.try_take(256 * 1024).unwrap();
         assert_eq!(budget.status().memory_kib, 1024 * 1024);
         drop(small);

@@ -2,8 +2,9 @@
 //!
 //! It decides one number: how many invocations one runtime instance (a single-threaded
 //! Node.js process) may run at once. The caller measures the instance every ~0.5–1 s and
-//! passes a [`Sample`] to [`Controller::observe`]; the controller returns a [`Decision`]
-//! with the new limit and a one-line reason for `shoal status`. It never reads a clock, a
+//! passes a [`Sample`] to [`Controller::observe`]; the controller returns a
+//! [`LimitDecision`]: the new limit, what happened to it and the typed [`LimitReason`]
+//! (its `Display` is the one-line reason `shoal status` shows). It never reads a clock, a
 //! file or a socket itself, so it is deterministic and tested with a simulated instance.
 //!
 //! # Signals
@@ -75,6 +76,10 @@
 //! the saturation thresholds. The limit is always within `[min_limit, max_limit]`.
 
 use std::time::Duration;
+
+mod limit;
+
+pub use limit::{GrowthCap, LimitAction, LimitDecision, LimitReason};
 
 /// Smoothing of the per-invocation CPU and wall estimates (weight of the newest interval).
 const EWMA_ALPHA: f64 = 0.25;
@@ -187,15 +192,6 @@ pub struct Sample {
     pub rss_kib: u64,
 }
 
-/// The outcome of one [`Controller::observe`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct Decision {
-    pub limit: u32,
-    pub changed: bool,
-    /// One human line, e.g. `cpu 0.93 > target 0.80: 40 -> 34`.
-    pub reason: String,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Direction {
     Up,
@@ -212,11 +208,11 @@ enum Rule {
 
 /// What the rules propose before hysteresis and bounds are applied.
 enum Verdict {
-    Hold(String),
+    Hold(LimitReason),
     Change {
         target: u32,
         rule: Rule,
-        why: String,
+        why: LimitReason,
     },
 }
 
@@ -313,7 +309,7 @@ impl Controller {
     }
 
     /// Feed one interval's measurements; returns the (possibly unchanged) limit and why.
-    pub fn observe(&mut self, sample: &Sample) -> Decision {
+    pub fn observe(&mut self, sample: &Sample) -> LimitDecision {
         self.intervals_since_change = self.intervals_since_change.saturating_add(1);
         let in_flight = finite_or(sample.mean_in_flight, 0.0).max(0.0);
         self.learn(sample, in_flight);
@@ -385,14 +381,17 @@ impl Controller {
                 return Verdict::Change {
                     target: shrink_to(lim * MEMORY_CUT),
                     rule: Rule::Memory,
-                    why: format!("memory {frac:.2} >= headroom {:.2}", cfg.memory_headroom),
+                    why: LimitReason::MemoryHigh {
+                        fraction: frac,
+                        headroom: cfg.memory_headroom,
+                    },
                 };
             }
         }
 
         let interval = s.interval.as_secs_f64();
         if interval <= 0.0 {
-            return Verdict::Hold("empty interval".to_owned());
+            return Verdict::Hold(LimitReason::EmptyInterval);
         }
         let busy = s.cpu_time.as_secs_f64() / interval;
         let target = cfg.target_cpu;
@@ -410,7 +409,7 @@ impl Controller {
             return Verdict::Change {
                 target: shrink_to(to.max(lim * MAX_CPU_CUT)),
                 rule: Rule::Cpu,
-                why: format!("cpu {busy:.2} > target {target:.2}"),
+                why: LimitReason::CpuSaturated { busy, target },
             };
         }
 
@@ -425,10 +424,11 @@ impl Controller {
                 return Verdict::Change {
                     target: shrink_to((l0 * SATURATED_OVERSHOOT).ceil().max(lim * MAX_CPU_CUT)),
                     rule: Rule::Cpu,
-                    why: format!(
-                        "cpu {busy:.2} at target with {in_flight:.1} in flight, uncontended \
-                         little's law {l0:.1}"
-                    ),
+                    why: LimitReason::Oversubscribed {
+                        busy,
+                        in_flight,
+                        uncontended: l0,
+                    },
                 };
             }
         }
@@ -456,17 +456,21 @@ impl Controller {
                     self.baseline_secs = Some(mean);
                     self.latency_cuts = 0;
                     self.window_fresh = false;
-                    return Verdict::Hold(format!(
-                        "latency {mean:.3}s stayed {ratio:.2}x baseline after {cuts} cuts: \
-                         external slowdown, rebasing baseline to {mean:.3}s"
-                    ));
+                    return Verdict::Hold(LimitReason::ExternalSlowdown {
+                        latency_secs: mean,
+                        ratio,
+                        cuts,
+                    });
                 }
                 return Verdict::Change {
                     target: shrink_to(lim * LATENCY_CUT),
                     rule: Rule::Latency,
-                    why: format!(
-                        "latency {mean:.3}s = {ratio:.2}x baseline {base:.3}s > {tol:.2}x"
-                    ),
+                    why: LimitReason::LatencyInflated {
+                        latency_secs: mean,
+                        ratio,
+                        baseline_secs: base,
+                        tolerance: tol,
+                    },
                 };
             }
             self.latency_cuts = 0;
@@ -474,9 +478,7 @@ impl Controller {
 
         // 4. Nothing measured yet.
         let Some(littles) = littles else {
-            return Verdict::Hold(format!(
-                "no completed invocation yet: keeping initial limit {limit}"
-            ));
+            return Verdict::Hold(LimitReason::NothingCompleted { limit });
         };
 
         // 5. Grow, or 6. hold.
@@ -510,19 +512,17 @@ impl Controller {
         let recovering =
             !binding && flat && latency_ratio.is_some() && lim < FAR_BELOW * recover_to;
         if !binding && !recovering {
-            return Verdict::Hold(format!(
-                "limit not binding (in-flight {in_flight:.1} of {limit}, none queued)"
-            ));
+            return Verdict::Hold(LimitReason::NotBinding { in_flight, limit });
         }
         if busy >= target - GROW_DEADBAND {
-            return Verdict::Hold(format!("cpu {busy:.2} at target {target:.2}"));
+            return Verdict::Hold(LimitReason::CpuAtTarget { busy, target });
         }
         if let Some(frac) = mem_frac {
             if frac >= cfg.memory_headroom - MEMORY_HOLD_BAND {
-                return Verdict::Hold(format!(
-                    "memory {frac:.2} near headroom {:.2}",
-                    cfg.memory_headroom
-                ));
+                return Verdict::Hold(LimitReason::MemoryNearHeadroom {
+                    fraction: frac,
+                    headroom: cfg.memory_headroom,
+                });
             }
         }
         let stepped = if flat && lim < FAR_BELOW * littles {
@@ -533,60 +533,64 @@ impl Controller {
             lim + 1.0
         };
         let mut to = stepped;
-        let mut capped_by = "";
-        let mut cap = |value: f64, name: &'static str| {
+        let mut capped_by = None;
+        let mut cap = |value: f64, by: GrowthCap| {
             if value < to {
                 to = value;
-                capped_by = name;
+                capped_by = Some(by);
             }
         };
         if busy >= MIN_BUSY_FOR_PROJECTION {
-            cap(in_flight.max(1.0) * target / busy, "cpu projection");
+            cap(in_flight.max(1.0) * target / busy, GrowthCap::CpuProjection);
         }
         // Worst case, latency grows in proportion to concurrency; an interval without a
         // latency judgement counts as flat, so no step ever exceeds ×tolerance.
         cap(
             lim * tol / latency_ratio.unwrap_or(1.0).max(1.0),
-            "latency projection",
+            GrowthCap::LatencyProjection,
         );
         if let (Some(frac), true) = (mem_frac, s.rss_kib > 0) {
             cap(
                 in_flight.max(1.0) * cfg.memory_headroom / frac,
-                "memory projection",
+                GrowthCap::MemoryProjection,
             );
         }
-        cap(f64::from(cfg.max_limit), "max_concurrency");
+        cap(f64::from(cfg.max_limit), GrowthCap::MaxConcurrency);
         if recovering {
-            cap(recover_to, "little's law (not binding)");
+            cap(recover_to, GrowthCap::LittlesLaw);
         }
         let to = to.floor();
-        if to < lim + 1.0 {
-            return Verdict::Hold(format!("growth capped by {capped_by} at {to:.0}"));
+        // Every step is at least +1, so only a cap can leave `to` below `lim + 1`.
+        if let (true, Some(by)) = (to < lim + 1.0, capped_by) {
+            return Verdict::Hold(LimitReason::GrowthCapped { by, at: to });
         }
         Verdict::Change {
             target: to as u32,
             rule: Rule::Grow,
             why: if recovering {
-                format!(
-                    "limit far below little's law {recover_to:.1}, cpu {busy:.2} < target \
-                     {target:.2}, latency flat: recovering"
-                )
+                LimitReason::Recovering {
+                    towards: recover_to,
+                    busy,
+                    target,
+                }
             } else {
-                format!(
-                    "limit binding, cpu {busy:.2} < target {target:.2}, little's law {littles:.1}"
-                )
+                LimitReason::Binding {
+                    busy,
+                    target,
+                    littles,
+                }
             },
         }
     }
 
     /// Bounds, hysteresis and bookkeeping for a proposal.
-    fn apply(&mut self, verdict: Verdict) -> Decision {
+    fn apply(&mut self, verdict: Verdict) -> LimitDecision {
         let old = self.limit;
         let (target, rule, why) = match verdict {
             Verdict::Hold(reason) => {
-                return Decision {
+                return LimitDecision {
                     limit: old,
-                    changed: false,
+                    action: LimitAction::Hold,
                     reason,
                 };
             }
@@ -598,10 +602,10 @@ impl Controller {
                 // At the floor, the attempt still counts towards deciding it is external.
                 self.latency_cuts = self.latency_cuts.saturating_add(1);
             }
-            return Decision {
+            return LimitDecision {
                 limit: old,
-                changed: false,
-                reason: format!("{why}: at bound {old}"),
+                action: LimitAction::AtBound,
+                reason: why,
             };
         }
         let direction = if target > old {
@@ -611,13 +615,13 @@ impl Controller {
         };
         let reversing = self.last_direction.is_some_and(|d| d != direction);
         if rule != Rule::Memory && reversing && self.intervals_since_change < REVERSAL_COOLDOWN {
-            return Decision {
+            return LimitDecision {
                 limit: old,
-                changed: false,
-                reason: format!(
-                    "{why}: {old} -> {target} deferred (changed the other way {} interval(s) ago)",
-                    self.intervals_since_change
-                ),
+                action: LimitAction::Deferred {
+                    to: target,
+                    intervals_since_change: self.intervals_since_change,
+                },
+                reason: why,
             };
         }
         match rule {
@@ -629,10 +633,10 @@ impl Controller {
         self.limit = target;
         self.last_direction = Some(direction);
         self.intervals_since_change = 0;
-        Decision {
+        LimitDecision {
             limit: target,
-            changed: true,
-            reason: format!("{why}: {old} -> {target}"),
+            action: LimitAction::Changed { from: old },
+            reason: why,
         }
     }
 }

@@ -3,14 +3,16 @@
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::budget::{BudgetLimits, BudgetStatus, HostBudget};
 use crate::pool::Pool;
-use crate::{DispatchError, InstanceLauncher, Invocation, Outcome, PoolConfig, PoolStatus, Result};
+use crate::{
+    epoch_ms, DispatchError, InstanceLauncher, Invocation, Outcome, PoolConfig, PoolStatus, Result,
+};
 
 struct Function {
     active: Arc<Pool>,
@@ -198,11 +200,4 @@ impl Dispatcher {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-}
-
-fn epoch_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

@@ -13,18 +13,21 @@
 
 mod budget;
 pub mod controller;
+mod decision;
 mod dispatcher;
 mod pool;
 
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::time::Instant;
 
-pub use budget::{BudgetLimits, BudgetStatus};
+pub use budget::{BudgetLimits, BudgetRefusal, BudgetStatus};
+pub use decision::{Decision, DecisionRecord, LaunchReason, DECISION_HISTORY};
 pub use dispatcher::Dispatcher;
 pub use pool::{InstanceState, InstanceStatus, PoolStatus};
 
@@ -68,9 +71,96 @@ pub enum InstanceFailure {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{error_type}: {message}")]
 pub struct LaunchError {
-    /// Lambda-style error type, e.g. `Runtime.ImportModuleError`.
-    pub error_type: String,
+    pub error_type: ErrorType,
     pub message: String,
+}
+
+impl LaunchError {
+    pub fn new(error_type: ErrorType, message: impl Into<String>) -> Self {
+        Self {
+            error_type,
+            message: message.into(),
+        }
+    }
+}
+
+/// The Lambda error type of a failed start, as the caller sees it (`errorType`).
+///
+/// The platform's own failures have a variant each; a runtime may report any name for a
+/// failed init (a handler module that throws a `TypeError` at load), kept as `Other`.
+/// [`ErrorType::from`] maps a known name to its variant, so a name compares equal however
+/// it arrived.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ErrorType {
+    /// `Runtime.Unknown`: the platform could not prepare or spawn the instance.
+    Unknown,
+    /// `Runtime.ExitError`: the process exited before it was ready.
+    ExitError,
+    /// `Runtime.StartTimeout`: the process did not become ready in time.
+    StartTimeout,
+    /// `Runtime.ProtocolError`: the runtime's first message was not the expected hello.
+    ProtocolError,
+    /// `Runtime.InvalidEntrypoint`: a `provided` function has no executable `bootstrap`.
+    InvalidEntrypoint,
+    /// `Runtime.InitError`: the runtime reported an init error without naming its type.
+    InitError,
+    /// `Runtime.ImportModuleError`: the handler's module could not be loaded.
+    ImportModuleError,
+    /// `Runtime.UserCodeSyntaxError`: the handler's module does not parse.
+    UserCodeSyntaxError,
+    /// `Runtime.HandlerNotFound`: the module does not export the handler.
+    HandlerNotFound,
+    /// `Runtime.MalformedHandlerName`: the manifest's handler is not `module.export`.
+    MalformedHandlerName,
+    /// Any other name a runtime reported, verbatim.
+    Other(String),
+}
+
+impl ErrorType {
+    const KNOWN: [ErrorType; 10] = [
+        ErrorType::Unknown,
+        ErrorType::ExitError,
+        ErrorType::StartTimeout,
+        ErrorType::ProtocolError,
+        ErrorType::InvalidEntrypoint,
+        ErrorType::InitError,
+        ErrorType::ImportModuleError,
+        ErrorType::UserCodeSyntaxError,
+        ErrorType::HandlerNotFound,
+        ErrorType::MalformedHandlerName,
+    ];
+
+    /// Lambda's name for it, e.g. `Runtime.ExitError`.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ErrorType::Unknown => "Runtime.Unknown",
+            ErrorType::ExitError => "Runtime.ExitError",
+            ErrorType::StartTimeout => "Runtime.StartTimeout",
+            ErrorType::ProtocolError => "Runtime.ProtocolError",
+            ErrorType::InvalidEntrypoint => "Runtime.InvalidEntrypoint",
+            ErrorType::InitError => "Runtime.InitError",
+            ErrorType::ImportModuleError => "Runtime.ImportModuleError",
+            ErrorType::UserCodeSyntaxError => "Runtime.UserCodeSyntaxError",
+            ErrorType::HandlerNotFound => "Runtime.HandlerNotFound",
+            ErrorType::MalformedHandlerName => "Runtime.MalformedHandlerName",
+            ErrorType::Other(name) => name,
+        }
+    }
+}
+
+impl From<&str> for ErrorType {
+    fn from(name: &str) -> Self {
+        Self::KNOWN
+            .into_iter()
+            .find(|known| known.as_str() == name)
+            .unwrap_or_else(|| ErrorType::Other(name.to_owned()))
+    }
+}
+
+impl fmt::Display for ErrorType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Errors the caller of [`Dispatcher::invoke`] sees. The server maps each to one HTTP
@@ -174,4 +264,31 @@ impl PoolConfig {
     /// seed's burst of 10 in one instance, low enough not to drown a CPU-bound function
     /// before the controller's first samples bring it down.
     pub const AUTO_DEFAULT_LIMIT: u32 = controller::ControllerConfig::DEFAULT_INITIAL_LIMIT;
+}
+
+/// Now as Unix epoch milliseconds (0 if the clock is before 1970).
+fn epoch_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_types_round_trip_through_their_lambda_names() {
+        for known in ErrorType::KNOWN {
+            assert_eq!(ErrorType::from(known.as_str()), known);
+            assert_eq!(known.to_string(), known.as_str());
+        }
+        assert_eq!(ErrorType::from("Runtime.ExitError"), ErrorType::ExitError);
+        assert_eq!(
+            ErrorType::from("Runtime.ConfigError"),
+            ErrorType::Other("Runtime.ConfigError".into())
+        );
+        assert_eq!(ErrorType::Other("TypeError".into()).as_str(), "TypeError");
+    }
 }

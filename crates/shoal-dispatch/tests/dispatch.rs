@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use shoal_dispatch::{
-    BoxFuture, DispatchError, Dispatcher, InstanceFailure, InstanceHandle, InstanceLauncher,
-    Invocation, LaunchError, LaunchRequest, Outcome, PoolConfig,
+    BoxFuture, BudgetRefusal, Decision, DispatchError, Dispatcher, ErrorType, InstanceFailure,
+    InstanceHandle, InstanceLauncher, Invocation, LaunchError, LaunchReason, LaunchRequest,
+    Outcome, PoolConfig, PoolStatus, DECISION_HISTORY,
 };
 use tokio::sync::watch;
 
@@ -65,10 +66,10 @@ impl InstanceLauncher for FakeLauncher {
         Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(delay)).await;
             if fail {
-                return Err(LaunchError {
-                    error_type: "Runtime.ImportModuleError".into(),
-                    message: "no index.js".into(),
-                });
+                return Err(LaunchError::new(
+                    ErrorType::ImportModuleError,
+                    "no index.js",
+                ));
             }
             instance.live.fetch_add(1, Ordering::SeqCst);
             Ok(instance as Arc<dyn InstanceHandle>)
@@ -197,6 +198,11 @@ async fn burst(
         out.push(t.await.unwrap());
     }
     out
+}
+
+/// The pool's recorded decisions, oldest first.
+fn decisions(status: &PoolStatus) -> Vec<&Decision> {
+    status.decisions.iter().map(|r| &r.decision).collect()
 }
 
 fn instance_of(r: &Result<Outcome, DispatchError>) -> String {
@@ -399,7 +405,15 @@ async fn idle_instances_stop_after_idle_timeout_and_next_call_cold_starts() {
     assert_eq!(launcher.live.load(Ordering::SeqCst), 2);
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(launcher.live.load(Ordering::SeqCst), 0, "scaled to zero");
-    assert!(d.status(Some("f"))[0].last_decision.contains("idle"));
+    let status = &d.status(Some("f"))[0];
+    let idle_stops = decisions(status)
+        .into_iter()
+        .filter(|d| {
+            matches!(d, Decision::IdleStop { idle_timeout, .. }
+                if *idle_timeout == Duration::from_secs(5))
+        })
+        .count();
+    assert_eq!(idle_stops, 2, "{:#?}", status.decisions);
     let r = burst(&d, 1, "10").await;
     assert!(r[0].is_ok());
     assert_eq!(launcher.launches.load(Ordering::SeqCst), 3);
@@ -434,11 +448,22 @@ async fn failed_start_fails_waiters_and_backs_off() {
     let results = burst(&d, 5, "10").await;
     for r in &results {
         assert!(
-            matches!(r, Err(DispatchError::InitFailed(e)) if e.error_type == "Runtime.ImportModuleError"),
+            matches!(r, Err(DispatchError::InitFailed(e)) if e.error_type == ErrorType::ImportModuleError),
             "{r:?}"
         );
     }
     assert_eq!(launcher.launches.load(Ordering::SeqCst), 1);
+    let status = &d.status(Some("f"))[0];
+    assert!(
+        matches!(
+            decisions(status).last(),
+            Some(Decision::LaunchFailed { failures: 1, retry_after, error })
+                if *retry_after == Duration::from_millis(200)
+                    && error.error_type == ErrorType::ImportModuleError
+        ),
+        "{:#?}",
+        status.decisions
+    );
     // Within the backoff window calls fail fast without another start.
     burst(&d, 3, "10").await;
     assert_eq!(launcher.launches.load(Ordering::SeqCst), 1);
@@ -500,9 +525,16 @@ async fn crash_fails_in_flight_calls_and_is_replaced() {
         );
     }
     tokio::time::sleep(Duration::from_millis(10)).await;
-    assert!(d.status(Some("f"))[0]
-        .last_decision
-        .contains("exited unexpectedly"));
+    let status = &d.status(Some("f"))[0];
+    let crashed = launcher.instances.lock().unwrap()[0].id.clone();
+    assert!(
+        matches!(
+            decisions(status).last(),
+            Some(Decision::InstanceExited { instance, .. }) if *instance == crashed
+        ),
+        "{:#?}",
+        status.decisions
+    );
     assert!(burst(&d, 1, "10").await[0].is_ok());
     assert_eq!(launcher.launches.load(Ordering::SeqCst), 2);
 }
@@ -646,6 +678,14 @@ async fn auto_limit_grows_for_io_bound_work_and_idle_capacity_is_drained() {
             .any(|i| i.limit > 16 && i.cpu_busy.is_some()),
         "{status:?}"
     );
+    assert!(
+        decisions(status).iter().any(|d| matches!(
+            d,
+            Decision::LimitChanged { from, to, .. } if to > from
+        )),
+        "the controllers' growth is on record: {:#?}",
+        status.decisions
+    );
     let started = launcher.launches.load(Ordering::SeqCst);
     assert!(started <= 3, "ceil(40/16) at most, then fewer: {started}");
     // Load drops to 4 callers: the stable window sees the excess and drains it.
@@ -686,7 +726,12 @@ async fn a_draining_instance_finishes_its_calls_before_it_stops() {
         1,
         "the spare instances were drained: {status:?}"
     );
-    assert!(status.last_decision.contains("draining"), "{status:?}");
+    assert!(
+        decisions(status)
+            .iter()
+            .any(|d| matches!(d, Decision::ScaleIn { remaining: 1, .. })),
+        "{status:?}"
+    );
 }
 
 async fn call(d: &Arc<Dispatcher>, function: &str, payload: &'static str) -> String {
@@ -729,9 +774,20 @@ async fn host_budget_bounds_instances_across_functions_and_frees_as_they_stop() 
     let b = &d.status(Some("b"))[0];
     assert_eq!(b.queued, 1, "b waits for the budget");
     assert!(
-        b.last_decision.contains("host budget: 3 of 3 instances"),
-        "{}",
-        b.last_decision
+        matches!(
+            decisions(b).last(),
+            Some(Decision::BudgetRefused {
+                reason: LaunchReason::Queued { waiting: 1, .. },
+                started: 0,
+                refusal: BudgetRefusal::Instances {
+                    in_use: 3,
+                    max_instances: 3
+                },
+                ..
+            })
+        ),
+        "{:#?}",
+        b.decisions
     );
     assert!(launcher.live.load(Ordering::SeqCst) <= 3);
     for t in a_calls {
@@ -744,12 +800,13 @@ async fn host_budget_bounds_instances_across_functions_and_frees_as_they_stop() 
     let waited = start.elapsed();
     assert!(waited >= Duration::from_millis(4500), "{waited:?}");
     assert!(waited < Duration::from_millis(6500), "{waited:?}");
+    let a = &d.status(Some("a"))[0];
     assert!(
-        d.status(Some("a"))[0]
-            .last_decision
-            .contains("host budget needed"),
-        "{}",
-        d.status(Some("a"))[0].last_decision
+        decisions(a)
+            .iter()
+            .any(|d| matches!(d, Decision::BudgetReclaim { .. })),
+        "{:#?}",
+        a.decisions
     );
     // b's retry can run between a's stop and its exit, and ask once more: at most one
     // extra idle instance of a is given back, never a busy one.
@@ -808,18 +865,19 @@ async fn an_instance_whose_memory_creeps_up_is_recycled_after_draining() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let first = d.status(Some("f"))[0].instances[0].id.clone();
     let mut served = Vec::new();
-    let mut decisions = Vec::new();
     for _ in 0..60 {
         served.push(call(&d, "f", "100").await);
-        decisions.push(d.status(Some("f"))[0].last_decision.clone());
     }
-    assert!(
-        decisions
-            .iter()
-            .any(|d| d.contains("recycling") && d.contains(&first)),
-        "{decisions:#?}"
-    );
     let status = &d.status(Some("f"))[0];
+    assert!(
+        decisions(status).iter().any(|d| matches!(
+            d,
+            Decision::RssRecycle { instance, rss_kib, memory_limit_kib: 131_072, .. }
+                if *instance == first && *rss_kib as f64 >= 0.9 * 131_072.0
+        )),
+        "{:#?}",
+        status.decisions
+    );
     let old = status.instances.iter().find(|i| i.id == first);
     assert!(
         old.is_some_and(|i| i.state == shoal_dispatch::InstanceState::Draining),
@@ -895,4 +953,60 @@ async fn the_target_cpu_knob_reaches_the_controllers() {
     let (high, low) = (learned[0], learned[1]);
     assert!((10..=21).contains(&high), "{learned:?}");
     assert!(low >= 4 && low * 4 <= high * 3, "{learned:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn decision_history_keeps_the_last_ones_in_order() {
+    // A function that never starts, kept warm: every backoff ends in another start and
+    // another failure, so decisions pile up without any call.
+    let mut cfg = config(1);
+    cfg.min_instances = 1;
+    let (launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 10,
+            fail_starts: true,
+            ..Default::default()
+        },
+        cfg,
+    );
+    while launcher.launches.load(Ordering::SeqCst) < 40 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = &d.status(Some("f"))[0];
+    assert_eq!(status.decisions.len(), DECISION_HISTORY);
+    assert!(status
+        .decisions
+        .windows(2)
+        .all(|w| w[0].at_epoch_ms <= w[1].at_epoch_ms));
+    // Each start is recorded, then its failure, in that order; the oldest ones are gone.
+    let failures: Vec<u32> = decisions(status)
+        .iter()
+        .filter_map(|d| match d {
+            Decision::LaunchFailed { failures, .. } => Some(*failures),
+            _ => None,
+        })
+        .collect();
+    let last = launcher.launches.load(Ordering::SeqCst) as u32;
+    assert_eq!(failures.last(), Some(&last), "{failures:?}");
+    assert!(
+        failures.windows(2).all(|w| w[1] == w[0] + 1),
+        "{failures:?}"
+    );
+    assert!(failures[0] > 1, "the first failures fell out: {failures:?}");
+    for pair in status.decisions.windows(2) {
+        if let Decision::LaunchFailed { .. } = pair[1].decision {
+            assert!(
+                matches!(
+                    pair[0].decision,
+                    Decision::ScaleOut {
+                        reason: LaunchReason::MinInstances { min_instances: 1 },
+                        starting: 1,
+                        ..
+                    }
+                ),
+                "{pair:#?}"
+            );
+        }
+    }
 }

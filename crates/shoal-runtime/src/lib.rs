@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shoal_dispatch::{BoxFuture, InstanceHandle, InstanceLauncher, LaunchError, LaunchRequest};
+use shoal_dispatch::{
+    BoxFuture, ErrorType, InstanceHandle, InstanceLauncher, LaunchError, LaunchRequest,
+};
 
 pub use frame::{decode_invoke, encode, encode_invoke, read_frame, Frame};
 pub use procfs::ProcSample;
@@ -246,12 +248,7 @@ impl InstanceLauncher for ProcessLauncher {
                 "{} version {} is not registered",
                 request.function, request.version
             );
-            return Box::pin(async move {
-                Err(LaunchError {
-                    error_type: "Runtime.Unknown".into(),
-                    message,
-                })
-            });
+            return Box::pin(async move { Err(LaunchError::new(ErrorType::Unknown, message)) });
         };
         let scratch = self.config.instances_dir.join(&request.instance_id);
         let env = self.environment(&code, &request);
@@ -287,11 +284,8 @@ pub(crate) struct Launch {
 }
 
 impl Launch {
-    fn error(&self, error_type: &str, message: impl Into<String>) -> LaunchError {
-        LaunchError {
-            error_type: error_type.to_owned(),
-            message: message.into(),
-        }
+    fn error(&self, error_type: ErrorType, message: impl Into<String>) -> LaunchError {
+        LaunchError::new(error_type, message)
     }
 
     /// The instance's memory cgroup, limited to the function's memory plus the runtime
@@ -313,24 +307,31 @@ impl Launch {
         let _ = std::fs::remove_dir_all(&self.scratch);
         std::fs::create_dir_all(&self.scratch).map_err(|e| {
             self.error(
-                "Runtime.Unknown",
+                ErrorType::Unknown,
                 format!("creating {}: {e}", self.scratch.display()),
             )
         })
     }
 }
 
-/// Parse a `{errorType, errorMessage}` JSON body into a launch error.
-pub(crate) fn launch_error_from_json(body: &[u8], fallback_type: &str) -> LaunchError {
+/// Parse a runtime's `{errorType, errorMessage}` init error into a launch error.
+pub(crate) fn launch_error_from_json(body: &[u8], fallback: ErrorType) -> LaunchError {
     let value: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     LaunchError {
         error_type: value["errorType"]
             .as_str()
-            .unwrap_or(fallback_type)
-            .to_owned(),
+            .map_or(fallback, ErrorType::from),
         message: value["errorMessage"]
             .as_str()
             .map(str::to_owned)
             .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned()),
     }
+}
+
+/// The `errorType` a handler's error body names (the user's own, e.g. `TypeError`).
+pub(crate) fn function_error_type(body: &[u8], fallback: &str) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["errorType"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| fallback.to_owned())
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use shoal_dispatch::{
-    BoxFuture, InstanceFailure, InstanceHandle, Invocation, LaunchError, Outcome,
+    BoxFuture, ErrorType, InstanceFailure, InstanceHandle, Invocation, LaunchError, Outcome,
 };
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::frame::{self, Frame};
 use crate::process::{self, SpawnSpec, Spawned};
-use crate::{launch_error_from_json, Launch};
+use crate::{function_error_type, launch_error_from_json, Launch};
 
 /// Longest Unix socket path the kernel accepts, with room to spare.
 const MAX_SOCKET_PATH: usize = 100;
@@ -48,7 +48,7 @@ pub(crate) async fn launch(
     let socket_path = start.scratch.join("ch.sock");
     if socket_path.as_os_str().len() > MAX_SOCKET_PATH {
         return Err(start.error(
-            "Runtime.Unknown",
+            ErrorType::Unknown,
             format!(
                 "socket path {} is too long; use a shorter --data-dir",
                 socket_path.display()
@@ -57,7 +57,7 @@ pub(crate) async fn launch(
     }
     let listener = UnixListener::bind(&socket_path).map_err(|e| {
         start.error(
-            "Runtime.Unknown",
+            ErrorType::Unknown,
             format!("binding {}: {e}", socket_path.display()),
         )
     })?;
@@ -84,7 +84,7 @@ pub(crate) async fn launch(
     )
     .map_err(|e| {
         start.error(
-            "Runtime.Unknown",
+            ErrorType::Unknown,
             format!("starting {}: {e}", node.display()),
         )
     })?;
@@ -104,7 +104,7 @@ pub(crate) async fn launch(
         _ = exit.wait_for(|e| e.is_some()) => Err(String::new()),
         _ = tokio::time::sleep(start.start_timeout) => {
             spawned.kill.notify_one();
-            return Err(start.error("Runtime.StartTimeout", format!(
+            return Err(start.error(ErrorType::StartTimeout, format!(
                 "instance did not become ready within {:?}", start.start_timeout)));
         }
     };
@@ -119,7 +119,7 @@ pub(crate) async fn launch(
             if hello["protocol"].as_u64() != Some(frame::PROTOCOL_VERSION) {
                 spawned.kill.notify_one();
                 return Err(start.error(
-                    "Runtime.ProtocolError",
+                    ErrorType::ProtocolError,
                     format!(
                         "bootstrap speaks protocol {}, the daemon {}",
                         hello["protocol"],
@@ -130,12 +130,12 @@ pub(crate) async fn launch(
         }
         frame::INIT_ERROR => {
             spawned.kill.notify_one();
-            return Err(launch_error_from_json(&first.payload, "Runtime.InitError"));
+            return Err(launch_error_from_json(&first.payload, ErrorType::InitError));
         }
         other => {
             spawned.kill.notify_one();
             return Err(start.error(
-                "Runtime.ProtocolError",
+                ErrorType::ProtocolError,
                 format!("expected HELLO, got frame kind {other}"),
             ));
         }
@@ -168,7 +168,7 @@ async fn exited_early(start: &Launch, spawned: &Spawned) -> LaunchError {
     } else {
         format!("instance {reason} before it was ready:\n{tail}")
     };
-    start.error("Runtime.ExitError", message)
+    start.error(ErrorType::ExitError, message)
 }
 
 async fn write_loop(
@@ -206,7 +206,7 @@ async fn read_loop(mut reader: BufReader<tokio::net::unix::OwnedReadHalf>, share
                 id,
                 payload,
             })) => {
-                let error_type = error_type_of(&payload);
+                let error_type = function_error_type(&payload, "Error");
                 shared.complete(
                     id,
                     Ok(Outcome::FunctionError {
@@ -228,13 +228,6 @@ async fn read_loop(mut reader: BufReader<tokio::net::unix::OwnedReadHalf>, share
     }
     // A runtime that closed its channel can do no more work: make sure it is gone.
     shared.kill.notify_one();
-}
-
-fn error_type_of(payload: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(payload)
-        .ok()
-        .and_then(|v| v["errorType"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| "Error".to_owned())
 }
 
 async fn fail_on_exit(shared: Arc<Shared>) {

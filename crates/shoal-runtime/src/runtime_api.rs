@@ -13,13 +13,13 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use shoal_dispatch::{
-    BoxFuture, InstanceFailure, InstanceHandle, Invocation, LaunchError, Outcome,
+    BoxFuture, ErrorType, InstanceFailure, InstanceHandle, Invocation, LaunchError, Outcome,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch, Notify};
 
 use crate::process::{self, SpawnSpec};
-use crate::{launch_error_from_json, Launch};
+use crate::{function_error_type, launch_error_from_json, Launch};
 
 /// Lambda's limit on a synchronous response payload.
 const MAX_RESPONSE: usize = 6 * 1024 * 1024;
@@ -69,19 +69,19 @@ pub(crate) async fn launch(start: Launch) -> Result<Arc<dyn InstanceHandle>, Lau
     let program = start.code.code_dir.join("bootstrap");
     if !is_executable(&program) {
         return Err(start.error(
-            "Runtime.InvalidEntrypoint",
+            ErrorType::InvalidEntrypoint,
             format!("{} is missing or not executable; a provided runtime needs an executable named bootstrap", program.display()),
         ));
     }
     let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| {
         start.error(
-            "Runtime.Unknown",
+            ErrorType::Unknown,
             format!("binding the Runtime API listener: {e}"),
         )
     })?;
     let addr = listener
         .local_addr()
-        .map_err(|e| start.error("Runtime.Unknown", e.to_string()))?;
+        .map_err(|e| start.error(ErrorType::Unknown, e.to_string()))?;
     let mut env = start.env.clone();
     env.push(("AWS_LAMBDA_RUNTIME_API".into(), addr.to_string()));
     let spawned = process::spawn(
@@ -99,7 +99,7 @@ pub(crate) async fn launch(start: Launch) -> Result<Arc<dyn InstanceHandle>, Lau
     )
     .map_err(|e| {
         start.error(
-            "Runtime.InvalidEntrypoint",
+            ErrorType::InvalidEntrypoint,
             format!("starting {}: {e}", program.display()),
         )
     })?;
@@ -124,7 +124,7 @@ pub(crate) async fn launch(start: Launch) -> Result<Arc<dyn InstanceHandle>, Lau
         _ = exit.wait_for(|e| e.is_some()) => {}
         _ = tokio::time::sleep(start.start_timeout) => {
             spawned.kill.notify_one();
-            return Err(start.error("Runtime.StartTimeout", format!(
+            return Err(start.error(ErrorType::StartTimeout, format!(
                 "bootstrap did not poll /runtime/invocation/next within {:?}", start.start_timeout)));
         }
     }
@@ -135,7 +135,7 @@ pub(crate) async fn launch(start: Launch) -> Result<Arc<dyn InstanceHandle>, Lau
     if let Some(reason) = exit.borrow().clone() {
         let tail = spawned.stderr_tail();
         return Err(start.error(
-            "Runtime.ExitError",
+            ErrorType::ExitError,
             format!("bootstrap {reason} before it was ready\n{tail}")
                 .trim_end()
                 .to_owned(),
@@ -232,8 +232,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
                 .map(str::to_owned);
             match read_body(req).await {
                 Ok(body) => {
-                    let error_type = header_type
-                        .unwrap_or_else(|| launch_error_from_json(&body, "Unhandled").error_type);
+                    let error_type =
+                        header_type.unwrap_or_else(|| function_error_type(&body, "Unhandled"));
                     answer(
                         &shared,
                         &id,
@@ -245,7 +245,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
         }
         (Method::POST, ["init", "error"]) => {
             let body = read_body(req).await.unwrap_or_default();
-            shared.state().init_error = Some(launch_error_from_json(&body, "Runtime.InitError"));
+            shared.state().init_error = Some(launch_error_from_json(&body, ErrorType::InitError));
             shared.started.notify_one();
             json(StatusCode::ACCEPTED, serde_json::json!({ "status": "OK" }))
         }

@@ -1,0 +1,262 @@
+//! The decisions a pool takes about its instances (start, queue, stop, drain, recycle,
+//! retune), as values, and the short history each pool keeps of them.
+//!
+//! This module owns the vocabulary: [`Decision`], its `Display` sentence and stable
+//! [`Decision::kind`]; `log` owns recording (the bounded history, the `tracing` event).
+//! It takes no decision and must not look at pool state: the `pool` modules decide and
+//! hand the value here to be recorded.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::budget::BudgetRefusal;
+use crate::controller::LimitReason;
+use crate::LaunchError;
+
+mod log;
+
+pub(crate) use log::DecisionLog;
+
+/// How many decisions a pool keeps (the oldest goes first): enough to explain the last
+/// few minutes of a pool's scaling, little enough to copy into every status.
+pub const DECISION_HISTORY: usize = 50;
+
+/// Why a pool wanted more instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaunchReason {
+    /// Invocations wait beyond the capacity of the instances already starting.
+    Queued {
+        waiting: usize,
+        starting_capacity: usize,
+    },
+    /// Fewer instances are live than the function's `min_instances`.
+    MinInstances { min_instances: u32 },
+}
+
+/// One decision a pool took. `Display` gives the sentence `shoal status` shows; match on
+/// the variant (or [`Decision::kind`]) rather than on that text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Instances were started, each at `limit`.
+    ScaleOut {
+        reason: LaunchReason,
+        starting: usize,
+        limit: u32,
+    },
+    /// Work waits, but the pool already has `max_instances` live: it stays queued.
+    AtMaxInstances { waiting: usize, max_instances: u32 },
+    /// The host budget refused a launch after `started` of `wanted`; the work stays
+    /// queued and the launch is retried on every housekeeping tick.
+    BudgetRefused {
+        reason: LaunchReason,
+        started: usize,
+        wanted: usize,
+        refusal: BudgetRefusal,
+    },
+    /// Demand averaged over both windows fits `remaining` instances: `instance` drains.
+    ScaleIn {
+        instance: String,
+        demand_stable: f64,
+        demand_panic: f64,
+        remaining: usize,
+        mean_limit: f64,
+    },
+    /// `instance` was idle for the function's `idle_timeout` and stopped.
+    IdleStop {
+        instance: String,
+        idle_timeout: Duration,
+        min_instances: u32,
+    },
+    /// Another function waits for the host budget: idle `instance` was stopped early.
+    BudgetReclaim { instance: String },
+    /// An instance failed to start (`failures` in a row); the next start waits
+    /// `retry_after`, and calls fail fast with `error` meanwhile.
+    LaunchFailed {
+        failures: u32,
+        retry_after: Duration,
+        error: LaunchError,
+    },
+    /// `instance` exited without being asked to.
+    InstanceExited { instance: String, reason: String },
+    /// `instance` was still busy with a call `grace` past its deadline: stopped.
+    StuckStopped { instance: String, grace: Duration },
+    /// `instance`'s RSS passed `threshold` of the memory limit: it drains and stops.
+    RssRecycle {
+        instance: String,
+        rss_kib: u64,
+        memory_limit_kib: u64,
+        threshold: f64,
+    },
+    /// The concurrency controller of `instance` moved its limit.
+    LimitChanged {
+        instance: String,
+        from: u32,
+        to: u32,
+        reason: LimitReason,
+    },
+    /// A newer version replaced this one (or the function was removed): the pool takes no
+    /// new calls, finishes its work, then stops.
+    Retired,
+}
+
+impl Decision {
+    /// A stable snake_case name, for filtering logs and for the API.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Decision::ScaleOut { .. } => "scale_out",
+            Decision::AtMaxInstances { .. } => "at_max_instances",
+            Decision::BudgetRefused { .. } => "budget_refused",
+            Decision::ScaleIn { .. } => "scale_in",
+            Decision::IdleStop { .. } => "idle_stop",
+            Decision::BudgetReclaim { .. } => "budget_reclaim",
+            Decision::LaunchFailed { .. } => "launch_failed",
+            Decision::InstanceExited { .. } => "instance_exited",
+            Decision::StuckStopped { .. } => "stuck_stopped",
+            Decision::RssRecycle { .. } => "rss_recycle",
+            Decision::LimitChanged { .. } => "limit_changed",
+            Decision::Retired => "retired",
+        }
+    }
+
+    /// The instance the decision is about, when it is about one.
+    pub fn instance(&self) -> Option<&str> {
+        match self {
+            Decision::ScaleIn { instance, .. }
+            | Decision::IdleStop { instance, .. }
+            | Decision::BudgetReclaim { instance }
+            | Decision::InstanceExited { instance, .. }
+            | Decision::StuckStopped { instance, .. }
+            | Decision::RssRecycle { instance, .. }
+            | Decision::LimitChanged { instance, .. } => Some(instance),
+            Decision::ScaleOut { .. }
+            | Decision::AtMaxInstances { .. }
+            | Decision::BudgetRefused { .. }
+            | Decision::LaunchFailed { .. }
+            | Decision::Retired => None,
+        }
+    }
+}
+
+impl fmt::Display for LaunchReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LaunchReason::Queued {
+                waiting,
+                starting_capacity,
+            } => write!(
+                f,
+                "{waiting} waiting beyond {starting_capacity} starting capacity"
+            ),
+            LaunchReason::MinInstances { min_instances } => {
+                write!(f, "keeping min_instances {min_instances} warm")
+            }
+        }
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Decision::ScaleOut {
+                reason,
+                starting,
+                limit,
+            } => write!(
+                f,
+                "{reason}: starting {starting} instance(s) at limit {limit}"
+            ),
+            Decision::AtMaxInstances {
+                waiting,
+                max_instances,
+            } => write!(
+                f,
+                "{waiting} waiting, at max_instances {max_instances}: queueing"
+            ),
+            Decision::BudgetRefused {
+                reason,
+                started,
+                wanted,
+                refusal,
+            } => {
+                let then = match reason {
+                    LaunchReason::Queued { .. } => "queueing",
+                    LaunchReason::MinInstances { .. } => "retrying",
+                };
+                write!(
+                    f,
+                    "{reason}: started {started} of {wanted}, {refusal}: {then}"
+                )
+            }
+            Decision::ScaleIn {
+                instance,
+                demand_stable,
+                demand_panic,
+                remaining,
+                mean_limit,
+            } => write!(
+                f,
+                "demand {demand_stable:.1} (60 s) / {demand_panic:.1} (6 s) fits {remaining} \
+                 instance(s) at limit {mean_limit:.0}: draining {instance}"
+            ),
+            Decision::IdleStop {
+                instance,
+                idle_timeout,
+                min_instances,
+            } => write!(
+                f,
+                "instance {instance} idle for {idle_timeout:?}: stopping (min_instances \
+                 {min_instances})"
+            ),
+            Decision::BudgetReclaim { instance } => write!(
+                f,
+                "host budget needed by another function: stopping idle instance {instance}"
+            ),
+            Decision::LaunchFailed {
+                failures,
+                retry_after,
+                error,
+            } => write!(
+                f,
+                "start failed ({failures} in a row), retrying after {retry_after:?}: {error}"
+            ),
+            Decision::InstanceExited { instance, reason } => {
+                write!(f, "instance {instance} exited unexpectedly: {reason}")
+            }
+            Decision::StuckStopped { instance, grace } => write!(
+                f,
+                "instance {instance} still busy {grace:?} after a call's deadline: stopping it"
+            ),
+            Decision::RssRecycle {
+                instance,
+                rss_kib,
+                memory_limit_kib,
+                threshold,
+            } => write!(
+                f,
+                "instance {instance} uses {} MiB, past {:.0}% of its {} MiB memory limit: \
+                 recycling it once its calls finish",
+                rss_kib / 1024,
+                threshold * 100.0,
+                memory_limit_kib / 1024
+            ),
+            Decision::LimitChanged {
+                instance,
+                from,
+                to,
+                reason,
+            } => write!(f, "{instance}: {reason}: {from} -> {to}"),
+            Decision::Retired => f.write_str("retired: draining"),
+        }
+    }
+}
+
+/// A decision and when it was taken.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecisionRecord {
+    /// Wall-clock time, Unix epoch milliseconds.
+    pub at_epoch_ms: u64,
+    pub decision: Decision,
+}
+
+#[cfg(test)]
+mod tests;

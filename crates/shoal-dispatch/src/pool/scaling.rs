@@ -1,0 +1,258 @@
+//! Scaling: how many instances the pool runs. Scale-out is queue-driven (start
+//! `ceil(excess / limit)` beyond the capacity already starting, up to `max_instances` and
+//! the host budget); scale-in drains one instance when the demand averaged over the
+//! stable and panic windows fits in fewer; the housekeeping tick stops idle instances,
+//! keeps `min_instances` warm, gives idle capacity back under budget pressure and
+//! finishes a retired pool.
+//!
+//! This module chooses which instances to start or stop and records why; it must not
+//! launch or stop a process itself (`lifecycle` and `Slot` do) nor change a limit
+//! (`sampling` does).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Inner, InstanceState, Pool};
+use crate::decision::{Decision, LaunchReason};
+
+/// Demand averaged over this long decides scale-in (long: avoids flapping).
+const STABLE_WINDOW: Duration = Duration::from_secs(60);
+/// Demand averaged over this long is shown beside the stable one (bursts are handled at
+/// once by the queue-driven scale-up).
+const PANIC_WINDOW: Duration = Duration::from_secs(6);
+/// Scale-in happens only when the stable demand would fill the remaining instances to at
+/// most this fraction of their limits: headroom so the next wobble does not scale out again.
+const SCALE_IN_UTILIZATION: f64 = 0.7;
+/// At most one instance is drained per this period.
+const SCALE_IN_COOLDOWN: Duration = Duration::from_secs(10);
+/// Under host-budget pressure, an instance idle this long is given back early.
+const BUDGET_RECLAIM_IDLE: Duration = Duration::from_millis(500);
+
+impl Pool {
+    /// Start the instances the queue needs beyond the capacity already starting.
+    pub(super) fn scale_up(self: &Arc<Self>, inner: &mut Inner) {
+        let limit = inner.learned_limit.max(1) as usize;
+        let starting_capacity: usize = inner
+            .slots
+            .iter()
+            .filter(|s| s.state == InstanceState::Starting)
+            .map(|s| s.limit as usize)
+            .sum();
+        let waiting = inner.queue.iter().filter(|w| !w.is_closed()).count();
+        if waiting <= starting_capacity {
+            return;
+        }
+        let live = inner.slots.iter().filter(|s| s.is_live()).count();
+        let room = (self.config.max_instances as usize).saturating_sub(live);
+        let need = (waiting - starting_capacity).div_ceil(limit);
+        let starting = need.min(room);
+        if starting == 0 {
+            let decision = Decision::AtMaxInstances {
+                waiting,
+                max_instances: self.config.max_instances,
+            };
+            self.decide(inner, decision);
+            return;
+        }
+        let reason = LaunchReason::Queued {
+            waiting,
+            starting_capacity,
+        };
+        self.start_instances(inner, starting, reason);
+    }
+
+    /// Launch `wanted` instances, stopping at the first the host budget refuses.
+    fn start_instances(self: &Arc<Self>, inner: &mut Inner, wanted: usize, reason: LaunchReason) {
+        let limit = inner.learned_limit.max(1);
+        for started in 0..wanted {
+            if let Err(refusal) = self.launch(inner) {
+                let decision = Decision::BudgetRefused {
+                    reason,
+                    started,
+                    wanted,
+                    refusal,
+                };
+                self.decide(inner, decision);
+                return;
+            }
+        }
+        let decision = Decision::ScaleOut {
+            reason,
+            starting: wanted,
+            limit,
+        };
+        self.decide(inner, decision);
+    }
+
+    /// Record demand, and drain one instance when the stable demand fits comfortably in
+    /// fewer. Scale-out is not decided here: the queue starts instances as soon as work
+    /// waits beyond the capacity running and starting.
+    fn autoscale(&self, inner: &mut Inner, now: Instant) {
+        let demand =
+            inner.slots.iter().map(|s| s.in_flight).sum::<u32>() as f64 + inner.queue.len() as f64;
+        inner.demand.push_back((now, demand));
+        while inner
+            .demand
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > STABLE_WINDOW)
+        {
+            inner.demand.pop_front();
+        }
+        let covered = inner
+            .demand
+            .front()
+            .map_or(Duration::ZERO, |(t, _)| now.duration_since(*t));
+        let ready: Vec<usize> = (0..inner.slots.len())
+            .filter(|&i| inner.slots[i].state == InstanceState::Ready)
+            .collect();
+        let floor = (self.config.min_instances as usize).max(1);
+        if ready.len() <= floor
+            || covered < PANIC_WINDOW
+            || !inner.queue.is_empty()
+            || now.duration_since(inner.last_scale_in) < SCALE_IN_COOLDOWN
+        {
+            return;
+        }
+        let stable = window_mean(&inner.demand, now, STABLE_WINDOW);
+        let panic = window_mean(&inner.demand, now, PANIC_WINDOW);
+        let mean_limit = ready
+            .iter()
+            .map(|&i| inner.slots[i].limit as f64)
+            .sum::<f64>()
+            / ready.len() as f64;
+        let capacity_after = (ready.len() - 1) as f64 * mean_limit * SCALE_IN_UTILIZATION;
+        if stable.max(panic) > capacity_after {
+            return;
+        }
+        let Some(&victim) = ready.iter().min_by_key(|&&i| inner.slots[i].in_flight) else {
+            return;
+        };
+        let slot = &mut inner.slots[victim];
+        slot.drain();
+        let decision = Decision::ScaleIn {
+            instance: slot.id.clone(),
+            demand_stable: stable,
+            demand_panic: panic,
+            remaining: ready.len() - 1,
+            mean_limit,
+        };
+        inner.last_scale_in = now;
+        self.decide(inner, decision);
+    }
+
+    /// Periodic work: stop idle instances, keep `min_instances` warm, finish a drain.
+    /// Returns false once the pool is finished.
+    pub(super) fn housekeep(self: &Arc<Self>) -> bool {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        inner.queue.retain(|w| !w.is_closed());
+        if inner.retired {
+            if inner.queue.is_empty() {
+                for slot in inner.slots.iter_mut() {
+                    if slot.state == InstanceState::Ready && slot.in_flight == 0 {
+                        slot.stop();
+                    }
+                }
+            }
+            if inner.slots.is_empty() && inner.queue.is_empty() {
+                inner.finished = true;
+                return false;
+            }
+            return true;
+        }
+        self.autoscale(&mut inner, now);
+        let mut live = inner.slots.iter().filter(|s| s.is_live()).count();
+        let min = self.config.min_instances as usize;
+        let mut decisions = Vec::new();
+        for slot in inner.slots.iter_mut() {
+            if live <= min {
+                break;
+            }
+            if slot.state == InstanceState::Ready
+                && slot.in_flight == 0
+                && now.duration_since(slot.idle_since) >= self.config.idle_timeout
+            {
+                slot.stop();
+                live -= 1;
+                decisions.push(Decision::IdleStop {
+                    instance: slot.id.clone(),
+                    idle_timeout: self.config.idle_timeout,
+                    min_instances: self.config.min_instances,
+                });
+            }
+        }
+        // One instance this pool already stopped will give its share back when it exits.
+        let releasing = inner
+            .slots
+            .iter()
+            .any(|s| s.state == InstanceState::Stopping);
+        if decisions.is_empty()
+            && live > min
+            && !releasing
+            && inner.queue.is_empty()
+            && self.budget.under_pressure()
+        {
+            let idle = inner.slots.iter_mut().find(|s| {
+                s.state == InstanceState::Ready
+                    && s.in_flight == 0
+                    && now.duration_since(s.idle_since) >= BUDGET_RECLAIM_IDLE
+            });
+            if let Some(slot) = idle.filter(|_| self.budget.relieve()) {
+                slot.stop();
+                decisions.push(Decision::BudgetReclaim {
+                    instance: slot.id.clone(),
+                });
+            }
+        }
+        for decision in decisions {
+            self.decide(&mut inner, decision);
+        }
+        let in_backoff = inner.backoff_until.is_some_and(|until| now < until);
+        if live < min && !in_backoff {
+            let reason = LaunchReason::MinInstances {
+                min_instances: self.config.min_instances,
+            };
+            self.start_instances(&mut inner, min - live, reason);
+        }
+        // Work may be waiting because the host budget was spent when it arrived; another
+        // function's instances may have stopped since.
+        if !inner.queue.is_empty() && !in_backoff {
+            self.scale_up(&mut inner);
+        }
+        true
+    }
+
+    /// Instances the demand calls for: the larger of the two windows' mean demand over
+    /// the limit new instances get.
+    pub(super) fn desired(&self, inner: &Inner, now: Instant) -> usize {
+        let (stable, panic) = demand_means(inner, now);
+        let desired = (stable.max(panic) / inner.learned_limit.max(1) as f64).ceil() as usize;
+        desired.clamp(
+            self.config.min_instances as usize,
+            self.config.max_instances as usize,
+        )
+    }
+}
+
+/// Mean demand over the stable and the panic window.
+pub(super) fn demand_means(inner: &Inner, now: Instant) -> (f64, f64) {
+    (
+        window_mean(&inner.demand, now, STABLE_WINDOW),
+        window_mean(&inner.demand, now, PANIC_WINDOW),
+    )
+}
+
+fn window_mean(demand: &VecDeque<(Instant, f64)>, now: Instant, window: Duration) -> f64 {
+    let (sum, n) = demand
+        .iter()
+        .filter(|(t, _)| now.duration_since(*t) <= window)
+        .fold((0.0, 0usize), |(sum, n), (_, d)| (sum + d, n + 1));
+    if n == 0 {
+        0.0
+    } else {
+        sum / n as f64
+    }
+}

@@ -1,0 +1,185 @@
+//! Slots and grants: how a call gets a place on an instance and gives it back.
+//!
+//! A call takes a free slot on the least-loaded ready instance at once, or waits in the
+//! bounded queue; a finishing call hands its slot to the oldest waiter. This module owns
+//! the in-flight and invocation counts and the per-call window figures (latency,
+//! in-flight area) the sampler reads. It must not start or stop instances for capacity
+//! (that is `scaling`), except to stop one that finished draining.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::lifecycle::STUCK_GRACE;
+use super::{Inner, InstanceState, Pool, Slot};
+use crate::{DispatchError, ErrorType, InstanceHandle, Invocation, LaunchError, Outcome, Result};
+
+/// The right to run one invocation on one instance. Dropping it frees the slot (or hands
+/// it to the next waiter).
+pub(crate) struct Grant {
+    pool: Option<Arc<Pool>>,
+    instance: String,
+    handle: Arc<dyn InstanceHandle>,
+    /// When the slot was handed over: the call's latency is measured from here.
+    started: Instant,
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool.release(&self.instance, self.started);
+        }
+    }
+}
+
+impl Pool {
+    /// Run one invocation: wait for a slot (bounded by the deadline), then run it there.
+    ///
+    /// The run itself happens on its own task, which keeps the slot until the instance
+    /// really finishes the call: a caller that times out or goes away must not free a slot
+    /// whose handler is still running (that would push the instance past its limit). An
+    /// instance that has not answered by the deadline plus [`STUCK_GRACE`] is stopped.
+    pub(crate) async fn invoke(self: &Arc<Self>, invocation: Invocation) -> Result<Outcome> {
+        let deadline = invocation.deadline;
+        let grant = match tokio::time::timeout_at(deadline, self.acquire()).await {
+            Ok(grant) => grant?,
+            Err(_) => return Err(DispatchError::Timeout(self.config.timeout)),
+        };
+        let (reply, result) = oneshot::channel();
+        let timeout = self.config.timeout;
+        tokio::spawn(async move {
+            let handle = grant.handle.clone();
+            let mut call = handle.invoke(invocation);
+            let outcome = match tokio::time::timeout_at(deadline, &mut call).await {
+                Ok(outcome) => outcome.map_err(DispatchError::from),
+                Err(_) => Err(DispatchError::Timeout(timeout)),
+            };
+            let timed_out = matches!(outcome, Err(DispatchError::Timeout(_)));
+            let _ = reply.send(outcome);
+            if timed_out && tokio::time::timeout(STUCK_GRACE, call).await.is_err() {
+                if let Some(pool) = &grant.pool {
+                    pool.stop_stuck(&grant.instance);
+                }
+            }
+            drop(grant);
+        });
+        result.await.unwrap_or(Err(DispatchError::ShuttingDown))
+    }
+
+    async fn acquire(self: &Arc<Self>) -> Result<Grant> {
+        let waiting = {
+            let mut inner = self.lock();
+            if let Some(grant) = self.try_grant(&mut inner) {
+                return Ok(grant);
+            }
+            let now = Instant::now();
+            let nothing_live = !inner.slots.iter().any(Slot::is_live);
+            if let (Some(until), true) = (inner.backoff_until, nothing_live) {
+                if now < until {
+                    let err = inner.last_launch_error.clone().unwrap_or_else(|| {
+                        LaunchError::new(ErrorType::Unknown, "instance failed to start")
+                    });
+                    return Err(DispatchError::InitFailed(err));
+                }
+            }
+            if inner.queue.len() >= self.config.max_queue {
+                return Err(DispatchError::Overloaded {
+                    function: self.function.clone(),
+                    retry_after: Duration::from_secs(1),
+                });
+            }
+            let (tx, rx) = oneshot::channel();
+            inner.queue.push_back(tx);
+            self.scale_up(&mut inner);
+            rx
+        };
+        waiting.await.unwrap_or(Err(DispatchError::ShuttingDown))
+    }
+
+    /// Take a free slot on the least-loaded ready instance, if any.
+    fn try_grant(self: &Arc<Self>, inner: &mut Inner) -> Option<Grant> {
+        let slot = inner
+            .slots
+            .iter_mut()
+            .filter(|s| s.state == InstanceState::Ready && s.in_flight < s.limit)
+            .min_by_key(|s| s.in_flight)?;
+        let now = Instant::now();
+        slot.touch(now);
+        slot.in_flight += 1;
+        slot.invocations += 1;
+        Some(Grant {
+            pool: Some(self.clone()),
+            instance: slot.id.clone(),
+            handle: slot.handle.clone().expect("ready slot has a handle"),
+            started: now,
+        })
+    }
+
+    /// Hand free slots of instance `index` to waiters, oldest first.
+    pub(super) fn feed_waiters(self: &Arc<Self>, inner: &mut Inner, index: usize) {
+        while inner.slots[index].state == InstanceState::Ready
+            && inner.slots[index].in_flight < inner.slots[index].limit
+        {
+            let Some(waiter) = inner.queue.pop_front() else {
+                break;
+            };
+            if waiter.is_closed() {
+                continue;
+            }
+            let now = Instant::now();
+            let slot = &mut inner.slots[index];
+            slot.touch(now);
+            slot.in_flight += 1;
+            slot.invocations += 1;
+            let grant = Grant {
+                pool: Some(self.clone()),
+                instance: slot.id.clone(),
+                handle: slot.handle.clone().expect("ready slot has a handle"),
+                started: now,
+            };
+            if let Err(Ok(mut grant)) = waiter.send(Ok(grant)) {
+                // The waiter left between the check and the send: take the slot back
+                // without re-entering `release` under the lock.
+                grant.pool = None;
+                let slot = &mut inner.slots[index];
+                slot.in_flight -= 1;
+                slot.invocations -= 1;
+            }
+        }
+    }
+
+    /// An invocation finished on `instance`: pass the slot on or free it.
+    fn release(self: &Arc<Self>, instance: &str, started: Instant) {
+        let mut inner = self.lock();
+        let Some(index) = inner.slots.iter().position(|s| s.id == instance) else {
+            return;
+        };
+        let now = Instant::now();
+        let slot = &mut inner.slots[index];
+        slot.touch(now);
+        let latency = now.duration_since(started);
+        slot.window.completed += 1;
+        slot.window.latency_sum += latency;
+        slot.window.min_latency = Some(slot.window.min_latency.map_or(latency, |m| m.min(latency)));
+        inner.slots[index].in_flight -= 1;
+        if inner.slots[index].in_flight == 0 {
+            inner.slots[index].idle_since = Instant::now();
+        }
+        self.feed_waiters(&mut inner, index);
+        let slot = &inner.slots[index];
+        let drained = slot.in_flight == 0
+            && (slot.state == InstanceState::Draining
+                || (inner.retired && inner.queue.is_empty() && slot.state == InstanceState::Ready));
+        if drained {
+            inner.slots[index].stop();
+        }
+    }
+
+    /// Calls running or waiting for a slot.
+    pub(crate) fn in_flight(&self) -> u32 {
+        let inner = self.lock();
+        inner.slots.iter().map(|s| s.in_flight).sum::<u32>() + inner.queue.len() as u32
+    }
+}

@@ -1,0 +1,118 @@
+//! Status: the point-in-time views of a pool and its instances that `shoal status`, the
+//! control API and the dashboard read, and the small queries the dispatcher asks.
+//!
+//! This module only reads pool state under the lock; it must not change it. The types are
+//! plain data without serde: the server converts them into its own wire types.
+
+use tokio::time::Instant;
+
+use super::scaling::demand_means;
+use super::Pool;
+use crate::decision::DecisionRecord;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceState {
+    /// Launched, not yet ready; its capacity already counts against a burst.
+    Starting,
+    /// Taking work.
+    Ready,
+    /// Takes no new work; stops once its in-flight count reaches zero.
+    Draining,
+    /// Asked to stop; removed when its process is gone.
+    Stopping,
+}
+
+impl InstanceState {
+    /// The lowercase name: `starting`, `ready`, `draining` or `stopping`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            InstanceState::Starting => "starting",
+            InstanceState::Ready => "ready",
+            InstanceState::Draining => "draining",
+            InstanceState::Stopping => "stopping",
+        }
+    }
+}
+
+/// A point-in-time view of one instance, for `shoal status` and the control API.
+#[derive(Debug, Clone)]
+pub struct InstanceStatus {
+    pub id: String,
+    pub pid: Option<u32>,
+    pub state: InstanceState,
+    pub in_flight: u32,
+    pub limit: u32,
+    pub uptime_ms: u64,
+    pub invocations: u64,
+    /// Fraction of one core the instance used over its last sampling interval.
+    pub cpu_busy: Option<f64>,
+}
+
+/// A point-in-time view of one function version's pool.
+#[derive(Debug, Clone)]
+pub struct PoolStatus {
+    pub function: String,
+    pub version: u32,
+    /// An older version finishing its work after a redeploy or delete.
+    pub retired: bool,
+    pub queued: usize,
+    pub limit: u32,
+    pub max_instances: u32,
+    /// `concurrency = "auto"`.
+    pub auto: bool,
+    /// The limit a new instance starts with (learned from running ones when auto).
+    pub learned_limit: u32,
+    /// Instances the demand calls for (stable window), against `instances.len()`.
+    pub desired: usize,
+    /// Mean in-flight + queued over the stable and the panic window.
+    pub demand_stable: f64,
+    pub demand_panic: f64,
+    pub instances: Vec<InstanceStatus>,
+    /// Why the pool started, stopped or retuned instances: the last
+    /// [`DECISION_HISTORY`](crate::DECISION_HISTORY), oldest first.
+    pub decisions: Vec<DecisionRecord>,
+}
+
+impl Pool {
+    pub(crate) fn status(&self) -> PoolStatus {
+        let inner = self.lock();
+        let now = Instant::now();
+        let (demand_stable, demand_panic) = demand_means(&inner, now);
+        PoolStatus {
+            function: self.function.clone(),
+            version: self.version,
+            retired: inner.retired,
+            queued: inner.queue.iter().filter(|w| !w.is_closed()).count(),
+            limit: self.config.limit,
+            max_instances: self.config.max_instances,
+            auto: self.config.auto,
+            learned_limit: inner.learned_limit,
+            desired: self.desired(&inner, now),
+            demand_stable,
+            demand_panic,
+            instances: inner
+                .slots
+                .iter()
+                .map(|s| InstanceStatus {
+                    id: s.id.clone(),
+                    pid: s.handle.as_ref().and_then(|h| h.pid()),
+                    state: s.state,
+                    in_flight: s.in_flight,
+                    limit: s.limit,
+                    uptime_ms: now.duration_since(s.started).as_millis() as u64,
+                    invocations: s.invocations,
+                    cpu_busy: s.cpu_busy,
+                })
+                .collect(),
+            decisions: inner.decisions.to_vec(),
+        }
+    }
+
+    pub(crate) fn instance_count(&self) -> usize {
+        self.lock().slots.len()
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        self.lock().finished
+    }
+}
