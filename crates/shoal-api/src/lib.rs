@@ -4,7 +4,7 @@
 //! Plain data only: no IO, no transport, no platform logic. The JSON field names are the
 //! API (the benchmark runner and users' scripts read them); rename with care.
 #![forbid(unsafe_code)]
-#![warn(unused_crate_dependencies)]
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 use serde::{Deserialize, Serialize};
 pub use shoal_manifest::{Concurrency, Runtime};

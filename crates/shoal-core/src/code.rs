@@ -136,7 +136,11 @@ fn hash_dir(root: &Path, rel: &Path, hasher: &mut Sha256) -> std::io::Result<()>
             hash_dir(root, &rel_path, hasher)?;
         } else if meta.file_type().is_symlink() {
             hasher.update(b"l");
-            hasher.update(std::fs::read_link(entry.path())?.as_os_str().as_encoded_bytes());
+            hasher.update(
+                std::fs::read_link(entry.path())?
+                    .as_os_str()
+                    .as_encoded_bytes(),
+            );
         } else {
             let executable = meta.permissions().mode() & 0o111 != 0;
             hasher.update(if executable { b"x" } else { b"f" });
@@ -185,7 +189,11 @@ mod tests {
         let edited = tree_digest(&dir).unwrap();
         assert_ne!(before, edited);
         std::fs::write(dir.join("lib/y.js"), "").unwrap();
-        assert_ne!(edited, tree_digest(&dir).unwrap(), "an added empty file counts");
+        assert_ne!(
+            edited,
+            tree_digest(&dir).unwrap(),
+            "an added empty file counts"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -211,7 +219,10 @@ mod tests {
             "exports.handler = () => 1"
         );
         assert!(
-            std::fs::read_dir(data.join("tmp")).unwrap().next().is_none(),
+            std::fs::read_dir(data.join("tmp"))
+                .unwrap()
+                .next()
+                .is_none(),
             "staging cleaned up"
         );
         let _ = std::fs::remove_dir_all(&data);

@@ -90,8 +90,7 @@ impl Platform {
         } else {
             request.payload
         };
-        serde_json::from_slice::<serde::de::IgnoredAny>(&payload)
-            .map_err(Error::InvalidPayload)?;
+        serde_json::from_slice::<serde::de::IgnoredAny>(&payload).map_err(Error::InvalidPayload)?;
         let version = self
             .dispatcher
             .active_version(&request.function)
@@ -133,10 +132,12 @@ impl Platform {
     /// The function and route parameters for an HTTP request, if a route matches.
     pub fn route(&self, method: &str, path: &str) -> Option<HttpTarget> {
         let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
-        routes.lookup(method, path).map(|(target, route)| HttpTarget {
-            function: target.to_owned(),
-            route,
-        })
+        routes
+            .lookup(method, path)
+            .map(|(target, route)| HttpTarget {
+                function: target.to_owned(),
+                route,
+            })
     }
 
     /// Run the function behind an HTTP route with an API Gateway payload 2.0 event, and
@@ -163,14 +164,12 @@ impl Platform {
             )
             .await?
         {
-            Outcome::Success(result) => {
-                shoal_events::try_map_v2_response(&result).map_err(|e| {
-                    let error = Error::BadProxyResult(e);
-                    self.logs
-                        .system(&target.function, "-", &request_id, chain(&error));
-                    error
-                })
-            }
+            Outcome::Success(result) => shoal_events::try_map_v2_response(&result).map_err(|e| {
+                let error = Error::BadProxyResult(e);
+                self.logs
+                    .system(&target.function, "-", &request_id, chain(&error));
+                error
+            }),
             // API Gateway hides a handler's error from its caller.
             Outcome::FunctionError { error_type, .. } => Err(Error::HandlerThrew { error_type }),
         }

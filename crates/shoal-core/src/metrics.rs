@@ -194,10 +194,30 @@ impl Platform {
         );
         let host = status.host;
         let host_gauges: [(&str, &str, Option<Unit>, u64); 4] = [
-            ("host_instances", "Instances on this host, all functions", None, u64::from(host.instances)),
-            ("host_max_instances", "The host-wide instance budget", None, u64::from(host.max_instances)),
-            ("host_memory_limit", "Sum of the memory limits of the instances on this host", Some(Unit::Bytes), host.memory_kib * 1024),
-            ("host_max_memory_limit", "The host-wide budget for instances' memory limits", Some(Unit::Bytes), host.max_memory_kib.saturating_mul(1024)),
+            (
+                "host_instances",
+                "Instances on this host, all functions",
+                None,
+                u64::from(host.instances),
+            ),
+            (
+                "host_max_instances",
+                "The host-wide instance budget",
+                None,
+                u64::from(host.max_instances),
+            ),
+            (
+                "host_memory_limit",
+                "Sum of the memory limits of the instances on this host",
+                Some(Unit::Bytes),
+                host.memory_kib * 1024,
+            ),
+            (
+                "host_max_memory_limit",
+                "The host-wide budget for instances' memory limits",
+                Some(Unit::Bytes),
+                host.max_memory_kib.saturating_mul(1024),
+            ),
         ];
         for (name, help, unit, value) in host_gauges {
             let gauge = Gauge::<i64>::default();

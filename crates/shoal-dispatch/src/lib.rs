@@ -10,6 +10,7 @@
 //! tested with a paused tokio clock and fake instances. It must not know about HTTP, SQL
 //! or `std::process`: the real launcher lives in `shoal-runtime`.
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 mod budget;
 pub mod controller;

@@ -6,6 +6,7 @@
 //! This crate implements `shoal-dispatch`'s launcher and instance traits for real
 //! processes. It is the only crate that spawns processes. It must not know about routes,
 //! manifests or SQL: the server hands it a [`FunctionCode`] per function version.
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 pub mod cgroup;
 mod frame;

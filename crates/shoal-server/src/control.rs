@@ -34,7 +34,9 @@ enum Action {
     Deploy(Bytes),
     ListFunctions,
     DeleteFunction(String),
-    Status { function: Option<String> },
+    Status {
+        function: Option<String>,
+    },
     Logs {
         function: String,
         since: Option<u64>,
@@ -66,7 +68,10 @@ enum Failure {
     #[error("no route for {method} {path}")]
     NoRoute { method: Method, path: String },
     #[error("request body exceeds {limit} bytes")]
-    TooLarge { limit: usize, operation: &'static str },
+    TooLarge {
+        limit: usize,
+        operation: &'static str,
+    },
     #[error("request body could not be read")]
     BrokenBody,
     #[error(transparent)]
@@ -177,7 +182,11 @@ impl Control {
     }
 }
 
-async fn body(req: Request<Incoming>, limit: usize, operation: &'static str) -> Result<Bytes, Failure> {
+async fn body(
+    req: Request<Incoming>,
+    limit: usize,
+    operation: &'static str,
+) -> Result<Bytes, Failure> {
     http::read_body(req.into_body(), limit)
         .await
         .map_err(|e| match e {

@@ -29,10 +29,7 @@ impl Gateway {
 
     async fn handle_request(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
         let (parts, body) = req.into_parts();
-        let Some(target) = self
-            .platform
-            .route(parts.method.as_str(), parts.uri.path())
-        else {
+        let Some(target) = self.platform.route(parts.method.as_str(), parts.uri.path()) else {
             return respond::no_route();
         };
         let body = match http::read_body(body, MAX_REQUEST_BODY).await {

@@ -123,7 +123,10 @@ fn tree_digests_are_kept_per_blob() {
     let a = store.put_blob(b"one").unwrap();
     assert_eq!(store.tree_digest(&a).unwrap(), None);
     store.set_tree_digest(&a, "tree-of-one").unwrap();
-    assert_eq!(store.tree_digest(&a).unwrap().as_deref(), Some("tree-of-one"));
+    assert_eq!(
+        store.tree_digest(&a).unwrap().as_deref(),
+        Some("tree-of-one")
+    );
     assert!(matches!(
         store.set_tree_digest(&"0".repeat(64), "x"),
         Err(shoal_store::Error::UnknownBlob { .. })

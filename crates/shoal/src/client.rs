@@ -39,7 +39,8 @@ impl Reply {
     /// The body as `T`, or the daemon's error message as an error.
     pub fn parse<T: DeserializeOwned>(self) -> anyhow::Result<T> {
         let reply = self.ok()?;
-        serde_json::from_slice(&reply.body).context("the daemon's answer did not match this shoal's API (is it the same version?)")
+        serde_json::from_slice(&reply.body)
+            .context("the daemon's answer did not match this shoal's API (is it the same version?)")
     }
 
     pub fn header(&self, name: &str) -> &str {

@@ -60,7 +60,11 @@ pub(super) fn reply(reply: Reply) -> Response<Body> {
 }
 
 /// A refused or failed request. `function` is the one the path names, if any.
-pub(super) fn failure(failure: &Failure, function: Option<&str>, request_id: &str) -> Response<Body> {
+pub(super) fn failure(
+    failure: &Failure,
+    function: Option<&str>,
+    request_id: &str,
+) -> Response<Body> {
     let function = function.unwrap_or("-");
     let mut response = match failure {
         Failure::Unauthorized => aws_error(

@@ -19,7 +19,9 @@ pub(super) fn no_route() -> Response<Body> {
 
 pub(super) fn unreadable_body(error: &BodyError) -> Response<Body> {
     match error {
-        BodyError::TooLarge(_) => message(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large"),
+        BodyError::TooLarge(_) => {
+            message(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large")
+        }
         BodyError::Broken => message(StatusCode::BAD_REQUEST, "Bad Request"),
     }
 }

@@ -31,7 +31,10 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
         .await?
         .ok()?;
     if reply.headers.contains_key(headers::FUNCTION_ERROR) {
-        eprintln!("function error ({}):", reply.header(headers::FUNCTION_ERROR));
+        eprintln!(
+            "function error ({}):",
+            reply.header(headers::FUNCTION_ERROR)
+        );
         eprintln!("{}", String::from_utf8_lossy(&reply.body));
         return Ok(ExitCode::FAILURE);
     }
