@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
 use shoal_dispatch::{
     BoxFuture, ErrorType, InstanceFailure, InstanceHandle, Invocation, LaunchError, Outcome,
@@ -25,10 +25,13 @@ use crate::{function_error_type, launch_error_from_json, Launch};
 const MAX_RESPONSE: usize = 6 * 1024 * 1024;
 /// Request ids remembered after their caller left, so a late answer gets 410, not 400.
 const EXPIRED_MEMORY: usize = 1024;
+mod respond;
+
 const API_PREFIX: &str = "/2018-06-01/runtime/";
 
 type Reply = oneshot::Sender<Result<Outcome, InstanceFailure>>;
 
+#[derive(Debug)]
 struct Assigned {
     request_id: String,
     deadline_ms: u64,
@@ -187,41 +190,41 @@ async fn close_on_exit(shared: Arc<Shared>, server: tokio::task::JoinHandle<()>)
     shared.started.notify_one();
 }
 
-fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        "application/json".parse().expect("static"),
-    );
-    response
+/// What the Runtime API answers a runtime: [`respond`] turns it into a response.
+#[derive(Debug)]
+enum Answer {
+    /// An invocation for a `/next` poll.
+    Invocation { assigned: Assigned, arn: String },
+    /// A response, error or init error was taken.
+    Accepted,
 }
 
-fn api_error(status: StatusCode, error_type: &str, message: &str) -> Response<Full<Bytes>> {
-    json(
-        status,
-        serde_json::json!({ "errorType": error_type, "errorMessage": message }),
-    )
+/// Why a Runtime API request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    UnknownPath,
+    TooLarge,
+    /// The instance is stopping; the poll will get no invocation.
+    Stopping,
+    /// The invocation already timed out (its caller left).
+    Expired,
+    UnknownRequestId,
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    respond::answer(route(shared, req).await)
+}
+
+async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Answer, Refusal> {
     let path = req.uri().path().to_owned();
-    let Some(route) = path.strip_prefix(API_PREFIX) else {
-        return api_error(
-            StatusCode::NOT_FOUND,
-            "InvalidRequest",
-            "unknown Runtime API path",
-        );
-    };
+    let route = path.strip_prefix(API_PREFIX).ok_or(Refusal::UnknownPath)?;
     let method = req.method().clone();
     match (method, route.split('/').collect::<Vec<_>>().as_slice()) {
         (Method::GET, ["invocation", "next"]) => next(&shared).await,
         (Method::POST, ["invocation", id, "response"]) => {
             let id = (*id).to_owned();
-            match read_body(req).await {
-                Ok(body) => answer(&shared, &id, Ok(Outcome::Success(body))),
-                Err(response) => response,
-            }
+            let body = read_body(req).await?;
+            answer(&shared, &id, Ok(Outcome::Success(body)))
         }
         (Method::POST, ["invocation", id, "error"]) => {
             let id = (*id).to_owned();
@@ -230,51 +233,38 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
                 .get("lambda-runtime-function-error-type")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
-            match read_body(req).await {
-                Ok(body) => {
-                    let error_type =
-                        header_type.unwrap_or_else(|| function_error_type(&body, "Unhandled"));
-                    answer(
-                        &shared,
-                        &id,
-                        Ok(Outcome::FunctionError { error_type, body }),
-                    )
-                }
-                Err(response) => response,
-            }
+            let body = read_body(req).await?;
+            let error_type = header_type.unwrap_or_else(|| function_error_type(&body, "Unhandled"));
+            answer(
+                &shared,
+                &id,
+                Ok(Outcome::FunctionError { error_type, body }),
+            )
         }
         (Method::POST, ["init", "error"]) => {
             let body = read_body(req).await.unwrap_or_default();
             shared.state().init_error = Some(launch_error_from_json(&body, ErrorType::InitError));
             shared.started.notify_one();
-            json(StatusCode::ACCEPTED, serde_json::json!({ "status": "OK" }))
+            Ok(Answer::Accepted)
         }
-        _ => api_error(
-            StatusCode::NOT_FOUND,
-            "InvalidRequest",
-            "unknown Runtime API path",
-        ),
+        _ => Err(Refusal::UnknownPath),
     }
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Refusal> {
     match Limited::new(req.into_body(), MAX_RESPONSE).collect().await {
         Ok(body) => Ok(body.to_bytes()),
-        Err(_) => Err(api_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "RequestEntityTooLarge",
-            "response payload exceeds 6 MiB",
-        )),
+        Err(_) => Err(Refusal::TooLarge),
     }
 }
 
-async fn next(shared: &Arc<Shared>) -> Response<Full<Bytes>> {
+async fn next(shared: &Arc<Shared>) -> Result<Answer, Refusal> {
     let waiting = {
         let mut state = shared.state();
         if let Some(assigned) = state.queue.pop_front() {
             drop(state);
             shared.started.notify_one();
-            return invocation_response(shared, assigned);
+            return Ok(invocation(shared, assigned));
         }
         let (tx, rx) = oneshot::channel();
         state.polls.push_back(tx);
@@ -282,66 +272,33 @@ async fn next(shared: &Arc<Shared>) -> Response<Full<Bytes>> {
     };
     shared.started.notify_one();
     match waiting.await {
-        Ok(assigned) => invocation_response(shared, assigned),
-        Err(_) => api_error(
-            StatusCode::GONE,
-            "InstanceStopping",
-            "this instance is stopping",
-        ),
+        Ok(assigned) => Ok(invocation(shared, assigned)),
+        Err(_) => Err(Refusal::Stopping),
     }
 }
 
-fn invocation_response(shared: &Shared, assigned: Assigned) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(assigned.payload));
-    let headers = response.headers_mut();
-    let mut set = |name: &'static str, value: String| {
-        if let Ok(value) = value.parse() {
-            headers.insert(name, value);
-        }
-    };
-    set("content-type", "application/json".into());
-    set(
-        "lambda-runtime-trace-id",
-        format!("Root=1-00000000-{}", assigned.request_id.replace('-', "")),
-    );
-    set(
-        "lambda-runtime-deadline-ms",
-        assigned.deadline_ms.to_string(),
-    );
-    set("lambda-runtime-invoked-function-arn", shared.arn.clone());
-    set("lambda-runtime-aws-request-id", assigned.request_id);
-    response
+fn invocation(shared: &Shared, assigned: Assigned) -> Answer {
+    Answer::Invocation {
+        assigned,
+        arn: shared.arn.clone(),
+    }
 }
 
 fn answer(
     shared: &Shared,
     id: &str,
     result: Result<Outcome, InstanceFailure>,
-) -> Response<Full<Bytes>> {
+) -> Result<Answer, Refusal> {
     let reply = {
         let mut state = shared.state();
         match state.pending.remove(id) {
-            Some(reply) => Ok(reply),
-            None if state.expired.iter().any(|e| e == id) => Err(true),
-            None => Err(false),
+            Some(reply) => reply,
+            None if state.expired.iter().any(|e| e == id) => return Err(Refusal::Expired),
+            None => return Err(Refusal::UnknownRequestId),
         }
     };
-    match reply {
-        Ok(reply) => {
-            let _ = reply.send(result);
-            json(StatusCode::ACCEPTED, serde_json::json!({ "status": "OK" }))
-        }
-        Err(true) => api_error(
-            StatusCode::GONE,
-            "InvocationExpired",
-            "the invocation already timed out",
-        ),
-        Err(false) => api_error(
-            StatusCode::BAD_REQUEST,
-            "InvalidRequestID",
-            "unknown request id",
-        ),
-    }
+    let _ = reply.send(result);
+    Ok(Answer::Accepted)
 }
 
 /// Forgets an invocation whose caller left; a late answer then gets 410.

@@ -277,7 +277,11 @@ fn only_shoal_runtime_spawns_processes() {
 #[test]
 fn rust_version_is_inherited_and_true_and_deps_are_used() {
     let meta = metadata();
-    let parse = |v: &str| -> Vec<u64> { v.split('.').map(|p| p.parse().unwrap()).collect() };
+    let parse = |v: &str| -> Vec<u64> {
+        let mut parts: Vec<u64> = v.split('.').map(|p| p.parse().unwrap()).collect();
+        parts.resize(3, 0);
+        parts
+    };
     let members: BTreeSet<&str> = meta["workspace_members"]
         .as_array()
         .unwrap()

@@ -1,0 +1,82 @@
+//! The Runtime API's answers, as Lambda's Runtime API gives them: an invocation with its
+//! `Lambda-Runtime-*` headers, `202 {"status":"OK"}` for a taken result, and
+//! `{errorType, errorMessage}` with the documented status for each refusal. The only place
+//! this listener chooses status codes.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Response, StatusCode};
+
+use super::{Answer, Refusal};
+
+pub(super) fn answer(result: Result<Answer, Refusal>) -> Response<Full<Bytes>> {
+    match result {
+        Ok(Answer::Accepted) => json(StatusCode::ACCEPTED, serde_json::json!({ "status": "OK" })),
+        Ok(Answer::Invocation { assigned, arn }) => invocation(assigned, arn),
+        Err(refusal) => {
+            let (status, error_type, message) = match refusal {
+                Refusal::UnknownPath => (
+                    StatusCode::NOT_FOUND,
+                    "InvalidRequest",
+                    "unknown Runtime API path",
+                ),
+                Refusal::TooLarge => (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "RequestEntityTooLarge",
+                    "response payload exceeds 6 MiB",
+                ),
+                Refusal::Stopping => (
+                    StatusCode::GONE,
+                    "InstanceStopping",
+                    "this instance is stopping",
+                ),
+                Refusal::Expired => (
+                    StatusCode::GONE,
+                    "InvocationExpired",
+                    "the invocation already timed out",
+                ),
+                Refusal::UnknownRequestId => (
+                    StatusCode::BAD_REQUEST,
+                    "InvalidRequestID",
+                    "unknown request id",
+                ),
+            };
+            json(
+                status,
+                serde_json::json!({ "errorType": error_type, "errorMessage": message }),
+            )
+        }
+    }
+}
+
+fn invocation(assigned: super::Assigned, arn: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(assigned.payload));
+    let headers = response.headers_mut();
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(value) = value.parse() {
+            headers.insert(name, value);
+        }
+    };
+    set("content-type", "application/json".into());
+    set(
+        "lambda-runtime-trace-id",
+        format!("Root=1-00000000-{}", assigned.request_id.replace('-', "")),
+    );
+    set(
+        "lambda-runtime-deadline-ms",
+        assigned.deadline_ms.to_string(),
+    );
+    set("lambda-runtime-invoked-function-arn", arn);
+    set("lambda-runtime-aws-request-id", assigned.request_id);
+    response
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        "application/json".parse().expect("static"),
+    );
+    response
+}
