@@ -429,7 +429,10 @@ class Run:
                 time.sleep(0.1)
             zero_after = time.monotonic() - last_response
             status = target.status() or {}
-            decision = next((p["last_decision"] for p in status.get("pools", [])), "")
+            decision = next(
+                (p["decisions"][-1]["message"] for p in status.get("pools", []) if p.get("decisions")),
+                "",
+            )
             start = time.monotonic()
             code, body = get(target.url)
             cold_ms = (time.monotonic() - start) * 1000

@@ -195,3 +195,38 @@ fn insert(response: &mut Response<Body>, name: &'static str, value: &str) {
         response.headers_mut().insert(name, value);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn text(response: Response<Body>) -> String {
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn internal_errors_carry_no_detail() {
+        let error = Error::Io {
+            what: "reading the log of",
+            path: "/secret/data-dir/logs/f.log".into(),
+            source: std::io::Error::other("disk on fire"),
+        };
+        let response = platform_error(&error, "f", "req-1");
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.headers()["x-amzn-errortype"], "ServiceException");
+        let body = text(response).await;
+        assert!(!body.contains("secret") && !body.contains("fire"), "{body}");
+        assert!(body.contains("req-1"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_function_failure_is_a_200_with_the_function_error_header() {
+        let error = Error::FunctionTimeout(std::time::Duration::from_secs(3));
+        let response = platform_error(&error, "f", "req-2");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[headers::FUNCTION_ERROR], "Unhandled");
+        assert!(text(response).await.contains("Sandbox.Timedout"));
+    }
+}

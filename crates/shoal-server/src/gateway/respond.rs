@@ -94,3 +94,34 @@ fn error_response(error: &Error, request_id: &str) -> Response<Body> {
 fn message(status: StatusCode, text: &str) -> Response<Body> {
     http::json(status, &serde_json::json!({ "message": text }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn internal_errors_carry_no_detail() {
+        let error = Error::Io {
+            what: "reading",
+            path: "/secret/data-dir/x".into(),
+            source: std::io::Error::other("disk on fire"),
+        };
+        let response = invoked(Err(error), "req-1");
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.headers()["apigw-requestid"], "req-1");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], br#"{"message":"Internal Server Error"}"#);
+    }
+
+    #[test]
+    fn overload_says_when_to_retry() {
+        let error = Error::Overloaded {
+            function: "f".into(),
+            retry_after: std::time::Duration::from_secs(1),
+        };
+        let response = invoked(Err(error), "req-2");
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()["retry-after"], "1");
+    }
+}
