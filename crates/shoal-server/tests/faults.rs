@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::{function_dir, pids, process_alive, Api, Reply, TestServer};
+use support::{function_dir, pids, process_alive, Api, Reply, TestServer, PATIENCE};
 
 /// The Invoke API's answer for a failed invocation: 200 with `X-Amz-Function-Error`.
 /// Returns (errorType, errorMessage).
@@ -59,11 +59,6 @@ async fn wait_gone(pid: u64, within: Duration) -> Duration {
     started.elapsed()
 }
 
-fn median(values: &mut [Duration]) -> Duration {
-    values.sort();
-    values[values.len() / 2]
-}
-
 /// Resident memory of this process, which runs the server, in KiB.
 fn own_rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
@@ -99,7 +94,7 @@ exports.handler = async (event) => {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_fails_the_calls_in_flight_with_a_clear_error_and_is_replaced() {
     let server = TestServer::start().await;
-    let manifest = "[functions.crashy]\nruntime = \"nodejs\"\nhandler = \"index.handler\"\nconcurrency = 10\ntimeout = \"10s\"\n";
+    let manifest = "[functions.crashy]\nruntime = \"nodejs\"\nhandler = \"index.handler\"\nconcurrency = 10\ntimeout = \"60s\"\n";
     server
         .deploy_ok(&[("index.js", CRASHY), ("shoal.toml", manifest)])
         .await;
@@ -131,13 +126,26 @@ async fn a_crash_fails_the_calls_in_flight_with_a_clear_error_and_is_replaced() 
                 "{crash}: {message}"
             );
         }
-        // Answered when the process died, not left waiting for the 10 s timeout.
+        // Answered when the process died, not left waiting for the 60 s timeout.
         assert!(
-            started.elapsed() < Duration::from_secs(3),
+            started.elapsed() < PATIENCE,
             "{crash}: the calls waited {:?}",
             started.elapsed()
         );
-        wait_gone(pid, Duration::from_secs(2)).await;
+        wait_gone(pid, PATIENCE).await;
+        // The pool learns of the exit from its own watcher, a moment after the process is
+        // reaped; on a busy machine a call sent in between was given the dead instance and
+        // failed with "instance crashy-v1-N is not accepting work". Wait for the pool to
+        // drop it (what the memory bomb test does with its decision).
+        server
+            .wait_for_status("crashy", PATIENCE, |pools| {
+                let instances: Vec<Value> = pools
+                    .iter()
+                    .flat_map(|p| p["instances"].as_array().cloned().unwrap_or_default())
+                    .collect();
+                !pids(&instances).contains(&pid)
+            })
+            .await;
 
         // The platform is still up and a fresh instance serves the next call.
         let next = success(&server.invoke("crashy", &json!({})).await)["pid"]
@@ -304,11 +312,13 @@ handler = "calm.handler"
         tokio::spawn(async move { api.invoke("spin", &json!({ "spin": true })).await })
     };
     let mut during = Vec::new();
+    // Whether the spinning instance still ran when its caller got the answer.
+    let mut answered_before_the_kill = None;
     while !stuck.is_finished() || process_alive(spin_pid) {
-        assert!(
-            started.elapsed() < Duration::from_secs(6),
-            "spin never ended"
-        );
+        assert!(started.elapsed() < PATIENCE, "spin never ended");
+        if answered_before_the_kill.is_none() && stuck.is_finished() {
+            answered_before_the_kill = Some(process_alive(spin_pid));
+        }
         during.push(calm_call(server.api.clone()).await);
     }
     let killed_after = started.elapsed();
@@ -320,14 +330,22 @@ handler = "calm.handler"
         message.contains("Task timed out after 1.00 seconds"),
         "{message}"
     );
+    // The caller got its timeout at the deadline, not only when the instance was killed.
     assert!(
-        reply.elapsed >= Duration::from_secs(1) && reply.elapsed < Duration::from_millis(1800),
+        reply.elapsed >= Duration::from_secs(1),
         "the caller got its timeout after {:?}",
         reply.elapsed
     );
-    // Killed after the 2 s grace past the deadline, not at the deadline.
+    assert_eq!(
+        answered_before_the_kill,
+        Some(true),
+        "the caller got its timeout after {:?}, once the instance was gone",
+        reply.elapsed
+    );
+    // Killed after the 2 s grace past the deadline, not at the deadline (the upper bound
+    // is 5× the 3 s, for a busy machine).
     assert!(
-        killed_after >= Duration::from_millis(2900) && killed_after < Duration::from_millis(4500),
+        killed_after >= Duration::from_millis(2900) && killed_after < Duration::from_secs(15),
         "killed after {killed_after:?}"
     );
     let decision = server.status("spin").await[0]["last_decision"]
@@ -339,21 +357,20 @@ handler = "calm.handler"
         "{decision}"
     );
 
-    // The other function's instance kept answering at its usual pace the whole time.
-    let (before, during_median) = (median(&mut before), median(&mut during));
-    let slowest = *during.last().unwrap();
+    // The other function's instance kept answering the whole time (calm's calls take a
+    // few ms; one held up behind the spin would take until its timeout or its kill).
+    // How much a spinning neighbour slows calm calls is a benchmark's question, not this
+    // test's: the bounds here hold on a busy machine.
+    let slowest = *during.iter().max().unwrap();
     assert!(
-        during.len() > 50,
+        during.len() >= 10,
         "only {} calls during the spin",
         during.len()
     );
     assert!(
-        during_median <= before * 3 + Duration::from_millis(20),
-        "calm's median went from {before:?} to {during_median:?}"
-    );
-    assert!(
-        slowest < Duration::from_millis(500),
-        "a calm call took {slowest:?}"
+        slowest < Duration::from_secs(1),
+        "a calm call took {slowest:?} (before the spin, the slowest took {:?})",
+        before.iter().max().unwrap()
     );
 
     // A fresh instance takes the next call.
@@ -455,16 +472,16 @@ memory = 64
                 "{message}"
             );
         }
-        wait_gone(pid, Duration::from_secs(2)).await;
+        wait_gone(pid, PATIENCE).await;
         if let Some((dir, _)) = &cgroup {
-            let deadline = Instant::now() + Duration::from_secs(2);
+            let deadline = Instant::now() + PATIENCE;
             while std::path::Path::new(dir).exists() {
                 assert!(Instant::now() < deadline, "{dir} outlived its instance");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
         let record = server
-            .wait_for_log("bomb", Duration::from_secs(5), |r| {
+            .wait_for_log("bomb", PATIENCE, |r| {
                 r["stream"] == "platform"
                     && r["instance"] == instance.as_str()
                     && r["message"]
@@ -474,7 +491,7 @@ memory = 64
             .await;
         assert_eq!(record["level"], "ERROR", "{record}");
         server
-            .wait_for_status("bomb", Duration::from_secs(5), |pools| {
+            .wait_for_status("bomb", PATIENCE, |pools| {
                 pools[0]["last_decision"]
                     .as_str()
                     .is_some_and(|d| d.contains(&instance) && d.contains("ran out of memory"))
@@ -515,7 +532,7 @@ exports.handler = async () => {
         assert_eq!(success(&reply)["pid"], first);
     }
     let pools = server
-        .wait_for_status("leaky", Duration::from_secs(5), |pools| {
+        .wait_for_status("leaky", PATIENCE, |pools| {
             pools[0]["last_decision"]
                 .as_str()
                 .is_some_and(|d| d.contains("recycling"))
@@ -526,7 +543,7 @@ exports.handler = async () => {
         decision.contains("past 90% of its 64 MiB memory limit"),
         "{decision}"
     );
-    wait_gone(first, Duration::from_secs(2)).await;
+    wait_gone(first, PATIENCE).await;
     // A recycle is not a crash: the function's log has no unexpected exit.
     assert!(
         !server
@@ -696,6 +713,9 @@ http = [{ method = "GET", path = "/steady" }]
             .filter(|i| i["state"] == "ready" || i["state"] == "starting")
             .count()
     };
+    // Five concurrent calls; returns the most instances the active pool had meanwhile
+    // (looked at while the burst runs: on a busy machine its first instances may idle out
+    // before its last call answers).
     let burst = |api: Api| async move {
         let calls: Vec<_> = (0..5)
             .map(|_| {
@@ -703,25 +723,31 @@ http = [{ method = "GET", path = "/steady" }]
                 tokio::spawn(async move { api.get("/steady?ms=300").await })
             })
             .collect();
+        let mut peak: Vec<Value> = Vec::new();
+        while !calls.iter().all(|c| c.is_finished()) {
+            let pools = api.status("steady").await;
+            if pools[0]["instances"].as_array().unwrap().len() > peak.len() {
+                peak = pools[0]["instances"].as_array().unwrap().clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         for call in calls {
             let reply = call.await.unwrap();
             assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
         }
+        peak
     };
 
     let mut versions_deployed = vec![1];
     for round in 0..2 {
         // Scale out (one instance per concurrent call), then in once the burst is over.
-        burst(server.api.clone()).await;
-        let pools = server.status("steady").await;
+        let peak = burst(server.api.clone()).await;
         assert!(
-            pools[0]["instances"].as_array().unwrap().len() >= 4,
-            "round {round}: the burst scaled out: {pools:#?}"
+            peak.len() >= 4,
+            "round {round}: the burst scaled out: {peak:#?}"
         );
         server
-            .wait_for_status("steady", Duration::from_secs(5), |pools| {
-                live_instances(pools) <= PROBERS
-            })
+            .wait_for_status("steady", PATIENCE, |pools| live_instances(pools) <= PROBERS)
             .await;
         if round == 0 {
             let (status, body) = server.deploy_dir(code.path()).await;
@@ -732,7 +758,7 @@ http = [{ method = "GET", path = "/steady" }]
     assert_eq!(versions_deployed, [1, 2]);
     let started = Instant::now();
     while probes.load(Ordering::Relaxed) < AT_LEAST {
-        assert!(started.elapsed() < Duration::from_secs(10), "slow prober");
+        assert!(started.elapsed() < PATIENCE, "slow prober");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop.store(true, Ordering::Relaxed);

@@ -5,17 +5,22 @@
 mod support;
 
 use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::{example, pids, process_alive, Api, Reply, TestServer};
+use support::{example, pids, process_alive, Api, Reply, TestServer, PATIENCE};
 
 /// The hello handler sleeps this long after its CPU work.
 const HELLO_SLEEP: Duration = Duration::from_millis(2000);
-/// What a hello call may take beyond its sleep: a cold start, ten sum loops queued on one
-/// event loop, and a slow CI machine.
-const HELLO_MARGIN: Duration = Duration::from_millis(2500);
+/// An upper bound on each call of a burst of ten hello calls sharing one instance. An idle
+/// machine answers them in about 2.5 s (how close to the seed's 2 s is measured by bench/,
+/// scenario seed-burst-10); this is over 5× that, so that a busy machine never trips it,
+/// and still below the 20 s the ten calls would take one after another: a later answer
+/// means the instance did not run them concurrently.
+const HELLO_BOUND: Duration = Duration::from_secs(15);
 
 /// Fire `n` requests at once; answers in request order.
 async fn burst(
@@ -78,8 +83,8 @@ async fn seed_burst_shares_one_instance() {
             reply.elapsed
         );
         assert!(
-            reply.elapsed <= HELLO_SLEEP + HELLO_MARGIN,
-            "too slow: {:?}",
+            reply.elapsed < HELLO_BOUND,
+            "the burst was not served concurrently: a call took {:?}",
             reply.elapsed
         );
     }
@@ -203,7 +208,6 @@ http = [{ method = "GET", path = "/flaky" }]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redeploy_under_traffic_loses_no_request() {
     const PROBERS: usize = 4;
-    const RUN: Duration = Duration::from_secs(4);
     let server = TestServer::start().await;
     let code = support::function_dir(&[
         (
@@ -228,16 +232,18 @@ http = [{ method = "GET", path = "/version" }]
     let (status, body) = server.deploy_dir(code.path()).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
 
-    // (answers so far, highest version seen): the main task redeploys on these events.
+    // (answers so far, highest version seen): the main task redeploys on these events,
+    // and stops the probers once version 3 answers (however long that takes).
     let (seen_tx, mut seen) = tokio::sync::watch::channel((0usize, 0u64));
-    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
     let probers: Vec<_> = (0..PROBERS)
         .map(|_| {
             let api = server.api.clone();
             let seen_tx = seen_tx.clone();
+            let stop = stop.clone();
             tokio::spawn(async move {
                 let mut answers = Vec::new();
-                while started.elapsed() < RUN {
+                while !stop.load(Ordering::Relaxed) {
                     let reply = api.get("/version").await;
                     let version = reply.text().parse::<u64>().unwrap_or(0);
                     seen_tx.send_modify(|(n, max)| {
@@ -251,7 +257,7 @@ http = [{ method = "GET", path = "/version" }]
         })
         .collect();
 
-    let within = Duration::from_secs(10);
+    let within = PATIENCE;
     tokio::time::timeout(within, seen.wait_for(|(n, _)| *n >= 20))
         .await
         .expect("traffic flows")
@@ -276,6 +282,7 @@ http = [{ method = "GET", path = "/version" }]
         .await
         .expect("version 3 answers")
         .unwrap();
+    stop.store(true, Ordering::Relaxed);
 
     let mut versions = BTreeSet::new();
     for prober in probers {
@@ -309,7 +316,7 @@ http = [{ method = "GET", path = "/version" }]
     );
 
     let pools = server
-        .wait_for_status("ver", Duration::from_secs(10), |pools| {
+        .wait_for_status("ver", PATIENCE, |pools| {
             pools.iter().all(|p| p["retired"] == false)
         })
         .await;
@@ -460,7 +467,7 @@ exports.handler = async (event, context) => {
         .to_owned();
     // The event really runs, later, under the id the caller was given.
     let record = server
-        .wait_for_log("calc", Duration::from_secs(10), |r| {
+        .wait_for_log("calc", PATIENCE, |r| {
             r["message"]
                 .as_str()
                 .is_some_and(|m| m.contains("event mark async-7"))
@@ -619,14 +626,14 @@ exports.handler = async (event, context) => {
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
         let id = reply.text();
         let record = server
-            .wait_for_log("talk", Duration::from_secs(10), |r| {
+            .wait_for_log("talk", PATIENCE, |r| {
                 r["request_id"] == id.as_str() && r["stream"] == "stdout"
             })
             .await;
         assert_eq!(record["message"], format!("hello from {id}"), "{record}");
         assert_eq!(record["level"], "INFO", "{record}");
         let record = server
-            .wait_for_log("talk", Duration::from_secs(10), |r| {
+            .wait_for_log("talk", PATIENCE, |r| {
                 r["request_id"] == id.as_str() && r["stream"] == "stderr"
             })
             .await;
@@ -714,7 +721,7 @@ http = [{ method = "GET", path = "/gone" }]
     assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text());
 
     // The deleted function's idle instance stops.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + PATIENCE;
     while process_alive(gone_pid) {
         assert!(
             Instant::now() < deadline,
@@ -767,7 +774,10 @@ async fn a_timed_out_call_is_reported_as_a_timeout() {
     // Warm the instance so the timeout measures the handler, not the start.
     assert_eq!(server.get("/slow").await.status, StatusCode::OK);
 
-    let reply = server.get("/slow?sleepMs=3000").await;
+    // The handler would answer after 20 s: the caller gets the 1 s timeout instead. The
+    // upper bound is generous, for a busy machine, and still well short of those 20 s.
+    let cut_off = Duration::from_secs(10);
+    let reply = server.get("/slow?sleepMs=20000").await;
     assert_eq!(
         reply.status,
         StatusCode::GATEWAY_TIMEOUT,
@@ -776,12 +786,12 @@ async fn a_timed_out_call_is_reported_as_a_timeout() {
     );
     assert_eq!(reply.json(), json!({ "message": "Gateway Timeout" }));
     assert!(
-        reply.elapsed >= Duration::from_secs(1) && reply.elapsed < Duration::from_millis(2500),
+        reply.elapsed >= Duration::from_secs(1) && reply.elapsed < cut_off,
         "{:?}",
         reply.elapsed
     );
 
-    let reply = server.invoke("slow", &json!({ "sleepMs": 3000 })).await;
+    let reply = server.invoke("slow", &json!({ "sleepMs": 20000 })).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     assert_eq!(reply.header("x-amz-function-error"), Some("Unhandled"));
     let error = reply.json();
@@ -794,7 +804,7 @@ async fn a_timed_out_call_is_reported_as_a_timeout() {
         "{error}"
     );
     assert!(
-        reply.elapsed >= Duration::from_secs(1) && reply.elapsed < Duration::from_millis(2500),
+        reply.elapsed >= Duration::from_secs(1) && reply.elapsed < cut_off,
         "{:?}",
         reply.elapsed
     );
@@ -848,9 +858,9 @@ async fn a_burst_on_a_cold_auto_function_starts_few_instances_and_the_limit_is_s
     let pools = server.status("hello").await;
     assert_eq!(pools[0]["auto"], true, "{pools:#?}");
     assert!(pools[0]["learned_limit"].as_u64().unwrap() >= 1);
-    // The learned limit is saved for this version (every few seconds while serving).
+    // The learned limit is saved for this version (every 5 s while serving).
     let store = shoal_store::Store::open(&server.data_dir().join("shoal.db")).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + PATIENCE;
     while store.learned_limit("hello", 1).unwrap().is_none() {
         assert!(
             std::time::Instant::now() < deadline,
@@ -892,14 +902,11 @@ http = [{ method = "GET", path = "/second" }]
     let started = Instant::now();
     let second = server.get("/second").await;
     assert_eq!(second.status, StatusCode::OK, "{}", second.text());
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        started.elapsed()
-    );
+    // Well before first's 5 min idle timeout could have freed the budget.
+    assert!(started.elapsed() < PATIENCE, "{:?}", started.elapsed());
     let second_pid: u64 = second.text().parse().unwrap();
     assert_ne!(first_pid, second_pid);
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + PATIENCE;
     while process_alive(first_pid) {
         assert!(
             Instant::now() < deadline,
