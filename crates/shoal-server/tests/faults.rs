@@ -256,8 +256,11 @@ handler = "fine.handler"
         "{starts} starts for {calls} calls"
     );
     let pools = server.status("doomed").await;
-    let decision = pools[0]["last_decision"].as_str().unwrap();
-    assert!(decision.contains("in a row), retrying after"), "{decision}");
+    assert!(
+        !TestServer::decisions(&pools[0], "launch_failed").is_empty(),
+        "{}",
+        pools[0]["decisions"]
+    );
     assert!(pools[0]["instances"].as_array().unwrap().is_empty());
     server.shutdown().await;
 }
@@ -348,13 +351,11 @@ handler = "calm.handler"
         killed_after >= Duration::from_millis(2900) && killed_after < Duration::from_secs(15),
         "killed after {killed_after:?}"
     );
-    let decision = server.status("spin").await[0]["last_decision"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let pools = server.status("spin").await;
     assert!(
-        decision.contains("still busy") && decision.contains("stopping it"),
-        "{decision}"
+        !TestServer::decisions(&pools[0], "stuck_stopped").is_empty(),
+        "{}",
+        pools[0]["decisions"]
     );
 
     // The other function's instance kept answering the whole time (calm's calls take a
@@ -492,9 +493,12 @@ memory = 64
         assert_eq!(record["level"], "ERROR", "{record}");
         server
             .wait_for_status("bomb", PATIENCE, |pools| {
-                pools[0]["last_decision"]
-                    .as_str()
-                    .is_some_and(|d| d.contains(&instance) && d.contains("ran out of memory"))
+                TestServer::decisions(&pools[0], "instance_exited")
+                    .iter()
+                    .any(|d| {
+                        let message = d["message"].as_str().unwrap_or("");
+                        message.contains(&instance) && message.contains("ran out of memory")
+                    })
             })
             .await;
 
@@ -533,15 +537,13 @@ exports.handler = async () => {
     }
     let pools = server
         .wait_for_status("leaky", PATIENCE, |pools| {
-            pools[0]["last_decision"]
-                .as_str()
-                .is_some_and(|d| d.contains("recycling"))
+            !TestServer::decisions(&pools[0], "rss_recycle").is_empty()
         })
         .await;
-    let decision = pools[0]["last_decision"].as_str().unwrap();
+    let recycle = TestServer::decisions(&pools[0], "rss_recycle")[0];
     assert!(
-        decision.contains("past 90% of its 64 MiB memory limit"),
-        "{decision}"
+        recycle["message"].as_str().unwrap().contains("64 MiB"),
+        "{recycle}"
     );
     wait_gone(first, PATIENCE).await;
     // A recycle is not a crash: the function's log has no unexpected exit.

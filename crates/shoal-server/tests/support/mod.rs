@@ -281,6 +281,16 @@ impl Api {
         status["pools"].as_array().expect("pools").clone()
     }
 
+    /// The decisions of `kind` (its stable name, e.g. `scale_out`) in a pool's history.
+    pub fn decisions<'a>(pool: &'a Value, kind: &str) -> Vec<&'a Value> {
+        pool["decisions"]
+            .as_array()
+            .expect("decisions")
+            .iter()
+            .filter(|d| d["kind"] == kind)
+            .collect()
+    }
+
     /// Every instance of every pool of the function.
     pub async fn instances(&self, name: &str) -> Vec<Value> {
         self.status(name)
