@@ -257,7 +257,7 @@ handler = "fine.handler"
     );
     let pools = server.status("doomed").await;
     assert!(
-        !TestServer::decisions(&pools[0], "launch_failed").is_empty(),
+        !Api::decisions(&pools[0], "launch_failed").is_empty(),
         "{}",
         pools[0]["decisions"]
     );
@@ -353,7 +353,7 @@ handler = "calm.handler"
     );
     let pools = server.status("spin").await;
     assert!(
-        !TestServer::decisions(&pools[0], "stuck_stopped").is_empty(),
+        !Api::decisions(&pools[0], "stuck_stopped").is_empty(),
         "{}",
         pools[0]["decisions"]
     );
@@ -493,7 +493,7 @@ memory = 64
         assert_eq!(record["level"], "ERROR", "{record}");
         server
             .wait_for_status("bomb", PATIENCE, |pools| {
-                TestServer::decisions(&pools[0], "instance_exited")
+                Api::decisions(&pools[0], "instance_exited")
                     .iter()
                     .any(|d| {
                         let message = d["message"].as_str().unwrap_or("");
@@ -537,10 +537,10 @@ exports.handler = async () => {
     }
     let pools = server
         .wait_for_status("leaky", PATIENCE, |pools| {
-            !TestServer::decisions(&pools[0], "rss_recycle").is_empty()
+            !Api::decisions(&pools[0], "rss_recycle").is_empty()
         })
         .await;
-    let recycle = TestServer::decisions(&pools[0], "rss_recycle")[0];
+    let recycle = Api::decisions(&pools[0], "rss_recycle")[0];
     assert!(
         recycle["message"].as_str().unwrap().contains("64 MiB"),
         "{recycle}"

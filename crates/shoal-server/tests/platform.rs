@@ -925,7 +925,7 @@ http = [{ method = "GET", path = "/second" }]
         .unwrap()
         .clone();
     assert!(
-        !TestServer::decisions(&first_pool, "budget_reclaim").is_empty(),
+        !Api::decisions(&first_pool, "budget_reclaim").is_empty(),
         "{first_pool}"
     );
     server.shutdown().await;
