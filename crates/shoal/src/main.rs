@@ -50,16 +50,22 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    // RUST_LOG picks what is printed (e.g. `RUST_LOG=shoal_core=debug,info`); by default
-    // the daemon says what it deploys, starts, stops and decides, and every error.
+    let cli = Cli::parse();
+    // RUST_LOG picks what is printed (e.g. `RUST_LOG=shoal_core=debug,info`). By default
+    // the daemon says what it deploys, starts, stops and decides, and every error; the
+    // demo and the client commands print only warnings, so their own output stays clean.
+    let default = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
-    let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -47,9 +47,13 @@ impl Pool {
             Ok(grant) => grant?,
             Err(_) => return Err(DispatchError::Timeout(self.config.timeout)),
         };
+        // The caller's span (one per invocation, opened by the core) learns where the call
+        // runs, and the task that runs it stays inside that span.
+        let span = tracing::Span::current();
+        span.record("instance", grant.instance.as_str());
         let (reply, result) = oneshot::channel();
         let timeout = self.config.timeout;
-        tokio::spawn(async move {
+        let run = async move {
             let handle = grant.handle.clone();
             let mut call = handle.invoke(invocation);
             let outcome = match tokio::time::timeout_at(deadline, &mut call).await {
@@ -64,7 +68,8 @@ impl Pool {
                 }
             }
             drop(grant);
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(run, span));
         result.await.unwrap_or(Err(DispatchError::ShuttingDown))
     }
 
