@@ -16,6 +16,7 @@ use hyper::{Method, Request, Response};
 use shoal_api::{headers, Deleted, DeployReply, FunctionList, LogPage, StatusReport};
 use shoal_core::{InvocationType, InvokeRequest, Invoked, Platform};
 use shoal_dispatch::BoxFuture;
+use tracing::Instrument;
 
 use crate::auth;
 use crate::http::{self, Body, BodyError, Handler};
@@ -91,6 +92,23 @@ impl Control {
     async fn handle_request(&self, req: Request<Incoming>) -> Response<Body> {
         let request_id = shoal_core::new_request_id();
         let function = function_in_path(req.uri().path());
+        // Everything logged while serving this request (an internal error's details, the
+        // invocation it starts) carries its method, path and request id.
+        let span = tracing::info_span!(
+            "control",
+            method = %req.method(),
+            path = req.uri().path(),
+            request_id = %request_id,
+        );
+        self.serve(req, request_id, function).instrument(span).await
+    }
+
+    async fn serve(
+        &self,
+        req: Request<Incoming>,
+        request_id: String,
+        function: Option<String>,
+    ) -> Response<Body> {
         let result = match self.parse(req, &request_id).await {
             Ok(action) => self.run(action).await.map_err(Failure::from),
             Err(failure) => Err(failure),

@@ -87,6 +87,14 @@ impl Pool {
                 slot.handle = Some(handle.clone());
                 slot.state = InstanceState::Ready;
                 slot.idle_since = Instant::now();
+                tracing::info!(
+                    function = %self.function,
+                    version = self.version,
+                    instance = id,
+                    pid = handle.pid(),
+                    start_ms = slot.started.elapsed().as_millis() as u64,
+                    "instance ready"
+                );
                 self.feed_waiters(&mut inner, index);
                 if inner.retired && inner.queue.is_empty() && inner.slots[index].in_flight == 0 {
                     inner.slots[index].stop();
@@ -134,6 +142,7 @@ impl Pool {
             return;
         };
         let slot = inner.slots.remove(index);
+        tracing::debug!(function = %self.function, version = self.version, instance = id, reason, "instance gone");
         if slot.state != InstanceState::Stopping {
             let decision = Decision::InstanceExited {
                 instance: id.to_owned(),
