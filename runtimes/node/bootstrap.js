@@ -4,7 +4,9 @@
  *
  * Runs AWS-Lambda-style Node handlers inside one long-lived Node process and talks to the
  * Shoal daemon over the native channel (docs/PROTOCOL.md, protocol version 1): one
- * Unix-domain stream socket (path in SHOAL_SOCKET) carrying length-prefixed binary frames,
+ * Unix-domain stream socket carrying length-prefixed binary frames: inherited as an open
+ * descriptor (number in SHOAL_CHANNEL_FD, how the daemon starts it, so no other process can
+ * reach the channel) or, for tests, connected by path (SHOAL_SOCKET). Frames are
  * multiplexed by invocation id. Every INVOKE frame is started at once; many invocations
  * run concurrently on this one event loop, and their RESULT / ERROR frames go back in
  * whatever order they finish, batched into one socket write per event-loop turn.
@@ -85,6 +87,7 @@ const TWO_POW_32 = 4294967296;
 // ---------------------------------------------------------------------------------------
 const env = process.env;
 const SOCKET_PATH = env.SHOAL_SOCKET;
+const CHANNEL_FD = env.SHOAL_CHANNEL_FD === undefined ? undefined : Number(env.SHOAL_CHANNEL_FD);
 const HANDLER_SPEC = env._HANDLER || 'index.handler';
 const TASK_ROOT = path.resolve(env.LAMBDA_TASK_ROOT || process.cwd());
 const FUNCTION_NAME = env.AWS_LAMBDA_FUNCTION_NAME || 'unknown';
@@ -190,8 +193,8 @@ function errorPayload(err, typeOverride) {
 // ---------------------------------------------------------------------------------------
 // Socket + batched writer
 // ---------------------------------------------------------------------------------------
-if (!SOCKET_PATH) {
-  writeLogLine(stderr, 'ERROR', 'undefined', 'SHOAL_SOCKET is not set; the Shoal bootstrap must be started by the daemon');
+if (!SOCKET_PATH && !Number.isInteger(CHANNEL_FD)) {
+  writeLogLine(stderr, 'ERROR', 'undefined', 'neither SHOAL_CHANNEL_FD nor SHOAL_SOCKET is set; the Shoal bootstrap must be started by the daemon');
   process.exit(1);
 }
 if (env.SHOAL_PROTOCOL !== undefined && env.SHOAL_PROTOCOL !== String(PROTOCOL_VERSION)) {
@@ -199,7 +202,9 @@ if (env.SHOAL_PROTOCOL !== undefined && env.SHOAL_PROTOCOL !== String(PROTOCOL_V
   process.exit(1);
 }
 
-const socket = net.createConnection(SOCKET_PATH);
+const socket = Number.isInteger(CHANNEL_FD)
+  ? new net.Socket({ fd: CHANNEL_FD, readable: true, writable: true })
+  : net.createConnection(SOCKET_PATH);
 let exiting = false;
 let closeExitCode = 0; // 1 once initialization failed
 let initFailed = false;

@@ -57,6 +57,18 @@ pub struct StatusReport {
     pub host: HostReport,
     /// How instance memory is limited on this machine (cgroup v2, v1, or heap flag only).
     pub memory_limits: String,
+    /// Every wall around instances (uid, namespaces, seccomp, memory, pids, cpu, ...) and
+    /// whether it is up on this machine.
+    pub walls: Vec<WallReport>,
+}
+
+/// One wall around instances.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WallReport {
+    pub name: String,
+    pub up: bool,
+    /// What it does when up, or why it is down.
+    pub detail: String,
 }
 
 /// Instances and memory in use against the host-wide budget.

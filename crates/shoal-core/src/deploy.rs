@@ -90,6 +90,7 @@ impl Platform {
             handler: spec.handler.clone(),
             code_dir,
             memory_mb: spec.memory_mb,
+            ephemeral_storage_mb: spec.ephemeral_storage_mb,
             env: spec.env.clone(),
         });
         let mut config = pool_config(spec, self.max_queue);

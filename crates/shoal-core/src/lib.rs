@@ -32,6 +32,7 @@ pub use archive::{pack_dir, ArchiveError};
 pub use error::{chain, Error, Result};
 pub use invoke::{new_request_id, InvocationType, InvokeOutcome, InvokeRequest, Invoked};
 pub use shoal_api as api;
+pub use shoal_runtime::sandbox::{SandboxConfig, SandboxMode};
 
 use logs::LogStore;
 use metrics::Metrics;
@@ -53,6 +54,8 @@ pub struct Config {
     /// Invocations waiting for a slot, per function version, before callers get
     /// `Overloaded`: what bounds the daemon's memory under a flood.
     pub max_queue: usize,
+    /// The walls around instances.
+    pub sandbox: shoal_runtime::sandbox::SandboxConfig,
 }
 
 /// The platform: deployed functions (store + launcher + dispatcher + routes) and their
@@ -101,11 +104,23 @@ impl Platform {
                     runtimes_dir: data_dir.join("runtimes"),
                     node: config.node.clone(),
                     start_timeout: config.start_timeout,
+                    sandbox: config.sandbox.clone(),
                 },
                 logs.clone(),
             )
             .map_err(Error::Launcher)?,
         );
+        if let Some(group) = launcher.sandbox_group() {
+            // Sandboxed instances start as their own uid: bubblewrap, running as that uid,
+            // must reach `code/<digest>` to mount it. The group may pass through the data
+            // directory and `code/` without listing them; nothing else is opened to it.
+            let code = data_dir.join("code");
+            for dir in [&data_dir, &code] {
+                std::fs::create_dir_all(dir)
+                    .and_then(|()| shoal_runtime::share_with_group(dir, group))
+                    .map_err(|source| Error::io("opening to the sandbox group", dir, source))?;
+            }
+        }
         let dispatcher = Dispatcher::with_budget(launcher.clone(), config.host_budget);
         let platform = Arc::new(Platform {
             data_dir,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use shoal_api::{
     DecisionReport, FunctionInfo, HostReport, InstanceReport, LogPage, PoolReport, StatusReport,
+    WallReport,
 };
 use shoal_dispatch::{InstanceStatus, PoolStatus};
 
@@ -65,6 +66,16 @@ impl Platform {
                 max_memory_kib: budget.max_memory_kib,
             },
             memory_limits: self.launcher.memory_limits().to_string(),
+            walls: self
+                .launcher
+                .walls()
+                .into_iter()
+                .map(|w| WallReport {
+                    name: w.name.to_owned(),
+                    up: w.up,
+                    detail: w.detail,
+                })
+                .collect(),
         })
     }
 

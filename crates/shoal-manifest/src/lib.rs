@@ -35,6 +35,10 @@ pub struct FunctionSpec {
     pub handler: String,
     /// Memory limit of one instance; 64..=32768.
     pub memory_mb: u64,
+    /// Size of the instance's private `/tmp` (a tmpfs), as Lambda's `EphemeralStorage`;
+    /// 16..=10240, default 512.
+    #[serde(default = "defaults::ephemeral_storage_mb")]
+    pub ephemeral_storage_mb: u64,
     /// Deadline of one invocation; 1 ms..=15 min, as in Lambda.
     pub timeout_ms: u64,
     pub concurrency: Concurrency,
@@ -174,6 +178,7 @@ impl FunctionSpec {
             runtime,
             handler: handler.to_owned(),
             memory_mb: defaults::MEMORY_MB,
+            ephemeral_storage_mb: defaults::ephemeral_storage_mb(),
             timeout_ms: defaults::TIMEOUT_MS,
             concurrency: Concurrency::Auto,
             max_concurrency: defaults::MAX_CONCURRENCY,
@@ -196,6 +201,10 @@ mod defaults {
     pub(crate) const MIN_INSTANCES: u32 = 0;
     pub(crate) const IDLE_TIMEOUT_MS: u64 = 300_000;
     pub(crate) const PROVIDED_HANDLER: &str = "bootstrap";
+
+    pub(crate) fn ephemeral_storage_mb() -> u64 {
+        512
+    }
 
     pub(crate) fn target_cpu() -> f64 {
         0.8

@@ -14,6 +14,7 @@ const FUNCTION_KEYS: &[&str] = &[
     "runtime",
     "handler",
     "memory",
+    "ephemeral_storage",
     "timeout",
     "concurrency",
     "max_concurrency",
@@ -27,6 +28,9 @@ const FUNCTION_KEYS: &[&str] = &[
 ];
 
 const MEMORY_MB: (u64, u64) = (64, 32_768);
+/// `/tmp` of one instance, in MiB: Lambda's range is 512 MiB to 10 GiB; smaller is allowed
+/// here (a tmpfs counts against the host's memory).
+const EPHEMERAL_STORAGE_MB: (u64, u64) = (16, 10_240);
 const TIMEOUT_MS: (u64, u64) = (1, 15 * 60_000);
 const IDLE_TIMEOUT_MS: (u64, u64) = (1, 24 * 3_600_000);
 const MAX_CONCURRENCY: u32 = 10_000;
@@ -248,6 +252,16 @@ fn function(src: &Source<'_>, name: &Key, body: &Node) -> Result<(FunctionSpec, 
                 handler = Some(At { value, offset });
             }
             "memory" => spec.memory_mb = memory(src, &field, value, offset)?,
+            "ephemeral_storage" => {
+                spec.ephemeral_storage_mb = size(
+                    src,
+                    &field,
+                    "ephemeral_storage",
+                    value,
+                    offset,
+                    EPHEMERAL_STORAGE_MB,
+                )?
+            }
             "timeout" => {
                 spec.timeout_ms = duration(src, &field, "timeout", value, offset, TIMEOUT_MS)?
             }
@@ -445,6 +459,18 @@ fn check_handler(src: &Source<'_>, field: &str, runtime: Runtime, h: &At<String>
 }
 
 fn memory(src: &Source<'_>, field: &str, node: &Node, offset: usize) -> Result<u64> {
+    size(src, field, "memory", node, offset, MEMORY_MB)
+}
+
+/// A size in MiB ("512MiB", "1GiB" or a number of MiB) within `range`.
+fn size(
+    src: &Source<'_>,
+    field: &str,
+    what: &str,
+    node: &Node,
+    offset: usize,
+    range: (u64, u64),
+) -> Result<u64> {
     let mib = match &node.kind {
         Kind::Integer(n) => u64::try_from(*n).ok(),
         Kind::String(s) => parse_size_mib(s),
@@ -460,13 +486,13 @@ fn memory(src: &Source<'_>, field: &str, node: &Node, offset: usize) -> Result<u
             ),
         ));
     };
-    let (lo, hi) = MEMORY_MB;
+    let (lo, hi) = range;
     if !(lo..=hi).contains(&mib) {
         return Err(src.error(
             offset,
             field,
             format!(
-                "memory {} is out of range; use between {lo}MiB and {hi}MiB (32GiB)",
+                "{what} {} is out of range; use between {lo}MiB and {hi}MiB",
                 describe(node)
             ),
         ));

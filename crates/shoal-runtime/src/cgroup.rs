@@ -1,6 +1,7 @@
-//! Memory limits per instance through the kernel's memory controller: cgroup v2 where
-//! the daemon's own cgroup has the memory controller, cgroup v1's `memory` hierarchy
-//! where that is what the machine mounts.
+//! Limits per instance through the kernel's cgroups: memory (cgroup v2 where the daemon's
+//! own cgroup has the memory controller, cgroup v1's `memory` hierarchy where that is what
+//! the machine mounts), and where available the `pids` controller (processes and threads)
+//! and the `cpu` controller (a quota of CPU time, so one hog cannot take every core).
 //!
 //! Every instance gets a cgroup of its own under one parent the launcher owns
 //! (`<the daemon's cgroup>/shoal-<pid>-<n>`), so the limits nest inside whatever limit
@@ -37,7 +38,24 @@ impl Version {
 pub struct Root {
     version: Version,
     dir: PathBuf,
+    /// The parent for the `pids` controller: `dir` itself on v2, its own hierarchy on v1.
+    pids: Option<PathBuf>,
+    /// The parent for the `cpu` controller, likewise.
+    cpu: Option<PathBuf>,
 }
+
+/// What an instance's cgroups hold it to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    /// Processes and threads.
+    pub pids: u32,
+    /// CPU time per wall time, in cores (1.0 = one core's worth).
+    pub cpu_cores: f64,
+}
+
+/// The CFS period the CPU quota is expressed in.
+const CPU_PERIOD_US: u64 = 100_000;
 
 /// One instance's cgroup: the child joins it before exec; [`InstanceCgroup::finish`]
 /// reads whether the kernel's OOM killer struck and removes it.
@@ -45,6 +63,8 @@ pub struct Root {
 pub struct InstanceCgroup {
     version: Version,
     dir: PathBuf,
+    /// The instance's cgroups in other v1 hierarchies (pids, cpu).
+    extra: Vec<PathBuf>,
     limit_bytes: u64,
     _root: std::sync::Arc<Root>,
 }
@@ -98,9 +118,30 @@ impl Root {
         let n = NEXT_ROOT.fetch_add(1, Ordering::Relaxed);
         let dir = own.join(format!("shoal-{}-{n}", std::process::id()));
         std::fs::create_dir(&dir)?;
-        let root = Root { version, dir };
+        let mut root = Root {
+            version,
+            dir,
+            pids: None,
+            cpu: None,
+        };
         if version == Version::V2 {
             enable_memory(&root.dir)?;
+            // The other controllers are a bonus: without them memory still holds.
+            if enable(own, "pids")
+                .and_then(|()| enable(&root.dir, "pids"))
+                .is_ok()
+            {
+                root.pids = Some(root.dir.clone());
+            }
+            if enable(own, "cpu")
+                .and_then(|()| enable(&root.dir, "cpu"))
+                .is_ok()
+            {
+                root.cpu = Some(root.dir.clone());
+            }
+        } else {
+            root.pids = v1_parent("pids", n);
+            root.cpu = v1_parent("cpu", n);
         }
         if !root.dir.join(version.limit_file()).exists() {
             return Err(io::Error::other(format!(
@@ -120,23 +161,53 @@ impl Root {
         &self.dir
     }
 
-    /// Create `instance`'s cgroup with a memory limit of `limit_bytes`.
+    /// Whether instances get a `pids` limit here.
+    pub fn has_pids(&self) -> bool {
+        self.pids.is_some()
+    }
+
+    /// Whether instances get a CPU quota here.
+    pub fn has_cpu(&self) -> bool {
+        self.cpu.is_some()
+    }
+
+    /// Create `instance`'s cgroups with their limits.
     pub fn instance(
         self: &std::sync::Arc<Self>,
         instance: &str,
-        limit_bytes: u64,
+        limits: Limits,
     ) -> io::Result<InstanceCgroup> {
+        let limit_bytes = limits.memory_bytes;
         let dir = self.dir.join(instance);
         // A cgroup left from an earlier instance of the same name (not possible within
         // one launcher, but cheap to handle) would refuse mkdir.
         let _ = std::fs::remove_dir(&dir);
         std::fs::create_dir(&dir)?;
-        let cgroup = InstanceCgroup {
+        let mut cgroup = InstanceCgroup {
             version: self.version,
             dir,
+            extra: Vec::new(),
             limit_bytes,
             _root: self.clone(),
         };
+        let quota = ((limits.cpu_cores * CPU_PERIOD_US as f64) as u64).max(1000);
+        let pids = limits.pids.to_string();
+        if let Some(parent) = &self.pids {
+            let dir = cgroup.dir_in(parent, instance)?;
+            std::fs::write(dir.join("pids.max"), &pids)?;
+        }
+        if let Some(parent) = &self.cpu {
+            let dir = cgroup.dir_in(parent, instance)?;
+            match self.version {
+                Version::V2 => {
+                    std::fs::write(dir.join("cpu.max"), format!("{quota} {CPU_PERIOD_US}"))?
+                }
+                Version::V1 => {
+                    std::fs::write(dir.join("cpu.cfs_period_us"), CPU_PERIOD_US.to_string())?;
+                    std::fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string())?;
+                }
+            }
+        }
         let limit = limit_bytes.to_string();
         let set = std::fs::write(cgroup.dir.join(self.version.limit_file()), &limit);
         if let Err(e) = set {
@@ -159,15 +230,79 @@ impl Root {
 impl Drop for Root {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir(&self.dir);
+        for extra in [&self.pids, &self.cpu].into_iter().flatten() {
+            if extra != &self.dir {
+                let _ = std::fs::remove_dir(extra);
+            }
+        }
     }
 }
 
+/// On cgroup v1, the launcher's parent cgroup in the hierarchy of `controller`.
+fn v1_parent(controller: &str, n: u64) -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let membership = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let mount = parse_v1_mount(&mountinfo, controller)?;
+    let own_path = membership.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers
+            .split(',')
+            .any(|c| c == controller)
+            .then(|| path.to_owned())
+    })?;
+    let own = mount.dir_of(&own_path);
+    sweep_stale(&own);
+    let dir = own.join(format!("shoal-{}-{n}", std::process::id()));
+    std::fs::create_dir(&dir).ok()?;
+    Some(dir)
+}
+
+/// The v1 mount carrying `controller`.
+fn parse_v1_mount(mountinfo: &str, controller: &str) -> Option<Mount> {
+    mountinfo.lines().find_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        let fields: Vec<&str> = before.split_whitespace().collect();
+        let mut rest = after.split_whitespace();
+        let (fstype, _source, options) = (rest.next()?, rest.next()?, rest.next()?);
+        if fstype != "cgroup" || !options.split(',').any(|o| o == controller) {
+            return None;
+        }
+        Some(Mount {
+            version: Version::V1,
+            root: unescape(fields.get(3)?),
+            mount_point: PathBuf::from(unescape(fields.get(4)?)),
+        })
+    })
+}
+
 impl InstanceCgroup {
-    /// `cgroup.procs` as a C string, for the child to write `0` (itself) into before exec.
-    pub fn procs_path(&self) -> CString {
-        let path = self.dir.join("cgroup.procs");
-        CString::new(path.into_os_string().into_encoded_bytes())
-            .expect("cgroup paths hold no NUL byte")
+    /// The instance's cgroup under `parent`: the memory cgroup itself when `parent` is
+    /// the memory parent (v2), else a new one recorded for joining and removal.
+    fn dir_in(&mut self, parent: &Path, instance: &str) -> io::Result<PathBuf> {
+        if Some(parent) == self.dir.parent() {
+            return Ok(self.dir.clone());
+        }
+        let dir = parent.join(instance);
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir)?;
+        self.extra.push(dir.clone());
+        Ok(dir)
+    }
+
+    /// Every `cgroup.procs` the child writes `0` (itself) into before exec.
+    pub fn procs_paths(&self) -> Vec<CString> {
+        std::iter::once(&self.dir)
+            .chain(&self.extra)
+            .map(|dir| {
+                CString::new(
+                    dir.join("cgroup.procs")
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                )
+                .expect("cgroup paths hold no NUL byte")
+            })
+            .collect()
     }
 
     pub fn limit_bytes(&self) -> u64 {
@@ -200,19 +335,26 @@ impl InstanceCgroup {
     /// Remove the cgroup once its process is gone. Anything the instance left running
     /// in it (processes it spawned) is killed first: nothing outlives its instance.
     pub async fn remove(&self) {
+        self.remove_dir(&self.dir).await;
+        for extra in &self.extra {
+            self.remove_dir(extra).await;
+        }
+    }
+
+    async fn remove_dir(&self, dir: &Path) {
         for attempt in 0..20 {
-            match std::fs::remove_dir(&self.dir) {
+            match std::fs::remove_dir(dir) {
                 Ok(()) => return,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return,
                 Err(_) => {
                     if attempt > 0 {
-                        kill_members(&self.dir);
+                        kill_members(dir);
                     }
                     tokio::time::sleep(Duration::from_millis(10 * (attempt + 1))).await;
                 }
             }
         }
-        tracing::warn!(cgroup = %self.dir.display(), "could not remove an instance cgroup");
+        tracing::warn!(cgroup = %dir.display(), "could not remove an instance cgroup");
     }
 }
 
@@ -221,6 +363,9 @@ impl Drop for InstanceCgroup {
     /// after [`InstanceCgroup::remove`] the directory is already gone.
     fn drop(&mut self) {
         let _ = std::fs::remove_dir(&self.dir);
+        for extra in &self.extra {
+            let _ = std::fs::remove_dir(extra);
+        }
     }
 }
 
@@ -249,11 +394,16 @@ fn remove_now(dir: &Path) {
 }
 
 fn enable_memory(dir: &Path) -> io::Result<()> {
+    enable(dir, "memory")
+}
+
+/// Enable `controller` for the children of the v2 cgroup at `dir`.
+fn enable(dir: &Path, controller: &str) -> io::Result<()> {
     let enabled = std::fs::read_to_string(dir.join("cgroup.subtree_control"))?;
-    if enabled.split_whitespace().any(|c| c == "memory") {
+    if enabled.split_whitespace().any(|c| c == controller) {
         return Ok(());
     }
-    std::fs::write(dir.join("cgroup.subtree_control"), "+memory")
+    std::fs::write(dir.join("cgroup.subtree_control"), format!("+{controller}"))
 }
 
 /// Remove parents left by daemons that are gone (killed before they could clean up).
@@ -456,13 +606,39 @@ mod tests {
         };
         let parent = root.dir().to_owned();
         assert!(parent.is_dir());
-        let cgroup = root.instance("probe", 96 * 1024 * 1024).unwrap();
+        let cgroup = root
+            .instance(
+                "probe",
+                Limits {
+                    memory_bytes: 96 * 1024 * 1024,
+                    pids: 77,
+                    cpu_cores: 0.5,
+                },
+            )
+            .unwrap();
         let limit = std::fs::read_to_string(cgroup.dir.join(root.version().limit_file())).unwrap();
         assert_eq!(limit.trim(), (96u64 * 1024 * 1024).to_string());
+        let pids_dir = root.pids.as_ref().map(|_| cgroup.procs_paths().len());
+        if root.has_pids() {
+            let dir = if root.version() == Version::V2 {
+                cgroup.dir.clone()
+            } else {
+                cgroup.extra[0].clone()
+            };
+            assert_eq!(
+                std::fs::read_to_string(dir.join("pids.max"))
+                    .unwrap()
+                    .trim(),
+                "77"
+            );
+        }
+        let _ = pids_dir;
+        let extra: Vec<PathBuf> = cgroup.extra.clone();
         assert!(!cgroup.oom_killed());
         let dir = cgroup.dir.clone();
         cgroup.remove().await;
         assert!(!dir.exists());
+        assert!(extra.iter().all(|d| !d.exists()), "{extra:?}");
         drop(cgroup);
         drop(root);
         assert!(!parent.exists(), "the parent cgroup outlived its launcher");

@@ -14,6 +14,7 @@ mod native;
 mod process;
 pub mod procfs;
 mod runtime_api;
+pub mod sandbox;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -54,6 +55,8 @@ pub struct FunctionCode {
     /// Unpacked code, read-only: `LAMBDA_TASK_ROOT` and the working directory.
     pub code_dir: PathBuf,
     pub memory_mb: u64,
+    /// Size of the instance's private `/tmp`.
+    pub ephemeral_storage_mb: u64,
     pub env: BTreeMap<String, String>,
 }
 
@@ -114,7 +117,14 @@ pub struct LauncherConfig {
     pub node: PathBuf,
     /// How long an instance may take to become ready.
     pub start_timeout: Duration,
+    /// The walls around instances.
+    pub sandbox: sandbox::SandboxConfig,
 }
+
+/// Processes and threads one instance may have at once (Lambda allows 1024).
+pub const MAX_PIDS: u32 = 1024;
+/// CPU one instance may use, in cores: a runtime that needs more gets more instances.
+pub const CPU_CORES: f64 = 1.0;
 
 /// Starts real instance processes for registered function versions.
 pub struct ProcessLauncher {
@@ -125,6 +135,9 @@ pub struct ProcessLauncher {
     /// Parent of the instances' memory cgroups, when the machine has a usable controller.
     cgroups: Option<Arc<cgroup::Root>>,
     memory_limits: MemoryLimits,
+    sandbox: Arc<sandbox::Sandbox>,
+    /// `node`, resolved to an absolute path (it must be reachable inside the sandbox).
+    node: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +148,33 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("the sandbox is required (--sandbox on) but its {wall} wall is down: {why}")]
+    Sandbox { wall: &'static str, why: String },
+}
+
+/// Let `group` traverse `dir` without listing it (0710, owned by root and that group):
+/// enough for an instance's bubblewrap to bind a path below it whose name it is given.
+pub fn share_with_group(dir: &Path, group: u32) -> std::io::Result<()> {
+    std::os::unix::fs::chown(dir, None, Some(group))?;
+    set_mode(dir, 0o710)
+}
+
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+/// `program` as an absolute path: looked up in `PATH` when it is a bare name.
+fn resolve_program(program: &Path) -> PathBuf {
+    if program.components().count() > 1 {
+        return std::fs::canonicalize(program).unwrap_or_else(|_| program.to_owned());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+        .and_then(|found| std::fs::canonicalize(found).ok())
+        .unwrap_or_else(|| program.to_owned())
 }
 
 impl ProcessLauncher {
@@ -172,6 +212,31 @@ impl ProcessLauncher {
                 (None, limits)
             }
         };
+        let sandbox = sandbox::Sandbox::probe(&config.sandbox);
+        if config.sandbox.mode == sandbox::SandboxMode::Required {
+            if let Some(down) = sandbox.walls().iter().find(|w| !w.up) {
+                return Err(Error::Sandbox {
+                    wall: down.name,
+                    why: down.detail.clone(),
+                });
+            }
+        }
+        for wall in sandbox.walls() {
+            if wall.up {
+                tracing::info!(wall = wall.name, "wall up: {}", wall.detail);
+            } else {
+                tracing::warn!(wall = wall.name, "wall DOWN: {}", wall.detail);
+            }
+        }
+        if sandbox.enabled() {
+            // Instances' bubblewrap runs as their own uid and must reach the code and the
+            // bootstraps: the data directory's group may traverse, nobody else may.
+            for dir in [&config.runtimes_dir, &node_dir] {
+                prepare(dir, share_with_group(dir, sandbox.group()))?;
+            }
+            prepare(&node_bootstrap, set_mode(&node_bootstrap, 0o644))?;
+        }
+        let node = resolve_program(&config.node);
         Ok(ProcessLauncher {
             config,
             node_bootstrap,
@@ -179,7 +244,54 @@ impl ProcessLauncher {
             functions: Mutex::new(HashMap::new()),
             cgroups,
             memory_limits,
+            sandbox,
+            node,
         })
+    }
+
+    /// Every wall around instances and whether it is up on this machine.
+    pub fn walls(&self) -> Vec<sandbox::Wall> {
+        let mut walls = self.sandbox.walls().to_vec();
+        let cgroups = self.cgroups.as_deref();
+        walls.push(sandbox::Wall {
+            name: "memory",
+            up: cgroups.is_some(),
+            detail: self.memory_limits.to_string(),
+        });
+        walls.push(sandbox::Wall {
+            name: "pids",
+            up: cgroups.is_some_and(cgroup::Root::has_pids),
+            detail: if cgroups.is_some_and(cgroup::Root::has_pids) {
+                format!("at most {MAX_PIDS} processes and threads per instance")
+            } else {
+                "no usable pids controller".into()
+            },
+        });
+        walls.push(sandbox::Wall {
+            name: "cpu",
+            up: cgroups.is_some_and(cgroup::Root::has_cpu),
+            detail: if cgroups.is_some_and(cgroup::Root::has_cpu) {
+                format!("at most {CPU_CORES} core(s) of CPU time per instance")
+            } else {
+                "no usable cpu controller".into()
+            },
+        });
+        walls.push(sandbox::Wall {
+            name: "tmp",
+            up: self.sandbox.enabled(),
+            detail: if self.sandbox.enabled() {
+                "private /tmp per instance, capped at the function's ephemeral_storage".into()
+            } else {
+                "instances share the host's /tmp".into()
+            },
+        });
+        walls
+    }
+
+    /// The group given read and traverse access to the data directory and `code/`, when
+    /// instances run sandboxed.
+    pub fn sandbox_group(&self) -> Option<u32> {
+        self.sandbox.enabled().then(|| self.sandbox.group())
     }
 
     /// How instance memory is limited here (said once in the log at start).
@@ -203,16 +315,26 @@ impl ProcessLauncher {
 
     /// The environment every instance gets: Lambda's variables, then the function's own.
     fn environment(&self, code: &FunctionCode, request: &LaunchRequest) -> Vec<(String, String)> {
-        let mut env: Vec<(String, String)> = [
+        let (path, home, task_root) = if self.sandbox.enabled() {
             (
-                "PATH",
+                "/usr/local/bin:/usr/bin:/bin".to_owned(),
+                "/tmp".to_owned(),
+                sandbox::TASK_ROOT.to_owned(),
+            )
+        } else {
+            (
                 std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
-            ),
+                code.code_dir.display().to_string(),
+                code.code_dir.display().to_string(),
+            )
+        };
+        let mut env: Vec<(String, String)> = [
+            ("PATH", path),
             ("LANG", "C.UTF-8".into()),
             ("TZ", ":UTC".into()),
-            ("HOME", code.code_dir.display().to_string()),
+            ("HOME", home),
             ("_HANDLER", code.handler.clone()),
-            ("LAMBDA_TASK_ROOT", code.code_dir.display().to_string()),
+            ("LAMBDA_TASK_ROOT", task_root),
             ("AWS_REGION", "local".into()),
             ("AWS_DEFAULT_REGION", "local".into()),
             ("AWS_LAMBDA_FUNCTION_NAME", code.function.clone()),
@@ -261,10 +383,11 @@ impl InstanceLauncher for ProcessLauncher {
             logs: self.logs.clone(),
             start_timeout: self.config.start_timeout,
             cgroups: self.cgroups.clone(),
+            sandbox: self.sandbox.clone(),
         };
         match start.code.runtime {
             RuntimeKind::Node => {
-                let node = self.config.node.clone();
+                let node = self.node.clone();
                 let bootstrap = self.node_bootstrap.clone();
                 Box::pin(async move { native::launch(start, &node, &bootstrap).await })
             }
@@ -282,6 +405,7 @@ pub(crate) struct Launch {
     pub logs: Arc<dyn LogSink>,
     pub start_timeout: Duration,
     pub cgroups: Option<Arc<cgroup::Root>>,
+    pub sandbox: Arc<sandbox::Sandbox>,
 }
 
 impl Launch {
@@ -293,8 +417,12 @@ impl Launch {
     /// allowance. Without one the instance still starts (under the heap flag alone).
     fn cgroup(&self) -> Option<cgroup::InstanceCgroup> {
         let root = self.cgroups.as_ref()?;
-        let limit = (self.code.memory_mb + RUNTIME_MEMORY_ALLOWANCE_MIB) * 1024 * 1024;
-        match root.instance(&self.request.instance_id, limit) {
+        let limits = cgroup::Limits {
+            memory_bytes: (self.code.memory_mb + RUNTIME_MEMORY_ALLOWANCE_MIB) * 1024 * 1024,
+            pids: MAX_PIDS,
+            cpu_cores: CPU_CORES,
+        };
+        match root.instance(&self.request.instance_id, limits) {
             Ok(cgroup) => Some(cgroup),
             Err(e) => {
                 tracing::warn!(instance = %self.request.instance_id, error = %e,
@@ -302,6 +430,27 @@ impl Launch {
                 None
             }
         }
+    }
+
+    /// The sandbox plan for this instance's process, if instances are sandboxed here.
+    /// `program` must be visible inside (under `/usr`, the code, or the bootstrap dir).
+    fn sandbox_plan(
+        &self,
+        runtime_dir: Option<&Path>,
+        program: &Path,
+    ) -> Result<Option<sandbox::Plan>, LaunchError> {
+        let extra_ro = program
+            .parent()
+            .filter(|dir| !dir.starts_with("/usr") && !dir.starts_with(&self.code.code_dir));
+        self.sandbox
+            .plan(&sandbox::View {
+                code_dir: &self.code.code_dir,
+                runtime_dir,
+                extra_ro,
+                tmp_bytes: self.code.ephemeral_storage_mb * 1024 * 1024,
+                instance: &self.request.instance_id,
+            })
+            .map_err(|why| self.error(ErrorType::Unknown, why))
     }
 
     fn prepare_scratch(&self) -> Result<(), LaunchError> {

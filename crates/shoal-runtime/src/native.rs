@@ -1,4 +1,5 @@
-//! Instances on the native channel: Shoal's own bootstrap, one framed Unix socket each.
+//! Instances on the native channel: Shoal's own bootstrap, one framed Unix socket each,
+//! a connected pair whose runtime end the process inherits as a descriptor.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,15 +12,14 @@ use shoal_dispatch::{
 };
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
-use tokio::net::UnixListener;
+use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::frame::{self, Frame};
 use crate::process::{self, SpawnSpec, Spawned};
+use crate::sandbox;
 use crate::{function_error_type, launch_error_from_json, Launch};
 
-/// Longest Unix socket path the kernel accepts, with room to spare.
-const MAX_SOCKET_PATH: usize = 100;
 /// Frames written in one batch at most (bytes), so one huge burst doesn't stall reads.
 const MAX_WRITE_BATCH: usize = 1024 * 1024;
 
@@ -45,29 +45,27 @@ pub(crate) async fn launch(
     bootstrap: &Path,
 ) -> Result<Arc<dyn InstanceHandle>, LaunchError> {
     start.prepare_scratch()?;
-    let socket_path = start.scratch.join("ch.sock");
-    if socket_path.as_os_str().len() > MAX_SOCKET_PATH {
-        return Err(start.error(
-            ErrorType::Unknown,
-            format!(
-                "socket path {} is too long; use a shorter --data-dir",
-                socket_path.display()
-            ),
-        ));
-    }
-    let listener = UnixListener::bind(&socket_path).map_err(|e| {
-        start.error(
-            ErrorType::Unknown,
-            format!("binding {}: {e}", socket_path.display()),
-        )
-    })?;
+    // A connected pair, one end inherited by the runtime as a descriptor: no socket path
+    // exists that another process could connect to first.
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+        .and_then(|(ours, theirs)| {
+            ours.set_nonblocking(true)?;
+            Ok((UnixStream::from_std(ours)?, theirs))
+        })
+        .map_err(|e| start.error(ErrorType::Unknown, format!("creating the channel: {e}")))?;
+    let runtime_dir = bootstrap.parent().unwrap_or(Path::new("/"));
+    let plan = start.sandbox_plan(Some(runtime_dir), node)?;
+    let bootstrap_arg = match &plan {
+        Some(_) => Path::new(sandbox::RUNTIME_ROOT).join(bootstrap.file_name().unwrap_or_default()),
+        None => bootstrap.to_owned(),
+    };
     let mut env = start.env.clone();
-    env.push(("SHOAL_SOCKET".into(), socket_path.display().to_string()));
+    env.push(("SHOAL_CHANNEL_FD".into(), process::CHANNEL_FD.to_string()));
     env.push(("SHOAL_PROTOCOL".into(), frame::PROTOCOL_VERSION.to_string()));
     let args = vec![
         // V8's heap is capped at the function's memory; the process dies rather than swap.
         format!("--max-old-space-size={}", start.code.memory_mb),
-        bootstrap.display().to_string(),
+        bootstrap_arg.display().to_string(),
     ];
     let spawned = process::spawn(
         SpawnSpec {
@@ -79,6 +77,8 @@ pub(crate) async fn launch(
             instance: &start.request.instance_id,
             scratch: &start.scratch,
             cgroup: start.cgroup(),
+            sandbox: plan,
+            channel: Some(theirs.into()),
         },
         start.logs.clone(),
     )
@@ -90,8 +90,7 @@ pub(crate) async fn launch(
     })?;
 
     let handshake = async {
-        let (stream, _) = listener.accept().await.map_err(|e| e.to_string())?;
-        let (read, write) = stream.into_split();
+        let (read, write) = ours.into_split();
         let mut reader = BufReader::with_capacity(256 * 1024, read);
         let first = frame::read_frame(&mut reader)
             .await
@@ -140,7 +139,6 @@ pub(crate) async fn launch(
             ));
         }
     }
-    drop(listener);
     let (writer, queue) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         instance: start.request.instance_id.clone(),

@@ -1,6 +1,7 @@
 //! Spawning an instance process: environment, stdio capture, death with the daemon, its
-//! memory cgroup, and an exit monitor that turns the process's end into a one-line reason
-//! (naming an out-of-memory kill as such).
+//! cgroups, its sandbox (uid, bubblewrap, seccomp: see `sandbox.rs`), the inherited
+//! native-channel descriptor, and an exit monitor that turns the process's end into a
+//! one-line reason (naming an out-of-memory kill as such).
 
 use std::collections::VecDeque;
 use std::ffi::CString;
@@ -13,8 +14,15 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio::sync::{watch, Notify};
 
+use std::os::fd::{AsRawFd, OwnedFd};
+
 use crate::cgroup::InstanceCgroup;
+use crate::sandbox::{self, Plan};
 use crate::{LogSink, LogStream};
+
+/// The descriptor number the native channel arrives on in the instance
+/// (`SHOAL_CHANNEL_FD`).
+pub(crate) const CHANNEL_FD: i32 = 3;
 
 /// Lines of stderr kept to explain a failed start.
 const STDERR_TAIL_LINES: usize = 20;
@@ -47,27 +55,61 @@ pub(crate) struct SpawnSpec<'a> {
     pub function: &'a str,
     pub instance: &'a str,
     pub scratch: &'a Path,
-    /// The instance's memory cgroup, joined before exec; `None` where there is none.
+    /// The instance's cgroups, joined before exec; `None` where there is none.
     pub cgroup: Option<InstanceCgroup>,
+    /// Run inside the sandbox as planned; `None` runs the program directly.
+    pub sandbox: Option<Plan>,
+    /// A descriptor the process receives as [`CHANNEL_FD`] (the native channel).
+    pub channel: Option<OwnedFd>,
 }
 
 #[allow(clippy::disallowed_methods)] // this crate is the one place that spawns processes
 pub(crate) fn spawn(spec: SpawnSpec<'_>, logs: Arc<dyn LogSink>) -> std::io::Result<Spawned> {
-    let mut command = Command::new(spec.program);
+    let mut command = match &spec.sandbox {
+        Some(plan) => {
+            let mut command = Command::new(&plan.bwrap);
+            command
+                .args(&plan.args)
+                .arg(spec.program)
+                .args(spec.args)
+                .current_dir("/");
+            command
+        }
+        None => {
+            let mut command = Command::new(spec.program);
+            command.args(spec.args).current_dir(spec.cwd);
+            command
+        }
+    };
     command
-        .args(spec.args)
-        .current_dir(spec.cwd)
         .env_clear()
         .envs(spec.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    die_with_parent(&mut command);
-    if let Some(cgroup) = &spec.cgroup {
-        join_cgroup(&mut command, cgroup.procs_path());
-    }
+    // Descriptors the child gets at fixed numbers: copied above the low numbers first, so
+    // moving one into place cannot overwrite another.
+    let channel = spec.channel.as_ref().map(high_copy).transpose()?;
+    let seccomp = match spec.sandbox.as_ref().and_then(|p| p.seccomp.as_deref()) {
+        Some(program) => Some(high_copy(&sandbox::memfd_with(program)?)?),
+        None => None,
+    };
+    let before_exec = BeforeExec {
+        cgroups: spec
+            .cgroup
+            .as_ref()
+            .map(InstanceCgroup::procs_paths)
+            .unwrap_or_default(),
+        channel: channel.as_ref().map(AsRawFd::as_raw_fd),
+        seccomp: seccomp.as_ref().map(AsRawFd::as_raw_fd),
+        identity: spec.sandbox.as_ref().map(|p| (p.uid.uid, p.group)),
+    };
+    before_exec.install(&mut command);
     let mut child = command.spawn()?;
+    // The child has its copies now.
+    drop((channel, seccomp, spec.channel));
+    let uid = spec.sandbox.map(|plan| plan.uid);
     let pid = child.id().unwrap_or(0);
     let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
     let heap_oom = Arc::new(AtomicBool::new(false));
@@ -96,6 +138,8 @@ pub(crate) fn spawn(spec: SpawnSpec<'_>, logs: Arc<dyn LogSink>) -> std::io::Res
     let cgroup = spec.cgroup;
     let (function, instance) = (spec.function.to_owned(), spec.instance.to_owned());
     tokio::spawn(async move {
+        // The uid goes back to the range only once its process (and cgroup) is gone.
+        let _uid = uid;
         let (status, asked) = tokio::select! {
             status = child.wait() => (status, false),
             _ = kill_wait.notified() => {
@@ -170,48 +214,98 @@ fn describe(status: std::io::Result<ExitStatus>) -> String {
     }
 }
 
-/// The child gets SIGKILL when the daemon dies, however it dies: no orphans.
-#[allow(unsafe_code)]
-fn die_with_parent(command: &mut Command) {
-    // SAFETY: the closure runs in the forked child before exec and only calls prctl and
-    // getppid, both async-signal-safe; it touches no memory shared with the parent.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The parent may have died between fork and prctl: then we are already orphaned.
-            if libc::getppid() == 1 {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
+/// What the child does between fork and exec, in this order: join its cgroups (needs
+/// root), cap its open files, move inherited descriptors into place, take on its sandbox
+/// identity (supplementary group for bubblewrap's bind mounts, own gid and uid: this drops
+/// every capability), then ask for SIGKILL when the daemon dies — after the uid change,
+/// which would clear that request.
+struct BeforeExec {
+    cgroups: Vec<CString>,
+    channel: Option<i32>,
+    seccomp: Option<i32>,
+    identity: Option<(u32, u32)>,
+}
+
+impl BeforeExec {
+    #[allow(unsafe_code)]
+    fn install(self, command: &mut Command) {
+        // SAFETY: the closure runs in the forked child before exec. It only makes
+        // async-signal-safe system calls (open, write, close, setrlimit, dup2, fcntl,
+        // setgroups, setgid, setuid, prctl, getppid, _exit) on values prepared before
+        // the fork, allocates nothing, and reads errno through `last_os_error` only.
+        unsafe {
+            command.pre_exec(move || {
+                for procs in &self.cgroups {
+                    join_cgroup(procs)?;
+                }
+                let files = libc::rlimit {
+                    rlim_cur: sandbox::MAX_OPEN_FILES,
+                    rlim_max: sandbox::MAX_OPEN_FILES,
+                };
+                check(libc::setrlimit(libc::RLIMIT_NOFILE, &files))?;
+                if let Some(fd) = self.channel {
+                    check(libc::dup2(fd, CHANNEL_FD))?;
+                }
+                if let Some(fd) = self.seccomp {
+                    check(libc::dup2(fd, sandbox::SECCOMP_FD))?;
+                }
+                if let Some((uid, group)) = self.identity {
+                    check(libc::setgroups(1, &group))?;
+                    check(libc::setgid(uid))?;
+                    check(libc::setuid(uid))?;
+                }
+                check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
+                // The parent may have died before prctl: then we are already orphaned.
+                if libc::getppid() == 1 {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
     }
 }
 
-/// The child moves itself into its memory cgroup before exec, so not one allocation of
-/// the runtime happens outside the limit.
-#[allow(unsafe_code)]
-fn join_cgroup(command: &mut Command, procs: CString) {
-    // SAFETY: the closure runs in the forked child before exec and only calls open,
-    // write and close on a path allocated before the fork; all three are
-    // async-signal-safe, and `last_os_error` only reads errno.
-    unsafe {
-        command.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // "0" is the writing process itself, in both cgroup versions.
-            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-            let error = std::io::Error::last_os_error();
-            libc::close(fd);
-            if written != 1 {
-                return Err(error);
-            }
-            Ok(())
-        });
+/// A system call's -1 as the error it stands for.
+fn check(result: i32) -> std::io::Result<()> {
+    if result < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
     }
+}
+
+/// Write "0" (the writing process itself, in both cgroup versions) to a `cgroup.procs`.
+/// Runs in the forked child: async-signal-safe calls only.
+#[allow(unsafe_code)]
+fn join_cgroup(procs: &CString) -> std::io::Result<()> {
+    // SAFETY: open/write/close on a NUL-terminated path allocated before the fork.
+    unsafe {
+        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+        let error = std::io::Error::last_os_error();
+        libc::close(fd);
+        if written != 1 {
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
+/// A close-on-exec copy of `fd` numbered 10 or above.
+#[allow(unsafe_code)]
+fn high_copy(fd: &OwnedFd) -> std::io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a descriptor we own returns a new descriptor (or
+    // -1), which we take ownership of at once.
+    let copy = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+    if copy < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `copy` is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(copy) })
 }
 
 /// Stderr lines feed the tail kept for start errors, and V8's heap-exhaustion message

@@ -14,29 +14,101 @@ pub struct ProcSample {
     pub cpu_ms: u64,
 }
 
-/// Sample `pid`, or `None` if it is gone.
+/// Sample the process tree rooted at `pid` (an instance is its runtime and everything it
+/// started: bubblewrap's helpers, a `provided` bootstrap's children), or `None` if `pid`
+/// is gone. CPU time includes children already reaped, so it never goes backwards.
 pub fn sample(pid: u32) -> Option<ProcSample> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kib = kib_field(&status, "VmRSS:").unwrap_or(0);
-    let pss_kib = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .ok()
-        .and_then(|s| kib_field(&s, "Pss:"))
-        .unwrap_or(rss_kib);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    Some(ProcSample {
-        rss_kib,
-        pss_kib,
-        cpu_ms: cpu_ms_from_stat(&stat).unwrap_or(0),
-    })
+    let mut total = ProcSample::default();
+    let mut seen = false;
+    for member in tree(pid) {
+        let Some(status) = std::fs::read_to_string(format!("/proc/{member}/status")).ok() else {
+            continue;
+        };
+        let Some(stat) = std::fs::read_to_string(format!("/proc/{member}/stat")).ok() else {
+            continue;
+        };
+        seen |= member == pid;
+        let rss_kib = kib_field(&status, "VmRSS:").unwrap_or(0);
+        let pss_kib = std::fs::read_to_string(format!("/proc/{member}/smaps_rollup"))
+            .ok()
+            .and_then(|s| kib_field(&s, "Pss:"))
+            .unwrap_or(rss_kib);
+        total.rss_kib += rss_kib;
+        total.pss_kib += pss_kib;
+        total.cpu_ms += cpu_ms_from_stat(&stat).unwrap_or(0);
+    }
+    seen.then_some(total)
 }
 
 /// The cheap part of a sample (no smaps walk), for the concurrency controller.
 pub fn resources(pid: u32) -> Option<shoal_dispatch::Resources> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    Some(shoal_dispatch::Resources {
-        cpu_time: std::time::Duration::from_millis(cpu_ms_from_stat(&stat)?),
-        rss_kib: kib_field(&status, "VmRSS:").unwrap_or(0),
+    let mut cpu_ms = 0;
+    let mut rss_kib = 0;
+    let mut seen = false;
+    for member in tree(pid) {
+        let (Ok(status), Ok(stat)) = (
+            std::fs::read_to_string(format!("/proc/{member}/status")),
+            std::fs::read_to_string(format!("/proc/{member}/stat")),
+        ) else {
+            continue;
+        };
+        seen |= member == pid;
+        cpu_ms += cpu_ms_from_stat(&stat).unwrap_or(0);
+        rss_kib += kib_field(&status, "VmRSS:").unwrap_or(0);
+    }
+    seen.then(|| shoal_dispatch::Resources {
+        cpu_time: std::time::Duration::from_millis(cpu_ms),
+        rss_kib,
+    })
+}
+
+/// `pid` and its descendants, through each thread's `children` list.
+fn tree(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    let mut next = 0;
+    // Bounded: an instance may hold at most its pids limit of processes anyway.
+    while next < out.len() && out.len() < 4096 {
+        let parent = out[next];
+        next += 1;
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{parent}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            out.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+/// The uid owning the TCP socket that connected from `peer` to our listener on
+/// `local_port` (both on loopback), from /proc/net/tcp; `None` if it is not there.
+pub fn tcp_peer_uid(peer: std::net::SocketAddr, local_port: u16) -> Option<u32> {
+    let std::net::SocketAddr::V4(peer) = peer else {
+        return None;
+    };
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    find_socket_uid(&table, peer, local_port)
+}
+
+fn find_socket_uid(table: &str, peer: std::net::SocketAddrV4, local_port: u16) -> Option<u32> {
+    // The kernel prints an address as the in-memory (network order) u32 in hex, which on
+    // a little-endian machine reads as the octets reversed.
+    let hex_ip = |ip: std::net::Ipv4Addr| format!("{:08X}", u32::from_ne_bytes(ip.octets()));
+    let want_local = format!("{}:{:04X}", hex_ip(*peer.ip()), peer.port());
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (local, remote, uid) = (fields.get(1)?, fields.get(2)?, fields.get(7)?);
+        let remote_port = remote.rsplit(':').next()?;
+        (local.eq_ignore_ascii_case(&want_local)
+            && u16::from_str_radix(remote_port, 16).ok()? == local_port)
+            .then(|| uid.parse().ok())
+            .flatten()
     })
 }
 
@@ -52,7 +124,10 @@ fn cpu_ms_from_stat(stat: &str) -> Option<u64> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) * 10)
+    // Children already waited for (fields 16 and 17): their time moves here when reaped.
+    let cutime: u64 = fields.get(13).and_then(|f| f.parse().ok()).unwrap_or(0);
+    let cstime: u64 = fields.get(14).and_then(|f| f.parse().ok()).unwrap_or(0);
+    Some((utime + stime + cutime + cstime) * 10)
 }
 
 #[cfg(test)]
@@ -61,8 +136,31 @@ mod tests {
 
     #[test]
     fn parses_stat_with_spaces_in_the_name() {
-        let stat = "42 (node my app) S 1 42 42 0 -1 4194304 100 0 0 0 250 30 0 0 20 0 11 0 1 1 1";
-        assert_eq!(cpu_ms_from_stat(stat), Some(2800));
+        let stat = "42 (node my app) S 1 42 42 0 -1 4194304 100 0 0 0 250 30 7 3 20 0 11 0 1 1 1";
+        assert_eq!(cpu_ms_from_stat(stat), Some(2900));
+    }
+
+    #[test]
+    fn finds_the_uid_of_a_loopback_peer() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:A3B2 0100007F:1F90 01 00000000:00000000 00:00000000 00000000 200001        0 1234 1
+   1: 0100007F:1F90 0100007F:A3B2 01 00000000:00000000 00:00000000 00000000     0        0 1235 1
+";
+        let peer: std::net::SocketAddrV4 = "127.0.0.1:41906".parse().unwrap();
+        assert_eq!(find_socket_uid(table, peer, 0x1F90), Some(200_001));
+        assert_eq!(find_socket_uid(table, peer, 0x1F91), None);
+    }
+
+    #[test]
+    fn a_live_connection_is_attributed_to_this_process() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (_server, peer) = listener.accept().unwrap();
+        // SAFETY-free: geteuid through libc is a plain read.
+        #[allow(unsafe_code)]
+        let me = unsafe { libc::geteuid() };
+        assert_eq!(tcp_peer_uid(peer, port), Some(me));
     }
 
     #[test]

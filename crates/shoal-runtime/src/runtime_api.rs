@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -19,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch, Notify};
 
 use crate::process::{self, SpawnSpec};
+use crate::sandbox;
 use crate::{function_error_type, launch_error_from_json, Launch};
 
 /// Lambda's limit on a synchronous response payload.
@@ -87,9 +89,13 @@ pub(crate) async fn launch(start: Launch) -> Result<Arc<dyn InstanceHandle>, Lau
         .map_err(|e| start.error(ErrorType::Unknown, e.to_string()))?;
     let mut env = start.env.clone();
     env.push(("AWS_LAMBDA_RUNTIME_API".into(), addr.to_string()));
+    let plan = start.sandbox_plan(None, &program)?;
+    // Only the instance's own uid may speak on its listener (where instances have one).
+    let owner = plan.as_ref().map(|p| p.uid.uid);
+    let inside = Path::new(sandbox::TASK_ROOT).join("bootstrap");
     let spawned = process::spawn(
         SpawnSpec {
-            program: &program,
+            program: if plan.is_some() { &inside } else { &program },
             args: &[],
             cwd: &start.code.code_dir,
             env,
@@ -97,6 +103,8 @@ pub(crate) async fn launch(start: Launch) -> Result<Arc<dyn InstanceHandle>, Lau
             instance: &start.request.instance_id,
             scratch: &start.scratch,
             cgroup: start.cgroup(),
+            sandbox: plan,
+            channel: None,
         },
         start.logs.clone(),
     )
@@ -118,7 +126,7 @@ pub(crate) async fn launch(start: Launch) -> Result<Arc<dyn InstanceHandle>, Lau
         exit: spawned.exit.clone(),
         kill: spawned.kill.clone(),
     });
-    let server = tokio::spawn(serve(listener, shared.clone()));
+    let server = tokio::spawn(serve(listener, shared.clone(), owner));
     tokio::spawn(close_on_exit(shared.clone(), server));
 
     let mut exit = spawned.exit.clone();
@@ -152,11 +160,23 @@ fn is_executable(path: &std::path::Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+/// Serve the Runtime API. With an `owner` uid, a connection from any other uid (another
+/// instance, another local user) is closed unanswered: it must not take this instance's
+/// events or answer for it.
+async fn serve(listener: TcpListener, shared: Arc<Shared>, owner: Option<u32>) {
+    let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
+        if let Some(owner) = owner {
+            let uid = crate::procfs::tcp_peer_uid(peer, local_port);
+            if uid != Some(owner) {
+                tracing::warn!(instance = %shared.instance, ?peer, ?uid,
+                    "refused a Runtime API connection from outside the instance");
+                continue;
+            }
+        }
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         tokio::spawn(async move {

@@ -52,6 +52,8 @@ pub struct Config {
     /// Invocations waiting for a slot, per function version, before callers get 429: what
     /// bounds the daemon's memory under a flood.
     pub max_queue: usize,
+    /// The walls around instances.
+    pub sandbox: shoal_core::SandboxConfig,
 }
 
 impl Config {
@@ -66,6 +68,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(10),
             host_budget: default_host_budget(),
             max_queue: DEFAULT_MAX_QUEUE,
+            sandbox: shoal_core::SandboxConfig::default(),
         }
     }
 }
@@ -117,6 +120,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown_grace: config.shutdown_grace,
         host_budget: config.host_budget,
         max_queue: config.max_queue,
+        sandbox: config.sandbox.clone(),
     })
     .map_err(|e| anyhow::anyhow!(shoal_core::chain(&e)))
     .context("opening the data directory")?;

@@ -27,6 +27,25 @@ pub struct Args {
     /// Most memory (MiB) the instances' memory limits may add up to [default: 3/4 of RAM].
     #[arg(long)]
     max_memory_mib: Option<u64>,
+    /// Walls around instances: `auto` puts up every one the machine allows and says which
+    /// are missing, `on` refuses to start without all of them, `off` runs instances as
+    /// plain children of the daemon (development only).
+    #[arg(long, value_enum, default_value_t = Sandbox::Auto)]
+    sandbox: Sandbox,
+    /// First uid of the range sandboxed instances run as (one uid per live instance; the
+    /// range's first id is also the group allowed to traverse the data directory).
+    #[arg(long, default_value_t = 200_000)]
+    sandbox_uid_base: u32,
+    /// How many uids the range holds: the most instances that run at once.
+    #[arg(long, default_value_t = 4096)]
+    sandbox_uid_count: u32,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Sandbox {
+    Auto,
+    On,
+    Off,
 }
 
 pub async fn run(data_dir: &Path, args: Args) -> anyhow::Result<ExitCode> {
@@ -39,6 +58,15 @@ pub async fn run(data_dir: &Path, args: Args) -> anyhow::Result<ExitCode> {
     if let Some(mib) = args.max_memory_mib {
         config.host_budget.max_memory_kib = mib * 1024;
     }
+    config.sandbox = shoal_core::SandboxConfig {
+        mode: match args.sandbox {
+            Sandbox::Auto => shoal_core::SandboxMode::Auto,
+            Sandbox::On => shoal_core::SandboxMode::Required,
+            Sandbox::Off => shoal_core::SandboxMode::Off,
+        },
+        uid_base: args.sandbox_uid_base,
+        uid_count: args.sandbox_uid_count,
+    };
     let running = shoal_server::start(config).await?;
     println!("shoal is serving");
     println!("  gateway      http://{}", running.gateway_addr);

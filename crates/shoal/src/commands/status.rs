@@ -14,6 +14,19 @@ pub struct Args {
     /// Show each pool's recent scaling decisions (up to the last 50), oldest first.
     #[arg(long)]
     decisions: bool,
+    /// Show each wall around instances and what it does (or why it is down).
+    #[arg(long)]
+    walls: bool,
+}
+
+fn names(status: &StatusReport) -> String {
+    status
+        .walls
+        .iter()
+        .filter(|w| w.up)
+        .map(|w| w.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
@@ -34,7 +47,23 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
             (host.max_memory_kib / 1024).to_string()
         },
     );
-    println!("memory limits: {}", status.memory_limits);
+    let down: Vec<&str> = status
+        .walls
+        .iter()
+        .filter(|w| !w.up)
+        .map(|w| w.name.as_str())
+        .collect();
+    if down.is_empty() {
+        println!("walls: all up ({})", names(&status));
+    } else {
+        println!("walls: DOWN: {} (up: {})", down.join(", "), names(&status));
+    }
+    if args.walls {
+        for wall in &status.walls {
+            let state = if wall.up { "up" } else { "DOWN" };
+            println!("  {:<12} {:<5} {}", wall.name, state, wall.detail);
+        }
+    }
     if status.pools.is_empty() {
         println!("no functions deployed");
     }
