@@ -20,6 +20,8 @@ use crate::process::{self, SpawnSpec, Spawned};
 use crate::sandbox;
 use crate::{function_error_type, launch_error_from_json, Launch};
 
+/// How long a runtime whose channel closed during start gets to exit on its own.
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// Frames written in one batch at most (bytes), so one huge burst doesn't stall reads.
 const MAX_WRITE_BATCH: usize = 1024 * 1024;
 
@@ -158,8 +160,17 @@ pub(crate) async fn launch(
 
 /// The process ended before it was ready: explain with its exit and last stderr lines.
 async fn exited_early(start: &Launch, spawned: &Spawned) -> LaunchError {
-    spawned.kill.notify_one();
-    let reason = process::exit_reason(spawned.exit.clone()).await;
+    // The channel closed: usually the runtime is exiting. Let it finish (the sandbox's
+    // processes end just after it) so its own exit code is what callers see; kill only a
+    // process that lingers.
+    let own_exit = process::exit_reason(spawned.exit.clone());
+    let reason = match tokio::time::timeout(EXIT_GRACE, own_exit).await {
+        Ok(reason) => reason,
+        Err(_) => {
+            spawned.kill.notify_one();
+            process::exit_reason(spawned.exit.clone()).await
+        }
+    };
     let tail = spawned.stderr_tail();
     let message = if tail.is_empty() {
         format!("instance {reason} before it was ready")
@@ -215,17 +226,23 @@ async fn read_loop(mut reader: BufReader<tokio::net::unix::OwnedReadHalf>, share
             }
             Ok(Some(frame)) => {
                 tracing::warn!(instance = %shared.instance, kind = frame.kind, "unexpected frame from runtime; stopping it");
-                break;
+                shared.kill.notify_one();
+                return;
             }
             Ok(None) => break,
             Err(e) => {
                 tracing::warn!(instance = %shared.instance, error = %e, "broken native channel; stopping instance");
-                break;
+                shared.kill.notify_one();
+                return;
             }
         }
     }
-    // A runtime that closed its channel can do no more work: make sure it is gone.
-    shared.kill.notify_one();
+    // A runtime that closed its channel can do no more work. It is usually exiting: let
+    // it, so its calls fail with its own exit reason; kill it only if it lingers.
+    let exited = process::exit_reason(shared.exit.clone());
+    if tokio::time::timeout(EXIT_GRACE, exited).await.is_err() {
+        shared.kill.notify_one();
+    }
 }
 
 async fn fail_on_exit(shared: Arc<Shared>) {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::{function_dir, pids, process_alive, Api, Reply, TestServer, PATIENCE};
+use support::{function_dir, ids, process_alive, Api, Reply, TestServer, PATIENCE};
 
 /// The Invoke API's answer for a failed invocation: 200 with `X-Amz-Function-Error`.
 /// Returns (errorType, errorMessage).
@@ -87,7 +87,7 @@ exports.handler = async (event) => {
     await sleep(60000);
   }
   await sleep(600);
-  return { pid: process.pid };
+  return { instance: process.env.AWS_LAMBDA_LOG_STREAM_NAME };
 };
 "#;
 
@@ -98,9 +98,11 @@ async fn a_crash_fails_the_calls_in_flight_with_a_clear_error_and_is_replaced() 
     server
         .deploy_ok(&[("index.js", CRASHY), ("shoal.toml", manifest)])
         .await;
-    let mut pid = success(&server.invoke("crashy", &json!({})).await)["pid"]
-        .as_u64()
-        .unwrap();
+    let mut id = success(&server.invoke("crashy", &json!({})).await)["instance"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut pid = server.host_pid("crashy", &id).await;
 
     for crash in ["exit", "throw"] {
         // Ten calls on one instance; the fifth brings the process down.
@@ -143,17 +145,22 @@ async fn a_crash_fails_the_calls_in_flight_with_a_clear_error_and_is_replaced() 
                     .iter()
                     .flat_map(|p| p["instances"].as_array().cloned().unwrap_or_default())
                     .collect();
-                !pids(&instances).contains(&pid)
+                !ids(&instances).contains(&id)
             })
             .await;
 
         // The platform is still up and a fresh instance serves the next call.
-        let next = success(&server.invoke("crashy", &json!({})).await)["pid"]
-            .as_u64()
-            .unwrap();
-        assert_ne!(next, pid, "{crash}: answered by the crashed process");
-        assert_eq!(pids(&server.instances("crashy").await), [next]);
-        pid = next;
+        let next = success(&server.invoke("crashy", &json!({})).await)["instance"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_ne!(next, id, "{crash}: answered by the crashed process");
+        assert_eq!(
+            ids(&server.instances("crashy").await),
+            std::slice::from_ref(&next)
+        );
+        pid = server.host_pid("crashy", &next).await;
+        id = next;
     }
 
     let logs = server.logs("crashy").await;
@@ -282,18 +289,20 @@ handler = "calm.handler"
         .deploy_ok(&[
             (
                 "spin.js",
-                "exports.handler = async (event) => { if (event.spin) { for (;;) {} } return { pid: process.pid }; };",
+                "exports.handler = async (event) => { if (event.spin) { for (;;) {} } return { pid: process.env.AWS_LAMBDA_LOG_STREAM_NAME }; };",
             ),
             (
                 "calm.js",
-                "exports.handler = async () => ({ pid: process.pid });",
+                "exports.handler = async () => ({ pid: process.env.AWS_LAMBDA_LOG_STREAM_NAME });",
             ),
             ("shoal.toml", manifest),
         ])
         .await;
-    let spin_pid = success(&server.invoke("spin", &json!({})).await)["pid"]
-        .as_u64()
-        .unwrap();
+    let spin_id = success(&server.invoke("spin", &json!({})).await)["pid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let spin_pid = server.host_pid("spin", &spin_id).await;
     let calm_pid = success(&server.invoke("calm", &json!({})).await)["pid"].clone();
 
     let calm_call = |api: Api| {
@@ -376,9 +385,10 @@ handler = "calm.handler"
 
     // A fresh instance takes the next call.
     let next = success(&server.invoke("spin", &json!({})).await)["pid"]
-        .as_u64()
-        .unwrap();
-    assert_ne!(next, spin_pid);
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(next, spin_id);
     server.shutdown().await;
 }
 
@@ -394,7 +404,7 @@ exports.handler = async (event) => {
     for (let i = 0; i < 1e6; i++) hoard.push(new Array(100000).fill(i + 0.5));
     return { survived: hoard.length };
   }
-  return { pid: process.pid };
+  return { pid: process.env.AWS_LAMBDA_LOG_STREAM_NAME };
 };
 "#;
 
@@ -417,7 +427,7 @@ memory = 64
             ("bomb.js", BOMB),
             (
                 "steady.js",
-                "exports.handler = async () => ({ pid: process.pid });",
+                "exports.handler = async () => ({ pid: process.env.AWS_LAMBDA_LOG_STREAM_NAME });",
             ),
             ("shoal.toml", manifest),
         ])
@@ -438,13 +448,11 @@ memory = 64
     }
 
     for bomb in bombs {
-        let pid = success(&server.invoke("bomb", &json!({})).await)["pid"]
-            .as_u64()
-            .unwrap();
-        let instance = server.instances("bomb").await[0]["id"]
+        let instance = success(&server.invoke("bomb", &json!({})).await)["pid"]
             .as_str()
             .unwrap()
             .to_owned();
+        let pid = server.host_pid("bomb", &instance).await;
         let cgroup = limits
             .strip_prefix("cgroup v1 per instance under ")
             .map_or_else(
@@ -459,8 +467,12 @@ memory = 64
             // The instance runs in its own cgroup, limited to memory + 64 MiB allowance.
             let limit = std::fs::read_to_string(format!("{dir}/{file}")).unwrap();
             assert_eq!(limit.trim(), (128u64 << 20).to_string(), "{dir}/{file}");
+            // The instance's whole process tree (its sandbox's helpers included) is in it.
             let procs = std::fs::read_to_string(format!("{dir}/cgroup.procs")).unwrap();
-            assert_eq!(procs.trim(), pid.to_string(), "{dir}");
+            assert!(
+                procs.lines().any(|p| p.trim() == pid.to_string()),
+                "{dir}: {procs}"
+            );
         }
 
         let reply = server.invoke("bomb", &json!({ "bomb": bomb })).await;
@@ -508,7 +520,7 @@ memory = 64
     }
     // And the bombed function is served by a fresh instance.
     let reply = server.invoke("bomb", &json!({})).await;
-    assert!(success(&reply)["pid"].is_u64());
+    assert!(success(&reply)["pid"].is_string());
     server.shutdown().await;
 }
 
@@ -522,15 +534,17 @@ async fn an_instance_whose_memory_creeps_up_is_recycled_before_it_is_killed() {
 const kept = [];
 exports.handler = async () => {
   kept.push(Buffer.alloc(3 * 1024 * 1024, 7));
-  return { pid: process.pid, kept: kept.length };
+  return { pid: process.env.AWS_LAMBDA_LOG_STREAM_NAME, kept: kept.length };
 };
 "#;
     server
         .deploy_ok(&[("index.js", handler), ("shoal.toml", manifest)])
         .await;
     let first = success(&server.invoke("leaky", &json!({})).await)["pid"]
-        .as_u64()
-        .unwrap();
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let first_pid = server.host_pid("leaky", &first).await;
     for _ in 0..11 {
         let reply = server.invoke("leaky", &json!({})).await;
         assert_eq!(success(&reply)["pid"], first);
@@ -545,7 +559,7 @@ exports.handler = async () => {
         recycle["message"].as_str().unwrap().contains("64 MiB"),
         "{recycle}"
     );
-    wait_gone(first, PATIENCE).await;
+    wait_gone(first_pid, PATIENCE).await;
     // A recycle is not a crash: the function's log has no unexpected exit.
     assert!(
         !server

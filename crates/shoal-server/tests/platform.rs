@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::{example, pids, process_alive, Api, Reply, TestServer, PATIENCE};
+use support::{example, ids, pids, process_alive, Api, Reply, TestServer, PATIENCE};
 
 /// The hello handler sleeps this long after its CPU work.
 const HELLO_SLEEP: Duration = Duration::from_millis(2000);
@@ -654,7 +654,7 @@ exports.handler = async (event, context) => {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_and_shutdown_leave_no_instance_behind() {
     let server = TestServer::start().await;
-    let handler = "exports.handler = async () => ({ statusCode: 200, body: String(process.pid) });";
+    let handler = "exports.handler = async () => ({ statusCode: 200, body: process.env.AWS_LAMBDA_LOG_STREAM_NAME });";
     let manifest = r#"
 [functions.keep]
 runtime = "nodejs"
@@ -673,11 +673,12 @@ http = [{ method = "GET", path = "/gone" }]
     for path in ["/keep", "/gone"] {
         let reply = server.get(path).await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-        seen.push(reply.text().parse::<u64>().unwrap());
+        seen.push(reply.text());
     }
-    let (keep_pid, gone_pid) = (seen[0], seen[1]);
-    assert_eq!(pids(&server.instances("keep").await), [keep_pid]);
-    assert_eq!(pids(&server.instances("gone").await), [gone_pid]);
+    assert_eq!(ids(&server.instances("keep").await), [seen[0].clone()]);
+    assert_eq!(ids(&server.instances("gone").await), [seen[1].clone()]);
+    let keep_pid = server.host_pid("keep", &seen[0]).await;
+    let gone_pid = server.host_pid("gone", &seen[1]).await;
     let host = &server.admin_get("/admin/status").await["host"];
     assert_eq!(host["instances"], 2, "{host}");
     assert!(host["memory_kib"].as_u64().unwrap() > 0, "{host}");
@@ -735,7 +736,7 @@ http = [{ method = "GET", path = "/gone" }]
     let reply = server.get("/keep").await;
     assert_eq!(
         (reply.status, reply.text()),
-        (StatusCode::OK, keep_pid.to_string())
+        (StatusCode::OK, seen[0].clone())
     );
     assert!(process_alive(keep_pid));
 
@@ -878,7 +879,7 @@ async fn the_host_budget_bounds_instances_across_functions_and_reclaims_idle_one
         config.host_budget.max_instances = 1;
     })
     .await;
-    let handler = "exports.handler = async () => ({ statusCode: 200, body: String(process.pid) });";
+    let handler = "exports.handler = async () => ({ statusCode: 200, body: process.env.AWS_LAMBDA_LOG_STREAM_NAME });";
     let manifest = r#"
 [functions.first]
 runtime = "nodejs"
@@ -895,7 +896,8 @@ http = [{ method = "GET", path = "/second" }]
         .await;
     let first = server.get("/first").await;
     assert_eq!(first.status, StatusCode::OK, "{}", first.text());
-    let first_pid: u64 = first.text().parse().unwrap();
+    let first_id = first.text();
+    let first_pid = server.host_pid("first", &first_id).await;
     // The only instance the host may run belongs to `first` and is idle, with its 5 min
     // idle timeout far away. `second` waits for the budget, and the pressure makes `first`
     // give its idle instance back.
@@ -904,8 +906,7 @@ http = [{ method = "GET", path = "/second" }]
     assert_eq!(second.status, StatusCode::OK, "{}", second.text());
     // Well before first's 5 min idle timeout could have freed the budget.
     assert!(started.elapsed() < PATIENCE, "{:?}", started.elapsed());
-    let second_pid: u64 = second.text().parse().unwrap();
-    assert_ne!(first_pid, second_pid);
+    assert_ne!(first_id, second.text());
     let deadline = Instant::now() + PATIENCE;
     while process_alive(first_pid) {
         assert!(

@@ -206,7 +206,7 @@ const SLEEPER: &str = r#"
 exports.handler = async (event) => {
   const ms = Number((event.queryStringParameters || {}).ms || 0);
   await new Promise((r) => setTimeout(r, ms));
-  return { statusCode: 200, body: String(process.pid) };
+  return { statusCode: 200, body: process.env.AWS_LAMBDA_LOG_STREAM_NAME };
 };
 "#;
 
@@ -223,7 +223,9 @@ fn sigterm_stops_accepting_lets_the_call_in_flight_finish_and_exits_zero() {
     ]);
     let (status, body) = http(daemon.gateway, "GET", "/sleep?ms=1", &[]).unwrap();
     assert_eq!(status, 200, "{body}");
-    let instance: u64 = body.parse().unwrap();
+    // Its host pid: inside its sandbox the instance sees other numbers.
+    let first = body;
+    let instance = daemon.instance_pids()[0];
 
     let gateway = daemon.gateway;
     let started = Instant::now();
@@ -250,7 +252,7 @@ fn sigterm_stops_accepting_lets_the_call_in_flight_finish_and_exits_zero() {
     let (status, body) = in_flight.join().unwrap().expect("the call in flight");
     assert_eq!(
         (status, body.as_str()),
-        (200, instance.to_string().as_str()),
+        (200, first.as_str()),
         "the call in flight was cut short; daemon log:\n{}",
         daemon.log()
     );
@@ -265,8 +267,8 @@ fn sigterm_stops_accepting_lets_the_call_in_flight_finish_and_exits_zero() {
     );
 }
 
-/// Starts a process of its own that does not die with the instance (detached, and
-/// PR_SET_PDEATHSIG is not inherited), and returns its pid.
+/// Starts a process of its own that does not die with the instance process (detached, and
+/// PR_SET_PDEATHSIG is not inherited), and returns its pid (as the instance sees it).
 const SPAWNER: &str = r#"
 const { spawn } = require('node:child_process');
 exports.handler = async () => {
@@ -300,13 +302,23 @@ http = [{ method = "GET", path = "/b" }]
     let (status, body) = http(daemon.gateway, "GET", "/b", &[]).unwrap();
     assert_eq!(status, 200, "{body}");
     let grandchild: u64 = body.parse().unwrap();
-    let cgroups = daemon.admin("/admin/status")["memory_limits"]
+    let status = daemon.admin("/admin/status");
+    let cgroups = status["memory_limits"]
         .as_str()
         .unwrap()
         .starts_with("cgroup");
+    // In its own pid namespace an instance's pids mean nothing here, and everything it
+    // started dies with the namespace: take the host's view of its processes instead.
+    let sandboxed = status["walls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|w| w["name"] == "namespaces" && w["up"] == true);
     let instances = daemon.instance_pids();
     assert_eq!(instances.len(), 2, "{instances:?}");
     assert!(instances.iter().all(|&pid| alive(pid)));
+    let members = descendants(&instances);
+    assert!(members.len() > instances.len(), "{members:?}");
 
     signal(daemon.pid(), libc::SIGKILL);
     let exit = daemon.wait(PATIENCE);
@@ -321,7 +333,22 @@ http = [{ method = "GET", path = "/b" }]
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    // What an instance started itself outlives a killed daemon...
+    if sandboxed {
+        // The pid namespace ends with its first process: nothing an instance started
+        // outlives the daemon, not even a detached grandchild.
+        while members.iter().any(|&pid| alive(pid)) {
+            assert!(
+                Instant::now() < deadline,
+                "processes {members:?} of sandboxed instances outlived a killed daemon"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let daemon = Daemon::start(&dir.0);
+        let (status, body) = http(daemon.gateway, "GET", "/a", &[]).unwrap();
+        assert_eq!(status, 200, "{body}");
+        return;
+    }
+    // Unsandboxed, what an instance started itself outlives a killed daemon...
     assert!(
         alive(grandchild),
         "{grandchild} died with the daemon after all"
@@ -344,5 +371,27 @@ http = [{ method = "GET", path = "/b" }]
     }
     let (status, body) = http(daemon.gateway, "GET", "/a", &[]).unwrap();
     assert_eq!(status, 200, "{body}");
-    assert!(!instances.contains(&body.parse().unwrap()));
+    assert!(!instances.contains(&daemon.instance_pids()[0]));
+}
+
+/// `roots` and every process below them, through /proc's `children` lists.
+fn descendants(roots: &[u64]) -> Vec<u64> {
+    let mut out = roots.to_vec();
+    let mut next = 0;
+    while next < out.len() {
+        let parent = out[next];
+        next += 1;
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{parent}/task")) {
+            for task in tasks.flatten() {
+                let children =
+                    std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+                out.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u64>().ok()),
+                );
+            }
+        }
+    }
+    out
 }

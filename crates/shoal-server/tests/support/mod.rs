@@ -291,6 +291,16 @@ impl Api {
             .collect()
     }
 
+    /// The host pid of instance `id` of `function` (from the status listing).
+    pub async fn host_pid(&self, function: &str, id: &str) -> u64 {
+        let instances = self.instances(function).await;
+        instances
+            .iter()
+            .find(|i| i["id"] == id)
+            .and_then(|i| i["pid"].as_u64())
+            .unwrap_or_else(|| panic!("no instance {id} of {function}: {instances:?}"))
+    }
+
     /// Every instance of every pool of the function.
     pub async fn instances(&self, name: &str) -> Vec<Value> {
         self.status(name)
@@ -348,10 +358,24 @@ pub fn process_alive(pid: u64) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Pids of instances in a status listing.
+/// Pids of instances in a status listing (the host's pids: inside its sandbox an instance
+/// sees other numbers, so handlers in these tests answer with their instance id instead,
+/// see [`WHO`]).
 pub fn pids(instances: &[Value]) -> Vec<u64> {
     instances.iter().filter_map(|i| i["pid"].as_u64()).collect()
 }
+
+/// Ids of instances in a status listing.
+pub fn ids(instances: &[Value]) -> Vec<String> {
+    instances
+        .iter()
+        .filter_map(|i| i["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// What a test handler returns to say which instance answered: its instance id (Lambda's
+/// log stream name). `process.pid` would be its pid inside its own pid namespace.
+pub const WHO: &str = "process.env.AWS_LAMBDA_LOG_STREAM_NAME";
 
 impl Api {
     /// `GET /admin/functions/NAME/logs?since=0`: every record the function has logged.
