@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from .common import BENCH, BenchError
-from .measure import children
+from .measure import children, descendants
 
 class Target:
     """One running contender: a Shoal daemon with one function, or the direct server."""
@@ -24,7 +24,12 @@ class Target:
     pid: int
 
     def instance_pids(self) -> list[int]:
+        """One pid per runtime instance."""
         raise NotImplementedError
+
+    def process_pids(self) -> list[int]:
+        """Every process of the runtime instances (for memory and CPU)."""
+        return self.instance_pids()
 
     def daemon_pid(self) -> int | None:
         return None
@@ -65,7 +70,9 @@ class Direct(Target):
 
 
 class Shoal(Target):
-    def __init__(self, binary: str, workdir: Path, name: str, fn_dir: Path, path: str):
+    def __init__(
+        self, binary: str, workdir: Path, name: str, fn_dir: Path, path: str, extra_args=()
+    ):
         self.name = name
         self.binary = binary
         self.data = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
@@ -87,6 +94,7 @@ class Shoal(Target):
                 "1048576",
                 "--shutdown-grace",
                 "5",
+                *extra_args,
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -116,6 +124,9 @@ class Shoal(Target):
 
     def instance_pids(self) -> list[int]:
         return children(self.pid)
+
+    def process_pids(self) -> list[int]:
+        return descendants(children(self.pid))
 
     def status(self) -> dict | None:
         host, port = self.control.rsplit(":", 1)

@@ -62,7 +62,28 @@ def runtime_cpu_secs(target: "Target") -> float:
     """CPU time of all the target's runtime processes so far, exited ones included."""
     daemon = target.daemon_pid()
     reaped = reaped_children_cpu_secs(daemon) if daemon else 0.0
-    return reaped + sum(cpu_secs(p) for p in target.instance_pids())
+    return reaped + sum(cpu_secs(p) for p in target.process_pids())
+
+
+def descendants(pids: list[int]) -> list[int]:
+    """`pids` and every process below them (a sandboxed instance is bubblewrap, its
+    reaper, then the runtime and whatever it started)."""
+    out = list(pids)
+    i = 0
+    while i < len(out):
+        parent = out[i]
+        i += 1
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    out.extend(int(c) for c in f.read().split())
+            except OSError:
+                pass
+    return out
 
 
 def children(pid: int) -> list[int]:
@@ -93,12 +114,13 @@ class Sampler:
         while not self._stop.is_set():
             now = time.monotonic() - self.t0
             pids = self.target.instance_pids()
+            processes = self.target.process_pids()
             daemon = self.target.daemon_pid()
             self.samples.append(
                 {
                     "t": now,
                     "instances": len(pids),
-                    "pss_kib": sum(pss_kib(p) for p in pids),
+                    "pss_kib": sum(pss_kib(p) for p in processes),
                     "daemon_pss_kib": pss_kib(daemon) if daemon else 0,
                 }
             )

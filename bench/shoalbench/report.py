@@ -84,8 +84,9 @@ def report(run, res: dict, command: str) -> str:
         w("## overhead\n")
         w(f"A no-op handler under closed-loop load from `oha -c C -z {r['seconds']}s`, median "
           f"of {r['reps']} repetition(s): a bare Node.js HTTP server calling it (direct), Shoal's "
-          "native channel (shoal-native, concurrency auto), and a `provided` Runtime API "
-          "client doing the same (shoal-provided).\n")
+          "native channel (shoal-native, concurrency auto, sandboxed), the same with "
+          "`--sandbox off` (shoal-native-unsandboxed: what the walls cost per call), and a "
+          "`provided` Runtime API client doing the same (shoal-provided).\n")
         w("| contender | " + " | ".join(f"c={l} req/s | c={l} p50 ms | c={l} p99 ms" for l in r["levels"]) + " |")
         w("|---|" + "---|---|---|" * len(r["levels"]))
         for c, by in r["rows"].items():
@@ -94,7 +95,7 @@ def report(run, res: dict, command: str) -> str:
                 for l in r["levels"]) + " |")
         d = r["rows"]["direct"]
         lines = []
-        for c in ("shoal-native", "shoal-provided"):
+        for c in [c for c in ("shoal-native", "shoal-native-unsandboxed", "shoal-provided") if c in r["rows"]]:
             parts = []
             for l in r["levels"]:
                 added = r["rows"][c][l]["p50_ms"] - d[l]["p50_ms"]
@@ -118,10 +119,16 @@ def report(run, res: dict, command: str) -> str:
           "`node` loading the module by itself, the direct server from spawn to first "
           "response, and Shoal from request to response (instance spawn included). The hello "
           "function's own 2 s wait is subtracted.\n")
-        w("| function | node require ms | direct ms | shoal-auto ms |")
-        w("|---|---|---|---|")
+        w("shoal-auto runs every instance in its sandbox (own uid, bubblewrap namespaces, "
+          "seccomp, cgroups); shoal-unsandboxed is the same daemon with `--sandbox off`, so "
+          "the difference is what the walls cost a cold start.\n")
+        w("| function | node require ms | direct ms | shoal-auto ms | shoal-unsandboxed ms | sandbox cost ms |")
+        w("|---|---|---|---|---|---|")
         for f, row in r["rows"].items():
-            w(f"| {f} | {fmt(row['node require'])} | {fmt(row['direct'])} | {fmt(row['shoal-auto'])} |")
+            un = row.get("shoal-unsandboxed")
+            cost = fmt(row["shoal-auto"] - un) if un is not None else "n/a"
+            w(f"| {f} | {fmt(row['node require'])} | {fmt(row['direct'])} | {fmt(row['shoal-auto'])} | "
+              f"{fmt(un) if un is not None else 'n/a'} | {cost} |")
         w("")
     if "sustained" in res:
         r = res["sustained"]

@@ -113,18 +113,19 @@ class Run:
         seconds = 2 if self.quick else 10
         reps = 1 if self.quick else 2
         noop = BENCH / "functions" / "noop"
-        contenders = ["direct", "shoal-native", "shoal-provided"]
+        contenders = ["direct", "shoal-native", "shoal-native-unsandboxed", "shoal-provided"]
         raw: dict[str, dict[int, list[dict]]] = {c: {l: [] for l in levels} for c in contenders}
         for rep in range(reps):
             for c in contenders if rep % 2 == 0 else list(reversed(contenders)):
                 log(f"overhead: {c} (repetition {rep + 1}/{reps})")
                 if c == "direct":
                     target: Target = Direct(noop, "index.js", "handler", "/noop")
-                elif c == "shoal-native":
+                elif c.startswith("shoal-native"):
                     fn = function_dir(
                         self.workdir, noop, c, manifest("noop", "index.handler", "/noop", {})
                     )
-                    target = Shoal(self.binary, self.workdir, c, fn, "/noop")
+                    extra = ("--sandbox", "off") if c.endswith("unsandboxed") else ()
+                    target = Shoal(self.binary, self.workdir, c, fn, "/noop", extra_args=extra)
                 else:
                     fn = function_dir(
                         self.workdir,
@@ -180,7 +181,12 @@ class Run:
             ("hello", hello, "index.helloWorld", "/helloWorld"),
             ("noop", noop, "index.handler", "/noop"),
         ]:
-            times: dict[str, list[float]] = {"node require": [], "direct": [], "shoal-auto": []}
+            times: dict[str, list[float]] = {
+                "node require": [],
+                "direct": [],
+                "shoal-auto": [],
+                "shoal-unsandboxed": [],
+            }
             for rep in range(reps):
                 log(f"cold-start: {fn_name} (repetition {rep + 1}/{reps})")
                 start = time.monotonic()
@@ -195,20 +201,27 @@ class Run:
                 direct_ms = (time.monotonic() - start) * 1000
                 direct.stop()
                 fn = function_dir(self.workdir, src, "cold", manifest(fn_name, handler, path, {}))
-                shoal = Shoal(self.binary, self.workdir, "cold", fn, path)
-                try:
-                    if shoal.instance_pids():
-                        raise BenchError("cold-start: an instance was running before the request")
-                    start = time.monotonic()
-                    status2, _ = get(shoal.url)
-                    shoal_ms = (time.monotonic() - start) * 1000
-                finally:
-                    shoal.stop()
-                if status != 200 or status2 != 200:
-                    raise BenchError(f"cold-start {fn_name}: statuses {status}, {status2}")
+                # The sandbox's cost: the same start with every wall up, and with none.
+                shoal_ms = {}
+                for contender, extra in [
+                    ("shoal-auto", ()),
+                    ("shoal-unsandboxed", ("--sandbox", "off")),
+                ]:
+                    shoal = Shoal(self.binary, self.workdir, "cold", fn, path, extra_args=extra)
+                    try:
+                        if shoal.instance_pids():
+                            raise BenchError("cold-start: an instance was running before the request")
+                        start = time.monotonic()
+                        status2, _ = get(shoal.url)
+                        shoal_ms[contender] = (time.monotonic() - start) * 1000
+                    finally:
+                        shoal.stop()
+                    if status != 200 or status2 != 200:
+                        raise BenchError(f"cold-start {fn_name}: statuses {status}, {status2}")
                 wait = 2000 if fn_name == "hello" else 0
                 times["direct"].append(direct_ms - wait)
-                times["shoal-auto"].append(shoal_ms - wait)
+                for contender, ms in shoal_ms.items():
+                    times[contender].append(ms - wait)
             out[fn_name] = times
         return {"reps": reps, "rows": {f: {k: med(v) for k, v in t.items()} for f, t in out.items()}}
 

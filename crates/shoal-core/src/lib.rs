@@ -110,17 +110,6 @@ impl Platform {
             )
             .map_err(Error::Launcher)?,
         );
-        if let Some(group) = launcher.sandbox_group() {
-            // Sandboxed instances start as their own uid: bubblewrap, running as that uid,
-            // must reach `code/<digest>` to mount it. The group may pass through the data
-            // directory and `code/` without listing them; nothing else is opened to it.
-            let code = data_dir.join("code");
-            for dir in [&data_dir, &code] {
-                std::fs::create_dir_all(dir)
-                    .and_then(|()| shoal_runtime::share_with_group(dir, group))
-                    .map_err(|source| Error::io("opening to the sandbox group", dir, source))?;
-            }
-        }
         let dispatcher = Dispatcher::with_budget(launcher.clone(), config.host_budget);
         let platform = Arc::new(Platform {
             data_dir,

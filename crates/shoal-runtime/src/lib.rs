@@ -152,13 +152,6 @@ pub enum Error {
     Sandbox { wall: &'static str, why: String },
 }
 
-/// Let `group` traverse `dir` without listing it (0710, owned by root and that group):
-/// enough for an instance's bubblewrap to bind a path below it whose name it is given.
-pub fn share_with_group(dir: &Path, group: u32) -> std::io::Result<()> {
-    std::os::unix::fs::chown(dir, None, Some(group))?;
-    set_mode(dir, 0o710)
-}
-
 fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
@@ -229,11 +222,7 @@ impl ProcessLauncher {
             }
         }
         if sandbox.enabled() {
-            // Instances' bubblewrap runs as their own uid and must reach the code and the
-            // bootstraps: the data directory's group may traverse, nobody else may.
-            for dir in [&config.runtimes_dir, &node_dir] {
-                prepare(dir, share_with_group(dir, sandbox.group()))?;
-            }
+            // Read by the instance's uid once staged (the directories above it stay closed).
             prepare(&node_bootstrap, set_mode(&node_bootstrap, 0o644))?;
         }
         let node = resolve_program(&config.node);
@@ -286,12 +275,6 @@ impl ProcessLauncher {
             },
         });
         walls
-    }
-
-    /// The group given read and traverse access to the data directory and `code/`, when
-    /// instances run sandboxed.
-    pub fn sandbox_group(&self) -> Option<u32> {
-        self.sandbox.enabled().then(|| self.sandbox.group())
     }
 
     /// How instance memory is limited here (said once in the log at start).

@@ -95,6 +95,17 @@ pub(crate) fn spawn(spec: SpawnSpec<'_>, logs: Arc<dyn LogSink>) -> std::io::Res
         Some(program) => Some(high_copy(&sandbox::memfd_with(program)?)?),
         None => None,
     };
+    let stage = spec.sandbox.as_ref().map(|plan| Stage {
+        tmpfs: cstring(plan.stage_dir.to_owned()),
+        binds: plan
+            .stage
+            .iter()
+            .map(|(source, name)| StagedBind {
+                source: cstring(source.display().to_string()),
+                target: cstring(format!("{}/{name}", plan.stage_dir)),
+            })
+            .collect(),
+    });
     let before_exec = BeforeExec {
         cgroups: spec
             .cgroup
@@ -103,7 +114,8 @@ pub(crate) fn spawn(spec: SpawnSpec<'_>, logs: Arc<dyn LogSink>) -> std::io::Res
             .unwrap_or_default(),
         channel: channel.as_ref().map(AsRawFd::as_raw_fd),
         seccomp: seccomp.as_ref().map(AsRawFd::as_raw_fd),
-        identity: spec.sandbox.as_ref().map(|p| (p.uid.uid, p.group)),
+        stage,
+        identity: spec.sandbox.as_ref().map(|p| p.uid.uid),
     };
     before_exec.install(&mut command);
     let mut child = command.spawn()?;
@@ -215,22 +227,75 @@ fn describe(status: std::io::Result<ExitStatus>) -> String {
 }
 
 /// What the child does between fork and exec, in this order: join its cgroups (needs
-/// root), cap its open files, move inherited descriptors into place, take on its sandbox
-/// identity (supplementary group for bubblewrap's bind mounts, own gid and uid: this drops
-/// every capability), then ask for SIGKILL when the daemon dies — after the uid change,
-/// which would clear that request.
+/// root), cap its open files, move inherited descriptors into place, stage its sandbox's
+/// directories in a private mount namespace (needs root), take on its sandbox uid (own
+/// gid and uid, no supplementary groups: this drops every capability), then ask for
+/// SIGKILL when the daemon dies — after the uid change, which would clear that request.
 struct BeforeExec {
     cgroups: Vec<CString>,
     channel: Option<i32>,
     seccomp: Option<i32>,
-    identity: Option<(u32, u32)>,
+    stage: Option<Stage>,
+    identity: Option<u32>,
+}
+
+/// A scratch tmpfs in the child's own mount namespace, and the directories bound there.
+struct Stage {
+    tmpfs: CString,
+    binds: Vec<StagedBind>,
+}
+
+struct StagedBind {
+    /// A host directory (resolved as root, in the child's copy of the mount table).
+    source: CString,
+    target: CString,
+}
+
+fn cstring(text: String) -> CString {
+    CString::new(text).expect("no NUL in paths Shoal builds")
+}
+
+/// Runs in the forked child: async-signal-safe system calls on prepared values only.
+#[allow(unsafe_code)]
+fn stage(stage: &Stage) -> std::io::Result<()> {
+    let none = c"none";
+    // SAFETY: plain system calls on NUL-terminated strings prepared before the fork.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS))?;
+        // Nothing done below may reach the host's mount table.
+        check(libc::mount(
+            none.as_ptr(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ))?;
+        check(libc::mount(
+            c"shoal-stage".as_ptr(),
+            stage.tmpfs.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            c"mode=0755,size=64k".as_ptr().cast(),
+        ))?;
+        for bind in &stage.binds {
+            check(libc::mkdir(bind.target.as_ptr(), 0o755))?;
+            check(libc::mount(
+                bind.source.as_ptr(),
+                bind.target.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            ))?;
+        }
+    }
+    Ok(())
 }
 
 impl BeforeExec {
     #[allow(unsafe_code)]
     fn install(self, command: &mut Command) {
         // SAFETY: the closure runs in the forked child before exec. It only makes
-        // async-signal-safe system calls (open, write, close, setrlimit, dup2, fcntl,
+        // system calls (open, write, close, setrlimit, dup2, unshare, mount, mkdir,
         // setgroups, setgid, setuid, prctl, getppid, _exit) on values prepared before
         // the fork, allocates nothing, and reads errno through `last_os_error` only.
         unsafe {
@@ -249,8 +314,11 @@ impl BeforeExec {
                 if let Some(fd) = self.seccomp {
                     check(libc::dup2(fd, sandbox::SECCOMP_FD))?;
                 }
-                if let Some((uid, group)) = self.identity {
-                    check(libc::setgroups(1, &group))?;
+                if let Some(staging) = &self.stage {
+                    stage(staging)?;
+                }
+                if let Some(uid) = self.identity {
+                    check(libc::setgroups(0, std::ptr::null()))?;
                     check(libc::setgid(uid))?;
                     check(libc::setuid(uid))?;
                 }

@@ -6,6 +6,10 @@
 //!   exec (after the child joined its cgroups, which needs root). Files of the platform
 //!   and of other instances are then closed to it by plain permissions, signals to other
 //!   processes fail, and the Runtime API can tell its own instance's connections apart.
+//!   Just before, still as root, the child takes a private mount namespace and stages
+//!   what the sandbox will show (the code, the bootstrap) on a scratch tmpfs mounted over
+//!   an existing directory (see [`stage_dir`]): so the data directory stays 0700 wherever
+//!   it lives, and nothing of this is visible to the host.
 //! - **bubblewrap** (`bwrap`, Debian's package) builds the view from inside an
 //!   unprivileged user namespace it creates itself: new mount, pid, ipc, uts and cgroup
 //!   namespaces; `/usr` and a few files of `/etc` read-only; the function's code
@@ -37,6 +41,18 @@ use std::sync::{Arc, Mutex};
 pub const TASK_ROOT: &str = "/var/task";
 /// Where Shoal's own bootstrap for the runtime appears inside the sandbox.
 pub const RUNTIME_ROOT: &str = "/opt/shoal";
+/// Existing directories the child may shadow with its staging tmpfs, in its private mount
+/// namespace only; the first that holds none of the staged sources is used.
+const STAGE_CANDIDATES: &[&str] = &["/mnt", "/srv", "/media", "/opt", "/run", "/var/tmp", "/tmp"];
+
+/// Where the child stages the directories bubblewrap binds: an existing directory that is
+/// not an ancestor of any of them (shadowing it must not hide them).
+pub fn stage_dir(sources: &[&Path]) -> Option<&'static str> {
+    STAGE_CANDIDATES
+        .iter()
+        .copied()
+        .find(|dir| Path::new(dir).is_dir() && !sources.iter().any(|s| s.starts_with(dir)))
+}
 /// Open files one instance may hold, as on Lambda.
 pub const MAX_OPEN_FILES: u64 = 1024;
 
@@ -134,8 +150,11 @@ impl Drop for Uid {
 pub struct Plan {
     pub bwrap: PathBuf,
     pub uid: Uid,
-    /// The group allowed to traverse the data directory (for bubblewrap's bind mounts).
-    pub group: u32,
+    /// The directory the child mounts its staging tmpfs over.
+    pub stage_dir: &'static str,
+    /// Host directories the child binds under `stage_dir` before it drops root, and the
+    /// name each gets there.
+    pub stage: Vec<(PathBuf, &'static str)>,
     /// Arguments for bubblewrap, up to and including `--`.
     pub args: Vec<String>,
     /// The seccomp program, to be handed to bubblewrap on [`SECCOMP_FD`].
@@ -251,12 +270,6 @@ impl Sandbox {
         &self.walls
     }
 
-    /// The group that may traverse the data directory and `code/`: instance processes
-    /// carry it only while bubblewrap sets up their view.
-    pub fn group(&self) -> u32 {
-        self.uid_base
-    }
-
     fn lend_uid(self: &Arc<Self>) -> Option<Uid> {
         let mut used = self.uids.lock().unwrap_or_else(|e| e.into_inner());
         let uid =
@@ -322,23 +335,30 @@ impl Sandbox {
         for file in ETC_FILES {
             args.extend(["--ro-bind-try".into(), (*file).into(), (*file).into()]);
         }
+        let mut sources = vec![view.code_dir];
+        sources.extend(view.runtime_dir);
+        sources.extend(view.extra_ro);
+        let stage_dir = stage_dir(&sources)
+            .ok_or_else(|| "no directory to stage the sandbox's view in (need one of /mnt, /srv, /media, /opt, /run, /var/tmp, /tmp outside the data directory)".to_owned())?;
+        let staged = |name: &str| format!("{stage_dir}/{name}");
+        let mut stage = vec![(view.code_dir.to_owned(), "task")];
+        args.extend(["--ro-bind".into(), staged("task"), TASK_ROOT.into()]);
+        if let Some(dir) = view.runtime_dir {
+            stage.push((dir.to_owned(), "runtime"));
+            args.extend(["--ro-bind".into(), staged("runtime"), RUNTIME_ROOT.into()]);
+        }
+        if let Some(dir) = view.extra_ro {
+            if !dir.starts_with("/usr") {
+                stage.push((dir.to_owned(), "extra"));
+                args.extend(["--ro-bind".into(), staged("extra"), path_arg(dir)]);
+            }
+        }
         args.extend([
             "--size".into(),
             view.tmp_bytes.to_string(),
             "--tmpfs".into(),
             "/tmp".into(),
-            "--ro-bind".into(),
-            path_arg(view.code_dir),
-            TASK_ROOT.into(),
         ]);
-        if let Some(dir) = view.runtime_dir {
-            args.extend(["--ro-bind".into(), path_arg(dir), RUNTIME_ROOT.into()]);
-        }
-        if let Some(dir) = view.extra_ro {
-            if !dir.starts_with("/usr") {
-                args.extend(["--ro-bind".into(), path_arg(dir), path_arg(dir)]);
-            }
-        }
         if self.seccomp.is_some() {
             args.extend(["--seccomp".into(), SECCOMP_FD.to_string()]);
         }
@@ -347,7 +367,8 @@ impl Sandbox {
         Ok(Some(Plan {
             bwrap,
             uid,
-            group: self.group(),
+            stage_dir,
+            stage,
             args,
             seccomp: self.seccomp.clone(),
         }))
@@ -550,5 +571,18 @@ mod tests {
             .windows(3)
             .any(|w| w == ["--ro-bind", "/data/code/x", TASK_ROOT]));
         assert_eq!(b.args.last().map(String::as_str), Some("--"));
+    }
+}
+
+#[cfg(test)]
+mod stage_tests {
+    use super::*;
+
+    #[test]
+    fn the_stage_never_shadows_a_source() {
+        let dir = stage_dir(&[Path::new("/mnt/data/code/x")]).unwrap();
+        assert_ne!(dir, "/mnt");
+        let dir = stage_dir(&[Path::new("/tmp/x"), Path::new("/srv/y")]).unwrap();
+        assert!(dir != "/tmp" && dir != "/srv", "{dir}");
     }
 }
