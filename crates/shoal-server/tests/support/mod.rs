@@ -83,6 +83,8 @@ impl Reply {
 pub struct TestServer {
     running: Option<shoal_server::Running>,
     pub api: Api,
+    /// What the server was started with, to start it again on the same data directory.
+    config: shoal_server::Config,
     // Dropped after `running`: the server's files go only once it is gone.
     data_dir: TempDir,
     _one_at_a_time: tokio::sync::MutexGuard<'static, ()>,
@@ -116,19 +118,43 @@ impl TestServer {
         let data_dir = TempDir::new("t");
         let mut config = shoal_server::Config::ephemeral(data_dir.path().to_owned());
         configure(&mut config);
-        let running = shoal_server::start(config)
+        let running = shoal_server::start(config.clone())
             .await
             .expect("starting the server");
         TestServer {
-            api: Api {
-                gateway: running.gateway_addr,
-                control: running.control_addr,
-                token: running.token.clone(),
-                client: Client::builder(TokioExecutor::new()).build_http(),
-            },
+            api: Api::of(&running),
             running: Some(running),
+            config,
             data_dir,
             _one_at_a_time: guard,
+        }
+    }
+
+    /// Stop the server (as [`TestServer::shutdown`] does) but keep its data directory, to
+    /// tamper with it or start again.
+    pub async fn stop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await;
+        }
+    }
+
+    /// Stop the server if it runs and start it again on the same data directory, with the
+    /// same settings (new ports; the token is read back from the data directory). The
+    /// start's error, with its causes, if it refuses.
+    pub async fn try_restart(&mut self) -> Result<(), String> {
+        self.stop().await;
+        let running = shoal_server::start(self.config.clone())
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        self.api = Api::of(&running);
+        self.running = Some(running);
+        Ok(())
+    }
+
+    /// [`TestServer::try_restart`], which must succeed.
+    pub async fn restart(&mut self) {
+        if let Err(e) = self.try_restart().await {
+            panic!("restarting the server: {e}");
         }
     }
 
@@ -145,6 +171,15 @@ impl TestServer {
 }
 
 impl Api {
+    fn of(running: &shoal_server::Running) -> Api {
+        Api {
+            gateway: running.gateway_addr,
+            control: running.control_addr,
+            token: running.token.clone(),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
     /// Send one request.
     pub async fn send(
         &self,
