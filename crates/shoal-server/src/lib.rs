@@ -52,6 +52,9 @@ pub struct Config {
     /// Invocations waiting for a slot, per function version, before callers get 429: what
     /// bounds the daemon's memory under a flood.
     pub max_queue: usize,
+    /// Start even though the store is blank while `code/` holds unpacked code (the database
+    /// was truncated, deleted or replaced): begin with no functions instead of refusing.
+    pub allow_empty_store: bool,
 }
 
 impl Config {
@@ -66,6 +69,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(10),
             host_budget: default_host_budget(),
             max_queue: DEFAULT_MAX_QUEUE,
+            allow_empty_store: false,
         }
     }
 }
@@ -107,9 +111,7 @@ pub struct Running {
 
 /// Start the platform: open the store, restore deployed functions, bind both listeners.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating {}", config.data_dir.display()))?;
-    let token = auth::admin_token(&config.data_dir).context("reading the admin token")?;
+    // The platform makes the data directory (private) before the token goes in it.
     let platform = Platform::open(&shoal_core::Config {
         data_dir: config.data_dir.clone(),
         node: config.node.clone(),
@@ -117,9 +119,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown_grace: config.shutdown_grace,
         host_budget: config.host_budget,
         max_queue: config.max_queue,
+        allow_empty_store: config.allow_empty_store,
     })
     .map_err(|e| anyhow::anyhow!(shoal_core::chain(&e)))
     .context("opening the data directory")?;
+    let token = auth::admin_token(&config.data_dir).context("reading the admin token")?;
     let gateway = TcpListener::bind(config.gateway_addr)
         .await
         .with_context(|| format!("binding the gateway to {}", config.gateway_addr))?;

@@ -27,6 +27,10 @@ pub struct Args {
     /// Most memory (MiB) the instances' memory limits may add up to [default: 3/4 of RAM].
     #[arg(long)]
     max_memory_mib: Option<u64>,
+    /// Start even if the store is blank while code/ holds unpacked code, which means the
+    /// database was truncated, deleted or replaced: begin with no functions.
+    #[arg(long)]
+    allow_empty_store: bool,
 }
 
 pub async fn run(data_dir: &Path, args: Args) -> anyhow::Result<ExitCode> {
@@ -36,6 +40,7 @@ pub async fn run(data_dir: &Path, args: Args) -> anyhow::Result<ExitCode> {
     config.node = args.node;
     config.shutdown_grace = Duration::from_secs(args.shutdown_grace);
     config.host_budget.max_instances = args.max_instances;
+    config.allow_empty_store = args.allow_empty_store;
     if let Some(mib) = args.max_memory_mib {
         config.host_budget.max_memory_kib = mib * 1024;
     }
