@@ -1,15 +1,28 @@
 //! Code archives: a function directory packed as tar.gz by the CLI, unpacked by the
-//! daemon with every path checked (no `..`, no absolute paths, no escaping symlinks) and
-//! with caps on entries and bytes, so a hostile archive cannot write outside its folder
-//! or fill the disk.
+//! daemon with every path checked (no `..`, no absolute paths, no symlink followed while
+//! writing, no symlink leading out of the tree, even through other links) and with caps
+//! on entries, depth and bytes, so a hostile archive cannot write outside its folder or
+//! fill the disk.
 
+use std::ffi::{OsStr, OsString};
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
+
+use dirfd::{DirFd, Kind};
+
+// libc's `*at` calls: see the module's doc for what its `unsafe` blocks hold to.
+#[allow(unsafe_code)]
+mod dirfd;
 
 /// Entries (files, folders, links) one archive may hold.
 pub const MAX_ENTRIES: usize = 20_000;
 /// Bytes one archive may unpack to.
 pub const MAX_UNPACKED_BYTES: u64 = 256 * 1024 * 1024;
+/// Names in one entry's path. Each is a step of the walk from the top (see [`unpack`]), so
+/// this bounds the work a hostile archive can ask for; real trees, `node_modules`
+/// included, stay far below it.
+pub const MAX_DEPTH: usize = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -63,10 +76,25 @@ fn add_dir<W: std::io::Write>(
 }
 
 /// Unpack a tar.gz into `dest` (which must exist and be empty).
+///
+/// No symlink is ever followed: each entry's path is walked one name at a time from `dest`
+/// (see [`dirfd`]), so an entry whose path passes through a link, or that would land on
+/// one, is refused with its name. Once everything is unpacked, every link is checked to
+/// lead inside the tree the way the kernel will follow it at run time, through the other
+/// links too. Files get 0444 (0555 if executable) and folders 0755, whatever the archive
+/// says: code is read-only and readable by the uids instances run under.
 pub fn unpack(bytes: &[u8], dest: &Path) -> Result<(), ArchiveError> {
+    let root = DirFd::open(dest).map_err(|source| ArchiveError::Write {
+        path: dest.to_owned(),
+        source,
+    })?;
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
     let mut count = 0usize;
     let mut total = 0u64;
+    let mut links = Vec::new();
+    // The folder of the previous entry: archives list a folder's entries together, so
+    // most entries skip the walk from the top.
+    let mut last_folder: Option<(PathBuf, DirFd)> = None;
     for entry in archive.entries().map_err(ArchiveError::Corrupt)? {
         let mut entry = entry.map_err(ArchiveError::Corrupt)?;
         count += 1;
@@ -75,29 +103,63 @@ pub fn unpack(bytes: &[u8], dest: &Path) -> Result<(), ArchiveError> {
         }
         let raw = entry.path().map_err(ArchiveError::Corrupt)?.into_owned();
         let shown = raw.display().to_string();
-        let bad = |reason: &str| ArchiveError::BadEntry {
+        let bad = |reason: String| ArchiveError::BadEntry {
             entry: shown.clone(),
-            reason: reason.to_owned(),
+            reason,
         };
         let rel = safe_relative(&raw)
-            .ok_or_else(|| bad("path must be relative and stay inside the archive"))?;
-        if rel.as_os_str().is_empty() {
+            .ok_or_else(|| bad("path must be relative and stay inside the archive".into()))?;
+        let names: Vec<&OsStr> = rel.iter().collect();
+        let Some((&name, folders)) = names.split_last() else {
             continue;
+        };
+        if names.len() > MAX_DEPTH {
+            return Err(bad(format!("path is more than {MAX_DEPTH} levels deep")));
         }
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        if last_folder.as_ref().is_none_or(|(path, _)| path != parent) {
+            let folder = walk(&root, folders).map_err(|(prefix, kind, source)| match kind {
+                Some(Kind::Symlink) => bad(format!(
+                    "passes through the symlink {} made by an earlier entry; \
+                     unpacking never follows links",
+                    prefix.display()
+                )),
+                Some(Kind::File | Kind::Other) => bad(format!(
+                    "passes through {}, which is not a folder",
+                    prefix.display()
+                )),
+                Some(Kind::Folder) | None => ArchiveError::Write {
+                    path: dest.join(&prefix),
+                    source,
+                },
+            })?;
+            last_folder = Some((parent.to_owned(), folder));
+        }
+        let folder = last_folder.as_ref().map_or(&root, |(_, folder)| folder);
         let target = dest.join(&rel);
-        let write_err = |source| ArchiveError::Write {
-            path: target.clone(),
-            source,
+        let taken = |source: std::io::Error| match in_the_way(&source).then(|| folder.kind(name)) {
+            Some(Ok(Kind::Symlink)) => bad("is already a symlink (an earlier entry); \
+                                      unpacking never writes through links"
+                .into()),
+            Some(Ok(Kind::Folder)) => bad("is already a folder (an earlier entry)".into()),
+            Some(Ok(Kind::File | Kind::Other)) => {
+                bad("is already a file (an earlier entry)".into())
+            }
+            _ => ArchiveError::Write {
+                path: target.clone(),
+                source,
+            },
         };
         let kind = entry.header().entry_type();
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(write_err)?;
-        }
         if kind.is_dir() {
-            std::fs::create_dir_all(&target).map_err(write_err)?;
+            folder.folder(name).map_err(taken)?;
         } else if kind.is_file() {
-            let mode = entry.header().mode().unwrap_or(0o644);
-            let mut file = std::fs::File::create(&target).map_err(write_err)?;
+            let executable = entry.header().mode().unwrap_or(0o644) & 0o111 != 0;
+            let mut file = folder.create_file(name).map_err(taken)?;
+            let write_err = |source| ArchiveError::Write {
+                path: target.clone(),
+                source,
+            };
             let budget = MAX_UNPACKED_BYTES - total;
             let written =
                 std::io::copy(&mut (&mut entry).take(budget + 1), &mut file).map_err(write_err)?;
@@ -105,22 +167,111 @@ pub fn unpack(bytes: &[u8], dest: &Path) -> Result<(), ArchiveError> {
             if total > MAX_UNPACKED_BYTES {
                 return Err(ArchiveError::TooLarge);
             }
-            set_mode(&target, if mode & 0o111 != 0 { 0o555 } else { 0o444 }).map_err(write_err)?;
+            let mode = if executable { 0o555 } else { 0o444 };
+            file.set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(write_err)?;
         } else if kind.is_symlink() {
             let link = entry
                 .link_name()
                 .map_err(ArchiveError::Corrupt)?
-                .ok_or_else(|| bad("symlink without a target"))?;
-            let resolved = rel.parent().unwrap_or(Path::new("")).join(&link);
-            if link.is_absolute() || safe_relative(&resolved).is_none() {
-                return Err(bad("symlink points outside the archive"));
+                .filter(|link| !link.as_os_str().is_empty())
+                .ok_or_else(|| bad("symlink without a target".into()))?;
+            let resolved = parent.join(&link);
+            if link.has_root() || safe_relative(&resolved).is_none() {
+                return Err(bad("symlink points outside the archive".into()));
             }
-            std::os::unix::fs::symlink(&link, &target).map_err(write_err)?;
+            folder.symlink(&link, name).map_err(taken)?;
+            links.push(rel);
         } else {
             return Err(bad(
-                "only files, folders and symlinks inside the archive are allowed",
+                "only files, folders and symlinks inside the archive are allowed".into(),
             ));
         }
+    }
+    for link in &links {
+        if let Err(reason) = link_stays_inside(dest, link) {
+            return Err(ArchiveError::BadEntry {
+                entry: link.display().to_string(),
+                reason: reason.into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Open the folders `names` below `root` one at a time, making missing ones. On failure:
+/// the path up to the name that failed, what that name is, and the error.
+fn walk(root: &DirFd, names: &[&OsStr]) -> Result<DirFd, (PathBuf, Option<Kind>, std::io::Error)> {
+    let mut here = root.try_clone().map_err(|e| (PathBuf::new(), None, e))?;
+    for (at, name) in names.iter().enumerate() {
+        here = match here.folder(name) {
+            Ok(next) => next,
+            Err(e) => {
+                let prefix = names[..=at].iter().collect();
+                let kind = in_the_way(&e).then(|| here.kind(name).ok()).flatten();
+                return Err((prefix, kind, e));
+            }
+        };
+    }
+    Ok(here)
+}
+
+/// Whether `error` says something already at a name is in the way (a link, a file, a
+/// folder), rather than that the disk or the kernel failed.
+fn in_the_way(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EEXIST | libc::ELOOP | libc::ENOTDIR)
+    )
+}
+
+/// Whether the symlink at `link` (relative to `root`) leads inside `root` when followed
+/// the way the kernel will follow it at run time: through any other links on the way,
+/// each resolved from where it sits, `..` taken from where a link led rather than from
+/// how its path reads. Checked once the whole archive is unpacked, since a later entry
+/// can change where an earlier link leads. A name that does not exist ends the kernel's
+/// walk; here it is passed over as a plain name, which can only accept more, never let a
+/// link out.
+fn link_stays_inside(root: &Path, link: &Path) -> Result<(), &'static str> {
+    // The kernel's own bound on links followed in one lookup (MAXSYMLINKS).
+    const MAX_LINKS_FOLLOWED: usize = 40;
+    // Names looked at, expansions included: a real link takes a handful, and with up to
+    // MAX_ENTRIES links a hostile archive must not make this the slow part of a deploy.
+    const MAX_STEPS: usize = 256;
+    let mut at = PathBuf::new();
+    let mut pending: Vec<OsString> = link.iter().rev().map(OsStr::to_owned).collect();
+    let mut followed = 0;
+    let mut steps = 0;
+    while let Some(name) = pending.pop() {
+        steps += 1;
+        if steps > MAX_STEPS {
+            return Err("symlink takes more than 256 steps to resolve");
+        }
+        if name == "." {
+            continue;
+        }
+        if name == ".." {
+            if !at.pop() {
+                return Err("symlink leads outside the archive through other symlinks");
+            }
+            continue;
+        }
+        let here = root.join(&at).join(&name);
+        let is_link = std::fs::symlink_metadata(&here).is_ok_and(|m| m.file_type().is_symlink());
+        if !is_link {
+            at.push(&name);
+            continue;
+        }
+        followed += 1;
+        if followed > MAX_LINKS_FOLLOWED {
+            return Err("symlink leads through more than 40 symlinks");
+        }
+        let target =
+            std::fs::read_link(&here).map_err(|_| "symlink cannot be read back after unpacking")?;
+        if target.has_root() {
+            return Err("symlink points outside the archive");
+        }
+        pending.extend(target.iter().rev().map(OsStr::to_owned));
     }
     Ok(())
 }
@@ -143,128 +294,5 @@ fn safe_relative(path: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
-fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tar_gz(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
-        let mut builder = tar::Builder::new(Vec::new());
-        build(&mut builder);
-        let tar = builder.into_inner().unwrap();
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        std::io::Write::write_all(&mut gz, &tar).unwrap();
-        gz.finish().unwrap()
-    }
-
-    fn file(builder: &mut tar::Builder<Vec<u8>>, name: &[u8], body: &[u8]) {
-        let mut header = tar::Header::new_old();
-        // Write the raw name so hostile paths are not normalised away by the builder.
-        header.as_old_mut().name[..name.len()].copy_from_slice(name);
-        header.set_size(body.len() as u64);
-        header.set_mode(0o644);
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_cksum();
-        builder.append(&header, body).unwrap();
-    }
-
-    fn link(builder: &mut tar::Builder<Vec<u8>>, name: &str, target: &str) {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Symlink);
-        header.set_size(0);
-        builder.append_link(&mut header, name, target).unwrap();
-    }
-
-    fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("shoal-archive-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
-    #[test]
-    fn packs_and_unpacks_a_tree() {
-        let src = scratch("src");
-        std::fs::create_dir_all(src.join("lib")).unwrap();
-        std::fs::write(src.join("index.js"), "x").unwrap();
-        std::fs::write(src.join("lib/a.js"), "y").unwrap();
-        std::fs::create_dir_all(src.join(".git")).unwrap();
-        std::fs::write(src.join(".git/HEAD"), "z").unwrap();
-        let bytes = pack_dir(&src).unwrap();
-        let dest = scratch("dest");
-        unpack(&bytes, &dest).unwrap();
-        assert_eq!(std::fs::read_to_string(dest.join("lib/a.js")).unwrap(), "y");
-        assert!(!dest.join(".git").exists());
-        let _ = std::fs::remove_dir_all(&src);
-        let _ = std::fs::remove_dir_all(&dest);
-    }
-
-    #[test]
-    fn hostile_archives_are_refused_with_the_entry_named() {
-        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-            (
-                "dotdot",
-                tar_gz(|b| file(b, b"../evil.js", b"x")),
-                "../evil.js",
-            ),
-            (
-                "absolute",
-                tar_gz(|b| file(b, b"/tmp/evil.js", b"x")),
-                "/tmp/evil.js",
-            ),
-            (
-                "symlink",
-                tar_gz(|b| link(b, "escape", "../../etc")),
-                "symlink points outside",
-            ),
-            (
-                "abs-symlink",
-                tar_gz(|b| link(b, "escape", "/etc/passwd")),
-                "symlink points outside",
-            ),
-            ("not-gzip", b"plain text".to_vec(), "not a readable tar.gz"),
-        ];
-        for (name, bytes, expected) in cases {
-            let dest = scratch(name);
-            let err = unpack(&bytes, &dest).unwrap_err().to_string();
-            assert!(err.contains(expected), "{name}: {err}");
-            let escaped = dest.parent().unwrap().join("evil.js");
-            assert!(!escaped.exists(), "{name} wrote outside");
-            let _ = std::fs::remove_dir_all(&dest);
-        }
-    }
-
-    #[test]
-    fn internal_symlinks_are_kept() {
-        let bytes = tar_gz(|b| {
-            file(b, b"lib/real.js", b"x");
-            link(b, "lib/alias.js", "real.js");
-        });
-        let dest = scratch("internal-link");
-        unpack(&bytes, &dest).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(dest.join("lib/alias.js")).unwrap(),
-            "x"
-        );
-        let _ = std::fs::remove_dir_all(&dest);
-    }
-
-    #[test]
-    fn entry_and_byte_caps_hold() {
-        let many = tar_gz(|b| {
-            for i in 0..=MAX_ENTRIES {
-                file(b, format!("f{i}").as_bytes(), b"");
-            }
-        });
-        let dest = scratch("many");
-        assert!(matches!(
-            unpack(&many, &dest),
-            Err(ArchiveError::TooManyEntries)
-        ));
-        let _ = std::fs::remove_dir_all(&dest);
-    }
-}
+mod tests;

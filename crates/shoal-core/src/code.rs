@@ -4,11 +4,12 @@
 //! deploy is unpacked afresh from the stored blob instead of being run.
 
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::{archive, Error, Result};
+use crate::{archive, datadir, Error, Result};
 
 /// A directory under `tmp/` that removes itself unless it was moved into place.
 pub(crate) struct Staging {
@@ -18,9 +19,17 @@ pub(crate) struct Staging {
 
 impl Staging {
     pub(crate) fn new(data_dir: &Path) -> Result<Staging> {
-        let path = data_dir.join("tmp").join(uuid::Uuid::new_v4().to_string());
-        std::fs::create_dir_all(&path)
-            .map_err(|source| Error::io("creating a staging directory", &path, source))?;
+        let tmp = data_dir.join("tmp");
+        datadir::private_folder(&tmp)
+            .map_err(|source| Error::io("creating the staging folder", &tmp, source))?;
+        let path = tmp.join(uuid::Uuid::new_v4().to_string());
+        let create = || {
+            std::fs::create_dir(&path)?;
+            // The top of a code directory: readable by the uids instances will run under,
+            // whatever the umask; the private `code/` above keeps everyone else out.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+        };
+        create().map_err(|source| Error::io("creating a staging directory", &path, source))?;
         Ok(Staging { path, kept: false })
     }
 
@@ -36,8 +45,8 @@ impl Staging {
     /// Rename into `dest`, replacing whatever is there.
     fn install(mut self, dest: &Path) -> Result<()> {
         let parent = dest.parent().expect("code/<digest> has a parent");
-        std::fs::create_dir_all(parent)
-            .map_err(|source| Error::io("creating the code directory", parent, source))?;
+        datadir::private_folder(parent)
+            .map_err(|source| Error::io("creating the code folder", parent, source))?;
         if dest.exists() {
             remove_tree(dest)?;
         }
@@ -51,7 +60,7 @@ impl Staging {
 impl Drop for Staging {
     fn drop(&mut self) {
         if !self.kept {
-            let _ = std::fs::remove_dir_all(&self.path);
+            let _ = datadir::remove_tree(&self.path);
         }
     }
 }
@@ -162,7 +171,7 @@ fn hash_dir(root: &Path, rel: &Path, hasher: &mut Sha256) -> std::io::Result<()>
 
 /// Remove a code directory whose files were made read-only at unpack.
 fn remove_tree(path: &Path) -> Result<()> {
-    std::fs::remove_dir_all(path)
+    datadir::remove_tree(path)
         .map_err(|source| Error::io("removing a stale code directory", path, source))
 }
 

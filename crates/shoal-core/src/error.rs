@@ -59,6 +59,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the store at {} holds no functions but code/ holds {code_dirs} unpacked code \
+         directories: the database may have been truncated or replaced; restore it, or \
+         start with --allow-empty-store to begin empty",
+        store.display()
+    )]
+    EmptyStore { store: PathBuf, code_dirs: usize },
     #[error("preparing the instance launcher")]
     Launcher(#[source] shoal_runtime::Error),
     #[error("a platform task failed")]
@@ -81,7 +88,11 @@ impl Error {
     pub fn is_internal(&self) -> bool {
         matches!(
             self,
-            Error::Store(_) | Error::Io { .. } | Error::Launcher(_) | Error::Task(_)
+            Error::Store(_)
+                | Error::Io { .. }
+                | Error::EmptyStore { .. }
+                | Error::Launcher(_)
+                | Error::Task(_)
         )
     }
 }

@@ -7,11 +7,12 @@
 //! and later schedulers, queue pollers and cluster peers call it directly; none of them
 //! holds platform logic. It must not know about HTTP servers or status codes: mapping an
 //! [`Error`] to a response is each transport's job, done in one place per transport.
-#![forbid(unsafe_code)]
+// `unsafe` is denied workspace-wide; only `archive::dirfd` (libc's `*at` calls) allows it.
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 mod archive;
 mod code;
+mod datadir;
 mod deploy;
 mod error;
 mod invoke;
@@ -56,6 +57,10 @@ pub struct Config {
     pub max_queue: usize,
     /// The walls around instances.
     pub sandbox: shoal_runtime::sandbox::SandboxConfig,
+    /// Start even though the store is blank while `code/` holds unpacked code. Off, a store
+    /// truncated, deleted or swapped for a blank one stops the start instead of silently
+    /// bringing the platform up with no functions.
+    pub allow_empty_store: bool,
 }
 
 /// The platform: deployed functions (store + launcher + dispatcher + routes) and their
@@ -85,13 +90,31 @@ impl std::fmt::Debug for Platform {
 }
 
 impl Platform {
-    /// Open the data directory (creating it), the store and the launcher, and bring back
-    /// every function deployed before the last restart. Must run inside a tokio runtime.
+    /// Open the data directory (creating it, private to this user, with `tmp/` cleared),
+    /// the store and the launcher, and bring back every function deployed before the last
+    /// restart. A blank store beside unpacked code is refused unless
+    /// [`Config::allow_empty_store`]. Must run inside a tokio runtime.
     pub fn open(config: &Config) -> Result<Arc<Platform>> {
         let data_dir = config.data_dir.clone();
-        std::fs::create_dir_all(&data_dir)
-            .map_err(|source| Error::io("creating the data directory", &data_dir, source))?;
-        let store = Store::open(&data_dir.join("shoal.db"))?;
+        datadir::prepare(&data_dir)?;
+        let store_path = data_dir.join("shoal.db");
+        // Asked before the store is opened: opening writes a schema, and a refused start
+        // must leave the evidence as it found it, for the next start to refuse too.
+        let code_dirs = datadir::code_dirs(&data_dir)?;
+        if code_dirs > 0 && Store::is_blank(&store_path)? {
+            if !config.allow_empty_store {
+                return Err(Error::EmptyStore {
+                    store: store_path,
+                    code_dirs,
+                });
+            }
+            tracing::warn!(
+                code_dirs,
+                "the store is blank although code/ holds unpacked code; \
+                 starting with no functions, as --allow-empty-store asks"
+            );
+        }
+        let store = Store::open(&store_path)?;
         let logs_dir = data_dir.join("logs");
         let logs = Arc::new(
             LogStore::new(logs_dir.clone())

@@ -1,10 +1,12 @@
 //! Function logs: every line an instance prints, tagged with instance and request id,
 //! appended as JSON lines to `logs/<function>.log` in the data directory. Platform
-//! messages about a call (why it failed) go to the same log.
+//! messages about a call (why it failed) go to the same log. What a function prints can
+//! hold its secrets, so the folder is 0700 and each file 0600, put right at start too.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -19,7 +21,13 @@ pub(crate) struct LogStore {
 
 impl LogStore {
     pub fn new(dir: PathBuf) -> std::io::Result<LogStore> {
-        std::fs::create_dir_all(&dir)?;
+        crate::datadir::private_folder(&dir)?;
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                crate::datadir::private_file(&entry.path())?;
+            }
+        }
         Ok(LogStore {
             dir,
             files: Mutex::new(HashMap::new()),
@@ -40,6 +48,7 @@ impl LogStore {
             match OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(crate::datadir::PRIVATE_FILE)
                 .open(self.path(function))
             {
                 Ok(file) => {
@@ -182,6 +191,27 @@ pub(crate) fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_files_are_private_and_wider_ones_are_narrowed_at_start() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode =
+            |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let dir = std::env::temp_dir().join(format!("shoal-logs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let old = dir.join("old.log");
+        std::fs::write(&old, "{}\n").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+        let logs = LogStore::new(dir.clone()).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&old), 0o600, "left by an older daemon");
+        logs.system("fresh", "i-1", "r-1", "it failed".into());
+        assert_eq!(mode(&logs.path("fresh")), 0o600, "created");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn lambda_format_lines_are_tagged() {

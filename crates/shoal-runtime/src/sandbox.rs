@@ -91,8 +91,7 @@ pub enum SandboxMode {
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
     pub mode: SandboxMode,
-    /// The first uid of the range instances run as. The range's first id is also the
-    /// group that may traverse the data directory to reach code (see [`Sandbox::group`]).
+    /// Instances run as uids from `uid_base + 1` to `uid_base + uid_count`.
     pub uid_base: u32,
     /// How many uids the range holds: the most instances that can run at once.
     pub uid_count: u32,

@@ -54,6 +54,9 @@ pub struct Config {
     pub max_queue: usize,
     /// The walls around instances.
     pub sandbox: shoal_core::SandboxConfig,
+    /// Start even though the store is blank while `code/` holds unpacked code (the database
+    /// was truncated, deleted or replaced): begin with no functions instead of refusing.
+    pub allow_empty_store: bool,
 }
 
 impl Config {
@@ -69,6 +72,7 @@ impl Config {
             host_budget: default_host_budget(),
             max_queue: DEFAULT_MAX_QUEUE,
             sandbox: shoal_core::SandboxConfig::default(),
+            allow_empty_store: false,
         }
     }
 }
@@ -110,9 +114,7 @@ pub struct Running {
 
 /// Start the platform: open the store, restore deployed functions, bind both listeners.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating {}", config.data_dir.display()))?;
-    let token = auth::admin_token(&config.data_dir).context("reading the admin token")?;
+    // The platform makes the data directory (private) before the token goes in it.
     let platform = Platform::open(&shoal_core::Config {
         data_dir: config.data_dir.clone(),
         node: config.node.clone(),
@@ -121,9 +123,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         host_budget: config.host_budget,
         max_queue: config.max_queue,
         sandbox: config.sandbox.clone(),
+        allow_empty_store: config.allow_empty_store,
     })
     .map_err(|e| anyhow::anyhow!(shoal_core::chain(&e)))
     .context("opening the data directory")?;
+    let token = auth::admin_token(&config.data_dir).context("reading the admin token")?;
     let gateway = TcpListener::bind(config.gateway_addr)
         .await
         .with_context(|| format!("binding the gateway to {}", config.gateway_addr))?;

@@ -1001,6 +1001,22 @@ async fn hostile_archives_are_refused_at_deploy_and_write_nothing() {
             "symlink points outside the archive".into(),
         ),
         (
+            // Each link stays inside on its own; followed while unpacking, each was made
+            // one level higher than the last (tmp/, the data dir, its parent) and the file
+            // landed outside the data directory.
+            "chain of symlinks",
+            with_manifest(&|b| {
+                for link in ["a/l1", "a/l1/l2", "a/l1/l2/l3", "a/l1/l2/l3/l4"] {
+                    let mut header = tar::Header::new_gnu();
+                    header.set_entry_type(tar::EntryType::Symlink);
+                    header.set_size(0);
+                    b.append_link(&mut header, link, "..").unwrap();
+                }
+                raw_entry(b, format!("a/l1/l2/l3/l4/{marker}").as_bytes(), b"x");
+            }),
+            "archive entry \"a/l1/l2\": passes through the symlink a/l1".into(),
+        ),
+        (
             "zip bomb",
             {
                 // 256 MiB + 1 of zeros: a few hundred KiB compressed.
@@ -1038,6 +1054,13 @@ async fn hostile_archives_are_refused_at_deploy_and_write_nothing() {
             !dir.join(&marker).exists(),
             "wrote {}",
             dir.join(&marker).display()
+        );
+    }
+    for link in [data_dir.join("l4"), data_dir.join("tmp/l3")] {
+        assert!(
+            std::fs::symlink_metadata(&link).is_err(),
+            "made {}",
+            link.display()
         );
     }
     let staging = std::fs::read_dir(server.data_dir().join("tmp"))

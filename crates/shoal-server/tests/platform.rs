@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::{example, ids, pids, process_alive, Api, Reply, TestServer, PATIENCE};
+use support::{
+    example, function_dir, ids, pids, process_alive, Api, Reply, TempDir, TestServer, PATIENCE,
+};
 
 /// The hello handler sleeps this long after its CPU work.
 const HELLO_SLEEP: Duration = Duration::from_millis(2000);
@@ -929,5 +931,198 @@ http = [{ method = "GET", path = "/second" }]
         !Api::decisions(&first_pool, "budget_reclaim").is_empty(),
         "{first_pool}"
     );
+    server.shutdown().await;
+}
+
+/// The permission bits of `path` itself (a link is not followed).
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_directory_is_private_and_its_staging_is_cleared_at_start() {
+    // A data directory as an older daemon left it: everything readable by everyone, and
+    // a killed deploy's read-only tree in tmp/.
+    let data = TempDir::new("t");
+    let dir = data.path();
+    drop(shoal_store::Store::open(&dir.join("shoal.db")).unwrap());
+    std::fs::write(dir.join("admin-token"), "an-older-token").unwrap();
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    std::fs::write(dir.join("logs/old.log"), "").unwrap();
+    let left = dir.join("tmp/5f0c/lib");
+    std::fs::create_dir_all(&left).unwrap();
+    std::fs::write(left.join("a.js"), "x").unwrap();
+    set_mode(&left.join("a.js"), 0o444);
+    set_mode(&left, 0o555);
+    for (path, wide) in [
+        (dir.to_owned(), 0o755),
+        (dir.join("shoal.db"), 0o644),
+        (dir.join("admin-token"), 0o644),
+        (dir.join("logs"), 0o755),
+        (dir.join("logs/old.log"), 0o644),
+        (dir.join("tmp"), 0o777),
+    ] {
+        set_mode(&path, wide);
+    }
+
+    let server = match TestServer::try_start_in(data, |_| {}).await {
+        Ok(server) => server,
+        Err((error, _)) => panic!("starting on the older data directory: {error}"),
+    };
+    assert_eq!(server.token, "an-older-token", "the token is kept");
+    assert_eq!(
+        std::fs::read_dir(server.data_dir().join("tmp"))
+            .unwrap()
+            .count(),
+        0,
+        "tmp/ cleared at start"
+    );
+
+    let handler =
+        "exports.handler = async () => { console.log('a line with a secret'); return 'ok'; };";
+    let manifest = "[functions.quiet]\nruntime = \"nodejs\"\nhandler = \"index.handler\"\n";
+    let function = function_dir(&[
+        ("index.js", handler),
+        ("shoal.toml", manifest),
+        ("lib/helper.js", "module.exports = 1;"),
+        ("bin/tool", "#!/bin/sh\n"),
+    ]);
+    set_mode(&function.path().join("bin/tool"), 0o755);
+    let (status, body) = server.deploy_dir(function.path()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let reply = server.invoke("quiet", &json!({})).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    server
+        .wait_for_log("quiet", PATIENCE, |r| {
+            r["message"] == "a line with a secret"
+        })
+        .await;
+
+    let dir = server.data_dir();
+    let code: Vec<_> = std::fs::read_dir(dir.join("code"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(code.len(), 1, "{code:?}");
+    let unpacked = &code[0];
+    let mut expected = vec![
+        (dir.to_owned(), 0o700),
+        (dir.join("shoal.db"), 0o600),
+        (dir.join("shoal.db-wal"), 0o600),
+        (dir.join("shoal.db-shm"), 0o600),
+        (dir.join("admin-token"), 0o600),
+        (dir.join("logs/quiet.log"), 0o600),
+        (dir.join("logs/old.log"), 0o600),
+        // Inside the private code/, code stays readable by the uids instances run under.
+        (unpacked.clone(), 0o755),
+        (unpacked.join("index.js"), 0o444),
+        (unpacked.join("lib"), 0o755),
+        (unpacked.join("lib/helper.js"), 0o444),
+        (unpacked.join("bin/tool"), 0o555),
+    ];
+    for folder in ["code", "logs", "tmp", "instances", "runtimes"] {
+        expected.push((dir.join(folder), 0o700));
+    }
+    for (path, want) in expected {
+        assert_eq!(mode(&path), want, "{}: {:o}", path.display(), mode(&path));
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_store_stops_the_start_unless_an_empty_start_is_asked_for() {
+    let server = TestServer::start().await;
+    let manifest = "[functions.kept]\nruntime = \"nodejs\"\nhandler = \"index.handler\"\n";
+    server
+        .deploy_ok(&[
+            ("index.js", "exports.handler = async () => 'kept';"),
+            ("shoal.toml", manifest),
+        ])
+        .await;
+    let data = server.stop_into_dir().await;
+
+    // Every function deleted is an empty store, but not a lost one: the restart serves.
+    let server = match TestServer::try_start_in(data, |_| {}).await {
+        Ok(server) => server,
+        Err((error, _)) => panic!("restart after a deploy: {error}"),
+    };
+    assert_eq!(
+        server.admin_get("/admin/functions").await["functions"][0]["name"],
+        "kept"
+    );
+    let delete = server
+        .control(Method::DELETE, "/admin/functions/kept", &[], "")
+        .await;
+    assert!(delete.status.is_success(), "{}", delete.text());
+    let data = server.stop_into_dir().await;
+    let server = match TestServer::try_start_in(data, |_| {}).await {
+        Ok(server) => server,
+        Err((error, _)) => panic!("restart with every function deleted: {error}"),
+    };
+    server
+        .deploy_ok(&[
+            ("index.js", "exports.handler = async () => 'kept';"),
+            ("shoal.toml", manifest),
+        ])
+        .await;
+    let data = server.stop_into_dir().await;
+
+    // `: > shoal.db` while the daemon is down (its side files go with a clean close).
+    let db = data.path().join("shoal.db");
+    std::fs::write(&db, "").unwrap();
+    let code_dirs = std::fs::read_dir(data.path().join("code")).unwrap().count();
+    assert!(code_dirs >= 1, "deploys left code behind");
+    let (error, data) = match TestServer::try_start_in(data, |_| {}).await {
+        Ok(_) => panic!("started with no functions on a truncated store"),
+        Err(refused) => refused,
+    };
+    let expected = format!(
+        "the store at {} holds no functions but code/ holds {code_dirs} unpacked code \
+         directories: the database may have been truncated or replaced; restore it, or \
+         start with --allow-empty-store to begin empty",
+        db.display()
+    );
+    assert!(error.contains(&expected), "{error}");
+    // The refused start left the evidence as it was: the next one is refused too.
+    let data = match TestServer::try_start_in(data, |_| {}).await {
+        Ok(_) => panic!("a second start on the truncated store went through"),
+        Err((error, data)) => {
+            assert!(error.contains(&expected), "{error}");
+            data
+        }
+    };
+    assert_eq!(
+        std::fs::metadata(&db).unwrap().len(),
+        0,
+        "the store untouched"
+    );
+
+    let server =
+        match TestServer::try_start_in(data, |config| config.allow_empty_store = true).await {
+            Ok(server) => server,
+            Err((error, _)) => panic!("the override was not taken: {error}"),
+        };
+    assert_eq!(
+        server.admin_get("/admin/functions").await["functions"],
+        json!([])
+    );
+    server
+        .deploy_ok(&[
+            ("index.js", "exports.handler = async () => 'again';"),
+            ("shoal.toml", manifest),
+        ])
+        .await;
+    let reply = server.invoke("kept", &json!({})).await;
+    assert_eq!(reply.json(), json!("again"));
     server.shutdown().await;
 }

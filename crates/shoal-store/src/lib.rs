@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use shoal_manifest::FunctionSpec;
@@ -31,6 +31,12 @@ pub enum Error {
         path: PathBuf,
         #[source]
         source: rusqlite::Error,
+    },
+    #[error("making {} readable by its owner only", path.display())]
+    Private {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error("migrating the database schema to version {version}")]
     Migrate {
@@ -97,7 +103,24 @@ const VERSION_COLUMNS: &str = "versions.function, versions.version, versions.spe
 
 impl Store {
     /// Opens (creating if missing) the database at `path` and brings its schema up to date.
+    ///
+    /// The database and its `-wal` and `-shm` files hold every function's environment,
+    /// secrets included, so they are made readable by their owner only (0600): the file is
+    /// created that way before SQLite sees it (SQLite gives its side files the main file's
+    /// mode), and files an older version left wider are narrowed.
     pub fn open(path: &Path) -> Result<Store> {
+        let file_err = |source| Error::Private {
+            path: path.to_owned(),
+            source,
+        };
+        create_private(path).map_err(file_err)?;
+        for side in [
+            path.to_owned(),
+            side_file(path, "-wal"),
+            side_file(path, "-shm"),
+        ] {
+            make_private(&side).map_err(|source| Error::Private { path: side, source })?;
+        }
         let open_err = |source| Error::Open {
             path: path.to_owned(),
             source,
@@ -129,6 +152,30 @@ impl Store {
         Ok(Store {
             conn: Mutex::new(conn),
         })
+    }
+
+    /// Whether the database at `path` is blank: missing, empty, or without a schema yet.
+    /// Creates and changes nothing, so it can be asked before deciding to open. A store
+    /// that was ever opened is never blank again, even with every function deleted, so a
+    /// blank one beside unpacked code means the database was truncated, deleted or
+    /// swapped for a new file.
+    pub fn is_blank(path: &Path) -> Result<bool> {
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+            Ok(meta) if meta.len() == 0 => return Ok(true),
+            _ => {}
+        }
+        let open_err = |source| Error::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(open_err)?;
+        Ok(version == 0)
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -388,6 +435,36 @@ impl RawVersion {
             code_digest: self.code_digest,
             created_at_ms: self.created_at_ms,
         })
+    }
+}
+
+/// `path` with `suffix` appended to its file name: SQLite's `-wal` and `-shm` files.
+fn side_file(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Create `path` as an empty 0600 file if it does not exist yet.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        other => other.map(drop),
+    }
+}
+
+/// Narrow an existing file to 0600; a missing one is fine.
+fn make_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
     }
 }
 

@@ -262,6 +262,69 @@ fn file_backed_store_survives_reopening() {
 }
 
 #[test]
+fn database_files_are_private_even_if_left_wider() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let dir = TempDir::new("private");
+    let db = dir.path().join("shoal.db");
+    let wal = dir.path().join("shoal.db-wal");
+    let shm = dir.path().join("shoal.db-shm");
+    {
+        let store = Store::open(&db).unwrap();
+        let digest = store.put_blob(b"code").unwrap();
+        store
+            .create_version(&spec("alpha", "index.handler"), &digest)
+            .unwrap();
+        // Open, in WAL mode: the side files exist now.
+        for path in [&db, &wal, &shm] {
+            assert_eq!(mode(path), 0o600, "{}", path.display());
+        }
+    }
+    // As an older version (or a umask of 022) left them.
+    for path in [&db, &wal, &shm] {
+        if path.exists() {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+    let store = Store::open(&db).unwrap();
+    for path in [&db, &wal, &shm] {
+        assert_eq!(mode(path), 0o600, "{}", path.display());
+    }
+    assert_eq!(store.list_current().unwrap().len(), 1);
+}
+
+#[test]
+fn a_store_is_blank_only_until_it_is_opened() {
+    let dir = TempDir::new("blank");
+    let db = dir.path().join("shoal.db");
+    assert!(Store::is_blank(&db).unwrap(), "a missing file");
+    assert!(!db.exists(), "asking creates nothing");
+    let store = Store::open(&db).unwrap();
+    assert!(!Store::is_blank(&db).unwrap(), "opened once, though empty");
+    let digest = store.put_blob(b"code").unwrap();
+    store
+        .create_version(&spec("alpha", "index.handler"), &digest)
+        .unwrap();
+    assert!(store.delete_function("alpha").unwrap());
+    drop(store);
+    assert!(
+        !Store::is_blank(&db).unwrap(),
+        "every function deleted is not blank"
+    );
+
+    // Truncated, as `: > shoal.db` does; asking twice changes nothing.
+    std::fs::write(&db, b"").unwrap();
+    assert!(Store::is_blank(&db).unwrap(), "a truncated file");
+    assert!(Store::is_blank(&db).unwrap(), "still truncated");
+    // Some other SQLite file, not a Shoal store yet.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("CREATE TABLE other (x); INSERT INTO other VALUES (1);")
+        .unwrap();
+    assert!(Store::is_blank(&db).unwrap(), "a database without a schema");
+}
+
+#[test]
 fn store_is_shareable_across_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Store>();

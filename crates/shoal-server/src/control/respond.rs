@@ -137,9 +137,11 @@ fn platform_error(error: &Error, function: &str, request_id: &str) -> Response<B
         Error::InitFailed(launch) => function_error(launch.error_type.as_str(), &launch.message),
         Error::HandlerThrew { error_type } => function_error(error_type, "the handler threw"),
         Error::BadProxyResult(_) => function_error("Runtime.Unknown", &error.to_string()),
-        Error::Store(_) | Error::Io { .. } | Error::Launcher(_) | Error::Task(_) => {
-            internal(error, request_id)
-        }
+        Error::Store(_)
+        | Error::Io { .. }
+        | Error::EmptyStore { .. }
+        | Error::Launcher(_)
+        | Error::Task(_) => internal(error, request_id),
     }
 }
 

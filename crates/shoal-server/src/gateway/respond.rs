@@ -76,6 +76,7 @@ fn error_response(error: &Error, request_id: &str) -> Response<Body> {
         | Error::RouteConflict(_)
         | Error::Store(_)
         | Error::Io { .. }
+        | Error::EmptyStore { .. }
         | Error::Launcher(_)
         | Error::Task(_) => {
             tracing::error!(request_id, error = %shoal_core::chain(error), "gateway call failed inside the platform");

@@ -114,20 +114,42 @@ impl TestServer {
 
     /// Start a server with some settings changed from [`shoal_server::Config::ephemeral`].
     pub async fn start_with(configure: impl FnOnce(&mut shoal_server::Config)) -> TestServer {
+        match Self::try_start_in(TempDir::new("t"), configure).await {
+            Ok(server) => server,
+            Err((error, _)) => panic!("starting the server: {error}"),
+        }
+    }
+
+    /// Start a server on a data directory that already exists (kept by
+    /// [`TestServer::stop`], or laid out by the test). If the start is refused: its error
+    /// with every cause, and the directory back.
+    pub async fn try_start_in(
+        data_dir: TempDir,
+        configure: impl FnOnce(&mut shoal_server::Config),
+    ) -> Result<TestServer, (String, TempDir)> {
         let guard = ONE_SERVER_AT_A_TIME.lock().await;
-        let data_dir = TempDir::new("t");
         let mut config = shoal_server::Config::ephemeral(data_dir.path().to_owned());
         configure(&mut config);
-        let running = shoal_server::start(config.clone())
-            .await
-            .expect("starting the server");
-        TestServer {
+        let running = match shoal_server::start(config.clone()).await {
+            Ok(running) => running,
+            Err(error) => return Err((format!("{error:#}"), data_dir)),
+        };
+        Ok(TestServer {
             api: Api::of(&running),
             running: Some(running),
             config,
             data_dir,
             _one_at_a_time: guard,
+        })
+    }
+
+    /// Stop the server like [`TestServer::shutdown`], keeping its data directory for
+    /// another start.
+    pub async fn stop_into_dir(mut self) -> TempDir {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await;
         }
+        self.data_dir
     }
 
     /// Stop the server (as [`TestServer::shutdown`] does) but keep its data directory, to

@@ -27,13 +27,17 @@ pub struct Args {
     /// Most memory (MiB) the instances' memory limits may add up to [default: 3/4 of RAM].
     #[arg(long)]
     max_memory_mib: Option<u64>,
+    /// Start even if the store is blank while code/ holds unpacked code, which means the
+    /// database was truncated, deleted or replaced: begin with no functions.
+    #[arg(long)]
+    allow_empty_store: bool,
     /// Walls around instances: `auto` puts up every one the machine allows and says which
     /// are missing, `on` refuses to start without all of them, `off` runs instances as
     /// plain children of the daemon (development only).
     #[arg(long, value_enum, default_value_t = Sandbox::Auto)]
     sandbox: Sandbox,
-    /// First uid of the range sandboxed instances run as (one uid per live instance; the
-    /// range's first id is also the group allowed to traverse the data directory).
+    /// The range sandboxed instances run as starts just above this uid (one uid per live
+    /// instance).
     #[arg(long, default_value_t = 200_000)]
     sandbox_uid_base: u32,
     /// How many uids the range holds: the most instances that run at once.
@@ -55,6 +59,7 @@ pub async fn run(data_dir: &Path, args: Args) -> anyhow::Result<ExitCode> {
     config.node = args.node;
     config.shutdown_grace = Duration::from_secs(args.shutdown_grace);
     config.host_budget.max_instances = args.max_instances;
+    config.allow_empty_store = args.allow_empty_store;
     if let Some(mib) = args.max_memory_mib {
         config.host_budget.max_memory_kib = mib * 1024;
     }
