@@ -8,6 +8,7 @@
 //! manifests or SQL: the server hands it a [`FunctionCode`] per function version.
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
+mod capture;
 pub mod cgroup;
 mod frame;
 mod native;
