@@ -210,10 +210,7 @@ mod tests {
         let mut lines = Vec::new();
         read_lines(flood, |l| lines.push(l.to_owned())).await;
         assert_eq!(lines.len(), 1);
-        assert!(lines[0].ends_with(&format!(
-            "… [truncated {} bytes]",
-            2 * MAX_LOG_LINE + 5
-        )));
+        assert!(lines[0].ends_with(&format!("… [truncated {} bytes]", 2 * MAX_LOG_LINE + 5)));
     }
 
     #[tokio::test]

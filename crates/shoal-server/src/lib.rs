@@ -23,7 +23,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use shoal_core::{pack_dir, Platform};
+pub use shoal_core::{pack_dir, Platform, DEFAULT_MAX_LOG_BYTES};
 
 /// At shutdown, after the drain, how long open connections get to write their last
 /// answers before the daemon stops waiting for them.
@@ -52,6 +52,9 @@ pub struct Config {
     /// Invocations waiting for a slot, per function version, before callers get 429: what
     /// bounds the daemon's memory under a flood.
     pub max_queue: usize,
+    /// Bytes a function's log file may hold before it is rotated (one old file is kept,
+    /// so about twice this per function on disk).
+    pub max_log_bytes: u64,
 }
 
 impl Config {
@@ -66,6 +69,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(10),
             host_budget: default_host_budget(),
             max_queue: DEFAULT_MAX_QUEUE,
+            max_log_bytes: DEFAULT_MAX_LOG_BYTES,
         }
     }
 }
@@ -117,6 +121,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown_grace: config.shutdown_grace,
         host_budget: config.host_budget,
         max_queue: config.max_queue,
+        max_log_bytes: config.max_log_bytes,
     })
     .map_err(|e| anyhow::anyhow!(shoal_core::chain(&e)))
     .context("opening the data directory")?;

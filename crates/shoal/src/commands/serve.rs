@@ -27,6 +27,11 @@ pub struct Args {
     /// Most memory (MiB) the instances' memory limits may add up to [default: 3/4 of RAM].
     #[arg(long)]
     max_memory_mib: Option<u64>,
+    /// Size (MiB) at which a function's log file is rotated; one old file is kept, so a
+    /// function's logs take at most about twice this on disk.
+    #[arg(long, default_value_t = shoal_server::DEFAULT_MAX_LOG_BYTES / (1024 * 1024),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_log_mib: u64,
 }
 
 pub async fn run(data_dir: &Path, args: Args) -> anyhow::Result<ExitCode> {
@@ -39,6 +44,7 @@ pub async fn run(data_dir: &Path, args: Args) -> anyhow::Result<ExitCode> {
     if let Some(mib) = args.max_memory_mib {
         config.host_budget.max_memory_kib = mib * 1024;
     }
+    config.max_log_bytes = args.max_log_mib.saturating_mul(1024 * 1024);
     let running = shoal_server::start(config).await?;
     println!("shoal is serving");
     println!("  gateway      http://{}", running.gateway_addr);
