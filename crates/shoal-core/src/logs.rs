@@ -321,6 +321,20 @@ impl LogSink for LogStore {
         );
     }
 
+    fn stopped(&self, function: &str, instance: &str, reason: &str) {
+        self.append(
+            function,
+            &LogRecord {
+                ts: now_ms(),
+                instance: instance.to_owned(),
+                request_id: None,
+                stream: "platform".into(),
+                level: Some("ERROR".into()),
+                message: format!("instance {instance} stopped: {reason}"),
+            },
+        );
+    }
+
     fn line(&self, function: &str, instance: &str, stream: LogStream, line: &str) {
         let stream = match stream {
             LogStream::Stdout => "stdout",
