@@ -24,9 +24,8 @@ use crate::{
     MAX_RESPONSE_BYTES,
 };
 
-/// How much of an answer over [`MAX_RESPONSE_BYTES`] is read (and dropped) to learn its
-/// size when the runtime did not send a `content-length`; beyond it the size is reported
-/// as "more than".
+/// How much of an answer over [`MAX_RESPONSE_BYTES`] is read (and dropped) before the
+/// daemon stops reading; beyond it the size is the announced one, or "more than" this.
 const MAX_MEASURED: u64 = 64 * 1024 * 1024;
 /// Request ids remembered after their caller left, so a late answer gets 410, not 400.
 const EXPIRED_MEMORY: usize = 1024;
@@ -268,15 +267,16 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Answer, Re
 }
 
 /// An answer's body, or its size when it is larger than [`MAX_RESPONSE_BYTES`]. Nothing
-/// beyond the limit is kept: a `content-length` over it is refused unread, and a body
-/// without one is counted and dropped up to [`MAX_MEASURED`].
+/// beyond the limit is kept: the rest is counted and dropped, up to [`MAX_MEASURED`] (so
+/// the runtime gets its 413 on a connection still in order); a `content-length` beyond
+/// that is refused unread.
 async fn read_answer(req: Request<Incoming>) -> Result<Result<Bytes, AnswerSize>, Refusal> {
     let announced = req
         .headers()
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if let Some(len) = announced.filter(|len| *len > MAX_RESPONSE_BYTES as u64) {
+    if let Some(len) = announced.filter(|len| *len > MAX_MEASURED) {
         return Ok(Err(AnswerSize::Exactly(len)));
     }
     let mut body = req.into_body();
