@@ -41,9 +41,9 @@
  *    others JSON if possible), stackTrace [].
  *  - Results: JSON.stringify(result === undefined ? null : result); a value that
  *    stringifies to undefined (a function, a symbol) is sent as null; a throw from
- *    stringify -> ERROR Runtime.ResultSerializationError; a result over the 64 MiB frame
- *    limit -> ERROR Runtime.ResponseSizeTooLarge (instead of killing the connection and
- *    every other in-flight invocation with it).
+ *    stringify -> ERROR Runtime.ResultSerializationError; a result over Lambda's response
+ *    limit (6291556 bytes, which the daemon enforces too) -> ERROR
+ *    Function.ResponseSizeTooLarge, so the oversized result never crosses the socket.
  *  - The context object is per invocation; awsRequestId etc. are own properties;
  *    getRemainingTimeInMillis/done/succeed/fail are created lazily (bound, so they may be
  *    detached: `.then(context.succeed)` works) to keep the no-op hot path allocation-light.
@@ -78,8 +78,8 @@ const KIND_INVOKE = 3;
 const KIND_RESULT = 4;
 const KIND_ERROR = 5;
 const MAX_FRAME_LEN = 64 * 1024 * 1024 + 5; // value of the `len` field
-const MAX_PAYLOAD = MAX_FRAME_LEN - 5;
 const HEADER = 9; // len u32 + kind u8 + id u32
+const MAX_RESPONSE = 6291556; // Lambda's response payload limit, as the daemon holds it
 const TWO_POW_32 = 4294967296;
 
 // ---------------------------------------------------------------------------------------
@@ -410,17 +410,20 @@ function succeedInvocation(ctx, result) {
     return;
   }
   if (json === undefined) json = 'null';
-  else if (json.length > MAX_PAYLOAD / 3 && Buffer.byteLength(json, 'utf8') > MAX_PAYLOAD) {
-    queueFrame(
-      KIND_ERROR,
-      ctx[kId],
-      JSON.stringify({
-        errorType: 'Runtime.ResponseSizeTooLarge',
-        errorMessage: `Response payload size exceeded maximum allowed payload size (${MAX_PAYLOAD} bytes).`,
-        stackTrace: [],
-      })
-    );
-    return;
+  else if (json.length > MAX_RESPONSE / 3) {
+    const size = Buffer.byteLength(json, 'utf8');
+    if (size > MAX_RESPONSE) {
+      queueFrame(
+        KIND_ERROR,
+        ctx[kId],
+        JSON.stringify({
+          errorType: 'Function.ResponseSizeTooLarge',
+          errorMessage: `Response payload size (${size} bytes) exceeded maximum allowed payload size (${MAX_RESPONSE} bytes).`,
+          stackTrace: [],
+        })
+      );
+      return;
+    }
   }
   queueFrame(KIND_RESULT, ctx[kId], json);
 }

@@ -204,8 +204,16 @@ impl Platform {
                 .observe(function, outcome_label(&result), ran(&result, arrived));
             match &result {
                 Ok(Outcome::Success(_)) => tracing::debug!("invocation succeeded"),
-                Ok(Outcome::FunctionError { error_type, .. }) => {
-                    tracing::info!(error_type = %error_type, "handler threw")
+                Ok(Outcome::FunctionError { error_type, body }) => {
+                    tracing::info!(error_type = %error_type, "handler threw");
+                    // The platform refused the answer: the function's author reads why here.
+                    if error_type == shoal_runtime::RESPONSE_SIZE_TOO_LARGE {
+                        let message = serde_json::from_slice::<serde_json::Value>(body)
+                            .ok()
+                            .and_then(|v| v["errorMessage"].as_str().map(str::to_owned))
+                            .unwrap_or_else(|| error_type.clone());
+                        self.logs.system(function, "-", &request_id, message);
+                    }
                 }
                 Err(error @ (Error::FunctionNotFound(_) | Error::Overloaded { .. })) => {
                     tracing::info!(error = %error, "invocation refused")

@@ -32,6 +32,7 @@ use shoal_store::Store;
 pub use archive::{pack_dir, ArchiveError};
 pub use error::{chain, Error, Result};
 pub use invoke::{new_request_id, InvocationType, InvokeOutcome, InvokeRequest, Invoked};
+pub use logs::DEFAULT_MAX_LOG_BYTES;
 pub use shoal_api as api;
 pub use shoal_runtime::sandbox::{SandboxConfig, SandboxMode};
 
@@ -61,6 +62,10 @@ pub struct Config {
     /// truncated, deleted or swapped for a blank one stops the start instead of silently
     /// bringing the platform up with no functions.
     pub allow_empty_store: bool,
+    /// Bytes a function's log file may hold before it is rotated (one old file is kept):
+    /// what bounds the disk a function's output takes, about twice this per function.
+    /// [`DEFAULT_MAX_LOG_BYTES`] unless set.
+    pub max_log_bytes: u64,
 }
 
 /// The platform: deployed functions (store + launcher + dispatcher + routes) and their
@@ -117,7 +122,7 @@ impl Platform {
         let store = Store::open(&store_path)?;
         let logs_dir = data_dir.join("logs");
         let logs = Arc::new(
-            LogStore::new(logs_dir.clone())
+            LogStore::new(logs_dir.clone(), config.max_log_bytes)
                 .map_err(|source| Error::io("creating the log directory", &logs_dir, source))?,
         );
         let launcher = Arc::new(

@@ -2,25 +2,53 @@
 //! appended as JSON lines to `logs/<function>.log` in the data directory. Platform
 //! messages about a call (why it failed) go to the same log. What a function prints can
 //! hold its secrets, so the folder is 0700 and each file 0600, put right at start too.
+//!
+//! What a function prints is hostile input, so a log has a cap: once `<function>.log`
+//! would pass it, it becomes `<function>.log.1` (replacing the previous one) and a new
+//! file starts; a function holds at most two files of about the cap each on disk. Readers
+//! see one stream: offsets (`since`, `next`) count every byte ever written to the
+//! function's log, so a follower's offset stays valid across a rotation. The offset where
+//! the current file starts is kept next to it in `<function>.log.base`.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use shoal_api::LogRecord;
 use shoal_runtime::{LogSink, LogStream};
 
+/// A function's log is rotated once it would grow past this many bytes (`shoal serve
+/// --max-log-mib`).
+pub const DEFAULT_MAX_LOG_BYTES: u64 = 32 * 1024 * 1024;
+/// The most bytes of log one read returns; a follower reads the rest on its next call.
+/// It bounds what a page costs the daemon however much a function has printed.
+const PAGE_BYTES: u64 = 4 * 1024 * 1024;
+/// How far back a read without `since` looks for its last `tail` records.
+const TAIL_WINDOW: u64 = 1024 * 1024;
+
 pub(crate) struct LogStore {
     dir: PathBuf,
-    files: Mutex<HashMap<String, File>>,
+    /// Bytes a function's current log file may hold before it is rotated: what bounds
+    /// the disk a function's output can take (about twice this).
+    max_bytes: u64,
+    files: Mutex<HashMap<String, Open>>,
+}
+
+/// A function's current log file, open for appending.
+struct Open {
+    file: File,
+    /// Its length: what rotation is decided on.
+    len: u64,
+    /// The stream offset of its first byte.
+    base: u64,
 }
 
 impl LogStore {
-    pub fn new(dir: PathBuf) -> std::io::Result<LogStore> {
+    pub fn new(dir: PathBuf, max_bytes: u64) -> std::io::Result<LogStore> {
         crate::datadir::private_folder(&dir)?;
         for entry in std::fs::read_dir(&dir)? {
             let entry = entry?;
@@ -30,12 +58,47 @@ impl LogStore {
         }
         Ok(LogStore {
             dir,
+            max_bytes,
             files: Mutex::new(HashMap::new()),
         })
     }
 
     pub(crate) fn path(&self, function: &str) -> PathBuf {
         self.dir.join(format!("{function}.log"))
+    }
+
+    fn rotated_path(&self, function: &str) -> PathBuf {
+        self.dir.join(format!("{function}.log.1"))
+    }
+
+    fn base_path(&self, function: &str) -> PathBuf {
+        self.dir.join(format!("{function}.log.base"))
+    }
+
+    /// The stream offset where the current file starts (0 before the first rotation). It
+    /// is at least the rotated file's length, even if the daemon died between rotating
+    /// and recording the base, so the two files never overlap in the stream.
+    fn stored_base(&self, function: &str) -> u64 {
+        let recorded = std::fs::read_to_string(self.base_path(function))
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(0);
+        let rotated = std::fs::metadata(self.rotated_path(function)).map_or(0, |m| m.len());
+        recorded.max(rotated)
+    }
+
+    fn open(&self, function: &str) -> std::io::Result<Open> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(crate::datadir::PRIVATE_FILE)
+            .open(self.path(function))?;
+        let len = file.metadata()?.len();
+        Ok(Open {
+            file,
+            len,
+            base: self.stored_base(function),
+        })
     }
 
     pub fn append(&self, function: &str, record: &LogRecord) {
@@ -45,14 +108,9 @@ impl LogStore {
         line.push(b'\n');
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         if !files.contains_key(function) {
-            match OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(crate::datadir::PRIVATE_FILE)
-                .open(self.path(function))
-            {
-                Ok(file) => {
-                    files.insert(function.to_owned(), file);
+            match self.open(function) {
+                Ok(open) => {
+                    files.insert(function.to_owned(), open);
                 }
                 Err(e) => {
                     tracing::warn!(function, error = %e, "cannot open log file");
@@ -60,9 +118,52 @@ impl LogStore {
                 }
             }
         }
-        if let Some(file) = files.get_mut(function) {
-            let _ = file.write_all(&line);
+        let Some(open) = files.get_mut(function) else {
+            return;
+        };
+        // A record larger than the cap still gets a file of its own rather than being lost.
+        if open.len > 0 && open.len + line.len() as u64 > self.max_bytes {
+            match self.rotate(function, open) {
+                Ok(fresh) => *open = fresh,
+                Err(e) => {
+                    // Dropping the record keeps the cap; the daemon's log says why.
+                    tracing::warn!(function, error = %e, "cannot rotate log file; record dropped");
+                    return;
+                }
+            }
         }
+        match open.file.write_all(&line) {
+            Ok(()) => open.len += line.len() as u64,
+            Err(e) => {
+                tracing::warn!(function, error = %e, "cannot write log file");
+                // Whatever part was written counts, so offsets stay true.
+                if let Ok(meta) = open.file.metadata() {
+                    open.len = meta.len();
+                }
+            }
+        }
+    }
+
+    /// `<function>.log` becomes `<function>.log.1` and a new file starts where the old
+    /// one ended in the stream. Called with the files lock held.
+    fn rotate(&self, function: &str, old: &Open) -> std::io::Result<Open> {
+        let base = old.base + old.len;
+        match std::fs::rename(self.path(function), self.rotated_path(function)) {
+            // Someone removed the file under us: there is nothing to keep.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            other => other?,
+        }
+        let staged = self.dir.join(format!("{function}.log.base.tmp"));
+        std::fs::write(&staged, base.to_string())?;
+        crate::datadir::private_file(&staged)?;
+        std::fs::rename(&staged, self.base_path(function))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(crate::datadir::PRIVATE_FILE)
+            .open(self.path(function))?;
+        let len = file.metadata()?.len();
+        Ok(Open { file, len, base })
     }
 
     /// A platform message about one invocation (e.g. why it failed), in the same log.
@@ -80,54 +181,140 @@ impl LogStore {
         );
     }
 
-    /// Records from byte offset `since` (or the last `tail` records when `None`), and the
-    /// offset to continue from.
+    /// Records from stream offset `since` (or the last `tail` records when `None`), and
+    /// the offset to continue from. At most [`PAGE_BYTES`] are read per call.
+    ///
+    /// An offset older than what is still on disk starts at the oldest record kept; one
+    /// beyond the end (the log was removed and started again) starts at the beginning.
     pub fn read(
         &self,
         function: &str,
         since: Option<u64>,
         tail: usize,
     ) -> std::io::Result<(Vec<LogRecord>, u64)> {
-        let mut file = match File::open(self.path(function)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
-            Err(e) => return Err(e),
+        let mut segments = self.segments(function)?;
+        let Some(first) = segments.first() else {
+            return Ok((Vec::new(), 0));
         };
-        let len = file.metadata()?.len();
-        let start = match since {
-            Some(offset) => offset.min(len),
-            // Good enough for a tail: look at the last 1 MiB only.
-            None => len.saturating_sub(1024 * 1024),
+        let oldest = first.start;
+        let end = segments.last().map_or(oldest, |s| s.start + s.len);
+        let (start, limit) = match since {
+            Some(offset) if offset > end => (oldest, PAGE_BYTES),
+            Some(offset) => (offset.max(oldest), PAGE_BYTES),
+            // Good enough for a tail: look at the last stretch only.
+            None => (end.saturating_sub(TAIL_WINDOW).max(oldest), TAIL_WINDOW),
         };
-        file.seek(SeekFrom::Start(start))?;
-        let mut reader = BufReader::new(file.take(len - start));
-        let mut records = Vec::new();
-        let mut consumed = start;
+        let (mut records, next) = read_records(&mut segments, start, limit)?;
+        if since.is_none() && records.len() > tail {
+            records.drain(..records.len() - tail);
+        }
+        Ok((records, next))
+    }
+
+    /// The rotated file and the current one, oldest first, each with its place in the
+    /// stream. Taken under the files lock, so a rotation cannot fall between looking at
+    /// the two files and at the base.
+    fn segments(&self, function: &str) -> std::io::Result<Vec<Segment>> {
+        let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let base = match files.get(function) {
+            Some(open) => open.base,
+            None => self.stored_base(function),
+        };
+        let mut segments = Vec::new();
+        if let Some((file, len)) = open_existing(&self.rotated_path(function))? {
+            segments.push(Segment {
+                file,
+                start: base.saturating_sub(len),
+                len,
+            });
+        }
+        if let Some((file, len)) = open_existing(&self.path(function))? {
+            segments.push(Segment {
+                file,
+                start: base,
+                len,
+            });
+        }
+        Ok(segments)
+    }
+
+    pub fn remove(&self, function: &str) {
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        files.remove(function);
+        for path in [
+            self.path(function),
+            self.rotated_path(function),
+            self.base_path(function),
+        ] {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// One log file as a stretch of the function's log stream.
+struct Segment {
+    file: File,
+    /// The stream offset of its first byte.
+    start: u64,
+    /// Its length when the read began; later appends are read next time.
+    len: u64,
+}
+
+fn open_existing(path: &Path) -> std::io::Result<Option<(File, u64)>> {
+    match File::open(path) {
+        Ok(file) => {
+            let len = file.metadata()?.len();
+            Ok(Some((file, len)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whole records from stream offset `at`, until about `limit` bytes were read, and the
+/// offset after the last one. A line cut short at the end of the current file is still
+/// being written and is left for the next read; one at the end of a rotated file never
+/// will be finished and is skipped.
+fn read_records(
+    segments: &mut [Segment],
+    mut at: u64,
+    limit: u64,
+) -> std::io::Result<(Vec<LogRecord>, u64)> {
+    let began = at;
+    let mut records = Vec::new();
+    let count = segments.len();
+    for (i, segment) in segments.iter_mut().enumerate() {
+        let end = segment.start + segment.len;
+        if at >= end {
+            continue;
+        }
+        at = at.max(segment.start);
+        segment.file.seek(SeekFrom::Start(at - segment.start))?;
+        let mut reader = BufReader::new((&segment.file).take(end - at));
         let mut line = Vec::new();
         loop {
-            line.clear();
-            let n = reader.read_until(b'\n', &mut line)?;
-            if n == 0 || line.last() != Some(&b'\n') {
-                break; // a partial last line is read next time
+            if at - began >= limit {
+                return Ok((records, at));
             }
-            consumed += n as u64;
+            line.clear();
+            let n = reader.read_until(b'\n', &mut line)? as u64;
+            if n == 0 {
+                break;
+            }
+            if line.last() != Some(&b'\n') {
+                if i + 1 == count {
+                    return Ok((records, at));
+                }
+                at = end;
+                break;
+            }
+            at += n;
             if let Ok(record) = serde_json::from_slice::<LogRecord>(&line) {
                 records.push(record);
             }
         }
-        if since.is_none() && records.len() > tail {
-            records.drain(..records.len() - tail);
-        }
-        Ok((records, consumed))
     }
-
-    pub fn remove(&self, function: &str) {
-        self.files
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(function);
-        let _ = std::fs::remove_file(self.path(function));
-    }
+    Ok((records, at))
 }
 
 impl LogSink for LogStore {
@@ -141,6 +328,20 @@ impl LogSink for LogStore {
                 stream: "platform".into(),
                 level: Some("ERROR".into()),
                 message: format!("instance {instance} stopped unexpectedly: {reason}"),
+            },
+        );
+    }
+
+    fn stopped(&self, function: &str, instance: &str, reason: &str) {
+        self.append(
+            function,
+            &LogRecord {
+                ts: now_ms(),
+                instance: instance.to_owned(),
+                request_id: None,
+                stream: "platform".into(),
+                level: Some("ERROR".into()),
+                message: format!("instance {instance} stopped: {reason}"),
             },
         );
     }
@@ -192,6 +393,197 @@ pub(crate) fn now_ms() -> u64 {
 mod tests {
     use super::*;
 
+    /// A fresh log directory, removed when dropped.
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(name: &str) -> Dir {
+            let dir =
+                std::env::temp_dir().join(format!("shoal-logs-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            Dir(dir)
+        }
+
+        fn store(&self, max_bytes: u64) -> LogStore {
+            LogStore::new(self.0.clone(), max_bytes).unwrap()
+        }
+
+        fn size(&self, file: &str) -> Option<u64> {
+            std::fs::metadata(self.0.join(file)).ok().map(|m| m.len())
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn record(n: usize) -> LogRecord {
+        LogRecord {
+            ts: 1,
+            instance: "f-1-1".into(),
+            request_id: None,
+            stream: "stdout".into(),
+            level: None,
+            message: format!("line {n:04} {}", "x".repeat(60)),
+        }
+    }
+
+    fn numbers(records: &[LogRecord]) -> Vec<usize> {
+        records
+            .iter()
+            .map(|r| r.message[5..9].parse().unwrap())
+            .collect()
+    }
+
+    /// Bytes one `record(n)` takes in the file.
+    fn record_len() -> u64 {
+        serde_json::to_vec(&record(0)).unwrap().len() as u64 + 1
+    }
+
+    #[test]
+    fn a_log_past_its_cap_is_rotated_and_one_old_file_is_kept() {
+        let dir = Dir::new("rotate");
+        let cap = 10 * record_len();
+        let logs = dir.store(cap);
+        for n in 0..95 {
+            logs.append("f", &record(n));
+        }
+        // 95 records of which 10 fit a file: files of 10 (80..90) and 5 (90..95) remain.
+        assert_eq!(dir.size("f.log"), Some(5 * record_len()));
+        assert_eq!(dir.size("f.log.1"), Some(cap));
+        assert_eq!(dir.size("f.log.2"), None);
+        let (records, next) = logs.read("f", Some(0), 0).unwrap();
+        assert_eq!(numbers(&records), (80..95).collect::<Vec<_>>());
+        assert_eq!(
+            next,
+            95 * record_len(),
+            "offsets count every byte ever written"
+        );
+    }
+
+    #[test]
+    fn a_follower_sees_every_record_once_across_rotations() {
+        let dir = Dir::new("follow");
+        let logs = dir.store(7 * record_len());
+        let mut seen = Vec::new();
+        let mut offset = 0;
+        for n in 0..60 {
+            logs.append("f", &record(n));
+            // Reads after every few records, so the follower keeps up with rotations.
+            if n % 3 == 0 {
+                let (records, next) = logs.read("f", Some(offset), 0).unwrap();
+                seen.extend(numbers(&records));
+                offset = next;
+            }
+        }
+        let (records, _) = logs.read("f", Some(offset), 0).unwrap();
+        seen.extend(numbers(&records));
+        assert_eq!(seen, (0..60).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_follower_that_fell_behind_resumes_at_the_oldest_record_kept() {
+        let dir = Dir::new("behind");
+        let logs = dir.store(5 * record_len());
+        logs.append("f", &record(0));
+        let (_, offset) = logs.read("f", Some(0), 0).unwrap();
+        for n in 1..30 {
+            logs.append("f", &record(n));
+        }
+        let (records, next) = logs.read("f", Some(offset), 0).unwrap();
+        assert_eq!(numbers(&records), (20..30).collect::<Vec<_>>());
+        assert_eq!(next, 30 * record_len());
+    }
+
+    #[test]
+    fn an_offset_beyond_the_end_starts_again_at_the_beginning() {
+        let dir = Dir::new("beyond");
+        let logs = dir.store(DEFAULT_MAX_LOG_BYTES);
+        for n in 0..10 {
+            logs.append("f", &record(n));
+        }
+        let (_, offset) = logs.read("f", Some(0), 0).unwrap();
+        // The function is removed and deployed again: its log starts over.
+        logs.remove("f");
+        assert_eq!(dir.size("f.log"), None);
+        logs.append("f", &record(100));
+        let (records, next) = logs.read("f", Some(offset), 0).unwrap();
+        assert_eq!(numbers(&records), [100]);
+        assert_eq!(next, record_len());
+    }
+
+    #[test]
+    fn a_tail_reaches_into_the_rotated_file() {
+        let dir = Dir::new("tail");
+        let logs = dir.store(10 * record_len());
+        for n in 0..12 {
+            logs.append("f", &record(n));
+        }
+        let (records, next) = logs.read("f", None, 5).unwrap();
+        assert_eq!(numbers(&records), [7, 8, 9, 10, 11]);
+        assert_eq!(next, 12 * record_len());
+    }
+
+    #[test]
+    fn offsets_survive_a_restart_of_the_daemon() {
+        let dir = Dir::new("restart");
+        let cap = 4 * record_len();
+        let offset = {
+            let logs = dir.store(cap);
+            for n in 0..10 {
+                logs.append("f", &record(n));
+            }
+            logs.read("f", Some(0), 0).unwrap().1
+        };
+        let logs = dir.store(cap);
+        for n in 10..13 {
+            logs.append("f", &record(n));
+        }
+        let (records, next) = logs.read("f", Some(offset), 0).unwrap();
+        assert_eq!(numbers(&records), [10, 11, 12]);
+        assert_eq!(next, 13 * record_len());
+        assert!(dir.size("f.log").unwrap() <= cap && dir.size("f.log.1").unwrap() <= cap);
+    }
+
+    #[test]
+    fn a_page_is_capped_and_the_next_one_carries_on() {
+        let dir = Dir::new("page");
+        let logs = dir.store(DEFAULT_MAX_LOG_BYTES);
+        let total = (PAGE_BYTES / record_len()) as usize + 100;
+        for n in 0..total {
+            logs.append("f", &record(n % 10_000));
+        }
+        let (first, offset) = logs.read("f", Some(0), 0).unwrap();
+        assert!(
+            offset <= PAGE_BYTES + record_len(),
+            "page of {offset} bytes"
+        );
+        assert!(first.len() < total);
+        let (rest, end) = logs.read("f", Some(offset), 0).unwrap();
+        assert_eq!(first.len() + rest.len(), total);
+        assert_eq!(end, total as u64 * record_len());
+    }
+
+    #[test]
+    fn a_torn_last_line_of_the_rotated_file_is_skipped_not_waited_for() {
+        let dir = Dir::new("torn");
+        let logs = dir.store(3 * record_len());
+        for n in 0..4 {
+            logs.append("f", &record(n));
+        }
+        // A rotated file whose last line was never finished (the daemon died mid-write).
+        let mut rotated = OpenOptions::new()
+            .append(true)
+            .open(dir.0.join("f.log.1"))
+            .unwrap();
+        rotated.write_all(br#"{"ts":1,"inst"#).unwrap();
+        let logs = dir.store(3 * record_len());
+        let (records, _) = logs.read("f", Some(0), 0).unwrap();
+        assert_eq!(numbers(&records), [0, 1, 2, 3]);
+    }
+
     #[test]
     fn log_files_are_private_and_wider_ones_are_narrowed_at_start() {
         use std::os::unix::fs::PermissionsExt;
@@ -205,7 +597,7 @@ mod tests {
         std::fs::write(&old, "{}\n").unwrap();
         std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
 
-        let logs = LogStore::new(dir.clone()).unwrap();
+        let logs = LogStore::new(dir.clone(), crate::DEFAULT_MAX_LOG_BYTES).unwrap();
         assert_eq!(mode(&dir), 0o700);
         assert_eq!(mode(&old), 0o600, "left by an older daemon");
         logs.system("fresh", "i-1", "r-1", "it failed".into());

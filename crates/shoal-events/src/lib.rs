@@ -16,7 +16,10 @@ mod response;
 mod route;
 
 pub use request::{build_v2_event, HttpRequest, RouteMatch};
-pub use response::{map_v2_response, try_map_v2_response, HttpResponse, ResponseError};
+pub use response::{
+    is_framing_header, map_v2_response, try_map_v2_response, HttpResponse, ResponseError,
+    MAX_HEADERS, MAX_HEADER_BYTES,
+};
 pub use route::{RouteError, RouteTable};
 
 /// Result of route table edits.

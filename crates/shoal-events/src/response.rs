@@ -7,9 +7,40 @@
 //! other valid JSON is returned as is with 200 and `application/json`. Header names and
 //! values are validated here so the server can build its response without another check.
 //! This module does not write to a socket or log anything itself.
+//!
+//! A proxy result is hostile input to the gateway: it must not decide how the response is
+//! framed. Hop-by-hop and framing headers ([`is_framing_header`]) are dropped, so the
+//! server alone sets the body's length; a 1xx status is refused; and the headers are
+//! capped in number ([`MAX_HEADERS`]) and size ([`MAX_HEADER_BYTES`]).
 
 use base64::Engine as _;
 use serde_json::{Map, Value};
+
+/// Most header lines a proxy result may set, counting each value of `multiValueHeaders`
+/// and each cookie: more is a malformed result. Generous for any real response, and well
+/// below what makes an HTTP client or proxy refuse one.
+pub const MAX_HEADERS: usize = 100;
+/// Most bytes a proxy result's header lines may take as written (`name: value` and the
+/// line end), like the 16 KiB many proxies and load balancers accept.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Headers that frame the message or belong to one connection (RFC 9110 §7.6.1, plus the
+/// length and transfer coding and the legacy `keep-alive` and `proxy-connection`). A
+/// function cannot set them: its `content-length: 0` followed by a body would otherwise
+/// split the response in two. `name` is lower case.
+pub fn is_framing_header(name: &str) -> bool {
+    matches!(
+        name,
+        "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "upgrade"
+            | "te"
+            | "trailer"
+    )
+}
 
 /// The HTTP response for the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +72,12 @@ pub enum ResponseError {
     HeaderValue { field: &'static str, name: String },
     #[error("`body` is marked `isBase64Encoded` but is not valid base64")]
     Base64(#[source] base64::DecodeError),
+    #[error("`statusCode` {0} is informational (1xx), which only the server may send; return a final status such as 200")]
+    InformationalStatus(u16),
+    #[error("the result sets more than {MAX_HEADERS} header lines (headers, multiValueHeaders and cookies together)")]
+    TooManyHeaders,
+    #[error("the result's headers take more than {MAX_HEADER_BYTES} bytes")]
+    HeadersTooLarge,
 }
 
 /// Maps the handler's JSON result bytes to an HTTP response; a malformed result becomes
@@ -75,10 +112,14 @@ fn internal_server_error() -> HttpResponse {
 
 fn proxy_response(obj: &Map<String, Value>) -> Result<HttpResponse, ResponseError> {
     let status = status_code(&obj["statusCode"])?;
+    if status < 200 {
+        return Err(ResponseError::InformationalStatus(status));
+    }
 
     let single = object_field(obj, "headers")?;
     let multi = object_field(obj, "multiValueHeaders")?;
 
+    let mut budget = HeaderBudget::default();
     let mut multi_headers = Vec::new();
     for (name, values) in multi.into_iter().flatten() {
         let name = header_name("multiValueHeaders", name)?;
@@ -96,10 +137,10 @@ fn proxy_response(obj: &Map<String, Value>) -> Result<HttpResponse, ResponseErro
         for value in values {
             let field = || format!("multiValueHeaders.{name}");
             if let Some(value) = scalar_text(value, field)? {
-                multi_headers.push((
-                    name.clone(),
-                    header_value("multiValueHeaders", &name, value)?,
-                ));
+                let value = header_value("multiValueHeaders", &name, value)?;
+                if budget.admit(&name, &value)? {
+                    multi_headers.push((name.clone(), value));
+                }
             }
         }
     }
@@ -112,7 +153,8 @@ fn proxy_response(obj: &Map<String, Value>) -> Result<HttpResponse, ResponseErro
         };
         let value = header_value("headers", &name, value)?;
         // As API Gateway documents for 1.0: a pair given in both maps appears once.
-        if !multi_headers.iter().any(|(n, v)| *n == name && *v == value) {
+        let in_multi = multi_headers.iter().any(|(n, v)| *n == name && *v == value);
+        if !in_multi && budget.admit(&name, &value)? {
             headers.push((name, value));
         }
     }
@@ -125,10 +167,9 @@ fn proxy_response(obj: &Map<String, Value>) -> Result<HttpResponse, ResponseErro
                 let Value::String(cookie) = cookie else {
                     return Err(type_error("cookies[]".into(), "a string", cookie));
                 };
-                headers.push((
-                    "set-cookie".into(),
-                    header_value("cookies", "set-cookie", cookie.clone())?,
-                ));
+                let cookie = header_value("cookies", "set-cookie", cookie.clone())?;
+                budget.admit("set-cookie", &cookie)?;
+                headers.push(("set-cookie".into(), cookie));
             }
         }
         Some(other) => return Err(type_error("cookies".into(), "an array of strings", other)),
@@ -157,6 +198,33 @@ fn proxy_response(obj: &Map<String, Value>) -> Result<HttpResponse, ResponseErro
         headers,
         body,
     })
+}
+
+/// What the header lines collected so far take, against the caps.
+#[derive(Default)]
+struct HeaderBudget {
+    lines: usize,
+    bytes: usize,
+}
+
+impl HeaderBudget {
+    /// Whether the line is kept: framing headers are dropped and count for nothing; past
+    /// a cap the result is malformed.
+    fn admit(&mut self, name: &str, value: &str) -> Result<bool, ResponseError> {
+        if is_framing_header(name) {
+            return Ok(false);
+        }
+        self.lines += 1;
+        if self.lines > MAX_HEADERS {
+            return Err(ResponseError::TooManyHeaders);
+        }
+        // As written: `name: value` and CRLF.
+        self.bytes += name.len() + value.len() + 4;
+        if self.bytes > MAX_HEADER_BYTES {
+            return Err(ResponseError::HeadersTooLarge);
+        }
+        Ok(true)
+    }
 }
 
 /// Only a JSON integer is accepted: AWS documents `statusCode` as a number, and a string
@@ -280,6 +348,56 @@ mod tests {
         assert!(error(r#"{"statusCode":200,"isBase64Encoded":"true"}"#).contains("isBase64Encoded"));
         assert!(error(r#"{"statusCode":200,"cookies":["a=b\nx"]}"#).contains("control characters"));
         assert!(error("{").contains("not valid JSON"));
+    }
+
+    #[test]
+    fn hostile_framing_is_refused_with_a_reason() {
+        assert!(error(r#"{"statusCode":101}"#).contains("informational"));
+        assert!(error(r#"{"statusCode":100,"body":"x"}"#).contains("`statusCode` 100"));
+        let many: Map<String, Value> = (0..=MAX_HEADERS)
+            .map(|i| (format!("x-{i}"), Value::from("v")))
+            .collect();
+        let result = serde_json::json!({ "statusCode": 200, "headers": many });
+        assert!(error(&result.to_string()).contains("more than 100 header lines"));
+        let big = serde_json::json!({ "statusCode": 200, "headers": { "x": "v".repeat(MAX_HEADER_BYTES) } });
+        assert!(error(&big.to_string()).contains("more than 16384 bytes"));
+    }
+
+    #[test]
+    fn a_hundred_thousand_headers_in_both_maps_are_refused_without_a_quadratic_scan() {
+        // Both maps full of pairs that the `headers`/`multiValueHeaders` deduplication would
+        // compare against each other; the cap stops it after the first hundred.
+        let single: Map<String, Value> = (0..100_000)
+            .map(|i| (format!("x-{i}"), Value::from("v")))
+            .collect();
+        let multi: Map<String, Value> = (0..100_000)
+            .map(|i| (format!("y-{i}"), Value::from(vec!["v"])))
+            .collect();
+        let result =
+            serde_json::json!({ "statusCode": 200, "headers": single, "multiValueHeaders": multi });
+        assert!(matches!(
+            try_map_v2_response(result.to_string().as_bytes()),
+            Err(ResponseError::TooManyHeaders)
+        ));
+    }
+
+    #[test]
+    fn framing_headers_are_dropped_and_count_for_nothing() {
+        assert!(["Content-Length", "TE", "trailer", "Upgrade"]
+            .iter()
+            .all(|n| is_framing_header(&n.to_ascii_lowercase())));
+        assert!(!is_framing_header("content-type"));
+        // A hundred real headers plus framing ones: still within the cap.
+        let mut headers: Map<String, Value> = (0..MAX_HEADERS)
+            .map(|i| (format!("x-{i}"), Value::from("v")))
+            .collect();
+        headers.insert("content-length".into(), Value::from(0));
+        headers.insert("transfer-encoding".into(), Value::from("chunked"));
+        let result = serde_json::json!({ "statusCode": 200, "headers": headers, "body": "four" });
+        let response = try_map_v2_response(result.to_string().as_bytes()).unwrap();
+        assert_eq!(response.headers.len(), MAX_HEADERS);
+        assert!(response.headers.iter().all(|(n, _)| !is_framing_header(n)));
+        assert_eq!(response.body, b"four");
     }
 
     #[test]

@@ -5,8 +5,13 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// The protocol version this daemon speaks; a runtime's HELLO must name it.
 pub const PROTOCOL_VERSION: u64 = 1;
-/// Largest payload accepted in either direction.
+/// Largest payload a peer may announce. A frame beyond it is a protocol error: reading
+/// past it would take too long to be worth keeping the instance.
 pub const MAX_PAYLOAD: usize = 64 * 1024 * 1024;
+/// Largest payload the daemon holds in memory: Lambda's response limit. A RESULT or
+/// ERROR between this and [`MAX_PAYLOAD`] is read past ([`skip_payload`]) and fails its
+/// invocation; any other frame that large is a protocol error.
+pub const MAX_BUFFERED: usize = crate::MAX_RESPONSE_BYTES;
 
 pub const HELLO: u8 = 1;
 pub const INIT_ERROR: u8 = 2;
@@ -21,12 +26,23 @@ pub struct Frame {
     pub payload: Bytes,
 }
 
+/// What comes before a frame's payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub kind: u8,
+    pub id: u32,
+    pub payload_len: usize,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     #[error("reading from the instance channel")]
     Io(#[from] std::io::Error),
-    #[error("frame of {0} bytes exceeds the limit")]
-    TooLarge(usize),
+    #[error(
+        "frame of kind {} announces {} bytes of payload, more than the channel allows ({limit})",
+        .header.kind, .header.payload_len
+    )]
+    TooLarge { header: Header, limit: usize },
     #[error("frame length {0} is shorter than a frame header")]
     TooShort(u32),
     #[error("unknown frame kind {0}")]
@@ -59,35 +75,80 @@ pub fn encode(kind: u8, id: u32, payload: &[u8]) -> Bytes {
     buf.freeze()
 }
 
-/// Read one frame; `Ok(None)` at a clean end of stream.
+/// Read one frame; `Ok(None)` at a clean end of stream. A payload larger than
+/// [`MAX_BUFFERED`] is refused before anything is allocated for it.
 pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<Frame>, FrameError> {
-    let mut header = [0u8; 9];
-    match reader.read_exact(&mut header[..4]).await {
+    match read_header(reader).await? {
+        Some(header) => read_payload(reader, header).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Read a frame's length, kind and id; `Ok(None)` at a clean end of stream. The payload
+/// is still to be read ([`read_payload`]) or skipped ([`skip_payload`]).
+pub async fn read_header<R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Result<Option<Header>, FrameError> {
+    let mut bytes = [0u8; 9];
+    match reader.read_exact(&mut bytes[..4]).await {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e.into()),
     }
-    let len = u32::from_be_bytes(header[..4].try_into().expect("4 bytes"));
+    let len = u32::from_be_bytes(bytes[..4].try_into().expect("4 bytes"));
     if len < 5 {
         return Err(FrameError::TooShort(len));
     }
-    let payload_len = len as usize - 5;
-    if payload_len > MAX_PAYLOAD {
-        return Err(FrameError::TooLarge(payload_len));
-    }
-    reader.read_exact(&mut header[4..9]).await?;
-    let kind = header[4];
+    reader.read_exact(&mut bytes[4..9]).await?;
+    let kind = bytes[4];
     if !(HELLO..=ERROR).contains(&kind) {
         return Err(FrameError::UnknownKind(kind));
     }
-    let id = u32::from_be_bytes(header[5..9].try_into().expect("4 bytes"));
-    let mut payload = BytesMut::zeroed(payload_len);
-    reader.read_exact(&mut payload).await?;
-    Ok(Some(Frame {
+    let header = Header {
         kind,
-        id,
+        id: u32::from_be_bytes(bytes[5..9].try_into().expect("4 bytes")),
+        payload_len: len as usize - 5,
+    };
+    if header.payload_len > MAX_PAYLOAD {
+        return Err(FrameError::TooLarge {
+            header,
+            limit: MAX_PAYLOAD,
+        });
+    }
+    Ok(Some(header))
+}
+
+/// Read the payload `header` announced, if it is no larger than [`MAX_BUFFERED`].
+pub async fn read_payload<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    header: Header,
+) -> Result<Frame, FrameError> {
+    if header.payload_len > MAX_BUFFERED {
+        return Err(FrameError::TooLarge {
+            header,
+            limit: MAX_BUFFERED,
+        });
+    }
+    let mut payload = BytesMut::zeroed(header.payload_len);
+    reader.read_exact(&mut payload).await?;
+    Ok(Frame {
+        kind: header.kind,
+        id: header.id,
         payload: payload.freeze(),
-    }))
+    })
+}
+
+/// Read past a payload without keeping it (memory: one small copy buffer).
+pub async fn skip_payload<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    header: Header,
+) -> Result<(), FrameError> {
+    let len = header.payload_len as u64;
+    let skipped = tokio::io::copy(&mut reader.take(len), &mut tokio::io::sink()).await?;
+    if skipped < len {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+    }
+    Ok(())
 }
 
 /// Split an INVOKE payload back into (deadline, request id, event); tests use it.
@@ -137,11 +198,70 @@ mod tests {
         ));
         let mut huge = Vec::new();
         huge.extend_from_slice(&(u32::MAX).to_be_bytes());
+        huge.extend_from_slice(&[RESULT, 0, 0, 0, 7]);
         assert!(matches!(
             read_frame(&mut &huge[..]).await,
-            Err(FrameError::TooLarge(_))
+            Err(FrameError::TooLarge {
+                header: Header {
+                    kind: RESULT,
+                    id: 7,
+                    ..
+                },
+                limit: MAX_PAYLOAD
+            })
         ));
         let truncated = &encode(RESULT, 1, b"abcdef")[..12];
         assert!(read_frame(&mut &truncated[..]).await.is_err());
+    }
+
+    /// Only the header of a frame: what a runtime announcing a payload it never sends, or
+    /// one the daemon must not buffer, puts on the wire first.
+    fn header_only(kind: u8, id: u32, payload_len: usize) -> Vec<u8> {
+        let mut bytes = ((payload_len + 5) as u32).to_be_bytes().to_vec();
+        bytes.push(kind);
+        bytes.extend_from_slice(&id.to_be_bytes());
+        bytes
+    }
+
+    #[tokio::test]
+    async fn a_payload_beyond_the_buffer_limit_is_refused_before_it_is_read() {
+        // The header alone: were the payload allocated or awaited, this would not return
+        // TooLarge (the reader holds no payload bytes at all).
+        let bytes = header_only(RESULT, 3, MAX_BUFFERED + 1);
+        let mut reader = &bytes[..];
+        match read_frame(&mut reader).await {
+            Err(FrameError::TooLarge { header, limit }) => {
+                assert_eq!(
+                    (header.kind, header.id, header.payload_len, limit),
+                    (RESULT, 3, MAX_BUFFERED + 1, MAX_BUFFERED)
+                );
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_skipped_payload_leaves_the_next_frame_readable() {
+        let big = vec![b'x'; MAX_BUFFERED + 10];
+        let mut stream = encode(RESULT, 1, &big).to_vec();
+        stream.extend_from_slice(&encode(RESULT, 2, b"\"small\""));
+        let mut reader = &stream[..];
+        let header = read_header(&mut reader).await.unwrap().unwrap();
+        assert_eq!((header.id, header.payload_len), (1, MAX_BUFFERED + 10));
+        skip_payload(&mut reader, header).await.unwrap();
+        let next = read_frame(&mut reader).await.unwrap().unwrap();
+        assert_eq!((next.id, &next.payload[..]), (2, &b"\"small\""[..]));
+    }
+
+    #[tokio::test]
+    async fn a_payload_cut_short_while_skipping_is_an_error() {
+        let mut bytes = header_only(ERROR, 4, MAX_BUFFERED + 100);
+        bytes.extend_from_slice(&[0; 50]);
+        let mut reader = &bytes[..];
+        let header = read_header(&mut reader).await.unwrap().unwrap();
+        assert!(matches!(
+            skip_payload(&mut reader, header).await,
+            Err(FrameError::Io(_))
+        ));
     }
 }

@@ -8,6 +8,7 @@
 //! manifests or SQL: the server hands it a [`FunctionCode`] per function version.
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
+mod capture;
 pub mod cgroup;
 mod frame;
 mod native;
@@ -22,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_dispatch::{
-    BoxFuture, ErrorType, InstanceHandle, InstanceLauncher, LaunchError, LaunchRequest,
+    BoxFuture, ErrorType, InstanceHandle, InstanceLauncher, LaunchError, LaunchRequest, Outcome,
 };
 
 pub use frame::{decode_invoke, encode, encode_invoke, read_frame, Frame};
@@ -35,6 +36,15 @@ const NODE_BOOTSTRAP: &str = include_str!("../../../runtimes/node/bootstrap.js")
 /// heap growth V8's `--max-old-space-size` usually speaks first, with a clearer message,
 /// while Buffers and native memory still meet the kernel's limit.
 pub const RUNTIME_MEMORY_ALLOWANCE_MIB: u64 = 64;
+
+/// Lambda's limit on a synchronous response payload (6 MiB and 100 bytes), held on both
+/// channels: a larger result or error body fails its invocation with
+/// [`RESPONSE_SIZE_TOO_LARGE`] instead of reaching the caller. It bounds what one answer
+/// costs the daemon in memory.
+pub const MAX_RESPONSE_BYTES: usize = 6_291_556;
+/// The `errorType` of an invocation whose answer was larger than [`MAX_RESPONSE_BYTES`],
+/// as Lambda names it.
+pub const RESPONSE_SIZE_TOO_LARGE: &str = "Function.ResponseSizeTooLarge";
 
 /// Which process an instance runs and how the daemon talks to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +82,11 @@ pub trait LogSink: Send + Sync + 'static {
     /// The instance ended without being asked to (a crash, an out-of-memory kill);
     /// `reason` is the same one-line exit reason its callers and the pool see.
     fn exited(&self, function: &str, instance: &str, reason: &str) {
+        let _ = (function, instance, reason);
+    }
+    /// The daemon stopped the instance because of what it did (it broke the channel's
+    /// protocol); `reason` says what.
+    fn stopped(&self, function: &str, instance: &str, reason: &str) {
         let _ = (function, instance, reason);
     }
 }
@@ -458,6 +473,33 @@ pub(crate) fn launch_error_from_json(body: &[u8], fallback: ErrorType) -> Launch
             .as_str()
             .map(str::to_owned)
             .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned()),
+    }
+}
+
+/// How large an answer that was refused for its size is, as far as it was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AnswerSize {
+    Exactly(u64),
+    /// Reading stopped at this many bytes without reaching the end.
+    MoreThan(u64),
+}
+
+/// The invocation's outcome when its answer was larger than [`MAX_RESPONSE_BYTES`]:
+/// Lambda's error, which the caller sees as a function error.
+pub(crate) fn response_too_large(size: AnswerSize) -> Outcome {
+    let size = match size {
+        AnswerSize::Exactly(n) => format!("{n} bytes"),
+        AnswerSize::MoreThan(n) => format!("more than {n} bytes"),
+    };
+    let body = serde_json::json!({
+        "errorType": RESPONSE_SIZE_TOO_LARGE,
+        "errorMessage": format!(
+            "Response payload size ({size}) exceeded maximum allowed payload size ({MAX_RESPONSE_BYTES} bytes)."
+        ),
+    });
+    Outcome::FunctionError {
+        error_type: RESPONSE_SIZE_TOO_LARGE.to_owned(),
+        body: body.to_string().into(),
     }
 }
 

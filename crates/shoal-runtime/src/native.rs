@@ -10,15 +10,17 @@ use bytes::{Bytes, BytesMut};
 use shoal_dispatch::{
     BoxFuture, ErrorType, InstanceFailure, InstanceHandle, Invocation, LaunchError, Outcome,
 };
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWriteExt, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
-use crate::frame::{self, Frame};
+use crate::frame::{self, FrameError, Header};
 use crate::process::{self, SpawnSpec, Spawned};
 use crate::sandbox;
-use crate::{function_error_type, launch_error_from_json, Launch};
+use crate::{
+    function_error_type, launch_error_from_json, response_too_large, AnswerSize, Launch, LogSink,
+};
 
 /// How long a runtime whose channel closed during start gets to exit on its own.
 const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -28,6 +30,7 @@ const MAX_WRITE_BATCH: usize = 1024 * 1024;
 type Reply = oneshot::Sender<Result<Outcome, InstanceFailure>>;
 
 struct Shared {
+    function: String,
     instance: String,
     pid: u32,
     next_id: AtomicU32,
@@ -37,6 +40,10 @@ struct Shared {
     writer: mpsc::UnboundedSender<Bytes>,
     exit: watch::Receiver<Option<String>>,
     kill: Arc<Notify>,
+    /// Why the daemon stopped the instance, when it did so for what the runtime sent: the
+    /// calls still in flight are told this rather than only "killed by SIGKILL".
+    broken: Mutex<Option<String>>,
+    logs: Arc<dyn LogSink>,
 }
 
 pub(crate) struct NativeInstance(Arc<Shared>);
@@ -143,6 +150,7 @@ pub(crate) async fn launch(
     }
     let (writer, queue) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
+        function: start.code.function.clone(),
         instance: start.request.instance_id.clone(),
         pid: spawned.pid,
         next_id: AtomicU32::new(1),
@@ -151,6 +159,8 @@ pub(crate) async fn launch(
         writer,
         exit: spawned.exit.clone(),
         kill: spawned.kill.clone(),
+        broken: Mutex::new(None),
+        logs: start.logs.clone(),
     });
     tokio::spawn(write_loop(write, queue, shared.kill.clone()));
     tokio::spawn(read_loop(reader, shared.clone()));
@@ -203,39 +213,13 @@ async fn write_loop(
 }
 
 async fn read_loop(mut reader: BufReader<tokio::net::unix::OwnedReadHalf>, shared: Arc<Shared>) {
-    loop {
-        match frame::read_frame(&mut reader).await {
-            Ok(Some(Frame {
-                kind: frame::RESULT,
-                id,
-                payload,
-            })) => shared.complete(id, Ok(Outcome::Success(payload))),
-            Ok(Some(Frame {
-                kind: frame::ERROR,
-                id,
-                payload,
-            })) => {
-                let error_type = function_error_type(&payload, "Error");
-                shared.complete(
-                    id,
-                    Ok(Outcome::FunctionError {
-                        error_type,
-                        body: payload,
-                    }),
-                );
-            }
-            Ok(Some(frame)) => {
-                tracing::warn!(instance = %shared.instance, kind = frame.kind, "unexpected frame from runtime; stopping it");
-                shared.kill.notify_one();
-                return;
-            }
-            Ok(None) => break,
-            Err(e) => {
-                tracing::warn!(instance = %shared.instance, error = %e, "broken native channel; stopping instance");
-                shared.kill.notify_one();
-                return;
-            }
-        }
+    if let Err(broken) = read_answers(&mut reader, &shared).await {
+        let reason = format!("the daemon stopped it: {broken}");
+        tracing::warn!(instance = %shared.instance, error = %broken, "broken native channel; stopping instance");
+        shared
+            .logs
+            .stopped(&shared.function, &shared.instance, &reason);
+        *shared.broken.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
     }
     // A runtime that closed its channel can do no more work. It is usually exiting: let
     // it, so its calls fail with its own exit reason; kill it only if it lingers.
@@ -245,8 +229,69 @@ async fn read_loop(mut reader: BufReader<tokio::net::unix::OwnedReadHalf>, share
     }
 }
 
+/// Why the daemon gave up on an instance's channel.
+#[derive(Debug, thiserror::Error)]
+enum Broken {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("the runtime sent a frame of kind {0} where only RESULT and ERROR may come")]
+    UnexpectedKind(u8),
+}
+
+/// Complete invocations from RESULT and ERROR frames until the runtime closes the channel
+/// (`Ok`) or breaks the protocol. An answer larger than Lambda's limit fails its own
+/// invocation and is read past without being kept; one too large to read past fails its
+/// invocation too, then the channel.
+async fn read_answers<R: AsyncRead + Unpin>(reader: &mut R, shared: &Shared) -> Result<(), Broken> {
+    loop {
+        let header = match frame::read_header(reader).await {
+            Ok(Some(header)) => header,
+            Ok(None) => return Ok(()),
+            Err(FrameError::TooLarge { header, limit }) => {
+                if is_answer(header) {
+                    let size = AnswerSize::Exactly(header.payload_len as u64);
+                    shared.complete(header.id, Ok(response_too_large(size)));
+                }
+                return Err(FrameError::TooLarge { header, limit }.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if !is_answer(header) {
+            return Err(Broken::UnexpectedKind(header.kind));
+        }
+        if header.payload_len > frame::MAX_BUFFERED {
+            let size = AnswerSize::Exactly(header.payload_len as u64);
+            shared.complete(header.id, Ok(response_too_large(size)));
+            frame::skip_payload(reader, header).await?;
+            continue;
+        }
+        let frame = frame::read_payload(reader, header).await?;
+        let outcome = if frame.kind == frame::RESULT {
+            Outcome::Success(frame.payload)
+        } else {
+            Outcome::FunctionError {
+                error_type: function_error_type(&frame.payload, "Error"),
+                body: frame.payload,
+            }
+        };
+        shared.complete(frame.id, Ok(outcome));
+    }
+}
+
+fn is_answer(header: Header) -> bool {
+    header.kind == frame::RESULT || header.kind == frame::ERROR
+}
+
 async fn fail_on_exit(shared: Arc<Shared>) {
-    let reason = process::exit_reason(shared.exit.clone()).await;
+    let mut reason = process::exit_reason(shared.exit.clone()).await;
+    if let Some(broken) = shared
+        .broken
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+    {
+        reason = format!("{broken} ({reason})");
+    }
     let drained: Vec<Reply> = {
         let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
         shared.closed.store(true, Ordering::SeqCst);
@@ -351,5 +396,129 @@ impl InstanceHandle for NativeInstance {
 
     fn resources(&self) -> Option<shoal_dispatch::Resources> {
         crate::procfs::resources(self.0.pid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A channel's bookkeeping with no process behind it, and the replies of the
+    /// invocations `ids` it waits for.
+    fn waiting_for(
+        ids: &[u32],
+    ) -> (
+        Shared,
+        Vec<oneshot::Receiver<Result<Outcome, InstanceFailure>>>,
+    ) {
+        let (writer, _) = mpsc::unbounded_channel();
+        let (_, exit) = watch::channel(None);
+        struct NoLogs;
+        impl LogSink for NoLogs {
+            fn line(&self, _: &str, _: &str, _: crate::LogStream, _: &str) {}
+        }
+        let shared = Shared {
+            function: "f".into(),
+            instance: "f-1-1".into(),
+            pid: 0,
+            next_id: AtomicU32::new(1),
+            pending: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            writer,
+            exit,
+            kill: Arc::new(Notify::new()),
+            broken: Mutex::new(None),
+            logs: Arc::new(NoLogs),
+        };
+        let replies = ids
+            .iter()
+            .map(|id| {
+                let (reply, result) = oneshot::channel();
+                shared.pending.lock().unwrap().insert(*id, reply);
+                result
+            })
+            .collect();
+        (shared, replies)
+    }
+
+    fn size_error(outcome: Outcome) -> String {
+        match outcome {
+            Outcome::FunctionError { error_type, body } => {
+                assert_eq!(error_type, crate::RESPONSE_SIZE_TOO_LARGE);
+                let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(body["errorType"], crate::RESPONSE_SIZE_TOO_LARGE);
+                body["errorMessage"].as_str().unwrap().to_owned()
+            }
+            other => panic!("expected the size error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_answer_fails_only_its_own_invocation() {
+        let (shared, mut replies) = waiting_for(&[1, 2, 3]);
+        let too_big = vec![b'x'; crate::MAX_RESPONSE_BYTES + 1];
+        let mut stream = frame::encode(frame::RESULT, 1, &too_big).to_vec();
+        let error = format!(
+            r#"{{"errorType":"E","errorMessage":"{}"}}"#,
+            "y".repeat(7 << 20)
+        );
+        stream.extend_from_slice(&frame::encode(frame::ERROR, 2, error.as_bytes()));
+        stream.extend_from_slice(&frame::encode(frame::RESULT, 3, b"\"fine\""));
+        let at_the_limit = vec![b'z'; crate::MAX_RESPONSE_BYTES];
+        stream.extend_from_slice(&frame::encode(frame::RESULT, 4, &at_the_limit));
+        let (reply, mut at_limit) = oneshot::channel();
+        shared.pending.lock().unwrap().insert(4, reply);
+
+        read_answers(&mut &stream[..], &shared).await.unwrap();
+
+        let first = size_error(replies.remove(0).try_recv().unwrap().unwrap());
+        assert_eq!(
+            first,
+            "Response payload size (6291557 bytes) exceeded maximum allowed payload size (6291556 bytes)."
+        );
+        let second = size_error(replies.remove(0).try_recv().unwrap().unwrap());
+        assert!(
+            second.contains(&format!("({} bytes)", error.len())),
+            "{second}"
+        );
+        assert_eq!(
+            replies.remove(0).try_recv().unwrap().unwrap(),
+            Outcome::Success(bytes::Bytes::from_static(b"\"fine\""))
+        );
+        match at_limit.try_recv().unwrap().unwrap() {
+            Outcome::Success(body) => assert_eq!(body.len(), crate::MAX_RESPONSE_BYTES),
+            other => panic!("an answer of exactly the limit is served, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_too_large_to_skip_fails_its_invocation_and_breaks_the_channel() {
+        let (shared, mut replies) = waiting_for(&[9, 10]);
+        // Only a header: it announces more than the channel allows, and nothing follows.
+        let mut stream = ((frame::MAX_PAYLOAD + 6) as u32).to_be_bytes().to_vec();
+        stream.push(frame::RESULT);
+        stream.extend_from_slice(&9u32.to_be_bytes());
+
+        let broken = read_answers(&mut &stream[..], &shared).await.unwrap_err();
+        assert!(
+            matches!(broken, Broken::Frame(FrameError::TooLarge { limit, .. }) if limit == frame::MAX_PAYLOAD),
+            "{broken:?}"
+        );
+        let message = size_error(replies.remove(0).try_recv().unwrap().unwrap());
+        assert!(
+            message.contains(&format!("({} bytes)", frame::MAX_PAYLOAD + 1)),
+            "{message}"
+        );
+        // The other call is left to the exit handling, which tells it why.
+        assert!(replies.remove(0).try_recv().is_err());
+        assert!(shared.pending.lock().unwrap().contains_key(&10));
+    }
+
+    #[tokio::test]
+    async fn a_frame_only_the_daemon_sends_breaks_the_channel() {
+        let (shared, _replies) = waiting_for(&[1]);
+        let stream = frame::encode_invoke(1, 0, "r", b"{}");
+        let broken = read_answers(&mut &stream[..], &shared).await.unwrap_err();
+        assert!(matches!(broken, Broken::UnexpectedKind(frame::INVOKE)));
     }
 }

@@ -10,12 +10,13 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::AsyncRead;
 use tokio::process::Command;
 use tokio::sync::{watch, Notify};
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
+use crate::capture;
 use crate::cgroup::InstanceCgroup;
 use crate::sandbox::{self, Plan};
 use crate::{LogSink, LogStream};
@@ -26,8 +27,6 @@ pub(crate) const CHANNEL_FD: i32 = 3;
 
 /// Lines of stderr kept to explain a failed start.
 const STDERR_TAIL_LINES: usize = 20;
-/// Longest log line kept; the rest is cut (a runaway line must not eat memory).
-const MAX_LOG_LINE: usize = 64 * 1024;
 /// What V8 prints on stderr when the heap reaches `--max-old-space-size` (then it aborts).
 const V8_HEAP_OOM: &str = "JavaScript heap out of memory";
 
@@ -388,19 +387,7 @@ async fn pump<R: AsyncRead + Unpin>(
     logs: Arc<dyn LogSink>,
     watch: Option<StderrWatch>,
 ) {
-    let mut reader = BufReader::with_capacity(64 * 1024, stream);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-            line.pop();
-        }
-        line.truncate(MAX_LOG_LINE);
-        let text = String::from_utf8_lossy(&line);
+    capture::read_lines(stream, |text| {
         if let Some((tail, heap_oom)) = &watch {
             if text.contains(V8_HEAP_OOM) {
                 heap_oom.store(true, Ordering::Relaxed);
@@ -409,8 +396,9 @@ async fn pump<R: AsyncRead + Unpin>(
             if tail.len() == STDERR_TAIL_LINES {
                 tail.pop_front();
             }
-            tail.push_back(text.to_string());
+            tail.push_back(text.to_owned());
         }
-        logs.line(&function, &instance, which, &text);
-    }
+        logs.line(&function, &instance, which, text);
+    })
+    .await;
 }

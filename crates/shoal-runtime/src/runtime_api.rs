@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
@@ -21,10 +21,14 @@ use tokio::sync::{oneshot, watch, Notify};
 
 use crate::process::{self, SpawnSpec};
 use crate::sandbox;
-use crate::{function_error_type, launch_error_from_json, Launch};
+use crate::{
+    function_error_type, launch_error_from_json, response_too_large, AnswerSize, Launch,
+    MAX_RESPONSE_BYTES,
+};
 
-/// Lambda's limit on a synchronous response payload.
-const MAX_RESPONSE: usize = 6 * 1024 * 1024;
+/// How much of an answer over [`MAX_RESPONSE_BYTES`] is read (and dropped) before the
+/// daemon stops reading; beyond it the size is the announced one, or "more than" this.
+const MAX_MEASURED: u64 = 64 * 1024 * 1024;
 /// Request ids remembered after their caller left, so a late answer gets 410, not 400.
 const EXPIRED_MEMORY: usize = 1024;
 mod respond;
@@ -223,7 +227,10 @@ enum Answer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refusal {
     UnknownPath,
+    /// The answer is larger than Lambda's limit (its invocation failed for it).
     TooLarge,
+    /// The body could not be read (the connection broke).
+    Unreadable,
     /// The instance is stopping; the poll will get no invocation.
     Stopping,
     /// The invocation already timed out (its caller left).
@@ -243,8 +250,10 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Answer, Re
         (Method::GET, ["invocation", "next"]) => next(&shared).await,
         (Method::POST, ["invocation", id, "response"]) => {
             let id = (*id).to_owned();
-            let body = read_body(req).await?;
-            answer(&shared, &id, Ok(Outcome::Success(body)))
+            match read_answer(req).await? {
+                Ok(body) => answer(&shared, &id, Ok(Outcome::Success(body))),
+                Err(size) => too_large(&shared, &id, size),
+            }
         }
         (Method::POST, ["invocation", id, "error"]) => {
             let id = (*id).to_owned();
@@ -253,7 +262,10 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Answer, Re
                 .get("lambda-runtime-function-error-type")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
-            let body = read_body(req).await?;
+            let body = match read_answer(req).await? {
+                Ok(body) => body,
+                Err(size) => return too_large(&shared, &id, size),
+            };
             let error_type = header_type.unwrap_or_else(|| function_error_type(&body, "Unhandled"));
             answer(
                 &shared,
@@ -262,7 +274,10 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Answer, Re
             )
         }
         (Method::POST, ["init", "error"]) => {
-            let body = read_body(req).await.unwrap_or_default();
+            let body = match read_answer(req).await {
+                Ok(Ok(body)) => body,
+                _ => Bytes::new(),
+            };
             shared.state().init_error = Some(launch_error_from_json(&body, ErrorType::InitError));
             shared.started.notify_one();
             Ok(Answer::Accepted)
@@ -271,11 +286,48 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Answer, Re
     }
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, Refusal> {
-    match Limited::new(req.into_body(), MAX_RESPONSE).collect().await {
-        Ok(body) => Ok(body.to_bytes()),
-        Err(_) => Err(Refusal::TooLarge),
+/// An answer's body, or its size when it is larger than [`MAX_RESPONSE_BYTES`]. Nothing
+/// beyond the limit is kept: the rest is counted and dropped, up to [`MAX_MEASURED`] (so
+/// the runtime gets its 413 on a connection still in order); a `content-length` beyond
+/// that is refused unread.
+async fn read_answer(req: Request<Incoming>) -> Result<Result<Bytes, AnswerSize>, Refusal> {
+    let announced = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = announced.filter(|len| *len > MAX_MEASURED) {
+        return Ok(Err(AnswerSize::Exactly(len)));
     }
+    let mut body = req.into_body();
+    let mut kept = Vec::new();
+    let mut seen: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| Refusal::Unreadable)?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        seen += data.len() as u64;
+        if seen > MAX_MEASURED {
+            return Ok(Err(AnswerSize::MoreThan(MAX_MEASURED)));
+        }
+        if seen <= MAX_RESPONSE_BYTES as u64 {
+            kept.extend_from_slice(&data);
+        } else if !kept.is_empty() {
+            kept = Vec::new(); // over the limit: only the count matters from here
+        }
+    }
+    if seen > MAX_RESPONSE_BYTES as u64 {
+        return Ok(Err(AnswerSize::Exactly(seen)));
+    }
+    Ok(Ok(Bytes::from(kept)))
+}
+
+/// The invocation fails with Lambda's size error, and the runtime is told its answer was
+/// refused.
+fn too_large(shared: &Shared, id: &str, size: AnswerSize) -> Result<Answer, Refusal> {
+    answer(shared, id, Ok(response_too_large(size)))?;
+    Err(Refusal::TooLarge)
 }
 
 async fn next(shared: &Arc<Shared>) -> Result<Answer, Refusal> {

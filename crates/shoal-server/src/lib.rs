@@ -23,7 +23,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use shoal_core::{pack_dir, Platform};
+pub use shoal_core::{pack_dir, Platform, DEFAULT_MAX_LOG_BYTES};
 
 /// At shutdown, after the drain, how long open connections get to write their last
 /// answers before the daemon stops waiting for them.
@@ -57,6 +57,9 @@ pub struct Config {
     /// Start even though the store is blank while `code/` holds unpacked code (the database
     /// was truncated, deleted or replaced): begin with no functions instead of refusing.
     pub allow_empty_store: bool,
+    /// Bytes a function's log file may hold before it is rotated (one old file is kept,
+    /// so about twice this per function on disk).
+    pub max_log_bytes: u64,
 }
 
 impl Config {
@@ -73,6 +76,7 @@ impl Config {
             max_queue: DEFAULT_MAX_QUEUE,
             sandbox: shoal_core::SandboxConfig::default(),
             allow_empty_store: false,
+            max_log_bytes: DEFAULT_MAX_LOG_BYTES,
         }
     }
 }
@@ -124,6 +128,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         max_queue: config.max_queue,
         sandbox: config.sandbox.clone(),
         allow_empty_store: config.allow_empty_store,
+        max_log_bytes: config.max_log_bytes,
     })
     .map_err(|e| anyhow::anyhow!(shoal_core::chain(&e)))
     .context("opening the data directory")?;

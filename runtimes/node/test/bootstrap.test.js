@@ -641,6 +641,23 @@ test('a large result comes back whole', async () => {
   assert.ok(r.value.endsWith('zü'));
 });
 
+test('a result over Lambda\'s 6291556-byte limit is refused with its size; one at the limit is sent', async () => {
+  // JSON of "z".repeat(n) is n + 2 bytes (the quotes).
+  const h = await ready({ 'index.js': 'exports.handler = async (e) => "z".repeat(e.n);' }, 'index.handler');
+  await h.invoke(1, { n: 6291556 - 2 });
+  await h.invoke(2, { n: 6291556 - 1 });
+  const atLimit = await h.result(1);
+  assert.strictEqual(atLimit.kind, RESULT);
+  assert.strictEqual(atLimit.value.length, 6291556 - 2);
+  const over = await h.result(2);
+  assert.strictEqual(over.kind, ERROR);
+  assert.strictEqual(over.value.errorType, 'Function.ResponseSizeTooLarge');
+  assert.strictEqual(
+    over.value.errorMessage,
+    'Response payload size (6291557 bytes) exceeded maximum allowed payload size (6291556 bytes).'
+  );
+});
+
 test('the runtime exits 0 when the daemon closes the socket', async () => {
   const h = await ready({ 'index.js': 'exports.handler = async () => 1;' }, 'index.handler');
   (await h.connected).end();

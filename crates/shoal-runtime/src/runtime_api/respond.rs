@@ -14,6 +14,10 @@ pub(super) fn answer(result: Result<Answer, Refusal>) -> Response<Full<Bytes>> {
         Ok(Answer::Accepted) => json(StatusCode::ACCEPTED, serde_json::json!({ "status": "OK" })),
         Ok(Answer::Invocation { assigned, arn }) => invocation(assigned, arn),
         Err(refusal) => {
+            let too_large = format!(
+                "Exceeded maximum allowed payload size ({} bytes).",
+                crate::MAX_RESPONSE_BYTES
+            );
             let (status, error_type, message) = match refusal {
                 Refusal::UnknownPath => (
                     StatusCode::NOT_FOUND,
@@ -23,7 +27,12 @@ pub(super) fn answer(result: Result<Answer, Refusal>) -> Response<Full<Bytes>> {
                 Refusal::TooLarge => (
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "RequestEntityTooLarge",
-                    "response payload exceeds 6 MiB",
+                    too_large.as_str(),
+                ),
+                Refusal::Unreadable => (
+                    StatusCode::BAD_REQUEST,
+                    "InvalidRequest",
+                    "the request body could not be read",
                 ),
                 Refusal::Stopping => (
                     StatusCode::GONE,

@@ -224,6 +224,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_function_answer_is_only_ever_the_body() {
+        // What a function returns cannot add headers or frame the answer: only the
+        // platform's own headers are set, and the bytes come back as they are.
+        let looks_like_http = Bytes::from_static(
+            b"\"x\"\r\ncontent-length: 0\r\n\r\nHTTP/1.1 200 OK\r\nset-cookie: a=1\r\n\r\n",
+        );
+        for outcome in [
+            InvokeOutcome::Success(looks_like_http.clone()),
+            InvokeOutcome::FunctionError {
+                error_type: "E".into(),
+                body: looks_like_http.clone(),
+            },
+        ] {
+            let response = reply(Reply::Invoked {
+                request_id: "req-3".into(),
+                invoked: shoal_core::Invoked {
+                    version: 1,
+                    outcome,
+                },
+            });
+            let mut names: Vec<&str> = response.headers().keys().map(|n| n.as_str()).collect();
+            names.retain(|n| *n != headers::FUNCTION_ERROR);
+            names.sort_unstable();
+            let mut expected = vec![
+                "content-type",
+                headers::REQUEST_ID,
+                headers::EXECUTED_VERSION,
+            ];
+            expected.sort_unstable();
+            assert_eq!(names, expected);
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, looks_like_http);
+        }
+    }
+
+    #[tokio::test]
     async fn a_function_failure_is_a_200_with_the_function_error_header() {
         let error = Error::FunctionTimeout(std::time::Duration::from_secs(3));
         let response = platform_error(&error, "f", "req-2");

@@ -37,6 +37,9 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         path = format!("/admin/functions/{}/logs?since={}", args.name, page.next);
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // A page that brought records may not be all there is (pages are capped).
+        if page.records.is_empty() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 }

@@ -43,6 +43,11 @@ pub struct Args {
     /// How many uids the range holds: the most instances that run at once.
     #[arg(long, default_value_t = 4096)]
     sandbox_uid_count: u32,
+    /// Size (MiB) at which a function's log file is rotated; one old file is kept, so a
+    /// function's logs take at most about twice this on disk.
+    #[arg(long, default_value_t = shoal_server::DEFAULT_MAX_LOG_BYTES / (1024 * 1024),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_log_mib: u64,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -72,6 +77,7 @@ pub async fn run(data_dir: &Path, args: Args) -> anyhow::Result<ExitCode> {
         uid_base: args.sandbox_uid_base,
         uid_count: args.sandbox_uid_count,
     };
+    config.max_log_bytes = args.max_log_mib.saturating_mul(1024 * 1024);
     let running = shoal_server::start(config).await?;
     println!("shoal is serving");
     println!("  gateway      http://{}", running.gateway_addr);
