@@ -565,10 +565,12 @@ mod tests {
         drop(a);
         assert_eq!(sandbox.plan(&view).unwrap().unwrap().uid.uid, 1001);
         assert!(b.args.windows(2).any(|w| w == ["--tmpfs", "/tmp"]));
+        let staged = format!("{}/task", b.stage_dir);
         assert!(b
             .args
             .windows(3)
-            .any(|w| w == ["--ro-bind", "/data/code/x", TASK_ROOT]));
+            .any(|w| w == ["--ro-bind", staged.as_str(), TASK_ROOT]));
+        assert_eq!(b.stage, [(PathBuf::from("/data/code/x"), "task")]);
         assert_eq!(b.args.last().map(String::as_str), Some("--"));
     }
 }
