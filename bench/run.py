@@ -44,6 +44,7 @@ SCENARIOS = [
     "cpu-heavy",
     "scale-to-zero",
     "db-connections",
+    "noisy-neighbour",
 ]
 
 
@@ -116,6 +117,8 @@ def main() -> int:
                 res[scenario] = run.scale_to_zero()
             elif scenario == "db-connections":
                 res[scenario] = run.db_connections()
+            elif scenario == "noisy-neighbour":
+                res[scenario] = run.noisy_neighbour()
             log(f"{scenario} done in {time.monotonic() - started:.0f} s")
     except BenchError as e:
         print(f"bench: {e}", file=sys.stderr)

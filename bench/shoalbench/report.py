@@ -130,6 +130,21 @@ def report(run, res: dict, command: str) -> str:
             w(f"| {f} | {fmt(row['node require'])} | {fmt(row['direct'])} | {fmt(row['shoal-auto'])} | "
               f"{fmt(un) if un is not None else 'n/a'} | {cost} |")
         w("")
+    if "noisy-neighbour" in res:
+        r = res["noisy-neighbour"]
+        w("## noisy-neighbour\n")
+        w(f"A no-op function under `oha -q {r['rate']}` for {r['seconds']} s, first alone, then "
+          "while another function of the same daemon runs 4 busy loops in child processes of "
+          "one instance (a CPU hog). Each instance has one core of CPU quota "
+          f"(cpu wall {'up' if r['cpu_wall'] else 'DOWN'}), so on two cores the hog cannot "
+          "take the core the victim, the daemon and the load generator share.\n")
+        w("| victim | p50 ms | p99 ms | ok / sent |")
+        w("|---|---|---|---|")
+        for phase, row in r["rows"].items():
+            w(f"| {phase} | {fmt(row['p50_ms'], 2)} | {fmt(row['p99_ms'], 2)} | {row['ok']} / {row['total']} |")
+        q, n = r["rows"]["quiet"], r["rows"]["beside a CPU hog"]
+        if q["p99_ms"]:
+            w(f"\np99 beside the hog: {ratio(n['p99_ms'], q['p99_ms'])} of quiet.\n")
     if "sustained" in res:
         r = res["sustained"]
         cal = res["calibration"]

@@ -171,6 +171,50 @@ class Run:
         )
         return {"levels": levels, "seconds": seconds, "reps": reps, "rows": rows, "plot": plot}
 
+    # -- noisy neighbour -----------------------------------------------------------------
+    def noisy_neighbour(self) -> dict:
+        """A no-op victim under fixed-rate load, quiet and then beside a function whose call
+        starts 4 busy loops (the sandbox's CPU wall: one core of quota per instance)."""
+        tool = self.load_tool()
+        seconds = 3 if self.quick else 10
+        rate = 200
+        noop = BENCH / "functions" / "noop"
+        hog = BENCH / "functions" / "hog"
+        fn = function_dir(
+            self.workdir,
+            noop,
+            "noisy",
+            manifest("noop", "index.handler", "/noop", {})
+            + "\n"
+            + manifest("hog", "hog-index.handler", "/hog", {"concurrency": "1"}),
+        )
+        (fn / "hog-index.js").write_text((hog / "index.js").read_text())
+        target = Shoal(self.binary, self.workdir, "noisy", fn, "/noop")
+        try:
+            get(target.url)
+            oha(tool, target.url, seconds=1, concurrency=4, rate=rate)
+            log(f"noisy-neighbour: quiet, {rate} req/s for {seconds} s")
+            quiet = oha(tool, target.url, seconds=seconds, concurrency=8, rate=rate)
+            hog_url = target.url.replace("/noop", f"/hog?procs=4&ms={int((seconds + 4) * 1000)}")
+            status, body = get(hog_url)
+            if status != 200:
+                raise BenchError(f"noisy-neighbour: the hog answered {status}: {body!r}")
+            time.sleep(1)
+            log(f"noisy-neighbour: beside 4 busy loops, {rate} req/s for {seconds} s")
+            noisy = oha(tool, target.url, seconds=seconds, concurrency=8, rate=rate)
+            walls = {w["name"]: w["up"] for w in (target.status() or {}).get("walls", [])}
+        finally:
+            target.stop()
+        return {
+            "seconds": seconds,
+            "rate": rate,
+            "cpu_wall": bool(walls.get("cpu")),
+            "rows": {
+                "quiet": {k: quiet[k] for k in ("p50_ms", "p99_ms", "ok", "total")},
+                "beside a CPU hog": {k: noisy[k] for k in ("p50_ms", "p99_ms", "ok", "total")},
+            },
+        }
+
     # -- cold start ----------------------------------------------------------------------
     def cold_start(self) -> dict:
         reps = 2 if self.quick else 5
