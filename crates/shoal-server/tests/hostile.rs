@@ -271,11 +271,16 @@ fn machine_lacks(wall: &str) -> Option<String> {
     if euid != "0" {
         return Some(format!("the daemon runs as uid {euid}, not root"));
     }
+    let bwrap = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .any(|dir| dir.join("bwrap").is_file());
     let lacks = match wall {
-        "seccomp" => !status.contains("Seccomp:"),
-        "namespaces" => ["mnt", "pid", "ipc", "uts"]
-            .iter()
-            .any(|ns| !Path::new(&format!("/proc/self/ns/{ns}")).exists()),
+        "seccomp" => !status.contains("Seccomp:") || !bwrap,
+        "namespaces" => {
+            !bwrap
+                || ["mnt", "pid", "ipc", "uts"]
+                    .iter()
+                    .any(|ns| !Path::new(&format!("/proc/self/ns/{ns}")).exists())
+        }
         "pids" | "cpu" => !has_cgroup_controller(wall),
         _ => false,
     };
