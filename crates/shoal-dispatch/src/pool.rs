@@ -49,6 +49,9 @@ struct Slot {
     controller: Option<Controller>,
     window: Window,
     cpu_busy: Option<f64>,
+    /// The instance refused a call before running it (its channel is closed: it is gone
+    /// or going, and its exit watcher has not said so yet). It gets no more calls.
+    refused: bool,
     /// This instance's share of the host budget, given back when the slot goes.
     _ticket: Ticket,
 }

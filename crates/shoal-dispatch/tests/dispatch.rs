@@ -39,6 +39,8 @@ struct FakeInstance {
     peak: Arc<AtomicU32>,
     live: Arc<AtomicUsize>,
     exit: watch::Sender<Option<String>>,
+    /// Its channel is closed but its exit not yet seen: every call is refused unrun.
+    refusing: std::sync::atomic::AtomicBool,
 }
 
 impl InstanceLauncher for FakeLauncher {
@@ -59,6 +61,7 @@ impl InstanceLauncher for FakeLauncher {
             peak: self.peak_in_flight.clone(),
             live: self.live.clone(),
             exit: watch::channel(None).0,
+            refusing: Default::default(),
         });
         if !fail {
             self.instances.lock().unwrap().push(instance.clone());
@@ -85,6 +88,10 @@ impl FakeInstance {
 
 impl InstanceHandle for FakeInstance {
     fn invoke(&self, invocation: Invocation) -> BoxFuture<Result<Outcome, InstanceFailure>> {
+        if self.refusing.load(Ordering::SeqCst) {
+            let instance = self.id.clone();
+            return Box::pin(async move { Err(InstanceFailure::Unavailable { instance }) });
+        }
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now, Ordering::SeqCst);
         self.rss_kib
@@ -536,6 +543,30 @@ async fn crash_fails_in_flight_calls_and_is_replaced() {
         status.decisions
     );
     assert!(burst(&d, 1, "10").await[0].is_ok());
+    assert_eq!(launcher.launches.load(Ordering::SeqCst), 2);
+}
+
+/// An instance whose process died a moment ago refuses calls before its exit is seen; a
+/// call that meets it runs on a fresh instance instead of failing.
+#[tokio::test(start_paused = true)]
+async fn a_call_refused_unrun_by_a_dying_instance_runs_elsewhere() {
+    let (launcher, d) = setup(FakeLauncher::default(), config(8));
+    let first = burst(&d, 1, "10").await.remove(0).unwrap();
+    let dying = launcher.instances.lock().unwrap()[0].clone();
+    dying.refusing.store(true, Ordering::SeqCst);
+    let second = burst(&d, 1, "10").await.remove(0);
+    let Ok(Outcome::Success(second)) = second else {
+        panic!("{second:?}")
+    };
+    assert_ne!(
+        Outcome::Success(second.clone()),
+        first,
+        "answered by the dying instance"
+    );
+    assert_eq!(launcher.launches.load(Ordering::SeqCst), 2);
+    // The refusing instance was asked to stop, and takes no more calls.
+    assert!(dying.exit.borrow().is_some());
+    assert!(burst(&d, 3, "10").await.iter().all(|r| r.is_ok()));
     assert_eq!(launcher.launches.load(Ordering::SeqCst), 2);
 }
 

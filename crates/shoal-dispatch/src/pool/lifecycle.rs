@@ -55,6 +55,7 @@ impl Pool {
             controller,
             window: Window::default(),
             cpu_busy: None,
+            refused: false,
             _ticket: ticket,
         });
         let request = LaunchRequest {

@@ -14,7 +14,13 @@ use tokio::time::Instant;
 
 use super::lifecycle::STUCK_GRACE;
 use super::{Inner, InstanceState, Pool, Slot};
-use crate::{DispatchError, ErrorType, InstanceHandle, Invocation, LaunchError, Outcome, Result};
+use crate::{
+    DispatchError, ErrorType, InstanceFailure, InstanceHandle, Invocation, LaunchError, Outcome,
+    Result,
+};
+
+/// How many times one call may be moved off instances that refused it before running it.
+const MAX_REROUTES: u32 = 2;
 
 /// The right to run one invocation on one instance. Dropping it frees the slot (or hands
 /// it to the next waiter).
@@ -41,7 +47,38 @@ impl Pool {
     /// really finishes the call: a caller that times out or goes away must not free a slot
     /// whose handler is still running (that would push the instance past its limit). An
     /// instance that has not answered by the deadline plus [`STUCK_GRACE`] is stopped.
+    ///
+    /// A call an instance refused without running it (its process just died, and the
+    /// pool has not heard yet) goes to another instance, up to [`MAX_REROUTES`] times
+    /// within the deadline: it never ran, so running it elsewhere is safe.
     pub(crate) async fn invoke(self: &Arc<Self>, invocation: Invocation) -> Result<Outcome> {
+        let mut reroutes = 0;
+        loop {
+            match self.invoke_once(invocation.clone()).await {
+                Err(DispatchError::Instance(InstanceFailure::Unavailable { instance }))
+                    if reroutes < MAX_REROUTES && Instant::now() < invocation.deadline =>
+                {
+                    reroutes += 1;
+                    self.refused(&instance);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Give instance `id` no more calls and make sure it stops; its exit watcher then
+    /// removes it (and records the exit) as for any other exit.
+    fn refused(&self, id: &str) {
+        let mut inner = self.lock();
+        if let Some(slot) = inner.slots.iter_mut().find(|s| s.id == id) {
+            slot.refused = true;
+            if let Some(handle) = &slot.handle {
+                handle.stop();
+            }
+        }
+    }
+
+    async fn invoke_once(self: &Arc<Self>, invocation: Invocation) -> Result<Outcome> {
         let deadline = invocation.deadline;
         let grant = match tokio::time::timeout_at(deadline, self.acquire()).await {
             Ok(grant) => grant?,
@@ -108,7 +145,7 @@ impl Pool {
         let slot = inner
             .slots
             .iter_mut()
-            .filter(|s| s.state == InstanceState::Ready && s.in_flight < s.limit)
+            .filter(|s| s.state == InstanceState::Ready && !s.refused && s.in_flight < s.limit)
             .min_by_key(|s| s.in_flight)?;
         let now = Instant::now();
         slot.touch(now);
@@ -125,6 +162,7 @@ impl Pool {
     /// Hand free slots of instance `index` to waiters, oldest first.
     pub(super) fn feed_waiters(self: &Arc<Self>, inner: &mut Inner, index: usize) {
         while inner.slots[index].state == InstanceState::Ready
+            && !inner.slots[index].refused
             && inner.slots[index].in_flight < inner.slots[index].limit
         {
             let Some(waiter) = inner.queue.pop_front() else {
