@@ -91,39 +91,38 @@ impl Platform {
             request.payload
         };
         serde_json::from_slice::<serde::de::IgnoredAny>(&payload).map_err(Error::InvalidPayload)?;
-        let version = self
-            .dispatcher
-            .active_version(&request.function)
-            .ok_or_else(|| Error::FunctionNotFound(request.function.clone()))?;
-        let outcome = match request.invocation_type {
-            InvocationType::DryRun => InvokeOutcome::DryRun,
+        let not_found = || Error::FunctionNotFound(request.function.clone());
+        let (version, outcome) = match request.invocation_type {
+            InvocationType::DryRun => (
+                self.dispatcher
+                    .active_version(&request.function)
+                    .ok_or_else(not_found)?,
+                InvokeOutcome::DryRun,
+            ),
             InvocationType::Event => {
+                let version = self
+                    .dispatcher
+                    .active_version(&request.function)
+                    .ok_or_else(not_found)?;
                 // Not yet durable: the events issue moves this onto the store.
                 let platform = self.clone();
                 let (function, request_id) = (request.function, request.request_id);
                 tokio::spawn(async move {
-                    let _ = platform
-                        .run(&function, version, request_id, payload, "event")
-                        .await;
+                    let _ = platform.run(&function, &request_id, payload, "event").await;
                 });
-                InvokeOutcome::Accepted
+                (version, InvokeOutcome::Accepted)
             }
             InvocationType::RequestResponse => {
-                match self
-                    .run(
-                        &request.function,
-                        version,
-                        request.request_id,
-                        payload,
-                        "invoke",
-                    )
-                    .await?
-                {
+                let (version, result) = self
+                    .run(&request.function, &request.request_id, payload, "invoke")
+                    .await;
+                let outcome = match result? {
                     Outcome::Success(body) => InvokeOutcome::Success(body),
                     Outcome::FunctionError { error_type, body } => {
                         InvokeOutcome::FunctionError { error_type, body }
                     }
-                }
+                };
+                (version.ok_or_else(not_found)?, outcome)
             }
         };
         Ok(Invoked { version, outcome })
@@ -148,26 +147,20 @@ impl Platform {
         request: &HttpRequest<'_>,
         stage_host: &str,
     ) -> Result<HttpResponse> {
-        let version = self
-            .dispatcher
-            .active_version(&target.function)
-            .ok_or_else(|| Error::FunctionNotFound(target.function.clone()))?;
         let event = shoal_events::build_v2_event(request, &target.route, "shoal", stage_host);
-        let request_id = request.request_id.to_owned();
-        match self
+        let (_, result) = self
             .run(
                 &target.function,
-                version,
-                request_id.clone(),
+                request.request_id,
                 Bytes::from(event),
                 "http",
             )
-            .await?
-        {
+            .await;
+        match result? {
             Outcome::Success(result) => shoal_events::try_map_v2_response(&result).map_err(|e| {
                 let error = Error::BadProxyResult(e);
                 self.logs
-                    .system(&target.function, "-", &request_id, chain(&error));
+                    .system(&target.function, "-", request.request_id, chain(&error));
                 error
             }),
             // API Gateway hides a handler's error from its caller.
@@ -176,59 +169,61 @@ impl Platform {
     }
 
     /// One invocation through the dispatcher, inside its span; failures are written to
-    /// the function's log as well.
+    /// the function's log as well. Also says which version took it (`None`: not found).
     async fn run(
         &self,
         function: &str,
-        version: u32,
-        request_id: String,
+        request_id: &str,
         payload: Bytes,
         trigger: &'static str,
-    ) -> Result<Outcome> {
+    ) -> (Option<u32>, Result<Outcome>) {
+        // The dispatcher fills in version and instance once it has chosen them.
         let span = tracing::info_span!(
             "invoke",
             function,
-            version,
-            request_id = %request_id,
+            version = tracing::field::Empty,
+            request_id,
             trigger,
             instance = tracing::field::Empty,
         );
         async {
             let arrived = std::time::Instant::now();
-            let result = self
+            let (version, result) = self
                 .dispatcher
-                .invoke(function, request_id.clone(), payload)
-                .await
-                .map_err(Error::from);
+                .invoke_versioned(function, request_id.to_owned(), payload)
+                .await;
+            let result = result.map_err(Error::from);
             self.metrics
                 .observe(function, outcome_label(&result), ran(&result, arrived));
             match &result {
                 Ok(Outcome::Success(_)) => tracing::debug!("invocation succeeded"),
                 Ok(Outcome::FunctionError { error_type, body }) => {
-                    tracing::info!(error_type = %error_type, "handler threw");
+                    // Per call, so debug: a function that always throws must not flood.
+                    tracing::debug!(error_type = %error_type, "handler threw");
                     // The platform refused the answer: the function's author reads why here.
                     if error_type == shoal_runtime::RESPONSE_SIZE_TOO_LARGE {
                         let message = serde_json::from_slice::<serde_json::Value>(body)
                             .ok()
                             .and_then(|v| v["errorMessage"].as_str().map(str::to_owned))
                             .unwrap_or_else(|| error_type.clone());
-                        self.logs.system(function, "-", &request_id, message);
+                        self.logs.system(function, "-", request_id, message);
                     }
                 }
+                // Under a flood every refused call lands here: debug, or the log floods too.
                 Err(error @ (Error::FunctionNotFound(_) | Error::Overloaded { .. })) => {
-                    tracing::info!(error = %error, "invocation refused")
+                    tracing::debug!(error = %error, "invocation refused")
                 }
                 Err(error) => {
                     tracing::warn!(error = %chain(error), "invocation failed");
                     self.logs.system(
                         function,
                         "-",
-                        &request_id,
+                        request_id,
                         format!("invocation failed: {}", chain(error)),
                     );
                 }
             }
-            result
+            (version, result)
         }
         .instrument(span)
         .await

@@ -32,7 +32,7 @@ use shoal_store::Store;
 pub use archive::{pack_dir, ArchiveError};
 pub use error::{chain, Error, Result};
 pub use invoke::{new_request_id, InvocationType, InvokeOutcome, InvokeRequest, Invoked};
-pub use logs::DEFAULT_MAX_LOG_BYTES;
+pub use logs::{now_ms, DEFAULT_MAX_LOG_BYTES};
 pub use shoal_api as api;
 pub use shoal_runtime::sandbox::{SandboxConfig, SandboxMode};
 

@@ -168,12 +168,17 @@ impl LogStore {
 
     /// A platform message about one invocation (e.g. why it failed), in the same log.
     pub fn system(&self, function: &str, instance: &str, request_id: &str, message: String) {
+        self.platform(function, instance, Some(request_id), message);
+    }
+
+    /// A platform record (stream `platform`, level ERROR) in `function`'s log.
+    fn platform(&self, function: &str, instance: &str, request_id: Option<&str>, message: String) {
         self.append(
             function,
             &LogRecord {
                 ts: now_ms(),
                 instance: instance.to_owned(),
-                request_id: Some(request_id.to_owned()),
+                request_id: request_id.map(str::to_owned),
                 stream: "platform".into(),
                 level: Some("ERROR".into()),
                 message,
@@ -319,31 +324,13 @@ fn read_records(
 
 impl LogSink for LogStore {
     fn exited(&self, function: &str, instance: &str, reason: &str) {
-        self.append(
-            function,
-            &LogRecord {
-                ts: now_ms(),
-                instance: instance.to_owned(),
-                request_id: None,
-                stream: "platform".into(),
-                level: Some("ERROR".into()),
-                message: format!("instance {instance} stopped unexpectedly: {reason}"),
-            },
-        );
+        let message = format!("instance {instance} stopped unexpectedly: {reason}");
+        self.platform(function, instance, None, message);
     }
 
     fn stopped(&self, function: &str, instance: &str, reason: &str) {
-        self.append(
-            function,
-            &LogRecord {
-                ts: now_ms(),
-                instance: instance.to_owned(),
-                request_id: None,
-                stream: "platform".into(),
-                level: Some("ERROR".into()),
-                message: format!("instance {instance} stopped: {reason}"),
-            },
-        );
+        let message = format!("instance {instance} stopped: {reason}");
+        self.platform(function, instance, None, message);
     }
 
     fn line(&self, function: &str, instance: &str, stream: LogStream, line: &str) {
@@ -382,7 +369,8 @@ fn parse_lambda_line(line: &str) -> (Option<String>, Option<String>, String) {
     (None, None, line.to_owned())
 }
 
-pub(crate) fn now_ms() -> u64 {
+/// Now, as Unix epoch milliseconds (log timestamps, event times).
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -7,6 +7,8 @@
 //! is gone from the next scrape too. A value that could not be measured is left out,
 //! never reported as zero.
 
+use std::collections::HashMap;
+use std::sync::RwLock;
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -21,7 +23,7 @@ use crate::Platform;
 type Labels = Vec<(&'static str, String)>;
 
 /// How a finished invocation ended, as the `outcome` label says it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum OutcomeLabel {
     Success,
     FunctionError,
@@ -33,6 +35,16 @@ pub(crate) enum OutcomeLabel {
 }
 
 impl OutcomeLabel {
+    const ALL: [OutcomeLabel; 7] = [
+        OutcomeLabel::Success,
+        OutcomeLabel::FunctionError,
+        OutcomeLabel::Timeout,
+        OutcomeLabel::Crashed,
+        OutcomeLabel::InitFailed,
+        OutcomeLabel::Throttled,
+        OutcomeLabel::Refused,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             OutcomeLabel::Success => "success",
@@ -50,6 +62,26 @@ impl OutcomeLabel {
 pub(crate) struct Metrics {
     invocations: Family<Labels, Counter>,
     duration: Family<Labels, Histogram>,
+    /// Each function's series, looked up once: an invocation then counts itself without
+    /// building label sets (the invoke path is the product).
+    by_function: RwLock<HashMap<String, FunctionSeries>>,
+}
+
+/// One function's counters (one per outcome, in [`OutcomeLabel::ALL`]'s order) and its
+/// latency histogram: handles sharing their values with the families.
+struct FunctionSeries {
+    outcomes: Vec<Counter>,
+    duration: Histogram,
+}
+
+impl FunctionSeries {
+    fn record(&self, outcome: OutcomeLabel, took: Option<Duration>) {
+        // `ALL` lists the variants in declaration order, so the discriminant is the index.
+        self.outcomes[outcome as usize].inc();
+        if let Some(took) = took {
+            self.duration.observe(took.as_secs_f64());
+        }
+    }
 }
 
 fn duration_histogram() -> Histogram {
@@ -62,22 +94,40 @@ impl Metrics {
         Metrics {
             invocations: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
+            by_function: RwLock::new(HashMap::new()),
         }
     }
 
     /// Count one finished invocation; its duration counts only if a handler ran.
     pub(crate) fn observe(&self, function: &str, outcome: OutcomeLabel, took: Option<Duration>) {
-        self.invocations
-            .get_or_create(&vec![
-                ("function", function.to_owned()),
-                ("outcome", outcome.as_str().to_owned()),
-            ])
-            .inc();
-        if let Some(took) = took {
-            self.duration
-                .get_or_create(&vec![("function", function.to_owned())])
-                .observe(took.as_secs_f64());
+        if let Some(series) = self
+            .by_function
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(function)
+        {
+            return series.record(outcome, took);
         }
+        let mut map = self.by_function.write().unwrap_or_else(|e| e.into_inner());
+        map.entry(function.to_owned())
+            .or_insert_with(|| FunctionSeries {
+                outcomes: OutcomeLabel::ALL
+                    .iter()
+                    .map(|o| {
+                        self.invocations
+                            .get_or_create(&vec![
+                                ("function", function.to_owned()),
+                                ("outcome", o.as_str().to_owned()),
+                            ])
+                            .clone()
+                    })
+                    .collect(),
+                duration: self
+                    .duration
+                    .get_or_create(&vec![("function", function.to_owned())])
+                    .clone(),
+            })
+            .record(outcome, took);
     }
 }
 

@@ -109,17 +109,29 @@ impl Dispatcher {
         request_id: String,
         payload: Bytes,
     ) -> Result<Outcome> {
+        self.invoke_versioned(function, request_id, payload).await.1
+    }
+
+    /// [`Dispatcher::invoke`], also saying which version took the call (`None` when the
+    /// function was not found or the platform is shutting down): one registry lookup for
+    /// both. The version is recorded in the current tracing span too.
+    pub async fn invoke_versioned(
+        &self,
+        function: &str,
+        request_id: String,
+        payload: Bytes,
+    ) -> (Option<u32>, Result<Outcome>) {
         if self
             .shutting_down
             .load(std::sync::atomic::Ordering::Relaxed)
         {
-            return Err(DispatchError::ShuttingDown);
+            return (None, Err(DispatchError::ShuttingDown));
         }
-        let pool = self
-            .functions()
-            .get(function)
-            .map(|f| f.active.clone())
-            .ok_or_else(|| DispatchError::NotFound(function.to_owned()))?;
+        let Some(pool) = self.functions().get(function).map(|f| f.active.clone()) else {
+            return (None, Err(DispatchError::NotFound(function.to_owned())));
+        };
+        let version = pool.version();
+        tracing::Span::current().record("version", version);
         let timeout = pool.timeout();
         let invocation = Invocation {
             request_id,
@@ -127,7 +139,7 @@ impl Dispatcher {
             deadline: Instant::now() + timeout,
             deadline_epoch_ms: epoch_ms() + timeout.as_millis() as u64,
         };
-        pool.invoke(invocation).await
+        (Some(version), pool.invoke(invocation).await)
     }
 
     /// The version that takes new invocations, if the function is known.

@@ -177,10 +177,9 @@ fn resolve_program(program: &Path) -> PathBuf {
     if program.components().count() > 1 {
         return std::fs::canonicalize(program).unwrap_or_else(|_| program.to_owned());
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
+    program
+        .to_str()
+        .and_then(sandbox::find_in_path)
         .and_then(|found| std::fs::canonicalize(found).ok())
         .unwrap_or_else(|| program.to_owned())
 }
@@ -446,7 +445,6 @@ impl Launch {
                 runtime_dir,
                 extra_ro,
                 tmp_bytes: self.code.ephemeral_storage_mb * 1024 * 1024,
-                instance: &self.request.instance_id,
             })
             .map_err(|why| self.error(ErrorType::Unknown, why))
     }

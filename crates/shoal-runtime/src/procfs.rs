@@ -18,32 +18,21 @@ pub struct ProcSample {
 /// started: bubblewrap's helpers, a `provided` bootstrap's children), or `None` if `pid`
 /// is gone. CPU time includes children already reaped, so it never goes backwards.
 pub fn sample(pid: u32) -> Option<ProcSample> {
-    let mut total = ProcSample::default();
-    let mut seen = false;
-    for member in tree(pid) {
-        let Some(status) = std::fs::read_to_string(format!("/proc/{member}/status")).ok() else {
-            continue;
-        };
-        let Some(stat) = std::fs::read_to_string(format!("/proc/{member}/stat")).ok() else {
-            continue;
-        };
-        seen |= member == pid;
-        let rss_kib = kib_field(&status, "VmRSS:").unwrap_or(0);
-        let pss_kib = std::fs::read_to_string(format!("/proc/{member}/smaps_rollup"))
-            .ok()
-            .and_then(|s| kib_field(&s, "Pss:"))
-            .unwrap_or(rss_kib);
-        total.rss_kib += rss_kib;
-        total.pss_kib += pss_kib;
-        total.cpu_ms += cpu_ms_from_stat(&stat).unwrap_or(0);
-    }
-    seen.then_some(total)
+    sum_tree(pid, true)
 }
 
 /// The cheap part of a sample (no smaps walk), for the concurrency controller.
 pub fn resources(pid: u32) -> Option<shoal_dispatch::Resources> {
-    let mut cpu_ms = 0;
-    let mut rss_kib = 0;
+    sum_tree(pid, false).map(|s| shoal_dispatch::Resources {
+        cpu_time: std::time::Duration::from_millis(s.cpu_ms),
+        rss_kib: s.rss_kib,
+    })
+}
+
+/// RSS, CPU time and (with `pss`, by the costlier smaps walk; else it stays 0) PSS,
+/// summed over the tree at `pid`; `None` if `pid` itself is gone.
+fn sum_tree(pid: u32, pss: bool) -> Option<ProcSample> {
+    let mut total = ProcSample::default();
     let mut seen = false;
     for member in tree(pid) {
         let (Ok(status), Ok(stat)) = (
@@ -53,13 +42,17 @@ pub fn resources(pid: u32) -> Option<shoal_dispatch::Resources> {
             continue;
         };
         seen |= member == pid;
-        cpu_ms += cpu_ms_from_stat(&stat).unwrap_or(0);
-        rss_kib += kib_field(&status, "VmRSS:").unwrap_or(0);
+        let rss_kib = kib_field(&status, "VmRSS:").unwrap_or(0);
+        total.rss_kib += rss_kib;
+        total.cpu_ms += cpu_ms_from_stat(&stat).unwrap_or(0);
+        if pss {
+            total.pss_kib += std::fs::read_to_string(format!("/proc/{member}/smaps_rollup"))
+                .ok()
+                .and_then(|s| kib_field(&s, "Pss:"))
+                .unwrap_or(rss_kib);
+        }
     }
-    seen.then(|| shoal_dispatch::Resources {
-        cpu_time: std::time::Duration::from_millis(cpu_ms),
-        rss_kib,
-    })
+    seen.then_some(total)
 }
 
 /// `pid` and its descendants, through each thread's `children` list.

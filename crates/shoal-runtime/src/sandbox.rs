@@ -76,6 +76,36 @@ const ETC_FILES: &[&str] = &[
     "/etc/ld.so.conf.d",
 ];
 
+/// The namespaces and the system view every sandbox gets (the probe starts exactly this).
+const BASE_VIEW: &[&str] = &[
+    "--unshare-user",
+    "--disable-userns",
+    "--unshare-pid",
+    "--unshare-ipc",
+    "--unshare-uts",
+    "--unshare-cgroup-try",
+    "--die-with-parent",
+    "--ro-bind",
+    "/usr",
+    "/usr",
+    "--symlink",
+    "usr/bin",
+    "/bin",
+    "--symlink",
+    "usr/sbin",
+    "/sbin",
+    "--symlink",
+    "usr/lib",
+    "/lib",
+    "--symlink",
+    "usr/lib64",
+    "/lib64",
+    "--proc",
+    "/proc",
+    "--dev",
+    "/dev",
+];
+
 /// How the daemon was asked to run instances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SandboxMode {
@@ -173,7 +203,6 @@ pub struct View<'a> {
     /// lives when it is not under `/usr`).
     pub extra_ro: Option<&'a Path>,
     pub tmp_bytes: u64,
-    pub instance: &'a str,
 }
 
 impl Sandbox {
@@ -294,41 +323,16 @@ impl Sandbox {
         })?;
         let id = uid.uid.to_string();
         let mut args: Vec<String> = [
-            "--unshare-user",
             "--uid",
             &id,
             "--gid",
             &id,
-            "--disable-userns",
-            "--unshare-pid",
-            "--unshare-ipc",
-            "--unshare-uts",
-            "--unshare-cgroup-try",
             "--hostname",
             "shoal",
-            "--die-with-parent",
             "--new-session",
-            "--ro-bind",
-            "/usr",
-            "/usr",
-            "--symlink",
-            "usr/bin",
-            "/bin",
-            "--symlink",
-            "usr/sbin",
-            "/sbin",
-            "--symlink",
-            "usr/lib",
-            "/lib",
-            "--symlink",
-            "usr/lib64",
-            "/lib64",
-            "--proc",
-            "/proc",
-            "--dev",
-            "/dev",
         ]
         .iter()
+        .chain(BASE_VIEW)
         .map(|s| s.to_string())
         .collect();
         for file in ETC_FILES {
@@ -362,7 +366,6 @@ impl Sandbox {
             args.extend(["--seccomp".into(), SECCOMP_FD.to_string()]);
         }
         args.extend(["--chdir".into(), TASK_ROOT.into(), "--".into()]);
-        let _ = view.instance;
         Ok(Some(Plan {
             bwrap,
             uid,
@@ -384,7 +387,7 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn find_in_path(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
@@ -398,34 +401,8 @@ fn bwrap_works(bwrap: &Path, config: &SandboxConfig) -> bool {
     use std::os::unix::process::CommandExt;
     let probe_uid = config.uid_base + config.uid_count.max(1);
     let status = std::process::Command::new(bwrap)
-        .args([
-            "--unshare-user",
-            "--disable-userns",
-            "--unshare-pid",
-            "--unshare-ipc",
-            "--unshare-uts",
-            "--die-with-parent",
-            "--ro-bind",
-            "/usr",
-            "/usr",
-            "--symlink",
-            "usr/bin",
-            "/bin",
-            "--symlink",
-            "usr/lib",
-            "/lib",
-            "--symlink",
-            "usr/lib64",
-            "/lib64",
-            "--proc",
-            "/proc",
-            "--dev",
-            "/dev",
-            "--tmpfs",
-            "/tmp",
-            "--",
-            "/bin/true",
-        ])
+        .args(BASE_VIEW)
+        .args(["--tmpfs", "/tmp", "--", "/bin/true"])
         .env_clear()
         .current_dir("/")
         .stdin(std::process::Stdio::null())
@@ -556,7 +533,6 @@ mod tests {
             runtime_dir: None,
             extra_ro: None,
             tmp_bytes: 1 << 20,
-            instance: "f-1",
         };
         let a = sandbox.plan(&view).unwrap().unwrap();
         let b = sandbox.plan(&view).unwrap().unwrap();

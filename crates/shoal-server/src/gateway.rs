@@ -6,7 +6,6 @@ mod respond;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -56,17 +55,11 @@ impl Gateway {
             body: &body,
             source_ip: &source_ip,
             request_id: &request_id,
-            time_epoch_ms: epoch_ms(),
+            time_epoch_ms: shoal_core::now_ms(),
         };
         let result = self.platform.invoke_http(&target, &request, host).await;
         respond::invoked(result, &request_id)
     }
-}
-
-fn epoch_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Handler for Gateway {

@@ -109,6 +109,14 @@ pub(crate) fn response(
     response
 }
 
-pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    response(status, "application/json", value.to_string())
+/// `value` as a JSON response. Our own types always encode; if one ever did not, the
+/// client gets an empty object rather than a broken body, and the log says why.
+pub(crate) fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    match serde_json::to_vec(value) {
+        Ok(body) => response(status, "application/json", body),
+        Err(e) => {
+            tracing::error!(error = %e, "encoding a JSON reply");
+            response(status, "application/json", "{}")
+        }
+    }
 }

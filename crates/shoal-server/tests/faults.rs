@@ -15,60 +15,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::{function_dir, ids, process_alive, Api, Reply, TestServer, PATIENCE};
-
-/// The Invoke API's answer for a failed invocation: 200 with `X-Amz-Function-Error`.
-/// Returns (errorType, errorMessage).
-fn function_error(reply: &Reply) -> (String, String) {
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    assert_eq!(
-        reply.header("x-amz-function-error"),
-        Some("Unhandled"),
-        "{}",
-        reply.text()
-    );
-    let body = reply.json();
-    (
-        body["errorType"].as_str().unwrap_or_default().to_owned(),
-        body["errorMessage"].as_str().unwrap_or_default().to_owned(),
-    )
-}
-
-/// A successful Invoke API answer's JSON.
-fn success(reply: &Reply) -> Value {
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    assert_eq!(
-        reply.header("x-amz-function-error"),
-        None,
-        "{}",
-        reply.text()
-    );
-    reply.json()
-}
-
-/// Wait until `pid` is gone; panics after `within`.
-async fn wait_gone(pid: u64, within: Duration) -> Duration {
-    let started = Instant::now();
-    while process_alive(pid) {
-        assert!(
-            started.elapsed() < within,
-            "process {pid} still runs after {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    started.elapsed()
-}
-
-/// Resident memory of this process, which runs the server, in KiB.
-fn own_rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
-}
+use support::{
+    function_dir, function_error, ids, own_rss_kib, process_alive, success, wait_gone, Api,
+    TestServer, PATIENCE,
+};
 
 fn make_executable(path: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;

@@ -25,7 +25,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::{process_alive, Api, Reply, TestServer, PATIENCE};
+use support::{
+    function_error, own_rss_kib, peak_rss_during, process_alive, success, Api, Reply, TestServer,
+    PATIENCE,
+};
 
 // ---------------------------------------------------------------------------------------
 // The attacker, the victim, and how to call them
@@ -161,34 +164,6 @@ async fn victim_answers_through_the_gateway(api: &Api) {
     );
 }
 
-/// A successful Invoke API answer's JSON.
-fn success(reply: &Reply) -> Value {
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    assert_eq!(
-        reply.header("x-amz-function-error"),
-        None,
-        "{}",
-        reply.text()
-    );
-    reply.json()
-}
-
-/// The Invoke API's answer for a failed invocation; (errorType, errorMessage).
-fn function_error(reply: &Reply) -> (String, String) {
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    assert_eq!(
-        reply.header("x-amz-function-error"),
-        Some("Unhandled"),
-        "{}",
-        reply.text()
-    );
-    let body = reply.json();
-    (
-        body["errorType"].as_str().unwrap_or_default().to_owned(),
-        body["errorMessage"].as_str().unwrap_or_default().to_owned(),
-    )
-}
-
 /// Run a shell command in the attacker with these extra environment variables; what the
 /// shell did (`status`, `signal`, `stdout`, `stderr`, `error`).
 async fn sh(api: &Api, cmd: &str, env: Value) -> Value {
@@ -302,29 +277,6 @@ fn has_cgroup_controller(name: &str) -> bool {
 
 // ---------------------------------------------------------------------------------------
 // Watching the daemon
-
-/// Resident memory of this process, which runs the server, in KiB.
-fn own_rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
-}
-
-/// Run `work`, sampling this process's RSS meanwhile; its output and the peak in KiB.
-async fn peak_rss_during<T>(work: impl std::future::Future<Output = T>) -> (T, u64) {
-    let mut peak = own_rss_kib();
-    tokio::pin!(work);
-    loop {
-        tokio::select! {
-            out = &mut work => return (out, peak.max(own_rss_kib())),
-            _ = tokio::time::sleep(Duration::from_millis(20)) => peak = peak.max(own_rss_kib()),
-        }
-    }
-}
 
 /// Panics so far in this process, which runs the daemon: counted by a hook installed on the
 /// first call (the default hook still prints them).

@@ -10,41 +10,16 @@ mod support;
 use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
-use serde_json::{json, Value};
-use support::{function_dir, process_alive, Reply, TestServer, PATIENCE};
+use serde_json::json;
+use support::{
+    function_dir, function_error, own_rss_kib, peak_rss_during, process_alive, success, TestServer,
+    PATIENCE,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Lambda's response limit, which the daemon holds on both channels.
 const MAX_RESPONSE: u64 = 6_291_556;
 const MIB: u64 = 1024 * 1024;
-
-/// The Invoke API's answer for a failed invocation: (errorType, errorMessage).
-fn function_error(reply: &Reply) -> (String, String) {
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    assert_eq!(
-        reply.header("x-amz-function-error"),
-        Some("Unhandled"),
-        "{}",
-        reply.text()
-    );
-    let body = reply.json();
-    (
-        body["errorType"].as_str().unwrap_or_default().to_owned(),
-        body["errorMessage"].as_str().unwrap_or_default().to_owned(),
-    )
-}
-
-/// A successful Invoke API answer's JSON.
-fn success(reply: &Reply) -> Value {
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    assert_eq!(
-        reply.header("x-amz-function-error"),
-        None,
-        "{}",
-        reply.text()
-    );
-    reply.json()
-}
 
 fn too_large(size: u64) -> String {
     format!(
@@ -52,30 +27,11 @@ fn too_large(size: u64) -> String {
     )
 }
 
-/// Resident memory of this process, which runs the server, in KiB.
-fn own_rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
-}
-
 /// Run `call` while sampling this process's RSS; its result and the peak growth in MiB.
 async fn peak_growth<T>(call: impl std::future::Future<Output = T>) -> (T, u64) {
     let before = own_rss_kib();
-    tokio::pin!(call);
-    let mut peak = before;
-    let result = loop {
-        tokio::select! {
-            result = &mut call => break result,
-            _ = tokio::time::sleep(Duration::from_millis(10)) => peak = peak.max(own_rss_kib()),
-        }
-    };
-    let peak = peak.max(own_rss_kib());
-    (result, (peak - before) / 1024)
+    let (result, peak) = peak_rss_during(call).await;
+    (result, peak.saturating_sub(before) / 1024)
 }
 
 const LOUD: &str = r#"

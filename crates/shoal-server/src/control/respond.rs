@@ -6,7 +6,6 @@
 
 use bytes::Bytes;
 use hyper::{Response, StatusCode};
-use serde::Serialize;
 use shoal_api::{headers, ErrorBody};
 use shoal_core::{ArchiveError, Error, InvokeOutcome};
 
@@ -50,11 +49,11 @@ pub(super) fn reply(reply: Reply) -> Response<Body> {
             );
             response
         }
-        Reply::Deployed(deployed) => json(StatusCode::CREATED, &deployed),
-        Reply::Functions(list) => json(StatusCode::OK, &list),
-        Reply::Deleted(deleted) => json(StatusCode::OK, &deleted),
-        Reply::Status(status) => json(StatusCode::OK, &status),
-        Reply::Logs(page) => json(StatusCode::OK, &page),
+        Reply::Deployed(deployed) => http::json(StatusCode::CREATED, &deployed),
+        Reply::Functions(list) => http::json(StatusCode::OK, &list),
+        Reply::Deleted(deleted) => http::json(StatusCode::OK, &deleted),
+        Reply::Status(status) => http::json(StatusCode::OK, &status),
+        Reply::Logs(page) => http::json(StatusCode::OK, &page),
         Reply::Metrics(text) => http::response(StatusCode::OK, OPENMETRICS, text),
     }
 }
@@ -166,7 +165,7 @@ fn function_error(error_type: &str, message: &str) -> Response<Body> {
 
 /// An AWS-style service error: the SDKs read `x-amzn-ErrorType` and the body's message.
 fn aws_error(status: StatusCode, error_type: &str, message: &str) -> Response<Body> {
-    let mut response = json(
+    let mut response = http::json(
         status,
         &ErrorBody {
             error_type: error_type.to_owned(),
@@ -180,16 +179,6 @@ fn aws_error(status: StatusCode, error_type: &str, message: &str) -> Response<Bo
             .insert("retry-after", RETRY_AFTER_SECS.into());
     }
     response
-}
-
-fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
-    match serde_json::to_vec(value) {
-        Ok(body) => http::response(status, "application/json", body),
-        Err(e) => {
-            tracing::error!(error = %e, "encoding a control API reply");
-            http::response(StatusCode::INTERNAL_SERVER_ERROR, "application/json", "{}")
-        }
-    }
 }
 
 fn insert(response: &mut Response<Body>, name: &'static str, value: &str) {

@@ -465,3 +465,68 @@ impl Api {
         }
     }
 }
+
+/// A successful Invoke API answer's JSON.
+pub fn success(reply: &Reply) -> Value {
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(
+        reply.header("x-amz-function-error"),
+        None,
+        "{}",
+        reply.text()
+    );
+    reply.json()
+}
+
+/// The Invoke API's answer for a failed invocation: 200 with `X-Amz-Function-Error`.
+/// Returns (errorType, errorMessage).
+pub fn function_error(reply: &Reply) -> (String, String) {
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(
+        reply.header("x-amz-function-error"),
+        Some("Unhandled"),
+        "{}",
+        reply.text()
+    );
+    let body = reply.json();
+    (
+        body["errorType"].as_str().unwrap_or_default().to_owned(),
+        body["errorMessage"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+/// Wait until `pid` is gone; panics after `within`.
+pub async fn wait_gone(pid: u64, within: Duration) -> Duration {
+    let started = Instant::now();
+    while process_alive(pid) {
+        assert!(
+            started.elapsed() < within,
+            "process {pid} still runs after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+/// Resident memory of this process, which runs the server, in KiB.
+pub fn own_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+/// Run `work`, sampling this process's RSS meanwhile; its output and the peak in KiB.
+pub async fn peak_rss_during<T>(work: impl std::future::Future<Output = T>) -> (T, u64) {
+    let mut peak = own_rss_kib();
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return (out, peak.max(own_rss_kib())),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => peak = peak.max(own_rss_kib()),
+        }
+    }
+}
