@@ -17,6 +17,12 @@ Contenders (see docs/BENCHMARKS.md):
   shoal-auto     Shoal with its defaults (concurrency = "auto")
   capped-serial  Shoal with concurrency = 1, max_instances = 4 (the seed's "other clouds")
 
+Queue contenders (queue-throughput; docs/BENCHMARKS.md says how each is set up):
+  shoal            Shoal's queue triggering a no-op function, sent to over the SQS API
+  bullmq-always    BullMQ on Redis, appendfsync always (acknowledged = fsync'd)
+  bullmq-everysec  BullMQ on Redis, appendfsync everysec (Redis's usual durable setting)
+  pg-skip-locked   a PostgreSQL table, consumers DELETE ... FOR UPDATE SKIP LOCKED
+
 Standard library plus matplotlib for the plots (installed with pip when missing); the pieces
 live in bench/shoalbench/ (tools, measuring, contenders, scenarios, plots, report).
 """
@@ -26,13 +32,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
-from shoalbench.common import BENCH, CONTENDERS, ROOT, BenchError, log
-from shoalbench.report import check_complete, report
+from shoalbench.common import BENCH, CONTENDERS, QUEUE_CONTENDERS, ROOT, BenchError, log
+from shoalbench.report import check_complete, report, skipped
 from shoalbench.scenarios import Run
 
 SCENARIOS = [
@@ -45,6 +52,8 @@ SCENARIOS = [
     "scale-to-zero",
     "db-connections",
     "noisy-neighbour",
+    "queue-throughput",
+    "queue-packing",
 ]
 
 
@@ -61,7 +70,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small counts, a few seconds each (CI)")
     parser.add_argument("--only", default="", help="comma-separated scenarios: " + ", ".join(SCENARIOS))
-    parser.add_argument("--contenders", default="", help="comma-separated subset of: " + ", ".join(CONTENDERS))
+    parser.add_argument(
+        "--contenders",
+        default="",
+        help="comma-separated subset of: " + ", ".join(CONTENDERS + QUEUE_CONTENDERS),
+    )
     parser.add_argument("--out", default=None, help="report path (default docs/BENCHMARKS.md; bench/out with --quick)")
     parser.add_argument(
         "--render",
@@ -79,10 +92,13 @@ def main() -> int:
     chosen = [s for s in args.only.split(",") if s] or SCENARIOS
     if args.contenders:
         subset = [c for c in args.contenders.split(",") if c]
-        if set(subset) - set(CONTENDERS):
+        if set(subset) - set(CONTENDERS) - set(QUEUE_CONTENDERS):
             print(f"unknown contender(s): {args.contenders}", file=sys.stderr)
             return 2
-        CONTENDERS[:] = subset
+        # Each list is narrowed only by the names given from it.
+        for names in (CONTENDERS, QUEUE_CONTENDERS):
+            if set(subset) & set(names):
+                names[:] = [c for c in subset if c in names]
     unknown = set(chosen) - set(SCENARIOS)
     if unknown:
         print(f"unknown scenario(s): {', '.join(sorted(unknown))}", file=sys.stderr)
@@ -100,8 +116,10 @@ def main() -> int:
         run = Run(args)
         res: dict = {}
         burst_sizes = {"seed-burst-10": 4 if args.quick else 10, "seed-burst-100": 12 if args.quick else 100}
+        loads: dict[str, str] = {}
         for scenario in chosen:
             started = time.monotonic()
+            before = os.getloadavg()
             if scenario in burst_sizes:
                 res[scenario] = run.seed_burst(scenario, burst_sizes[scenario])
             elif scenario == "overhead":
@@ -119,7 +137,16 @@ def main() -> int:
                 res[scenario] = run.db_connections()
             elif scenario == "noisy-neighbour":
                 res[scenario] = run.noisy_neighbour()
-            log(f"{scenario} done in {time.monotonic() - started:.0f} s")
+            elif scenario == "queue-throughput":
+                res[scenario] = run.queue_throughput()
+            elif scenario == "queue-packing":
+                res[scenario] = run.queue_packing()
+            after = os.getloadavg()
+            # What else the machine was doing: the 1-minute load average as the scenario
+            # started (mostly other work) and as it ended (its own included).
+            loads[scenario] = f"load average {before[0]:.2f} before, {after[0]:.2f} after (1 min)"
+            log(f"{scenario} done in {time.monotonic() - started:.0f} s ({loads[scenario]})")
+        res["_load"] = loads
     except BenchError as e:
         print(f"bench: {e}", file=sys.stderr)
         return 1
@@ -136,7 +163,7 @@ def main() -> int:
             if r["scenarios"]:
                 kept.append(r)
         runs = kept + runs
-        res = {**old, **res}
+        res = {**old, **res, "_load": {**old.get("_load", {}), **res.get("_load", {})}}
     res["_runs"] = runs
     text = report(run, res, command)
     if out.suffix == ".md":
@@ -147,6 +174,8 @@ def main() -> int:
         out = out / "BENCHMARKS.md"
     json_path.write_text(json.dumps(res, indent=1, default=str))
     log(f"report written to {out}")
+    for line in skipped(res):
+        print(f"bench: skipped (could not be installed): {line}", file=sys.stderr)
     missing = check_complete(res)
     if missing:
         print("bench: no numbers from: " + ", ".join(missing), file=sys.stderr)

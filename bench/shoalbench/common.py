@@ -9,6 +9,10 @@ BENCH = Path(__file__).resolve().parent.parent
 ROOT = BENCH.parent
 
 CONTENDERS = ["direct", "lambda-model", "fixed-80", "shoal-auto", "capped-serial"]
+# The queue-throughput scenario's contenders: Shoal's queue and two queues Node developers
+# run on their own machines (BullMQ on Redis, twice: fsync before every reply, and once a
+# second; a PostgreSQL table read with FOR UPDATE SKIP LOCKED).
+QUEUE_CONTENDERS = ["shoal", "bullmq-always", "bullmq-everysec", "pg-skip-locked"]
 # Manifest settings per Shoal contender.
 SETTINGS = {
     "lambda-model": {"concurrency": "1"},

@@ -71,7 +71,15 @@ class Direct(Target):
 
 class Shoal(Target):
     def __init__(
-        self, binary: str, workdir: Path, name: str, fn_dir: Path, path: str, extra_args=()
+        self,
+        binary: str,
+        workdir: Path,
+        name: str,
+        fn_dir: Path,
+        path: str,
+        extra_args=(),
+        lift_memory: bool = True,
+        before_deploy=None,
     ):
         self.name = name
         self.binary = binary
@@ -79,7 +87,8 @@ class Shoal(Target):
         self.log = open(self.data / "daemon.log", "w")
         # Lambda's model reserves every instance's memory size; with the host's default
         # budget the 100-burst of 512 MiB instances would queue. Lift the memory bound so
-        # each contender runs its own model.
+        # each contender runs its own model (unless the scenario wants the default).
+        lift = ["--max-memory-mib", "1048576"] if lift_memory else []
         self.proc = subprocess.Popen(
             [
                 binary,
@@ -90,8 +99,7 @@ class Shoal(Target):
                 "127.0.0.1:0",
                 "--control-listen",
                 "127.0.0.1:0",
-                "--max-memory-mib",
-                "1048576",
+                *lift,
                 "--shutdown-grace",
                 "5",
                 *extra_args,
@@ -109,6 +117,12 @@ class Shoal(Target):
         self.gateway = (self.data / "gateway-addr").read_text().strip()
         self.control = (self.data / "control-addr").read_text().strip()
         self.token = (self.data / "admin-token").read_text().strip()
+        if before_deploy is not None:
+            try:
+                before_deploy(self)
+            except BaseException:
+                self.stop()
+                raise
         deploy = subprocess.run(
             [binary, "--data-dir", str(self.data), "deploy", str(fn_dir)],
             capture_output=True,
@@ -157,12 +171,16 @@ def function_dir(workdir: Path, source: Path, contender: str, manifest: str) -> 
     return dest
 
 
-def manifest(name: str, handler: str, path: str, settings: dict, runtime="nodejs", extra="") -> str:
+def manifest(
+    name: str, handler: str, path: str, settings: dict, runtime="nodejs", extra="", trigger=None
+) -> str:
+    """One function's manifest, reached by GET `path`, or by `trigger` (a manifest line such
+    as `events = [...]`) instead when given."""
     lines = [f"[functions.{name}]", f'runtime = "{runtime}"']
     if runtime == "nodejs":
         lines.append(f'handler = "{handler}"')
     lines += ['memory = "512MiB"', 'timeout = "120s"']
     lines += [f"{k} = {v}" for k, v in settings.items()]
     lines.append(extra) if extra else None
-    lines.append(f'http = [{{ method = "GET", path = "{path}" }}]')
+    lines.append(trigger or f'http = [{{ method = "GET", path = "{path}" }}]')
     return "\n".join(lines) + "\n"

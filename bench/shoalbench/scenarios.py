@@ -26,22 +26,31 @@ from .measure import (
     runtime_cpu_secs,
     settle_time,
 )
+from .queues import QueueScenarios
 from .tools import Postgres, ensure_matplotlib, ensure_pg_module, find_oha, postgres_bin, shoal_binary
 
-class Run:
+class Run(QueueScenarios):
     def __init__(self, args):
         self.quick = args.quick
         self.workdir = Path(tempfile.mkdtemp(prefix="shoal-bench-"))
         # Now rather than at the first plot: a failed install would otherwise come after
         # the scenario it was to draw, and take its numbers down with it.
         ensure_matplotlib()
-        self.binary = shoal_binary(release=not args.quick)
+        self.release = not args.quick
+        self._binary: str | None = None
         self.oha = None
         self.results: dict[str, dict] = {}
         out = Path(args.out)
         self.report_dir = out.parent if out.suffix == ".md" else out
         self.plots = self.report_dir / "plots"
         self.plots.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def binary(self) -> str:
+        """The shoal binary, built on first use (a run of other contenders needs none)."""
+        if self._binary is None:
+            self._binary = shoal_binary(release=self.release)
+        return self._binary
 
     def load_tool(self) -> str:
         if self.oha is None:

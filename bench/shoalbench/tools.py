@@ -1,5 +1,6 @@
-"""The tools the runner needs, installed when missing: oha, the shoal binary, PostgreSQL (run
-as a throwaway server on a loopback port), the pg npm package and matplotlib (the plots)."""
+"""The tools the runner needs, installed when missing: oha, the shoal binary, PostgreSQL and
+Redis (each run as a throwaway server on a loopback port), the npm packages (pg; BullMQ for
+the queue scenarios) and matplotlib (the plots)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,10 @@ def shoal_binary(release: bool) -> str:
         cwd=ROOT,
         check=True,
     )
-    return str(ROOT / "target" / ("release" if release else "debug") / "shoal")
+    target = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target")
+    if not target.is_absolute():
+        target = ROOT / target
+    return str(target / ("release" if release else "debug") / "shoal")
 
 
 def postgres_bin() -> Path:
@@ -105,11 +109,14 @@ def ensure_matplotlib() -> None:
 
 
 class Postgres:
-    """A throwaway PostgreSQL server on a loopback port, run as the postgres user."""
+    """A throwaway PostgreSQL server on a loopback port, run as the postgres user. Without
+    `durable` it runs with fsync off (the scenarios that only count connections); with it,
+    Debian's defaults: fsync on, synchronous_commit on (a commit returns once its WAL is
+    flushed to disk)."""
 
     MAX_CONNECTIONS = 150
 
-    def __init__(self, bindir: Path, workdir: Path):
+    def __init__(self, bindir: Path, workdir: Path, durable: bool = False):
         self.bindir = bindir
         self.dir = Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp"))
         os.chmod(self.dir, 0o777)
@@ -135,8 +142,11 @@ class Postgres:
                 f"unix_socket_directories={self.dir}",
                 "-c",
                 f"max_connections={self.MAX_CONNECTIONS}",
-                "-c",
-                "fsync=off",
+                *(
+                    ["-c", "fsync=on", "-c", "synchronous_commit=on"]
+                    if durable
+                    else ["-c", "fsync=off"]
+                ),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -178,11 +188,97 @@ class Postgres:
         if self.psql is not None:
             self.psql.stdin.close()
             self.psql.wait()
-        self.proc.send_signal(signal.SIGINT)
+        # Through pg_ctl: as root the server runs under runuser, which does not pass a
+        # signal on, so signalling the child we started would leave the server running.
+        subprocess.run(
+            [*self.as_pg, str(self.bindir / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop"],
+            capture_output=True,
+            check=False,
+        )
         try:
             self.proc.wait(15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def apt_install(package: str) -> None:
+    log(f"{package} is not installed: apt-get install {package}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", package], check=False, env=env, capture_output=True)
+
+
+def redis_server_bin() -> str:
+    """Debian's redis-server, installed with apt when missing."""
+    found = shutil.which("redis-server")
+    if not found:
+        apt_install("redis-server")
+        found = shutil.which("redis-server")
+    if not found:
+        raise BenchError("redis-server is missing and `apt-get install redis-server` failed")
+    return found
+
+
+def ensure_queue_modules() -> None:
+    """bench/queue's npm packages (bullmq, ioredis, pg), from its lock file."""
+    queue = BENCH / "queue"
+    if all((queue / "node_modules" / m).exists() for m in ("bullmq", "ioredis", "pg")):
+        return
+    if not shutil.which("npm"):
+        apt_install("npm")
+    log("installing the queue benchmarks' npm packages (bullmq, ioredis, pg) in bench/queue")
+    result = subprocess.run(
+        ["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=queue, check=False
+    )
+    if result.returncode != 0:
+        raise BenchError("`npm ci` failed in bench/queue (bullmq, ioredis, pg)")
+
+
+class Redis:
+    """A throwaway redis-server on a loopback port, persisting to an append-only file fsync'd
+    as `appendfsync` says ("always": before each reply; "everysec": once a second)."""
+
+    def __init__(self, binary: str, appendfsync: str):
+        self.dir = Path(tempfile.mkdtemp(prefix="redis-", dir="/tmp"))
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--dir", str(self.dir),
+                "--appendonly", "yes",
+                "--appendfsync", appendfsync,
+                "--save", "",
+                "--maxmemory-policy", "noeviction",
+                "--logfile", str(self.dir / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.addr = f"127.0.0.1:{self.port}"
+        deadline = time.time() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline or self.proc.poll() is not None:
+                raise BenchError(f"redis-server did not start; see {self.dir / 'redis.log'}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
