@@ -10,6 +10,7 @@ import http.client
 import json
 import math
 import os
+import select
 import shutil
 import subprocess
 from pathlib import Path
@@ -30,13 +31,16 @@ def tree_cpu_secs(pids: list[int]) -> float:
 
 def node_json(args: list[str], env: dict | None = None, timeout: float = 900) -> dict:
     """Runs the driver and returns the JSON line it printed."""
-    result = subprocess.run(
-        ["node", str(QUEUE_DIR / "driver.js"), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
+    try:
+        result = subprocess.run(
+            ["node", str(QUEUE_DIR / "driver.js"), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+        )
+    except subprocess.TimeoutExpired as e:
+        raise BenchError(f"driver {' '.join(args[:2])} still running after {timeout:.0f} s") from e
     if result.returncode != 0:
         raise BenchError(f"driver {' '.join(args[:2])} failed: {result.stderr.strip()[-600:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -82,7 +86,9 @@ class Consumers:
                 env={**os.environ, **env},
             )
             self.procs.append(proc)
-            line = proc.stdout.readline()
+            # A consumer that cannot reach its server retries forever: give it 60 s.
+            ready, _, _ = select.select([proc.stdout], [], [], 60)
+            line = proc.stdout.readline() if ready else ""
             if line.strip() != "ready":
                 self.stop()
                 raise BenchError(f"consumer {' '.join(args[:1])} did not start: {proc.stderr.read()[-600:]}")
@@ -173,7 +179,7 @@ class BullSystem(System):
 
     def settings(self, quick: bool) -> list:
         # (worker processes, concurrency per worker)
-        return [(1, 50)] if quick else [(1, 10), (1, 50), (1, 200), (2, 50)]
+        return [(1, 50)] if quick else [(1, 10), (1, 50), (1, 200), (2, 50), (2, 200)]
 
     def describe(self, setting) -> str:
         procs, conc = setting
@@ -196,7 +202,7 @@ class PgSystem(System):
         node_json([*self.driver[:1], "setup", *self.driver[1:]])
 
     def settings(self, quick: bool) -> list:
-        return [4] if quick else [4, 8, 16]
+        return [4] if quick else [4, 8, 16, 32]
 
     def describe(self, setting) -> str:
         return f"{setting} consumer connections, 10 per batch"
