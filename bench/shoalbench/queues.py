@@ -13,6 +13,7 @@ import os
 import select
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from .common import BENCH, QUEUE_CONTENDERS, ROOT, SETTINGS, BenchError, log
@@ -77,11 +78,13 @@ class Consumers:
 
     def __init__(self, args: list[str], procs: int, env: dict):
         self.procs = []
+        # Errors go to a file: a pipe nobody reads would stop a consumer that logs a lot.
+        self.errors = tempfile.TemporaryFile(mode="w+")
         for _ in range(procs):
             proc = subprocess.Popen(
                 ["node", str(QUEUE_DIR / "consumer.js"), *args],
                 stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                stderr=self.errors,
                 text=True,
                 env={**os.environ, **env},
             )
@@ -90,8 +93,13 @@ class Consumers:
             ready, _, _ = select.select([proc.stdout], [], [], 60)
             line = proc.stdout.readline() if ready else ""
             if line.strip() != "ready":
-                self.stop()
-                raise BenchError(f"consumer {' '.join(args[:1])} did not start: {proc.stderr.read()[-600:]}")
+                for p in self.procs:
+                    p.kill()
+                    p.wait()
+                self.errors.seek(0)
+                why = self.errors.read()[-600:]
+                self.errors.close()
+                raise BenchError(f"consumer {' '.join(args[:1])} did not start: {why}")
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
@@ -106,6 +114,7 @@ class Consumers:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        self.errors.close()
 
 
 class System:
