@@ -1,12 +1,15 @@
-//! API Gateway semantics for Shoal's HTTP gateway, as pure functions over plain Rust types.
+//! The AWS-shaped semantics of Shoal's triggers, as pure functions over plain Rust types.
 //!
-//! This crate owns three things: building the API Gateway HTTP API event (payload format
+//! This crate owns the HTTP side: building the API Gateway HTTP API event (payload format
 //! 2.0) that a function receives for an HTTP request ([`build_v2_event`]), mapping the
 //! function's Lambda proxy result back to an HTTP response ([`map_v2_response`]), and
-//! matching requests to routes ([`RouteTable`]). It must not touch sockets, processes, SQL
-//! or the clock, and it uses no hyper/http types: the server reads the request, maps hyper
-//! types into [`HttpRequest`] and maps [`HttpResponse`] back out, so everything here can be
-//! tested with data files alone (`tests/cases/`).
+//! matching requests to routes ([`RouteTable`]). It also owns EventBridge schedule
+//! expressions and their next fire times ([`Schedule`]).
+//!
+//! It must not touch sockets, processes, files, SQL or the clock: callers pass times in,
+//! and it uses no hyper/http types (the server maps hyper types into [`HttpRequest`] and
+//! [`HttpResponse`] back out), so everything here can be tested with data files alone
+//! (`tests/cases/`).
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 #![forbid(unsafe_code)]
 
@@ -14,6 +17,7 @@ mod percent;
 mod request;
 mod response;
 mod route;
+mod schedule;
 
 pub use request::{build_v2_event, HttpRequest, RouteMatch};
 pub use response::{
@@ -21,6 +25,7 @@ pub use response::{
     MAX_HEADERS, MAX_HEADER_BYTES,
 };
 pub use route::{RouteError, RouteTable};
+pub use schedule::{CronField, Schedule, ScheduleError};
 
 /// Result of route table edits.
 pub type Result<T, E = RouteError> = std::result::Result<T, E>;
