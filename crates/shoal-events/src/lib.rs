@@ -1,24 +1,30 @@
 //! The AWS-shaped semantics of Shoal's triggers, as pure functions over plain Rust types.
 //!
-//! This crate owns the HTTP side: building the API Gateway HTTP API event (payload format
-//! 2.0) that a function receives for an HTTP request ([`build_v2_event`]), mapping the
-//! function's Lambda proxy result back to an HTTP response ([`map_v2_response`]), and
-//! matching requests to routes ([`RouteTable`]). It also owns EventBridge schedule
-//! expressions and their next fire times ([`Schedule`]).
+//! HTTP: building the API Gateway HTTP API event (payload format 2.0) that a function
+//! receives for an HTTP request ([`build_v2_event`]), mapping the function's Lambda proxy
+//! result back to an HTTP response ([`map_v2_response`]), and matching requests to routes
+//! ([`RouteTable`]).
 //!
-//! It must not touch sockets, processes, files, SQL or the clock: callers pass times in,
-//! and it uses no hyper/http types (the server maps hyper types into [`HttpRequest`] and
-//! [`HttpResponse`] back out), so everything here can be tested with data files alone
-//! (`tests/cases/`).
+//! Events: EventBridge schedule expressions and their next fire times ([`Schedule`]), and
+//! the local account, region and ARNs that events carry.
+//!
+//! It must not touch sockets, processes, files, SQL or the clock: callers pass times and
+//! ids in, and it uses no hyper/http types (the server maps hyper types into
+//! [`HttpRequest`] and [`HttpResponse`] back out), so everything here can be tested with
+//! data files alone (`tests/cases/`).
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 #![forbid(unsafe_code)]
 
+mod aws;
+mod iso8601;
 mod percent;
 mod request;
 mod response;
 mod route;
 mod schedule;
 
+pub use aws::{function_arn, schedule_rule_arn, sqs_queue_arn, ACCOUNT_ID, REGION};
+pub use iso8601::{iso8601_millis, iso8601_seconds};
 pub use request::{build_v2_event, HttpRequest, RouteMatch};
 pub use response::{
     is_framing_header, map_v2_response, try_map_v2_response, HttpResponse, ResponseError,
