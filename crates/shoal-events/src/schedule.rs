@@ -174,8 +174,13 @@ impl Schedule {
     /// in their field (EventBridge: "only one expression" with `#`). Names and letters are
     /// case-insensitive and printed upper-case by [`Display`](fmt::Display).
     ///
+    /// Every field is matched on its own, as in other Quartz-style crons: with hours `20-2`
+    /// and day-of-week `MON-FRI`, a Friday's fires end at 23:xx, and Saturday's 00:00-02:59
+    /// do not fire because Saturday is not `MON-FRI`.
+    ///
     /// Not accepted, because EventBridge does not document them: `L-3` (an offset from the
-    /// last day), `/` in day-of-week, and day-of-week `0`.
+    /// last day), `/` in day-of-week, day-of-week `0`. Also refused: a step of 0 or one as
+    /// wide as the field (`0/60`), which could only be a mistake.
     pub fn parse(expression: &str, timezone: Option<&str>) -> Result<Schedule, ScheduleError> {
         let (zone, zone_name) = match timezone {
             None => (TimeZone::UTC, None),
