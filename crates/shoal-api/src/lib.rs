@@ -56,8 +56,10 @@ pub struct EventInfo {
     pub kind: String,
     /// The queue name or the schedule expression.
     pub source: String,
-    /// Schedules: when it fires next (epoch ms).
+    /// Schedules: when it fires next (epoch ms), and the same in ISO 8601 UTC.
     pub next_fire_ms: Option<i64>,
+    #[serde(default)]
+    pub next_fire: Option<String>,
 }
 
 /// `DELETE /admin/functions/{name}`.
