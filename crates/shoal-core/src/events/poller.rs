@@ -111,7 +111,11 @@ async fn take(
 ) -> Option<Vec<Vec<Received>>> {
     let size = trigger.batch_size as usize;
     let ask = (size * batches.max(1)).min(RECEIVE_MAX);
-    match ctx.queues.receive(&trigger.queue, ask, None, Holder::Internal).await {
+    match ctx
+        .queues
+        .receive(&trigger.queue, ask, None, Holder::Internal)
+        .await
+    {
         Ok(received) => {
             state.count("dead_lettered", received.dead_lettered);
             state.error(None);
