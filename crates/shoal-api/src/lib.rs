@@ -9,6 +9,8 @@
 use serde::{Deserialize, Serialize};
 pub use shoal_manifest::{Concurrency, Runtime};
 
+pub mod sqs;
+
 /// `POST /admin/functions` (201): what a deploy made.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeployReply {
@@ -167,6 +169,34 @@ pub struct LogRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub level: Option<String>,
     pub message: String,
+}
+
+/// `GET /admin/queues`: the user's queues (not the platform's internal ones), by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueList {
+    pub queues: Vec<QueueReport>,
+}
+
+/// One queue, its settings and its counts, for `shoal queue ls`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueReport {
+    pub name: String,
+    /// Receivable now.
+    pub visible: u64,
+    /// Received and neither deleted nor visible again yet.
+    pub in_flight: u64,
+    /// Sent with a delay that has not passed yet.
+    pub delayed: u64,
+    /// How long ago the oldest message still in the queue was sent; `None` when empty.
+    pub oldest_age_ms: Option<u64>,
+    /// Where messages go after `max_receive_count` receives, if anywhere.
+    pub dead_letter: Option<String>,
+    pub max_receive_count: Option<u32>,
+    pub visibility_timeout_ms: u64,
+    pub retention_ms: u64,
+    pub delay_ms: u64,
+    /// Unix epoch milliseconds.
+    pub created_at_ms: i64,
 }
 
 /// The body of every error the control API answers, in the shape AWS SDKs parse

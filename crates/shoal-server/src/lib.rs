@@ -13,6 +13,7 @@ mod auth;
 mod control;
 mod gateway;
 mod http;
+mod sqs;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
