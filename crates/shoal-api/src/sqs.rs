@@ -222,13 +222,22 @@ pub struct QueueUrlResult {
     pub queue_url: String,
 }
 
-/// The answer of `ListQueues` and `ListDeadLetterSourceQueues`.
+/// The answer of `ListQueues`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ListQueuesResult {
     #[serde(default, rename = "QueueUrls")]
     pub queue_urls: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+/// The answer of `ListDeadLetterSourceQueues` (whose model spells its list in lower case).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListDeadLetterSourceQueuesResult {
+    #[serde(default, rename = "queueUrls")]
+    pub queue_urls: Vec<String>,
+    #[serde(default, rename = "NextToken", skip_serializing_if = "Option::is_none")]
     pub next_token: Option<String>,
 }
 

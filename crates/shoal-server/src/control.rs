@@ -1,9 +1,11 @@
 //! The control API (loopback by default, admin token required on every route): the
-//! Lambda Invoke API, admin routes (deploy, list, status, logs, delete) and `/metrics`.
+//! Lambda Invoke API, the SQS API (`X-Amz-Target: AmazonSQS.*`, see [`crate::sqs`]),
+//! admin routes (deploy, list, status, logs, delete, queues) and `/metrics`.
 //!
 //! A request is parsed into an [`Action`] (firecracker's shape: parse, then act), the
 //! action runs against the core and yields a [`Reply`] or an error, and [`respond`] turns
-//! either into a response — the only place this API chooses status codes.
+//! either into a response — the only place this API chooses status codes (the SQS API's
+//! are chosen in its own `respond`).
 
 mod respond;
 
@@ -13,13 +15,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
-use shoal_api::{headers, Deleted, DeployReply, FunctionList, LogPage, StatusReport};
+use shoal_api::{
+    headers, Deleted, DeployReply, FunctionList, LogPage, QueueList, QueueReport, StatusReport,
+};
 use shoal_core::{InvocationType, InvokeRequest, Invoked, Platform};
 use shoal_dispatch::BoxFuture;
+use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::auth;
 use crate::http::{self, Body, BodyError, Handler};
+use crate::{auth, sqs};
 
 /// Lambda's synchronous invoke payload limit.
 const MAX_INVOKE_BODY: usize = 6 * 1024 * 1024;
@@ -44,6 +49,7 @@ enum Action {
         tail: usize,
     },
     Metrics,
+    ListQueues,
 }
 
 /// What an action produced.
@@ -59,6 +65,7 @@ enum Reply {
     Status(StatusReport),
     Logs(LogPage),
     Metrics(String),
+    Queues(QueueList),
 }
 
 /// Why a request was refused before or while it ran.
@@ -82,11 +89,25 @@ enum Failure {
 pub(crate) struct Control {
     platform: Arc<Platform>,
     token: String,
+    /// The listener's address: queue URLs point here when a request has no `Host`.
+    addr: SocketAddr,
+    /// True once the daemon stops (long polls end early).
+    stopping: watch::Receiver<bool>,
 }
 
 impl Control {
-    pub(crate) fn new(platform: Arc<Platform>, token: String) -> Arc<Control> {
-        Arc::new(Control { platform, token })
+    pub(crate) fn new(
+        platform: Arc<Platform>,
+        token: String,
+        addr: SocketAddr,
+        stopping: watch::Receiver<bool>,
+    ) -> Arc<Control> {
+        Arc::new(Control {
+            platform,
+            token,
+            addr,
+            stopping,
+        })
     }
 
     async fn handle_request(&self, req: Request<Incoming>) -> Response<Body> {
@@ -109,6 +130,13 @@ impl Control {
         request_id: String,
         function: Option<String>,
     ) -> Response<Body> {
+        if let Some(operation) = sqs_operation(&req) {
+            let operation = operation.to_owned();
+            return match self.serve_sqs(req, &operation).await {
+                Ok(reply) => sqs::reply(reply, &request_id),
+                Err(error) => sqs::failure(&error, &request_id),
+            };
+        }
         let result = match self.parse(req, &request_id).await {
             Ok(action) => self.run(action).await.map_err(Failure::from),
             Err(failure) => Err(failure),
@@ -119,12 +147,53 @@ impl Control {
         }
     }
 
-    async fn parse(&self, req: Request<Incoming>, request_id: &str) -> Result<Action, Failure> {
+    /// The admin token, as every route asks for it.
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
         let authorization = req
             .headers()
             .get(hyper::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        if !auth::bearer_matches(authorization, &self.token) {
+        auth::bearer_matches(authorization, &self.token)
+    }
+
+    /// An SQS request: the same token, then the SQS API's own parse, run and answers.
+    async fn serve_sqs(
+        &self,
+        req: Request<Incoming>,
+        operation: &str,
+    ) -> Result<sqs::Reply, sqs::Error> {
+        if !self.authorized(&req) {
+            return Err(sqs::Error::AccessDenied);
+        }
+        // Queue URLs name the host the client reached (a plain `host[:port]` only).
+        let host = req
+            .headers()
+            .get(hyper::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .filter(|h| {
+                !h.is_empty()
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+            })
+            .map_or_else(|| self.addr.to_string(), str::to_owned);
+        let body = http::read_body(req.into_body(), sqs::MAX_REQUEST_BYTES)
+            .await
+            .map_err(|e| match e {
+                BodyError::TooLarge(_) => sqs::Error::RequestTooLarge,
+                BodyError::Broken => sqs::Error::BrokenBody,
+            })?;
+        let action = sqs::parse(operation, &body)?;
+        tracing::debug!(operation, "SQS request");
+        let context = sqs::Context {
+            backend: self.platform.queues(),
+            base_url: format!("http://{host}"),
+            stopping: self.stopping.clone(),
+        };
+        sqs::run(&context, action).await
+    }
+
+    async fn parse(&self, req: Request<Incoming>, request_id: &str) -> Result<Action, Failure> {
+        if !self.authorized(&req) {
             return Err(Failure::Unauthorized);
         }
         let path = req.uri().path().to_owned();
@@ -163,6 +232,7 @@ impl Control {
                     .unwrap_or(DEFAULT_LOG_TAIL),
             },
             (&Method::GET, ["metrics"]) => Action::Metrics,
+            (&Method::GET, ["admin", "queues"]) => Action::ListQueues,
             _ => return Err(Failure::NoRoute { method, path }),
         })
     }
@@ -196,8 +266,50 @@ impl Control {
                 tail,
             } => Reply::Logs(self.platform.logs(&function, since, tail).await?),
             Action::Metrics => Reply::Metrics(self.platform.metrics()),
+            Action::ListQueues => Reply::Queues(self.queues()),
         })
     }
+
+    /// The user's queues (not the platform's internal ones) with their counts.
+    fn queues(&self) -> QueueList {
+        let now = shoal_core::now_ms();
+        let queues = self
+            .platform
+            .queues()
+            .list("", false)
+            .into_iter()
+            .map(|q| QueueReport {
+                oldest_age_ms: q
+                    .stats
+                    .oldest_sent_at_ms
+                    .map(|sent| now.saturating_sub(sent.max(0) as u64)),
+                dead_letter: q.config.redrive.as_ref().map(|r| r.dead_letter.clone()),
+                max_receive_count: q.config.redrive.as_ref().map(|r| r.max_receive_count),
+                visibility_timeout_ms: q.config.visibility_timeout_ms,
+                retention_ms: q.config.retention_ms,
+                delay_ms: q.config.delay_ms,
+                created_at_ms: q.created_at_ms,
+                visible: q.stats.visible,
+                in_flight: q.stats.in_flight,
+                delayed: q.stats.delayed,
+                name: q.name,
+            })
+            .collect();
+        QueueList { queues }
+    }
+}
+
+/// The SQS action a request names (`POST` with `X-Amz-Target: AmazonSQS.<Action>`, on
+/// any path: SDKs post to `/`, some to the queue's URL).
+fn sqs_operation(req: &Request<Incoming>) -> Option<&str> {
+    if req.method() != Method::POST {
+        return None;
+    }
+    req.headers()
+        .get("x-amz-target")?
+        .to_str()
+        .ok()?
+        .strip_prefix(sqs::TARGET_PREFIX)
 }
 
 async fn body(

@@ -178,8 +178,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         )),
         tokio::spawn(http::serve(
             control,
-            stopped,
-            control::Control::new(platform.clone(), token.clone()),
+            stopped.clone(),
+            control::Control::new(platform.clone(), token.clone(), control_addr, stopped),
         )),
     ];
     Ok(Running {

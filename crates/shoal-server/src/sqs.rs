@@ -19,8 +19,8 @@ mod run;
 mod tests;
 
 use shoal_api::sqs::{
-    BatchResultEntry, GetQueueAttributesResult, ListQueuesResult, QueueUrlResult,
-    ReceiveMessageResult, SendMessageBatchResultEntry, SendMessageResult,
+    BatchResultEntry, GetQueueAttributesResult, ListDeadLetterSourceQueuesResult, ListQueuesResult,
+    QueueUrlResult, ReceiveMessageResult, SendMessageBatchResultEntry, SendMessageResult,
 };
 use shoal_queue::{QueueBackend, QueueError, Redrive};
 
@@ -168,6 +168,7 @@ pub(crate) struct Receive {
 pub(crate) enum Reply {
     QueueUrl(QueueUrlResult),
     Queues(ListQueuesResult),
+    Sources(ListDeadLetterSourceQueuesResult),
     Attributes(GetQueueAttributesResult),
     Sent(SendMessageResult),
     SentBatch {

@@ -27,6 +27,17 @@ pub(crate) struct Outgoing {
     pub md5_of_attributes: Option<String>,
 }
 
+impl Outgoing {
+    /// Whether the message fits a queue's `MaximumMessageSize` by SQS's measure and by
+    /// the store's (the body plus the attributes' JSON, a few bytes per attribute more),
+    /// so that one entry of a batch too large for the store fails alone.
+    pub(crate) fn fits(&self, max: usize) -> bool {
+        let stored =
+            self.message.body.len() + self.message.attributes.as_ref().map_or(0, String::len);
+        self.size <= max && stored <= max
+    }
+}
+
 /// Check one message of `SendMessage` or a `SendMessageBatch` entry.
 pub(crate) fn outgoing(message: OutgoingMessage) -> Result<Outgoing, Error> {
     let body = message

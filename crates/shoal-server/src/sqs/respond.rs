@@ -131,6 +131,7 @@ pub(crate) fn reply(reply: Reply, request_id: &str) -> Response<Body> {
     let body = match reply {
         Reply::QueueUrl(result) => serde_json::to_vec(&result),
         Reply::Queues(result) => serde_json::to_vec(&result),
+        Reply::Sources(result) => serde_json::to_vec(&result),
         Reply::Attributes(result) => serde_json::to_vec(&result),
         Reply::Sent(result) => serde_json::to_vec(&result),
         Reply::SentBatch { successful, failed } => serde_json::to_vec(&BatchResult {

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use shoal_api::sqs::{
-    BatchResultEntry, GetQueueAttributesResult, ListQueuesResult, QueueUrlResult,
-    ReceiveMessageResult, SendMessageBatchResultEntry, SendMessageResult,
+    BatchResultEntry, GetQueueAttributesResult, ListDeadLetterSourceQueuesResult, ListQueuesResult,
+    QueueUrlResult, ReceiveMessageResult, SendMessageBatchResultEntry, SendMessageResult,
 };
 use shoal_queue::{Holder, QueueConfig, QueueError, QueueInfo, Settle};
 use tokio::time::Instant;
@@ -61,7 +61,11 @@ pub(crate) async fn run(context: &Context<'_>, action: Action) -> Result<Reply, 
                         .is_some_and(|r| r.dead_letter == queue)
                 })
                 .collect();
-            Reply::Queues(listing(context, sources, page))
+            let listed = listing(context, sources, page);
+            Reply::Sources(ListDeadLetterSourceQueuesResult {
+                queue_urls: listed.queue_urls,
+                next_token: listed.next_token,
+            })
         }
         Action::DeleteQueue { queue } => {
             backend.delete_queue(&queue).await?;
@@ -86,7 +90,7 @@ pub(crate) async fn run(context: &Context<'_>, action: Action) -> Result<Reply, 
         }
         Action::SendMessage { queue, message } => {
             let info = backend.queue(&queue)?;
-            if message.size > info.config.max_message_bytes {
+            if !message.fits(info.config.max_message_bytes) {
                 return Err(message::too_long(info.config.max_message_bytes));
             }
             let sent = backend
@@ -109,7 +113,7 @@ pub(crate) async fn run(context: &Context<'_>, action: Action) -> Result<Reply, 
             let mut accepted = Vec::new();
             for (id, entry) in entries {
                 match entry {
-                    Ok(m) if m.size > max => failed.push((id, message::too_long(max))),
+                    Ok(m) if !m.fits(max) => failed.push((id, message::too_long(max))),
                     Ok(m) => accepted.push((id, m)),
                     Err(e) => failed.push((id, e)),
                 }
