@@ -294,6 +294,7 @@ pub struct BatchResultErrorEntry {
 /// The answer of a batch action: what succeeded (`S`) and what failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
+#[serde(bound(deserialize = "S: serde::de::DeserializeOwned"))]
 pub struct BatchResult<S> {
     #[serde(default)]
     pub successful: Vec<S>,

@@ -82,6 +82,12 @@ fn is_queue_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// A batch's entries by id, each checked on its own: one that failed its checks is
+/// answered in `Failed` while the others run.
+pub(crate) type Entries<T> = Vec<(String, Result<T, Error>)>;
+/// A batch's failed entries by id.
+pub(crate) type Failed = Vec<(String, Error)>;
+
 /// One SQS request, checked.
 #[derive(Debug)]
 pub(crate) enum Action {
@@ -120,7 +126,7 @@ pub(crate) enum Action {
     },
     SendMessageBatch {
         queue: String,
-        entries: Vec<(String, Result<message::Outgoing, Error>)>,
+        entries: Entries<message::Outgoing>,
     },
     ReceiveMessage(Receive),
     DeleteMessage {
@@ -129,7 +135,7 @@ pub(crate) enum Action {
     },
     DeleteMessageBatch {
         queue: String,
-        entries: Vec<(String, Result<String, Error>)>,
+        entries: Entries<String>,
     },
     ChangeMessageVisibility {
         queue: String,
@@ -138,7 +144,7 @@ pub(crate) enum Action {
     },
     ChangeMessageVisibilityBatch {
         queue: String,
-        entries: Vec<(String, Result<(String, u64), Error>)>,
+        entries: Entries<(String, u64)>,
     },
 }
 
@@ -173,12 +179,12 @@ pub(crate) enum Reply {
     Sent(SendMessageResult),
     SentBatch {
         successful: Vec<SendMessageBatchResultEntry>,
-        failed: Vec<(String, Error)>,
+        failed: Failed,
     },
     Received(ReceiveMessageResult),
     Batch {
         successful: Vec<BatchResultEntry>,
-        failed: Vec<(String, Error)>,
+        failed: Failed,
     },
     /// An action with no output (`{}`).
     Done,

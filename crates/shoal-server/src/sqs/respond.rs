@@ -9,7 +9,7 @@ use hyper::{Response, StatusCode};
 use shoal_api::sqs::{BatchResult, BatchResultErrorEntry, CONTENT_TYPE, QUERY_ERROR_HEADER};
 use shoal_api::{headers, ErrorBody};
 
-use super::{Error, Reply};
+use super::{Error, Failed, Reply};
 use crate::http::{self, Body};
 
 /// How SQS answers one error.
@@ -155,7 +155,7 @@ pub(crate) fn reply(reply: Reply, request_id: &str) -> Response<Body> {
 }
 
 /// A batch's failed entries as SQS lists them.
-fn entries(failed: Vec<(String, Error)>, request_id: &str) -> Vec<BatchResultErrorEntry> {
+fn entries(failed: Failed, request_id: &str) -> Vec<BatchResultErrorEntry> {
     failed
         .into_iter()
         .map(|(id, error)| {

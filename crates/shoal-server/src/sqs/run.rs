@@ -12,7 +12,9 @@ use shoal_queue::{Holder, QueueConfig, QueueError, QueueInfo, Settle};
 use tokio::time::Instant;
 
 use super::parse::next_token;
-use super::{message, queue_attributes, Action, Context, Error, Page, Receive, Reply};
+use super::{
+    message, queue_attributes, Action, Context, Entries, Error, Failed, Page, Receive, Reply,
+};
 
 /// Longest single wait of a long poll before receiving again. The backend wakes waiters
 /// on sends and releases, not when a delay or a visibility timeout runs out by itself:
@@ -215,7 +217,7 @@ fn listing(context: &Context<'_>, queues: Vec<QueueInfo>, page: Page) -> ListQue
 }
 
 /// A batch's entries that passed their own checks, and the failures of the others.
-fn split<T>(entries: Vec<(String, Result<T, Error>)>) -> (Vec<(String, T)>, Vec<(String, Error)>) {
+fn split<T>(entries: Entries<T>) -> (Vec<(String, T)>, Failed) {
     let mut valid = Vec::new();
     let mut failed = Vec::new();
     for (id, entry) in entries {
@@ -231,7 +233,7 @@ fn split<T>(entries: Vec<(String, Result<T, Error>)>) -> (Vec<(String, T)>, Vec<
 fn outcomes<T>(
     valid: Vec<(String, T)>,
     results: Vec<shoal_queue::Result<()>>,
-    failed: &mut Vec<(String, Error)>,
+    failed: &mut Failed,
 ) -> Vec<BatchResultEntry> {
     let mut successful = Vec::new();
     let mut results = results.into_iter();

@@ -307,7 +307,7 @@ fn queue_attributes_are_read_checked_and_written_as_sqs_writes_them() {
             visible: 4,
             in_flight: 2,
             delayed: 1,
-            oldest_sent_at_ms: None,
+            ..Default::default()
         },
     };
     let all = queue_attributes::render(&info, &Selection::new(vec!["All".into()]).unwrap());
