@@ -27,6 +27,15 @@ pub async fn run(client: &Client) -> anyhow::Result<ExitCode> {
             f.instances,
             f.routes.join(", ")
         );
+        for event in &f.events {
+            match &event.next_fire {
+                Some(next) => println!(
+                    "{:<20} {} {}, next fire {next}",
+                    "", event.kind, event.source
+                ),
+                None => println!("{:<20} {} {}", "", event.kind, event.source),
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
