@@ -242,34 +242,6 @@ pub struct LogRecord {
     pub message: String,
 }
 
-/// `GET /admin/queues`: the user's queues (not the platform's internal ones), by name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QueueList {
-    pub queues: Vec<QueueReport>,
-}
-
-/// One queue, its settings and its counts, for `shoal queue ls`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QueueReport {
-    pub name: String,
-    /// Receivable now.
-    pub visible: u64,
-    /// Received and neither deleted nor visible again yet.
-    pub in_flight: u64,
-    /// Sent with a delay that has not passed yet.
-    pub delayed: u64,
-    /// How long ago the oldest message still in the queue was sent; `None` when empty.
-    pub oldest_age_ms: Option<u64>,
-    /// Where messages go after `max_receive_count` receives, if anywhere.
-    pub dead_letter: Option<String>,
-    pub max_receive_count: Option<u32>,
-    pub visibility_timeout_ms: u64,
-    pub retention_ms: u64,
-    pub delay_ms: u64,
-    /// Unix epoch milliseconds.
-    pub created_at_ms: i64,
-}
-
 /// The body of every error the control API answers, in the shape AWS SDKs parse
 /// (`__type` is also sent as the `x-amzn-ErrorType` header).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

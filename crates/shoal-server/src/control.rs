@@ -1,6 +1,6 @@
 //! The control API (loopback by default, admin token required on every route): the
 //! Lambda Invoke API, the SQS API (`X-Amz-Target: AmazonSQS.*`, see [`crate::sqs`]),
-//! admin routes (deploy, list, status, logs, delete, queues) and `/metrics`.
+//! admin routes (deploy, list, status, logs, delete) and `/metrics`.
 //!
 //! A request is parsed into an [`Action`] (firecracker's shape: parse, then act), the
 //! action runs against the core and yields a [`Reply`] or an error, and [`respond`] turns
@@ -15,9 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
-use shoal_api::{
-    headers, Deleted, DeployReply, FunctionList, LogPage, QueueList, QueueReport, StatusReport,
-};
+use shoal_api::{headers, Deleted, DeployReply, FunctionList, LogPage, StatusReport};
 use shoal_core::{InvocationType, InvokeRequest, Invoked, Platform};
 use shoal_dispatch::BoxFuture;
 use tokio::sync::watch;
@@ -49,7 +47,6 @@ enum Action {
         tail: usize,
     },
     Metrics,
-    ListQueues,
 }
 
 /// What an action produced.
@@ -65,7 +62,6 @@ enum Reply {
     Status(StatusReport),
     Logs(LogPage),
     Metrics(String),
-    Queues(QueueList),
 }
 
 /// Why a request was refused before or while it ran.
@@ -232,7 +228,6 @@ impl Control {
                     .unwrap_or(DEFAULT_LOG_TAIL),
             },
             (&Method::GET, ["metrics"]) => Action::Metrics,
-            (&Method::GET, ["admin", "queues"]) => Action::ListQueues,
             _ => return Err(Failure::NoRoute { method, path }),
         })
     }
@@ -266,36 +261,7 @@ impl Control {
                 tail,
             } => Reply::Logs(self.platform.logs(&function, since, tail).await?),
             Action::Metrics => Reply::Metrics(self.platform.metrics()),
-            Action::ListQueues => Reply::Queues(self.queues()),
         })
-    }
-
-    /// The user's queues (not the platform's internal ones) with their counts.
-    fn queues(&self) -> QueueList {
-        let now = shoal_core::now_ms();
-        let queues = self
-            .platform
-            .queues()
-            .list("", false)
-            .into_iter()
-            .map(|q| QueueReport {
-                oldest_age_ms: q
-                    .stats
-                    .oldest_sent_at_ms
-                    .map(|sent| now.saturating_sub(sent.max(0) as u64)),
-                dead_letter: q.config.redrive.as_ref().map(|r| r.dead_letter.clone()),
-                max_receive_count: q.config.redrive.as_ref().map(|r| r.max_receive_count),
-                visibility_timeout_ms: q.config.visibility_timeout_ms,
-                retention_ms: q.config.retention_ms,
-                delay_ms: q.config.delay_ms,
-                created_at_ms: q.created_at_ms,
-                visible: q.stats.visible,
-                in_flight: q.stats.in_flight,
-                delayed: q.stats.delayed,
-                name: q.name,
-            })
-            .collect();
-        QueueList { queues }
     }
 }
 

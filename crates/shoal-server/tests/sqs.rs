@@ -1,6 +1,6 @@
 //! The SQS API (JSON protocol) on a real daemon: every action, SQS's error answers, long
 //! polling woken by a send, visibility timeouts that run out, redrive to a dead-letter
-//! queue, and the admin listing `shoal queue ls` reads. The AWS SDK's own view of the same
+//! queue, and the queues in `/admin/status` that `shoal queue ls` reads. The AWS SDK's own view of the same
 //! API is `sqs_sdk.rs`.
 
 mod support;
@@ -879,7 +879,7 @@ async fn an_unsettled_message_returns_after_its_visibility_timeout_then_goes_to_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_admin_listing_shows_depth_age_and_dead_letter_and_a_send_survives_a_restart() {
+async fn the_status_shows_depth_age_and_dead_letter_and_a_send_survives_a_restart() {
     let mut server = TestServer::start().await;
     let dlq = create(&server, "dlq", json!({})).await;
     let arn = attributes(&server, &dlq).await["QueueArn"].clone();
@@ -906,8 +906,8 @@ async fn the_admin_listing_shows_depth_age_and_dead_letter_and_a_send_survives_a
     let held = receive(&server, &url, json!({"WaitTimeSeconds": 5})).await;
     assert_eq!(held.len(), 1);
 
-    let list = server.admin_get("/admin/queues").await;
-    let queues = list["queues"].as_array().unwrap();
+    let status = server.admin_get("/admin/status").await;
+    let queues = status["queues"].as_array().unwrap();
     let names: Vec<&str> = queues.iter().map(|q| q["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["dlq", "jobs"]);
     let jobs = &queues[1];

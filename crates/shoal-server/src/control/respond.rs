@@ -55,7 +55,6 @@ pub(super) fn reply(reply: Reply) -> Response<Body> {
         Reply::Status(status) => http::json(StatusCode::OK, &status),
         Reply::Logs(page) => http::json(StatusCode::OK, &page),
         Reply::Metrics(text) => http::response(StatusCode::OK, OPENMETRICS, text),
-        Reply::Queues(list) => http::json(StatusCode::OK, &list),
     }
 }
 

@@ -1,7 +1,8 @@
 //! `shoal queue`: SQS-style queues on the daemon — `create`, `send`, `receive`, `purge`,
 //! `rm`, `ls`. Every subcommand but `ls` is a request of the daemon's SQS API, the one the
-//! AWS SDKs use, so the CLI sees what they see; `ls` reads `GET /admin/queues`, which
-//! adds what SQS has no attribute for (the oldest message's age).
+//! AWS SDKs use, so the CLI sees what they see; `ls` reads the queues of
+//! `GET /admin/status`, which add what SQS has no attribute for (the oldest message's
+//! age).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -17,7 +18,7 @@ use shoal_api::sqs::{
     QueueRequest, QueueUrlResult, ReceiveMessage, ReceiveMessageResult, SendMessage,
     SendMessageResult,
 };
-use shoal_api::QueueList;
+use shoal_api::StatusReport;
 
 use crate::client::Client;
 
@@ -316,12 +317,12 @@ async fn receive(client: &Client, args: ReceiveArgs) -> anyhow::Result<()> {
 }
 
 async fn ls(client: &Client) -> anyhow::Result<()> {
-    let list: QueueList = client.get("/admin/queues").await?;
+    let status: StatusReport = client.get("/admin/status").await?;
     println!(
         "{:<24} {:>9} {:>9} {:>9} {:>9}  DEAD-LETTER",
         "NAME", "VISIBLE", "IN FLIGHT", "DELAYED", "OLDEST"
     );
-    for q in list.queues {
+    for q in status.queues {
         let dead_letter = match (&q.dead_letter, q.max_receive_count) {
             (Some(queue), Some(count)) => format!("{queue} after {count} receives"),
             _ => "-".to_owned(),
