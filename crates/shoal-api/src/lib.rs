@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 pub use shoal_manifest::{Concurrency, Runtime};
 
+pub mod sqs;
+
 /// `POST /admin/functions` (201): what a deploy made.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeployReply {
