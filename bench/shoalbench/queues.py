@@ -378,7 +378,7 @@ class QueueScenarios:
                 ),
             )
             try:
-                sampler = Sampler(target, period=0.2, status_every=1.0)
+                sampler = Sampler(target, period=0.2, status_every=0.5)
                 result = node_json(
                     [
                         "shoal", "throughput",

@@ -310,9 +310,10 @@ def queue_packing(r: dict) -> str:
       "(one call per instance, Lambda's model) in the same run, each on its own daemon "
       "with the host's default memory budget (3/4 of RAM). Drain time: first send to the "
       "queue empty. Instances and memory (PSS of the instances plus the daemon) sampled "
-      f"every 200 ms. Little's-law optimum L* = {r['lstar']:.0f} calls in flight per "
-      f"instance, so {r['n']:,} messages need about ceil({r['n']:,} / L*) = {r['slots']} "
-      "instance-slots' worth of packing.\n")
+      f"every 200 ms, calls in flight from the status every 500 ms. Little's-law optimum "
+      f"(calibrated on the direct server as in sustained): L* = {r['lstar']:.0f} calls in "
+      f"flight per instance, so packed at L* the {r['n']:,} calls need ceil({r['n']:,} / L*) "
+      f"= {r['slots']} instance(s) at once.\n")
     w("| contender | drain s | peak instances | peak in flight | peak PSS MiB | of it daemon MiB |")
     w("|---|---|---|---|---|---|")
     for c, row in r["rows"].items():
