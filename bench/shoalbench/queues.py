@@ -133,6 +133,9 @@ class System:
     def consumers(self, setting, env: dict) -> Consumers | None:
         return None
 
+    def counters(self) -> dict:
+        return {}
+
     def stop(self) -> None:
         raise NotImplementedError
 
@@ -174,6 +177,32 @@ class ShoalSystem(System):
 
     def describe(self, setting) -> str:
         return 'concurrency "auto", batch_size 10'
+
+    def counters(self) -> dict:
+        """From /metrics: what the queue and the function did (a check that every message
+        was delivered to the function, how many times, and in how many calls)."""
+        host, port = self.target.control.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            conn.request("GET", "/metrics", headers={"authorization": f"Bearer {self.target.token}"})
+            text = conn.getresponse().read().decode(errors="replace")
+        except OSError:
+            return {}
+        finally:
+            conn.close()
+        out = {"instances": 0}
+        for line in text.splitlines():
+            if line.startswith("#") or " " not in line:
+                continue
+            series, value = line.rsplit(" ", 1)
+            if series.startswith("shoal_queue_messages_total{") and f'queue="{SHOAL_QUEUE}"' in series:
+                event = series.split('event="', 1)[1].split('"', 1)[0]
+                out[event] = int(float(value))
+            elif series == 'shoal_invocation_duration_seconds_count{function="sink"}':
+                out["invocations"] = int(float(value))
+            elif series.startswith('shoal_instances{function="sink"'):
+                out["instances"] += int(float(value))
+        return out
 
     def stop(self) -> None:
         self.target.stop()
@@ -298,6 +327,7 @@ class QueueScenarios:
                         node_json([*drv, "--n", str(warm)])
                     for _ in range(reps - 1):
                         runs.append(measured(best_setting, consumers))
+                    counters = system.counters()
                     log(f"queue-throughput: {c} latency at {rate} msg/s for {warmup} + {seconds} s")
                     latency = node_json(
                         [
@@ -323,6 +353,7 @@ class QueueScenarios:
                 "cpu_ms_per_1k": med([r["cpu_s"] / n * 1e6 for r in runs]),
                 "driver_cpu_ms_per_1k": med([r["driver_cpu_s"] / n * 1e6 for r in runs]),
                 "tuning": [(system.describe(s), r["rate"]) for s, r in tuning],
+                "counters": counters,
                 **{k: latency[k] for k in (
                     "p50_ms", "p99_ms", "max_ms", "ack_p50_ms", "ack_p99_ms",
                     "measured", "recorded", "errors", "achieved_rate",

@@ -287,6 +287,13 @@ def queue_throughput(r: dict, load: str | None) -> str:
     if shoal.get("rate") and others:
         w("\nshoal's end-to-end throughput against each: " + "; ".join(
             f"{c} {ratio(shoal['rate'], row['rate'])}" for c, row in others) + ".\n")
+    counts = shoal.get("counters") or {}
+    if counts.get("sent"):
+        w(f"\nshoal's own counters (/metrics) after its throughput runs: {counts['sent']:,} "
+          f"messages sent, {counts.get('received', 0):,} received (so "
+          f"{counts.get('received', 0) - counts['sent']:,} redelivered), "
+          f"{counts.get('deleted', 0):,} deleted, in {counts.get('invocations', 0):,} function "
+          f"calls; {counts.get('instances', 0)} instance(s) of the function at the end.\n")
     tuned = [(c, row) for c, row in r["rows"].items() if len(row.get("tuning", [])) > 1]
     if tuned:
         w("\nTuning (one run of each setting, end-to-end msg/s):\n")
