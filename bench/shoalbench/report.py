@@ -268,11 +268,13 @@ def queue_throughput(r: dict, load: str | None) -> str:
       f"{r['rate']:,} msg/s, open loop, for {r['warmup']} s of warm-up and {r['seconds']} s "
       "measured; each handler records now − the send time written in the message body "
       "(same clock, sub-millisecond) and reports it over UDP. Send ack = how long the "
-      "producer waited for the durable acknowledgement of one message.\n")
+      "producer waited for the durable acknowledgement of one message. CPU: the server's "
+      "processes (Shoal: the daemon and its instances) and the consumers' over the "
+      "throughput runs, per 1,000 messages; the producer's own is not counted.\n")
     if load:
         w(f"Machine load when this ran: {load}.\n")
     w("| contender | setting | end-to-end msg/s | enqueue msg/s | p50 ms | p99 ms | max ms | "
-      "send ack p50 ms | send ack p99 ms | latencies recorded | CPU ms per 1,000 msgs (server + consumers) |")
+      "send ack p50 ms | send ack p99 ms | latencies recorded | CPU ms per 1,000 msgs |")
     w("|---|---|---|---|---|---|---|---|---|---|---|")
     for c, row in r["rows"].items():
         if "skipped" in row:
@@ -289,14 +291,14 @@ def queue_throughput(r: dict, load: str | None) -> str:
             f"{c} {ratio(shoal['rate'], row['rate'])}" for c, row in others) + ".\n")
     counts = shoal.get("counters") or {}
     if counts.get("sent"):
-        w(f"\nshoal's own counters (/metrics) after its throughput runs: {counts['sent']:,} "
+        w(f"shoal's own counters (/metrics) after its throughput runs: {counts['sent']:,} "
           f"messages sent, {counts.get('received', 0):,} received (so "
           f"{counts.get('received', 0) - counts['sent']:,} redelivered), "
           f"{counts.get('deleted', 0):,} deleted, in {counts.get('invocations', 0):,} function "
           f"calls; {counts.get('instances', 0)} instance(s) of the function at the end.\n")
     tuned = [(c, row) for c, row in r["rows"].items() if len(row.get("tuning", [])) > 1]
     if tuned:
-        w("\nTuning (one run of each setting, end-to-end msg/s):\n")
+        w("Tuning (one run of each setting, end-to-end msg/s):\n")
         w("| contender | setting | end-to-end msg/s |")
         w("|---|---|---|")
         for c, row in tuned:
