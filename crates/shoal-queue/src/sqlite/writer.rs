@@ -309,7 +309,6 @@ struct Stmts<'c> {
     mark_received: CachedStatement<'c>,
     move_to_dead_letter: CachedStatement<'c>,
     delete_seq: CachedStatement<'c>,
-    delete_receipt: CachedStatement<'c>,
     select_receipt: CachedStatement<'c>,
     set_visible_at: CachedStatement<'c>,
 }
@@ -346,10 +345,6 @@ impl<'c> Stmts<'c> {
                  WHERE seq = ?1",
             )?,
             delete_seq: conn.prepare_cached("DELETE FROM messages WHERE seq = ?1")?,
-            delete_receipt: conn.prepare_cached(
-                "DELETE FROM messages WHERE seq = ?1 AND queue = ?2 AND nonce = ?3
-                 RETURNING sent_at_ms, visible_at_ms, receive_count, size",
-            )?,
             select_receipt: conn.prepare_cached(
                 "SELECT sent_at_ms, visible_at_ms, receive_count, size
                  FROM messages WHERE seq = ?1 AND queue = ?2 AND nonce = ?3",
@@ -1106,13 +1101,16 @@ impl Ctx {
                 }
                 None => None,
             };
-            let deleted = sql
-                .delete_receipt
+            // A look-up, then a delete by row id: cheaper than `DELETE ... RETURNING`,
+            // which builds a temporary table for every row it returns.
+            let current = sql
+                .select_receipt
                 .query_row(params![receipt.seq, meta.id, receipt.nonce], shape_of)
                 .optional()?;
             // No row: the message was received again since, or is gone. SQS answers a
             // stale receipt with success and so do we; nothing is forwarded.
-            if let Some(shape) = deleted {
+            if let Some(shape) = current {
+                sql.delete_seq.execute(params![receipt.seq])?;
                 batch.remove(meta.id, shape);
                 if let Some((target, message)) = forward {
                     Self::insert(sql, batch, &target, message)?;
