@@ -11,7 +11,12 @@
 //! - A receipt names the queue, the message's row and a random nonce drawn at each
 //!   receive: a receipt of an earlier receive is stale (settle: `Ok`, no-op;
 //!   change_visibility: `NotInFlight`), one that is not ours or not of this queue is
-//!   `InvalidReceipt`.
+//!   `InvalidReceipt`. A current receipt whose visibility already ran out still
+//!   deletes (as in SQS) but cannot change the visibility (`NotInFlight`, as SQS's
+//!   `MessageNotInflight`).
+//! - A dead-lettered message keeps its id and send time (so the dead-letter queue's
+//!   retention counts from the original send, as for SQS standard queues); its receive
+//!   count and first receive start afresh.
 //! - Deleting a queue that is another's dead-letter target is allowed (SQS allows it);
 //!   the other queue keeps its redrive policy, and while the target is missing its
 //!   messages are not dead-lettered but stay and keep being delivered — nothing is
