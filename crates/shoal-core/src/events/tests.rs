@@ -384,8 +384,8 @@ async fn a_failing_event_is_retried_after_one_then_two_minutes_then_sent_to_its_
     });
     let state = r.start_worker(&spec);
     r.event(r#"{"order":7}"#).await;
-    r.until("the destination record", |r| {
-        r.ctx.queues.queue("failed").unwrap().stats.visible == 1
+    r.until("the destination record", |_| {
+        state.count_of("to_destination") == 1
     })
     .await;
     let calls = r.calls();
@@ -434,8 +434,7 @@ async fn an_event_that_succeeds_on_retry_is_deleted_and_goes_nowhere_else() {
     r.event("1").await;
     r.until("two attempts", |r| r.calls().len() == 2).await;
     r.until("the event settled", |r| {
-        let s = r.ctx.queues.queue(&async_queue("f")).unwrap().stats;
-        s.visible + s.in_flight + s.delayed == 0
+        r.ctx.counters.function_count("f", "succeeded") == 1
     })
     .await;
     assert_eq!(r.ctx.counters.function_count("f", "succeeded"), 1);
@@ -564,8 +563,9 @@ async fn a_schedule_fires_on_time_and_a_restart_neither_repeats_nor_skips() {
             .await
             .unwrap();
         let state = start_schedule(&r, &trigger, r.stop.subscribe());
-        r.until("three fires", |r| fires(r) == 3).await;
-        assert_eq!(state.count_of("fired"), 3);
+        r.until("three fires", |_| state.count_of("fired") == 3)
+            .await;
+        assert_eq!(fires(&r), 3);
         let _ = r.stop.send(true);
         tokio::time::sleep(Duration::from_millis(10)).await;
         // The rig's store is dropped here, like a daemon that stopped.
