@@ -295,6 +295,7 @@ class QueueScenarios:
                 log(f"queue-throughput: skipping {c}: {e}")
                 rows[c] = {"skipped": str(e)}
                 continue
+            load = os.getloadavg()[0]
             system = self._system(c, lat_addr)
             try:
                 through = ["throughput", "--batch", str(batch), "--senders", str(senders)]
@@ -354,6 +355,7 @@ class QueueScenarios:
                 "driver_cpu_ms_per_1k": med([r["driver_cpu_s"] / n * 1e6 for r in runs]),
                 "tuning": [(system.describe(s), r["rate"]) for s, r in tuning],
                 "counters": counters,
+                "load": f"{load:.2f} → {os.getloadavg()[0]:.2f}",
                 **{k: latency[k] for k in (
                     "p50_ms", "p99_ms", "max_ms", "ack_p50_ms", "ack_p99_ms",
                     "measured", "recorded", "errors", "achieved_rate",

@@ -270,20 +270,23 @@ def queue_throughput(r: dict, load: str | None) -> str:
       "(same clock, sub-millisecond) and reports it over UDP. Send ack = how long the "
       "producer waited for the durable acknowledgement of one message. CPU: the server's "
       "processes (Shoal: the daemon and its instances) and the consumers' over the "
-      "throughput runs, per 1,000 messages; the producer's own is not counted.\n")
+      "throughput runs, per 1,000 messages; the producer's own is not counted. Load: the "
+      "machine's 1-minute load average as the contender started and as it finished (the "
+      "two cores are shared with other work; a contender adds about 2–3 itself).\n")
     if load:
         w(f"Machine load when this ran: {load}.\n")
     w("| contender | setting | end-to-end msg/s | enqueue msg/s | p50 ms | p99 ms | max ms | "
-      "send ack p50 ms | send ack p99 ms | latencies recorded | CPU ms per 1,000 msgs |")
-    w("|---|---|---|---|---|---|---|---|---|---|---|")
+      "send ack p50 ms | send ack p99 ms | latencies recorded | CPU ms per 1,000 msgs | load (1 min) |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for c, row in r["rows"].items():
         if "skipped" in row:
-            w(f"| {c} | skipped: {row['skipped']} | | | | | | | | | |")
+            w(f"| {c} | skipped: {row['skipped']} | | | | | | | | | | |")
             continue
         w(f"| {c} | {row['setting']} | {fmt(row['rate'])} | {fmt(row['enqueue_rate'])} | "
           f"{fmt(row['p50_ms'], 2)} | {fmt(row['p99_ms'], 2)} | {fmt(row['max_ms'], 1)} | "
           f"{fmt(row['ack_p50_ms'], 2)} | {fmt(row['ack_p99_ms'], 2)} | "
-          f"{row['recorded']} of {row['measured']} | {fmt(row['cpu_ms_per_1k'])} |")
+          f"{row['recorded']} of {row['measured']} | {fmt(row['cpu_ms_per_1k'])} | "
+          f"{row.get('load', 'n/a')} |")
     shoal = r["rows"].get("shoal", {})
     others = [(c, row) for c, row in r["rows"].items() if c != "shoal" and "rate" in row]
     if shoal.get("rate") and others:
