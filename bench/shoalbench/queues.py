@@ -375,68 +375,80 @@ class QueueScenarios:
 
     # -- packing of a queue-triggered function -------------------------------------------
     def queue_packing(self) -> dict:
-        ensure_queue_modules()
         calibration = self.calibrate()
         lstar = calibration["littles"]
         n = 40 if self.quick else 1_000
         queue = "hello-q"
         rows = {}
-        for c in ["shoal-auto", "lambda-model"]:
-            log(f"queue-packing: {c}, {n} messages for the hello function (batch_size 1)")
-            fn = function_dir(
-                self.workdir,
-                ROOT / "examples" / "hello",
-                f"packing-{c}",
-                manifest(
-                    "hello",
-                    "index.helloWorld",
-                    "",
-                    SETTINGS[c],
-                    trigger=f'events = [{{ queue = "{queue}", batch_size = 1 }}]',
-                ),
-            )
-            # The host's default memory budget (3/4 of RAM): 1,000 messages at one call per
-            # 512 MiB instance would otherwise ask for more memory than the machine has.
-            target = Shoal(
-                self.binary,
-                self.workdir,
-                f"packing-{c}",
-                fn,
-                "/",
-                lift_memory=False,
-                before_deploy=lambda t: sqs(
-                    t,
-                    "CreateQueue",
-                    {"QueueName": queue, "Attributes": {"VisibilityTimeout": "720"}},
-                ),
-            )
-            try:
-                sampler = Sampler(target, period=0.2, status_every=0.5)
-                result = node_json(
-                    [
-                        "shoal", "throughput",
-                        "--n", str(n), "--batch", "10", "--senders", "4",
-                        "--control", target.control, "--token", target.token, "--queue", queue,
-                    ]
-                )
-                sampler.stop()
-            finally:
-                target.stop()
-            in_flight = [
-                sum(i.get("in_flight", 0) for p in st.get("pools", []) for i in p.get("instances", []))
-                for _, st in sampler.statuses
-            ]
-            rows[c] = {
-                "drain_s": result["e2e_s"],
-                "peak_instances": sampler.peak_instances(),
-                "peak_in_flight": max(in_flight, default=None),
-                "peak_pss_mib": sampler.peak_total_kib() / 1024,
-                "daemon_mib": max((s["daemon_pss_kib"] for s in sampler.samples), default=0) / 1024,
-            }
+        # batch_size 1: each message is one hello call; 10: Lambda's default, one call per
+        # ten messages (the hello handler computes and waits once per call).
+        for batch in (1, 10):
+            for c in ["shoal-auto", "lambda-model"]:
+                log(f"queue-packing: {c}, {n} messages for the hello function (batch_size {batch})")
+                rows[f"{c}, batch_size {batch}"] = self._drain(c, batch, n, queue)
+        mem_kib = next(
+            (int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal:")), 0
+        )
         return {
             "n": n,
             "lstar": lstar,
-            "slots": math.ceil(n / lstar) if lstar else None,
             "calibration": calibration,
+            # What the daemon's default budget (3/4 of RAM) admits of 512 MiB instances.
+            "budget_instances": int(mem_kib * 3 // 4 // (512 * 1024)),
             "rows": rows,
+        }
+
+    def _drain(self, contender: str, batch: int, n: int, queue: str) -> dict:
+        fn = function_dir(
+            self.workdir,
+            ROOT / "examples" / "hello",
+            f"packing-{contender}",
+            manifest(
+                "hello",
+                "index.helloWorld",
+                "",
+                SETTINGS[contender],
+                trigger=f'events = [{{ queue = "{queue}", batch_size = {batch} }}]',
+            ),
+        )
+        # The host's default memory budget (3/4 of RAM): 1,000 messages at one call per
+        # 512 MiB instance would otherwise ask for more memory than the machine has.
+        target = Shoal(
+            self.binary,
+            self.workdir,
+            f"packing-{contender}",
+            fn,
+            "/",
+            lift_memory=False,
+            before_deploy=lambda t: sqs(
+                t,
+                "CreateQueue",
+                {"QueueName": queue, "Attributes": {"VisibilityTimeout": "720"}},
+            ),
+        )
+        try:
+            sampler = Sampler(target, period=0.2, status_every=0.5)
+            result = node_json(
+                [
+                    "shoal", "throughput",
+                    "--n", str(n), "--batch", "10", "--senders", "4",
+                    "--control", target.control, "--token", target.token, "--queue", queue,
+                ]
+            )
+            sampler.stop()
+        finally:
+            target.stop()
+        in_flight = [
+            sum(i.get("in_flight", 0) for p in st.get("pools", []) for i in p.get("instances", []))
+            for _, st in sampler.statuses
+        ]
+        return {
+            "contender": contender,
+            "batch_size": batch,
+            "calls": math.ceil(n / batch),
+            "drain_s": result["e2e_s"],
+            "peak_instances": sampler.peak_instances(),
+            "peak_in_flight": max(in_flight, default=None),
+            "peak_pss_mib": sampler.peak_total_kib() / 1024,
+            "daemon_mib": max((s["daemon_pss_kib"] for s in sampler.samples), default=0) / 1024,
         }

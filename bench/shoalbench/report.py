@@ -3,6 +3,7 @@ and the check that every contender produced numbers."""
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import subprocess
@@ -317,25 +318,37 @@ def queue_packing(r: dict) -> str:
     w("## queue-packing\n")
     cal = r["calibration"]
     w(f"{r['n']:,} messages sent at once to a queue triggering the seed's hello function "
-      f"(about {cal['cpu_ms']:.0f} ms of CPU, then a 2 s wait) with `batch_size = 1`, so "
-      "each message is one hello call; `concurrency = \"auto\"` against `concurrency = 1` "
+      f"(about {cal['cpu_ms']:.0f} ms of CPU, then a 2 s wait, once per call): with "
+      "`batch_size = 1` each message is one hello call, with `batch_size = 10` (Lambda's "
+      "default) one call takes ten. `concurrency = \"auto\"` against `concurrency = 1` "
       "(one call per instance, Lambda's model) in the same run, each on its own daemon "
-      "with the host's default memory budget (3/4 of RAM). Drain time: first send to the "
-      "queue empty. Instances and memory (PSS of the instances plus the daemon) sampled "
-      f"every 200 ms, calls in flight from the status every 500 ms. Little's-law optimum "
-      f"(calibrated on the direct server as in sustained): L* = {r['lstar']:.0f} calls in "
-      f"flight per instance, so packed at L* the {r['n']:,} calls need ceil({r['n']:,} / L*) "
-      f"= {r['slots']} instance(s) at once.\n")
-    w("| contender | drain s | peak instances | peak in flight | peak PSS MiB | of it daemon MiB |")
-    w("|---|---|---|---|---|---|")
-    for c, row in r["rows"].items():
-        w(f"| {c} | {fmt(row['drain_s'], 1)} | {row['peak_instances']} | "
+      "with the host's default memory budget (3/4 of RAM, which admits "
+      f"{r.get('budget_instances', 'n/a')} instances of 512 MiB on this machine). Drain "
+      "time: first send to the queue empty. "
+      "Instances and memory (PSS of the instances plus the daemon) sampled every 200 ms, "
+      "calls in flight from the status every 500 ms. Little's-law optimum (calibrated on "
+      f"the direct server as in sustained): L* = {r['lstar']:.0f} calls in flight per "
+      "instance; packed at L*, C calls need ceil(C / L*) instances at once.\n")
+    w("| contender | batch_size | calls | ceil(calls / L*) | drain s | peak instances | peak calls in flight | peak PSS MiB | of it daemon MiB |")
+    w("|---|---|---|---|---|---|---|---|---|")
+    for row in r["rows"].values():
+        slots = math.ceil(row["calls"] / r["lstar"]) if r["lstar"] else "n/a"
+        w(f"| {row['contender']} | {row['batch_size']} | {row['calls']:,} | {slots} | "
+          f"{fmt(row['drain_s'], 1)} | {row['peak_instances']} | "
           f"{fmt(row['peak_in_flight'])} | {fmt(row['peak_pss_mib'], 1)} | {fmt(row['daemon_mib'], 1)} |")
-    a, l = r["rows"].get("shoal-auto"), r["rows"].get("lambda-model")
-    if a and l:
-        w(f"\nshoal-auto against lambda-model: drain time {ratio(a['drain_s'], l['drain_s'])}, "
-          f"instances {ratio(a['peak_instances'], l['peak_instances'])}, "
-          f"memory {ratio(a['peak_pss_mib'], l['peak_pss_mib'])}.\n")
+    lines = []
+    for batch in sorted({row["batch_size"] for row in r["rows"].values()}):
+        a = r["rows"].get(f"shoal-auto, batch_size {batch}")
+        l = r["rows"].get(f"lambda-model, batch_size {batch}")
+        if a and l:
+            lines.append(
+                f"- batch_size {batch}: shoal-auto against lambda-model: drain time "
+                f"{ratio(a['drain_s'], l['drain_s'])}, instances "
+                f"{ratio(a['peak_instances'], l['peak_instances'])}, memory "
+                f"{ratio(a['peak_pss_mib'], l['peak_pss_mib'])}")
+    if lines:
+        w("")
+        w("\n".join(lines) + "\n")
     return "\n".join(out) + "\n"
 
 
