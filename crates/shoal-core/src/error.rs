@@ -24,6 +24,22 @@ pub enum Error {
     Manifest(#[from] shoal_manifest::ManifestError),
     #[error("shoal.toml: function {function}: {reason}")]
     Unsupported { function: String, reason: String },
+    /// A `Qualifier` that names no version or alias of the function.
+    #[error("Function not found: {function}:{qualifier}")]
+    QualifierNotFound { function: String, qualifier: String },
+    /// An older version: kept in the store, but Shoal runs only a function's current one.
+    #[error("version {version} of {function} is not running: Shoal runs only a function's current version ({current}); invoke $LATEST or {current}")]
+    VersionNotRunning {
+        function: String,
+        version: u32,
+        current: u32,
+    },
+    #[error("access key name {0:?} is not valid: use 1 to 64 letters, digits, '_', '.' or '-'")]
+    InvalidKeyName(String),
+    #[error("an access key named {0} already exists; remove it first (shoal keys rm {0})")]
+    KeyExists(String),
+    #[error("no access key named {0}")]
+    KeyNotFound(String),
     #[error("shoal.toml: {0}")]
     RouteConflict(#[from] shoal_events::RouteError),
 

@@ -46,6 +46,9 @@ pub struct InvokeRequest {
     pub invocation_type: InvocationType,
     /// The `awsRequestId` the handler will see (see [`new_request_id`]).
     pub request_id: String,
+    /// Lambda's `Qualifier`: `None` or `$LATEST` runs the current version; a version
+    /// number must be the current one (Shoal runs one version per function).
+    pub qualifier: Option<String>,
 }
 
 /// What an accepted invocation produced.
@@ -91,6 +94,9 @@ impl Platform {
             request.payload
         };
         serde_json::from_slice::<serde::de::IgnoredAny>(&payload).map_err(Error::InvalidPayload)?;
+        if let Some(qualifier) = &request.qualifier {
+            self.check_qualifier(&request.function, qualifier)?;
+        }
         let not_found = || Error::FunctionNotFound(request.function.clone());
         let (version, outcome) = match request.invocation_type {
             InvocationType::DryRun => (

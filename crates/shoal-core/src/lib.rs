@@ -17,6 +17,8 @@ mod deploy;
 mod error;
 mod events;
 mod invoke;
+mod keys;
+mod lambda;
 mod logs;
 mod metrics;
 mod status;
@@ -33,6 +35,7 @@ use shoal_store::Store;
 pub use archive::{pack_dir, ArchiveError};
 pub use error::{chain, Error, Result};
 pub use invoke::{new_request_id, InvocationType, InvokeOutcome, InvokeRequest, Invoked};
+pub use lambda::VersionDetail;
 pub use logs::{now_ms, DEFAULT_MAX_LOG_BYTES};
 pub use shoal_api as api;
 pub use shoal_queue::QueueError;
@@ -113,6 +116,8 @@ pub struct Platform {
     changes: std::sync::Mutex<()>,
     shutdown_grace: Duration,
     max_queue: usize,
+    /// Derives access-key secrets (see `keys.rs`); never leaves the daemon.
+    key_master: Vec<u8>,
 }
 
 impl std::fmt::Debug for Platform {
@@ -149,6 +154,7 @@ impl Platform {
             );
         }
         let store = Store::open(&store_path)?;
+        let key_master = keys::master_key(&data_dir)?;
         let logs_dir = data_dir.join("logs");
         let logs = Arc::new(
             LogStore::new(logs_dir.clone(), config.max_log_bytes)
@@ -204,6 +210,7 @@ impl Platform {
             changes: std::sync::Mutex::new(()),
             shutdown_grace: config.shutdown_grace,
             max_queue: config.max_queue,
+            key_master,
         });
         platform.restore()?;
         Ok(platform)

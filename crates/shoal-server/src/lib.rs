@@ -13,6 +13,7 @@ mod auth;
 mod control;
 mod gateway;
 mod http;
+mod sigv4;
 mod sqs;
 
 use std::net::SocketAddr;
@@ -63,6 +64,9 @@ pub struct Config {
     pub max_log_bytes: u64,
     /// Bounds and timing of the event store (async invokes, queues, schedules).
     pub events: shoal_core::EventsConfig,
+    /// The AWS region this daemon answers as: SigV4 signatures must be scoped to it and
+    /// ARNs name it.
+    pub region: String,
 }
 
 impl Config {
@@ -81,9 +85,13 @@ impl Config {
             allow_empty_store: false,
             max_log_bytes: DEFAULT_MAX_LOG_BYTES,
             events: shoal_core::EventsConfig::default(),
+            region: DEFAULT_REGION.to_owned(),
         }
     }
 }
+
+/// The region SDKs are configured with most often, so their defaults work.
+pub const DEFAULT_REGION: &str = "us-east-1";
 
 /// Invocations queued per function version by default.
 pub const DEFAULT_MAX_QUEUE: usize = 1000;
@@ -183,7 +191,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tokio::spawn(http::serve(
             control,
             stopped.clone(),
-            control::Control::new(platform.clone(), token.clone(), control_addr, stopped),
+            control::Control::new(
+                platform.clone(),
+                token.clone(),
+                config.region.clone(),
+                control_addr,
+                stopped,
+            ),
         )),
     ];
     Ok(Running {

@@ -49,6 +49,15 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE blobs ADD COLUMN tree_digest TEXT;
     ",
+    // 3: access keys for SigV4. Only the key id is kept: each secret is derived from a
+    // master key outside the database, so a copy of this file signs nothing.
+    "
+    CREATE TABLE access_keys (
+        name          TEXT PRIMARY KEY NOT NULL,
+        access_key_id TEXT NOT NULL UNIQUE,
+        created_at_ms INTEGER NOT NULL
+    ) STRICT;
+    ",
 ];
 
 /// Applies every step the database has not seen yet, each in its own transaction together

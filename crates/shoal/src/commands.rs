@@ -3,6 +3,7 @@
 pub mod demo;
 pub mod deploy;
 pub mod invoke;
+pub mod keys;
 pub mod logs;
 pub mod ls;
 pub mod queue;

@@ -49,6 +49,8 @@ enum Command {
     Rm(commands::rm::Args),
     /// SQS-style queues: create, send, receive, purge, rm, ls.
     Queue(commands::queue::Args),
+    /// Access keys for AWS SDKs and the AWS CLI (SigV4): create, ls, rm.
+    Keys(commands::keys::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -90,6 +92,7 @@ fn main() -> std::process::ExitCode {
             Command::Logs(args) => commands::logs::run(&client()?, args).await,
             Command::Rm(args) => commands::rm::run(&client()?, args).await,
             Command::Queue(args) => commands::queue::run(&client()?, args).await,
+            Command::Keys(args) => commands::keys::run(&client()?, args).await,
         }
     });
     match result {
