@@ -183,7 +183,16 @@ fn build_routes(specs: &[&FunctionSpec]) -> Result<RouteTable, shoal_events::Rou
     let mut table = RouteTable::new();
     for spec in specs {
         for route in &spec.http {
-            table.insert(route.method.as_deref(), &route.path, spec.name.clone())?;
+            let payload = match route.payload {
+                shoal_manifest::PayloadVersion::V1 => shoal_events::PayloadFormat::V1,
+                shoal_manifest::PayloadVersion::V2 => shoal_events::PayloadFormat::V2,
+            };
+            table.insert_with_payload(
+                route.method.as_deref(),
+                &route.path,
+                spec.name.clone(),
+                payload,
+            )?;
         }
     }
     Ok(table)

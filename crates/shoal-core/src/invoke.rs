@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use shoal_dispatch::Outcome;
-use shoal_events::{HttpRequest, HttpResponse, RouteMatch};
+use shoal_events::{HttpRequest, HttpResponse, PayloadFormat, RouteMatch};
 use tracing::Instrument;
 
 use crate::error::chain;
@@ -143,30 +143,38 @@ impl Platform {
             })
     }
 
-    /// Run the function behind an HTTP route with an API Gateway payload 2.0 event, and
-    /// map its proxy result back to an HTTP response.
+    /// Run the function behind an HTTP route with the API Gateway event of the route's
+    /// payload format (2.0, or 1.0), and map its proxy result back to an HTTP response.
+    /// `request_id` is the Lambda request id the handler sees; the event carries the
+    /// gateway's own (`request.request_id`), as on AWS.
     pub async fn invoke_http(
         &self,
         target: &HttpTarget,
         request: &HttpRequest<'_>,
+        request_id: &str,
         stage_host: &str,
     ) -> Result<HttpResponse> {
-        let event = shoal_events::build_v2_event(request, &target.route, "shoal", stage_host);
+        let payload = target.route.payload;
+        let event = match payload {
+            PayloadFormat::V2 => {
+                shoal_events::build_v2_event(request, &target.route, "shoal", stage_host)
+            }
+            PayloadFormat::V1 => {
+                shoal_events::build_v1_event(request, &target.route, "shoal", stage_host)
+            }
+        };
         let (_, result) = self
-            .run(
-                &target.function,
-                request.request_id,
-                Bytes::from(event),
-                "http",
-            )
+            .run(&target.function, request_id, Bytes::from(event), "http")
             .await;
         match result? {
-            Outcome::Success(result) => shoal_events::try_map_v2_response(&result).map_err(|e| {
-                let error = Error::BadProxyResult(e);
-                self.logs
-                    .system(&target.function, "-", request.request_id, chain(&error));
-                error
-            }),
+            Outcome::Success(result) => {
+                shoal_events::try_map_response(&result, payload).map_err(|e| {
+                    let error = Error::BadProxyResult(e);
+                    self.logs
+                        .system(&target.function, "-", request_id, chain(&error));
+                    error
+                })
+            }
             // API Gateway hides a handler's error from its caller.
             Outcome::FunctionError { error_type, .. } => Err(Error::HandlerThrew { error_type }),
         }

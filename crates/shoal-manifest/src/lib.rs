@@ -99,6 +99,27 @@ pub struct HttpRoute {
     pub method: Option<String>,
     /// Starts with `/`; segments are literal, `{param}`, or a final greedy `{name+}`.
     pub path: String,
+    /// The API Gateway event the function gets (specs stored before this existed: 2.0).
+    #[serde(default, skip_serializing_if = "PayloadVersion::is_default")]
+    pub payload: PayloadVersion,
+}
+
+/// API Gateway's payload format versions, as a route's `payload` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum PayloadVersion {
+    /// `"1.0"`: the REST API's event (`httpMethod`, `multiValueHeaders`, ...).
+    #[serde(rename = "1.0")]
+    V1,
+    /// `"2.0"`: the HTTP API's event, the default.
+    #[default]
+    #[serde(rename = "2.0")]
+    V2,
+}
+
+impl PayloadVersion {
+    fn is_default(&self) -> bool {
+        *self == PayloadVersion::V2
+    }
 }
 
 /// A manifest problem, located in the source text.
