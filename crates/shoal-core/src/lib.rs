@@ -32,7 +32,7 @@ use shoal_events::RouteTable;
 use shoal_runtime::{LauncherConfig, ProcessLauncher};
 use shoal_store::Store;
 
-pub use archive::{pack_dir, ArchiveError};
+pub use archive::{pack_dir, pack_dir_filtered, ArchiveError};
 pub use error::{chain, Error, Result};
 pub use invoke::{new_request_id, InvocationType, InvokeOutcome, InvokeRequest, Invoked};
 pub use lambda::VersionDetail;

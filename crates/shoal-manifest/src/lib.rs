@@ -1,4 +1,5 @@
-//! Reads a `shoal.toml` manifest into [`FunctionSpec`]s: parsing, defaults and every
+//! Reads a `shoal.toml` manifest (or a Serverless Framework `serverless.yml`, through
+//! [`from_serverless`]) into [`FunctionSpec`]s: parsing, defaults and every
 //! validation rule, with errors that name the file, line, column and dotted field
 //! (`shoal.toml:3:10: functions.hello.memory: ...`) and say what to do instead.
 //!
@@ -14,11 +15,13 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 mod events;
 mod routes;
+mod serverless;
 mod tree;
 mod units;
 mod validate;
 
 pub use events::{AsyncConfig, EventSource, QueueTrigger, ScheduleCheck, ScheduleTrigger};
+pub use serverless::{from_serverless, Converted, Remark, ServerlessOptions};
 pub use units::{format_duration_ms, parse_duration_ms};
 
 pub type Result<T, E = ManifestError> = std::result::Result<T, E>;

@@ -25,7 +25,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use shoal_core::{pack_dir, Platform, DEFAULT_MAX_LOG_BYTES};
+pub use shoal_core::{pack_dir, pack_dir_filtered, Platform, DEFAULT_MAX_LOG_BYTES};
 
 /// At shutdown, after the drain, how long open connections get to write their last
 /// answers before the daemon stops waiting for them.

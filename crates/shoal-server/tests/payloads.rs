@@ -63,9 +63,15 @@ async fn rest_routes_get_the_1_0_event_and_strings_are_bodies() {
     assert_eq!(body["resourcePath"], "/items/{id}");
     assert_eq!(body["path"], "/items/42");
     assert_eq!(body["pathParameters"]["id"], "42");
-    assert_eq!(body["query"]["tag"], "b", "the last value, as REST APIs send");
+    assert_eq!(
+        body["query"]["tag"], "b",
+        "the last value, as REST APIs send"
+    );
     assert_eq!(body["sourceIp"], "127.0.0.1");
-    assert!(body["stageVariables"].is_null() && body["body"].is_null(), "{body}");
+    assert!(
+        body["stageVariables"].is_null() && body["body"].is_null(),
+        "{body}"
+    );
     let gateway_id = reply.header("apigw-requestid").unwrap();
     assert_eq!(body["eventRequestId"], gateway_id);
     assert_ne!(body["lambdaRequestId"], gateway_id);

@@ -6,6 +6,7 @@
 
 mod client;
 mod commands;
+mod zip;
 
 use std::path::PathBuf;
 
@@ -35,7 +36,7 @@ enum Command {
     /// Start a throwaway platform, deploy examples/hello, and replay the seed's burst
     /// with Shoal's packing and with Lambda's one-invocation-per-instance model.
     Demo(commands::demo::Args),
-    /// Package DIR (with its shoal.toml) and deploy it as new versions.
+    /// Deploy a directory (shoal.toml or serverless.yml) or a Lambda .zip as new versions.
     Deploy(commands::deploy::Args),
     /// Call a function through the Lambda Invoke API and print the result.
     Invoke(commands::invoke::Args),
