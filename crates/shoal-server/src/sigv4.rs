@@ -103,7 +103,7 @@ pub(crate) fn parse(parts: &Parts) -> Result<Presented, SigError> {
 
 fn parse_header(parts: &Parts, header: &str) -> Result<Presented, SigError> {
     let rest = header[ALGORITHM.len()..].trim_start();
-    if header[ALGORITHM.len()..].chars().next() != Some(' ') {
+    if !header[ALGORITHM.len()..].starts_with(' ') {
         return Err(SigError::Incomplete(format!(
             "Unsupported signing algorithm in the Authorization header (only {ALGORITHM})"
         )));

@@ -132,7 +132,10 @@ fn a_serverless_project_and_a_lambda_zip_deploy_and_answer_under_their_names() {
     let result: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(result["greeting"], "hello from the environment", "{result}");
     assert_eq!(result["name"], "shop-qa-hello");
-    assert_eq!(result["testsShipped"], false, "package.patterns left test/ out");
+    assert_eq!(
+        result["testsShipped"], false,
+        "package.patterns left test/ out"
+    );
 
     // A .zip as Lambda takes it, written by Python's zipfile (deflated).
     let zip = dir.0.join("echo.zip");
@@ -140,8 +143,15 @@ fn a_serverless_project_and_a_lambda_zip_deploy_and_answer_under_their_names() {
         "import zipfile\nz = zipfile.ZipFile({:?}, 'w', zipfile.ZIP_DEFLATED)\nz.writestr('src/index.js', 'exports.handler = async (e) => ({{ echoed: e }});')\nz.close()\n",
         zip.to_str().unwrap()
     );
-    let made = Command::new("python3").args(["-c", &script]).output().unwrap();
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let made = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let (out, _) = ok(
         &data,
         &[
