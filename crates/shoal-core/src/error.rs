@@ -27,13 +27,11 @@ pub enum Error {
     /// A `Qualifier` that names no version or alias of the function.
     #[error("Function not found: {function}:{qualifier}")]
     QualifierNotFound { function: String, qualifier: String },
-    /// An older version: kept in the store, but Shoal runs only a function's current one.
-    #[error("version {version} of {function} is not running: Shoal runs only a function's current version ({current}); invoke $LATEST or {current}")]
-    VersionNotRunning {
-        function: String,
-        version: u32,
-        current: u32,
-    },
+    /// An `Event` invoke naming a version other than the current one.
+    #[error("Event invokes run {function}'s current version; {qualifier} names another one (invoke it with RequestResponse, or point the alias at the current version)")]
+    QualifiedEvent { function: String, qualifier: String },
+    #[error("{0}")]
+    InvalidAlias(String),
     #[error("access key name {0:?} is not valid: use 1 to 64 letters, digits, '_', '.' or '-'")]
     InvalidKeyName(String),
     #[error("an access key named {0} already exists; remove it first (shoal keys rm {0})")]

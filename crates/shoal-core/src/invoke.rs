@@ -47,7 +47,7 @@ pub struct InvokeRequest {
     /// The `awsRequestId` the handler will see (see [`new_request_id`]).
     pub request_id: String,
     /// Lambda's `Qualifier`: `None` or `$LATEST` runs the current version; a version
-    /// number must be the current one (Shoal runs one version per function).
+    /// number runs that version; an alias runs its version (or its second one, by weight).
     pub qualifier: Option<String>,
 }
 
@@ -94,15 +94,20 @@ impl Platform {
             request.payload
         };
         serde_json::from_slice::<serde::de::IgnoredAny>(&payload).map_err(Error::InvalidPayload)?;
-        if let Some(qualifier) = &request.qualifier {
-            self.check_qualifier(&request.function, qualifier)?;
-        }
+        let pinned = match &request.qualifier {
+            Some(qualifier) => self.resolve_qualifier(&request.function, qualifier).await?,
+            None => None,
+        };
         let not_found = || Error::FunctionNotFound(request.function.clone());
         let (version, outcome) = match request.invocation_type {
             InvocationType::DryRun => (
-                self.dispatcher
-                    .active_version(&request.function)
-                    .ok_or_else(not_found)?,
+                match pinned {
+                    Some(version) => version,
+                    None => self
+                        .dispatcher
+                        .active_version(&request.function)
+                        .ok_or_else(not_found)?,
+                },
                 InvokeOutcome::DryRun,
             ),
             InvocationType::Event => {
@@ -110,6 +115,14 @@ impl Platform {
                     .dispatcher
                     .active_version(&request.function)
                     .ok_or_else(not_found)?;
+                // The async path runs the current version; naming another one is refused
+                // rather than quietly running the wrong code.
+                if pinned.is_some_and(|v| v != version) {
+                    return Err(Error::QualifiedEvent {
+                        function: request.function.clone(),
+                        qualifier: request.qualifier.clone().unwrap_or_default(),
+                    });
+                }
                 // Durable in the store before the caller hears 202.
                 self.events
                     .enqueue(&request.function, &request.request_id, &payload)
@@ -118,7 +131,13 @@ impl Platform {
             }
             InvocationType::RequestResponse => {
                 let (version, result) = self
-                    .run(&request.function, &request.request_id, payload, "invoke")
+                    .run_version(
+                        &request.function,
+                        pinned,
+                        &request.request_id,
+                        payload,
+                        "invoke",
+                    )
                     .await;
                 let outcome = match result? {
                     Outcome::Success(body) => InvokeOutcome::Success(body),
@@ -189,6 +208,19 @@ impl Platform {
         payload: Bytes,
         trigger: &'static str,
     ) -> (Option<u32>, Result<Outcome>) {
+        self.run_version(function, None, request_id, payload, trigger)
+            .await
+    }
+
+    /// [`Platform::run`] of a given version (`None`: the active one).
+    pub(crate) async fn run_version(
+        &self,
+        function: &str,
+        version: Option<u32>,
+        request_id: &str,
+        payload: Bytes,
+        trigger: &'static str,
+    ) -> (Option<u32>, Result<Outcome>) {
         // The dispatcher fills in version and instance once it has chosen them.
         let span = tracing::info_span!(
             "invoke",
@@ -202,7 +234,7 @@ impl Platform {
             let arrived = std::time::Instant::now();
             let (version, result) = self
                 .dispatcher
-                .invoke_versioned(function, request_id.to_owned(), payload)
+                .invoke_version(function, version, request_id.to_owned(), payload)
                 .await;
             let result = result.map_err(Error::from);
             self.metrics

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response};
+use shoal_api::aliases::{AliasInfo, AliasList, SetAlias};
 use shoal_api::keys::{CreateKey, CreatedKey, KeyList};
 use shoal_api::{Deleted, DeployReply, FunctionList, LogPage, StatusReport};
 use shoal_core::{InvokeRequest, Invoked, Platform};
@@ -56,6 +57,16 @@ enum Action {
     CreateKey(String),
     ListKeys,
     DeleteKey(String),
+    SetAlias {
+        function: String,
+        name: String,
+        alias: SetAlias,
+    },
+    ListAliases(String),
+    DeleteAlias {
+        function: String,
+        name: String,
+    },
     /// The Lambda API's calls beyond a plain invoke (see [`lambda`]).
     Lambda(lambda::Call),
 }
@@ -79,6 +90,8 @@ enum Reply {
     Metrics(String),
     KeyCreated(CreatedKey),
     Keys(KeyList),
+    Alias(AliasInfo),
+    Aliases(AliasList),
     Lambda(lambda::Answer),
 }
 
@@ -258,6 +271,26 @@ impl Control {
                 Action::CreateKey(request.name)
             }
             (&Method::GET, ["admin", "keys"]) => Action::ListKeys,
+            (&Method::PUT, ["admin", "functions", function, "aliases", name]) => {
+                let bytes = body(incoming, 64 * 1024, "SetAlias").await?;
+                let alias: SetAlias = serde_json::from_slice(&bytes).map_err(|e| {
+                    Failure::BadRequest(format!("expected {{\"version\": N, ...}}: {e}"))
+                })?;
+                Action::SetAlias {
+                    function: (*function).to_owned(),
+                    name: (*name).to_owned(),
+                    alias,
+                }
+            }
+            (&Method::GET, ["admin", "functions", function, "aliases"]) => {
+                Action::ListAliases((*function).to_owned())
+            }
+            (&Method::DELETE, ["admin", "functions", function, "aliases", name]) => {
+                Action::DeleteAlias {
+                    function: (*function).to_owned(),
+                    name: (*name).to_owned(),
+                }
+            }
             (&Method::DELETE, ["admin", "keys", name]) => Action::DeleteKey((*name).to_owned()),
             (&Method::GET, ["admin", "functions"]) => Action::ListFunctions,
             (&Method::DELETE, ["admin", "functions", name]) => {
@@ -305,6 +338,28 @@ impl Control {
             }),
             Action::DeleteKey(name) => {
                 self.platform.remove_key(&name)?;
+                Reply::Deleted(Deleted { deleted: name })
+            }
+            Action::SetAlias {
+                function,
+                name,
+                alias,
+            } => {
+                let additional = alias
+                    .additional_version
+                    .map(|v| (v, alias.additional_weight.unwrap_or(0.0)));
+                Reply::Alias(self.platform.set_alias(
+                    &function,
+                    &name,
+                    alias.version,
+                    additional,
+                )?)
+            }
+            Action::ListAliases(function) => Reply::Aliases(AliasList {
+                aliases: self.platform.aliases(&function)?,
+            }),
+            Action::DeleteAlias { function, name } => {
+                self.platform.remove_alias(&function, &name)?;
                 Reply::Deleted(Deleted { deleted: name })
             }
             Action::Lambda(call) => {

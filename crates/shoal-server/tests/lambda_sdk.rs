@@ -2,7 +2,8 @@
 //! key the platform issued, with no change to the tools: boto3's `lambda` client
 //! (`tests/sdk/lambda_boto3.py`), `@aws-sdk/client-lambda` v3 (`tests/sdk/lambda_js.mjs`)
 //! and the AWS CLI (`tests/sdk/lambda_cli.py`). Each script installs its tool when missing
-//! (pip, npm) and checks invokes by name and ARN, qualifiers, `Event`, `DryRun`,
+//! (pip, npm) and checks invokes by name and ARN, versions and a weighted alias, `Event`,
+//! `DryRun`,
 //! `LogType: Tail`, function errors, the read-only management calls and refused
 //! signatures.
 
@@ -17,17 +18,22 @@ const HANDLER: &str = r#"
 exports.handler = async (event, context) => {
   console.log("event seen", JSON.stringify(event));
   if (event.fail) throw new Error("asked to fail");
-  return { echo: event, requestId: context.awsRequestId };
+  return { echo: event, requestId: context.awsRequestId, mark: process.env.MARK };
 };
 "#;
 
-const MANIFEST: &str = r#"
+/// The manifest of version `mark` (the handler answers with it).
+fn manifest(mark: &str) -> String {
+    format!(
+        r#"
 [functions.hello]
 handler = "index.handler"
 memory = "256MiB"
 timeout = "10s"
-env = { GREETING = "hi" }
-"#;
+env = {{ GREETING = "hi", MARK = "{mark}" }}
+"#
+    )
+}
 
 /// Run `program script endpoint key_id secret`, the script being one of `tests/sdk/`.
 // Starting the SDK client is this test's job; the rule that only shoal-runtime spawns
@@ -46,13 +52,18 @@ fn client(program: &str, script: &str, endpoint: &str, key_id: &str, secret: &st
 
 async fn drive(program: &'static str, script: &'static str) {
     let server = TestServer::start().await;
-    // Two versions: 2 runs, 1 is kept in the store.
+    // Two versions, each answering with its own mark; 2 is the current one. The alias
+    // `live` sends half of its calls to each.
     server
-        .deploy_ok(&[("index.js", HANDLER), ("shoal.toml", MANIFEST)])
+        .deploy_ok(&[("index.js", HANDLER), ("shoal.toml", &manifest("one"))])
         .await;
     server
-        .deploy_ok(&[("index.js", HANDLER), ("shoal.toml", MANIFEST)])
+        .deploy_ok(&[("index.js", HANDLER), ("shoal.toml", &manifest("two"))])
         .await;
+    server
+        .platform()
+        .set_alias("hello", "live", 1, Some((2, 0.5)))
+        .unwrap();
     let endpoint = format!("http://{}", server.control);
     let key = server.platform().create_key("sdk").unwrap();
     let output = tokio::task::spawn_blocking(move || {

@@ -8,9 +8,11 @@
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 #![forbid(unsafe_code)]
 
+mod aliases;
 mod keys;
 mod migrations;
 
+pub use aliases::AliasRecord;
 pub use keys::AccessKeyRecord;
 
 use std::fmt;

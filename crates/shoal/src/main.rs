@@ -52,6 +52,8 @@ enum Command {
     Queue(commands::queue::Args),
     /// Access keys for AWS SDKs and the AWS CLI (SigV4): create, ls, rm.
     Keys(commands::keys::Args),
+    /// Lambda aliases, with weighted routing between two versions: set, ls, rm.
+    Alias(commands::alias::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -94,6 +96,7 @@ fn main() -> std::process::ExitCode {
             Command::Rm(args) => commands::rm::run(&client()?, args).await,
             Command::Queue(args) => commands::queue::run(&client()?, args).await,
             Command::Keys(args) => commands::keys::run(&client()?, args).await,
+            Command::Alias(args) => commands::alias::run(&client()?, args).await,
         }
     });
     match result {

@@ -1,7 +1,8 @@
 //! `shoal deploy` of what Lambda users already have: a Serverless Framework project
 //! (`serverless.yml`, with `--stage`, `package.patterns`, a warning listing the keys Shoal
 //! ignores with their lines, and the Framework's function names) and a Lambda `.zip`
-//! package (`--handler`, `--runtime`), each invoked afterwards under its name.
+//! package (`--handler`, `--runtime`), each invoked afterwards under its name; and
+//! `shoal alias` with weighted routing between two versions.
 // Starting the binary under test (and python3 to write a zip) is this test's job; the
 // rule that only shoal-runtime spawns processes is about the daemon's own code.
 #![allow(clippy::disallowed_methods)]
@@ -136,6 +137,35 @@ fn a_serverless_project_and_a_lambda_zip_deploy_and_answer_under_their_names() {
         result["testsShipped"], false,
         "package.patterns left test/ out"
     );
+
+    // A second version, and an alias that sends a quarter of its calls to it.
+    let (out, _) = ok(
+        &data,
+        &["deploy", project.to_str().unwrap(), "--stage", "qa"],
+    );
+    assert!(out.contains("deployed shop-qa-hello version 2"), "{out}");
+    let (out, _) = ok(
+        &data,
+        &[
+            "alias",
+            "set",
+            "shop-qa-hello",
+            "live",
+            "1",
+            "--additional-version",
+            "2",
+            "--weight",
+            "0.25",
+        ],
+    );
+    assert_eq!(out.trim(), "live -> version 1 (75%), version 2 (25%)");
+    let (out, _) = ok(&data, &["alias", "ls", "shop-qa-hello"]);
+    assert!(out.contains("live -> version 1"), "{out}");
+    let (out, _) = ok(&data, &["invoke", "shop-qa-hello:live"]);
+    assert!(out.contains("hello from the environment"), "{out}");
+    ok(&data, &["alias", "rm", "shop-qa-hello", "live"]);
+    let gone = shoal(&data, &["invoke", "shop-qa-hello:live"]);
+    assert!(!gone.status.success());
 
     // A .zip as Lambda takes it, written by Python's zipfile (deflated).
     let zip = dir.0.join("echo.zip");

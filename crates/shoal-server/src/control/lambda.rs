@@ -12,6 +12,7 @@ use bytes::Bytes;
 use hyper::http::request::Parts;
 use hyper::Method;
 use serde_json::{json, Value};
+use shoal_api::aliases::AliasInfo;
 use shoal_api::headers;
 use shoal_core::{InvocationType, InvokeRequest, Platform, VersionDetail};
 
@@ -48,6 +49,10 @@ pub(crate) enum Call {
     },
     ListAliases {
         function: String,
+    },
+    GetAlias {
+        function: String,
+        name: String,
     },
 }
 
@@ -171,6 +176,13 @@ pub(super) fn parse(parts: &Parts, payload: Bytes, request_id: &str) -> Result<A
             let (function, _) = function_ref(name)?;
             Action::Lambda(Call::ListAliases { function })
         }
+        (&Method::GET, ["2015-03-31", "functions", name, "aliases", alias]) => {
+            let (function, _) = function_ref(name)?;
+            Action::Lambda(Call::GetAlias {
+                function,
+                name: percent_decode(alias),
+            })
+        }
         _ => return Err(no_route()),
     })
 }
@@ -226,21 +238,53 @@ pub(super) async fn run(
             "EphemeralStorage": { "Size": v.ephemeral_storage_mb },
         })
     };
-    // The version a qualifier names, as the management calls read it.
+    let alias_json = |a: &AliasInfo| {
+        let mut weights = serde_json::Map::new();
+        if let (Some(v), Some(w)) = (a.additional_version, a.additional_weight) {
+            weights.insert(v.to_string(), json!(w));
+        }
+        let mut alias = json!({
+            "AliasArn": format!("{}:{}", arn(&a.function), a.name),
+            "Name": a.name,
+            "FunctionVersion": a.version.to_string(),
+            "Description": "",
+            "RevisionId": format!("{}-{}", a.name, a.version),
+        });
+        if !weights.is_empty() {
+            alias["RoutingConfig"] = json!({ "AdditionalVersionWeights": weights });
+        }
+        alias
+    };
+    // The version a qualifier names, as the management calls read it (an alias: the
+    // version it points at).
     let pick = |versions: Vec<VersionDetail>, function: &str, qualifier: Option<&str>| {
         let not_found = || shoal_core::Error::QualifierNotFound {
             function: function.to_owned(),
             qualifier: qualifier.unwrap_or_default().to_owned(),
         };
-        match qualifier {
-            None | Some("$LATEST") => versions
+        let wanted = match qualifier {
+            None | Some("$LATEST") => None,
+            Some(q) => match q.parse::<u32>() {
+                Ok(v) => Some(v),
+                Err(_) => Some(
+                    platform
+                        .aliases(function)?
+                        .into_iter()
+                        .find(|a| a.name == q)
+                        .ok_or_else(not_found)?
+                        .version,
+                ),
+            },
+        };
+        match wanted {
+            None => versions
                 .into_iter()
                 .find(|v| v.current)
                 .map(|v| (v, true))
                 .ok_or_else(not_found),
-            Some(q) => versions
+            Some(wanted) => versions
                 .into_iter()
-                .find(|v| v.version.to_string() == q)
+                .find(|v| v.version == wanted)
                 .map(|v| (v, false))
                 .ok_or_else(not_found),
         }
@@ -294,8 +338,23 @@ pub(super) async fn run(
             json!({ "Versions": list })
         }
         Call::ListAliases { function } => {
-            platform.versions(&function)?;
-            json!({ "Aliases": [] })
+            let aliases: Vec<Value> = platform
+                .aliases(&function)?
+                .iter()
+                .map(alias_json)
+                .collect();
+            json!({ "Aliases": aliases })
+        }
+        Call::GetAlias { function, name } => {
+            let alias = platform
+                .aliases(&function)?
+                .into_iter()
+                .find(|a| a.name == name)
+                .ok_or(shoal_core::Error::QualifierNotFound {
+                    function,
+                    qualifier: name,
+                })?;
+            alias_json(&alias)
         }
     }))
 }

@@ -59,6 +59,8 @@ pub(super) fn reply(reply: Reply) -> Response<Body> {
         Reply::KeyCreated(key) => http::json(StatusCode::CREATED, &key),
         Reply::Keys(keys) => http::json(StatusCode::OK, &keys),
         Reply::Lambda(answer) => http::json(StatusCode::OK, &answer.0),
+        Reply::Alias(alias) => http::json(StatusCode::OK, &alias),
+        Reply::Aliases(list) => http::json(StatusCode::OK, &list),
         Reply::Deployed(deployed) => http::json(StatusCode::CREATED, &deployed),
         Reply::Functions(list) => http::json(StatusCode::OK, &list),
         Reply::Deleted(deleted) => http::json(StatusCode::OK, &deleted),
@@ -143,7 +145,9 @@ fn platform_error(error: &Error, function: &str, request_id: &str, region: &str)
             "ResourceNotFoundException",
             &format!("Function not found: {}:{qualifier}", arn(function)),
         ),
-        Error::VersionNotRunning { .. } => user(StatusCode::CONFLICT, "ResourceConflictException"),
+        Error::QualifiedEvent { .. } | Error::InvalidAlias(_) => {
+            user(StatusCode::BAD_REQUEST, "InvalidParameterValueException")
+        }
         Error::InvalidKeyName(_) => user(StatusCode::BAD_REQUEST, "InvalidParameterValueException"),
         Error::KeyExists(_) => user(StatusCode::CONFLICT, "ResourceConflictException"),
         Error::KeyNotFound(_) => user(StatusCode::NOT_FOUND, "ResourceNotFoundException"),

@@ -98,7 +98,8 @@ fn error_response(error: &Error, request_id: &str) -> Response<Body> {
         | Error::Unsupported { .. }
         | Error::RouteConflict(_)
         | Error::QualifierNotFound { .. }
-        | Error::VersionNotRunning { .. }
+        | Error::QualifiedEvent { .. }
+        | Error::InvalidAlias(_)
         | Error::InvalidKeyName(_)
         | Error::KeyExists(_)
         | Error::KeyNotFound(_)

@@ -3,8 +3,9 @@
 Usage: python3 lambda_boto3.py ENDPOINT ACCESS_KEY_ID SECRET
 
 Run by `crates/shoal-server/tests/lambda_sdk.rs`, which has deployed `hello` twice
-(versions 1 and 2; `hello` logs its event, echoes it, and throws when asked to) and issued
-the key. boto3 signs with SigV4 as it would for AWS: no hook, no custom code. Installs
+(versions 1 and 2, answering with `mark` "one" and "two"; `hello` logs its event, echoes
+it, and throws when asked to), pointed the alias `live` at 1 with half of its calls going
+to 2, and issued the key. boto3 signs with SigV4 as it would for AWS: no hook, no custom code. Installs
 boto3 with pip when it is missing. Prints "N passed, 0 failed" at the end.
 """
 
@@ -83,14 +84,27 @@ def main() -> None:
         reply, payload = invoke(FunctionName=name, Payload=b'{"by":"arn"}')
         check(json.loads(payload)["echo"] == {"by": "arn"}, f"invoke by {name}")
 
-    reply, _ = invoke(FunctionName="hello", Qualifier="2", Payload=b"{}")
+    reply, payload = invoke(FunctionName="hello", Qualifier="2", Payload=b"{}")
     check(reply["ExecutedVersion"] == "2", f"Qualifier=2 ran {reply['ExecutedVersion']}")
-    reply, _ = invoke(FunctionName="hello:2", Payload=b"{}")
-    check(reply["ExecutedVersion"] == "2", "hello:2")
-    reply, _ = invoke(FunctionName="hello", Qualifier="$LATEST", Payload=b"{}")
+    check(json.loads(payload)["mark"] == "two", f"version 2's code {payload!r}")
+    reply, payload = invoke(FunctionName="hello:1", Payload=b"{}")
+    check(reply["ExecutedVersion"] == "1", "hello:1")
+    check(json.loads(payload)["mark"] == "one", f"version 1's code {payload!r}")
+    reply, payload = invoke(FunctionName="hello", Qualifier="$LATEST", Payload=b"{}")
     check(reply["ExecutedVersion"] == "$LATEST", "Qualifier=$LATEST")
+    check(json.loads(payload)["mark"] == "two", "$LATEST runs version 2")
 
-    for qualifier, exception in (("7", "ResourceNotFoundException"), ("live", "ResourceNotFoundException"), ("1", "ResourceConflictException")):
+    # The alias splits its calls between versions 1 and 2, each running its own code.
+    seen = set()
+    for _ in range(40):
+        reply, payload = invoke(FunctionName="arn:aws:lambda:us-east-1:000000000000:function:hello:live", Payload=b"{}")
+        version = reply["ExecutedVersion"]
+        mark = json.loads(payload)["mark"]
+        check((version, mark) in (("1", "one"), ("2", "two")), f"alias ran {version} with {mark}")
+        seen.add(version)
+    check(seen == {"1", "2"}, f"40 calls of a 50/50 alias reached {seen}")
+
+    for qualifier, exception in (("7", "ResourceNotFoundException"), ("nope", "ResourceNotFoundException")):
         try:
             invoke(FunctionName="hello", Qualifier=qualifier, Payload=b"{}")
             check(False, f"Qualifier={qualifier} is refused")
@@ -105,6 +119,11 @@ def main() -> None:
 
     reply, _ = invoke(FunctionName="hello", InvocationType="Event", Payload=b'{"async":true}')
     check(reply["StatusCode"] == 202, f"Event {reply['StatusCode']}")
+    try:
+        invoke(FunctionName="hello", Qualifier="1", InvocationType="Event", Payload=b"{}")
+        check(False, "an Event invoke of an older version is refused")
+    except lam.exceptions.InvalidParameterValueException:
+        check(True, "")
     reply, _ = invoke(FunctionName="hello", InvocationType="DryRun")
     check(reply["StatusCode"] == 204, f"DryRun {reply['StatusCode']}")
 
@@ -123,7 +142,7 @@ def main() -> None:
     config = lam.get_function_configuration(FunctionName="hello")
     check(config["FunctionName"] == "hello" and config["Version"] == "$LATEST", f"configuration {config}")
     check(config["Handler"] == "index.handler" and config["MemorySize"] == 256, f"configuration {config}")
-    check(config["Timeout"] == 10 and config["Environment"]["Variables"] == {"GREETING": "hi"}, f"configuration {config}")
+    check(config["Timeout"] == 10 and config["Environment"]["Variables"] == {"GREETING": "hi", "MARK": "two"}, f"configuration {config}")
     check(config["FunctionArn"] == "arn:aws:lambda:us-east-1:000000000000:function:hello", config["FunctionArn"])
     function = lam.get_function(FunctionName="hello", Qualifier="1")
     check(function["Configuration"]["Version"] == "1", f"GetFunction {function['Configuration']}")
@@ -131,7 +150,13 @@ def main() -> None:
     check(names == ["hello"], f"ListFunctions {names}")
     versions = [v["Version"] for v in lam.list_versions_by_function(FunctionName="hello")["Versions"]]
     check(versions == ["$LATEST", "1", "2"], f"ListVersionsByFunction {versions}")
-    check(lam.list_aliases(FunctionName="hello")["Aliases"] == [], "ListAliases")
+    aliases = lam.list_aliases(FunctionName="hello")["Aliases"]
+    check([(a["Name"], a["FunctionVersion"]) for a in aliases] == [("live", "1")], f"ListAliases {aliases}")
+    check(aliases[0]["RoutingConfig"]["AdditionalVersionWeights"] == {"2": 0.5}, f"RoutingConfig {aliases}")
+    alias = lam.get_alias(FunctionName="hello", Name="live")
+    check(alias["AliasArn"].endswith(":function:hello:live"), f"GetAlias {alias}")
+    config = lam.get_function_configuration(FunctionName="hello", Qualifier="live")
+    check(config["Version"] == "1" and config["Environment"]["Variables"]["MARK"] == "one", f"configuration of live {config}")
 
     for label, other, expected in (
         ("a wrong secret", client(aws_secret_access_key=secret + "x"), "InvalidSignatureException"),
