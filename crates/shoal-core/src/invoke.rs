@@ -49,6 +49,8 @@ pub struct InvokeRequest {
     /// Lambda's `Qualifier`: `None` or `$LATEST` runs the current version; a version
     /// number runs that version; an alias runs its version (or its second one, by weight).
     pub qualifier: Option<String>,
+    /// `X-Amz-Client-Context`, decoded (JSON): the handler's `context.clientContext`.
+    pub client_context: Option<Bytes>,
 }
 
 /// What an accepted invocation produced.
@@ -136,6 +138,7 @@ impl Platform {
                         pinned,
                         &request.request_id,
                         payload,
+                        request.client_context.clone(),
                         "invoke",
                     )
                     .await;
@@ -208,17 +211,19 @@ impl Platform {
         payload: Bytes,
         trigger: &'static str,
     ) -> (Option<u32>, Result<Outcome>) {
-        self.run_version(function, None, request_id, payload, trigger)
+        self.run_version(function, None, request_id, payload, None, trigger)
             .await
     }
 
-    /// [`Platform::run`] of a given version (`None`: the active one).
+    /// [`Platform::run`] of a given version (`None`: the active one), with the caller's
+    /// client context.
     pub(crate) async fn run_version(
         &self,
         function: &str,
         version: Option<u32>,
         request_id: &str,
         payload: Bytes,
+        client_context: Option<Bytes>,
         trigger: &'static str,
     ) -> (Option<u32>, Result<Outcome>) {
         // The dispatcher fills in version and instance once it has chosen them.
@@ -234,7 +239,13 @@ impl Platform {
             let arrived = std::time::Instant::now();
             let (version, result) = self
                 .dispatcher
-                .invoke_version(function, version, request_id.to_owned(), payload)
+                .invoke_version(
+                    function,
+                    version,
+                    request_id.to_owned(),
+                    payload,
+                    client_context,
+                )
                 .await;
             let result = result.map_err(Error::from);
             self.metrics

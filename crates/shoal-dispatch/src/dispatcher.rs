@@ -168,18 +168,20 @@ impl Dispatcher {
         request_id: String,
         payload: Bytes,
     ) -> (Option<u32>, Result<Outcome>) {
-        self.invoke_version(function, None, request_id, payload)
+        self.invoke_version(function, None, request_id, payload, None)
             .await
     }
 
-    /// Run one invocation of `version` of `function` (`None`: the active version); a
-    /// version not served (see [`Dispatcher::serve_version`]) is `NotFound`.
+    /// Run one invocation of `version` of `function` (`None`: the active version), with
+    /// the caller's client context if any; a version not served (see
+    /// [`Dispatcher::serve_version`]) is `NotFound`.
     pub async fn invoke_version(
         &self,
         function: &str,
         version: Option<u32>,
         request_id: String,
         payload: Bytes,
+        client_context: Option<Bytes>,
     ) -> (Option<u32>, Result<Outcome>) {
         if self
             .shutting_down
@@ -203,6 +205,7 @@ impl Dispatcher {
             payload,
             deadline: Instant::now() + timeout,
             deadline_epoch_ms: epoch_ms() + timeout.as_millis() as u64,
+            client_context,
         };
         (Some(version), pool.invoke(invocation).await)
     }

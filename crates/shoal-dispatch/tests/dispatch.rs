@@ -1048,7 +1048,7 @@ async fn a_pinned_version_serves_calls_that_name_it_beside_the_active_one() {
     d.deploy("f", 2, config(16));
     assert!(!d.serves_version("f", 1), "the old version drains");
     let (version, result) = d
-        .invoke_version("f", Some(1), "r".into(), Bytes::from_static(b"10"))
+        .invoke_version("f", Some(1), "r".into(), Bytes::from_static(b"10"), None)
         .await;
     assert_eq!(version, None, "not served until asked for");
     assert!(matches!(result, Err(DispatchError::NotFound(_))));
@@ -1057,12 +1057,12 @@ async fn a_pinned_version_serves_calls_that_name_it_beside_the_active_one() {
     assert!(!d.serve_version("g", 1, config(16)), "unknown function");
     assert!(d.serves_version("f", 1) && d.serves_version("f", 2));
     let (version, result) = d
-        .invoke_version("f", Some(1), "r".into(), Bytes::from_static(b"10"))
+        .invoke_version("f", Some(1), "r".into(), Bytes::from_static(b"10"), None)
         .await;
     assert_eq!(version, Some(1));
     assert!(instance_of(&result).ends_with("@v1"));
     let (version, result) = d
-        .invoke_version("f", None, "r".into(), Bytes::from_static(b"10"))
+        .invoke_version("f", None, "r".into(), Bytes::from_static(b"10"), None)
         .await;
     assert_eq!(version, Some(2));
     assert!(instance_of(&result).ends_with("@v2"));

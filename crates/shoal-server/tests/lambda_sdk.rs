@@ -18,7 +18,12 @@ const HANDLER: &str = r#"
 exports.handler = async (event, context) => {
   console.log("event seen", JSON.stringify(event));
   if (event.fail) throw new Error("asked to fail");
-  return { echo: event, requestId: context.awsRequestId, mark: process.env.MARK };
+  return {
+    echo: event,
+    requestId: context.awsRequestId,
+    mark: process.env.MARK,
+    clientContext: context.clientContext ?? null,
+  };
 };
 "#;
 

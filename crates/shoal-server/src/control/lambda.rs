@@ -136,9 +136,9 @@ pub(super) fn parse(parts: &Parts, payload: Bytes, request_id: &str) -> Result<A
                     )))
                 }
             };
-            if let Some(context) = header("x-amz-client-context") {
-                check_client_context(&context)?;
-            }
+            let client_context = header("x-amz-client-context")
+                .map(|context| client_context(&context))
+                .transpose()?;
             Action::Invoke {
                 extras: InvokeExtras {
                     log_tail: log_tail && invocation_type == InvocationType::RequestResponse,
@@ -150,6 +150,7 @@ pub(super) fn parse(parts: &Parts, payload: Bytes, request_id: &str) -> Result<A
                     invocation_type,
                     request_id: request_id.to_owned(),
                     qualifier,
+                    client_context,
                 },
             }
         }
@@ -187,8 +188,9 @@ pub(super) fn parse(parts: &Parts, payload: Bytes, request_id: &str) -> Result<A
     })
 }
 
-/// `X-Amz-Client-Context`: base64 of a JSON object, at most 3,583 bytes decoded.
-fn check_client_context(value: &str) -> Result<(), Failure> {
+/// `X-Amz-Client-Context`: base64 of a JSON object, at most 3,583 bytes decoded; the
+/// decoded JSON is what the handler gets.
+fn client_context(value: &str) -> Result<Bytes, Failure> {
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(value.trim())
         .map_err(|_| Failure::BadRequest("X-Amz-Client-Context must be base64".into()))?;
@@ -200,7 +202,7 @@ fn check_client_context(value: &str) -> Result<(), Failure> {
     serde_json::from_slice::<serde_json::Map<String, Value>>(&decoded).map_err(|_| {
         Failure::BadRequest("X-Amz-Client-Context must be base64 of a JSON object".into())
     })?;
-    Ok(())
+    Ok(Bytes::from(decoded))
 }
 
 /// Run a management call.

@@ -132,8 +132,8 @@ def main() -> None:
     check("marker-7" in tail, f"LogResult {tail!r}")
 
     context = base64.b64encode(json.dumps({"custom": {"k": "v"}}).encode()).decode()
-    reply, _ = invoke(FunctionName="hello", ClientContext=context, Payload=b"{}")
-    check(reply["StatusCode"] == 200, "ClientContext accepted")
+    reply, payload = invoke(FunctionName="hello", ClientContext=context, Payload=b"{}")
+    check(json.loads(payload)["clientContext"] == {"custom": {"k": "v"}}, f"context.clientContext {payload!r}")
 
     reply, payload = invoke(FunctionName="hello", Payload=b'{"fail":true}')
     check(reply.get("FunctionError") == "Unhandled", f"FunctionError {reply.get('FunctionError')}")
