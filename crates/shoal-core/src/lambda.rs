@@ -237,6 +237,11 @@ impl Platform {
             .iter()
             .filter(|r| r.request_id.as_deref() == Some(request_id))
         {
+            // As Lambda's log shows a console line: time, request id, level, message.
+            if let Some(level) = &record.level {
+                let time = shoal_events::iso8601_millis(record.ts as i64);
+                text.push_str(&format!("{time}\t{request_id}\t{level}\t"));
+            }
             text.push_str(record.message.trim_end_matches('\n'));
             text.push('\n');
         }
