@@ -1,6 +1,7 @@
-//! The control API (loopback by default, admin token required on every route): the
-//! Lambda Invoke API, the SQS API (`X-Amz-Target: AmazonSQS.*`, see [`crate::sqs`]),
-//! admin routes (deploy, list, status, logs, delete) and `/metrics`.
+//! The control API (loopback by default): the Lambda API (see [`lambda`]), the SQS API
+//! (`X-Amz-Target: AmazonSQS.*`, see [`crate::sqs`]), admin routes (deploy, list, status,
+//! logs, delete, keys, aliases) and `/metrics`. Every route takes the admin token; the
+//! AWS-shaped ones (Lambda, SQS) also a SigV4 signature by a key from `shoal keys create`.
 //!
 //! A request is parsed into an [`Action`] (firecracker's shape: parse, then act), the
 //! action runs against the core and yields a [`Reply`] or an error, and [`respond`] turns
