@@ -109,6 +109,7 @@ pub fn from_serverless(
         file,
         root: &root,
         env: options.env,
+        option_stage: options.stage.map(str::to_owned),
         stage: "dev".to_owned(),
         unknown: Vec::new(),
         notes: Vec::new(),
@@ -219,6 +220,9 @@ struct Conv<'a> {
     file: &'a str,
     root: &'a Node,
     env: &'a BTreeMap<String, String>,
+    /// `--stage`, for `${opt:stage}` (absent: its fallback applies).
+    option_stage: Option<String>,
+    /// The stage in force, for `${sls:stage}` and function names.
     stage: String,
     unknown: Vec<Remark>,
     notes: Vec<Remark>,
@@ -864,7 +868,9 @@ impl Conv<'_> {
             Some(literal.to_owned())
         } else if let Some(name) = main.strip_prefix("env:") {
             self.env.get(name.trim()).cloned()
-        } else if main == "opt:stage" || main == "sls:stage" {
+        } else if main == "opt:stage" {
+            self.option_stage.clone()
+        } else if main == "sls:stage" {
             Some(self.stage.clone())
         } else if let Some(_other) = main.strip_prefix("opt:") {
             None
