@@ -5,7 +5,7 @@
 //!
 //! What is checked, in this order: the signature's parts are all there and well formed;
 //! the key id is known (the caller's lookup); the credential scope names this daemon's
-//! region and the API's service, and the date of `X-Amz-Date`; the request time is within
+//! region (or `local`, the region its instances see) and the API's service, and the date of `X-Amz-Date`; the request time is within
 //! [`MAX_SKEW_SECS`] of the clock (a presigned URL: not yet past `X-Amz-Expires`); the
 //! signature matches, compared in constant time; the body matches
 //! `x-amz-content-sha256` unless that says `UNSIGNED-PAYLOAD`.
@@ -23,6 +23,9 @@ const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 pub(crate) const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
 /// How far a request's time may be from the daemon's clock, AWS's 15 minutes.
 pub(crate) const MAX_SKEW_SECS: i64 = 15 * 60;
+/// The region instances are told they run in (`AWS_REGION`), accepted beside the
+/// daemon's own.
+const INSTANCE_REGION: &str = "local";
 /// Longest life of a presigned URL, AWS's 7 days.
 const MAX_EXPIRES_SECS: i64 = 7 * 24 * 3600;
 
@@ -271,7 +274,9 @@ pub(crate) fn verify(
         Some(secret) if !presented.session_token => secret,
         _ => return Err(SigError::UnknownKey),
     };
-    if presented.region != expect.region {
+    // `local` is the region functions see (`AWS_REGION`): an SDK inside a handler signs
+    // for it when it calls back into this daemon.
+    if presented.region != expect.region && presented.region != INSTANCE_REGION {
         return Err(SigError::WrongScope(format!(
             "Credential should be scoped to a valid region, not '{}'. This daemon's region is '{}'.",
             presented.region, expect.region

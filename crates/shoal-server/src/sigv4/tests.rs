@@ -146,6 +146,26 @@ fn another_region_or_service_is_refused_before_the_signature() {
     ));
 }
 
+/// A handler's SDK signs for `local`, the region instances see: accepted by a daemon
+/// answering as us-east-1, as another region is not.
+#[test]
+fn the_region_functions_see_is_accepted_beside_the_daemons() {
+    let parts = parts(
+        "POST",
+        "/2015-03-31/functions/hello/invocations",
+        &[
+            ("host", "127.0.0.1:9001"),
+            ("x-amz-date", "20150830T123600Z"),
+            ("authorization", "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/local/lambda/aws4_request, SignedHeaders=host;x-amz-date, Signature=aa441b5f0b563b10e32005d103fb2c5a68d287baed76b6e0d0fafcfc9038782d"),
+        ],
+    );
+    assert_eq!(check(&parts, INVOKE_BODY, SECRET, lambda()), Ok(()));
+    assert_eq!(
+        check(&parts, br#"{"x":2}"#, SECRET, lambda()),
+        Err(SigError::Mismatch)
+    );
+}
+
 #[test]
 fn a_request_older_or_newer_than_fifteen_minutes_has_expired() {
     let parts = invoke(&invoke_headers());
