@@ -70,6 +70,19 @@ try {
   check(e instanceof ResourceNotFoundException, `unknown qualifier: ${e.name}`);
 }
 
+const versions_seen = new Set();
+for (let i = 0; i < 30; i++) {
+  reply = await lambda.send(new InvokeCommand({ FunctionName: "hello", Qualifier: "live", Payload: json({}) }));
+  const mark = JSON.parse(text(reply.Payload)).mark;
+  check({ 1: "one", 2: "two" }[reply.ExecutedVersion] === mark, `alias ran ${reply.ExecutedVersion} with ${mark}`);
+  versions_seen.add(reply.ExecutedVersion);
+}
+check(versions_seen.size === 2, `30 calls of a 50/50 alias reached ${[...versions_seen]}`);
+
+const clientContext = Buffer.from(JSON.stringify({ custom: { from: "js" } })).toString("base64");
+reply = await lambda.send(new InvokeCommand({ FunctionName: "hello", ClientContext: clientContext, Payload: json({}) }));
+check(JSON.parse(text(reply.Payload)).clientContext?.custom?.from === "js", `clientContext ${text(reply.Payload)}`);
+
 reply = await lambda.send(new InvokeCommand({ FunctionName: "hello", InvocationType: "Event", Payload: json({ a: 1 }) }));
 check(reply.StatusCode === 202, `Event ${reply.StatusCode}`);
 
