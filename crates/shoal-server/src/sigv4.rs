@@ -520,7 +520,8 @@ fn percent_decode_bytes(text: &str) -> Vec<u8> {
     out
 }
 
-fn percent_decode(text: &str) -> String {
+/// `%XX` decoded (`+` stays `+`); invalid UTF-8 replaced.
+pub(crate) fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&percent_decode_bytes(text)).into_owned()
 }
 
