@@ -43,12 +43,14 @@ pub(crate) enum Call {
         function: String,
         qualifier: Option<String>,
     },
-    ListFunctions,
+    ListFunctions(Page),
     ListVersions {
         function: String,
+        page: Page,
     },
     ListAliases {
         function: String,
+        page: Page,
     },
     GetAlias {
         function: String,
@@ -154,7 +156,9 @@ pub(super) fn parse(parts: &Parts, payload: Bytes, request_id: &str) -> Result<A
                 },
             }
         }
-        (&Method::GET, ["2015-03-31", "functions"]) => Action::Lambda(Call::ListFunctions),
+        (&Method::GET, ["2015-03-31", "functions"]) => {
+            Action::Lambda(Call::ListFunctions(page(query)?))
+        }
         (&Method::GET, ["2015-03-31", "functions", name]) => {
             let (function, from_name) = function_ref(name)?;
             Action::Lambda(Call::GetFunction {
@@ -171,11 +175,17 @@ pub(super) fn parse(parts: &Parts, payload: Bytes, request_id: &str) -> Result<A
         }
         (&Method::GET, ["2015-03-31", "functions", name, "versions"]) => {
             let (function, _) = function_ref(name)?;
-            Action::Lambda(Call::ListVersions { function })
+            Action::Lambda(Call::ListVersions {
+                function,
+                page: page(query)?,
+            })
         }
         (&Method::GET, ["2015-03-31", "functions", name, "aliases"]) => {
             let (function, _) = function_ref(name)?;
-            Action::Lambda(Call::ListAliases { function })
+            Action::Lambda(Call::ListAliases {
+                function,
+                page: page(query)?,
+            })
         }
         (&Method::GET, ["2015-03-31", "functions", name, "aliases", alias]) => {
             let (function, _) = function_ref(name)?;
@@ -186,6 +196,61 @@ pub(super) fn parse(parts: &Parts, payload: Bytes, request_id: &str) -> Result<A
         }
         _ => return Err(no_route()),
     })
+}
+
+/// `Marker` and `MaxItems` of a list call: Lambda pages 50 items by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Page {
+    /// Items to skip (the marker is the index of the next item, opaque to clients).
+    start: usize,
+    max_items: usize,
+}
+
+impl Page {
+    const DEFAULT_ITEMS: usize = 50;
+    const MAX_ITEMS: usize = 10_000;
+
+    /// This page's items, and the marker of the next page if there is one.
+    fn cut(self, items: Vec<Value>) -> (Vec<Value>, Option<String>) {
+        let total = items.len();
+        let end = self.start.saturating_add(self.max_items).min(total);
+        let page = items
+            .into_iter()
+            .skip(self.start)
+            .take(self.max_items)
+            .collect();
+        (page, (end < total).then(|| end.to_string()))
+    }
+}
+
+fn page(query: Option<&str>) -> Result<Page, Failure> {
+    let start = match query_param(query, "Marker") {
+        Some(marker) => marker.parse().map_err(|_| {
+            Failure::BadRequest(format!("Marker {marker:?} is not one this API gave"))
+        })?,
+        None => 0,
+    };
+    let max_items = match query_param(query, "MaxItems") {
+        Some(n) => n
+            .parse()
+            .ok()
+            .filter(|n| (1..=Page::MAX_ITEMS).contains(n))
+            .ok_or_else(|| {
+                Failure::BadRequest(format!(
+                    "MaxItems must be between 1 and {}, not {n:?}",
+                    Page::MAX_ITEMS
+                ))
+            })?,
+        None => Page::DEFAULT_ITEMS,
+    };
+    Ok(Page { start, max_items })
+}
+
+fn with_marker(mut answer: Value, next: Option<String>) -> Value {
+    if let Some(next) = next {
+        answer["NextMarker"] = Value::String(next);
+    }
+    answer
 }
 
 /// `X-Amz-Client-Context`: base64 of a JSON object, at most 3,583 bytes decoded; the
@@ -317,7 +382,7 @@ pub(super) async fn run(
                 "Code": { "RepositoryType": "Shoal", "Location": "" },
             })
         }
-        Call::ListFunctions => {
+        Call::ListFunctions(page) => {
             let mut functions = Vec::new();
             for name in platform.function_names()? {
                 // A function removed between the two reads is simply not listed.
@@ -327,9 +392,10 @@ pub(super) async fn run(
                     }
                 }
             }
-            json!({ "Functions": functions })
+            let (functions, next) = page.cut(functions);
+            with_marker(json!({ "Functions": functions }), next)
         }
-        Call::ListVersions { function } => {
+        Call::ListVersions { function, page } => {
             let versions = platform.versions(&function)?;
             let mut list: Vec<Value> = versions
                 .iter()
@@ -337,15 +403,17 @@ pub(super) async fn run(
                 .map(|v| configuration(v, true))
                 .collect();
             list.extend(versions.iter().map(|v| configuration(v, false)));
-            json!({ "Versions": list })
+            let (list, next) = page.cut(list);
+            with_marker(json!({ "Versions": list }), next)
         }
-        Call::ListAliases { function } => {
+        Call::ListAliases { function, page } => {
             let aliases: Vec<Value> = platform
                 .aliases(&function)?
                 .iter()
                 .map(alias_json)
                 .collect();
-            json!({ "Aliases": aliases })
+            let (aliases, next) = page.cut(aliases);
+            with_marker(json!({ "Aliases": aliases }), next)
         }
         Call::GetAlias { function, name } => {
             let alias = platform
@@ -437,6 +505,21 @@ mod tests {
             Some("$LATEST".into())
         );
         assert!(qualifier(Some("1".into()), Some("Qualifier=2")).is_err());
+    }
+
+    #[test]
+    fn list_calls_page_with_an_opaque_marker() {
+        let items: Vec<Value> = (0..5).map(|i| json!(i)).collect();
+        let first = page(Some("MaxItems=2")).unwrap();
+        assert_eq!(
+            first.cut(items.clone()),
+            (vec![json!(0), json!(1)], Some("2".into()))
+        );
+        let last = page(Some("Marker=4&MaxItems=2")).unwrap();
+        assert_eq!(last.cut(items.clone()), (vec![json!(4)], None));
+        assert_eq!(page(None).unwrap().cut(items.clone()).0.len(), 5);
+        assert!(page(Some("MaxItems=0")).is_err());
+        assert!(page(Some("Marker=abc")).is_err());
     }
 
     #[test]

@@ -150,6 +150,11 @@ def main() -> None:
     check(names == ["hello"], f"ListFunctions {names}")
     versions = [v["Version"] for v in lam.list_versions_by_function(FunctionName="hello")["Versions"]]
     check(versions == ["$LATEST", "1", "2"], f"ListVersionsByFunction {versions}")
+    pages = lam.get_paginator("list_versions_by_function").paginate(
+        FunctionName="hello", PaginationConfig={"PageSize": 1}
+    )
+    paged = [v["Version"] for page in pages for v in page["Versions"]]
+    check(paged == ["$LATEST", "1", "2"], f"ListVersionsByFunction one per page {paged}")
     aliases = lam.list_aliases(FunctionName="hello")["Aliases"]
     check([(a["Name"], a["FunctionVersion"]) for a in aliases] == [("live", "1")], f"ListAliases {aliases}")
     check(aliases[0]["RoutingConfig"]["AdditionalVersionWeights"] == {"2": 0.5}, f"RoutingConfig {aliases}")
