@@ -44,6 +44,8 @@ from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
+from shoalbench import killreport
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 FUNCTION = BENCH / "functions" / "ledger"
@@ -88,9 +90,10 @@ class Trigger:
             self.killed.clear()
 
     def pull(self, mode: str) -> bool:
-        """Fire if armed for `mode` (once); True if this call fired it."""
+        """Fire if armed for `mode` (once); True if this call fired it. A schedule fire's
+        delivery fires whatever is armed: fires are rare, each is worth a kill."""
         with self.lock:
-            if self.armed != mode:
+            if self.armed is None or (self.armed != mode and mode != "schedule"):
                 return False
             self.armed = None
             self.fired_mode = mode
@@ -266,6 +269,8 @@ class Daemon:
         self.up_since = 0.0
         self.token = ""
         self.start_times: list[float] = []
+        # Instance processes (and their children) alive when a kill landed: all must die.
+        self.descendants_at_kills = 0
         # Byte offset in daemon.log where each generation's output begins.
         self.log_marks: dict[int, int] = {}
 
@@ -345,6 +350,7 @@ class Daemon:
         with self.lock:
             self.control = None
         before = descendants(self.proc.pid)
+        self.descendants_at_kills += len(before)
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
         self.mark(f"generation {self.generation} killed with SIGKILL ({why})")
@@ -666,9 +672,14 @@ class KillRun:
                 )
             mode = self.rng.choices(aimed, weights)[0]
             uptime = self.rng.uniform(0.1 * a.mean_uptime, 1.9 * a.mean_uptime)
-            if mode == "timer":
-                # A fire's delivery may still pull the trigger while the timer runs.
-                self.trigger.arm("schedule")
+            next_fire = self.next_fire_in()
+            if mode == "timer" and next_fire is not None and next_fire < 2 * uptime:
+                # Aim at the moment the scheduler records the next fire.
+                mode = "fire"
+                self.trigger.arm("fire")
+                self.trigger.fired.wait(max(0.0, next_fire + self.rng.uniform(-0.05, 0.25)))
+            elif mode == "timer":
+                self.trigger.arm("timer")
                 self.trigger.fired.wait(uptime)
             else:
                 # Give the aimed moment a while to come; fall back on the timer.
@@ -681,12 +692,25 @@ class KillRun:
                 time.sleep(self.rng.uniform(0, 0.015))
             elif fired == "delete":
                 time.sleep(self.rng.uniform(0, 0.05))
-            self.kill(fired or ("timer" if mode == "timer" else f"timer ({mode} never came)"))
+            self.kill(fired or (mode if mode in ("timer", "fire") else f"timer ({mode} never came)"))
             self.restart()
             if time.monotonic() - last_progress > 10:
                 last_progress = time.monotonic()
                 self.progress()
         self.trigger.disarm()
+
+    def next_fire_in(self) -> float | None:
+        """Seconds to the schedule's next fire, predicted from the last one delivered (the
+        schedule is rate(1 minute)); None before the first."""
+        with self.ledger.lock:
+            last = max((t for t, _, _ in self.ledger.schedule), default=None)
+        if last is None:
+            return None
+        try:
+            at = datetime.fromisoformat(last.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+        return (at - time.time()) % 60
 
     def progress(self) -> None:
         delivered, _ = self.ledger.snapshot()
@@ -773,6 +797,7 @@ class KillRun:
             "injected_failures": dict(self.ledger.injected),
             "deliveries_held_for_a_kill": self.ledger.interrupted,
             "schedule": fires,
+            "processes_under_killed_daemons": self.daemon.descendants_at_kills,
             "orphans": [{"generation": g, "pid": p, "cmdline": c} for g, p, c in self.orphans + [(self.daemon.generation, p, c) for p, c in final_orphans]],
             "final_sigterm_exit": final_exit,
             "ack_to_delivery_ms": {
@@ -784,6 +809,7 @@ class KillRun:
                 "median": round(1000 * statistics.median(starts)) if starts else None,
                 "max": round(1000 * max(starts)) if starts else None,
             },
+            "build": "release" if "/release/" in self.daemon.binary else "debug" if "/debug/" in self.daemon.binary else "?",
             "drain_s": round(drain_s, 1),
             "elapsed_s": round(elapsed, 1),
             "errors": dict(self.errors),
@@ -850,7 +876,8 @@ def summary(res: dict) -> str:
     s = res["schedule"]
     lines = [
         f"kills {res['kills']} ({', '.join(f'{k} {v}' for k, v in sorted(res['kills_by_moment'].items()))}), "
-        f"restarts {res['restarts']}, orphans {len(res['orphans'])}",
+        f"restarts {res['restarts']}, orphans {len(res['orphans'])} "
+        f"(of {res['processes_under_killed_daemons']} processes under the killed daemons)",
         f"acknowledged: {a.get('queue', 0)} queue messages + {a.get('async', 0)} async invokes = {sum(a.values())}; "
         f"unacknowledged {res['unacknowledged']} (of which delivered anyway {res['unacknowledged_but_delivered']})",
         f"LOST {res['lost']}; duplicates {res['duplicate_ids']} ids ({res['duplicate_deliveries']} extra deliveries; "
@@ -884,6 +911,8 @@ def main() -> int:
     parser.add_argument("--shoal", help="the shoal binary (default: build it with cargo)")
     parser.add_argument("--release", action=argparse.BooleanOptionalAction, default=None,
                         help="build in release (default for the full form)")
+    parser.add_argument("--record", action=argparse.BooleanOptionalAction, default=None,
+                        help="write docs/KILL.json and re-render docs/BENCHMARKS.md (default for the full form)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args()
@@ -894,6 +923,7 @@ def main() -> int:
     args.drain_timeout = args.drain_timeout or (60 if q else 420)
     args.send_patience = args.send_patience or (150 if q else 3600)
     args.release = (not q) if args.release is None else args.release
+    args.record = (not q) if args.record is None else args.record
     args.seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     if not 0 <= args.async_share <= 1 or args.kills < 1:
         parser.error("--async-share is 0..1 and --kills at least 1")
@@ -925,6 +955,10 @@ def main() -> int:
         out.write_text(json.dumps(res, indent=1))
         if args.json:
             Path(args.json).write_text(json.dumps(res, indent=1))
+        if args.record:
+            killreport.RECORD.write_text(json.dumps({**res, "lost_ids": res["lost_ids"][:1000]}, indent=1) + "\n")
+            subprocess.run([sys.executable, str(BENCH / "run.py"), "--render"], cwd=ROOT, check=False)
+            log(f"recorded in {killreport.RECORD.relative_to(ROOT)} and docs/BENCHMARKS.md")
         print(summary(res), flush=True)
         if res["lost"]:
             print(f"\nLOST {res['lost']} acknowledged id(s): {', '.join(res['lost_ids'][:50])}")

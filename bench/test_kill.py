@@ -8,6 +8,7 @@ the three event shapes Shoal hands it (SQS batch, async invoke, Scheduled Event)
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -85,6 +86,30 @@ class LedgerAndFunction(unittest.TestCase):
         self.assertIn('events = [{ queue = "kill-q", batch_size = 10 }, { schedule = "rate(1 minute)" }]', both)
         self.assertIn('env = { LEDGER = "127.0.0.1:1" }', both)
         self.assertNotIn("events", kill.manifest("127.0.0.1:1", queue=False, schedule=False))
+
+
+class Orphans(unittest.TestCase):
+    def test_a_grandchild_that_outlives_its_killed_parent_is_found_and_ended(self) -> None:
+        parent = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60 & wait"])
+        deadline = kill.time.monotonic() + 10
+        while len(kill.descendants(parent.pid)) < 2 and kill.time.monotonic() < deadline:
+            kill.time.sleep(0.01)
+        before = kill.descendants(parent.pid)
+        self.assertEqual(len(before), 2, before)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        daemon = kill.Daemon.__new__(kill.Daemon)
+        saved, kill.ORPHAN_PATIENCE = kill.ORPHAN_PATIENCE, 0.2
+        try:
+            orphans = daemon._reap(before)
+        finally:
+            kill.ORPHAN_PATIENCE = saved
+        self.assertEqual(sorted(pid for pid, _ in orphans), sorted(before))
+        self.assertTrue(all("sleep 60" in cmd for _, cmd in orphans), orphans)
+        deadline = kill.time.monotonic() + 10
+        while kill.still_alive(before) and kill.time.monotonic() < deadline:
+            kill.time.sleep(0.01)
+        self.assertEqual(kill.still_alive(before), {}, "the orphans were ended")
 
 
 if __name__ == "__main__":

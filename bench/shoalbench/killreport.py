@@ -1,0 +1,52 @@
+"""The kill test's section of docs/BENCHMARKS.md, from docs/KILL.json (written by a full
+`python3 bench/kill.py` run; the bench report re-renders it on every rewrite)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .common import ROOT
+
+RECORD = ROOT / "docs" / "KILL.json"
+
+
+def load(path: Path = RECORD) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def section(res: dict | None) -> str:
+    if not res:
+        return ""
+    a = res["acknowledged"]
+    s = res["schedule"]
+    lat = res["ack_to_delivery_ms"]
+    moments = ", ".join(f"{k} {v}" for k, v in sorted(res["kills_by_moment"].items(), key=lambda kv: -kv[1]))
+    out = [
+        "## kill test\n",
+        f"`{res['command']}` on {res['date'][:10]} ({res.get('build', 'release')} build): "
+        "`kill -9` of `shoal serve` at random and aimed moments while senders run, a restart "
+        "on the same data directory after each; a function records every id it is handed in a "
+        "ledger outside Shoal. What the numbers mean: docs/RELIABILITY.md, \"Events: what an "
+        "acknowledgement promises\".\n",
+        "| kills | acknowledged messages | acknowledged async invokes | lost | duplicate ids "
+        "(extra deliveries) | unacknowledged (delivered anyway) | orphan processes | time |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {res['kills']} | {a.get('queue', 0):,} | {a.get('async', 0):,} | **{res['lost']}** | "
+        f"{res['duplicate_ids']:,} ({res['duplicate_deliveries']:,}) | "
+        f"{res['unacknowledged']:,} ({res['unacknowledged_but_delivered']:,}) | "
+        f"{len(res['orphans'])} of {res['processes_under_killed_daemons']:,} | "
+        f"{res['elapsed_s'] / 60:.1f} min |",
+        "",
+        f"Kill moments: {moments}. Injected handler failures (retried by Shoal): "
+        f"{res['injected_failures'] or 'none'}. Schedule (`rate(1 minute)`): "
+        f"{s['fire_times']} fires, {s['deliveries']} deliveries, fired twice "
+        f"{len(s['times_fired_twice'])}, gaps {len(s['gaps_over_90s'])}. "
+        f"Acknowledgement to first delivery: p50 {lat['p50']} ms, p99 {lat['p99']} ms, max "
+        f"{lat['max']} ms. Start to listening: median {res['start_to_ready_ms']['median']} ms, "
+        f"max {res['start_to_ready_ms']['max']} ms.\n",
+    ]
+    return "\n".join(out)
