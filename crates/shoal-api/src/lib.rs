@@ -6,6 +6,8 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 pub use shoal_manifest::{Concurrency, Runtime};
 
@@ -42,6 +44,20 @@ pub struct FunctionInfo {
     pub timeout_ms: u64,
     pub routes: Vec<String>,
     pub instances: usize,
+    /// Queue triggers (`queue:NAME`) and schedules (`EXPRESSION next <epoch ms>`).
+    #[serde(default)]
+    pub events: Vec<EventInfo>,
+}
+
+/// One event source of a function, for `shoal ls`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventInfo {
+    /// `queue` or `schedule`.
+    pub kind: String,
+    /// The queue name or the schedule expression.
+    pub source: String,
+    /// Schedules: when it fires next (epoch ms).
+    pub next_fire_ms: Option<i64>,
 }
 
 /// `DELETE /admin/functions/{name}`.
@@ -60,6 +76,59 @@ pub struct StatusReport {
     /// Every wall around instances (uid, namespaces, seccomp, memory, pids, cpu, ...) and
     /// whether it is up on this machine.
     pub walls: Vec<WallReport>,
+    /// Queues (user queues; with `function`, the ones its triggers read).
+    #[serde(default)]
+    pub queues: Vec<QueueReport>,
+    /// Queue pollers, schedules and async-invoke workers, per function.
+    #[serde(default)]
+    pub triggers: Vec<TriggerReport>,
+}
+
+/// One queue's depth and traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueReport {
+    pub name: String,
+    /// Receivable now.
+    pub visible: u64,
+    /// Received, not yet deleted.
+    pub in_flight: u64,
+    /// Waiting out a delay.
+    pub delayed: u64,
+    /// Age of the oldest message, if any.
+    pub oldest_age_ms: Option<u64>,
+    pub visibility_timeout_ms: u64,
+    pub retention_ms: u64,
+    pub dead_letter: Option<String>,
+    pub max_receive_count: Option<u32>,
+    /// Counted since the daemon started: sent, received, deleted, dead_lettered, expired,
+    /// purged.
+    pub counts: BTreeMap<String, u64>,
+}
+
+/// What drives a function besides calls: a queue poller, a schedule, or the worker that
+/// runs its `Event` invocations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TriggerReport {
+    pub function: String,
+    /// `queue`, `schedule` or `async`.
+    pub kind: String,
+    /// The queue name or the schedule expression.
+    pub source: String,
+    /// Batches (or events) running now.
+    pub in_flight: u32,
+    /// Most it will run at once now, and why that many.
+    pub cap: u32,
+    pub why: String,
+    /// Messages waiting in its queue.
+    pub backlog: u64,
+    pub oldest_age_ms: Option<u64>,
+    /// Schedules: the next and the last fire (epoch ms).
+    pub next_fire_ms: Option<i64>,
+    pub last_fire_ms: Option<i64>,
+    pub last_error: Option<String>,
+    /// Counted since the daemon started (delivered, succeeded, retried, throttled,
+    /// to_destination, dropped:<reason>, fired, late, ...).
+    pub counts: BTreeMap<String, u64>,
 }
 
 /// One wall around instances.

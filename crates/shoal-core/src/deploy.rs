@@ -33,9 +33,15 @@ impl Platform {
         staged.unpack(archive_bytes)?;
         let text = std::fs::read_to_string(staged.path().join("shoal.toml"))
             .map_err(|_| Error::MissingManifest)?;
-        let manifest = shoal_manifest::parse("shoal.toml", &text)?;
+        let manifest =
+            shoal_manifest::parse_checked("shoal.toml", &text, &|expression, timezone| {
+                shoal_events::Schedule::parse(expression, timezone)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })?;
         for spec in &manifest.functions {
             runtime_kind(spec)?;
+            self.events.check(spec)?;
         }
 
         let _changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
@@ -54,6 +60,7 @@ impl Platform {
         for spec in &manifest.functions {
             let record = self.store.create_version(spec, &digest)?;
             self.activate(&record, code_dir.clone())?;
+            self.events.start(spec);
             tracing::info!(function = %spec.name, version = record.version, "deployed");
             deployed.push(Deployed {
                 name: spec.name.clone(),
@@ -74,6 +81,7 @@ impl Platform {
         for record in &records {
             let code_dir = code::checked_dir(&self.store, &self.data_dir, &record.code_digest)?;
             self.activate(record, code_dir)?;
+            self.events.start(&record.spec);
             tracing::info!(function = %record.function, version = record.version, "restored");
         }
         *self.routes.write().unwrap_or_else(|e| e.into_inner()) = routes;
@@ -122,6 +130,7 @@ impl Platform {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove_target(name);
+        self.events.remove(name);
         self.dispatcher.remove(name);
         self.logs.remove(name);
         tracing::info!(function = %name, "deleted");

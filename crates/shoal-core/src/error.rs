@@ -35,6 +35,20 @@ pub enum Error {
     },
     #[error("the platform is shutting down")]
     ShuttingDown,
+    /// The event store holds as much as it may: an `Event` invoke or a send is refused.
+    #[error("the event store is full ({pending_messages} messages, {pending_bytes} bytes pending); retry later")]
+    EventStoreFull {
+        pending_messages: u64,
+        pending_bytes: u64,
+    },
+    #[error(transparent)]
+    Queue(shoal_queue::QueueError),
+    #[error("opening the event store {}", path.display())]
+    Events {
+        path: PathBuf,
+        #[source]
+        source: shoal_queue::QueueError,
+    },
 
     // The function's own failures.
     #[error("Task timed out after {:.2} seconds", .0.as_secs_f64())]
@@ -89,6 +103,8 @@ impl Error {
         matches!(
             self,
             Error::Store(_)
+                | Error::Events { .. }
+                | Error::Queue(shoal_queue::QueueError::Storage(_))
                 | Error::Io { .. }
                 | Error::EmptyStore { .. }
                 | Error::Launcher(_)

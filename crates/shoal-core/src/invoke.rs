@@ -104,12 +104,10 @@ impl Platform {
                     .dispatcher
                     .active_version(&request.function)
                     .ok_or_else(not_found)?;
-                // Not yet durable: the events issue moves this onto the store.
-                let platform = self.clone();
-                let (function, request_id) = (request.function, request.request_id);
-                tokio::spawn(async move {
-                    let _ = platform.run(&function, &request_id, payload, "event").await;
-                });
+                // Durable in the store before the caller hears 202.
+                self.events
+                    .enqueue(&request.function, &request.request_id, &payload)
+                    .await?;
                 (version, InvokeOutcome::Accepted)
             }
             InvocationType::RequestResponse => {
@@ -170,7 +168,7 @@ impl Platform {
 
     /// One invocation through the dispatcher, inside its span; failures are written to
     /// the function's log as well. Also says which version took it (`None`: not found).
-    async fn run(
+    pub(crate) async fn run(
         &self,
         function: &str,
         request_id: &str,

@@ -15,6 +15,7 @@ mod code;
 mod datadir;
 mod deploy;
 mod error;
+mod events;
 mod invoke;
 mod logs;
 mod metrics;
@@ -34,6 +35,7 @@ pub use error::{chain, Error, Result};
 pub use invoke::{new_request_id, InvocationType, InvokeOutcome, InvokeRequest, Invoked};
 pub use logs::{now_ms, DEFAULT_MAX_LOG_BYTES};
 pub use shoal_api as api;
+pub use shoal_queue::QueueError;
 pub use shoal_runtime::sandbox::{SandboxConfig, SandboxMode};
 
 use logs::LogStore;
@@ -66,6 +68,31 @@ pub struct Config {
     /// what bounds the disk a function's output takes, about twice this per function.
     /// [`DEFAULT_MAX_LOG_BYTES`] unless set.
     pub max_log_bytes: u64,
+    /// Bounds and timing of the event side (async invokes, queues, schedules).
+    pub events: EventsConfig,
+}
+
+/// Bounds and timing of the event store and its triggers.
+#[derive(Debug, Clone)]
+pub struct EventsConfig {
+    /// Messages pending in all queues together before sends and `Event` invokes are
+    /// refused (429): what bounds the store's disk.
+    pub max_pending_messages: u64,
+    /// Bytes pending in all queues together, likewise.
+    pub max_pending_bytes: u64,
+    /// The wait before an async event's first retry; the n-th retry waits n times this.
+    /// Lambda's is about a minute; tests shorten it.
+    pub retry_base: Duration,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            max_pending_messages: 10_000_000,
+            max_pending_bytes: 4 * 1024 * 1024 * 1024,
+            retry_base: Duration::from_secs(60),
+        }
+    }
 }
 
 /// The platform: deployed functions (store + launcher + dispatcher + routes) and their
@@ -78,6 +105,8 @@ pub struct Platform {
     logs: Arc<LogStore>,
     metrics: Metrics,
     routes: RwLock<RouteTable>,
+    /// Async invokes, queues and their triggers, schedules.
+    events: events::Events,
     /// `http://host:port` of the public gateway, for the URLs a deploy reports.
     public_base: RwLock<String>,
     /// Deploys and deletes are serialised: each rebuilds the route table as a whole.
@@ -139,7 +168,31 @@ impl Platform {
             .map_err(Error::Launcher)?,
         );
         let dispatcher = Dispatcher::with_budget(launcher.clone(), config.host_budget);
-        let platform = Arc::new(Platform {
+        let events_path = data_dir.join("events.db");
+        let backend = shoal_queue::SqliteQueues::open(
+            &events_path,
+            shoal_queue::Options {
+                max_pending_messages: config.events.max_pending_messages,
+                max_pending_bytes: config.events.max_pending_bytes,
+                ..shoal_queue::Options::default()
+            },
+        )
+        .map_err(|e| Error::Events {
+            path: events_path,
+            source: e,
+        })?;
+        let counters = Arc::new(events::EventCounters::default());
+        let queues: Arc<dyn shoal_queue::QueueBackend> =
+            Arc::new(events::Metered::new(backend, counters.clone()));
+        let retry_base_ms = config.events.retry_base.as_millis() as u64;
+        let platform = Arc::new_cyclic(|weak| Platform {
+            events: events::Events::new(events::Ctx {
+                queues,
+                counters,
+                invoker: Arc::new(events::PlatformInvoker(weak.clone())),
+                clock: Arc::new(|| now_ms() as i64),
+                retry_base_ms,
+            }),
             data_dir,
             store,
             dispatcher,
@@ -154,6 +207,12 @@ impl Platform {
         });
         platform.restore()?;
         Ok(platform)
+    }
+
+    /// The queue store, as transports (the SQS API) use it: every call is counted in the
+    /// platform's metrics.
+    pub fn queues(&self) -> &dyn shoal_queue::QueueBackend {
+        &**self.events.queues()
     }
 
     /// Where the public gateway listens (`http://host:port`), for the URLs deploys report.
@@ -199,6 +258,7 @@ impl Platform {
     /// Refuse new calls, let in-flight ones finish (up to the shutdown grace), stop every
     /// instance. Learned limits are saved first.
     pub async fn shutdown(&self) {
+        self.events.stop_all();
         self.persist_learned_limits();
         self.dispatcher.shutdown(self.shutdown_grace).await;
     }

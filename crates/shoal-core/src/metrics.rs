@@ -147,6 +147,7 @@ impl Platform {
             self.metrics.duration.clone(),
         );
         self.register_snapshot(&mut registry);
+        self.register_events(&mut registry);
         let mut text = String::new();
         if let Err(e) = encode(&mut text, &registry) {
             tracing::error!(error = %e, "encoding metrics");
@@ -277,5 +278,56 @@ impl Platform {
                 None => registry.register(name, help, gauge),
             }
         }
+    }
+
+    /// Queue traffic and async events (counters kept since start), and every queue's
+    /// depth and oldest message (read now).
+    fn register_events(&self, registry: &mut Registry) {
+        let counters = self.events.counters();
+        registry.register(
+            "queue_messages",
+            "Messages through each queue: sent, received, deleted, dead_lettered, expired, purged",
+            counters.queue.clone(),
+        );
+        registry.register(
+            "async_events",
+            "Asynchronous events per function: enqueued, attempted, succeeded, retried, \
+             throttled, to_destination",
+            counters.function.clone(),
+        );
+        registry.register(
+            "async_events_dropped",
+            "Asynchronous events given up without a destination, by reason",
+            counters.dropped.clone(),
+        );
+        let depth = Family::<Labels, Gauge>::default();
+        let oldest = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let now = crate::now_ms() as i64;
+        for queue in self.queues().list("", true) {
+            for (state, n) in [
+                ("visible", queue.stats.visible),
+                ("in_flight", queue.stats.in_flight),
+                ("delayed", queue.stats.delayed),
+            ] {
+                depth
+                    .get_or_create(&vec![
+                        ("queue", queue.name.clone()),
+                        ("state", state.to_owned()),
+                    ])
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            if let Some(sent) = queue.stats.oldest_sent_at_ms {
+                oldest
+                    .get_or_create(&vec![("queue", queue.name.clone())])
+                    .set(now.saturating_sub(sent).max(0) as f64 / 1000.0);
+            }
+        }
+        registry.register("queue_depth", "Messages in each queue, by state", depth);
+        registry.register_with_unit(
+            "queue_oldest_message_age",
+            "Age of the oldest message in each queue",
+            Unit::Seconds,
+            oldest,
+        );
     }
 }

@@ -27,6 +27,7 @@ impl Platform {
                     .map(|p| p.instances.len())
                     .sum(),
                 routes: self.urls(&r.spec),
+                events: self.events.event_infos(&r.spec.name),
                 name: r.spec.name,
                 version: r.version,
                 runtime: r.spec.runtime,
@@ -52,7 +53,20 @@ impl Platform {
             }
         }
         let budget = self.dispatcher.budget();
+        let queues = match function {
+            Some(name) => {
+                let names = self
+                    .store
+                    .current(name)?
+                    .map(|r| crate::events::Events::queues_of(&r.spec))
+                    .unwrap_or_default();
+                self.events.queue_reports(Some(&names))
+            }
+            None => self.events.queue_reports(None),
+        };
         Ok(StatusReport {
+            queues,
+            triggers: self.events.trigger_reports(function),
             pools: self
                 .dispatcher
                 .status(function)

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use serde::Serialize;
 
+use crate::aws::ACCOUNT_ID;
 use crate::percent;
 
 /// One incoming HTTP request, already read by the gateway.
@@ -86,10 +87,6 @@ struct HttpContext<'a> {
     source_ip: &'a str,
     user_agent: String,
 }
-
-/// Fixed account id: there is no AWS account behind a Shoal gateway, and functions that
-/// log or compare it should see a stable, obviously-local value.
-const ACCOUNT_ID: &str = "000000000000";
 
 /// Builds the API Gateway HTTP API (payload format 2.0) event as JSON bytes.
 pub fn build_v2_event(

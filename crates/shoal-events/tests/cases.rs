@@ -5,6 +5,14 @@
 //! - `request/NAME.json`: routes, plus a request; expected is the payload 2.0 event.
 //! - `response/NAME.result`: the function's raw result bytes (possibly not JSON);
 //!   expected is `{status, headers, body}` (or `body_base64` when the body is not UTF-8).
+//! - `sqs/NAME.json`: a queue name and its batch's records; expected is the SQS event.
+//! - `batch_response/NAME.json`: a batch's message ids and the function's raw response
+//!   text; expected is `{outcome, failed | reason}`.
+//! - `scheduled/NAME.json`: a fire (and maybe a constant `input`); expected is the payload.
+//! - `destination/NAME.json`: a failed async event; expected is the destination record.
+//!
+//! Cases named `*_docs_example` are AWS's documented examples, with only the account,
+//! region and ARNs replaced by Shoal's local ones.
 //!
 //! Outputs are compared as JSON values, so key order in the files does not matter.
 
@@ -14,7 +22,12 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use shoal_events::{build_v2_event, map_v2_response, HttpRequest, RouteTable};
+use shoal_events::{
+    build_failure_record, build_sqs_event, build_v2_event, map_v2_response, parse_batch_response,
+    scheduled_payload, AttemptResponse, BatchOutcome, FailureCondition, FailureRecord, HttpRequest,
+    MessageAttribute, RouteTable, ScheduledEvent, SqsRecord,
+};
+use std::collections::BTreeMap;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -216,6 +229,169 @@ fn response_cases() {
             }),
         };
         failures.extend(check(&input, &actual));
+    }
+    report(failures);
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqsCase {
+    queue: String,
+    records: Vec<SqsRecordSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqsRecordSpec {
+    message_id: String,
+    receipt_handle: String,
+    body: String,
+    md5_of_body: String,
+    receive_count: u32,
+    sent_at_ms: i64,
+    first_received_at_ms: i64,
+    sender_id: String,
+    #[serde(default)]
+    message_attributes: BTreeMap<String, MessageAttribute>,
+}
+
+fn read_case<T: for<'de> Deserialize<'de>>(input: &Path) -> T {
+    serde_json::from_slice(&fs::read(input).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", input.display()))
+}
+
+fn json_bytes(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).expect("output is JSON")
+}
+
+#[test]
+fn sqs_cases() {
+    let mut failures = Vec::new();
+    for input in inputs("sqs", ".json") {
+        let case: SqsCase = read_case(&input);
+        let records: Vec<SqsRecord> = case
+            .records
+            .iter()
+            .map(|r| SqsRecord {
+                message_id: &r.message_id,
+                receipt_handle: &r.receipt_handle,
+                body: &r.body,
+                md5_of_body: &r.md5_of_body,
+                receive_count: r.receive_count,
+                sent_at_ms: r.sent_at_ms,
+                first_received_at_ms: r.first_received_at_ms,
+                sender_id: &r.sender_id,
+                message_attributes: r.message_attributes.clone(),
+            })
+            .collect();
+        let event = build_sqs_event(&case.queue, &records);
+        failures.extend(check(&input, &json_bytes(&event)));
+    }
+    report(failures);
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchResponseCase {
+    batch: Vec<String>,
+    /// Raw response text, which need not be JSON.
+    response: String,
+}
+
+#[test]
+fn batch_response_cases() {
+    let mut failures = Vec::new();
+    for input in inputs("batch_response", ".json") {
+        let case: BatchResponseCase = read_case(&input);
+        let outcome = parse_batch_response(case.response.as_bytes(), &case.batch);
+        let actual = match &outcome {
+            BatchOutcome::AllSucceeded => json!({ "outcome": "all_succeeded" }),
+            BatchOutcome::SomeFailed(ids) => json!({ "outcome": "some_failed", "failed": ids }),
+            BatchOutcome::AllFailed(why) => {
+                json!({ "outcome": "all_failed", "reason": why.to_string() })
+            }
+        };
+        failures.extend(check(&input, &actual));
+    }
+    report(failures);
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduledCase {
+    id: String,
+    time_ms: i64,
+    rule_name: String,
+    #[serde(default)]
+    input: Option<Value>,
+}
+
+#[test]
+fn scheduled_cases() {
+    let mut failures = Vec::new();
+    for input in inputs("scheduled", ".json") {
+        let case: ScheduledCase = read_case(&input);
+        let fire = ScheduledEvent {
+            id: &case.id,
+            time_ms: case.time_ms,
+            rule_name: &case.rule_name,
+        };
+        let payload = scheduled_payload(&fire, case.input.as_ref());
+        failures.extend(check(&input, &json_bytes(&payload)));
+    }
+    report(failures);
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DestinationCase {
+    time_ms: i64,
+    request_id: String,
+    function_name: String,
+    qualifier: String,
+    condition: String,
+    approximate_invoke_count: u32,
+    request_payload: String,
+    #[serde(default)]
+    response: Option<ResponseSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResponseSpec {
+    status_code: u16,
+    executed_version: String,
+    #[serde(default)]
+    function_error: Option<String>,
+    payload: String,
+}
+
+#[test]
+fn destination_cases() {
+    let mut failures = Vec::new();
+    for input in inputs("destination", ".json") {
+        let case: DestinationCase = read_case(&input);
+        let condition = match case.condition.as_str() {
+            "RetriesExhausted" => FailureCondition::RetriesExhausted,
+            "EventAgeExceeded" => FailureCondition::EventAgeExceeded,
+            other => panic!("{}: unknown condition {other}", input.display()),
+        };
+        let record = FailureRecord {
+            time_ms: case.time_ms,
+            request_id: &case.request_id,
+            function_name: &case.function_name,
+            qualifier: &case.qualifier,
+            condition,
+            approximate_invoke_count: case.approximate_invoke_count,
+            request_payload: case.request_payload.as_bytes(),
+            response: case.response.as_ref().map(|r| AttemptResponse {
+                status_code: r.status_code,
+                executed_version: &r.executed_version,
+                function_error: r.function_error.as_deref(),
+                payload: r.payload.as_bytes(),
+            }),
+        };
+        failures.extend(check(&input, &json_bytes(&build_failure_record(&record))));
     }
     report(failures);
 }

@@ -12,10 +12,14 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod events;
 mod routes;
 mod tree;
 mod units;
 mod validate;
+
+pub use events::{AsyncConfig, EventSource, QueueTrigger, ScheduleCheck, ScheduleTrigger};
+pub use units::{format_duration_ms, parse_duration_ms};
 
 pub type Result<T, E = ManifestError> = std::result::Result<T, E>;
 
@@ -61,6 +65,12 @@ pub struct FunctionSpec {
     pub latency_tolerance: f64,
     pub env: BTreeMap<String, String>,
     pub http: Vec<HttpRoute>,
+    /// Queue triggers and schedules.
+    #[serde(default)]
+    pub events: Vec<EventSource>,
+    /// Retries and destination of `Event` invocations and schedule fires.
+    #[serde(default)]
+    pub async_invoke: AsyncConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,13 +160,24 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// Parses and validates a manifest. `file` is only the name shown in errors.
+/// Parses and validates a manifest. `file` is only the name shown in errors. Schedule
+/// expressions are taken as written; [`parse_checked`] also checks them.
 pub fn parse(file: &str, text: &str) -> Result<Manifest> {
+    parse_inner(file, text, None)
+}
+
+/// [`parse`], with `check` run on every schedule expression (and its time zone); its
+/// error message is reported at the expression.
+pub fn parse_checked(file: &str, text: &str, check: ScheduleCheck<'_>) -> Result<Manifest> {
+    parse_inner(file, text, Some(check))
+}
+
+fn parse_inner(file: &str, text: &str, check: Option<ScheduleCheck<'_>>) -> Result<Manifest> {
     let root = tree::parse(text).map_err(|e| {
         let offset = e.span().map_or(0, |span| span.start);
         ManifestError::at(file, text, offset, None, toml_message(&e))
     })?;
-    validate::manifest(&validate::Source { file, text }, &root)
+    validate::manifest(&validate::Source { file, text }, &root, check)
 }
 
 /// toml's message without its trailing newline, on one line.
@@ -189,6 +210,8 @@ impl FunctionSpec {
             latency_tolerance: defaults::latency_tolerance(),
             env: BTreeMap::new(),
             http: Vec::new(),
+            events: Vec::new(),
+            async_invoke: AsyncConfig::default(),
         }
     }
 }

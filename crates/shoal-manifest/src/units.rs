@@ -20,9 +20,9 @@ pub(crate) fn parse_size_mib(text: &str) -> Option<u64> {
 }
 
 /// Parses a duration into milliseconds: one or more `<integer><unit>` parts with units
-/// `ms`, `s`, `m`, `h` ("500ms", "30s", "1m30s"). Returns `None` for anything else; values
+/// `ms`, `s`, `m`, `h`, `d` ("500ms", "30s", "1m30s", "4d"). Returns `None` for anything else; values
 /// too large for `u64` saturate.
-pub(crate) fn parse_duration_ms(text: &str) -> Option<u64> {
+pub fn parse_duration_ms(text: &str) -> Option<u64> {
     let mut rest = text.trim();
     if rest.is_empty() {
         return None;
@@ -40,6 +40,7 @@ pub(crate) fn parse_duration_ms(text: &str) -> Option<u64> {
             "s" => 1_000,
             "m" => 60_000,
             "h" => 3_600_000,
+            "d" => 86_400_000,
             _ => return None,
         };
         rest = &rest[unit_end..];
@@ -49,9 +50,10 @@ pub(crate) fn parse_duration_ms(text: &str) -> Option<u64> {
 }
 
 /// Formats milliseconds the way a person would write them back into the manifest.
-pub(crate) fn format_duration_ms(ms: u64) -> String {
+pub fn format_duration_ms(ms: u64) -> String {
     match ms {
         0 => "0s".to_owned(),
+        ms if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
         ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
         ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
         ms if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
@@ -100,7 +102,8 @@ mod tests {
         assert_eq!(parse_duration_ms("1h"), Some(3_600_000));
         assert_eq!(parse_duration_ms("1m30s"), Some(90_000));
         assert_eq!(parse_duration_ms(" 2s "), Some(2_000));
-        for bad in ["", "soon", "30", "s", "1.5s", "-1s", "30 s", "5min", "1d"] {
+        assert_eq!(parse_duration_ms("4d"), Some(345_600_000));
+        for bad in ["", "soon", "30", "s", "1.5s", "-1s", "30 s", "5min", "1w"] {
             assert_eq!(parse_duration_ms(bad), None, "{bad:?}");
         }
     }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::events::{self, ScheduleCheck};
 use crate::routes::{self, RouteSite};
 use crate::tree::{Key, Kind, Node};
 use crate::units::{format_duration_ms, parse_duration_ms, parse_size_mib};
@@ -25,6 +26,10 @@ const FUNCTION_KEYS: &[&str] = &[
     "latency_tolerance",
     "env",
     "http",
+    "events",
+    "maximum_retry_attempts",
+    "maximum_event_age",
+    "on_failure",
 ];
 
 const MEMORY_MB: (u64, u64) = (64, 32_768);
@@ -142,7 +147,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-pub(crate) fn manifest(src: &Source<'_>, root: &Node) -> Result<Manifest> {
+pub(crate) fn manifest(
+    src: &Source<'_>,
+    root: &Node,
+    check: Option<ScheduleCheck<'_>>,
+) -> Result<Manifest> {
     let Kind::Table(entries) = &root.kind else {
         let message = "expected a TOML table at the top level";
         return Err(ManifestError::at(src.file, src.text, 0, None, message));
@@ -181,7 +190,7 @@ pub(crate) fn manifest(src: &Source<'_>, root: &Node) -> Result<Manifest> {
     // exactly one function, or the router would pick one silently.
     let mut claimed: BTreeMap<routes::RouteKey, (String, RouteSite)> = BTreeMap::new();
     for (name, body) in entries {
-        let (spec, sites) = function(src, name, body)?;
+        let (spec, sites) = function(src, name, body, check)?;
         for site in sites {
             if let Some((owner, first)) = claimed.get(&site.key) {
                 return Err(src.error(
@@ -211,7 +220,12 @@ struct At<T> {
     offset: usize,
 }
 
-fn function(src: &Source<'_>, name: &Key, body: &Node) -> Result<(FunctionSpec, Vec<RouteSite>)> {
+fn function(
+    src: &Source<'_>,
+    name: &Key,
+    body: &Node,
+    check: Option<ScheduleCheck<'_>>,
+) -> Result<(FunctionSpec, Vec<RouteSite>)> {
     let path = join("functions", &name.name);
     let header = body.start().or(name.start()).unwrap_or(0);
     check_name(src, name, &path, header)?;
@@ -310,6 +324,18 @@ fn function(src: &Source<'_>, name: &Key, body: &Node) -> Result<(FunctionSpec, 
                 let (http, route_sites) = routes::http(src, &field, value, offset)?;
                 spec.http = http;
                 sites = route_sites;
+            }
+            "events" => spec.events = events::events(src, &field, value, offset, check)?,
+            "maximum_retry_attempts" => {
+                spec.async_invoke.maximum_retry_attempts =
+                    events::retry_attempts(src, &field, value, offset)?
+            }
+            "maximum_event_age" => {
+                spec.async_invoke.maximum_event_age_ms =
+                    events::event_age(src, &field, value, offset)?
+            }
+            "on_failure" => {
+                spec.async_invoke.on_failure = Some(events::queue_name(src, &field, value, offset)?)
             }
             other => {
                 let offset = key.start().unwrap_or(header);
@@ -500,7 +526,7 @@ fn size(
     Ok(mib)
 }
 
-fn duration(
+pub(crate) fn duration(
     src: &Source<'_>,
     field: &str,
     name: &str,
@@ -600,7 +626,7 @@ fn fraction(
 }
 
 /// An integer within `lo..=hi`.
-fn count(
+pub(crate) fn count(
     src: &Source<'_>,
     field: &str,
     name: &str,

@@ -16,6 +16,12 @@
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 #![forbid(unsafe_code)]
 
+mod rules;
+mod sqlite;
+
+pub use rules::{is_internal, validate_name};
+pub use sqlite::{Clock, Options, SqliteQueues, Synchronous};
+
 /// Milliseconds since the Unix epoch.
 pub type EpochMs = i64;
 
@@ -156,6 +162,10 @@ pub struct QueueStats {
     pub delayed: u64,
     /// When the oldest message still in the queue was sent.
     pub oldest_sent_at_ms: Option<EpochMs>,
+    /// Messages deleted for passing the queue's retention since the store was opened, by
+    /// receives (also reported in [`Receipts::expired`]) and by the backend's own sweep
+    /// (reported nowhere else).
+    pub expired: u64,
 }
 
 /// One queue, as listed.

@@ -60,6 +60,8 @@ pub struct Config {
     /// Bytes a function's log file may hold before it is rotated (one old file is kept,
     /// so about twice this per function on disk).
     pub max_log_bytes: u64,
+    /// Bounds and timing of the event store (async invokes, queues, schedules).
+    pub events: shoal_core::EventsConfig,
 }
 
 impl Config {
@@ -77,6 +79,7 @@ impl Config {
             sandbox: shoal_core::SandboxConfig::default(),
             allow_empty_store: false,
             max_log_bytes: DEFAULT_MAX_LOG_BYTES,
+            events: shoal_core::EventsConfig::default(),
         }
     }
 }
@@ -129,6 +132,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         sandbox: config.sandbox.clone(),
         allow_empty_store: config.allow_empty_store,
         max_log_bytes: config.max_log_bytes,
+        events: config.events.clone(),
     })
     .map_err(|e| anyhow::anyhow!(shoal_core::chain(&e)))
     .context("opening the data directory")?;

@@ -124,6 +124,12 @@ fn platform_error(error: &Error, function: &str, request_id: &str) -> Response<B
             "ServiceException",
             "the platform is shutting down",
         ),
+        // Never a silent drop: the caller hears that the event was not taken.
+        Error::EventStoreFull { .. } => {
+            user(StatusCode::TOO_MANY_REQUESTS, "TooManyRequestsException")
+        }
+        Error::Queue(shoal_core::QueueError::Storage(_)) => internal(error, request_id),
+        Error::Queue(_) => user(StatusCode::BAD_REQUEST, "InvalidParameterValueException"),
         // The function's own failures: 200 with X-Amz-Function-Error, as on Lambda.
         Error::FunctionTimeout(_) => function_error(
             "Sandbox.Timedout",
@@ -137,6 +143,7 @@ fn platform_error(error: &Error, function: &str, request_id: &str) -> Response<B
         Error::HandlerThrew { error_type } => function_error(error_type, "the handler threw"),
         Error::BadProxyResult(_) => function_error("Runtime.Unknown", &error.to_string()),
         Error::Store(_)
+        | Error::Events { .. }
         | Error::Io { .. }
         | Error::EmptyStore { .. }
         | Error::Launcher(_)

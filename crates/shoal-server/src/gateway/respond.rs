@@ -88,6 +88,7 @@ fn error_response(error: &Error, request_id: &str) -> Response<Body> {
         }
         Error::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests"),
         Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
+        Error::EventStoreFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests"),
         // Nothing a gateway call sends can cause these; if one appears it is our bug.
         Error::InvalidPayload(_)
         | Error::InvalidInvocationType(_)
@@ -97,6 +98,8 @@ fn error_response(error: &Error, request_id: &str) -> Response<Body> {
         | Error::Unsupported { .. }
         | Error::RouteConflict(_)
         | Error::Store(_)
+        | Error::Events { .. }
+        | Error::Queue(_)
         | Error::Io { .. }
         | Error::EmptyStore { .. }
         | Error::Launcher(_)

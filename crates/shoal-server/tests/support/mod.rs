@@ -184,6 +184,15 @@ impl TestServer {
         self.data_dir.path()
     }
 
+    /// The running platform itself, for what tests set up without a transport (queues).
+    pub fn platform(&self) -> &std::sync::Arc<shoal_core::Platform> {
+        &self
+            .running
+            .as_ref()
+            .expect("the server is running")
+            .platform
+    }
+
     /// Stop the server (drain, stop every instance).
     pub async fn shutdown(mut self) {
         if let Some(running) = self.running.take() {

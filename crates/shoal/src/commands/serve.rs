@@ -48,6 +48,23 @@ pub struct Args {
     #[arg(long, default_value_t = shoal_server::DEFAULT_MAX_LOG_BYTES / (1024 * 1024),
           value_parser = clap::value_parser!(u64).range(1..))]
     max_log_mib: u64,
+    /// Messages that may wait in all queues together (async invokes included) before
+    /// sends and `Event` invokes are refused with 429.
+    #[arg(long, default_value_t = shoal_core::EventsConfig::default().max_pending_messages)]
+    max_pending_events: u64,
+    /// Bytes (MiB) those messages may take together, likewise.
+    #[arg(long, default_value_t = shoal_core::EventsConfig::default().max_pending_bytes / (1024 * 1024))]
+    max_pending_event_mib: u64,
+    /// Wait before an async event's first retry (the n-th waits n times this). Lambda's
+    /// is about a minute.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    async_retry_base: Duration,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    shoal_manifest::parse_duration_ms(text)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{text:?} is not a duration like \"500ms\", \"30s\" or \"1m\""))
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -78,6 +95,11 @@ pub async fn run(data_dir: &Path, args: Args) -> anyhow::Result<ExitCode> {
         uid_count: args.sandbox_uid_count,
     };
     config.max_log_bytes = args.max_log_mib.saturating_mul(1024 * 1024);
+    config.events = shoal_core::EventsConfig {
+        max_pending_messages: args.max_pending_events,
+        max_pending_bytes: args.max_pending_event_mib.saturating_mul(1024 * 1024),
+        retry_base: args.async_retry_base,
+    };
     let running = shoal_server::start(config).await?;
     println!("shoal is serving");
     println!("  gateway      http://{}", running.gateway_addr);

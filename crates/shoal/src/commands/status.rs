@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use shoal_api::{PoolReport, StatusReport};
+use shoal_api::{PoolReport, QueueReport, StatusReport, TriggerReport};
 
 use crate::client::Client;
 
@@ -70,7 +70,94 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
     for pool in &status.pools {
         print_pool(pool, args.decisions);
     }
+    print_triggers(&status.triggers);
+    print_queues(&status.queues);
     Ok(ExitCode::SUCCESS)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn age(ms: Option<u64>) -> String {
+    ms.map_or("-".to_owned(), |ms| format!("{:.1}s", ms as f64 / 1000.0))
+}
+
+fn counts(counts: &std::collections::BTreeMap<String, u64>) -> String {
+    counts
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Queue pollers, schedules and async workers: what runs, how much at once and why.
+fn print_triggers(triggers: &[TriggerReport]) {
+    if triggers.is_empty() {
+        return;
+    }
+    println!("triggers:");
+    let now = now_ms();
+    for t in triggers {
+        let what = match t.kind.as_str() {
+            "queue" => format!("queue {}", t.source),
+            "schedule" => format!("schedule {}", t.source),
+            _ => "async (Event invocations)".to_owned(),
+        };
+        match t.kind.as_str() {
+            "schedule" => {
+                let next = t.next_fire_ms.map_or("-".to_owned(), |n| {
+                    format!("in {:.0}s", (n - now).max(0) as f64 / 1000.0)
+                });
+                println!("  {} <- {what}: next fire {next}", t.function);
+            }
+            _ => println!(
+                "  {} <- {what}: {} in flight of {} ({}); backlog {}, oldest {}",
+                t.function,
+                t.in_flight,
+                t.cap,
+                t.why,
+                t.backlog,
+                age(t.oldest_age_ms)
+            ),
+        }
+        if !t.counts.is_empty() {
+            println!("    {}", counts(&t.counts));
+        }
+        if let Some(error) = &t.last_error {
+            println!("    last error: {error}");
+        }
+    }
+}
+
+fn print_queues(queues: &[QueueReport]) {
+    if queues.is_empty() {
+        return;
+    }
+    println!("queues:");
+    println!(
+        "  {:<24} {:>9} {:>9} {:>8} {:>9}  DEAD-LETTER",
+        "NAME", "VISIBLE", "IN-FLIGHT", "DELAYED", "OLDEST"
+    );
+    for q in queues {
+        let dead_letter = match (&q.dead_letter, q.max_receive_count) {
+            (Some(dlq), Some(n)) => format!("{dlq} after {n} receives"),
+            _ => "-".to_owned(),
+        };
+        println!(
+            "  {:<24} {:>9} {:>9} {:>8} {:>9}  {dead_letter}",
+            q.name,
+            q.visible,
+            q.in_flight,
+            q.delayed,
+            age(q.oldest_age_ms)
+        );
+        if !q.counts.is_empty() {
+            println!("    {}", counts(&q.counts));
+        }
+    }
 }
 
 fn print_pool(pool: &PoolReport, decisions: bool) {
