@@ -19,8 +19,8 @@ after the ledger answered (the delete); when a schedule fire is delivered; and w
 few hundred ms of a start (recovery). After each kill the daemon's former descendants must
 be gone (instances die with it) before it is started again; any left is an orphan.
 
-Exit status: 0 when nothing acknowledged was lost and no orphan was seen, 1 otherwise, 2
-on a harness error. Standard library only.
+Exit status: 0 when nothing acknowledged was lost, no orphan was seen and no schedule fired
+a time twice or skipped one; 1 otherwise; 2 on a harness error. Standard library only.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from shoalbench import killreport
@@ -52,6 +52,13 @@ FUNCTION = BENCH / "functions" / "ledger"
 QUEUE = "kill-q"
 FUNCTION_NAME = "killfn"
 BATCH = 10  # SQS's most entries per SendMessageBatch
+SCHEDULES = [
+    "rate(1 minute)",
+    "cron(* * * * ? *)",
+    "cron(0/1 * * * ? *)",
+    "cron(0-59 * * * ? *)",
+    "cron(* * ? * * *)",
+]
 # How long the killer gives the daemon's instances to die with it before calling any that
 # is left an orphan (PR_SET_PDEATHSIG acts at once; this bounds a busy machine).
 ORPHAN_PATIENCE = 5.0
@@ -126,7 +133,7 @@ class Ledger:
         self.failed_once: set[str] = set()
         self.injected = Counter()  # kind -> calls refused on purpose
         self.interrupted = 0  # calls held unanswered for a kill
-        self.schedule: list[tuple[str, str, float]] = []  # (fire time, event id, seen at)
+        self.schedule: list[tuple[str, str, str]] = []  # (rule, fire time, event id)
         self.malformed: list[str] = []
         self.generation = 0  # the daemon generation running now (set by the killer)
         self.file = open(path, "a", buffering=1)
@@ -183,8 +190,8 @@ class Ledger:
                     self.delivered[ident] += 1
                     self.first_at.setdefault(ident, now)
                     if kind == "schedule":
-                        fire, _, event_id = ident.partition("|")
-                        self.schedule.append((fire, event_id, now))
+                        rule, fire, event_id = (ident.split("|") + ["", ""])[:3]
+                        self.schedule.append((rule, fire, event_id))
         verdict = "fail" if fail else "ok"
         self.file.write(f"{now:.3f} g{self.generation} {kind} {verdict} {','.join(ids)}\n")
         if not fail:
@@ -243,6 +250,44 @@ def still_alive(procs: dict[int, int]) -> dict[int, int]:
         if stat and stat[1] != "Z" and stat[2] == start:
             alive[pid] = start
     return alive
+
+
+def linger(procs: dict[int, int], patience: float) -> dict[int, int]:
+    """Those of `procs` still running after up to `patience` seconds."""
+    deadline = time.monotonic() + patience
+    alive = still_alive(procs)
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.02)
+        alive = still_alive(alive)
+    return alive
+
+
+def end(procs: dict[int, int]) -> None:
+    """SIGKILL processes the daemon we started left behind (ours to end), by pid."""
+    for pid in still_alive(procs):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def describe(pid: int) -> str:
+    """State, parent, pid in its namespace, where it waits, and its children: enough to
+    tell a bwrap monitor from a sandbox's init from a runtime."""
+    try:
+        status = dict(
+            line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
+        )
+        wchan = Path(f"/proc/{pid}/wchan").read_text().strip()
+    except OSError:
+        return "gone"
+    kids = [c for c in descendants(pid)]
+    kid_text = "; ".join(f"{c} {cmdline(c)[:60]}" for c in kids[:4]) or "none"
+    return (
+        f"state {status.get('State', '?').strip()}, ppid {status.get('PPid', '?').strip()}, "
+        f"NSpid {status.get('NSpid', '?').strip()}, uid {status.get('Uid', '?').split()[0]}, "
+        f"waits in {wchan or '?'}, children: {kid_text}"
+    )
 
 
 def cmdline(pid: int) -> str:
@@ -345,8 +390,9 @@ class Daemon:
                 self.lock.wait(0.1)
             return self.control, self.generation
 
-    def kill(self, why: str) -> list[tuple[int, str]]:
-        """SIGKILL the daemon; wait for its former descendants to die. Returns orphans."""
+    def kill(self, why: str) -> dict[int, int]:
+        """SIGKILL the daemon, give its former descendants a while to die with it, and
+        return those still running (pid -> start time)."""
         with self.lock:
             self.control = None
         before = descendants(self.proc.pid)
@@ -354,14 +400,14 @@ class Daemon:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
         self.mark(f"generation {self.generation} killed with SIGKILL ({why})")
-        return self._reap(before)
+        return linger(before, ORPHAN_PATIENCE)
 
-    def stop(self) -> tuple[int | None, list[tuple[int, str]]]:
-        """SIGTERM, as an operator stops it; the exit code and any orphans."""
+    def stop(self) -> tuple[int | None, dict[int, int]]:
+        """SIGTERM, as an operator stops it; the exit code and what still runs after."""
         with self.lock:
             self.control = None
         if self.proc is None or self.proc.poll() is not None:
-            return (self.proc.returncode if self.proc else None), []
+            return (self.proc.returncode if self.proc else None), {}
         before = descendants(self.proc.pid)
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -370,22 +416,7 @@ class Daemon:
             self.proc.kill()
             code = self.proc.wait()
         self.mark(f"generation {self.generation} stopped with SIGTERM (exit {code})")
-        return code, self._reap(before)
-
-    def _reap(self, before: dict[int, int]) -> list[tuple[int, str]]:
-        deadline = time.monotonic() + ORPHAN_PATIENCE
-        alive = still_alive(before)
-        while alive and time.monotonic() < deadline:
-            time.sleep(0.02)
-            alive = still_alive(alive)
-        orphans = [(pid, cmdline(pid)) for pid in alive]
-        for pid, _ in orphans:
-            # Ours to end: a process the daemon we started left behind.
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        return orphans
+        return code, linger(before, ORPHAN_PATIENCE)
 
     def log_section(self, generation: int, tail: int = 40) -> str:
         start = self.log_marks.get(generation)
@@ -554,7 +585,9 @@ def manifest(ledger: str, queue: bool, schedule: bool) -> str:
     if queue:
         events.append(f'{{ queue = "{QUEUE}", batch_size = {BATCH} }}')
     if schedule:
-        events.append('{ schedule = "rate(1 minute)" }')
+        # Every minute, five times over: distinct expressions are distinct schedules, so
+        # five fires (and five chances for a kill to meet one) a minute.
+        events += [f'{{ schedule = "{e}" }}' for e in SCHEDULES]
     lines = [
         f"[functions.{FUNCTION_NAME}]",
         'runtime = "nodejs"',
@@ -585,7 +618,13 @@ class KillRun:
         }
         self.kills = 0
         self.kill_modes = Counter()
-        self.orphans: list[tuple[int, int, str]] = []  # (generation, pid, cmdline)
+        # Descendants of a killed daemon still running after ORPHAN_PATIENCE: pid ->
+        # (start time, generation, cmdline), until the next start is checked.
+        self.lingering: dict[int, tuple[int, int, str]] = {}
+        # (generation, pid, cmdline) of those the next start then cleared, and of those it
+        # did not (orphans: a failure).
+        self.outlived_kill: list[tuple[int, int, str]] = []
+        self.orphans: list[tuple[int, int, str]] = []
         self.errors = Counter()
         self.error_examples: list[str] = []
         self.queue_path = f"/000000000000/{QUEUE}"
@@ -640,13 +679,15 @@ class KillRun:
     # -- the kill loop -------------------------------------------------------------------
 
     def kill(self, why: str) -> None:
-        orphans = self.daemon.kill(why)
+        lingering = self.daemon.kill(why)
         self.kills += 1
         self.kill_modes[why] += 1
         self.trigger.killed.set()
-        for pid, cmd in orphans:
-            self.orphans.append((self.daemon.generation, pid, cmd))
-            log(f"ORPHAN after kill {self.kills}: pid {pid} still ran {ORPHAN_PATIENCE:.0f} s later: {cmd}")
+        for pid, start in lingering.items():
+            cmd = f"{cmdline(pid)[:60]}… ({describe(pid)})"
+            self.lingering[pid] = (start, self.daemon.generation, cmd)
+            log(f"pid {pid} of killed generation {self.daemon.generation} still runs "
+                f"{ORPHAN_PATIENCE:.0f} s after the kill: {cmd}")
 
     def restart(self) -> None:
         self.daemon.spawn()
@@ -658,6 +699,22 @@ class KillRun:
             self.daemon.spawn()
             self.ledger.generation = self.daemon.generation
         self.daemon.wait_ready()
+        self.settle_lingering()
+
+    def settle_lingering(self) -> None:
+        """Processes that outlived a kill must be gone once the next daemon has started
+        (it clears dead daemons' cgroups); any still running then is an orphan."""
+        if not self.lingering:
+            return
+        alive = linger({pid: start for pid, (start, _, _) in self.lingering.items()}, ORPHAN_PATIENCE)
+        for pid, (start, gen, cmd) in self.lingering.items():
+            if pid in alive:
+                self.orphans.append((gen, pid, cmd))
+                log(f"ORPHAN: pid {pid} of generation {gen} survived the next start: {cmd[:300]}")
+            else:
+                self.outlived_kill.append((gen, pid, cmd))
+        end(alive)
+        self.lingering.clear()
 
     def kill_loop(self, deadline: float) -> None:
         a = self.args
@@ -689,7 +746,7 @@ class KillRun:
             self.trigger.disarm()
             fired = self.trigger.fired_mode
             if fired == "send":
-                time.sleep(self.rng.uniform(0, 0.015))
+                time.sleep(self.rng.uniform(0, 0.004))
             elif fired == "delete":
                 time.sleep(self.rng.uniform(0, 0.05))
             self.kill(fired or (mode if mode in ("timer", "fire") else f"timer ({mode} never came)"))
@@ -703,14 +760,16 @@ class KillRun:
         """Seconds to the schedule's next fire, predicted from the last one delivered (the
         schedule is rate(1 minute)); None before the first."""
         with self.ledger.lock:
-            last = max((t for t, _, _ in self.ledger.schedule), default=None)
-        if last is None:
-            return None
-        try:
-            at = datetime.fromisoformat(last.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            return None
-        return (at - time.time()) % 60
+            last: dict[str, str] = {}
+            for rule, fire, _ in self.ledger.schedule:
+                last[rule] = max(fire, last.get(rule, ""))
+        soonest = None
+        for fire in last.values():
+            at = epoch(fire)
+            if at is not None:
+                wait = (at - time.time()) % 60
+                soonest = wait if soonest is None else min(soonest, wait)
+        return soonest
 
     def progress(self) -> None:
         delivered, _ = self.ledger.snapshot()
@@ -798,7 +857,9 @@ class KillRun:
             "deliveries_held_for_a_kill": self.ledger.interrupted,
             "schedule": fires,
             "processes_under_killed_daemons": self.daemon.descendants_at_kills,
-            "orphans": [{"generation": g, "pid": p, "cmdline": c} for g, p, c in self.orphans + [(self.daemon.generation, p, c) for p, c in final_orphans]],
+            "outlived_kill": [{"generation": g, "pid": p, "cmdline": c} for g, p, c in self.outlived_kill],
+            "orphans": [{"generation": g, "pid": p, "cmdline": c} for g, p, c in self.orphans]
+            + [{"generation": self.daemon.generation, "pid": p, "cmdline": cmdline(p), "after": "SIGTERM"} for p in final_orphans],
             "final_sigterm_exit": final_exit,
             "ack_to_delivery_ms": {
                 "p50": round(1000 * latencies[len(latencies) // 2]) if latencies else None,
@@ -818,26 +879,29 @@ class KillRun:
         }
 
     def schedule_report(self) -> dict:
-        fires = self.ledger.schedule
-        by_time: dict[str, set[str]] = {}
+        """Per schedule (rule): each minute's fire must come once as an event (a
+        redelivery of the same event is at-least-once; two events for one time is a
+        double fire), and no minute between the first and last seen may be missing (the
+        daemon is never down for a whole minute here, so nothing is skipped by design)."""
+        with self.ledger.lock:
+            fires = list(self.ledger.schedule)
+        by_fire: dict[tuple[str, str], set[str]] = {}
         per_event = Counter()
-        for fire, event_id, _ in fires:
-            by_time.setdefault(fire, set()).add(event_id)
+        for rule, fire, event_id in fires:
+            by_fire.setdefault((rule, fire), set()).add(event_id)
             per_event[event_id] += 1
-        times = sorted(by_time)
         gaps = []
-        for a, b in zip(times, times[1:]):
-            try:
-                gap = (datetime.fromisoformat(b.replace("Z", "+00:00")) - datetime.fromisoformat(a.replace("Z", "+00:00"))).total_seconds()
-            except ValueError:
-                continue
-            if gap > 90:
-                gaps.append(f"{a} -> {b} ({gap:.0f} s)")
+        for rule in sorted({r for r, _ in by_fire}):
+            times = sorted(t for t in (epoch(f) for r, f in by_fire if r == rule) if t is not None)
+            for a, b in zip(times, times[1:]):
+                if b - a > 90:
+                    gaps.append(f"{rule}: {b - a:.0f} s after {datetime.fromtimestamp(a, timezone.utc):%H:%M:%S}")
         return {
+            "schedules": len({r for r, _ in by_fire}),
             "deliveries": len(fires),
-            "fire_times": len(times),
+            "fire_times": len(by_fire),
             "redelivered_events": sum(1 for n in per_event.values() if n > 1),
-            "times_fired_twice": [t for t, ids in by_time.items() if len(ids) > 1],
+            "times_fired_twice": sorted(f"{r} {f}" for (r, f), ids in by_fire.items() if len(ids) > 1),
             "gaps_over_90s": gaps,
         }
 
@@ -853,6 +917,13 @@ class KillRun:
             print(self.daemon.log_section(gen))
             print(f"--- the start of generation {gen + 1}'s log:")
             print("\n".join(self.daemon.log_section(gen + 1, tail=10**6).splitlines()[:40]))
+
+
+def epoch(iso: str) -> float | None:
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def find_binary(args: argparse.Namespace) -> str:
@@ -876,8 +947,9 @@ def summary(res: dict) -> str:
     s = res["schedule"]
     lines = [
         f"kills {res['kills']} ({', '.join(f'{k} {v}' for k, v in sorted(res['kills_by_moment'].items()))}), "
-        f"restarts {res['restarts']}, orphans {len(res['orphans'])} "
-        f"(of {res['processes_under_killed_daemons']} processes under the killed daemons)",
+        f"restarts {res['restarts']}; of {res['processes_under_killed_daemons']} processes under the killed daemons, "
+        f"{len(res['outlived_kill'])} outlived the kill by {ORPHAN_PATIENCE:.0f} s (cleared by the next start), "
+        f"{len(res['orphans'])} orphans",
         f"acknowledged: {a.get('queue', 0)} queue messages + {a.get('async', 0)} async invokes = {sum(a.values())}; "
         f"unacknowledged {res['unacknowledged']} (of which delivered anyway {res['unacknowledged_but_delivered']})",
         f"LOST {res['lost']}; duplicates {res['duplicate_ids']} ids ({res['duplicate_deliveries']} extra deliveries; "
@@ -951,6 +1023,7 @@ def main() -> int:
         drain_s = run.drain()
         final_exit, final_orphans = run.daemon.stop()
         res = run.verdict(time.monotonic() - started, drain_s, final_exit, final_orphans)
+        end(final_orphans)
         out = workdir / "kill-report.json"
         out.write_text(json.dumps(res, indent=1))
         if args.json:
@@ -963,7 +1036,8 @@ def main() -> int:
         if res["lost"]:
             print(f"\nLOST {res['lost']} acknowledged id(s): {', '.join(res['lost_ids'][:50])}")
             run.explain_lost(res["lost_ids"])
-        code = 1 if res["lost"] or res["orphans"] else 0
+        s = res["schedule"]
+        code = 1 if res["lost"] or res["orphans"] or s["times_fired_twice"] or s["gaps_over_90s"] else 0
     except HarnessError as e:
         print(f"kill: {e}", file=sys.stderr)
         code = 2

@@ -66,14 +66,22 @@ class LedgerAndFunction(unittest.TestCase):
             "version": "0", "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa",
             "detail-type": "Scheduled Event", "source": "aws.events",
             "time": "2026-11-29T21:00:00Z", "detail": {},
+            "resources": ["arn:aws:events:local:000000000000:rule/killfn-schedule-1"],
         }
         self.assertTrue(call(self.ledger, fire)[0])
         delivered = self.ledger.snapshot()[0]
         self.assertEqual(
             delivered,
-            {"a0000000": 1, "a0000001": 1, "2026-11-29T21:00:00Z|53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa": 1},
+            {
+                "a0000000": 1,
+                "a0000001": 1,
+                "killfn-schedule-1|2026-11-29T21:00:00Z|53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa": 1,
+            },
         )
-        self.assertEqual(self.ledger.schedule[0][:2], ("2026-11-29T21:00:00Z", "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa"))
+        self.assertEqual(
+            self.ledger.schedule,
+            [("killfn-schedule-1", "2026-11-29T21:00:00Z", "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa")],
+        )
 
     def test_the_function_fails_when_the_ledger_is_gone(self) -> None:
         self.ledger.close()
@@ -83,13 +91,13 @@ class LedgerAndFunction(unittest.TestCase):
 
     def test_manifest_names_the_triggers_asked_for(self) -> None:
         both = kill.manifest("127.0.0.1:1", queue=True, schedule=True)
-        self.assertIn('events = [{ queue = "kill-q", batch_size = 10 }, { schedule = "rate(1 minute)" }]', both)
+        self.assertIn('events = [{ queue = "kill-q", batch_size = 10 }, { schedule = "rate(1 minute)" }, ', both)
         self.assertIn('env = { LEDGER = "127.0.0.1:1" }', both)
         self.assertNotIn("events", kill.manifest("127.0.0.1:1", queue=False, schedule=False))
 
 
 class Orphans(unittest.TestCase):
-    def test_a_grandchild_that_outlives_its_killed_parent_is_found_and_ended(self) -> None:
+    def test_grandchildren_that_outlive_their_killed_parent_are_found_and_ended(self) -> None:
         parent = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60 & wait"])
         deadline = kill.time.monotonic() + 10
         while len(kill.descendants(parent.pid)) < 2 and kill.time.monotonic() < deadline:
@@ -98,14 +106,10 @@ class Orphans(unittest.TestCase):
         self.assertEqual(len(before), 2, before)
         parent.send_signal(signal.SIGKILL)
         parent.wait()
-        daemon = kill.Daemon.__new__(kill.Daemon)
-        saved, kill.ORPHAN_PATIENCE = kill.ORPHAN_PATIENCE, 0.2
-        try:
-            orphans = daemon._reap(before)
-        finally:
-            kill.ORPHAN_PATIENCE = saved
-        self.assertEqual(sorted(pid for pid, _ in orphans), sorted(before))
-        self.assertTrue(all("sleep 60" in cmd for _, cmd in orphans), orphans)
+        lingering = kill.linger(before, 0.2)
+        self.assertEqual(lingering, before)
+        self.assertTrue(all("sleep 60" in kill.cmdline(pid) for pid in lingering))
+        kill.end(lingering)
         deadline = kill.time.monotonic() + 10
         while kill.still_alive(before) and kill.time.monotonic() < deadline:
             kill.time.sleep(0.01)

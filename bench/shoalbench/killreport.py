@@ -33,12 +33,14 @@ def section(res: dict | None) -> str:
         "ledger outside Shoal. What the numbers mean: docs/RELIABILITY.md, \"Events: what an "
         "acknowledgement promises\".\n",
         "| kills | acknowledged messages | acknowledged async invokes | lost | duplicate ids "
-        "(extra deliveries) | unacknowledged (delivered anyway) | orphan processes | time |",
+        "(extra deliveries) | unacknowledged (delivered anyway) | instance processes killed "
+        "with the daemon: outlived it 5 s / survived the next start | time |",
         "|---|---|---|---|---|---|---|---|",
         f"| {res['kills']} | {a.get('queue', 0):,} | {a.get('async', 0):,} | **{res['lost']}** | "
         f"{res['duplicate_ids']:,} ({res['duplicate_deliveries']:,}) | "
         f"{res['unacknowledged']:,} ({res['unacknowledged_but_delivered']:,}) | "
-        f"{len(res['orphans'])} of {res['processes_under_killed_daemons']:,} | "
+        f"{res['processes_under_killed_daemons']:,}: {len(res.get('outlived_kill', []))} / "
+        f"{len(res['orphans'])} | "
         f"{res['elapsed_s'] / 60:.1f} min |",
         "",
         f"Kill moments: {moments}. Injected handler failures (retried by Shoal): "

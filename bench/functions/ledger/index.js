@@ -1,5 +1,5 @@
 // The kill test's function (bench/kill.py). Every id it is handed (an SQS record's body, an
-// async invoke's `id`, a schedule fire's time and event id) is reported to the harness's
+// async invoke's `id`, a schedule fire's rule, time and event id) is reported to the harness's
 // ledger, a TCP server outside Shoal at $LEDGER (host:port; instances share the host's
 // network). The call succeeds only once the ledger has answered `ok`, so a success Shoal
 // sees is a delivery the ledger has recorded. The ledger may answer `fail` (the harness
@@ -16,7 +16,8 @@ function describe(event) {
     return { kind: 'queue', ids: event.Records.map((r) => r.body) };
   }
   if (event['detail-type'] === 'Scheduled Event') {
-    return { kind: 'schedule', ids: [`${event.time}|${event.id}`] };
+    const rule = String((event.resources || [])[0] || '').split('/').pop();
+    return { kind: 'schedule', ids: [`${rule}|${event.time}|${event.id}`] };
   }
   return { kind: 'async', ids: [String(event.id)] };
 }
