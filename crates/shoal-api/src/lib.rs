@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 pub use shoal_manifest::{Concurrency, Runtime};
 
+pub mod sqs;
+
 /// `POST /admin/functions` (201): what a deploy made.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeployReply {
@@ -56,8 +58,10 @@ pub struct EventInfo {
     pub kind: String,
     /// The queue name or the schedule expression.
     pub source: String,
-    /// Schedules: when it fires next (epoch ms).
+    /// Schedules: when it fires next (epoch ms), and the same in ISO 8601 UTC.
     pub next_fire_ms: Option<i64>,
+    #[serde(default)]
+    pub next_fire: Option<String>,
 }
 
 /// `DELETE /admin/functions/{name}`.

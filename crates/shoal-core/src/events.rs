@@ -424,10 +424,14 @@ impl Events {
             .running
             .iter()
             .filter(|r| r.kind != "async")
-            .map(|r| EventInfo {
-                kind: r.kind.to_owned(),
-                source: r.source.clone(),
-                next_fire_ms: Some(r.state.next_fire_ms.load(Ordering::Relaxed)).filter(|&t| t > 0),
+            .map(|r| {
+                let next = Some(r.state.next_fire_ms.load(Ordering::Relaxed)).filter(|&t| t > 0);
+                EventInfo {
+                    kind: r.kind.to_owned(),
+                    source: r.source.clone(),
+                    next_fire_ms: next,
+                    next_fire: next.map(shoal_events::iso8601_seconds),
+                }
             })
             .collect()
     }

@@ -1,7 +1,8 @@
 //! Throughput of the SQLite queue store alone: many tasks each loop send (a batch of 10)
 //! → receive (up to 10) → delete what they received, on one queue, with durable
 //! acknowledgements. Reports fully cycled messages per second with `synchronous=FULL`,
-//! then with `NORMAL` for comparison.
+//! then with `NORMAL` for comparison. CPU per message (the writer thread's and the
+//! process's) is printed too: it is what a busy machine changes least.
 //!
 //! `cargo run --release -p shoal-queue --example throughput -- [--tasks N] [--seconds S]
 //! [--body BYTES] [--only full|normal]`
@@ -52,6 +53,40 @@ struct Outcome {
     cycled: u64,
     sent: u64,
     elapsed: Duration,
+    /// CPU seconds: the writer thread's, and the whole process's.
+    writer_cpu: f64,
+    process_cpu: f64,
+}
+
+/// CPU seconds (user + system) from a `/proc/.../stat` line, and the thread's name.
+fn cpu_of(stat: &str) -> Option<(String, f64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat[open + 1..close].to_owned();
+    let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some((name, ticks / 100.0))
+}
+
+/// (writer thread, whole process) CPU seconds so far. Ticks are 1/100 s on Linux.
+fn cpu_now() -> (f64, f64) {
+    let mut writer = 0.0;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            if let Some((name, cpu)) = cpu_of(&stat) {
+                if name.starts_with("shoal-queue") {
+                    writer += cpu;
+                }
+            }
+        }
+    }
+    let process = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| cpu_of(&s))
+        .map_or(0.0, |(_, cpu)| cpu);
+    (writer, process)
 }
 
 async fn run(args: &Args, synchronous: Synchronous) -> Outcome {
@@ -81,6 +116,7 @@ async fn run(args: &Args, synchronous: Synchronous) -> Outcome {
     let sent = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     let start = Instant::now();
+    let cpu_start = cpu_now();
     for _ in 0..args.tasks {
         let (store, stop, cycled, sent, body) = (
             store.clone(),
@@ -121,10 +157,13 @@ async fn run(args: &Args, synchronous: Synchronous) -> Outcome {
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     stop.store(true, Ordering::Relaxed);
     let elapsed = start.elapsed();
+    let cpu_end = cpu_now();
     let outcome = Outcome {
         cycled: cycled.load(Ordering::Relaxed),
         sent: sent.load(Ordering::Relaxed),
         elapsed,
+        writer_cpu: cpu_end.0 - cpu_start.0,
+        process_cpu: cpu_end.1 - cpu_start.1,
     };
     for task in tasks {
         task.await.unwrap();
@@ -147,12 +186,16 @@ async fn main() {
         }
         let o = run(&args, synchronous).await;
         let secs = o.elapsed.as_secs_f64();
+        let per_msg = |cpu: f64| cpu * 1e6 / o.cycled.max(1) as f64;
         println!(
-            "synchronous={:<6} {:>9.0} msgs/s full cycle (sent {:>9.0}/s) over {:.1} s",
+            "synchronous={:<6} {:>7.0} msgs/s full cycle (sent {:>7.0}/s) over {:.1} s; \
+             CPU per message: writer {:.1} µs, process {:.1} µs",
             format!("{synchronous:?}").to_uppercase(),
             o.cycled as f64 / secs,
             o.sent as f64 / secs,
-            secs
+            secs,
+            per_msg(o.writer_cpu),
+            per_msg(o.process_cpu),
         );
     }
 }

@@ -11,7 +11,12 @@
 //! - A receipt names the queue, the message's row and a random nonce drawn at each
 //!   receive: a receipt of an earlier receive is stale (settle: `Ok`, no-op;
 //!   change_visibility: `NotInFlight`), one that is not ours or not of this queue is
-//!   `InvalidReceipt`.
+//!   `InvalidReceipt`. A current receipt whose visibility already ran out still
+//!   deletes (as in SQS) but cannot change the visibility (`NotInFlight`, as SQS's
+//!   `MessageNotInflight`).
+//! - A dead-lettered message keeps its id and send time (so the dead-letter queue's
+//!   retention counts from the original send, as for SQS standard queues); its receive
+//!   count and first receive start afresh.
 //! - Deleting a queue that is another's dead-letter target is allowed (SQS allows it);
 //!   the other queue keeps its redrive policy, and while the target is missing its
 //!   messages are not dead-lettered but stay and keep being delivered — nothing is
@@ -20,7 +25,8 @@
 //!   one, and refusing it would leave a failed event bouncing.
 //! - Retention: a receive deletes the expired messages it meets; the writer looks for
 //!   more every [`Options::retention_sweep_ms`] (1 s; in memory, so cheap) and deletes
-//!   them in one commit.
+//!   them in one commit. That delete reads every row of the queue, so a sweep that took
+//!   long pushes the next one back (sweeping stays under a tenth of the writer's time).
 
 mod ids;
 mod schema;

@@ -21,11 +21,7 @@ struct Fixture {
 
 impl Fixture {
     fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "shoal-queue-{name}-{}-{}",
-            std::process::id(),
-            Instant::now().elapsed().as_nanos()
-        ));
+        let dir = std::env::temp_dir().join(format!("shoal-queue-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Fixture {
@@ -193,21 +189,39 @@ async fn queues_are_created_listed_changed_and_deleted() {
 }
 
 #[tokio::test]
-async fn the_database_is_private() {
+async fn the_database_is_private_even_if_left_wider() {
     use std::os::unix::fs::PermissionsExt;
     let fx = Fixture::new("private");
-    let store = fx.open();
-    store
-        .create_queue("q", QueueConfig::default())
-        .await
-        .unwrap();
-    send(&store, "q", "secret").await;
-    for file in ["events.db", "events.db-wal"] {
-        let mode = std::fs::metadata(fx.dir.join(file))
+    let files = ["events.db", "events.db-wal"];
+    let mode = |file: &str| {
+        std::fs::metadata(fx.dir.join(file))
             .unwrap()
             .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600, "{file}");
+            .mode()
+            & 0o777
+    };
+    {
+        let store = fx.open();
+        store
+            .create_queue("q", QueueConfig::default())
+            .await
+            .unwrap();
+        send(&store, "q", "secret").await;
+        for file in files {
+            assert_eq!(mode(file), 0o600, "{file}");
+        }
+    }
+    // Closing checkpoints and removes the log; leave a wide one as a crash would.
+    for file in files {
+        let path = fx.dir.join(file);
+        if !path.exists() {
+            std::fs::write(&path, b"").unwrap();
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let _store = fx.open();
+    for file in files {
+        assert_eq!(mode(file), 0o600, "{file} not narrowed at open");
     }
 }
 

@@ -1,9 +1,11 @@
 //! The control API (loopback by default, admin token required on every route): the
-//! Lambda Invoke API, admin routes (deploy, list, status, logs, delete) and `/metrics`.
+//! Lambda Invoke API, the SQS API (`X-Amz-Target: AmazonSQS.*`, see [`crate::sqs`]),
+//! admin routes (deploy, list, status, logs, delete) and `/metrics`.
 //!
 //! A request is parsed into an [`Action`] (firecracker's shape: parse, then act), the
 //! action runs against the core and yields a [`Reply`] or an error, and [`respond`] turns
-//! either into a response — the only place this API chooses status codes.
+//! either into a response — the only place this API chooses status codes (the SQS API's
+//! are chosen in its own `respond`).
 
 mod respond;
 
@@ -16,10 +18,11 @@ use hyper::{Method, Request, Response};
 use shoal_api::{headers, Deleted, DeployReply, FunctionList, LogPage, StatusReport};
 use shoal_core::{InvocationType, InvokeRequest, Invoked, Platform};
 use shoal_dispatch::BoxFuture;
+use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::auth;
 use crate::http::{self, Body, BodyError, Handler};
+use crate::{auth, sqs};
 
 /// Lambda's synchronous invoke payload limit.
 const MAX_INVOKE_BODY: usize = 6 * 1024 * 1024;
@@ -82,11 +85,25 @@ enum Failure {
 pub(crate) struct Control {
     platform: Arc<Platform>,
     token: String,
+    /// The listener's address: queue URLs point here when a request has no `Host`.
+    addr: SocketAddr,
+    /// True once the daemon stops (long polls end early).
+    stopping: watch::Receiver<bool>,
 }
 
 impl Control {
-    pub(crate) fn new(platform: Arc<Platform>, token: String) -> Arc<Control> {
-        Arc::new(Control { platform, token })
+    pub(crate) fn new(
+        platform: Arc<Platform>,
+        token: String,
+        addr: SocketAddr,
+        stopping: watch::Receiver<bool>,
+    ) -> Arc<Control> {
+        Arc::new(Control {
+            platform,
+            token,
+            addr,
+            stopping,
+        })
     }
 
     async fn handle_request(&self, req: Request<Incoming>) -> Response<Body> {
@@ -109,6 +126,13 @@ impl Control {
         request_id: String,
         function: Option<String>,
     ) -> Response<Body> {
+        if let Some(operation) = sqs_operation(&req) {
+            let operation = operation.to_owned();
+            return match self.serve_sqs(req, &operation).await {
+                Ok(reply) => sqs::reply(reply, &request_id),
+                Err(error) => sqs::failure(&error, &request_id),
+            };
+        }
         let result = match self.parse(req, &request_id).await {
             Ok(action) => self.run(action).await.map_err(Failure::from),
             Err(failure) => Err(failure),
@@ -119,12 +143,53 @@ impl Control {
         }
     }
 
-    async fn parse(&self, req: Request<Incoming>, request_id: &str) -> Result<Action, Failure> {
+    /// The admin token, as every route asks for it.
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
         let authorization = req
             .headers()
             .get(hyper::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        if !auth::bearer_matches(authorization, &self.token) {
+        auth::bearer_matches(authorization, &self.token)
+    }
+
+    /// An SQS request: the same token, then the SQS API's own parse, run and answers.
+    async fn serve_sqs(
+        &self,
+        req: Request<Incoming>,
+        operation: &str,
+    ) -> Result<sqs::Reply, sqs::Error> {
+        if !self.authorized(&req) {
+            return Err(sqs::Error::AccessDenied);
+        }
+        // Queue URLs name the host the client reached (a plain `host[:port]` only).
+        let host = req
+            .headers()
+            .get(hyper::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .filter(|h| {
+                !h.is_empty()
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+            })
+            .map_or_else(|| self.addr.to_string(), str::to_owned);
+        let body = http::read_body(req.into_body(), sqs::MAX_REQUEST_BYTES)
+            .await
+            .map_err(|e| match e {
+                BodyError::TooLarge(_) => sqs::Error::RequestTooLarge,
+                BodyError::Broken => sqs::Error::BrokenBody,
+            })?;
+        let action = sqs::parse(operation, &body)?;
+        tracing::debug!(operation, "SQS request");
+        let context = sqs::Context {
+            backend: self.platform.queues(),
+            base_url: format!("http://{host}"),
+            stopping: self.stopping.clone(),
+        };
+        sqs::run(&context, action).await
+    }
+
+    async fn parse(&self, req: Request<Incoming>, request_id: &str) -> Result<Action, Failure> {
+        if !self.authorized(&req) {
             return Err(Failure::Unauthorized);
         }
         let path = req.uri().path().to_owned();
@@ -198,6 +263,19 @@ impl Control {
             Action::Metrics => Reply::Metrics(self.platform.metrics()),
         })
     }
+}
+
+/// The SQS action a request names (`POST` with `X-Amz-Target: AmazonSQS.<Action>`, on
+/// any path: SDKs post to `/`, some to the queue's URL).
+fn sqs_operation(req: &Request<Incoming>) -> Option<&str> {
+    if req.method() != Method::POST {
+        return None;
+    }
+    req.headers()
+        .get("x-amz-target")?
+        .to_str()
+        .ok()?
+        .strip_prefix(sqs::TARGET_PREFIX)
 }
 
 async fn body(

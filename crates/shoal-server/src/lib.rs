@@ -13,6 +13,7 @@ mod auth;
 mod control;
 mod gateway;
 mod http;
+mod sqs;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -181,8 +182,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         )),
         tokio::spawn(http::serve(
             control,
-            stopped,
-            control::Control::new(platform.clone(), token.clone()),
+            stopped.clone(),
+            control::Control::new(platform.clone(), token.clone(), control_addr, stopped),
         )),
     ];
     Ok(Running {

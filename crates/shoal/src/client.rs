@@ -31,7 +31,11 @@ impl Reply {
             return Ok(self);
         }
         match serde_json::from_slice::<ErrorBody>(&self.body) {
-            Ok(error) => bail!("{} ({}, {})", error.message, error.error_type, self.status),
+            Ok(error) => {
+                // The SQS API names its errors `com.amazonaws.sqs#QueueDoesNotExist`.
+                let error_type = error.error_type.rsplit('#').next().unwrap_or_default();
+                bail!("{} ({error_type}, {})", error.message, self.status)
+            }
             Err(_) => bail!("{} ({})", String::from_utf8_lossy(&self.body), self.status),
         }
     }

@@ -5,6 +5,7 @@ pub mod deploy;
 pub mod invoke;
 pub mod logs;
 pub mod ls;
+pub mod queue;
 pub mod rm;
 pub mod serve;
 pub mod status;

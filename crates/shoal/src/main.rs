@@ -47,6 +47,8 @@ enum Command {
     Logs(commands::logs::Args),
     /// Delete a function.
     Rm(commands::rm::Args),
+    /// SQS-style queues: create, send, receive, purge, rm, ls.
+    Queue(commands::queue::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -87,6 +89,7 @@ fn main() -> std::process::ExitCode {
             Command::Status(args) => commands::status::run(&client()?, args).await,
             Command::Logs(args) => commands::logs::run(&client()?, args).await,
             Command::Rm(args) => commands::rm::run(&client()?, args).await,
+            Command::Queue(args) => commands::queue::run(&client()?, args).await,
         }
     });
     match result {

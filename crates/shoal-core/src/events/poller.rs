@@ -24,6 +24,8 @@ const IDLE_WAIT_MS: u64 = 1_000;
 /// Most messages one receive asks the store for: Lambda's SQS batches above 10 are
 /// gathered over several receives.
 const RECEIVE_MAX: usize = 1_000;
+/// Most batches taken in one receive when there is no batching window.
+const MAX_BATCHES_PER_RECEIVE: usize = 50;
 
 pub(crate) async fn run(
     ctx: Arc<Ctx>,
@@ -56,7 +58,8 @@ pub(crate) async fn run(
             };
             refreshed = Some(Instant::now());
         }
-        if state.in_flight.load(Ordering::Relaxed) >= cap {
+        let in_flight = state.in_flight.load(Ordering::Relaxed);
+        if in_flight >= cap {
             tokio::select! {
                 _ = done.notified() => {}
                 _ = stop.changed() => return,
@@ -64,26 +67,79 @@ pub(crate) async fn run(
             }
             continue;
         }
-        let batch = match gather(&ctx, &trigger, &state, &mut stop).await {
-            Some(batch) => batch,
-            None => return,
+        let batches = if trigger.batching_window_ms == 0 {
+            // Under a backlog, one receive takes several batches' worth (one commit
+            // instead of many); they are split and run side by side.
+            let free = ((cap - in_flight) as usize).min(MAX_BATCHES_PER_RECEIVE);
+            match take(&ctx, &trigger, &state, free, &mut stop).await {
+                Some(batches) => batches,
+                None => return,
+            }
+        } else {
+            match gather(&ctx, &trigger, &state, &mut stop).await {
+                Some(batch) if batch.is_empty() => Vec::new(),
+                Some(batch) => vec![batch],
+                None => return,
+            }
         };
-        if batch.is_empty() {
-            continue;
+        for batch in batches {
+            state.in_flight.fetch_add(1, Ordering::Relaxed);
+            let (ctx, function, trigger, state, done) = (
+                ctx.clone(),
+                function.clone(),
+                trigger.clone(),
+                state.clone(),
+                done.clone(),
+            );
+            tokio::spawn(async move {
+                deliver(&ctx, &function, &trigger, &state, batch).await;
+                state.in_flight.fetch_sub(1, Ordering::Relaxed);
+                done.notify_one();
+            });
         }
-        state.in_flight.fetch_add(1, Ordering::Relaxed);
-        let (ctx, function, trigger, state, done) = (
-            ctx.clone(),
-            function.clone(),
-            trigger.clone(),
-            state.clone(),
-            done.clone(),
-        );
-        tokio::spawn(async move {
-            deliver(&ctx, &function, &trigger, &state, batch).await;
-            state.in_flight.fetch_sub(1, Ordering::Relaxed);
-            done.notify_one();
-        });
+    }
+}
+
+/// Without a batching window: whatever is visible now, up to `batches` full batches, split
+/// into batches; waits (briefly) only when nothing is there. `None`: stop.
+async fn take(
+    ctx: &Ctx,
+    trigger: &QueueTrigger,
+    state: &TriggerState,
+    batches: usize,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Vec<Vec<Received>>> {
+    let size = trigger.batch_size as usize;
+    let ask = (size * batches.max(1)).min(RECEIVE_MAX);
+    match ctx
+        .queues
+        .receive(&trigger.queue, ask, None, Holder::Internal)
+        .await
+    {
+        Ok(received) => {
+            state.count("dead_lettered", received.dead_lettered);
+            state.error(None);
+            if !received.messages.is_empty() {
+                let mut messages = received.messages;
+                let mut batches = Vec::with_capacity(messages.len().div_ceil(size));
+                while !messages.is_empty() {
+                    let rest = messages.split_off(messages.len().min(size));
+                    batches.push(std::mem::replace(&mut messages, rest));
+                }
+                return Some(batches);
+            }
+            tokio::select! {
+                _ = ctx.queues.wait(&trigger.queue, IDLE_WAIT_MS) => Some(Vec::new()),
+                _ = stop.changed() => None,
+            }
+        }
+        Err(e) => {
+            state.error(Some(e.to_string()));
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => Some(Vec::new()),
+                _ = stop.changed() => None,
+            }
+        }
     }
 }
 

@@ -122,17 +122,19 @@ fn bump(map: &mut BTreeMap<EpochMs, u64>, key: EpochMs) {
     *map.entry(key).or_insert(0) += 1;
 }
 
-fn drop_one(map: &mut BTreeMap<EpochMs, u64>, key: EpochMs) -> bool {
+/// Takes one from `key`'s count: `None` if there was none, `Some(true)` if that was the
+/// last.
+fn drop_one(map: &mut BTreeMap<EpochMs, u64>, key: EpochMs) -> Option<bool> {
     match map.get_mut(&key) {
         Some(n) if *n > 1 => {
             *n -= 1;
-            true
+            Some(false)
         }
         Some(_) => {
             map.remove(&key);
-            true
+            Some(true)
         }
-        None => false,
+        None => None,
     }
 }
 
@@ -202,14 +204,24 @@ impl State {
         drop_one(&mut c.sent, shape.sent_at_ms);
         self.pending_messages = self.pending_messages.saturating_sub(1);
         self.pending_bytes = self.pending_bytes.saturating_sub(shape.size);
-        if shape.visible_at_ms <= self.promoted {
+        let at = shape.visible_at_ms;
+        if at <= self.promoted {
             c.ready = c.ready.saturating_sub(1);
-        } else if shape.received {
-            if drop_one(&mut c.in_flight, shape.visible_at_ms) {
-                c.in_flight_total -= 1;
-            }
-        } else if drop_one(&mut c.delayed, shape.visible_at_ms) {
-            c.delayed_total -= 1;
+            return;
+        }
+        let (map, total, other) = if shape.received {
+            (&mut c.in_flight, &mut c.in_flight_total, &c.delayed)
+        } else {
+            (&mut c.delayed, &mut c.delayed_total, &c.in_flight)
+        };
+        let Some(last) = drop_one(map, at) else {
+            return;
+        };
+        *total -= 1;
+        // Nothing left due then: forget the timer, or messages received with a long
+        // visibility and deleted at once would pile timers up until their deadlines.
+        if last && !other.contains_key(&at) {
+            self.timers.remove(&(at, queue));
         }
     }
 
@@ -285,6 +297,14 @@ mod tests {
         assert_eq!((state.pending_messages, state.pending_bytes), (1, 10));
         state.remove(1, shape(100, false));
         assert_eq!(stats(&state, 1000), (0, 0, 0));
+        // Timers go with the last message due at their time.
+        assert_eq!(state.next_timer(), None);
+        state.add(1, shape(500, true));
+        state.add(1, shape(500, false));
+        state.remove(1, shape(500, true));
+        assert_eq!(state.next_timer(), Some(500));
+        state.remove(1, shape(500, false));
+        assert_eq!(state.next_timer(), None);
         assert_eq!(state.queues[&1].stats(0).oldest_sent_at_ms, None);
         assert_eq!((state.pending_messages, state.pending_bytes), (0, 0));
     }

@@ -1,10 +1,15 @@
 //! The writer thread: the only owner of the write connection and the only code that
 //! changes the in-memory state. Callers hand it [`Op`]s over a channel; it takes every
-//! op waiting, runs them in one transaction (each under its own savepoint, so one op's
-//! failure undoes only that op), commits once — one fsync for the lot — then publishes
-//! the batch's effects to the state, wakes waiters and answers each caller. Between
-//! batches it moves the visibility watermark (waking waiters when hidden messages fall
-//! due) and sweeps messages past retention.
+//! op waiting, runs them in one transaction, commits once — one fsync for the lot — then
+//! publishes the batch's effects to the state, wakes waiters and answers each caller.
+//! Between batches it moves the visibility watermark (waking waiters when hidden
+//! messages fall due) and sweeps messages past retention.
+//!
+//! One op's refusal must not undo the others', without paying for a savepoint per op:
+//! every op checks everything that can refuse it (queue, sizes, caps, receipts) before
+//! its first write, so a refused op has written nothing. Only a failing statement can
+//! stop an op half-way; then the transaction rolls back and runs once more without that
+//! op (a second failure fails the whole batch: the disk, not the op, is the trouble).
 //!
 //! Ops that change a queue itself (create, set, delete, purge) run alone in their own
 //! transaction, so every other op can check queues and configs against the committed
@@ -12,9 +17,9 @@
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
+use rusqlite::{params, CachedStatement, Connection, OptionalExtension, Row};
 use tokio::sync::{oneshot, Notify};
 
 use super::ids::{Receipt, SplitMix};
@@ -29,6 +34,19 @@ const MAX_OPS_PER_BATCH: usize = 4096;
 const MAX_IDLE_MS: i64 = 1000;
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// A statement failed: the op stopped half-way and its transaction must roll back.
+type Sql<T> = rusqlite::Result<T>;
+
+/// Inside an op returning `Sql<Result<T>>`: a refusal is the op's answer, not a failure.
+macro_rules! refuse {
+    ($checked:expr) => {
+        match $checked {
+            Ok(value) => value,
+            Err(refusal) => return Ok(Err(refusal)),
+        }
+    };
+}
 
 /// A message as the caller prepared it: id drawn, size counted.
 #[derive(Debug)]
@@ -137,6 +155,16 @@ pub(super) enum Op {
     },
 }
 
+/// What an op came to, held until its transaction commits.
+enum Outcome {
+    Done(Result<()>),
+    Count(Result<u64>),
+    Receipts(Result<RawReceipts>),
+    Entries(Result<Vec<Result<()>>>),
+    Fired(Result<bool>),
+    At(Result<EpochMs>),
+}
+
 impl Op {
     /// Changes a queue itself, so runs alone.
     fn alone(&self) -> bool {
@@ -148,41 +176,69 @@ impl Op {
                 | Op::Purge { .. }
         )
     }
+
+    /// Sends the caller its answer: the op's outcome, or why it could not be kept.
+    fn answer(self, outcome: Result<Outcome>) {
+        fn give<T>(reply: Reply<T>, result: Result<T>) {
+            // A caller that stopped waiting (a dropped future) is no error of ours.
+            let _ = reply.send(result);
+        }
+        fn mismatch() -> QueueError {
+            QueueError::Storage("internal error: an op got another op's outcome".into())
+        }
+        match self {
+            Op::CreateQueue { reply, .. }
+            | Op::SetConfig { reply, .. }
+            | Op::DeleteQueue { reply, .. }
+            | Op::Send { reply, .. }
+            | Op::ForgetSchedules { reply, .. } => give(
+                reply,
+                outcome.and_then(|o| match o {
+                    Outcome::Done(r) => r,
+                    _ => Err(mismatch()),
+                }),
+            ),
+            Op::Purge { reply, .. } => give(
+                reply,
+                outcome.and_then(|o| match o {
+                    Outcome::Count(r) => r,
+                    _ => Err(mismatch()),
+                }),
+            ),
+            Op::Receive { reply, .. } => give(
+                reply,
+                outcome.and_then(|o| match o {
+                    Outcome::Receipts(r) => r,
+                    _ => Err(mismatch()),
+                }),
+            ),
+            Op::Settle { reply, .. } | Op::ChangeVisibility { reply, .. } => give(
+                reply,
+                outcome.and_then(|o| match o {
+                    Outcome::Entries(r) => r,
+                    _ => Err(mismatch()),
+                }),
+            ),
+            Op::Fire { reply, .. } => give(
+                reply,
+                outcome.and_then(|o| match o {
+                    Outcome::Fired(r) => r,
+                    _ => Err(mismatch()),
+                }),
+            ),
+            Op::StartSchedule { reply, .. } => give(
+                reply,
+                outcome.and_then(|o| match o {
+                    Outcome::At(r) => r,
+                    _ => Err(mismatch()),
+                }),
+            ),
+        }
+    }
 }
 
-fn storage(err: rusqlite::Error) -> QueueError {
+fn storage(err: &rusqlite::Error) -> QueueError {
     QueueError::Storage(err.to_string())
-}
-
-trait Sql<T> {
-    fn sql(self) -> Result<T>;
-}
-
-impl<T> Sql<T> for rusqlite::Result<T> {
-    fn sql(self) -> Result<T> {
-        self.map_err(storage)
-    }
-}
-
-/// A caller's answer, held until the batch's commit decides it.
-trait Answer: Send {
-    fn answer(self: Box<Self>, failed: Option<&str>);
-}
-
-struct Answered<T> {
-    reply: Reply<T>,
-    result: Result<T>,
-}
-
-impl<T: Send> Answer for Answered<T> {
-    fn answer(self: Box<Self>, failed: Option<&str>) {
-        let result = match failed {
-            Some(why) => Err(QueueError::Storage(why.to_owned())),
-            None => self.result,
-        };
-        // A caller that stopped waiting (a dropped future) is no error of ours.
-        let _ = self.reply.send(result);
-    }
 }
 
 /// A committed change, applied to the state once its transaction commits.
@@ -197,19 +253,11 @@ enum Effect {
     Purge(i64),
 }
 
-/// One transaction's worth of ops.
+/// One transaction's worth of changes.
 struct Batch {
     now: EpochMs,
     effects: Vec<Effect>,
-    answers: Vec<Box<dyn Answer>>,
     /// Messages and bytes this batch added (negative: removed), for the store's caps.
-    added_messages: i64,
-    added_bytes: i64,
-}
-
-#[derive(Clone, Copy)]
-struct Mark {
-    effects: usize,
     added_messages: i64,
     added_bytes: i64,
 }
@@ -219,7 +267,6 @@ impl Batch {
         Batch {
             now,
             effects: Vec::new(),
-            answers: Vec::new(),
             added_messages: 0,
             added_bytes: 0,
         }
@@ -235,20 +282,6 @@ impl Batch {
         self.added_messages -= 1;
         self.added_bytes -= shape.size as i64;
         self.effects.push(Effect::Remove(queue, shape));
-    }
-
-    fn mark(&self) -> Mark {
-        Mark {
-            effects: self.effects.len(),
-            added_messages: self.added_messages,
-            added_bytes: self.added_bytes,
-        }
-    }
-
-    fn rewind(&mut self, mark: Mark) {
-        self.effects.truncate(mark.effects);
-        self.added_messages = mark.added_messages;
-        self.added_bytes = mark.added_bytes;
     }
 }
 
@@ -266,37 +299,64 @@ struct Meta {
     pending_bytes: u64,
 }
 
-const INSERT: &str =
-    "INSERT INTO messages (queue, visible_at_ms, sent_at_ms, size, id, attributes, body)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
-const SELECT_VISIBLE: &str =
-    "SELECT seq, visible_at_ms, sent_at_ms, receive_count, first_received_at_ms, size,
-            id, attributes, body
-     FROM messages WHERE queue = ?1 AND visible_at_ms <= ?2
-     ORDER BY visible_at_ms, seq LIMIT ?3";
-const SELECT_VISIBLE_AFTER: &str =
-    "SELECT seq, visible_at_ms, sent_at_ms, receive_count, first_received_at_ms, size,
-            id, attributes, body
-     FROM messages WHERE queue = ?1 AND visible_at_ms <= ?2 AND (visible_at_ms, seq) > (?4, ?5)
-     ORDER BY visible_at_ms, seq LIMIT ?3";
-const MARK_RECEIVED: &str = "UPDATE messages SET visible_at_ms = ?2, receive_count = ?3,
-            first_received_at_ms = ?4, nonce = ?5, holder = ?6
-     WHERE seq = ?1";
-const MOVE_TO_DEAD_LETTER: &str =
-    "UPDATE messages SET queue = ?2, visible_at_ms = ?3, receive_count = 0,
-            first_received_at_ms = NULL, nonce = 0, holder = NULL
-     WHERE seq = ?1";
-const DELETE_SEQ: &str = "DELETE FROM messages WHERE seq = ?1";
-const DELETE_RECEIPT: &str = "DELETE FROM messages WHERE seq = ?1 AND queue = ?2 AND nonce = ?3
-     RETURNING sent_at_ms, visible_at_ms, receive_count, size";
-const SELECT_RECEIPT: &str = "SELECT sent_at_ms, visible_at_ms, receive_count, size
-     FROM messages WHERE seq = ?1 AND queue = ?2 AND nonce = ?3";
-const SET_VISIBLE_AT: &str = "UPDATE messages SET visible_at_ms = ?2 WHERE seq = ?1";
-const DELETE_EXPIRED: &str = "DELETE FROM messages WHERE queue = ?1 AND sent_at_ms <= ?2
-     RETURNING sent_at_ms, visible_at_ms, receive_count, size";
+/// The hot statements, taken from the connection's cache once per transaction rather
+/// than once per message.
+struct Stmts<'c> {
+    conn: &'c Connection,
+    insert: CachedStatement<'c>,
+    select_visible: CachedStatement<'c>,
+    select_visible_after: CachedStatement<'c>,
+    mark_received: CachedStatement<'c>,
+    move_to_dead_letter: CachedStatement<'c>,
+    delete_seq: CachedStatement<'c>,
+    select_receipt: CachedStatement<'c>,
+    set_visible_at: CachedStatement<'c>,
+}
+
+const CANDIDATE_COLUMNS: &str = "seq, visible_at_ms, sent_at_ms, receive_count, \
+                                 first_received_at_ms, size, id, attributes, body";
+
+impl<'c> Stmts<'c> {
+    fn new(conn: &'c Connection) -> Sql<Self> {
+        Ok(Stmts {
+            conn,
+            insert: conn.prepare_cached(
+                "INSERT INTO messages (queue, visible_at_ms, sent_at_ms, size, id, attributes, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?,
+            select_visible: conn.prepare_cached(&format!(
+                "SELECT {CANDIDATE_COLUMNS} FROM messages
+                 WHERE queue = ?1 AND visible_at_ms <= ?2
+                 ORDER BY visible_at_ms, seq LIMIT ?3"
+            ))?,
+            select_visible_after: conn.prepare_cached(&format!(
+                "SELECT {CANDIDATE_COLUMNS} FROM messages
+                 WHERE queue = ?1 AND visible_at_ms <= ?2 AND (visible_at_ms, seq) > (?4, ?5)
+                 ORDER BY visible_at_ms, seq LIMIT ?3"
+            ))?,
+            mark_received: conn.prepare_cached(
+                "UPDATE messages SET visible_at_ms = ?2, receive_count = ?3,
+                        first_received_at_ms = ?4, nonce = ?5, holder = ?6
+                 WHERE seq = ?1",
+            )?,
+            move_to_dead_letter: conn.prepare_cached(
+                "UPDATE messages SET queue = ?2, visible_at_ms = ?3, receive_count = 0,
+                        first_received_at_ms = NULL, nonce = 0, holder = NULL
+                 WHERE seq = ?1",
+            )?,
+            delete_seq: conn.prepare_cached("DELETE FROM messages WHERE seq = ?1")?,
+            select_receipt: conn.prepare_cached(
+                "SELECT sent_at_ms, visible_at_ms, receive_count, size
+                 FROM messages WHERE seq = ?1 AND queue = ?2 AND nonce = ?3",
+            )?,
+            set_visible_at: conn
+                .prepare_cached("UPDATE messages SET visible_at_ms = ?2 WHERE seq = ?1")?,
+        })
+    }
+}
 
 /// The shape of a row read as (sent_at_ms, visible_at_ms, receive_count, size).
-fn shape_of(row: &Row<'_>) -> rusqlite::Result<Shape> {
+fn shape_of(row: &Row<'_>) -> Sql<Shape> {
     Ok(Shape {
         sent_at_ms: row.get(0)?,
         visible_at_ms: row.get(1)?,
@@ -314,7 +374,7 @@ fn holder_code(holder: Holder) -> i64 {
 
 /// Makes every message an internal consumer of a previous process held visible again
 /// (those consumers died with it). Outside clients' holds keep their deadlines.
-pub(super) fn release_internal(conn: &Connection, now: EpochMs) -> rusqlite::Result<usize> {
+pub(super) fn release_internal(conn: &Connection, now: EpochMs) -> Sql<usize> {
     conn.execute(
         "UPDATE messages SET visible_at_ms = ?1, holder = NULL
          WHERE holder = 1 AND visible_at_ms > ?1",
@@ -323,7 +383,7 @@ pub(super) fn release_internal(conn: &Connection, now: EpochMs) -> rusqlite::Res
 }
 
 /// Builds the in-memory state from the database.
-pub(super) fn load(conn: &Connection, now: EpochMs) -> rusqlite::Result<State> {
+pub(super) fn load(conn: &Connection, now: EpochMs) -> Sql<State> {
     let mut state = State::default();
     state.promote(now);
     let mut stmt = conn.prepare(
@@ -382,6 +442,14 @@ struct Ctx {
     /// When to look for messages past retention next, and how often.
     next_sweep: EpochMs,
     sweep_every_ms: i64,
+}
+
+/// Why a transaction did not commit.
+enum Abort {
+    /// A statement of op `index` failed: run the batch again without it.
+    Op(usize, rusqlite::Error),
+    /// Beginning or committing failed: every op fails.
+    Batch(rusqlite::Error),
 }
 
 impl Writer {
@@ -465,30 +533,64 @@ impl Writer {
 
     /// Runs `ops` in one transaction and, once it commits, publishes and answers them.
     fn commit(&mut self, ops: Vec<Op>, now: EpochMs) {
-        let mut batch = Batch::new(now);
-        let outcome = match self.conn.transaction() {
-            Ok(mut tx) => {
-                for op in ops {
-                    self.ctx.run(&mut tx, &mut batch, op);
+        let mut failed: Vec<Option<QueueError>> = ops.iter().map(|_| None).collect();
+        let mut replayed = false;
+        loop {
+            let mut batch = Batch::new(now);
+            match self.attempt(&ops, &failed, &mut batch) {
+                Ok(outcomes) => {
+                    self.ctx.publish(batch.effects);
+                    for ((op, outcome), failure) in ops.into_iter().zip(outcomes).zip(failed) {
+                        match (outcome, failure) {
+                            (Some(outcome), _) => op.answer(Ok(outcome)),
+                            (None, Some(failure)) => op.answer(Err(failure)),
+                            (None, None) => op.answer(Err(QueueError::Storage(
+                                "internal error: an op was skipped".into(),
+                            ))),
+                        }
+                    }
+                    return;
                 }
-                tx.commit()
-            }
-            Err(err) => {
-                for op in ops {
-                    fail(op, &err);
+                Err(Abort::Op(index, err)) if !replayed => {
+                    failed[index] = Some(storage(&err));
+                    replayed = true;
                 }
-                Err(err)
-            }
-        };
-        match outcome {
-            Ok(()) => self.ctx.publish(batch),
-            Err(err) => {
-                let why = err.to_string();
-                for answer in batch.answers {
-                    answer.answer(Some(&why));
+                Err(Abort::Op(_, err) | Abort::Batch(err)) => {
+                    for (op, failure) in ops.into_iter().zip(failed) {
+                        op.answer(Err(failure.unwrap_or_else(|| storage(&err))));
+                    }
+                    return;
                 }
             }
         }
+    }
+
+    /// One try at a transaction of every op not in `failed`; the outcomes, in order.
+    fn attempt(
+        &mut self,
+        ops: &[Op],
+        failed: &[Option<QueueError>],
+        batch: &mut Batch,
+    ) -> Result<Vec<Option<Outcome>>, Abort> {
+        let tx = self.conn.transaction().map_err(Abort::Batch)?;
+        let mut outcomes = Vec::with_capacity(ops.len());
+        {
+            let mut sql = Stmts::new(&tx).map_err(Abort::Batch)?;
+            for (index, op) in ops.iter().enumerate() {
+                if failed[index].is_some() {
+                    outcomes.push(None);
+                    continue;
+                }
+                let outcome = self
+                    .ctx
+                    .exec(&mut sql, batch, op)
+                    .map_err(|err| Abort::Op(index, err))?;
+                outcomes.push(Some(outcome));
+            }
+        }
+        // Dropping an uncommitted transaction (on any `?` above) rolls it back.
+        tx.commit().map_err(Abort::Batch)?;
+        Ok(outcomes)
     }
 
     /// Deletes what is past retention in every queue that holds some, in one commit.
@@ -508,148 +610,94 @@ impl Writer {
             return;
         }
         let mut batch = Batch::new(now);
-        let run = |conn: &mut Connection, batch: &mut Batch| -> rusqlite::Result<()> {
+        let run = |conn: &mut Connection, batch: &mut Batch| -> Sql<()> {
             let tx = conn.transaction()?;
             {
-                let mut delete = tx.prepare_cached(DELETE_EXPIRED)?;
+                let mut delete = tx.prepare_cached(
+                    "DELETE FROM messages WHERE queue = ?1 AND sent_at_ms <= ?2
+                     RETURNING sent_at_ms, visible_at_ms, receive_count, size",
+                )?;
                 for (queue, cutoff) in due {
                     let shapes = delete
                         .query_map(params![queue, cutoff], shape_of)?
-                        .collect::<rusqlite::Result<Vec<_>>>()?;
-                    let expired = shapes.len() as u64;
+                        .collect::<Sql<Vec<_>>>()?;
+                    batch
+                        .effects
+                        .push(Effect::Expired(queue, shapes.len() as u64));
                     for shape in shapes {
                         batch.remove(queue, shape);
                     }
-                    batch.effects.push(Effect::Expired(queue, expired));
                 }
             }
             tx.commit()
         };
+        // Finding a queue's expired messages reads all of that queue's rows (an index on
+        // send time would cost every send and delete more than the sweep saves), so a
+        // long sweep pushes the next one back: sweeping takes at most a tenth of the
+        // writer's time. Receives still delete the expired messages they meet.
+        let started = Instant::now();
         // A failed sweep changes nothing and is tried again at the next one.
         if run(&mut self.conn, &mut batch).is_ok() {
-            self.ctx.publish(batch);
+            self.ctx.publish(batch.effects);
         }
-    }
-}
-
-/// Answers an op that never ran.
-fn fail(op: Op, err: &rusqlite::Error) {
-    fn refuse<T>(reply: Reply<T>, err: &rusqlite::Error) {
-        let _ = reply.send(Err(QueueError::Storage(err.to_string())));
-    }
-    match op {
-        Op::CreateQueue { reply, .. }
-        | Op::SetConfig { reply, .. }
-        | Op::DeleteQueue { reply, .. }
-        | Op::Send { reply, .. }
-        | Op::ForgetSchedules { reply, .. } => refuse(reply, err),
-        Op::Purge { reply, .. } => refuse(reply, err),
-        Op::Receive { reply, .. } => refuse(reply, err),
-        Op::Settle { reply, .. } | Op::ChangeVisibility { reply, .. } => refuse(reply, err),
-        Op::Fire { reply, .. } => refuse(reply, err),
-        Op::StartSchedule { reply, .. } => refuse(reply, err),
+        let backoff = i64::try_from(started.elapsed().as_millis() * 9).unwrap_or(i64::MAX);
+        self.ctx.next_sweep = self.ctx.next_sweep.max(now.saturating_add(backoff));
     }
 }
 
 impl Ctx {
-    /// Runs one op under a savepoint: its changes stay only if it succeeds.
-    fn run(&mut self, tx: &mut Transaction<'_>, batch: &mut Batch, op: Op) {
-        let mark = batch.mark();
-        let sp = match tx.savepoint() {
-            Ok(sp) => sp,
-            Err(err) => return fail(op, &err),
-        };
-        match op {
-            Op::CreateQueue {
-                name,
-                config,
-                reply,
-            } => {
-                let result = self.create_queue(&sp, batch, name, config);
-                finish(sp, batch, mark, reply, result)
+    fn exec(&mut self, sql: &mut Stmts<'_>, batch: &mut Batch, op: &Op) -> Sql<Outcome> {
+        Ok(match op {
+            Op::CreateQueue { name, config, .. } => {
+                Outcome::Done(self.create_queue(sql, batch, name, config)?)
             }
-            Op::SetConfig {
-                name,
-                config,
-                reply,
-            } => {
-                let result = self.set_config(&sp, batch, &name, config);
-                finish(sp, batch, mark, reply, result)
+            Op::SetConfig { name, config, .. } => {
+                Outcome::Done(self.set_config(sql, batch, name, config)?)
             }
-            Op::DeleteQueue { name, reply } => {
-                let result = self.delete_queue(&sp, batch, &name);
-                finish(sp, batch, mark, reply, result)
-            }
-            Op::Purge { name, reply } => {
-                let result = self.purge(&sp, batch, &name);
-                finish(sp, batch, mark, reply, result)
-            }
+            Op::DeleteQueue { name, .. } => Outcome::Done(self.delete_queue(sql, batch, name)?),
+            Op::Purge { name, .. } => Outcome::Count(self.purge(sql, batch, name)?),
             Op::Send {
-                queue,
-                messages,
-                reply,
-            } => {
-                let result = self.send(&sp, batch, &queue, messages);
-                finish(sp, batch, mark, reply, result)
-            }
+                queue, messages, ..
+            } => Outcome::Done(self.send(sql, batch, queue, messages)?),
             Op::Receive {
                 queue,
                 max,
                 visibility_ms,
                 holder,
-                reply,
+                ..
             } => {
-                let result = self.receive(&sp, batch, &queue, max, visibility_ms, holder);
-                finish(sp, batch, mark, reply, result)
+                Outcome::Receipts(self.receive(sql, batch, queue, *max, *visibility_ms, *holder)?)
             }
-            Op::Settle {
-                queue,
-                entries,
-                reply,
-            } => {
-                let result = self.settle(&sp, batch, &queue, entries);
-                finish(sp, batch, mark, reply, result)
+            Op::Settle { queue, entries, .. } => {
+                Outcome::Entries(self.settle(sql, batch, queue, entries)?)
             }
-            Op::ChangeVisibility {
-                queue,
-                entries,
-                reply,
-            } => {
-                let result = self.change_visibility(&sp, batch, &queue, entries);
-                finish(sp, batch, mark, reply, result)
+            Op::ChangeVisibility { queue, entries, .. } => {
+                Outcome::Entries(self.change_visibility(sql, batch, queue, entries)?)
             }
             Op::Fire {
                 key,
                 fire_ms,
                 queue,
                 message,
-                reply,
-            } => {
-                let result = self.fire(&sp, batch, key, fire_ms, &queue, message);
-                finish(sp, batch, mark, reply, result)
+                ..
+            } => Outcome::Fired(self.fire(sql, batch, key, *fire_ms, queue, message)?),
+            Op::StartSchedule { key, now_ms, .. } => {
+                Outcome::At(self.start_schedule(sql, batch, key, *now_ms)?)
             }
-            Op::StartSchedule { key, now_ms, reply } => {
-                let result = self.start_schedule(&sp, batch, key, now_ms);
-                finish(sp, batch, mark, reply, result)
+            Op::ForgetSchedules { prefix, keep, .. } => {
+                Outcome::Done(self.forget_schedules(sql, batch, prefix, keep)?)
             }
-            Op::ForgetSchedules {
-                prefix,
-                keep,
-                reply,
-            } => {
-                let result = self.forget_schedules(&sp, batch, &prefix, &keep);
-                finish(sp, batch, mark, reply, result)
-            }
-        }
+        })
     }
 
-    /// Applies a committed batch to the state, then wakes waiters and answers callers.
-    fn publish(&self, batch: Batch) {
+    /// Applies committed effects to the state, then wakes the queues where a message
+    /// became visible.
+    fn publish(&self, effects: Vec<Effect>) {
         let mut visible = Vec::new();
         let mut wake: Vec<Arc<Notify>> = Vec::new();
         {
             let mut state = self.shared.lock();
-            for effect in batch.effects {
+            for effect in effects {
                 match effect {
                     Effect::Add(queue, shape) => {
                         if state.add(queue, shape) {
@@ -688,9 +736,6 @@ impl Ctx {
         }
         for notify in wake {
             notify.notify_waiters();
-        }
-        for answer in batch.answers {
-            answer.answer(None);
         }
     }
 
@@ -747,132 +792,6 @@ impl Ctx {
         }
     }
 
-    fn create_queue(
-        &mut self,
-        conn: &Connection,
-        batch: &mut Batch,
-        name: String,
-        config: QueueConfig,
-    ) -> Result<()> {
-        if let Some(q) = self.shared.lock().by_name(&name) {
-            return if q.config == config {
-                Ok(())
-            } else {
-                Err(QueueError::QueueExists(name))
-            };
-        }
-        self.check_redrive_target(&config)?;
-        let (dead_letter, max_receive_count) = redrive_columns(&config);
-        conn.prepare_cached(
-            "INSERT INTO queues (name, visibility_timeout_ms, retention_ms, delay_ms,
-                    max_message_bytes, receive_wait_ms, dead_letter, max_receive_count,
-                    created_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )
-        .sql()?
-        .execute(params![
-            name,
-            config.visibility_timeout_ms as i64,
-            config.retention_ms as i64,
-            config.delay_ms as i64,
-            config.max_message_bytes as i64,
-            config.receive_wait_ms as i64,
-            dead_letter,
-            max_receive_count,
-            batch.now,
-        ])
-        .sql()?;
-        let id = conn.last_insert_rowid();
-        batch
-            .effects
-            .push(Effect::CreateQueue(Box::new(QueueState::new(
-                id, name, config, batch.now,
-            ))));
-        Ok(())
-    }
-
-    fn set_config(
-        &mut self,
-        conn: &Connection,
-        batch: &mut Batch,
-        name: &str,
-        config: QueueConfig,
-    ) -> Result<()> {
-        let meta = self.meta(name)?;
-        self.check_redrive_target(&config)?;
-        let (dead_letter, max_receive_count) = redrive_columns(&config);
-        conn.prepare_cached(
-            "UPDATE queues SET visibility_timeout_ms = ?2, retention_ms = ?3, delay_ms = ?4,
-                    max_message_bytes = ?5, receive_wait_ms = ?6, dead_letter = ?7,
-                    max_receive_count = ?8
-             WHERE id = ?1",
-        )
-        .sql()?
-        .execute(params![
-            meta.id,
-            config.visibility_timeout_ms as i64,
-            config.retention_ms as i64,
-            config.delay_ms as i64,
-            config.max_message_bytes as i64,
-            config.receive_wait_ms as i64,
-            dead_letter,
-            max_receive_count,
-        ])
-        .sql()?;
-        batch.effects.push(Effect::SetConfig(meta.id, config));
-        Ok(())
-    }
-
-    fn delete_queue(&mut self, conn: &Connection, batch: &mut Batch, name: &str) -> Result<()> {
-        let meta = self.meta(name)?;
-        conn.execute("DELETE FROM messages WHERE queue = ?1", params![meta.id])
-            .sql()?;
-        conn.execute("DELETE FROM queues WHERE id = ?1", params![meta.id])
-            .sql()?;
-        batch.effects.push(Effect::DeleteQueue(meta.id));
-        Ok(())
-    }
-
-    fn purge(&mut self, conn: &Connection, batch: &mut Batch, name: &str) -> Result<u64> {
-        let meta = self.meta(name)?;
-        let purged = conn
-            .execute("DELETE FROM messages WHERE queue = ?1", params![meta.id])
-            .sql()?;
-        batch.effects.push(Effect::Purge(meta.id));
-        Ok(purged as u64)
-    }
-
-    /// Inserts one checked message into queue `meta`.
-    fn insert(
-        &mut self,
-        conn: &Connection,
-        batch: &mut Batch,
-        meta: &Meta,
-        message: Outgoing,
-    ) -> Result<()> {
-        let delay = message.delay_ms.unwrap_or(meta.delay_ms) as i64;
-        let shape = Shape {
-            sent_at_ms: batch.now,
-            visible_at_ms: batch.now + delay,
-            received: false,
-            size: message.size as u64,
-        };
-        conn.prepare_cached(INSERT)
-            .sql()?
-            .execute(params![
-                meta.id,
-                shape.visible_at_ms,
-                shape.sent_at_ms,
-                message.size as i64,
-                &message.id[..],
-                message.attributes,
-                message.body,
-            ])
-            .sql()?;
-        batch.add(meta.id, shape);
-        Ok(())
-    }
-
     fn check_size(meta: &Meta, message: &Outgoing) -> Result<()> {
         if message.size > meta.max_message_bytes {
             return Err(QueueError::MessageTooLarge {
@@ -883,62 +802,188 @@ impl Ctx {
         Ok(())
     }
 
+    fn create_queue(
+        &mut self,
+        sql: &mut Stmts<'_>,
+        batch: &mut Batch,
+        name: &str,
+        config: &QueueConfig,
+    ) -> Sql<Result<()>> {
+        if let Some(q) = self.shared.lock().by_name(name) {
+            return Ok(if q.config == *config {
+                Ok(())
+            } else {
+                Err(QueueError::QueueExists(name.to_owned()))
+            });
+        }
+        refuse!(self.check_redrive_target(config));
+        let (dead_letter, max_receive_count) = redrive_columns(config);
+        sql.conn
+            .prepare_cached(
+                "INSERT INTO queues (name, visibility_timeout_ms, retention_ms, delay_ms,
+                        max_message_bytes, receive_wait_ms, dead_letter, max_receive_count,
+                        created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                name,
+                config.visibility_timeout_ms as i64,
+                config.retention_ms as i64,
+                config.delay_ms as i64,
+                config.max_message_bytes as i64,
+                config.receive_wait_ms as i64,
+                dead_letter,
+                max_receive_count,
+                batch.now,
+            ])?;
+        let id = sql.conn.last_insert_rowid();
+        batch
+            .effects
+            .push(Effect::CreateQueue(Box::new(QueueState::new(
+                id,
+                name.to_owned(),
+                config.clone(),
+                batch.now,
+            ))));
+        Ok(Ok(()))
+    }
+
+    fn set_config(
+        &mut self,
+        sql: &mut Stmts<'_>,
+        batch: &mut Batch,
+        name: &str,
+        config: &QueueConfig,
+    ) -> Sql<Result<()>> {
+        let meta = refuse!(self.meta(name));
+        refuse!(self.check_redrive_target(config));
+        let (dead_letter, max_receive_count) = redrive_columns(config);
+        sql.conn
+            .prepare_cached(
+                "UPDATE queues SET visibility_timeout_ms = ?2, retention_ms = ?3, delay_ms = ?4,
+                        max_message_bytes = ?5, receive_wait_ms = ?6, dead_letter = ?7,
+                        max_receive_count = ?8
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                meta.id,
+                config.visibility_timeout_ms as i64,
+                config.retention_ms as i64,
+                config.delay_ms as i64,
+                config.max_message_bytes as i64,
+                config.receive_wait_ms as i64,
+                dead_letter,
+                max_receive_count,
+            ])?;
+        batch
+            .effects
+            .push(Effect::SetConfig(meta.id, config.clone()));
+        Ok(Ok(()))
+    }
+
+    fn delete_queue(
+        &mut self,
+        sql: &mut Stmts<'_>,
+        batch: &mut Batch,
+        name: &str,
+    ) -> Sql<Result<()>> {
+        let meta = refuse!(self.meta(name));
+        sql.conn
+            .execute("DELETE FROM messages WHERE queue = ?1", params![meta.id])?;
+        sql.conn
+            .execute("DELETE FROM queues WHERE id = ?1", params![meta.id])?;
+        batch.effects.push(Effect::DeleteQueue(meta.id));
+        Ok(Ok(()))
+    }
+
+    fn purge(&mut self, sql: &mut Stmts<'_>, batch: &mut Batch, name: &str) -> Sql<Result<u64>> {
+        let meta = refuse!(self.meta(name));
+        let purged = sql
+            .conn
+            .execute("DELETE FROM messages WHERE queue = ?1", params![meta.id])?;
+        batch.effects.push(Effect::Purge(meta.id));
+        Ok(Ok(purged as u64))
+    }
+
+    /// Inserts one checked message into queue `meta`.
+    fn insert(sql: &mut Stmts<'_>, batch: &mut Batch, meta: &Meta, message: &Outgoing) -> Sql<()> {
+        let delay = message.delay_ms.unwrap_or(meta.delay_ms) as i64;
+        let shape = Shape {
+            sent_at_ms: batch.now,
+            visible_at_ms: batch.now + delay,
+            received: false,
+            size: message.size as u64,
+        };
+        sql.insert.execute(params![
+            meta.id,
+            shape.visible_at_ms,
+            shape.sent_at_ms,
+            message.size as i64,
+            &message.id[..],
+            message.attributes,
+            message.body,
+        ])?;
+        batch.add(meta.id, shape);
+        Ok(())
+    }
+
     fn send(
         &mut self,
-        conn: &Connection,
+        sql: &mut Stmts<'_>,
         batch: &mut Batch,
         queue: &str,
-        messages: Vec<Outgoing>,
-    ) -> Result<()> {
-        let meta = self.meta(queue)?;
+        messages: &[Outgoing],
+    ) -> Sql<Result<()>> {
+        let meta = refuse!(self.meta(queue));
         let mut bytes = 0;
-        for message in &messages {
-            Self::check_size(&meta, message)?;
+        for message in messages {
+            refuse!(Self::check_size(&meta, message));
             bytes += message.size as u64;
         }
-        self.check_caps(&meta, batch, messages.len() as u64, bytes)?;
+        refuse!(self.check_caps(&meta, batch, messages.len() as u64, bytes));
         for message in messages {
-            self.insert(conn, batch, &meta, message)?;
+            Self::insert(sql, batch, &meta, message)?;
         }
-        Ok(())
+        Ok(Ok(()))
     }
 
     fn receive(
         &mut self,
-        conn: &Connection,
+        sql: &mut Stmts<'_>,
         batch: &mut Batch,
         queue: &str,
         max: usize,
         visibility_ms: Option<u64>,
         holder: Holder,
-    ) -> Result<RawReceipts> {
-        let meta = self.meta(queue)?;
+    ) -> Sql<Result<RawReceipts>> {
+        let meta = refuse!(self.meta(queue));
         let now = batch.now;
         let visibility = visibility_ms.unwrap_or(meta.visibility_ms) as i64;
         let cutoff = now.saturating_sub(meta.retention_ms as i64);
         let mut out = RawReceipts {
             queue: meta.id,
+            messages: Vec::with_capacity(max.min(64)),
             ..RawReceipts::default()
         };
         let mut after: Option<(EpochMs, i64)> = None;
         loop {
             let want = max - out.messages.len();
             let candidates = {
-                let mut stmt = conn
-                    .prepare_cached(if after.is_some() {
-                        SELECT_VISIBLE_AFTER
-                    } else {
-                        SELECT_VISIBLE
-                    })
-                    .sql()?;
                 let mut rows = match after {
-                    Some((v, seq)) => stmt.query(params![meta.id, now, want as i64, v, seq]),
-                    None => stmt.query(params![meta.id, now, want as i64]),
-                }
-                .sql()?;
+                    Some((v, seq)) => sql.select_visible_after.query(params![
+                        meta.id,
+                        now,
+                        want as i64,
+                        v,
+                        seq
+                    ])?,
+                    None => sql
+                        .select_visible
+                        .query(params![meta.id, now, want as i64])?,
+                };
                 let mut candidates = Vec::with_capacity(want.min(64));
-                while let Some(row) = rows.next().sql()? {
-                    candidates.push(Candidate::read(row).sql()?);
+                while let Some(row) = rows.next()? {
+                    candidates.push(Candidate::read(row)?);
                 }
                 candidates
             };
@@ -947,10 +992,7 @@ impl Ctx {
             for c in candidates {
                 after = Some((c.shape.visible_at_ms, c.seq));
                 if c.shape.sent_at_ms <= cutoff {
-                    conn.prepare_cached(DELETE_SEQ)
-                        .sql()?
-                        .execute(params![c.seq])
-                        .sql()?;
+                    sql.delete_seq.execute(params![c.seq])?;
                     batch.remove(meta.id, c.shape);
                     out.expired += 1;
                     skipped = true;
@@ -958,10 +1000,8 @@ impl Ctx {
                 }
                 if let Some((dead_letter, max_receives)) = meta.redrive {
                     if c.receive_count >= max_receives {
-                        conn.prepare_cached(MOVE_TO_DEAD_LETTER)
-                            .sql()?
-                            .execute(params![c.seq, dead_letter, now])
-                            .sql()?;
+                        sql.move_to_dead_letter
+                            .execute(params![c.seq, dead_letter, now])?;
                         batch.remove(meta.id, c.shape);
                         batch.add(
                             dead_letter,
@@ -980,17 +1020,14 @@ impl Ctx {
                 let receive_count = c.receive_count + 1;
                 let first_received_at_ms = c.first_received_at_ms.unwrap_or(now);
                 let visible_at_ms = now + visibility;
-                conn.prepare_cached(MARK_RECEIVED)
-                    .sql()?
-                    .execute(params![
-                        c.seq,
-                        visible_at_ms,
-                        receive_count,
-                        first_received_at_ms,
-                        nonce,
-                        holder_code(holder),
-                    ])
-                    .sql()?;
+                sql.mark_received.execute(params![
+                    c.seq,
+                    visible_at_ms,
+                    receive_count,
+                    first_received_at_ms,
+                    nonce,
+                    holder_code(holder),
+                ])?;
                 batch.remove(meta.id, c.shape);
                 batch.add(
                     meta.id,
@@ -1021,7 +1058,7 @@ impl Ctx {
         if out.expired > 0 {
             batch.effects.push(Effect::Expired(meta.id, out.expired));
         }
-        Ok(out)
+        Ok(Ok(out))
     }
 
     /// Checks a receipt belongs to this queue; `Err` is the entry's answer.
@@ -1034,12 +1071,12 @@ impl Ctx {
 
     fn settle(
         &mut self,
-        conn: &Connection,
+        sql: &mut Stmts<'_>,
         batch: &mut Batch,
         queue: &str,
-        entries: Vec<SettleEntry>,
-    ) -> Result<Vec<Result<()>>> {
-        let meta = self.meta(queue)?;
+        entries: &[SettleEntry],
+    ) -> Sql<Result<Vec<Result<()>>>> {
+        let meta = refuse!(self.meta(queue));
         let mut results = Vec::with_capacity(entries.len());
         for entry in entries {
             let receipt = match Self::own_receipt(&meta, &entry.handle, entry.receipt) {
@@ -1049,11 +1086,11 @@ impl Ctx {
                     continue;
                 }
             };
-            let forward = match entry.forward {
+            let forward = match &entry.forward {
                 Some((target, message)) => {
                     let checked = self
-                        .meta(&target)
-                        .and_then(|t| Self::check_size(&t, &message).map(|()| t));
+                        .meta(target)
+                        .and_then(|t| Self::check_size(&t, message).map(|()| t));
                     match checked {
                         Ok(target) => Some((target, message)),
                         Err(err) => {
@@ -1064,33 +1101,34 @@ impl Ctx {
                 }
                 None => None,
             };
-            let deleted = conn
-                .prepare_cached(DELETE_RECEIPT)
-                .sql()?
+            // A look-up, then a delete by row id: cheaper than `DELETE ... RETURNING`,
+            // which builds a temporary table for every row it returns.
+            let current = sql
+                .select_receipt
                 .query_row(params![receipt.seq, meta.id, receipt.nonce], shape_of)
-                .optional()
-                .sql()?;
+                .optional()?;
             // No row: the message was received again since, or is gone. SQS answers a
             // stale receipt with success and so do we; nothing is forwarded.
-            if let Some(shape) = deleted {
+            if let Some(shape) = current {
+                sql.delete_seq.execute(params![receipt.seq])?;
                 batch.remove(meta.id, shape);
                 if let Some((target, message)) = forward {
-                    self.insert(conn, batch, &target, message)?;
+                    Self::insert(sql, batch, &target, message)?;
                 }
             }
             results.push(Ok(()));
         }
-        Ok(results)
+        Ok(Ok(results))
     }
 
     fn change_visibility(
         &mut self,
-        conn: &Connection,
+        sql: &mut Stmts<'_>,
         batch: &mut Batch,
         queue: &str,
-        entries: Vec<VisibilityEntry>,
-    ) -> Result<Vec<Result<()>>> {
-        let meta = self.meta(queue)?;
+        entries: &[VisibilityEntry],
+    ) -> Sql<Result<Vec<Result<()>>>> {
+        let meta = refuse!(self.meta(queue));
         let now = batch.now;
         let mut results = Vec::with_capacity(entries.len());
         for entry in entries {
@@ -1101,21 +1139,17 @@ impl Ctx {
                     continue;
                 }
             };
-            let current = conn
-                .prepare_cached(SELECT_RECEIPT)
-                .sql()?
+            let current = sql
+                .select_receipt
                 .query_row(params![receipt.seq, meta.id, receipt.nonce], shape_of)
-                .optional()
-                .sql()?;
+                .optional()?;
             let Some(shape) = current.filter(|s| s.visible_at_ms > now) else {
-                results.push(Err(QueueError::NotInFlight(entry.handle)));
+                results.push(Err(QueueError::NotInFlight(entry.handle.clone())));
                 continue;
             };
             let visible_at_ms = now + entry.timeout_ms as i64;
-            conn.prepare_cached(SET_VISIBLE_AT)
-                .sql()?
-                .execute(params![receipt.seq, visible_at_ms])
-                .sql()?;
+            sql.set_visible_at
+                .execute(params![receipt.seq, visible_at_ms])?;
             batch.remove(meta.id, shape);
             batch.add(
                 meta.id,
@@ -1126,91 +1160,86 @@ impl Ctx {
             );
             results.push(Ok(()));
         }
-        Ok(results)
+        Ok(Ok(results))
+    }
+
+    fn last_fire(sql: &Stmts<'_>, key: &str) -> Sql<Option<EpochMs>> {
+        sql.conn
+            .prepare_cached("SELECT last_fire_ms FROM schedules WHERE key = ?1")?
+            .query_row(params![key], |row| row.get(0))
+            .optional()
     }
 
     fn fire(
         &mut self,
-        conn: &Connection,
+        sql: &mut Stmts<'_>,
         batch: &mut Batch,
-        key: String,
+        key: &str,
         fire_ms: EpochMs,
         queue: &str,
-        message: Outgoing,
-    ) -> Result<bool> {
-        let meta = self.meta(queue)?;
-        Self::check_size(&meta, &message)?;
-        let last: Option<EpochMs> = conn
-            .prepare_cached("SELECT last_fire_ms FROM schedules WHERE key = ?1")
-            .sql()?
-            .query_row(params![key], |row| row.get(0))
-            .optional()
-            .sql()?;
-        if last.is_some_and(|last| last >= fire_ms) {
-            return Ok(false);
+        message: &Outgoing,
+    ) -> Sql<Result<bool>> {
+        let meta = refuse!(self.meta(queue));
+        refuse!(Self::check_size(&meta, message));
+        if Self::last_fire(sql, key)?.is_some_and(|last| last >= fire_ms) {
+            return Ok(Ok(false));
         }
-        self.check_caps(&meta, batch, 1, message.size as u64)?;
-        conn.prepare_cached(
-            "INSERT INTO schedules (key, last_fire_ms) VALUES (?1, ?2)
-             ON CONFLICT (key) DO UPDATE SET last_fire_ms = excluded.last_fire_ms",
-        )
-        .sql()?
-        .execute(params![key, fire_ms])
-        .sql()?;
-        self.insert(conn, batch, &meta, message)?;
-        batch.effects.push(Effect::Schedule(key, Some(fire_ms)));
-        Ok(true)
+        refuse!(self.check_caps(&meta, batch, 1, message.size as u64));
+        sql.conn
+            .prepare_cached(
+                "INSERT INTO schedules (key, last_fire_ms) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET last_fire_ms = excluded.last_fire_ms",
+            )?
+            .execute(params![key, fire_ms])?;
+        Self::insert(sql, batch, &meta, message)?;
+        batch
+            .effects
+            .push(Effect::Schedule(key.to_owned(), Some(fire_ms)));
+        Ok(Ok(true))
     }
 
     fn start_schedule(
         &mut self,
-        conn: &Connection,
+        sql: &mut Stmts<'_>,
         batch: &mut Batch,
-        key: String,
+        key: &str,
         now_ms: EpochMs,
-    ) -> Result<EpochMs> {
-        let last: Option<EpochMs> = conn
-            .prepare_cached("SELECT last_fire_ms FROM schedules WHERE key = ?1")
-            .sql()?
-            .query_row(params![key], |row| row.get(0))
-            .optional()
-            .sql()?;
-        if let Some(last) = last {
-            return Ok(last);
+    ) -> Sql<Result<EpochMs>> {
+        if let Some(last) = Self::last_fire(sql, key)? {
+            return Ok(Ok(last));
         }
-        conn.prepare_cached("INSERT INTO schedules (key, last_fire_ms) VALUES (?1, ?2)")
-            .sql()?
-            .execute(params![key, now_ms])
-            .sql()?;
-        batch.effects.push(Effect::Schedule(key, Some(now_ms)));
-        Ok(now_ms)
+        sql.conn
+            .prepare_cached("INSERT INTO schedules (key, last_fire_ms) VALUES (?1, ?2)")?
+            .execute(params![key, now_ms])?;
+        batch
+            .effects
+            .push(Effect::Schedule(key.to_owned(), Some(now_ms)));
+        Ok(Ok(now_ms))
     }
 
     fn forget_schedules(
         &mut self,
-        conn: &Connection,
+        sql: &mut Stmts<'_>,
         batch: &mut Batch,
         prefix: &str,
         keep: &[String],
-    ) -> Result<()> {
-        let keys = conn
-            .prepare_cached("SELECT key FROM schedules WHERE substr(key, 1, length(?1)) = ?1")
-            .sql()?
-            .query_map(params![prefix], |row| row.get::<_, String>(0))
-            .sql()?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .sql()?;
+    ) -> Sql<Result<()>> {
+        let keys = sql
+            .conn
+            .prepare_cached("SELECT key FROM schedules WHERE substr(key, 1, length(?1)) = ?1")?
+            .query_map(params![prefix], |row| row.get::<_, String>(0))?
+            .collect::<Sql<Vec<_>>>()?;
+        let mut delete = sql
+            .conn
+            .prepare_cached("DELETE FROM schedules WHERE key = ?1")?;
         for key in keys {
             if keep.contains(&key) {
                 continue;
             }
-            conn.prepare_cached("DELETE FROM schedules WHERE key = ?1")
-                .sql()?
-                .execute(params![key])
-                .sql()?;
+            delete.execute(params![key])?;
             batch.effects.push(Effect::Schedule(key, None));
         }
-        Ok(())
+        Ok(Ok(()))
     }
 }
 
@@ -1226,8 +1255,8 @@ struct Candidate {
 }
 
 impl Candidate {
-    /// Reads a row of `SELECT_VISIBLE`.
-    fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
+    /// Reads a row of [`CANDIDATE_COLUMNS`].
+    fn read(row: &Row<'_>) -> Sql<Self> {
         let receive_count: i64 = row.get(3)?;
         Ok(Candidate {
             seq: row.get(0)?,
@@ -1253,18 +1282,5 @@ fn redrive_columns(config: &QueueConfig) -> (Option<&str>, Option<i64>) {
     }
 }
 
-/// Keeps or undoes an op's savepoint by its result, and queues its answer.
-fn finish<T: Send + 'static>(
-    sp: rusqlite::Savepoint<'_>,
-    batch: &mut Batch,
-    mark: Mark,
-    reply: Reply<T>,
-    result: Result<T>,
-) {
-    let result = result.and_then(|value| sp.commit().sql().map(|()| value));
-    if result.is_err() {
-        // The savepoint, if still open, rolls back as it drops.
-        batch.rewind(mark);
-    }
-    batch.answers.push(Box::new(Answered { reply, result }));
-}
+#[cfg(test)]
+mod tests;

@@ -289,6 +289,29 @@ impl Api {
         self.send(method, &self.control_url(path), &all, body).await
     }
 
+    /// One SQS action (`X-Amz-Target: AmazonSQS.<action>`, JSON protocol) with the admin
+    /// token, answered however the daemon answers it.
+    pub async fn sqs(&self, action: &str, request: &Value) -> Reply {
+        let target = format!("AmazonSQS.{action}");
+        self.control(
+            Method::POST,
+            "/",
+            &[
+                ("x-amz-target", target.as_str()),
+                ("content-type", "application/x-amz-json-1.0"),
+            ],
+            request.to_string(),
+        )
+        .await
+    }
+
+    /// One SQS action that must succeed; its JSON answer.
+    pub async fn sqs_ok(&self, action: &str, request: &Value) -> Value {
+        let reply = self.sqs(action, request).await;
+        assert_eq!(reply.status, StatusCode::OK, "{action}: {}", reply.text());
+        reply.json()
+    }
+
     /// GET on the control API, which must answer 200 with JSON.
     pub async fn admin_get(&self, path: &str) -> Value {
         let reply = self.control(Method::GET, path, &[], Bytes::new()).await;
