@@ -61,7 +61,7 @@ SCHEDULES = [
 ]
 # How long the killer gives the daemon's instances to die with it before calling any that
 # is left an orphan (PR_SET_PDEATHSIG acts at once; this bounds a busy machine).
-ORPHAN_PATIENCE = 5.0
+ORPHAN_PATIENCE = 3.0
 # Colour codes, should a daemon log carry them (NO_COLOR asks it not to).
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # Kill moments and how often each is drawn (see the module comment).
@@ -135,6 +135,9 @@ class Ledger:
         self.interrupted = 0  # calls held unanswered for a kill
         self.schedule: list[tuple[str, str, str]] = []  # (rule, fire time, event id)
         self.malformed: list[str] = []
+        self.fires_killed_at: set[str] = set()
+        # Async id -> the awsRequestId each delivery ran under (one, across retries).
+        self.request_ids: dict[str, set[str]] = {}
         self.generation = 0  # the daemon generation running now (set by the killer)
         self.file = open(path, "a", buffering=1)
         ledger = self
@@ -168,13 +171,21 @@ class Ledger:
     def record(self, line: str) -> str | None:
         kind, _, rest = line.partition(" ")
         ids = [i for i in rest.split(",") if i]
+        request_id = ""
+        if kind == "async" and len(ids) == 1:
+            ids[0], _, request_id = ids[0].partition("@")
         if kind not in ("queue", "async", "schedule") or not ids:
             with self.lock:
                 self.malformed.append(line[:200])
             return "fail malformed"
         now = time.monotonic()
         # A kill mid-delivery: the function is waiting for this answer and never gets it.
-        if self.trigger.pull("delivery") or (kind == "schedule" and self.trigger.pull("schedule")):
+        # Each fire is worth one kill (its redeliveries are not, or they would kill every
+        # restart before it could settle them).
+        fresh_fire = kind == "schedule" and ids[0] not in self.fires_killed_at
+        if self.trigger.pull("delivery") or (fresh_fire and self.trigger.pull("schedule")):
+            if kind == "schedule":
+                self.fires_killed_at.add(ids[0])
             with self.lock:
                 self.interrupted += 1
             self.file.write(f"{now:.3f} g{self.generation} {kind} HELD-FOR-KILL {','.join(ids)}\n")
@@ -186,6 +197,8 @@ class Ledger:
                 self.failed_once.update(fail)
                 self.injected[kind] += 1
             else:
+                if request_id:
+                    self.request_ids.setdefault(ids[0], set()).add(request_id)
                 for ident in ids:
                     self.delivered[ident] += 1
                     self.first_at.setdefault(ident, now)
@@ -739,10 +752,13 @@ class KillRun:
                 self.trigger.arm("timer")
                 self.trigger.fired.wait(uptime)
             else:
-                # Give the aimed moment a while to come; fall back on the timer.
-                time.sleep(min(uptime, 0.3) * self.rng.random())
-                self.trigger.arm(mode)
-                self.trigger.fired.wait(uptime * 2)
+                # Let the daemon work a while first (deliveries must get somewhere between
+                # kills, or the backlog only grows), then wait for the aimed moment; the
+                # timer stands in if it does not come. A fresh fire may end either wait.
+                self.trigger.arm("warm-up")
+                if not self.trigger.fired.wait(uptime * self.rng.uniform(0.3, 0.8)):
+                    self.trigger.arm(mode)
+                    self.trigger.fired.wait(uptime)
             self.trigger.disarm()
             fired = self.trigger.fired_mode
             if fired == "send":
@@ -853,6 +869,7 @@ class KillRun:
             "duplicates_by_kind": dict(Counter("queue" if i[0] == "q" else "async" for i in dup_ids)),
             "unacknowledged_but_delivered": len(unacked_delivered),
             "unknown_ids_delivered": len(unknown),
+            "async_ids_under_several_request_ids": sum(1 for r in self.ledger.request_ids.values() if len(r) > 1),
             "injected_failures": dict(self.ledger.injected),
             "deliveries_held_for_a_kill": self.ledger.interrupted,
             "schedule": fires,
@@ -953,7 +970,8 @@ def summary(res: dict) -> str:
         f"acknowledged: {a.get('queue', 0)} queue messages + {a.get('async', 0)} async invokes = {sum(a.values())}; "
         f"unacknowledged {res['unacknowledged']} (of which delivered anyway {res['unacknowledged_but_delivered']})",
         f"LOST {res['lost']}; duplicates {res['duplicate_ids']} ids ({res['duplicate_deliveries']} extra deliveries; "
-        f"{res['duplicates_by_kind']}); unknown ids {res['unknown_ids_delivered']}",
+        f"{res['duplicates_by_kind']}); unknown ids {res['unknown_ids_delivered']}; async ids redelivered "
+        f"under another request id {res['async_ids_under_several_request_ids']}",
         f"injected failures {res['injected_failures']}; deliveries held for a kill {res['deliveries_held_for_a_kill']}",
         f"schedule: {s['fire_times']} fire times, {s['deliveries']} deliveries, {s['redelivered_events']} redelivered, "
         f"fired twice {len(s['times_fired_twice'])}, gaps {s['gaps_over_90s'] or 'none'}",
@@ -991,7 +1009,7 @@ def main() -> int:
     q = args.quick
     args.messages = args.messages or (2_000 if q else 20_000)
     args.kills = args.kills if args.kills is not None else (20 if q else 200)
-    args.mean_uptime = args.mean_uptime or (1.2 if q else 1.5)
+    args.mean_uptime = args.mean_uptime or 2.0
     args.drain_timeout = args.drain_timeout or (60 if q else 420)
     args.send_patience = args.send_patience or (150 if q else 3600)
     args.release = (not q) if args.release is None else args.release

@@ -23,7 +23,8 @@ import kill  # noqa: E402
 def call(ledger: kill.Ledger, event: dict) -> tuple[bool, str]:
     """Run the function's handler once in a plain `node` (no sandbox) against the ledger."""
     script = (
-        f"require({json.dumps(str(kill.FUNCTION / 'index.js'))}).handler({json.dumps(event)}, {{}})"
+        f"require({json.dumps(str(kill.FUNCTION / 'index.js'))}).handler({json.dumps(event)}, "
+        "{awsRequestId: 'r-1'})"
         ".then(r => console.log('ok ' + JSON.stringify(r)), e => console.log('error ' + e.message))"
     )
     out = subprocess.run(
@@ -78,6 +79,7 @@ class LedgerAndFunction(unittest.TestCase):
                 "killfn-schedule-1|2026-11-29T21:00:00Z|53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa": 1,
             },
         )
+        self.assertEqual(self.ledger.request_ids, {"a0000000": {"r-1"}, "a0000001": {"r-1"}})
         self.assertEqual(
             self.ledger.schedule,
             [("killfn-schedule-1", "2026-11-29T21:00:00Z", "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa")],

@@ -11,7 +11,7 @@ const [HOST, PORT] = (process.env.LEDGER || '').split(':');
 const LEDGER_PATIENCE_MS = 20000;
 
 // One line per call: `<kind> <id>,<id>,...`; ids never contain spaces or commas.
-function describe(event) {
+function describe(event, context) {
   if (Array.isArray(event.Records)) {
     return { kind: 'queue', ids: event.Records.map((r) => r.body) };
   }
@@ -19,7 +19,8 @@ function describe(event) {
     const rule = String((event.resources || [])[0] || '').split('/').pop();
     return { kind: 'schedule', ids: [`${rule}|${event.time}|${event.id}`] };
   }
-  return { kind: 'async', ids: [String(event.id)] };
+  // With the request id, which a retry or redelivery of the same event must keep.
+  return { kind: 'async', ids: [`${event.id}@${context.awsRequestId}`] };
 }
 
 function tell(line) {
@@ -49,8 +50,8 @@ function tell(line) {
   });
 }
 
-module.exports.handler = async (event) => {
-  const { kind, ids } = describe(event);
+module.exports.handler = async (event, context) => {
+  const { kind, ids } = describe(event, context);
   const answer = await tell(`${kind} ${ids.join(',')}`);
   if (answer !== 'ok') {
     throw new Error(`the ledger refused this delivery (${answer}): ${ids.join(',')}`);
