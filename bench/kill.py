@@ -78,20 +78,24 @@ def log(msg: str) -> None:
 
 # ---------------------------------------------------------------------------------------
 # The kill trigger: the killer waits on it; senders and the ledger pull it at the moment
-# they were asked to (when armed for their mode).
+# they were asked to (when armed for their mode). Where the moment is a few milliseconds
+# wide (a send's commit, a delivery's delete), the puller sends the signal itself through
+# the armed `action`: waking the killer thread first would take longer than the window.
 
 
 class Trigger:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.armed: str | None = None
+        self.action = None
         self.fired = threading.Event()
         self.fired_mode: str | None = None
         self.killed = threading.Event()
 
-    def arm(self, mode: str | None) -> None:
+    def arm(self, mode: str | None, action=None) -> None:
         with self.lock:
             self.armed = mode
+            self.action = action
             self.fired_mode = None
             self.fired.clear()
             self.killed.clear()
@@ -103,9 +107,12 @@ class Trigger:
             if self.armed is None or (self.armed != mode and mode != "schedule"):
                 return False
             self.armed = None
+            action, self.action = self.action, None
             self.fired_mode = mode
-            self.fired.set()
-            return True
+        if action and mode != "schedule":
+            action()
+        self.fired.set()
+        return True
 
     def disarm(self) -> None:
         with self.lock:
@@ -403,12 +410,14 @@ class Daemon:
                 self.lock.wait(0.1)
             return self.control, self.generation
 
-    def kill(self, why: str) -> dict[int, int]:
-        """SIGKILL the daemon, give its former descendants a while to die with it, and
-        return those still running (pid -> start time)."""
+    def kill(self, why: str, before: dict[int, int] | None = None) -> dict[int, int]:
+        """SIGKILL the daemon (unless an aimed kill already did: then `before` holds its
+        descendants as they were when the kill was armed), give its former descendants a
+        while to die with it, and return those still running (pid -> start time)."""
         with self.lock:
             self.control = None
-        before = descendants(self.proc.pid)
+        if before is None:
+            before = descendants(self.proc.pid)
         self.descendants_at_kills += len(before)
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
@@ -691,8 +700,8 @@ class KillRun:
 
     # -- the kill loop -------------------------------------------------------------------
 
-    def kill(self, why: str) -> None:
-        lingering = self.daemon.kill(why)
+    def kill(self, why: str, before: dict[int, int] | None = None) -> None:
+        lingering = self.daemon.kill(why, before)
         self.kills += 1
         self.kill_modes[why] += 1
         self.trigger.killed.set()
@@ -741,6 +750,7 @@ class KillRun:
                     f"{a.send_patience:.0f} s of sending and {self.kills} kills; see {self.daemon.log_path}"
                 )
             mode = self.rng.choices(aimed, weights)[0]
+            before = None
             uptime = self.rng.uniform(0.1 * a.mean_uptime, 1.9 * a.mean_uptime)
             next_fire = self.next_fire_in()
             if mode == "timer" and next_fire is not None and next_fire < 2 * uptime:
@@ -757,20 +767,36 @@ class KillRun:
                 # timer stands in if it does not come. A fresh fire may end either wait.
                 self.trigger.arm("warm-up")
                 if not self.trigger.fired.wait(uptime * self.rng.uniform(0.3, 0.8)):
-                    self.trigger.arm(mode)
+                    before = descendants(self.daemon.proc.pid)
+                    self.trigger.arm(mode, self.aimed_kill(mode))
                     self.trigger.fired.wait(uptime)
             self.trigger.disarm()
             fired = self.trigger.fired_mode
-            if fired == "send":
-                time.sleep(self.rng.uniform(0, 0.004))
-            elif fired == "delete":
-                time.sleep(self.rng.uniform(0, 0.05))
-            self.kill(fired or (mode if mode in ("timer", "fire") else f"timer ({mode} never came)"))
+            self.kill(
+                fired or (mode if mode in ("timer", "fire") else f"timer ({mode} never came)"),
+                before if fired in ("send", "delete") else None,
+            )
             self.restart()
             if time.monotonic() - last_progress > 10:
                 last_progress = time.monotonic()
                 self.progress()
         self.trigger.disarm()
+
+    def aimed_kill(self, mode: str):
+        """For a narrow moment, the signal the puller sends itself: right after a send's
+        request is written (0-3 ms: the daemon is parsing, committing or answering), or
+        right after the ledger answered a delivery (0-30 ms: the result travels back and
+        Shoal deletes or settles the delivery)."""
+        if mode not in ("send", "delete"):
+            return None
+        proc = self.daemon.proc
+        delay = self.rng.uniform(0, 0.003 if mode == "send" else 0.03)
+
+        def action() -> None:
+            time.sleep(delay)
+            proc.send_signal(signal.SIGKILL)
+
+        return action
 
     def next_fire_in(self) -> float | None:
         """Seconds to the schedule's next fire, predicted from the last one delivered (the
