@@ -179,6 +179,7 @@ class Ledger:
         kind, _, rest = line.partition(" ")
         ids = [i for i in rest.split(",") if i]
         request_id = ""
+        logged = ",".join(ids)
         if kind == "async" and len(ids) == 1:
             ids[0], _, request_id = ids[0].partition("@")
         if kind not in ("queue", "async", "schedule") or not ids:
@@ -195,7 +196,7 @@ class Ledger:
                 self.fires_killed_at.add(ids[0])
             with self.lock:
                 self.interrupted += 1
-            self.file.write(f"{now:.3f} g{self.generation} {kind} HELD-FOR-KILL {','.join(ids)}\n")
+            self.file.write(f"{now:.3f} g{self.generation} {kind} HELD-FOR-KILL {logged}\n")
             self.trigger.killed.wait(30)
             return None
         with self.lock:
@@ -213,7 +214,7 @@ class Ledger:
                         rule, fire, event_id = (ident.split("|") + ["", ""])[:3]
                         self.schedule.append((rule, fire, event_id))
         verdict = "fail" if fail else "ok"
-        self.file.write(f"{now:.3f} g{self.generation} {kind} {verdict} {','.join(ids)}\n")
+        self.file.write(f"{now:.3f} g{self.generation} {kind} {verdict} {logged}\n")
         if not fail:
             # A kill just after the answer: while Shoal deletes or settles the delivery.
             self.trigger.pull("delete")
@@ -496,6 +497,9 @@ class Books:
         self.acked: dict[str, tuple[float, int]] = {}
         self.acked_by_kind = Counter()
         self.unacked: dict[str, str] = {}  # id -> why
+        # What Shoal called each acknowledged id: the MessageId, or the Event's request id
+        # (to find it in the daemon's log if it goes missing).
+        self.shoal_ids: dict[str, str] = {}
         self.answers = Counter()  # "queue 200", "async 202", "queue no answer", ...
         self.requests_during_kill = 0  # sends the `send` kill was aimed at
 
@@ -564,18 +568,20 @@ class Sender(threading.Thread):
                         r.books.requests_during_kill += 1
                 response = conn.getresponse()
                 status, raw = response.status, response.read()
+                request_id = response.getheader("x-amzn-requestid", "")
             except (OSError, http.client.HTTPException):
                 r.books.settle(self.kind, [], ids, "no answer", gen)
                 continue
             finally:
                 conn.close()
-            self.settle(ids, status, raw, gen)
+            self.settle(ids, status, raw, gen, request_id)
 
-    def settle(self, ids: list[str], status: int, raw: bytes, gen: int) -> None:
+    def settle(self, ids: list[str], status: int, raw: bytes, gen: int, request_id: str) -> None:
         r = self.run_
         if self.kind == "async":
             if status == 202:
                 r.books.settle("async", ids, [], "202", gen)
+                r.books.shoal_ids[ids[0]] = request_id
             else:
                 r.books.settle("async", [], ids, f"HTTP {status}", gen)
                 r.note_error(f"async invoke answered {status}: {raw[:300]!r}")
@@ -586,13 +592,16 @@ class Sender(threading.Thread):
             return
         try:
             answer = json.loads(raw)
-            ok = {int(e["Id"]) for e in answer.get("Successful", []) if e.get("MessageId")}
+            ok = {int(e["Id"]): e["MessageId"] for e in answer.get("Successful", []) if e.get("MessageId")}
         except (ValueError, KeyError, TypeError):
             r.books.settle("queue", [], ids, "200 unreadable", gen)
             r.note_error(f"SendMessageBatch answered 200 with {raw[:300]!r}")
             return
         acked = [ident for i, ident in enumerate(ids) if i in ok]
         refused = [ident for i, ident in enumerate(ids) if i not in ok]
+        for i, ident in enumerate(ids):
+            if i in ok:
+                r.books.shoal_ids[ident] = ok[i]
         if refused:
             r.note_error(f"SendMessageBatch refused {len(refused)} entries: {raw[:300]!r}")
         r.books.settle("queue", acked, refused, "200", gen)
@@ -650,7 +659,6 @@ class KillRun:
         self.errors = Counter()
         self.error_examples: list[str] = []
         self.queue_path = f"/000000000000/{QUEUE}"
-        self.depth = 0  # messages left in the queue, as last read
 
     def note_error(self, text: str) -> None:
         key = text.split(":")[0]
@@ -824,48 +832,65 @@ class KillRun:
 
     # -- drain and check -----------------------------------------------------------------
 
-    def queue_depth(self) -> str:
-        if not self.targets["queue"] or self.daemon.control is None:
-            return ""
+    def pending(self) -> tuple[int | None, str]:
+        """What Shoal still holds for the function, from `GET /admin/status`: the queue's
+        visible, in-flight and delayed messages, and the async worker's backlog (visible
+        and delayed: retries waiting their turn) and calls in flight. None if unreadable."""
+        control = self.daemon.control
+        if control is None:
+            return None, "daemon down"
+        host, port = control.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
         try:
-            status, answer = sqs(
-                self.daemon.control, self.daemon.token, "GetQueueAttributes",
-                {"QueueUrl": f"http://{self.daemon.control}{self.queue_path}", "AttributeNames": ["All"]},
-                timeout=10,
-            )
-        except (OSError, http.client.HTTPException) as e:
-            return f"queue ? ({e})"
-        attrs = answer.get("Attributes", {})
+            status, body = request(conn, "GET", "/admin/status", self.daemon.token, b"", {})
+            report = json.loads(body)
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            return None, f"status unreadable ({e})"
+        finally:
+            conn.close()
         if status != 200:
-            return f"queue ? (HTTP {status})"
-        visible = int(attrs.get("ApproximateNumberOfMessages", 0))
-        hidden = int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0))
-        delayed = int(attrs.get("ApproximateNumberOfMessagesDelayed", 0))
-        self.depth = visible + hidden + delayed
-        return f"queue {visible} visible, {hidden} in flight, {delayed} delayed"
+            return None, f"status answered {status}"
+        parts, total = [], 0
+        for q in report.get("queues", []):
+            if q.get("name") == QUEUE:
+                n = q.get("visible", 0) + q.get("in_flight", 0) + q.get("delayed", 0)
+                total += n
+                parts.append(f"queue {q.get('visible', 0)} visible, {q.get('in_flight', 0)} in flight, "
+                             f"{q.get('delayed', 0)} delayed")
+        for t in report.get("triggers", []):
+            if t.get("function") == FUNCTION_NAME and t.get("kind") == "async":
+                n = t.get("backlog", 0) + t.get("in_flight", 0)
+                total += n
+                parts.append(f"async {t.get('backlog', 0)} waiting, {t.get('in_flight', 0)} running")
+        return total, "; ".join(parts)
 
     def drain(self) -> float:
+        """Wait until every acknowledged id is delivered and Shoal holds nothing more, or
+        until Shoal has held nothing for a while with ids still missing (nothing left that
+        could deliver them: they are lost), or the drain timeout."""
         started = time.monotonic()
         deadline = started + self.args.drain_timeout
         acked = set(self.books.acked)
-        last = 0.0
-        done_since = None
+        last_log = 0.0
+        empty_since = None
         while time.monotonic() < deadline:
             delivered, _ = self.ledger.snapshot()
             missing = sum(1 for i in acked if i not in delivered)
-            self.depth = 0
-            depth = self.queue_depth() if (missing == 0 or time.monotonic() - last > 5) else ""
-            if time.monotonic() - last > 5:
-                last = time.monotonic()
-                log(f"drain: {len(acked) - missing}/{len(acked)} acknowledged ids delivered {depth}".rstrip())
-            if missing == 0 and self.depth == 0:
-                # All there: stay a moment for redeliveries already on their way.
-                done_since = done_since or time.monotonic()
-                if time.monotonic() - done_since > 3:
+            held, text = self.pending()
+            if time.monotonic() - last_log > 5:
+                last_log = time.monotonic()
+                log(f"drain: {len(acked) - missing}/{len(acked)} acknowledged ids delivered; {text}")
+            if held == 0:
+                empty_since = empty_since or time.monotonic()
+                # All there: stay a moment for redeliveries already on their way. Some
+                # missing: give a delivery in progress time to be reported, then stop.
+                if time.monotonic() - empty_since > (3 if missing == 0 else 15):
+                    if missing:
+                        log(f"drain: Shoal holds nothing more and {missing} acknowledged id(s) never came")
                     break
             else:
-                done_since = None
-            time.sleep(0.2)
+                empty_since = None
+            time.sleep(0.5)
         return time.monotonic() - started
 
     def verdict(self, elapsed: float, drain_s: float, final_exit, final_orphans) -> dict:
@@ -949,7 +974,26 @@ class KillRun:
         }
 
     def explain_lost(self, lost: list[str]) -> None:
-        """What the daemon said around the kill after which each lost id vanished."""
+        """Each lost id's trail (what the ledger saw of it, what the daemon logged under
+        its MessageId or request id), then the daemon's log around the kill after it was
+        acknowledged."""
+        with open(self.daemon.log_path, "rb") as f:
+            daemon_log = ANSI.sub("", f.read().decode(errors="replace")).splitlines()
+        ledger_log = (self.workdir / "ledger.log").read_text().splitlines()
+        for ident in lost[:10]:
+            shoal_id = self.books.shoal_ids.get(ident, "")
+            at, gen = self.books.acked[ident]
+            print(f"\n--- lost {ident} ({shoal_id or 'no Shoal id'}), acknowledged by generation {gen}")
+            for line in ledger_log:
+                if ident in line.split(" ", 4)[-1].replace("@", ",").split(","):
+                    print(f"    ledger: {line[:200]}")
+            if shoal_id:
+                current = "?"
+                for line in daemon_log:
+                    if line.startswith("==== kill.py"):
+                        current = line
+                    elif shoal_id in line:
+                        print(f"    daemon ({current[13:].strip()}): {line[:400]}")
         by_gen: dict[int, list[str]] = {}
         for ident in lost:
             by_gen.setdefault(self.books.acked[ident][1], []).append(ident)
