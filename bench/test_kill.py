@@ -118,5 +118,17 @@ class Orphans(unittest.TestCase):
         self.assertEqual(kill.still_alive(before), {}, "the orphans were ended")
 
 
+class Report(unittest.TestCase):
+    def test_the_kill_section_is_replaced_in_place_or_appended(self) -> None:
+        from shoalbench.killreport import splice
+
+        self.assertEqual(splice("# B\n\n## a\nx\n", "## kill test\nnew\n"), "# B\n\n## a\nx\n\n## kill test\nnew\n")
+        self.assertEqual(
+            splice("# B\n\n## kill test\nold\n\n## z\ny\n", "## kill test\nnew\n"),
+            "# B\n\n## kill test\nnew\n\n## z\ny\n",
+        )
+        self.assertEqual(splice("# B\n\n## kill test\nold\n", "## kill test\nnew\n"), "# B\n\n## kill test\nnew\n")
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -52,3 +52,14 @@ def section(res: dict | None) -> str:
         f"max {res['start_to_ready_ms']['max']} ms.\n",
     ]
     return "\n".join(out)
+
+
+def splice(markdown: str, section_text: str) -> str:
+    """`markdown` with its kill test section replaced by `section_text` (appended if it
+    has none): a kill run updates docs/BENCHMARKS.md without re-rendering the rest."""
+    start = markdown.find("\n## kill test\n")
+    if start < 0:
+        return markdown.rstrip("\n") + "\n\n" + section_text.rstrip("\n") + "\n"
+    end = markdown.find("\n## ", start + 1)
+    rest = markdown[end:] if end >= 0 else ""
+    return markdown[: start + 1] + section_text.rstrip("\n") + "\n" + rest
