@@ -925,6 +925,7 @@ class KillRun:
             "deliveries_held_for_a_kill": self.ledger.interrupted,
             "schedule": fires,
             "processes_under_killed_daemons": self.daemon.descendants_at_kills,
+            "orphan_patience_s": ORPHAN_PATIENCE,
             "outlived_kill": [{"generation": g, "pid": p, "cmdline": c} for g, p, c in self.outlived_kill],
             "orphans": [{"generation": g, "pid": p, "cmdline": c} for g, p, c in self.orphans]
             + [{"generation": self.daemon.generation, "pid": p, "cmdline": cmdline(p), "after": "SIGTERM"} for p in final_orphans],

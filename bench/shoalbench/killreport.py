@@ -24,6 +24,7 @@ def section(res: dict | None) -> str:
     a = res["acknowledged"]
     s = res["schedule"]
     lat = res["ack_to_delivery_ms"]
+    injected = res["injected_failures"]
     moments = ", ".join(f"{k} {v}" for k, v in sorted(res["kills_by_moment"].items(), key=lambda kv: -kv[1]))
     out = [
         "## kill test\n",
@@ -34,7 +35,8 @@ def section(res: dict | None) -> str:
         "acknowledgement promises\".\n",
         "| kills | acknowledged messages | acknowledged async invokes | lost | duplicate ids "
         "(extra deliveries) | unacknowledged (delivered anyway) | instance processes killed "
-        "with the daemon: outlived it 5 s / survived the next start | time |",
+        f"with the daemon: outlived it by {res.get('orphan_patience_s', 3):g} s / survived the "
+        "next start | time |",
         "|---|---|---|---|---|---|---|---|",
         f"| {res['kills']} | {a.get('queue', 0):,} | {a.get('async', 0):,} | **{res['lost']}** | "
         f"{res['duplicate_ids']:,} ({res['duplicate_deliveries']:,}) | "
@@ -43,14 +45,20 @@ def section(res: dict | None) -> str:
         f"{len(res['orphans'])} | "
         f"{res['elapsed_s'] / 60:.1f} min |",
         "",
-        f"Kill moments: {moments}. Injected handler failures (retried by Shoal): "
-        f"{res['injected_failures'] or 'none'}. Schedule (`rate(1 minute)`): "
-        f"{s['fire_times']} fires, {s['deliveries']} deliveries, fired twice "
-        f"{len(s['times_fired_twice'])}, gaps {len(s['gaps_over_90s'])}. "
+        f"Kill moments: {moments}. Injected handler failures (each retried by Shoal): "
+        f"{injected.get('queue', 0)} queue batches, {injected.get('async', 0)} async events. "
+        f"Schedules ({s.get('schedules', 1)}, each every minute): {s['fire_times']} fires, "
+        f"{s['deliveries']} deliveries, fired twice {len(s['times_fired_twice'])}, skipped "
+        f"{len(s['gaps_over_90s'])}. "
         f"Acknowledgement to first delivery: p50 {lat['p50']} ms, p99 {lat['p99']} ms, max "
         f"{lat['max']} ms. Start to listening: median {res['start_to_ready_ms']['median']} ms, "
         f"max {res['start_to_ready_ms']['max']} ms.\n",
     ]
+    if res["lost"]:
+        out.append(
+            f"Lost: {', '.join(res['lost_ids'][:20])}{' …' if res['lost'] > 20 else ''} "
+            "(why: docs/RELIABILITY.md, \"What the kill test found\").\n"
+        )
     return "\n".join(out)
 
 
