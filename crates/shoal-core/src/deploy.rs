@@ -40,7 +40,6 @@ impl Platform {
                     .map_err(|e| e.to_string())
             })?;
         for spec in &manifest.functions {
-            runtime_kind(spec)?;
             self.events.check(spec)?;
         }
 
@@ -94,7 +93,7 @@ impl Platform {
         self.launcher.register(FunctionCode {
             function: spec.name.clone(),
             version: record.version,
-            runtime: runtime_kind(spec)?,
+            runtime: runtime_kind(spec),
             handler: spec.handler.clone(),
             code_dir,
             memory_mb: spec.memory_mb,
@@ -146,15 +145,11 @@ impl Platform {
     }
 }
 
-fn runtime_kind(spec: &FunctionSpec) -> Result<RuntimeKind> {
+fn runtime_kind(spec: &FunctionSpec) -> RuntimeKind {
     match spec.runtime {
-        Runtime::Nodejs => Ok(RuntimeKind::Node),
-        Runtime::Provided => Ok(RuntimeKind::Provided),
-        Runtime::Python => Err(Error::Unsupported {
-            function: spec.name.clone(),
-            reason: "runtime \"python\" is not available yet; use \"nodejs\" or \"provided\""
-                .into(),
-        }),
+        Runtime::Nodejs => RuntimeKind::Node,
+        Runtime::Python => RuntimeKind::Python,
+        Runtime::Provided => RuntimeKind::Provided,
     }
 }
 
