@@ -81,7 +81,7 @@ loads = 0
 loads += 1
 
 async def handler(event, context):
-    if event.get("fail"):
+    if event.get("fail") or "fail" in event.get("rawQueryString", ""):
         await asyncio.sleep(0.1)  # fail while the others are in flight on the same loop
         raise KeyError("asked to fail")
     await asyncio.sleep(0.3)
@@ -106,7 +106,7 @@ runtime = "python"
 handler = "app.handler"
 memory = "256MiB"
 timeout = "20s"
-http = [{ method = "POST", path = "/flaky" }]
+http = [{ method = "GET", path = "/flaky" }]
 "#;
     server
         .deploy_ok(&[
@@ -166,14 +166,7 @@ http = [{ method = "POST", path = "/flaky" }]
     assert_eq!(instances[0]["invocations"], 6, "{instances:#?}");
 
     // Through the gateway a failed call is API Gateway's 500, and the instance goes on.
-    let failed = server
-        .send(
-            hyper::Method::POST,
-            &server.gateway_url("/flaky"),
-            &[],
-            r#"{"fail":true}"#,
-        )
-        .await;
+    let failed = server.get("/flaky?fail=1").await;
     assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(failed.json(), json!({ "message": "Internal Server Error" }));
     let again = server.invoke("flaky", &json!({})).await;
