@@ -171,6 +171,10 @@ fn pool_config(spec: &FunctionSpec, max_queue: usize) -> PoolConfig {
         timeout: Duration::from_millis(spec.timeout_ms),
         target_cpu: spec.target_cpu,
         latency_tolerance: spec.latency_tolerance,
+        // A Runtime API client may pre-size itself from AWS_LAMBDA_MAX_CONCURRENCY (the
+        // official Python client forks one worker process per unit), so it is told only
+        // what it will really receive; the native bootstraps size their pools lazily.
+        sized_at_start: spec.runtime == Runtime::Provided,
     }
 }
 

@@ -361,8 +361,7 @@ fn parse_lambda_line(line: &str) -> (Option<String>, Option<String>, String) {
     if let (Some(first), Some(second), Some(third), Some(message)) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     {
-        let looks_like_time =
-            |t: &str| t.len() >= 20 && t.as_bytes()[4] == b'-' && t.contains('T');
+        let looks_like_time = |t: &str| t.len() >= 20 && t.as_bytes()[4] == b'-' && t.contains('T');
         let is_level = |l: &str| !l.is_empty() && l.chars().all(|c| c.is_ascii_uppercase());
         let bracketed = first
             .strip_prefix('[')
@@ -625,7 +624,10 @@ mod tests {
         assert_eq!(msg, "from logging\tmodule");
         let (rid, level, msg) =
             parse_lambda_line("[WARNING]\t2026-11-28T12:00:00.000Z\t\tat import");
-        assert_eq!((rid, level.as_deref(), msg.as_str()), (None, Some("WARNING"), "at import"));
+        assert_eq!(
+            (rid, level.as_deref(), msg.as_str()),
+            (None, Some("WARNING"), "at import")
+        );
         let (rid, level, msg) = parse_lambda_line("plain output\twith tab");
         assert_eq!(
             (rid, level, msg.as_str()),

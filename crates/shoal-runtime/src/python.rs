@@ -72,13 +72,14 @@ impl Install {
         if !status.success() {
             return Err(format!("{} failed ({status})", python.display()));
         }
-        Install::parse(&out).ok_or_else(|| {
-            format!(
-                "{} did not describe itself as expected: {out:?}",
-                python.display()
-            )
-        })?
-        .checked()
+        Install::parse(&out)
+            .ok_or_else(|| {
+                format!(
+                    "{} did not describe itself as expected: {out:?}",
+                    python.display()
+                )
+            })?
+            .checked()
     }
 
     fn parse(out: &str) -> Option<Install> {

@@ -142,7 +142,10 @@ http = [{ method = "GET", path = "/flaky" }]
             let trace = body["stackTrace"].as_array().unwrap();
             assert_eq!(trace.len(), 1, "only the handler's own frame: {body}");
             assert!(
-                trace[0].as_str().unwrap().contains("app.py\", line 11, in handler"),
+                trace[0]
+                    .as_str()
+                    .unwrap()
+                    .contains("app.py\", line 11, in handler"),
                 "{body}"
             );
         } else {
