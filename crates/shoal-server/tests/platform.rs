@@ -436,7 +436,7 @@ exports.handler = async (event, context) => {
     let error = reply.json();
     assert_eq!(error["errorType"], "BadInput", "{error}");
     assert_eq!(error["errorMessage"], "no thanks: x", "{error}");
-    assert!(error["stackTrace"].is_array(), "{error}");
+    assert!(error["trace"].is_array(), "Node names it trace: {error}");
 
     let reply = server.invoke("nope", &json!({})).await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text());
