@@ -10,7 +10,8 @@ can be read, as the seed did), fixed-rate and closed-loop load comes from `oha`.
     python3 bench/run.py --quick         # seconds-long smoke run (CI), writes to bench/out/
     python3 bench/run.py --only sustained,cpu-heavy
 
-Contenders (see docs/BENCHMARKS.md):
+Contenders (see docs/BENCHMARKS.md; the python-* scenarios run the Python hello and a
+no-op Python handler, with an asyncio HTTP server, bench/direct/server.py, as direct):
   direct         the seed's node-hello: one plain Node.js server calling the handler
   lambda-model   Shoal with concurrency = 1 (one invocation per instance, as Lambda)
   fixed-80       Shoal with concurrency = 80 (Cloud Run's default)
@@ -45,6 +46,9 @@ SCENARIOS = [
     "scale-to-zero",
     "db-connections",
     "noisy-neighbour",
+    "python-seed-burst-10",
+    "python-seed-burst-100",
+    "python-overhead",
 ]
 
 
@@ -104,8 +108,13 @@ def main() -> int:
             started = time.monotonic()
             if scenario in burst_sizes:
                 res[scenario] = run.seed_burst(scenario, burst_sizes[scenario])
+            elif scenario.startswith("python-") and scenario[len("python-"):] in burst_sizes:
+                size = burst_sizes[scenario[len("python-"):]]
+                res[scenario] = run.seed_burst(scenario, size, python=True)
             elif scenario == "overhead":
                 res[scenario] = run.overhead()
+            elif scenario == "python-overhead":
+                res[scenario] = run.overhead(python=True)
             elif scenario == "cold-start":
                 res[scenario] = run.cold_start()
             elif scenario == "sustained":

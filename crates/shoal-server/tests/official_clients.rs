@@ -181,3 +181,64 @@ async fn pypi_awslambdaric_serves_twenty_concurrent_calls_with_the_default_manif
     assert_eq!(message, "asked to fail");
     server.shutdown().await;
 }
+
+/// The `lambda_runtime` bootstrap of `tests/lambda-runtime-rs/`, built once per build
+/// directory (its own target directory and lock file; about half a minute from nothing on
+/// two cores, since it shares no build with the workspace).
+fn lambda_runtime_bootstrap() -> PathBuf {
+    let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lambda-runtime-rs");
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lambda-runtime-rs");
+    let manifest = project.join("Cargo.toml").display().to_string();
+    let target_dir = target.display().to_string();
+    run(
+        env!("CARGO"),
+        &[
+            "build",
+            "--quiet",
+            "--locked",
+            "--manifest-path",
+            &manifest,
+            "--target-dir",
+            &target_dir,
+        ],
+    );
+    target.join("debug/bootstrap")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_lambda_runtime_crate_serves_concurrent_calls_with_the_default_manifest() {
+    let bootstrap = tokio::task::spawn_blocking(lambda_runtime_bootstrap)
+        .await
+        .unwrap();
+    let manifest = "[functions.rs]\nruntime = \"provided\"\n";
+    let dir = support::function_dir(&[("shoal.toml", manifest)]);
+    std::fs::copy(&bootstrap, dir.path().join("bootstrap")).expect("copying the bootstrap");
+    let server = TestServer::start().await;
+    let (status, body) = server.deploy_dir(dir.path()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let api: Api = (*server).clone();
+            tokio::spawn(async move { api.invoke("rs", &json!({ "sleepMs": 2000 })).await })
+        })
+        .collect();
+    let mut request_ids = HashSet::new();
+    let mut instances = HashSet::new();
+    for task in tasks {
+        let reply = task.await.unwrap();
+        let body = success(&reply);
+        request_ids.insert(body["requestId"].as_str().unwrap().to_owned());
+        instances.insert(body["instance"].as_str().unwrap().to_owned());
+        let told: u64 = body["told"].as_str().unwrap().parse().unwrap();
+        assert!((1..=256).contains(&told), "{body}");
+    }
+    assert_eq!(request_ids.len(), 20);
+    // Sixteen polls per instance at the default start: twenty calls fit in two.
+    assert!(instances.len() <= 2, "{instances:?}");
+
+    let failed = server.invoke("rs", &json!({ "fail": true })).await;
+    let (_, message) = function_error(&failed);
+    assert_eq!(message, "asked to fail");
+    server.shutdown().await;
+}

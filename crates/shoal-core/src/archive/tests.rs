@@ -356,7 +356,10 @@ fn sparse_files_pack_plain_and_gnu_sparse_entries_unpack_whole() {
     let dest = scratch("sparse-dest");
     unpack(&archive, &dest).unwrap();
     assert_eq!(std::fs::read(dest.join("bootstrap")).unwrap(), contents);
-    let mode = std::fs::metadata(dest.join("bootstrap")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(dest.join("bootstrap"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o555);
     if !entry_type.is_gnu_sparse() {
         eprintln!("this file system reported no holes: the entry was {entry_type:?}");
