@@ -55,9 +55,10 @@ SCENARIOS = [
 def load_results(path: Path) -> dict:
     res = json.loads(path.read_text())
     # JSON turned the overhead table's integer keys (concurrency levels) into strings.
-    for by_level in res.get("overhead", {}).get("rows", {}).values():
-        for key in list(by_level):
-            by_level[int(key)] = by_level.pop(key)
+    for scenario in ("overhead", "python-overhead"):
+        for by_level in res.get(scenario, {}).get("rows", {}).values():
+            for key in list(by_level):
+                by_level[int(key)] = by_level.pop(key)
     return res
 
 

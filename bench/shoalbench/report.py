@@ -7,7 +7,9 @@ import os
 import platform
 import subprocess
 
-from .common import CONTENDERS, SEED_REFERENCE
+from .common import CONTENDERS, PYTHON_CONTENDERS, SEED_REFERENCE
+
+BURSTS = ("seed-burst-10", "seed-burst-100", "python-seed-burst-10", "python-seed-burst-100")
 
 def fmt(v, digits=0) -> str:
     if v is None or (isinstance(v, float) and v != v):
@@ -60,13 +62,21 @@ def report(run, res: dict, command: str) -> str:
       "by the client from sending the request to the end of the response.\n")
     w(SEED_REFERENCE + "\n")
     w(summary(res))
-    for key in ("seed-burst-10", "seed-burst-100"):
+    for key in BURSTS:
         if key not in res:
             continue
         r = res[key]
         w(f"## {key}\n")
-        w(f"{r['n']} concurrent requests on a cold hello function (the seed's: a 10M-element "
-          f"sum, then a 2 s wait); median of {r['reps']} repetition(s), contenders alternated.\n")
+        if key.startswith("python-"):
+            w(f"{r['n']} concurrent requests on a cold Python hello function "
+              "(`examples/hello-python`, `app.hello`: a sum over a 10M-element array, about "
+              "150 ms of CPU, then `await asyncio.sleep(2)`); direct is one plain asyncio HTTP "
+              "server calling the same handler (`bench/direct/server.py`); Shoal runs it on "
+              f"its Python bootstrap. Median of {r['reps']} repetition(s), contenders "
+              "alternated.\n")
+        else:
+            w(f"{r['n']} concurrent requests on a cold hello function (the seed's: a 10M-element "
+              f"sum, then a 2 s wait); median of {r['reps']} repetition(s), contenders alternated.\n")
         w("| contender | ok | instances | min ms | median ms | p99 ms | max ms | peak PSS MiB | of it daemon MiB |")
         w("|---|---|---|---|---|---|---|---|---|")
         for c, row in r["rows"].items():
@@ -79,14 +89,23 @@ def report(run, res: dict, command: str) -> str:
             f"memory {ratio(auto.get('pss_mib'), row['pss_mib'])}"
             for c, row in r["rows"].items() if c != "shoal-auto") + ".\n")
         w(f"![latency CDF]({rel(r['plot'])})\n")
-    if "overhead" in res:
-        r = res["overhead"]
-        w("## overhead\n")
-        w(f"A no-op handler under closed-loop load from `oha -c C -z {r['seconds']}s`, median "
-          f"of {r['reps']} repetition(s): a bare Node.js HTTP server calling it (direct), Shoal's "
-          "native channel (shoal-native, concurrency auto, sandboxed), the same with "
-          "`--sandbox off` (shoal-native-unsandboxed: what the walls cost per call), and a "
-          "`provided` Runtime API client doing the same (shoal-provided).\n")
+    for key in ("overhead", "python-overhead"):
+        if key not in res:
+            continue
+        r = res[key]
+        w(f"## {key}\n")
+        if key == "python-overhead":
+            w(f"A no-op `async def` Python handler under closed-loop load from `oha -c C -z "
+              f"{r['seconds']}s`, median of {r['reps']} repetition(s): a plain asyncio HTTP "
+              "server calling it (direct, `bench/direct/server.py`), and Shoal's Python "
+              "bootstrap on the native channel, sandboxed (shoal-native) and with `--sandbox "
+              "off` (shoal-native-unsandboxed).\n")
+        else:
+            w(f"A no-op handler under closed-loop load from `oha -c C -z {r['seconds']}s`, median "
+              f"of {r['reps']} repetition(s): a bare Node.js HTTP server calling it (direct), Shoal's "
+              "native channel (shoal-native, concurrency auto, sandboxed), the same with "
+              "`--sandbox off` (shoal-native-unsandboxed: what the walls cost per call), and a "
+              "`provided` Runtime API client doing the same (shoal-provided).\n")
         w("| contender | " + " | ".join(f"c={l} req/s | c={l} p50 ms | c={l} p99 ms" for l in r["levels"]) + " |")
         w("|---|" + "---|---|---|" * len(r["levels"]))
         for c, by in r["rows"].items():
@@ -239,7 +258,7 @@ def summary(res: dict) -> str:
             cells.append(ratio(get(auto, key), get(row, key)) if row else "n/a")
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
 
-    for key in ("seed-burst-10", "seed-burst-100"):
+    for key in BURSTS:
         if key in res:
             add(f"{key}: median latency", res[key]["rows"], "median")
             add(f"{key}: peak memory (PSS)", res[key]["rows"], "pss_mib")
@@ -268,15 +287,16 @@ def summary(res: dict) -> str:
 def check_complete(res: dict) -> list[str]:
     """Every contender of every scenario that ran produced numbers."""
     missing = []
-    for key in ("seed-burst-10", "seed-burst-100"):
-        for c in CONTENDERS:
+    for key in BURSTS:
+        wanted = PYTHON_CONTENDERS if key.startswith("python-") else CONTENDERS
+        for c in [c for c in wanted if c in CONTENDERS]:
             row = res.get(key, {}).get("rows", {}).get(c) if key in res else {}
             if key in res and (not row or not row["ok"] or row["median"] != row["median"]):
                 missing.append(f"{key}/{c}")
-    if "overhead" in res:
-        for c, by in res["overhead"]["rows"].items():
+    for key in ("overhead", "python-overhead"):
+        for c, by in res.get(key, {}).get("rows", {}).items():
             if any(not v["rps"] for v in by.values()):
-                missing.append(f"overhead/{c}")
+                missing.append(f"{key}/{c}")
     if "sustained" in res:
         for c in CONTENDERS:
             if not res["sustained"]["rows"].get(c, {}).get("ok"):

@@ -187,10 +187,11 @@ class Run:
             }
             for c, by_level in raw.items()
         }
-        plot = self.plots / "overhead-throughput.svg"
+        key = "python-overhead" if python else "overhead"
+        plot = self.plots / f"{key}-throughput.svg"
         plots.bar_chart(
             plot,
-            f"overhead: no-op throughput by concurrency ({seconds} s per level)",
+            f"{key}: no-op throughput by concurrency ({seconds} s per level)",
             "requests per second",
             [f"{l} concurrent" for l in levels],
             {c: [rows[c][l]["rps"] for l in levels] for c in contenders},

@@ -342,21 +342,65 @@ def decode_invoke(payload):
     return deadline_ms, rid, payload[start + rid_len :]
 
 
-class Runtime:
-    """One connection to the daemon and the calls running on it."""
+class Runtime(asyncio.Protocol):
+    """One connection to the daemon and the calls running on it. Frames are cut straight
+    out of what the socket delivers (no coroutine per read); answers queued in one loop
+    turn leave in one write."""
 
-    def __init__(self, loop, reader, writer, handler):
+    def __init__(self, loop, handler):
         self.loop = loop
-        self.reader = reader
-        self.writer = writer
         self.handler = handler
         self.is_async = inspect.iscoroutinefunction(handler)
         self.pool = None if self.is_async else ThreadPoolExecutor(
             max_workers=_max_concurrency(), thread_name_prefix="handler"
         )
+        self.transport = None
+        self.buffer = bytearray()
         self.outgoing = []
         self.tasks = set()
+        self.done = loop.create_future()
 
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        buf = self.buffer
+        buf += data
+        offset = 0
+        size = len(buf)
+        try:
+            while size - offset >= 9:
+                length, kind, ident = HEADER.unpack_from(buf, offset)
+                if length < 5 or length > MAX_FRAME_LEN:
+                    raise ProtocolError("frame length %d out of range" % length)
+                if kind != INVOKE:
+                    raise ProtocolError("unexpected frame kind %d" % kind)
+                end = offset + 4 + length
+                if end > size:
+                    break
+                self.start(ident, bytes(buf[offset + 9 : end]))
+                offset = end
+        except (ProtocolError, UnicodeDecodeError) as exc:
+            self.finish(ProtocolError(str(exc)))
+            return
+        del buf[:offset]
+
+    def connection_lost(self, exc):
+        self.finish(exc)
+
+    def finish(self, exc):
+        if self.done.done():
+            return
+        if isinstance(exc, ProtocolError):
+            self.done.set_result(("shoal protocol error: %s" % exc, 1))
+            self.transport.close()
+        elif exc is not None:
+            self.done.set_result(("shoal runtime socket error: %s" % exc, 1))
+        else:
+            self.done.set_result((None, 0))
+
+    # -- frames out ------------------------------------------------------------------------
     def send(self, kind, ident, payload):
         """Queue a frame; every frame queued in one loop turn goes out in one write."""
         if not self.outgoing:
@@ -364,27 +408,11 @@ class Runtime:
         self.outgoing.append(frame(kind, ident, payload))
 
     def flush(self):
-        if self.outgoing and not self.writer.is_closing():
-            self.writer.write(b"".join(self.outgoing))
+        if self.outgoing and not self.transport.is_closing():
+            self.transport.write(b"".join(self.outgoing))
         self.outgoing.clear()
 
-    async def serve(self):
-        read = self.reader.readexactly
-        while True:
-            try:
-                head = await read(HEADER.size)
-            except asyncio.IncompleteReadError as exc:
-                if exc.partial:
-                    raise ProtocolError("connection closed inside a frame header") from None
-                return
-            length, kind, ident = HEADER.unpack(head)
-            if length < 5 or length > MAX_FRAME_LEN:
-                raise ProtocolError("frame length %d out of range" % length)
-            if kind != INVOKE:
-                raise ProtocolError("unexpected frame kind %d" % kind)
-            payload = await read(length - 5)
-            self.start(ident, payload)
-
+    # -- invocations -----------------------------------------------------------------------
     def start(self, ident, payload):
         deadline_ms, rid, body = decode_invoke(payload)
         try:
@@ -395,19 +423,18 @@ class Runtime:
             )
             self.send(ERROR, ident, json.dumps(record).encode("utf-8"))
             return
-        ctx = contextvars.copy_context()
-        ctx.run(REQUEST_ID.set, rid)
-        context = LambdaContext(rid, deadline_ms)
-        task = self.loop.create_task(self.run(ident, rid, event, context), context=ctx)
+        # The task runs in a copy of this context, where run() sets the request id.
+        task = self.loop.create_task(self.run(ident, rid, event, LambdaContext(rid, deadline_ms)))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
     async def run(self, ident, rid, event, context):
+        REQUEST_ID.set(rid)
         try:
             if self.is_async:
                 result = await self.handler(event, context)
             else:
-                # The task holds `ctx` entered; the thread runs in a copy (same request id).
+                # The task's context is entered here; the thread runs in a copy of it.
                 result = await self.loop.run_in_executor(
                     self.pool, contextvars.copy_context().run, self.handler, event, context
                 )
@@ -450,19 +477,15 @@ def init_error_payload(exc):
 
 
 async def serve(sock, handler):
-    reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_FRAME_LEN)
-    runtime = Runtime(asyncio.get_running_loop(), reader, writer, handler)
+    loop = asyncio.get_running_loop()
+    runtime = Runtime(loop, handler)
+    await loop.connect_accepted_socket(lambda: runtime, sock)
     hello = {"protocol": PROTOCOL_VERSION, "runtime": "python", "pid": os.getpid()}
     runtime.send(HELLO, 0, json.dumps(hello).encode("utf-8"))
-    try:
-        await runtime.serve()
-    except ProtocolError as exc:
-        runtime_log("shoal protocol error: %s" % exc)
-        return 1
-    except (ConnectionError, OSError) as exc:
-        runtime_log("shoal runtime socket error: %s" % exc)
-        return 1
-    return 0
+    message, code = await runtime.done
+    if message:
+        runtime_log(message)
+    return code
 
 
 def main():
