@@ -50,6 +50,7 @@ import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
+import importlib
 from importlib import import_module
 
 PROTOCOL_VERSION = 1
@@ -97,6 +98,20 @@ def _write_fd(fd, data):
             data = data[n:]
 
 
+class _Bytes:
+    """`sys.stdout.buffer` for code that writes bytes: decoded into the text stream."""
+
+    def __init__(self, text):
+        self._text = text
+
+    def write(self, data):
+        self._text.write(bytes(data).decode("utf-8", "backslashreplace"))
+        return len(data)
+
+    def flush(self):
+        self._text.flush()
+
+
 class TaggedStream:
     """sys.stdout / sys.stderr: text up to a newline-terminated write becomes one record."""
 
@@ -106,6 +121,7 @@ class TaggedStream:
         self._pending = threading.local()
         self.encoding = "utf-8"
         self.errors = "backslashreplace"
+        self.buffer = _Bytes(self)
 
     def write(self, s):
         if not isinstance(s, str):
@@ -211,10 +227,19 @@ class LambdaContext:
 
 
 THIS_FILE = os.path.abspath(__file__)
+IMPORTLIB = os.path.dirname(os.path.abspath(importlib.__file__))
+
+
+def _users(filename):
+    """Whether a frame is the user's: not this bootstrap's, not the import machinery's."""
+    if filename.startswith("<frozen "):
+        return False
+    path = os.path.abspath(filename)
+    return path != THIS_FILE and os.path.dirname(path) != IMPORTLIB
 
 
 def stack_trace(tb):
-    frames = [f for f in traceback.extract_tb(tb) if os.path.abspath(f.filename) != THIS_FILE]
+    frames = [f for f in traceback.extract_tb(tb) if _users(f.filename)]
     return traceback.format_list(frames)
 
 

@@ -308,7 +308,7 @@ class Handlers(unittest.TestCase):
 class Logs(unittest.TestCase):
     def test_print_and_logging_carry_the_request_id_under_threads_and_tasks(self):
         code = """
-            import asyncio, logging, time
+            import asyncio, logging, sys, time
             logger = logging.getLogger()
             logger.setLevel(logging.INFO)
             print("loading")
@@ -320,6 +320,7 @@ class Logs(unittest.TestCase):
             def sync(event, context):
                 time.sleep(0.1 * event["n"])
                 print("sync", event["n"])
+                sys.stdout.buffer.write(b"bytes %d\\n" % event["n"])
                 logger.warning("warned %d", event["n"])
         """
         d = Daemon(self, {"app.py": code}, "app.handler")
@@ -349,6 +350,8 @@ class Logs(unittest.TestCase):
         for n in (1, 2, 3):
             prints = [l for l in lines if l.endswith("\tsync %d" % (4 - n))]
             self.assertEqual([p.split("\t")[1] for p in prints], ["s-%d" % n], lines)
+            raw = [l for l in lines if l.endswith("\tbytes %d" % (4 - n))]
+            self.assertEqual([r.split("\t")[1] for r in raw], ["s-%d" % n], lines)
             warned = [l for l in lines if l.endswith("warned %d" % (4 - n))]
             self.assertEqual([w.split("\t")[2] for w in warned], ["s-%d" % n], lines)
 
@@ -387,7 +390,8 @@ class Init(unittest.TestCase):
         err = self.init_error({"app.py": "raise RuntimeError('no db')\n"}, "app.handler")
         self.assertEqual(err["errorType"], "Runtime.ImportModuleError")
         self.assertIn("no db", err["errorMessage"])
-        self.assertTrue(any("app.py" in f for f in err["stackTrace"]), err)
+        self.assertEqual(len(err["stackTrace"]), 1, err)
+        self.assertIn('app.py", line 1, in <module>', err["stackTrace"][0])
 
 
 class Channel(unittest.TestCase):
