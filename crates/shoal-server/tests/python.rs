@@ -279,6 +279,17 @@ timeout = "120s"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    // Held back inside one instance, the work goes to more of them.
+    server
+        .wait_for_status("cpu", 2 * PATIENCE, |pools| {
+            pools
+                .iter()
+                .flat_map(|p| p["instances"].as_array().cloned().unwrap_or_default())
+                .filter(|i| i["state"] == "ready")
+                .count()
+                >= 2
+        })
+        .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for client in clients {
         client.await.expect("client");
