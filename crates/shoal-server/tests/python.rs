@@ -98,7 +98,7 @@ async def handler(event, context):
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_exception_fails_only_its_call_in_lambdas_python_shape() {
+async fn an_exception_fails_only_its_call_in_lambdas_python_shape_async_and_sync() {
     let server = TestServer::start().await;
     let manifest = r#"
 [functions.flaky]
@@ -174,6 +174,41 @@ http = [{ method = "GET", path = "/flaky" }]
     assert_eq!(failed.json(), json!({ "message": "Internal Server Error" }));
     let again = server.invoke("flaky", &json!({})).await;
     assert_eq!(success(&again)["instance"], instances[0]["id"]);
+
+    // The same with a plain handler on the thread pool.
+    let sync = r#"
+import time
+
+def handler(event, context):
+    time.sleep(0.3)
+    if event.get("fail"):
+        raise ValueError("sync failure")
+    return "fine"
+"#;
+    let manifest = "[functions.flaky-sync]\nruntime = \"python\"\nhandler = \"app.handler\"\n";
+    server
+        .deploy_ok(&[("app.py", sync), ("shoal.toml", manifest)])
+        .await;
+    let tasks: Vec<_> = (0..4)
+        .map(|i| {
+            let api: Api = (*server).clone();
+            tokio::spawn(async move { api.invoke("flaky-sync", &json!({ "fail": i == 1 })).await })
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        let reply = task.await.expect("invoke task");
+        if i == 1 {
+            assert_eq!(
+                function_error(&reply),
+                ("ValueError".to_owned(), "sync failure".to_owned())
+            );
+        } else {
+            assert_eq!(success(&reply), "fine");
+        }
+    }
+    let instances = server.instances("flaky-sync").await;
+    assert_eq!(instances.len(), 1, "{instances:#?}");
+    assert_eq!(instances[0]["invocations"], 4, "{instances:#?}");
     server.shutdown().await;
 }
 
