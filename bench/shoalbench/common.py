@@ -9,6 +9,8 @@ BENCH = Path(__file__).resolve().parent.parent
 ROOT = BENCH.parent
 
 CONTENDERS = ["direct", "lambda-model", "fixed-80", "shoal-auto", "capped-serial"]
+# The Python scenarios compare fewer: the plain server, Lambda's model and the defaults.
+PYTHON_CONTENDERS = ["direct", "lambda-model", "shoal-auto"]
 # Manifest settings per Shoal contender.
 SETTINGS = {
     "lambda-model": {"concurrency": "1"},

@@ -41,7 +41,8 @@ def shoal_binary(release: bool) -> str:
         cwd=ROOT,
         check=True,
     )
-    return str(ROOT / "target" / ("release" if release else "debug") / "shoal")
+    target = ROOT / os.environ.get("CARGO_TARGET_DIR", "target")  # an absolute one wins
+    return str(target / ("release" if release else "debug") / "shoal")
 
 
 def postgres_bin() -> Path:

@@ -35,10 +35,11 @@
  *    is already null. callbackWaitsForEmptyEventLoop is present (true) but has no effect:
  *    the event loop is shared by all invocations, so a result is sent as soon as it exists.
  *  - Errors: Error-like values -> {errorType: name || "Error", errorMessage: message ||
- *    String(err), stackTrace: stack split into lines}. Non-Error values (throw "x",
+ *    String(err), trace: stack split into lines, without this file's own frames} (the
+ *    official Node runtime's field names). Non-Error values (throw "x",
  *    callback("x"), Promise.reject(42)) follow Lambda: errorType is `typeof value`
  *    ("string", "number", "object", ...), errorMessage the value as text (strings as is,
- *    others JSON if possible), stackTrace [].
+ *    others JSON if possible), trace [].
  *  - Results: JSON.stringify(result === undefined ? null : result); a value that
  *    stringifies to undefined (a function, a symbol) is sent as null; a throw from
  *    stringify -> ERROR Runtime.ResultSerializationError; a result over Lambda's response
@@ -133,7 +134,7 @@ function logRuntimeError(title, err, rid) {
   const e = toErrorObject(err);
   let json;
   try {
-    json = JSON.stringify({ errorType: e.errorType, errorMessage: e.errorMessage, stack: e.stackTrace });
+    json = JSON.stringify({ errorType: e.errorType, errorMessage: e.errorMessage, stack: e.trace });
   } catch (_) {
     json = String(e.errorMessage);
   }
@@ -151,7 +152,12 @@ function isErrorLike(v) {
   );
 }
 
-/** Any thrown / rejected value -> {errorType, errorMessage, stackTrace}. Never throws. */
+/** The stack's lines without this bootstrap's own frames (users never see them). */
+function ownFrames(stack) {
+  return stack.split('\n').filter((line) => !line.includes(__filename));
+}
+
+/** Any thrown / rejected value -> {errorType, errorMessage, trace}. Never throws. */
 function toErrorObject(err, typeOverride) {
   try {
     if (isErrorLike(err)) {
@@ -159,7 +165,7 @@ function toErrorObject(err, typeOverride) {
       return {
         errorType: typeOverride || String(err.name || 'Error'),
         errorMessage: String(err.message || String(err)),
-        stackTrace: typeof stack === 'string' ? stack.split('\n') : [],
+        trace: typeof stack === 'string' ? ownFrames(stack) : [],
       };
     }
     let msg;
@@ -172,12 +178,12 @@ function toErrorObject(err, typeOverride) {
       }
       if (msg === undefined) msg = String(err);
     }
-    return { errorType: typeOverride || typeof err, errorMessage: msg, stackTrace: [] };
+    return { errorType: typeOverride || typeof err, errorMessage: msg, trace: [] };
   } catch (_) {
     return {
       errorType: typeOverride || 'Error',
       errorMessage: 'the handler failed with a value that could not be inspected',
-      stackTrace: [],
+      trace: [],
     };
   }
 }
@@ -187,7 +193,7 @@ function errorPayload(err, typeOverride) {
   try {
     return JSON.stringify(e);
   } catch (_) {
-    return JSON.stringify({ errorType: 'Error', errorMessage: 'unserializable error', stackTrace: [] });
+    return JSON.stringify({ errorType: 'Error', errorMessage: 'unserializable error', trace: [] });
   }
 }
 
@@ -420,7 +426,7 @@ function succeedInvocation(ctx, result) {
         JSON.stringify({
           errorType: 'Function.ResponseSizeTooLarge',
           errorMessage: `Response payload size (${size} bytes) exceeded maximum allowed payload size (${MAX_RESPONSE} bytes).`,
-          stackTrace: [],
+          trace: [],
         })
       );
       return;
@@ -650,7 +656,7 @@ function reportInitError(err) {
   try {
     payload = JSON.stringify(rec);
   } catch (_) {
-    payload = JSON.stringify({ errorType: 'Error', errorMessage: 'initialization failed', stackTrace: [] });
+    payload = JSON.stringify({ errorType: 'Error', errorMessage: 'initialization failed', trace: [] });
   }
   writeLogLine(stderr, 'ERROR', 'undefined', `Init Error \t${payload}`);
   closeExitCode = 1;

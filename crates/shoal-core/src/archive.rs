@@ -47,6 +47,9 @@ pub fn pack_dir(dir: &Path) -> std::io::Result<Vec<u8>> {
     let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let mut builder = tar::Builder::new(encoder);
     builder.follow_symlinks(false);
+    // Plain entries for every file, holes written out as zeros: a sparse file (a fresh
+    // linker output often is) stays an ordinary file for any reader.
+    builder.sparse(false);
     add_dir(&mut builder, dir, Path::new(""))?;
     builder.into_inner()?.finish()
 }
@@ -214,7 +217,9 @@ pub fn unpack(bytes: &[u8], dest: &Path) -> Result<(), ArchiveError> {
         let kind = entry.header().entry_type();
         if kind.is_dir() {
             folder.folder(name).map_err(taken)?;
-        } else if kind.is_file() {
+        } else if kind.is_file() || kind.is_gnu_sparse() {
+            // A GNU sparse entry reads as the whole file, holes as zeros, and its
+            // expanded size counts against the byte cap like any other file's.
             let executable = entry.header().mode().unwrap_or(0o644) & 0o111 != 0;
             let mut file = folder.create_file(name).map_err(taken)?;
             let write_err = |source| ArchiveError::Write {
@@ -245,7 +250,9 @@ pub fn unpack(bytes: &[u8], dest: &Path) -> Result<(), ArchiveError> {
             links.push(rel);
         } else {
             return Err(bad(
-                "only files, folders and symlinks inside the archive are allowed".into(),
+                "only files (sparse ones too), folders and symlinks inside the archive are \
+                 allowed"
+                    .into(),
             ));
         }
     }

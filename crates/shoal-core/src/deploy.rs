@@ -40,7 +40,6 @@ impl Platform {
                     .map_err(|e| e.to_string())
             })?;
         for spec in &manifest.functions {
-            runtime_kind(spec)?;
             self.events.check(spec)?;
         }
 
@@ -106,7 +105,7 @@ impl Platform {
         self.launcher.register(FunctionCode {
             function: spec.name.clone(),
             version: record.version,
-            runtime: runtime_kind(spec)?,
+            runtime: runtime_kind(spec),
             handler: spec.handler.clone(),
             code_dir,
             memory_mb: spec.memory_mb,
@@ -157,15 +156,11 @@ impl Platform {
     }
 }
 
-pub(crate) fn runtime_kind(spec: &FunctionSpec) -> Result<RuntimeKind> {
+pub(crate) fn runtime_kind(spec: &FunctionSpec) -> RuntimeKind {
     match spec.runtime {
-        Runtime::Nodejs => Ok(RuntimeKind::Node),
-        Runtime::Provided => Ok(RuntimeKind::Provided),
-        Runtime::Python => Err(Error::Unsupported {
-            function: spec.name.clone(),
-            reason: "runtime \"python\" is not available yet; use \"nodejs\" or \"provided\""
-                .into(),
-        }),
+        Runtime::Nodejs => RuntimeKind::Node,
+        Runtime::Python => RuntimeKind::Python,
+        Runtime::Provided => RuntimeKind::Provided,
     }
 }
 
@@ -187,6 +182,10 @@ pub(crate) fn pool_config(spec: &FunctionSpec, max_queue: usize) -> PoolConfig {
         timeout: Duration::from_millis(spec.timeout_ms),
         target_cpu: spec.target_cpu,
         latency_tolerance: spec.latency_tolerance,
+        // A Runtime API client may pre-size itself from AWS_LAMBDA_MAX_CONCURRENCY (the
+        // official Python client forks one worker process per unit), so it is told only
+        // what it will really receive; the native bootstraps size their pools lazily.
+        sized_at_start: spec.runtime == Runtime::Provided,
     }
 }
 

@@ -97,7 +97,6 @@ impl Platform {
                     function: function.to_owned(),
                     qualifier: qualifier.to_owned(),
                 })?;
-        crate::deploy::runtime_kind(&record.spec)?;
         let code_dir = crate::code::checked_dir(&self.store, &self.data_dir, &record.code_digest)?;
         let config = self.register_version(&record, code_dir)?;
         if !self.dispatcher.serve_version(function, version, config) {

@@ -51,6 +51,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The `node` binary for Node.js functions.
     pub node: PathBuf,
+    /// The Python interpreter (3.11+) for Python functions.
+    pub python: PathBuf,
     /// How long an instance may take to become ready.
     pub start_timeout: Duration,
     /// At shutdown, in-flight invocations get this long to finish.
@@ -166,6 +168,7 @@ impl Platform {
                     instances_dir: data_dir.join("instances"),
                     runtimes_dir: data_dir.join("runtimes"),
                     node: config.node.clone(),
+                    python: config.python.clone(),
                     start_timeout: config.start_timeout,
                     sandbox: config.sandbox.clone(),
                 },

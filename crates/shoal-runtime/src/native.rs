@@ -50,11 +50,21 @@ struct Shared {
 
 pub(crate) struct NativeInstance(Arc<Shared>);
 
+/// The program that runs a native bootstrap: `node` or `python3`, with the arguments that
+/// go before the bootstrap's path.
+pub(crate) struct Interpreter<'a> {
+    pub program: &'a Path,
+    pub args: Vec<String>,
+    /// A directory outside `/usr` the interpreter needs to see (its installation).
+    pub home: Option<&'a Path>,
+}
+
 pub(crate) async fn launch(
     start: Launch,
-    node: &Path,
+    interpreter: Interpreter<'_>,
     bootstrap: &Path,
 ) -> Result<Arc<dyn InstanceHandle>, LaunchError> {
+    let program = interpreter.program;
     start.prepare_scratch()?;
     // A connected pair, one end inherited by the runtime as a descriptor: no socket path
     // exists that another process could connect to first.
@@ -65,7 +75,7 @@ pub(crate) async fn launch(
         })
         .map_err(|e| start.error(ErrorType::Unknown, format!("creating the channel: {e}")))?;
     let runtime_dir = bootstrap.parent().unwrap_or(Path::new("/"));
-    let plan = start.sandbox_plan(Some(runtime_dir), node)?;
+    let plan = start.sandbox_plan(Some(runtime_dir), program, interpreter.home)?;
     let bootstrap_arg = match &plan {
         Some(_) => Path::new(sandbox::RUNTIME_ROOT).join(bootstrap.file_name().unwrap_or_default()),
         None => bootstrap.to_owned(),
@@ -73,14 +83,11 @@ pub(crate) async fn launch(
     let mut env = start.env.clone();
     env.push(("SHOAL_CHANNEL_FD".into(), process::CHANNEL_FD.to_string()));
     env.push(("SHOAL_PROTOCOL".into(), frame::PROTOCOL_VERSION.to_string()));
-    let args = vec![
-        // V8's heap is capped at the function's memory; the process dies rather than swap.
-        format!("--max-old-space-size={}", start.code.memory_mb),
-        bootstrap_arg.display().to_string(),
-    ];
+    let mut args = interpreter.args;
+    args.push(bootstrap_arg.display().to_string());
     let spawned = process::spawn(
         SpawnSpec {
-            program: node,
+            program,
             args: &args,
             cwd: &start.code.code_dir,
             env,
@@ -96,7 +103,7 @@ pub(crate) async fn launch(
     .map_err(|e| {
         start.error(
             ErrorType::Unknown,
-            format!("starting {}: {e}", node.display()),
+            format!("starting {}: {e}", program.display()),
         )
     })?;
 

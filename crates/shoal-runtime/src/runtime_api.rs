@@ -95,7 +95,7 @@ pub(crate) async fn launch(start: Launch) -> Result<Arc<dyn InstanceHandle>, Lau
         .map_err(|e| start.error(ErrorType::Unknown, e.to_string()))?;
     let mut env = start.env.clone();
     env.push(("AWS_LAMBDA_RUNTIME_API".into(), addr.to_string()));
-    let plan = start.sandbox_plan(None, &program)?;
+    let plan = start.sandbox_plan(None, &program, None)?;
     // Only the instance's own uid may speak on its listener (where instances have one).
     let owner = plan.as_ref().map(|p| p.uid.uid);
     let inside = Path::new(sandbox::TASK_ROOT).join("bootstrap");

@@ -44,6 +44,8 @@ pub struct Config {
     pub control_addr: SocketAddr,
     /// The `node` binary for Node.js functions.
     pub node: PathBuf,
+    /// The Python interpreter (3.11+) for Python functions.
+    pub python: PathBuf,
     /// How long an instance may take to become ready.
     pub start_timeout: Duration,
     /// At shutdown, in-flight invocations get this long to finish.
@@ -77,6 +79,7 @@ impl Config {
             gateway_addr: ([127, 0, 0, 1], 0).into(),
             control_addr: ([127, 0, 0, 1], 0).into(),
             node: PathBuf::from("node"),
+            python: PathBuf::from("python3"),
             start_timeout: Duration::from_secs(20),
             shutdown_grace: Duration::from_secs(10),
             host_budget: default_host_budget(),
@@ -134,6 +137,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let platform = Platform::open(&shoal_core::Config {
         data_dir: config.data_dir.clone(),
         node: config.node.clone(),
+        python: config.python.clone(),
         start_timeout: config.start_timeout,
         shutdown_grace: config.shutdown_grace,
         host_budget: config.host_budget,

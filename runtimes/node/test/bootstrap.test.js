@@ -277,7 +277,7 @@ test('callback-style handler: result, error, and first completion wins', async (
   assert.strictEqual(e.kind, ERROR);
   assert.strictEqual(e.value.errorType, 'TypeError');
   assert.strictEqual(e.value.errorMessage, 'cb failed');
-  assert.ok(Array.isArray(e.value.stackTrace) && e.value.stackTrace.length > 1);
+  assert.ok(Array.isArray(e.value.trace) && e.value.trace.length > 1);
   // the second callback call must not produce another frame
   await assert.rejects(h.next((f) => f.id === 1, 200));
 });
@@ -451,7 +451,7 @@ test('a throw in one of several concurrent invocations fails only that one', asy
       assert.strictEqual(r.kind, ERROR);
       assert.strictEqual(r.value.errorType, 'RangeError');
       assert.strictEqual(r.value.errorMessage, 'kaboom');
-      assert.ok(r.value.stackTrace[0].includes('RangeError: kaboom'));
+      assert.ok(r.value.trace[0].includes('RangeError: kaboom'));
     } else {
       assert.deepStrictEqual(r, { kind: RESULT, value: `ok-${n}` });
     }
@@ -482,9 +482,12 @@ test('sync throw, non-Error rejection, unserializable result', async () => {
   assert.strictEqual(r1.kind, ERROR);
   assert.strictEqual(r1.value.errorType, 'Error');
   assert.strictEqual(r1.value.errorMessage, 'sync-throw');
+  // The trace is the user's: a sync throw passes through the bootstrap, whose frames are cut.
+  assert.ok(r1.value.trace.length >= 2, JSON.stringify(r1.value));
+  assert.ok(!r1.value.trace.some((l) => l.includes('bootstrap.js')), JSON.stringify(r1.value));
   assert.deepStrictEqual(await h.result(2), {
     kind: ERROR,
-    value: { errorType: 'string', errorMessage: 'just a string', stackTrace: [] },
+    value: { errorType: 'string', errorMessage: 'just a string', trace: [] },
   });
   const r3 = await h.result(3);
   assert.strictEqual(r3.kind, ERROR);
@@ -534,7 +537,7 @@ test('missing module -> INIT_ERROR Runtime.ImportModuleError and exit code 1', a
   const e = JSON.parse(f.text);
   assert.strictEqual(e.errorType, 'Runtime.ImportModuleError');
   assert.match(e.errorMessage, /index/);
-  assert.ok(Array.isArray(e.stackTrace));
+  assert.ok(Array.isArray(e.trace));
   assert.strictEqual((await h.exited).code, 1);
 });
 

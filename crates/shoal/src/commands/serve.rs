@@ -22,6 +22,9 @@ pub struct Args {
     /// The node binary for Node.js functions.
     #[arg(long, default_value = "node")]
     node: PathBuf,
+    /// The Python interpreter (3.11 or later) for Python functions.
+    #[arg(long, default_value = "python3")]
+    python: PathBuf,
     /// Seconds in-flight invocations get to finish at shutdown.
     #[arg(long, default_value_t = 30)]
     shutdown_grace: u64,
@@ -83,6 +86,7 @@ pub async fn run(data_dir: &Path, args: Args) -> anyhow::Result<ExitCode> {
     config.gateway_addr = args.listen;
     config.control_addr = args.control_listen;
     config.node = args.node;
+    config.python = args.python;
     config.shutdown_grace = Duration::from_secs(args.shutdown_grace);
     config.host_budget.max_instances = args.max_instances;
     config.allow_empty_store = args.allow_empty_store;
