@@ -10,7 +10,8 @@ can be read, as the seed did), fixed-rate and closed-loop load comes from `oha`.
     python3 bench/run.py --quick         # seconds-long smoke run (CI), writes to bench/out/
     python3 bench/run.py --only sustained,cpu-heavy
 
-Contenders (see docs/BENCHMARKS.md):
+Contenders (see docs/BENCHMARKS.md; the python-* scenarios run the Python hello and a
+no-op Python handler, with an asyncio HTTP server, bench/direct/server.py, as direct):
   direct         the seed's node-hello: one plain Node.js server calling the handler
   lambda-model   Shoal with concurrency = 1 (one invocation per instance, as Lambda)
   fixed-80       Shoal with concurrency = 80 (Cloud Run's default)
@@ -52,6 +53,9 @@ SCENARIOS = [
     "scale-to-zero",
     "db-connections",
     "noisy-neighbour",
+    "python-seed-burst-10",
+    "python-seed-burst-100",
+    "python-overhead",
     "queue-throughput",
     "queue-packing",
 ]
@@ -60,9 +64,10 @@ SCENARIOS = [
 def load_results(path: Path) -> dict:
     res = json.loads(path.read_text())
     # JSON turned the overhead table's integer keys (concurrency levels) into strings.
-    for by_level in res.get("overhead", {}).get("rows", {}).values():
-        for key in list(by_level):
-            by_level[int(key)] = by_level.pop(key)
+    for scenario in ("overhead", "python-overhead"):
+        for by_level in res.get(scenario, {}).get("rows", {}).values():
+            for key in list(by_level):
+                by_level[int(key)] = by_level.pop(key)
     return res
 
 
@@ -122,8 +127,13 @@ def main() -> int:
             before = os.getloadavg()
             if scenario in burst_sizes:
                 res[scenario] = run.seed_burst(scenario, burst_sizes[scenario])
+            elif scenario.startswith("python-") and scenario[len("python-"):] in burst_sizes:
+                size = burst_sizes[scenario[len("python-"):]]
+                res[scenario] = run.seed_burst(scenario, size, python=True)
             elif scenario == "overhead":
                 res[scenario] = run.overhead()
+            elif scenario == "python-overhead":
+                res[scenario] = run.overhead(python=True)
             elif scenario == "cold-start":
                 res[scenario] = run.cold_start()
             elif scenario == "sustained":

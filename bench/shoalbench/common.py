@@ -13,6 +13,8 @@ CONTENDERS = ["direct", "lambda-model", "fixed-80", "shoal-auto", "capped-serial
 # run on their own machines (BullMQ on Redis, twice: fsync before every reply, and once a
 # second; a PostgreSQL table read with FOR UPDATE SKIP LOCKED).
 QUEUE_CONTENDERS = ["shoal", "bullmq-always", "bullmq-everysec", "pg-skip-locked"]
+# The Python scenarios compare fewer: the plain server, Lambda's model and the defaults.
+PYTHON_CONTENDERS = ["direct", "lambda-model", "shoal-auto"]
 # Manifest settings per Shoal contender.
 SETTINGS = {
     "lambda-model": {"concurrency": "1"},

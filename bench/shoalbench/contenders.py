@@ -42,10 +42,17 @@ class Target:
 
 
 class Direct(Target):
-    def __init__(self, fn_dir: Path, module: str, export: str, path: str, env=None):
+    """The plain server calling the handler: Node's (server.js) or, with `python`, an
+    asyncio one (server.py)."""
+
+    def __init__(self, fn_dir: Path, module: str, export: str, path: str, env=None, python=False):
         self.name = "direct"
+        server = ["python3", str(BENCH / "direct" / "server.py")] if python else [
+            "node",
+            str(BENCH / "direct" / "server.js"),
+        ]
         self.proc = subprocess.Popen(
-            ["node", str(BENCH / "direct" / "server.js"), str(fn_dir), module, export],
+            [*server, str(fn_dir), module, export],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -177,7 +184,7 @@ def manifest(
     """One function's manifest, reached by GET `path`, or by `trigger` (a manifest line such
     as `events = [...]`) instead when given."""
     lines = [f"[functions.{name}]", f'runtime = "{runtime}"']
-    if runtime == "nodejs":
+    if runtime in ("nodejs", "python"):
         lines.append(f'handler = "{handler}"')
     lines += ['memory = "512MiB"', 'timeout = "120s"']
     lines += [f"{k} = {v}" for k, v in settings.items()]

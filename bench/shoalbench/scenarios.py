@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from . import plots
-from .common import BENCH, CONTENDERS, ROOT, SETTINGS, BenchError, log
+from .common import BENCH, CONTENDERS, PYTHON_CONTENDERS, ROOT, SETTINGS, BenchError, log
 from .contenders import Direct, Shoal, Target, function_dir, manifest
 from .measure import (
     Sampler,
@@ -57,7 +57,18 @@ class Run(QueueScenarios):
             self.oha = find_oha()
         return self.oha
 
-    def hello(self, contender: str) -> Target:
+    def hello(self, contender: str, python: bool = False) -> Target:
+        if python:
+            src = ROOT / "examples" / "hello-python"
+            if contender == "direct":
+                return Direct(src, "app", "hello", "/helloPython", python=True)
+            fn = function_dir(
+                self.workdir,
+                src,
+                contender,
+                manifest("hello", "app.hello", "/helloPython", SETTINGS[contender], runtime="python"),
+            )
+            return Shoal(self.binary, self.workdir, contender, fn, "/helloPython")
         src = ROOT / "examples" / "hello"
         if contender == "direct":
             return Direct(src, "index.js", "helloWorld", "/helloWorld")
@@ -70,15 +81,18 @@ class Run(QueueScenarios):
         return Shoal(self.binary, self.workdir, contender, fn, "/helloWorld")
 
     # -- seed bursts ---------------------------------------------------------------------
-    def seed_burst(self, key: str, n: int) -> dict:
+    def seed_burst(self, key: str, n: int, python: bool = False) -> dict:
+        """The seed's burst on the hello function: Node's, or with `python` the Python
+        hello (examples/hello-python, `async def` with `await asyncio.sleep(2)`)."""
         reps = 1 if self.quick else 3
-        per: dict[str, list[dict]] = {c: [] for c in CONTENDERS}
-        latencies: dict[str, list[float]] = {c: [] for c in CONTENDERS}
+        contenders = [c for c in PYTHON_CONTENDERS if c in CONTENDERS] if python else CONTENDERS
+        per: dict[str, list[dict]] = {c: [] for c in contenders}
+        latencies: dict[str, list[float]] = {c: [] for c in contenders}
         for rep in range(reps):
-            order = CONTENDERS if rep % 2 == 0 else list(reversed(CONTENDERS))
+            order = contenders if rep % 2 == 0 else list(reversed(contenders))
             for c in order:
                 log(f"{key}: {c} (n={n}, repetition {rep + 1}/{reps})")
-                target = self.hello(c)
+                target = self.hello(c, python)
                 try:
                     sampler = Sampler(target, period=0.1, status_every=1e9)
                     results = burst(target.url, n)
@@ -116,23 +130,35 @@ class Run(QueueScenarios):
         return {"n": n, "reps": reps, "rows": rows, "plot": plot}
 
     # -- overhead ------------------------------------------------------------------------
-    def overhead(self) -> dict:
+    def overhead(self, python: bool = False) -> dict:
+        """A no-op under closed-loop load. With `python`: the asyncio server against
+        Shoal's Python bootstrap on the native channel."""
         tool = self.load_tool()
         levels = [1, 8] if self.quick else [1, 16, 64]
         seconds = 2 if self.quick else 10
         reps = 1 if self.quick else 2
         noop = BENCH / "functions" / "noop"
         contenders = ["direct", "shoal-native", "shoal-native-unsandboxed", "shoal-provided"]
+        if python:
+            noop = BENCH / "functions" / "noop-python"
+            contenders = ["direct", "shoal-native", "shoal-native-unsandboxed"]
         raw: dict[str, dict[int, list[dict]]] = {c: {l: [] for l in levels} for c in contenders}
         for rep in range(reps):
             for c in contenders if rep % 2 == 0 else list(reversed(contenders)):
                 log(f"overhead: {c} (repetition {rep + 1}/{reps})")
                 if c == "direct":
-                    target: Target = Direct(noop, "index.js", "handler", "/noop")
-                elif c.startswith("shoal-native"):
-                    fn = function_dir(
-                        self.workdir, noop, c, manifest("noop", "index.handler", "/noop", {})
+                    target: Target = (
+                        Direct(noop, "app", "handler", "/noop", python=True)
+                        if python
+                        else Direct(noop, "index.js", "handler", "/noop")
                     )
+                elif c.startswith("shoal-native"):
+                    spec = (
+                        manifest("noop", "app.handler", "/noop", {}, runtime="python")
+                        if python
+                        else manifest("noop", "index.handler", "/noop", {})
+                    )
+                    fn = function_dir(self.workdir, noop, c, spec)
                     extra = ("--sandbox", "off") if c.endswith("unsandboxed") else ()
                     target = Shoal(self.binary, self.workdir, c, fn, "/noop", extra_args=extra)
                 else:
@@ -170,10 +196,11 @@ class Run(QueueScenarios):
             }
             for c, by_level in raw.items()
         }
-        plot = self.plots / "overhead-throughput.svg"
+        key = "python-overhead" if python else "overhead"
+        plot = self.plots / f"{key}-throughput.svg"
         plots.bar_chart(
             plot,
-            f"overhead: no-op throughput by concurrency ({seconds} s per level)",
+            f"{key}: no-op throughput by concurrency ({seconds} s per level)",
             "requests per second",
             [f"{l} concurrent" for l in levels],
             {c: [rows[c][l]["rps"] for l in levels] for c in contenders},

@@ -42,9 +42,7 @@ def shoal_binary(release: bool) -> str:
         cwd=ROOT,
         check=True,
     )
-    target = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target")
-    if not target.is_absolute():
-        target = ROOT / target
+    target = ROOT / os.environ.get("CARGO_TARGET_DIR", "target")  # an absolute one wins
     return str(target / ("release" if release else "debug") / "shoal")
 
 

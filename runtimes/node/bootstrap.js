@@ -35,10 +35,11 @@
  *    is already null. callbackWaitsForEmptyEventLoop is present (true) but has no effect:
  *    the event loop is shared by all invocations, so a result is sent as soon as it exists.
  *  - Errors: Error-like values -> {errorType: name || "Error", errorMessage: message ||
- *    String(err), stackTrace: stack split into lines}. Non-Error values (throw "x",
+ *    String(err), trace: stack split into lines, without this file's own frames} (the
+ *    official Node runtime's field names). Non-Error values (throw "x",
  *    callback("x"), Promise.reject(42)) follow Lambda: errorType is `typeof value`
  *    ("string", "number", "object", ...), errorMessage the value as text (strings as is,
- *    others JSON if possible), stackTrace [].
+ *    others JSON if possible), trace [].
  *  - Results: JSON.stringify(result === undefined ? null : result); a value that
  *    stringifies to undefined (a function, a symbol) is sent as null; a throw from
  *    stringify -> ERROR Runtime.ResultSerializationError; a result over Lambda's response
@@ -77,6 +78,7 @@ const KIND_INIT_ERROR = 2;
 const KIND_INVOKE = 3;
 const KIND_RESULT = 4;
 const KIND_ERROR = 5;
+const KIND_INVOKE_CTX = 6; // INVOKE with a client context; sent only to runtimes that say so in HELLO
 const MAX_FRAME_LEN = 64 * 1024 * 1024 + 5; // value of the `len` field
 const HEADER = 9; // len u32 + kind u8 + id u32
 const MAX_RESPONSE = 6291556; // Lambda's response payload limit, as the daemon holds it
@@ -132,7 +134,7 @@ function logRuntimeError(title, err, rid) {
   const e = toErrorObject(err);
   let json;
   try {
-    json = JSON.stringify({ errorType: e.errorType, errorMessage: e.errorMessage, stack: e.stackTrace });
+    json = JSON.stringify({ errorType: e.errorType, errorMessage: e.errorMessage, stack: e.trace });
   } catch (_) {
     json = String(e.errorMessage);
   }
@@ -150,7 +152,12 @@ function isErrorLike(v) {
   );
 }
 
-/** Any thrown / rejected value -> {errorType, errorMessage, stackTrace}. Never throws. */
+/** The stack's lines without this bootstrap's own frames (users never see them). */
+function ownFrames(stack) {
+  return stack.split('\n').filter((line) => !line.includes(__filename));
+}
+
+/** Any thrown / rejected value -> {errorType, errorMessage, trace}. Never throws. */
 function toErrorObject(err, typeOverride) {
   try {
     if (isErrorLike(err)) {
@@ -158,7 +165,7 @@ function toErrorObject(err, typeOverride) {
       return {
         errorType: typeOverride || String(err.name || 'Error'),
         errorMessage: String(err.message || String(err)),
-        stackTrace: typeof stack === 'string' ? stack.split('\n') : [],
+        trace: typeof stack === 'string' ? ownFrames(stack) : [],
       };
     }
     let msg;
@@ -171,12 +178,12 @@ function toErrorObject(err, typeOverride) {
       }
       if (msg === undefined) msg = String(err);
     }
-    return { errorType: typeOverride || typeof err, errorMessage: msg, stackTrace: [] };
+    return { errorType: typeOverride || typeof err, errorMessage: msg, trace: [] };
   } catch (_) {
     return {
       errorType: typeOverride || 'Error',
       errorMessage: 'the handler failed with a value that could not be inspected',
-      stackTrace: [],
+      trace: [],
     };
   }
 }
@@ -186,7 +193,7 @@ function errorPayload(err, typeOverride) {
   try {
     return JSON.stringify(e);
   } catch (_) {
-    return JSON.stringify({ errorType: 'Error', errorMessage: 'unserializable error', stackTrace: [] });
+    return JSON.stringify({ errorType: 'Error', errorMessage: 'unserializable error', trace: [] });
   }
 }
 
@@ -320,11 +327,11 @@ function onData(chunk) {
       break;
     }
     const kind = buf[off + 4];
-    if (kind !== KIND_INVOKE) {
+    if (kind !== KIND_INVOKE && kind !== KIND_INVOKE_CTX) {
       protocolError(`unexpected frame kind ${kind}`);
       return;
     }
-    onInvoke(buf, buf.readUInt32BE(off + 5), off + HEADER, end);
+    onInvoke(buf, buf.readUInt32BE(off + 5), off + HEADER, end, kind === KIND_INVOKE_CTX);
     if (exiting) return;
     off = end;
   }
@@ -419,7 +426,7 @@ function succeedInvocation(ctx, result) {
         JSON.stringify({
           errorType: 'Function.ResponseSizeTooLarge',
           errorMessage: `Response payload size (${size} bytes) exceeded maximum allowed payload size (${MAX_RESPONSE} bytes).`,
-          stackTrace: [],
+          trace: [],
         })
       );
       return;
@@ -463,8 +470,8 @@ function runHandler(ctx, event) {
   if (!handlerTakesCallback) succeedInvocation(ctx, r);
 }
 
-function onInvoke(buf, id, start, end) {
-  // payload: deadline_ms u64 BE | rid_len u16 BE | rid | event
+function onInvoke(buf, id, start, end, withClientContext) {
+  // payload: deadline_ms u64 BE | rid_len u16 BE | rid | [ctx_len u32 BE | ctx] | event
   if (end - start < 10) {
     protocolError(`INVOKE ${id} too short`);
     return;
@@ -477,9 +484,22 @@ function onInvoke(buf, id, start, end) {
     return;
   }
   const ctx = new Context(id, buf.toString('utf8', start + 10, ridEnd), deadline);
+  let eventStart = ridEnd;
+  if (withClientContext) {
+    if (ridEnd + 4 > end || ridEnd + 4 + buf.readUInt32BE(ridEnd) > end) {
+      protocolError(`INVOKE ${id} client context overruns the frame`);
+      return;
+    }
+    eventStart = ridEnd + 4 + buf.readUInt32BE(ridEnd);
+    try {
+      ctx.clientContext = JSON.parse(buf.toString('utf8', ridEnd + 4, eventStart));
+    } catch {
+      ctx.clientContext = undefined;
+    }
+  }
   let event;
   try {
-    event = JSON.parse(buf.toString('utf8', ridEnd, end));
+    event = JSON.parse(buf.toString('utf8', eventStart, end));
   } catch (e) {
     ctx[kDone] = true;
     queueFrame(KIND_ERROR, id, errorPayload(e, 'Runtime.InvalidEvent'));
@@ -636,7 +656,7 @@ function reportInitError(err) {
   try {
     payload = JSON.stringify(rec);
   } catch (_) {
-    payload = JSON.stringify({ errorType: 'Error', errorMessage: 'initialization failed', stackTrace: [] });
+    payload = JSON.stringify({ errorType: 'Error', errorMessage: 'initialization failed', trace: [] });
   }
   writeLogLine(stderr, 'ERROR', 'undefined', `Init Error \t${payload}`);
   closeExitCode = 1;
@@ -666,7 +686,11 @@ async function main() {
   if (initFailed || exiting) return;
   handler = fn;
   handlerTakesCallback = fn.length >= 3;
-  queueFrame(KIND_HELLO, 0, JSON.stringify({ protocol: PROTOCOL_VERSION, runtime: 'node', pid: process.pid }));
+  queueFrame(
+    KIND_HELLO,
+    0,
+    JSON.stringify({ protocol: PROTOCOL_VERSION, runtime: 'node', pid: process.pid, features: ['client_context'] }),
+  );
   socket.on('data', onData);
 }
 

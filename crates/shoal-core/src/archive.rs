@@ -47,8 +47,72 @@ pub fn pack_dir(dir: &Path) -> std::io::Result<Vec<u8>> {
     let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let mut builder = tar::Builder::new(encoder);
     builder.follow_symlinks(false);
+    // Plain entries for every file, holes written out as zeros: a sparse file (a fresh
+    // linker output often is) stays an ordinary file for any reader.
+    builder.sparse(false);
     add_dir(&mut builder, dir, Path::new(""))?;
     builder.into_inner()?.finish()
+}
+
+/// Pack the files of `dir` for which `include` (given the path relative to `dir`, with
+/// `/` separators) says yes, skipping `.git`, `.shoal` and `.serverless`, plus `extra`
+/// files (relative path, contents) written as regular files; folders are added as the
+/// kept files need them.
+pub fn pack_dir_filtered(
+    dir: &Path,
+    include: &dyn Fn(&str) -> bool,
+    extra: &[(&str, &[u8])],
+) -> std::io::Result<Vec<u8>> {
+    let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut builder = tar::Builder::new(encoder);
+    builder.follow_symlinks(false);
+    let mut files = Vec::new();
+    collect_files(dir, Path::new(""), &mut files)?;
+    let mut folders = std::collections::BTreeSet::new();
+    let extra_names: Vec<&str> = extra.iter().map(|(name, _)| *name).collect();
+    for rel in files {
+        let text = rel.to_string_lossy().into_owned();
+        if !include(&text) || extra_names.contains(&text.as_str()) {
+            continue;
+        }
+        for folder in rel.ancestors().skip(1) {
+            if folder.as_os_str().is_empty() || !folders.insert(folder.to_owned()) {
+                continue;
+            }
+            builder.append_dir(folder, dir.join(folder))?;
+        }
+        builder.append_path_with_name(dir.join(&rel), &rel)?;
+    }
+    for (name, bytes) in extra {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder.append_data(&mut header, name, *bytes)?;
+    }
+    builder.into_inner()?.finish()
+}
+
+fn collect_files(
+    root: &Path,
+    rel: &Path,
+    out: &mut Vec<std::path::PathBuf>,
+) -> std::io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(root.join(rel))?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name();
+        if name == ".git" || name == ".shoal" || name == ".serverless" {
+            continue;
+        }
+        let rel_path = rel.join(&name);
+        if entry.file_type()?.is_dir() {
+            collect_files(root, &rel_path, out)?;
+        } else {
+            out.push(rel_path);
+        }
+    }
+    Ok(())
 }
 
 fn add_dir<W: std::io::Write>(
@@ -153,7 +217,9 @@ pub fn unpack(bytes: &[u8], dest: &Path) -> Result<(), ArchiveError> {
         let kind = entry.header().entry_type();
         if kind.is_dir() {
             folder.folder(name).map_err(taken)?;
-        } else if kind.is_file() {
+        } else if kind.is_file() || kind.is_gnu_sparse() {
+            // A GNU sparse entry reads as the whole file, holes as zeros, and its
+            // expanded size counts against the byte cap like any other file's.
             let executable = entry.header().mode().unwrap_or(0o644) & 0o111 != 0;
             let mut file = folder.create_file(name).map_err(taken)?;
             let write_err = |source| ArchiveError::Write {
@@ -184,7 +250,9 @@ pub fn unpack(bytes: &[u8], dest: &Path) -> Result<(), ArchiveError> {
             links.push(rel);
         } else {
             return Err(bad(
-                "only files, folders and symlinks inside the archive are allowed".into(),
+                "only files (sparse ones too), folders and symlinks inside the archive are \
+                 allowed"
+                    .into(),
             ));
         }
     }

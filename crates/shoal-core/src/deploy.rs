@@ -40,7 +40,6 @@ impl Platform {
                     .map_err(|e| e.to_string())
             })?;
         for spec in &manifest.functions {
-            runtime_kind(spec)?;
             self.events.check(spec)?;
         }
 
@@ -90,11 +89,23 @@ impl Platform {
 
     /// Register with the launcher and route new calls to this version.
     fn activate(&self, record: &VersionRecord, code_dir: std::path::PathBuf) -> Result<()> {
+        let config = self.register_version(record, code_dir)?;
+        self.dispatcher
+            .deploy(&record.spec.name, record.version, config);
+        Ok(())
+    }
+
+    /// Register a version's code with the launcher; its pool settings, learned limit in.
+    pub(crate) fn register_version(
+        &self,
+        record: &VersionRecord,
+        code_dir: std::path::PathBuf,
+    ) -> Result<PoolConfig> {
         let spec = &record.spec;
         self.launcher.register(FunctionCode {
             function: spec.name.clone(),
             version: record.version,
-            runtime: runtime_kind(spec)?,
+            runtime: runtime_kind(spec),
             handler: spec.handler.clone(),
             code_dir,
             memory_mb: spec.memory_mb,
@@ -108,8 +119,7 @@ impl Platform {
                 config.limit = learned.clamp(1, config.max_concurrency);
             }
         }
-        self.dispatcher.deploy(&spec.name, record.version, config);
-        Ok(())
+        Ok(config)
     }
 
     /// Delete a function: its routes go at once, running invocations finish.
@@ -146,20 +156,16 @@ impl Platform {
     }
 }
 
-fn runtime_kind(spec: &FunctionSpec) -> Result<RuntimeKind> {
+pub(crate) fn runtime_kind(spec: &FunctionSpec) -> RuntimeKind {
     match spec.runtime {
-        Runtime::Nodejs => Ok(RuntimeKind::Node),
-        Runtime::Provided => Ok(RuntimeKind::Provided),
-        Runtime::Python => Err(Error::Unsupported {
-            function: spec.name.clone(),
-            reason: "runtime \"python\" is not available yet; use \"nodejs\" or \"provided\""
-                .into(),
-        }),
+        Runtime::Nodejs => RuntimeKind::Node,
+        Runtime::Python => RuntimeKind::Python,
+        Runtime::Provided => RuntimeKind::Provided,
     }
 }
 
 /// The dispatcher's view of a function's settings.
-fn pool_config(spec: &FunctionSpec, max_queue: usize) -> PoolConfig {
+pub(crate) fn pool_config(spec: &FunctionSpec, max_queue: usize) -> PoolConfig {
     let limit = match spec.concurrency {
         Concurrency::Fixed(n) => n,
         Concurrency::Auto => PoolConfig::AUTO_DEFAULT_LIMIT.min(spec.max_concurrency),
@@ -176,6 +182,10 @@ fn pool_config(spec: &FunctionSpec, max_queue: usize) -> PoolConfig {
         timeout: Duration::from_millis(spec.timeout_ms),
         target_cpu: spec.target_cpu,
         latency_tolerance: spec.latency_tolerance,
+        // A Runtime API client may pre-size itself from AWS_LAMBDA_MAX_CONCURRENCY (the
+        // official Python client forks one worker process per unit), so it is told only
+        // what it will really receive; the native bootstraps size their pools lazily.
+        sized_at_start: spec.runtime == Runtime::Provided,
     }
 }
 
@@ -183,7 +193,16 @@ fn build_routes(specs: &[&FunctionSpec]) -> Result<RouteTable, shoal_events::Rou
     let mut table = RouteTable::new();
     for spec in specs {
         for route in &spec.http {
-            table.insert(route.method.as_deref(), &route.path, spec.name.clone())?;
+            let payload = match route.payload {
+                shoal_manifest::PayloadVersion::V1 => shoal_events::PayloadFormat::V1,
+                shoal_manifest::PayloadVersion::V2 => shoal_events::PayloadFormat::V2,
+            };
+            table.insert_with_payload(
+                route.method.as_deref(),
+                &route.path,
+                spec.name.clone(),
+                payload,
+            )?;
         }
     }
     Ok(table)

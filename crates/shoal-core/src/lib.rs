@@ -17,6 +17,8 @@ mod deploy;
 mod error;
 mod events;
 mod invoke;
+mod keys;
+mod lambda;
 mod logs;
 mod metrics;
 mod status;
@@ -30,9 +32,10 @@ use shoal_events::RouteTable;
 use shoal_runtime::{LauncherConfig, ProcessLauncher};
 use shoal_store::Store;
 
-pub use archive::{pack_dir, ArchiveError};
+pub use archive::{pack_dir, pack_dir_filtered, ArchiveError};
 pub use error::{chain, Error, Result};
 pub use invoke::{new_request_id, InvocationType, InvokeOutcome, InvokeRequest, Invoked};
+pub use lambda::VersionDetail;
 pub use logs::{now_ms, DEFAULT_MAX_LOG_BYTES};
 pub use shoal_api as api;
 pub use shoal_queue::QueueError;
@@ -48,6 +51,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The `node` binary for Node.js functions.
     pub node: PathBuf,
+    /// The Python interpreter (3.11+) for Python functions.
+    pub python: PathBuf,
     /// How long an instance may take to become ready.
     pub start_timeout: Duration,
     /// At shutdown, in-flight invocations get this long to finish.
@@ -113,6 +118,8 @@ pub struct Platform {
     changes: std::sync::Mutex<()>,
     shutdown_grace: Duration,
     max_queue: usize,
+    /// Derives access-key secrets (see `keys.rs`); never leaves the daemon.
+    key_master: Vec<u8>,
 }
 
 impl std::fmt::Debug for Platform {
@@ -149,6 +156,7 @@ impl Platform {
             );
         }
         let store = Store::open(&store_path)?;
+        let key_master = keys::master_key(&data_dir)?;
         let logs_dir = data_dir.join("logs");
         let logs = Arc::new(
             LogStore::new(logs_dir.clone(), config.max_log_bytes)
@@ -160,6 +168,7 @@ impl Platform {
                     instances_dir: data_dir.join("instances"),
                     runtimes_dir: data_dir.join("runtimes"),
                     node: config.node.clone(),
+                    python: config.python.clone(),
                     start_timeout: config.start_timeout,
                     sandbox: config.sandbox.clone(),
                 },
@@ -204,6 +213,7 @@ impl Platform {
             changes: std::sync::Mutex::new(()),
             shutdown_grace: config.shutdown_grace,
             max_queue: config.max_queue,
+            key_master,
         });
         platform.restore()?;
         Ok(platform)

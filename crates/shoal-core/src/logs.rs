@@ -353,15 +353,25 @@ impl LogSink for LogStore {
     }
 }
 
-/// Split Lambda's `<time>\t<request id>\t<LEVEL>\t<message>` format; other lines are
-/// kept whole.
+/// Split Lambda's `<time>\t<request id>\t<LEVEL>\t<message>` format (Node's, and the
+/// Python bootstrap's `print`), or its Python `logging` format `[LEVEL]\t<time>\t<request
+/// id>\t<message>`; other lines are kept whole.
 fn parse_lambda_line(line: &str) -> (Option<String>, Option<String>, String) {
     let mut parts = line.splitn(4, '\t');
-    if let (Some(time), Some(rid), Some(level), Some(message)) =
+    if let (Some(first), Some(second), Some(third), Some(message)) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     {
-        let looks_like_time = time.len() >= 20 && time.as_bytes()[4] == b'-' && time.contains('T');
-        if looks_like_time && level.chars().all(|c| c.is_ascii_uppercase()) {
+        let looks_like_time = |t: &str| t.len() >= 20 && t.as_bytes()[4] == b'-' && t.contains('T');
+        let is_level = |l: &str| !l.is_empty() && l.chars().all(|c| c.is_ascii_uppercase());
+        let bracketed = first
+            .strip_prefix('[')
+            .and_then(|l| l.strip_suffix(']'))
+            .filter(|l| is_level(l));
+        let (time, rid, level) = match bracketed {
+            Some(level) => (second, third, level),
+            None => (first, second, third),
+        };
+        if looks_like_time(time) && is_level(level) {
             let rid = (rid != "undefined" && !rid.is_empty()).then(|| rid.to_owned());
             return (rid, Some(level.to_owned()), message.to_owned());
         }
@@ -606,6 +616,17 @@ mod tests {
         assert_eq!(
             (rid, level.as_deref(), msg.as_str()),
             (None, Some("WARN"), "at load")
+        );
+        let (rid, level, msg) =
+            parse_lambda_line("[ERROR]\t2026-11-28T12:00:00.000Z\tabc-9\tfrom logging\tmodule");
+        assert_eq!(rid.as_deref(), Some("abc-9"));
+        assert_eq!(level.as_deref(), Some("ERROR"));
+        assert_eq!(msg, "from logging\tmodule");
+        let (rid, level, msg) =
+            parse_lambda_line("[WARNING]\t2026-11-28T12:00:00.000Z\t\tat import");
+        assert_eq!(
+            (rid, level.as_deref(), msg.as_str()),
+            (None, Some("WARNING"), "at import")
         );
         let (rid, level, msg) = parse_lambda_line("plain output\twith tab");
         assert_eq!(

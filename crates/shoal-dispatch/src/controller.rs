@@ -128,8 +128,12 @@ pub struct ControllerConfig {
     /// The limit before any measurement (a limit learned by a previous version, or 16).
     pub initial_limit: u32,
     pub min_limit: u32,
-    /// The user's `max_concurrency` ceiling.
+    /// The instance's ceiling: the user's `max_concurrency`, or what a runtime that sizes
+    /// itself once at start was told (see `PoolConfig::sized_at_start`).
     pub max_limit: u32,
+    /// The ceiling a *new* instance may be given (the user's `max_concurrency`); above
+    /// `max_limit` only for instances whose own ceiling was fixed at start.
+    pub pool_max_limit: u32,
     /// Target busy fraction of one core.
     pub target_cpu: f64,
     /// Latency may grow to this multiple of the uncontended baseline before backing off.
@@ -153,6 +157,7 @@ impl ControllerConfig {
             initial_limit: Self::DEFAULT_INITIAL_LIMIT.min(max_limit),
             min_limit: 1,
             max_limit,
+            pool_max_limit: max_limit,
             target_cpu: 0.8,
             latency_tolerance: 1.5,
             memory_limit_kib,
@@ -165,6 +170,7 @@ impl ControllerConfig {
     fn sanitized(mut self) -> Self {
         self.min_limit = self.min_limit.max(1);
         self.max_limit = self.max_limit.max(self.min_limit);
+        self.pool_max_limit = self.pool_max_limit.max(self.max_limit);
         self.initial_limit = self.initial_limit.clamp(self.min_limit, self.max_limit);
         self.target_cpu = finite_or(self.target_cpu, 0.8).clamp(0.05, 1.0);
         self.latency_tolerance = finite_or(self.latency_tolerance, 1.5).max(1.05);
@@ -246,6 +252,8 @@ pub struct Controller {
     latency_cuts: u32,
     latency_at_first_cut: f64,
     secs_since_first_cut: f64,
+    /// The last interval wanted to grow and only the instance's own ceiling held it.
+    held_at_ceiling: bool,
 }
 
 impl Controller {
@@ -269,6 +277,7 @@ impl Controller {
             latency_cuts: 0,
             latency_at_first_cut: 0.0,
             secs_since_first_cut: 0.0,
+            held_at_ceiling: false,
         }
     }
 
@@ -300,8 +309,14 @@ impl Controller {
     /// The limit a *new* instance of this function should start with: the limit the live
     /// signals have accepted here once anything was measured, else the initial limit. It
     /// is deliberately not `L*`, which ignores latency and memory.
+    ///
+    /// An instance held at a ceiling fixed at its start while it wanted more suggests
+    /// twice that for the next one (within the pool's ceiling): the next instance is told
+    /// the larger figure, so a runtime that sizes itself once still grows by instances.
     pub fn suggested_initial(&self) -> u32 {
-        if self.cpu_secs.is_some() {
+        if self.held_at_ceiling && self.config.pool_max_limit > self.config.max_limit {
+            self.limit.saturating_mul(2).min(self.config.pool_max_limit)
+        } else if self.cpu_secs.is_some() {
             self.limit
         } else {
             self.config.initial_limit
@@ -588,6 +603,13 @@ impl Controller {
         let old = self.limit;
         let (target, rule, why) = match verdict {
             Verdict::Hold(reason) => {
+                self.held_at_ceiling = matches!(
+                    reason,
+                    LimitReason::GrowthCapped {
+                        by: GrowthCap::MaxConcurrency,
+                        ..
+                    }
+                );
                 return LimitDecision {
                     limit: old,
                     action: LimitAction::Hold,
@@ -596,6 +618,7 @@ impl Controller {
             }
             Verdict::Change { target, rule, why } => (target, rule, why),
         };
+        self.held_at_ceiling = false;
         let target = target.clamp(self.config.min_limit, self.config.max_limit);
         if target == old {
             if rule == Rule::Latency {

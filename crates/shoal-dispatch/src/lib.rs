@@ -46,6 +46,9 @@ pub struct Invocation {
     pub deadline: Instant,
     /// The same deadline as Unix epoch milliseconds, for the runtime's context.
     pub deadline_epoch_ms: u64,
+    /// The caller's client context (`X-Amz-Client-Context`, decoded: JSON), for the
+    /// handler's `context.clientContext`.
+    pub client_context: Option<Bytes>,
 }
 
 /// What a handler produced.
@@ -245,6 +248,12 @@ pub struct PoolConfig {
     pub memory_limit_kib: u64,
     /// Ceiling handed to runtimes; `limit` never exceeds it.
     pub max_concurrency: u32,
+    /// The runtime sizes itself once, at start, from the ceiling it is told
+    /// (`AWS_LAMBDA_MAX_CONCURRENCY`: a `provided` runtime's concurrent polls or worker
+    /// processes). Each instance is then told its starting limit instead of
+    /// `max_concurrency`, and its limit never grows past what it was told; a later
+    /// instance may be told more.
+    pub sized_at_start: bool,
     pub max_instances: u32,
     /// Warm instances kept even when idle.
     pub min_instances: u32,

@@ -26,6 +26,10 @@ struct FakeLauncher {
     /// Highest in-flight count any one instance saw.
     peak_in_flight: Arc<AtomicU32>,
     instances: Mutex<Vec<Arc<FakeInstance>>>,
+    /// `max_concurrency` of each launch request (what each runtime was told), in order.
+    told: Mutex<Vec<u32>>,
+    /// Calls an instance received beyond what it was told.
+    over_told: Arc<AtomicUsize>,
 }
 
 struct FakeInstance {
@@ -41,6 +45,8 @@ struct FakeInstance {
     exit: watch::Sender<Option<String>>,
     /// Its channel is closed but its exit not yet seen: every call is refused unrun.
     refusing: std::sync::atomic::AtomicBool,
+    told: u32,
+    over_told: Arc<AtomicUsize>,
 }
 
 impl InstanceLauncher for FakeLauncher {
@@ -49,6 +55,7 @@ impl InstanceLauncher for FakeLauncher {
         request: LaunchRequest,
     ) -> BoxFuture<Result<Arc<dyn InstanceHandle>, LaunchError>> {
         self.launches.fetch_add(1, Ordering::SeqCst);
+        self.told.lock().unwrap().push(request.max_concurrency);
         let delay = self.start_delay_ms;
         let fail = self.fail_starts;
         let instance = Arc::new(FakeInstance {
@@ -62,6 +69,8 @@ impl InstanceLauncher for FakeLauncher {
             live: self.live.clone(),
             exit: watch::channel(None).0,
             refusing: Default::default(),
+            told: request.max_concurrency,
+            over_told: self.over_told.clone(),
         });
         if !fail {
             self.instances.lock().unwrap().push(instance.clone());
@@ -94,6 +103,9 @@ impl InstanceHandle for FakeInstance {
         }
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now, Ordering::SeqCst);
+        if now > self.told {
+            self.over_told.fetch_add(1, Ordering::SeqCst);
+        }
         self.rss_kib
             .fetch_add(self.leak_kib_per_call, Ordering::SeqCst);
         let text = String::from_utf8(invocation.payload.to_vec()).unwrap();
@@ -175,6 +187,7 @@ fn config(limit: u32) -> PoolConfig {
         timeout: Duration::from_secs(30),
         target_cpu: 0.8,
         latency_tolerance: 1.5,
+        sized_at_start: false,
     }
 }
 
@@ -726,6 +739,42 @@ async fn auto_limit_grows_for_io_bound_work_and_idle_capacity_is_drained() {
     assert!(status.desired <= 1, "{status:?}");
 }
 
+/// A runtime that sizes itself from `AWS_LAMBDA_MAX_CONCURRENCY` once (the official Python
+/// client forks that many workers) is told its starting limit, never receives more, and
+/// a busier function grows by instances that are told more.
+#[tokio::test(start_paused = true)]
+async fn a_runtime_sized_at_start_is_told_its_limit_and_never_sent_more() {
+    let mut cfg = config(16);
+    cfg.auto = true;
+    cfg.sized_at_start = true;
+    cfg.memory_limit_kib = 512 * 1024;
+    let (launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 200,
+            ..Default::default()
+        },
+        cfg,
+    );
+    let served = sustained(&d, 60, "2000/20", Duration::from_secs(60)).await;
+    assert!(served > 500, "{served}");
+    assert_eq!(launcher.over_told.load(Ordering::SeqCst), 0);
+    let told = launcher.told.lock().unwrap().clone();
+    assert_eq!(
+        told[0], 16,
+        "the first instance is told the starting limit: {told:?}"
+    );
+    assert!(told.iter().all(|&t| t <= 256), "{told:?}");
+    let status = &d.status(Some("f"))[0];
+    assert!(
+        status.instances.iter().all(|i| i.limit <= 16),
+        "no instance grew past what it was told: {status:?}"
+    );
+    assert!(
+        status.learned_limit > 16,
+        "instances held at their ceiling while they wanted more: the next is told more: {status:?}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_draining_instance_finishes_its_calls_before_it_stops() {
     let mut cfg = config(2);
@@ -1040,4 +1089,36 @@ async fn decision_history_keeps_the_last_ones_in_order() {
             );
         }
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pinned_version_serves_calls_that_name_it_beside_the_active_one() {
+    let (_launcher, d) = setup(FakeLauncher::default(), config(16));
+    d.deploy("f", 2, config(16));
+    assert!(!d.serves_version("f", 1), "the old version drains");
+    let (version, result) = d
+        .invoke_version("f", Some(1), "r".into(), Bytes::from_static(b"10"), None)
+        .await;
+    assert_eq!(version, None, "not served until asked for");
+    assert!(matches!(result, Err(DispatchError::NotFound(_))));
+
+    assert!(d.serve_version("f", 1, config(16)));
+    assert!(!d.serve_version("g", 1, config(16)), "unknown function");
+    assert!(d.serves_version("f", 1) && d.serves_version("f", 2));
+    let (version, result) = d
+        .invoke_version("f", Some(1), "r".into(), Bytes::from_static(b"10"), None)
+        .await;
+    assert_eq!(version, Some(1));
+    assert!(instance_of(&result).ends_with("@v1"));
+    let (version, result) = d
+        .invoke_version("f", None, "r".into(), Bytes::from_static(b"10"), None)
+        .await;
+    assert_eq!(version, Some(2));
+    assert!(instance_of(&result).ends_with("@v2"));
+
+    // Once version 1 becomes the active one again, it is served once, not twice.
+    d.deploy("f", 1, config(16));
+    assert!(d.serves_version("f", 1) && !d.serves_version("f", 2));
+    assert!(d.remove("f"));
+    assert!(!d.serves_version("f", 1));
 }

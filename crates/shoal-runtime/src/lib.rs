@@ -14,6 +14,7 @@ mod frame;
 mod native;
 mod process;
 pub mod procfs;
+mod python;
 mod runtime_api;
 pub mod sandbox;
 
@@ -31,6 +32,8 @@ pub use procfs::ProcSample;
 
 /// The Node bootstrap, compiled into the daemon and written into the data directory.
 const NODE_BOOTSTRAP: &str = include_str!("../../../runtimes/node/bootstrap.js");
+/// The Python bootstrap, likewise.
+const PYTHON_BOOTSTRAP: &str = include_str!("../../../runtimes/python/bootstrap.py");
 /// An instance's cgroup limit is its function's `memory` plus this: room for the runtime
 /// itself outside the JavaScript heap (node's own footprint is about 40 MiB), so that for
 /// heap growth V8's `--max-old-space-size` usually speaks first, with a clearer message,
@@ -51,6 +54,8 @@ pub const RESPONSE_SIZE_TOO_LARGE: &str = "Function.ResponseSizeTooLarge";
 pub enum RuntimeKind {
     /// `node` running Shoal's bootstrap over the native channel.
     Node,
+    /// `python3` running Shoal's bootstrap over the native channel.
+    Python,
     /// The function's own `bootstrap` executable over the Lambda Runtime API.
     Provided,
 }
@@ -130,6 +135,8 @@ pub struct LauncherConfig {
     pub runtimes_dir: PathBuf,
     /// The `node` binary.
     pub node: PathBuf,
+    /// The Python interpreter (3.11 or later) for Python functions.
+    pub python: PathBuf,
     /// How long an instance may take to become ready.
     pub start_timeout: Duration,
     /// The walls around instances.
@@ -153,6 +160,9 @@ pub struct ProcessLauncher {
     sandbox: Arc<sandbox::Sandbox>,
     /// `node`, resolved to an absolute path (it must be reachable inside the sandbox).
     node: PathBuf,
+    python_bootstrap: PathBuf,
+    /// The Python interpreter as it described itself, or why it cannot run functions.
+    python: Result<python::Install, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +214,13 @@ impl ProcessLauncher {
             &node_bootstrap,
             std::fs::write(&node_bootstrap, NODE_BOOTSTRAP),
         )?;
+        let python_dir = config.runtimes_dir.join("python");
+        prepare(&python_dir, std::fs::create_dir_all(&python_dir))?;
+        let python_bootstrap = python_dir.join("bootstrap.py");
+        prepare(
+            &python_bootstrap,
+            std::fs::write(&python_bootstrap, PYTHON_BOOTSTRAP),
+        )?;
         let (cgroups, memory_limits) = match cgroup::Root::create() {
             Ok(root) => {
                 let limits = MemoryLimits::Cgroup {
@@ -238,8 +255,14 @@ impl ProcessLauncher {
         if sandbox.enabled() {
             // Read by the instance's uid once staged (the directories above it stay closed).
             prepare(&node_bootstrap, set_mode(&node_bootstrap, 0o644))?;
+            prepare(&python_bootstrap, set_mode(&python_bootstrap, 0o644))?;
         }
         let node = resolve_program(&config.node);
+        let python = python::Install::probe(&config.python);
+        match &python {
+            Ok(install) => tracing::info!("python functions run on {install}"),
+            Err(why) => tracing::warn!("python functions cannot run: {why}"),
+        }
         Ok(ProcessLauncher {
             config,
             node_bootstrap,
@@ -249,6 +272,8 @@ impl ProcessLauncher {
             memory_limits,
             sandbox,
             node,
+            python_bootstrap,
+            python,
         })
     }
 
@@ -386,7 +411,35 @@ impl InstanceLauncher for ProcessLauncher {
             RuntimeKind::Node => {
                 let node = self.node.clone();
                 let bootstrap = self.node_bootstrap.clone();
-                Box::pin(async move { native::launch(start, &node, &bootstrap).await })
+                // V8's heap is capped at the function's memory; the process dies rather
+                // than swap.
+                let args = vec![format!("--max-old-space-size={}", start.code.memory_mb)];
+                Box::pin(async move {
+                    let node = native::Interpreter {
+                        program: &node,
+                        args,
+                        home: None,
+                    };
+                    native::launch(start, node, &bootstrap).await
+                })
+            }
+            RuntimeKind::Python => {
+                let install = match &self.python {
+                    Ok(install) => install.clone(),
+                    Err(why) => {
+                        let error = LaunchError::new(ErrorType::Unknown, why.clone());
+                        return Box::pin(async move { Err(error) });
+                    }
+                };
+                let bootstrap = self.python_bootstrap.clone();
+                Box::pin(async move {
+                    let python = native::Interpreter {
+                        program: &install.executable,
+                        args: python::ARGS.iter().map(|a| (*a).to_owned()).collect(),
+                        home: install.home(),
+                    };
+                    native::launch(start, python, &bootstrap).await
+                })
             }
             RuntimeKind::Provided => Box::pin(runtime_api::launch(start)),
         }
@@ -431,13 +484,16 @@ impl Launch {
 
     /// The sandbox plan for this instance's process, if instances are sandboxed here.
     /// `program` must be visible inside (under `/usr`, the code, or the bootstrap dir).
+    /// `home`, when given, is shown instead of the program's own directory (an
+    /// interpreter's installation, which holds its standard library too).
     fn sandbox_plan(
         &self,
         runtime_dir: Option<&Path>,
         program: &Path,
+        home: Option<&Path>,
     ) -> Result<Option<sandbox::Plan>, LaunchError> {
-        let extra_ro = program
-            .parent()
+        let extra_ro = home
+            .or_else(|| program.parent())
             .filter(|dir| !dir.starts_with("/usr") && !dir.starts_with(&self.code.code_dir));
         self.sandbox
             .plan(&sandbox::View {

@@ -44,15 +44,27 @@ struct Shared {
     /// calls still in flight are told this rather than only "killed by SIGKILL".
     broken: Mutex<Option<String>>,
     logs: Arc<dyn LogSink>,
+    /// The runtime's HELLO listed `client_context`: it reads INVOKE_CTX frames.
+    client_context: bool,
 }
 
 pub(crate) struct NativeInstance(Arc<Shared>);
 
+/// The program that runs a native bootstrap: `node` or `python3`, with the arguments that
+/// go before the bootstrap's path.
+pub(crate) struct Interpreter<'a> {
+    pub program: &'a Path,
+    pub args: Vec<String>,
+    /// A directory outside `/usr` the interpreter needs to see (its installation).
+    pub home: Option<&'a Path>,
+}
+
 pub(crate) async fn launch(
     start: Launch,
-    node: &Path,
+    interpreter: Interpreter<'_>,
     bootstrap: &Path,
 ) -> Result<Arc<dyn InstanceHandle>, LaunchError> {
+    let program = interpreter.program;
     start.prepare_scratch()?;
     // A connected pair, one end inherited by the runtime as a descriptor: no socket path
     // exists that another process could connect to first.
@@ -63,7 +75,7 @@ pub(crate) async fn launch(
         })
         .map_err(|e| start.error(ErrorType::Unknown, format!("creating the channel: {e}")))?;
     let runtime_dir = bootstrap.parent().unwrap_or(Path::new("/"));
-    let plan = start.sandbox_plan(Some(runtime_dir), node)?;
+    let plan = start.sandbox_plan(Some(runtime_dir), program, interpreter.home)?;
     let bootstrap_arg = match &plan {
         Some(_) => Path::new(sandbox::RUNTIME_ROOT).join(bootstrap.file_name().unwrap_or_default()),
         None => bootstrap.to_owned(),
@@ -71,14 +83,11 @@ pub(crate) async fn launch(
     let mut env = start.env.clone();
     env.push(("SHOAL_CHANNEL_FD".into(), process::CHANNEL_FD.to_string()));
     env.push(("SHOAL_PROTOCOL".into(), frame::PROTOCOL_VERSION.to_string()));
-    let args = vec![
-        // V8's heap is capped at the function's memory; the process dies rather than swap.
-        format!("--max-old-space-size={}", start.code.memory_mb),
-        bootstrap_arg.display().to_string(),
-    ];
+    let mut args = interpreter.args;
+    args.push(bootstrap_arg.display().to_string());
     let spawned = process::spawn(
         SpawnSpec {
-            program: node,
+            program,
             args: &args,
             cwd: &start.code.code_dir,
             env,
@@ -94,7 +103,7 @@ pub(crate) async fn launch(
     .map_err(|e| {
         start.error(
             ErrorType::Unknown,
-            format!("starting {}: {e}", node.display()),
+            format!("starting {}: {e}", program.display()),
         )
     })?;
 
@@ -120,7 +129,7 @@ pub(crate) async fn launch(
         Ok((reader, write, Some(first))) => (reader, write, first),
         Ok((_, _, None)) | Err(_) => return Err(exited_early(&start, &spawned).await),
     };
-    match first.kind {
+    let client_context = match first.kind {
         frame::HELLO => {
             let hello: serde_json::Value =
                 serde_json::from_slice(&first.payload).unwrap_or_default();
@@ -135,6 +144,9 @@ pub(crate) async fn launch(
                     ),
                 ));
             }
+            hello["features"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f == "client_context"))
         }
         frame::INIT_ERROR => {
             spawned.kill.notify_one();
@@ -147,7 +159,7 @@ pub(crate) async fn launch(
                 format!("expected HELLO, got frame kind {other}"),
             ));
         }
-    }
+    };
     let (writer, queue) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         function: start.code.function.clone(),
@@ -161,6 +173,7 @@ pub(crate) async fn launch(
         kill: spawned.kill.clone(),
         broken: Mutex::new(None),
         logs: start.logs.clone(),
+        client_context,
     });
     tokio::spawn(write_loop(write, queue, shared.kill.clone()));
     tokio::spawn(read_loop(reader, shared.clone()));
@@ -352,12 +365,22 @@ impl InstanceHandle for NativeInstance {
             }
             pending.insert(id, reply);
         }
-        let frame = frame::encode_invoke(
-            id,
-            invocation.deadline_epoch_ms,
-            &invocation.request_id,
-            &invocation.payload,
-        );
+        let frame = match &invocation.client_context {
+            Some(context) if shared.client_context => frame::encode_invoke_ctx(
+                id,
+                invocation.deadline_epoch_ms,
+                &invocation.request_id,
+                context,
+                &invocation.payload,
+            ),
+            // A runtime that did not ask for it would refuse the frame kind.
+            _ => frame::encode_invoke(
+                id,
+                invocation.deadline_epoch_ms,
+                &invocation.request_id,
+                &invocation.payload,
+            ),
+        };
         if shared.writer.send(frame).is_err() {
             shared
                 .pending
@@ -429,6 +452,7 @@ mod tests {
             kill: Arc::new(Notify::new()),
             broken: Mutex::new(None),
             logs: Arc::new(NoLogs),
+            client_context: false,
         };
         let replies = ids
             .iter()

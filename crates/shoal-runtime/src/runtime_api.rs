@@ -42,6 +42,8 @@ struct Assigned {
     request_id: String,
     deadline_ms: u64,
     payload: Bytes,
+    /// `Lambda-Runtime-Client-Context`, when the caller sent one.
+    client_context: Option<Bytes>,
 }
 
 #[derive(Default)]
@@ -93,7 +95,7 @@ pub(crate) async fn launch(start: Launch) -> Result<Arc<dyn InstanceHandle>, Lau
         .map_err(|e| start.error(ErrorType::Unknown, e.to_string()))?;
     let mut env = start.env.clone();
     env.push(("AWS_LAMBDA_RUNTIME_API".into(), addr.to_string()));
-    let plan = start.sandbox_plan(None, &program)?;
+    let plan = start.sandbox_plan(None, &program, None)?;
     // Only the instance's own uid may speak on its listener (where instances have one).
     let owner = plan.as_ref().map(|p| p.uid.uid);
     let inside = Path::new(sandbox::TASK_ROOT).join("bootstrap");
@@ -409,6 +411,7 @@ impl InstanceHandle for ApiInstance {
                 request_id: invocation.request_id.clone(),
                 deadline_ms: invocation.deadline_epoch_ms,
                 payload: invocation.payload,
+                client_context: invocation.client_context,
             };
             loop {
                 let Some(poll) = state.polls.pop_front() else {

@@ -13,6 +13,7 @@ mod auth;
 mod control;
 mod gateway;
 mod http;
+mod sigv4;
 mod sqs;
 
 use std::net::SocketAddr;
@@ -24,7 +25,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use shoal_core::{pack_dir, Platform, DEFAULT_MAX_LOG_BYTES};
+pub use shoal_core::{pack_dir, pack_dir_filtered, Platform, DEFAULT_MAX_LOG_BYTES};
 
 /// At shutdown, after the drain, how long open connections get to write their last
 /// answers before the daemon stops waiting for them.
@@ -43,6 +44,8 @@ pub struct Config {
     pub control_addr: SocketAddr,
     /// The `node` binary for Node.js functions.
     pub node: PathBuf,
+    /// The Python interpreter (3.11+) for Python functions.
+    pub python: PathBuf,
     /// How long an instance may take to become ready.
     pub start_timeout: Duration,
     /// At shutdown, in-flight invocations get this long to finish.
@@ -63,6 +66,9 @@ pub struct Config {
     pub max_log_bytes: u64,
     /// Bounds and timing of the event store (async invokes, queues, schedules).
     pub events: shoal_core::EventsConfig,
+    /// The AWS region this daemon answers as: SigV4 signatures must be scoped to it and
+    /// ARNs name it.
+    pub region: String,
 }
 
 impl Config {
@@ -73,6 +79,7 @@ impl Config {
             gateway_addr: ([127, 0, 0, 1], 0).into(),
             control_addr: ([127, 0, 0, 1], 0).into(),
             node: PathBuf::from("node"),
+            python: PathBuf::from("python3"),
             start_timeout: Duration::from_secs(20),
             shutdown_grace: Duration::from_secs(10),
             host_budget: default_host_budget(),
@@ -81,9 +88,13 @@ impl Config {
             allow_empty_store: false,
             max_log_bytes: DEFAULT_MAX_LOG_BYTES,
             events: shoal_core::EventsConfig::default(),
+            region: DEFAULT_REGION.to_owned(),
         }
     }
 }
+
+/// The region SDKs are configured with most often, so their defaults work.
+pub const DEFAULT_REGION: &str = "us-east-1";
 
 /// Invocations queued per function version by default.
 pub const DEFAULT_MAX_QUEUE: usize = 1000;
@@ -126,6 +137,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let platform = Platform::open(&shoal_core::Config {
         data_dir: config.data_dir.clone(),
         node: config.node.clone(),
+        python: config.python.clone(),
         start_timeout: config.start_timeout,
         shutdown_grace: config.shutdown_grace,
         host_budget: config.host_budget,
@@ -183,7 +195,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tokio::spawn(http::serve(
             control,
             stopped.clone(),
-            control::Control::new(platform.clone(), token.clone(), control_addr, stopped),
+            control::Control::new(
+                platform.clone(),
+                token.clone(),
+                config.region.clone(),
+                control_addr,
+                stopped,
+            ),
         )),
     ];
     Ok(Running {

@@ -818,7 +818,7 @@ http = [{ method = "GET", path = "/initfail" }]
     );
     assert_eq!(
         server.get("/initfail").await.status,
-        StatusCode::BAD_GATEWAY
+        StatusCode::INTERNAL_SERVER_ERROR
     );
     assert!(server.instances("initfail").await.is_empty());
 

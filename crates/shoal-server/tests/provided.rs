@@ -168,7 +168,7 @@ async fn a_missing_or_plain_bootstrap_is_a_clear_error() {
         let reply = server.get(&format!("/{name}")).await;
         assert_eq!(
             reply.status,
-            StatusCode::BAD_GATEWAY,
+            StatusCode::INTERNAL_SERVER_ERROR,
             "{name}: {}",
             reply.text()
         );

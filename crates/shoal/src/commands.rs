@@ -1,8 +1,10 @@
 //! One module per subcommand.
 
+pub mod alias;
 pub mod demo;
 pub mod deploy;
 pub mod invoke;
+pub mod keys;
 pub mod logs;
 pub mod ls;
 pub mod queue;

@@ -277,7 +277,7 @@ test('callback-style handler: result, error, and first completion wins', async (
   assert.strictEqual(e.kind, ERROR);
   assert.strictEqual(e.value.errorType, 'TypeError');
   assert.strictEqual(e.value.errorMessage, 'cb failed');
-  assert.ok(Array.isArray(e.value.stackTrace) && e.value.stackTrace.length > 1);
+  assert.ok(Array.isArray(e.value.trace) && e.value.trace.length > 1);
   // the second callback call must not produce another frame
   await assert.rejects(h.next((f) => f.id === 1, 200));
 });
@@ -361,6 +361,29 @@ test('context values', async () => {
   assert.strictEqual((await h.result(10)).value.remaining, 0);
 });
 
+test('INVOKE_CTX carries the client context; HELLO says the runtime reads it', async () => {
+  const h = await start(
+    { 'index.js': 'exports.handler = async (event, context) => ({ event, cc: context.clientContext ?? null });' },
+    'index.handler'
+  );
+  const hello = JSON.parse((await h.hello()).text);
+  assert.deepStrictEqual(hello.features, ['client_context']);
+  const rid = Buffer.from('ctx-1', 'utf8');
+  const pre = Buffer.alloc(10);
+  pre.writeBigUInt64BE(BigInt(Date.now() + 10000), 0);
+  pre.writeUInt16BE(rid.length, 8);
+  const cc = Buffer.from(JSON.stringify({ custom: { k: 'v' } }), 'utf8');
+  const ccLen = Buffer.alloc(4);
+  ccLen.writeUInt32BE(cc.length, 0);
+  const ev = Buffer.from(JSON.stringify({ a: 1 }), 'utf8');
+  await h.send(encodeFrame(6, 11, Buffer.concat([pre, rid, ccLen, cc, ev])));
+  const r = await h.result(11);
+  assert.deepStrictEqual(r.value, { event: { a: 1 }, cc: { custom: { k: 'v' } } });
+  // A plain INVOKE leaves it undefined.
+  await h.invoke(12, { b: 2 });
+  assert.deepStrictEqual((await h.result(12)).value, { event: { b: 2 }, cc: null });
+});
+
 test('10 slow invocations run concurrently and results match their ids', async () => {
   // Each call waits until all ten have started, which only happens if they run at once
   // (one at a time, the first would wait forever); then they finish in reverse order.
@@ -428,7 +451,7 @@ test('a throw in one of several concurrent invocations fails only that one', asy
       assert.strictEqual(r.kind, ERROR);
       assert.strictEqual(r.value.errorType, 'RangeError');
       assert.strictEqual(r.value.errorMessage, 'kaboom');
-      assert.ok(r.value.stackTrace[0].includes('RangeError: kaboom'));
+      assert.ok(r.value.trace[0].includes('RangeError: kaboom'));
     } else {
       assert.deepStrictEqual(r, { kind: RESULT, value: `ok-${n}` });
     }
@@ -459,9 +482,12 @@ test('sync throw, non-Error rejection, unserializable result', async () => {
   assert.strictEqual(r1.kind, ERROR);
   assert.strictEqual(r1.value.errorType, 'Error');
   assert.strictEqual(r1.value.errorMessage, 'sync-throw');
+  // The trace is the user's: a sync throw passes through the bootstrap, whose frames are cut.
+  assert.ok(r1.value.trace.length >= 2, JSON.stringify(r1.value));
+  assert.ok(!r1.value.trace.some((l) => l.includes('bootstrap.js')), JSON.stringify(r1.value));
   assert.deepStrictEqual(await h.result(2), {
     kind: ERROR,
-    value: { errorType: 'string', errorMessage: 'just a string', stackTrace: [] },
+    value: { errorType: 'string', errorMessage: 'just a string', trace: [] },
   });
   const r3 = await h.result(3);
   assert.strictEqual(r3.kind, ERROR);
@@ -511,7 +537,7 @@ test('missing module -> INIT_ERROR Runtime.ImportModuleError and exit code 1', a
   const e = JSON.parse(f.text);
   assert.strictEqual(e.errorType, 'Runtime.ImportModuleError');
   assert.match(e.errorMessage, /index/);
-  assert.ok(Array.isArray(e.stackTrace));
+  assert.ok(Array.isArray(e.trace));
   assert.strictEqual((await h.exited).code, 1);
 });
 

@@ -321,3 +321,62 @@ fn modes_come_from_the_unpacker_not_the_archive() {
     assert_eq!(mode("deep/er/plain.js"), 0o444);
     let _ = std::fs::remove_dir_all(&jail);
 }
+
+/// A file with holes, as a fresh `cargo build --release` binary often is: 1 MiB with data
+/// only at its start and end.
+fn sparse_file(path: &Path) -> Vec<u8> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut file = std::fs::File::create(path).unwrap();
+    file.write_all(b"#!start").unwrap();
+    file.seek(SeekFrom::Start(1024 * 1024 - 4)).unwrap();
+    file.write_all(b"end\n").unwrap();
+    drop(file);
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::read(path).unwrap()
+}
+
+#[test]
+fn sparse_files_pack_plain_and_gnu_sparse_entries_unpack_whole() {
+    let src = scratch("sparse-src");
+    let contents = sparse_file(&src.join("bootstrap"));
+
+    // Another tool's archive with a GNU sparse entry (tar's builder writes one where the
+    // file system reports holes) unpacks to the whole file, executable bit kept.
+    let archive = tar_gz(|b| {
+        b.sparse(true);
+        b.append_path_with_name(src.join("bootstrap"), "bootstrap")
+            .unwrap();
+    });
+    let entry_type = {
+        let gz = flate2::read::GzDecoder::new(&archive[..]);
+        let mut tar = tar::Archive::new(gz);
+        let first = tar.entries().unwrap().next().unwrap().unwrap();
+        first.header().entry_type()
+    };
+    let dest = scratch("sparse-dest");
+    unpack(&archive, &dest).unwrap();
+    assert_eq!(std::fs::read(dest.join("bootstrap")).unwrap(), contents);
+    let mode = std::fs::metadata(dest.join("bootstrap"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o555);
+    if !entry_type.is_gnu_sparse() {
+        eprintln!("this file system reported no holes: the entry was {entry_type:?}");
+    }
+
+    // Shoal's own packing writes a plain entry.
+    let packed = pack_dir(&src).unwrap();
+    let gz = flate2::read::GzDecoder::new(&packed[..]);
+    let mut tar = tar::Archive::new(gz);
+    for entry in tar.entries().unwrap() {
+        let entry = entry.unwrap();
+        assert!(!entry.header().entry_type().is_gnu_sparse());
+    }
+    let dest = scratch("sparse-packed");
+    unpack(&packed, &dest).unwrap();
+    assert_eq!(std::fs::read(dest.join("bootstrap")).unwrap(), contents);
+    for dir in ["sparse-src", "sparse-dest", "sparse-packed"] {
+        let _ = std::fs::remove_dir_all(scratch(dir));
+    }
+}

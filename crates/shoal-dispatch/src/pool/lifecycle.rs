@@ -35,9 +35,15 @@ impl Pool {
         let id = format!("{}-v{}-{}", self.function, self.version, seq);
         let now = Instant::now();
         let limit = inner.learned_limit.max(1);
+        // What the runtime is told it may receive, and so the most it is ever sent.
+        let told = if self.config.sized_at_start {
+            limit.min(self.config.max_concurrency).max(1)
+        } else {
+            self.config.max_concurrency
+        };
         let controller = self.config.auto.then(|| {
-            let mut config =
-                ControllerConfig::new(self.config.max_concurrency, self.config.memory_limit_kib);
+            let mut config = ControllerConfig::new(told, self.config.memory_limit_kib);
+            config.pool_max_limit = self.config.max_concurrency;
             config.initial_limit = limit.min(config.max_limit);
             config.target_cpu = self.config.target_cpu;
             config.latency_tolerance = self.config.latency_tolerance;
@@ -48,7 +54,7 @@ impl Pool {
             state: InstanceState::Starting,
             handle: None,
             in_flight: 0,
-            limit,
+            limit: limit.min(told),
             started: now,
             idle_since: now,
             invocations: 0,
@@ -62,7 +68,7 @@ impl Pool {
             function: self.function.clone(),
             version: self.version,
             instance_id: id.clone(),
-            max_concurrency: self.config.max_concurrency,
+            max_concurrency: told,
         };
         let pool = self.clone();
         tokio::spawn(async move {

@@ -82,10 +82,12 @@ fn error_response(error: &Error, request_id: &str) -> Response<Body> {
     let (status, text) = match error {
         Error::FunctionNotFound(_) => (StatusCode::NOT_FOUND, "Not Found"),
         Error::FunctionTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout"),
-        Error::InstanceFailed(_) | Error::InitFailed(_) => (StatusCode::BAD_GATEWAY, "Bad Gateway"),
-        Error::HandlerThrew { .. } | Error::BadProxyResult(_) => {
-            (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")
-        }
+        // Lambda reports a failed start or a crashed runtime as the function's error,
+        // and API Gateway answers a function error with 500.
+        Error::InstanceFailed(_)
+        | Error::InitFailed(_)
+        | Error::HandlerThrew { .. }
+        | Error::BadProxyResult(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
         Error::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests"),
         Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
         Error::EventStoreFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests"),
@@ -97,6 +99,12 @@ fn error_response(error: &Error, request_id: &str) -> Response<Body> {
         | Error::Manifest(_)
         | Error::Unsupported { .. }
         | Error::RouteConflict(_)
+        | Error::QualifierNotFound { .. }
+        | Error::QualifiedEvent { .. }
+        | Error::InvalidAlias(_)
+        | Error::InvalidKeyName(_)
+        | Error::KeyExists(_)
+        | Error::KeyNotFound(_)
         | Error::Store(_)
         | Error::Events { .. }
         | Error::Queue(_)

@@ -15,9 +15,16 @@ pub struct Args {
     /// Control API address (admin, Invoke API, metrics). Keep it on loopback.
     #[arg(long, default_value = "127.0.0.1:9001")]
     control_listen: SocketAddr,
+    /// The AWS region this daemon answers as: SDKs and the AWS CLI sign for it, and ARNs
+    /// name it.
+    #[arg(long, default_value = shoal_server::DEFAULT_REGION)]
+    region: String,
     /// The node binary for Node.js functions.
     #[arg(long, default_value = "node")]
     node: PathBuf,
+    /// The Python interpreter (3.11 or later) for Python functions.
+    #[arg(long, default_value = "python3")]
+    python: PathBuf,
     /// Seconds in-flight invocations get to finish at shutdown.
     #[arg(long, default_value_t = 30)]
     shutdown_grace: u64,
@@ -79,6 +86,7 @@ pub async fn run(data_dir: &Path, args: Args) -> anyhow::Result<ExitCode> {
     config.gateway_addr = args.listen;
     config.control_addr = args.control_listen;
     config.node = args.node;
+    config.python = args.python;
     config.shutdown_grace = Duration::from_secs(args.shutdown_grace);
     config.host_budget.max_instances = args.max_instances;
     config.allow_empty_store = args.allow_empty_store;
@@ -94,6 +102,7 @@ pub async fn run(data_dir: &Path, args: Args) -> anyhow::Result<ExitCode> {
         uid_base: args.sandbox_uid_base,
         uid_count: args.sandbox_uid_count,
     };
+    config.region = args.region.clone();
     config.max_log_bytes = args.max_log_mib.saturating_mul(1024 * 1024);
     config.events = shoal_core::EventsConfig {
         max_pending_messages: args.max_pending_events,
