@@ -312,14 +312,16 @@ def queue_throughput(r: dict, load: str | None) -> str:
       "two cores are shared with other work; a contender adds about 2–3 itself).\n")
     if load:
         w(f"Machine load when this ran: {load}.\n")
-    w("| contender | setting | end-to-end msg/s | enqueue msg/s | p50 ms | p99 ms | max ms | "
+    w("| contender | setting | end-to-end msg/s (min–max of runs) | enqueue msg/s | p50 ms | p99 ms | max ms | "
       "send ack p50 ms | send ack p99 ms | latencies recorded | CPU ms per 1,000 msgs | load (1 min) |")
     w("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for c, row in r["rows"].items():
         if "skipped" in row:
             w(f"| {c} | skipped: {row['skipped']} | | | | | | | | | | |")
             continue
-        w(f"| {c} | {row['setting']} | {fmt(row['rate'])} | {fmt(row['enqueue_rate'])} | "
+        rates = row.get("rates") or [row["rate"]]
+        spread = f" ({fmt(min(rates))}–{fmt(max(rates))})" if len(rates) > 1 else ""
+        w(f"| {c} | {row['setting']} | {fmt(row['rate'])}{spread} | {fmt(row['enqueue_rate'])} | "
           f"{fmt(row['p50_ms'], 2)} | {fmt(row['p99_ms'], 2)} | {fmt(row['max_ms'], 1)} | "
           f"{fmt(row['ack_p50_ms'], 2)} | {fmt(row['ack_p99_ms'], 2)} | "
           f"{row['recorded']} of {row['measured']} | {fmt(row['cpu_ms_per_1k'])} | "
