@@ -186,13 +186,46 @@ impl Platform {
         );
         async {
             let arrived = std::time::Instant::now();
-            let (version, result) = self
+            // START is written when an instance takes the call, before the handler prints.
+            let on_start: shoal_dispatch::OnStart = {
+                let logs = self.logs.clone();
+                let function = function.to_owned();
+                let request_id = request_id.to_owned();
+                let version = self.dispatcher.active_version(&function).unwrap_or(0);
+                std::sync::Arc::new(move |instance: &str| {
+                    logs.lifecycle(
+                        &function,
+                        instance,
+                        &request_id,
+                        crate::report::start_line(&request_id, version),
+                    )
+                })
+            };
+            let (version, result, call) = self
                 .dispatcher
-                .invoke_versioned(function, request_id.to_owned(), payload)
+                .invoke_reported(function, request_id.to_owned(), payload, Some(on_start))
                 .await;
             let result = result.map_err(Error::from);
+            let outcome = outcome_label(&result);
             self.metrics
-                .observe(function, outcome_label(&result), ran(&result, arrived));
+                .observe(function, outcome, ran(&result, arrived));
+            if let Some(call) = &call {
+                let status = match &result {
+                    Err(Error::FunctionTimeout(_)) => Some("timeout"),
+                    Err(_) => Some("error"),
+                    Ok(_) => None,
+                };
+                let report = crate::report::Report::from_call(request_id, call, status);
+                self.metrics.observe_call(function, call);
+                self.logs.lifecycle(
+                    function,
+                    &call.instance,
+                    request_id,
+                    crate::report::end_line(request_id),
+                );
+                self.logs
+                    .lifecycle(function, &call.instance, request_id, report.to_string());
+            }
             match &result {
                 Ok(Outcome::Success(_)) => tracing::debug!("invocation succeeded"),
                 Ok(Outcome::FunctionError { error_type, body }) => {
@@ -225,6 +258,38 @@ impl Platform {
         }
         .instrument(span)
         .await
+    }
+}
+
+impl Platform {
+    /// The last log lines of one invocation (its own output and its `START`, `END` and
+    /// `REPORT` lines), newline-separated, at most `max_bytes` of them counted from the
+    /// end, as the Invoke API's `LogType: Tail` returns them (Lambda's is 4 KB). Looks at
+    /// the function's most recent records only (about the last MiB of its log).
+    pub async fn invocation_log_tail(
+        self: &std::sync::Arc<Self>,
+        function: &str,
+        request_id: &str,
+        max_bytes: usize,
+    ) -> Result<String> {
+        let page = self.logs(function, None, usize::MAX).await?;
+        let mut text = String::new();
+        for record in page
+            .records
+            .iter()
+            .filter(|r| r.request_id.as_deref() == Some(request_id))
+        {
+            text.push_str(&record.message);
+            text.push('\n');
+        }
+        if text.len() > max_bytes {
+            let mut cut = text.len() - max_bytes;
+            while !text.is_char_boundary(cut) {
+                cut += 1;
+            }
+            text.drain(..cut);
+        }
+        Ok(text)
     }
 }
 

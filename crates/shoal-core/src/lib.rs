@@ -12,6 +12,7 @@
 
 mod archive;
 mod code;
+mod cost;
 mod datadir;
 mod deploy;
 mod error;
@@ -19,6 +20,7 @@ mod events;
 mod invoke;
 mod logs;
 mod metrics;
+mod report;
 mod status;
 
 use std::path::PathBuf;
@@ -31,6 +33,7 @@ use shoal_runtime::{LauncherConfig, ProcessLauncher};
 use shoal_store::Store;
 
 pub use archive::{pack_dir, ArchiveError};
+pub use cost::{lambda_prices, LAMBDA_PRICES_SOURCE};
 pub use error::{chain, Error, Result};
 pub use invoke::{new_request_id, InvocationType, InvokeOutcome, InvokeRequest, Invoked};
 pub use logs::{now_ms, DEFAULT_MAX_LOG_BYTES};

@@ -171,6 +171,50 @@ impl LogStore {
         self.platform(function, instance, Some(request_id), message);
     }
 
+    /// Lambda's `START`, `END` and `REPORT` lines (stream `platform`, no level).
+    pub fn lifecycle(&self, function: &str, instance: &str, request_id: &str, message: String) {
+        self.append(
+            function,
+            &LogRecord {
+                ts: now_ms(),
+                instance: instance.to_owned(),
+                request_id: Some(request_id.to_owned()),
+                stream: "platform".into(),
+                level: None,
+                message,
+            },
+        );
+    }
+
+    /// Every record still on disk for `function` whose line contains `needle`, oldest
+    /// first, passed to `each` one at a time (nothing is collected: a log may hold tens
+    /// of MiB). Lines without the needle are not parsed.
+    pub fn scan(
+        &self,
+        function: &str,
+        needle: &str,
+        mut each: impl FnMut(LogRecord),
+    ) -> std::io::Result<()> {
+        let segments = self.segments(function)?;
+        for segment in segments {
+            let mut reader = BufReader::new((&segment.file).take(segment.len));
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                if reader.read_until(b'\n', &mut line)? == 0 {
+                    break;
+                }
+                if !contains(&line, needle.as_bytes()) {
+                    continue;
+                }
+                if let Ok(record) = serde_json::from_slice::<LogRecord>(&line) {
+                    each(record);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A platform record (stream `platform`, level ERROR) in `function`'s log.
     fn platform(&self, function: &str, instance: &str, request_id: Option<&str>, message: String) {
         self.append(
@@ -254,6 +298,10 @@ impl LogStore {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// One log file as a stretch of the function's log stream.

@@ -11,7 +11,8 @@ use tokio::time::Instant;
 use crate::budget::{BudgetLimits, BudgetStatus, HostBudget};
 use crate::pool::Pool;
 use crate::{
-    epoch_ms, DispatchError, InstanceLauncher, Invocation, Outcome, PoolConfig, PoolStatus, Result,
+    epoch_ms, CallReport, DispatchError, InstanceLauncher, Invocation, OnStart, Outcome,
+    PoolConfig, PoolStatus, Result,
 };
 
 struct Function {
@@ -121,14 +122,33 @@ impl Dispatcher {
         request_id: String,
         payload: Bytes,
     ) -> (Option<u32>, Result<Outcome>) {
+        let (version, result, _) = self
+            .invoke_reported(function, request_id, payload, None)
+            .await;
+        (version, result)
+    }
+
+    /// [`Dispatcher::invoke_versioned`], calling `on_start` when an instance takes the
+    /// call, and also returning where it ran and what it used (when it reached one).
+    pub async fn invoke_reported(
+        &self,
+        function: &str,
+        request_id: String,
+        payload: Bytes,
+        on_start: Option<OnStart>,
+    ) -> (Option<u32>, Result<Outcome>, Option<CallReport>) {
         if self
             .shutting_down
             .load(std::sync::atomic::Ordering::Relaxed)
         {
-            return (None, Err(DispatchError::ShuttingDown));
+            return (None, Err(DispatchError::ShuttingDown), None);
         }
         let Some(pool) = self.functions().get(function).map(|f| f.active.clone()) else {
-            return (None, Err(DispatchError::NotFound(function.to_owned())));
+            return (
+                None,
+                Err(DispatchError::NotFound(function.to_owned())),
+                None,
+            );
         };
         let version = pool.version();
         tracing::Span::current().record("version", version);
@@ -139,7 +159,8 @@ impl Dispatcher {
             deadline: Instant::now() + timeout,
             deadline_epoch_ms: epoch_ms() + timeout.as_millis() as u64,
         };
-        (Some(version), pool.invoke(invocation).await)
+        let (result, report) = pool.invoke(invocation, on_start).await;
+        (Some(version), result, report)
     }
 
     /// The version that takes new invocations, if the function is known.

@@ -47,6 +47,13 @@ enum Action {
         tail: usize,
     },
     Metrics,
+    Cost {
+        function: Option<String>,
+        /// Calls that ended this many seconds ago or later (all the logs hold: none).
+        since_seconds: Option<u64>,
+        gb_second_usd: Option<f64>,
+        request_usd: Option<f64>,
+    },
 }
 
 /// What an action produced.
@@ -62,6 +69,7 @@ enum Reply {
     Status(StatusReport),
     Logs(LogPage),
     Metrics(String),
+    Cost(shoal_api::CostReport),
 }
 
 /// Why a request was refused before or while it ran.
@@ -228,6 +236,15 @@ impl Control {
                     .unwrap_or(DEFAULT_LOG_TAIL),
             },
             (&Method::GET, ["metrics"]) => Action::Metrics,
+            (&Method::GET, ["admin", "cost"]) => {
+                let param = |name| query_param(query.as_deref(), name);
+                Action::Cost {
+                    function: param("function"),
+                    since_seconds: param("since_seconds").and_then(|s| s.parse().ok()),
+                    gb_second_usd: param("gb_second_usd").and_then(|s| s.parse().ok()),
+                    request_usd: param("request_usd").and_then(|s| s.parse().ok()),
+                }
+            }
             _ => return Err(Failure::NoRoute { method, path }),
         })
     }
@@ -261,6 +278,29 @@ impl Control {
                 tail,
             } => Reply::Logs(self.platform.logs(&function, since, tail).await?),
             Action::Metrics => Reply::Metrics(self.platform.metrics()),
+            Action::Cost {
+                function,
+                since_seconds,
+                gb_second_usd,
+                request_usd,
+            } => {
+                let mut prices = shoal_core::lambda_prices();
+                if gb_second_usd.is_some() || request_usd.is_some() {
+                    prices.source = "overridden".to_owned();
+                }
+                prices.gb_second_usd = gb_second_usd.unwrap_or(prices.gb_second_usd);
+                prices.request_usd = request_usd.unwrap_or(prices.request_usd);
+                let since_ms = since_seconds.map_or(0, |s| {
+                    shoal_core::now_ms().saturating_sub(s.saturating_mul(1000))
+                });
+                let platform = self.platform.clone();
+                let report = tokio::task::spawn_blocking(move || {
+                    platform.cost(function.as_deref(), since_ms, prices)
+                })
+                .await
+                .map_err(shoal_core::Error::Task)??;
+                Reply::Cost(report)
+            }
         })
     }
 }

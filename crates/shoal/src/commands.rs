@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod cost;
 pub mod demo;
 pub mod deploy;
 pub mod invoke;

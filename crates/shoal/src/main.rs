@@ -49,6 +49,8 @@ enum Command {
     Rm(commands::rm::Args),
     /// SQS-style queues: create, send, receive, purge, rm, ls.
     Queue(commands::queue::Args),
+    /// What Lambda would bill for the calls of a window vs what Shoal used for them.
+    Cost(commands::cost::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -90,6 +92,7 @@ fn main() -> std::process::ExitCode {
             Command::Logs(args) => commands::logs::run(&client()?, args).await,
             Command::Rm(args) => commands::rm::run(&client()?, args).await,
             Command::Queue(args) => commands::queue::run(&client()?, args).await,
+            Command::Cost(args) => commands::cost::run(&client()?, args).await,
         }
     });
     match result {

@@ -54,6 +54,7 @@ pub(super) fn reply(reply: Reply) -> Response<Body> {
         Reply::Deleted(deleted) => http::json(StatusCode::OK, &deleted),
         Reply::Status(status) => http::json(StatusCode::OK, &status),
         Reply::Logs(page) => http::json(StatusCode::OK, &page),
+        Reply::Cost(report) => http::json(StatusCode::OK, &report),
         Reply::Metrics(text) => http::response(StatusCode::OK, OPENMETRICS, text),
     }
 }
