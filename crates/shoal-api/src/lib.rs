@@ -216,6 +216,9 @@ pub struct InstanceReport {
     pub pss_kib: Option<u64>,
     /// User + system CPU time so far.
     pub cpu_ms: Option<u64>,
+    /// The concurrency controller's Little's-law target L*, once measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub littles_law: Option<f64>,
 }
 
 /// `GET /admin/functions/{name}/logs`: records and the offset to continue from.

@@ -37,6 +37,7 @@ pub use cost::{lambda_prices, LAMBDA_PRICES_SOURCE};
 pub use error::{chain, Error, Result};
 pub use invoke::{new_request_id, InvocationType, InvokeOutcome, InvokeRequest, Invoked};
 pub use logs::{now_ms, DEFAULT_MAX_LOG_BYTES};
+pub use metrics::prometheus_text;
 pub use shoal_api as api;
 pub use shoal_queue::QueueError;
 pub use shoal_runtime::sandbox::{SandboxConfig, SandboxMode};

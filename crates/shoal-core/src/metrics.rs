@@ -174,6 +174,46 @@ impl Metrics {
     }
 }
 
+/// Prometheus's older text format (0.0.4), for scrapers that do not ask for
+/// OpenMetrics (curl, `promtool check metrics`): the same families and samples, with a
+/// counter's HELP and TYPE under its sample name (`_total`), and no UNIT or EOF lines.
+pub fn prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let header = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match header {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let tail = if prefix == "# TYPE " && tail == "unknown" {
+                    "untyped"
+                } else {
+                    tail
+                };
+                let suffix = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                out.push_str(&format!("{prefix}{name}{suffix} {tail}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
 impl Platform {
     /// Every metric, as OpenMetrics text.
     pub fn metrics(&self) -> String {
@@ -243,6 +283,8 @@ impl Platform {
         let rss = Family::<Labels, Gauge>::default();
         let pss = Family::<Labels, Gauge>::default();
         let cpu = Family::<Labels, Counter<f64>>::default();
+        let littles_law = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let function_in_flight = Family::<Labels, Gauge>::default();
         for pool in &status.pools {
             let version = pool.version.to_string();
             for state in ["starting", "ready", "draining", "stopping"] {
@@ -261,6 +303,12 @@ impl Platform {
                     ("version", version.clone()),
                 ])
                 .set(pool.queued as i64);
+            function_in_flight
+                .get_or_create(&vec![
+                    ("function", pool.function.clone()),
+                    ("version", version.clone()),
+                ])
+                .set(pool.instances.iter().map(|i| i64::from(i.in_flight)).sum());
             for instance in &pool.instances {
                 let labels = vec![
                     ("function", pool.function.clone()),
@@ -271,6 +319,9 @@ impl Platform {
                     .get_or_create(&labels)
                     .set(i64::from(instance.in_flight));
                 limit.get_or_create(&labels).set(i64::from(instance.limit));
+                if let Some(l) = instance.littles_law {
+                    littles_law.get_or_create(&labels).set(l);
+                }
                 if let Some(kib) = instance.rss_kib {
                     rss.get_or_create(&labels).set((kib * 1024) as i64);
                 }
@@ -298,6 +349,16 @@ impl Platform {
             in_flight,
         );
         registry.register("instance_limit", "An instance's in-flight limit", limit);
+        registry.register(
+            "in_flight",
+            "Invocations running on the instances of a function version",
+            function_in_flight,
+        );
+        registry.register(
+            "instance_littles_law_limit",
+            "The concurrency controller's Little's-law target L* (target CPU x wall / CPU per call)",
+            littles_law,
+        );
         registry.register_with_unit(
             "instance_rss",
             "Resident set size of an instance process",
@@ -401,6 +462,22 @@ impl Platform {
             "Age of the oldest message in each queue",
             Unit::Seconds,
             oldest,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_older_text_format_names_counters_by_their_samples() {
+        let om = "# HELP shoal_cpu_seconds CPU.\n# TYPE shoal_cpu_seconds counter\n\
+                  # UNIT shoal_cpu_seconds seconds\nshoal_cpu_seconds_total{f=\"a\"} 1.5\n\
+                  # HELP shoal_up Up.\n# TYPE shoal_up gauge\nshoal_up 1\n# EOF\n";
+        assert_eq!(
+            super::prometheus_text(om),
+            "# HELP shoal_cpu_seconds_total CPU.\n# TYPE shoal_cpu_seconds_total counter\n\
+             shoal_cpu_seconds_total{f=\"a\"} 1.5\n# HELP shoal_up Up.\n# TYPE shoal_up gauge\n\
+             shoal_up 1\n"
         );
     }
 }

@@ -46,7 +46,10 @@ enum Action {
         since: Option<u64>,
         tail: usize,
     },
-    Metrics,
+    Metrics {
+        /// The scraper accepts OpenMetrics (Prometheus does); else the older text format.
+        openmetrics: bool,
+    },
     Cost {
         function: Option<String>,
         /// Calls that ended this many seconds ago or later (all the logs hold: none).
@@ -68,7 +71,10 @@ enum Reply {
     Deleted(Deleted),
     Status(StatusReport),
     Logs(LogPage),
-    Metrics(String),
+    Metrics {
+        text: String,
+        openmetrics: bool,
+    },
     Cost(shoal_api::CostReport),
 }
 
@@ -204,6 +210,11 @@ impl Control {
         let query = req.uri().query().map(str::to_owned);
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         let method = req.method().clone();
+        let openmetrics = req
+            .headers()
+            .get(hyper::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|accept| accept.contains("application/openmetrics-text"));
         Ok(match (&method, segments.as_slice()) {
             (&Method::POST, ["2015-03-31", "functions", name, "invocations"]) => {
                 let invocation_type = req
@@ -235,7 +246,7 @@ impl Control {
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(DEFAULT_LOG_TAIL),
             },
-            (&Method::GET, ["metrics"]) => Action::Metrics,
+            (&Method::GET, ["metrics"]) => Action::Metrics { openmetrics },
             (&Method::GET, ["admin", "cost"]) => {
                 let param = |name| query_param(query.as_deref(), name);
                 Action::Cost {
@@ -277,7 +288,17 @@ impl Control {
                 since,
                 tail,
             } => Reply::Logs(self.platform.logs(&function, since, tail).await?),
-            Action::Metrics => Reply::Metrics(self.platform.metrics()),
+            Action::Metrics { openmetrics } => {
+                let text = self.platform.metrics();
+                Reply::Metrics {
+                    text: if openmetrics {
+                        text
+                    } else {
+                        shoal_core::prometheus_text(&text)
+                    },
+                    openmetrics,
+                }
+            }
             Action::Cost {
                 function,
                 since_seconds,

@@ -18,6 +18,8 @@ const RETRY_AFTER_SECS: u64 = 1;
 const FUNCTION_ARN: &str = "arn:aws:lambda:local:000000000000:function:";
 /// OpenMetrics text, as Prometheus negotiates it.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Prometheus's older text format, for clients that do not ask for OpenMetrics.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 pub(super) fn reply(reply: Reply) -> Response<Body> {
     match reply {
@@ -55,7 +57,14 @@ pub(super) fn reply(reply: Reply) -> Response<Body> {
         Reply::Status(status) => http::json(StatusCode::OK, &status),
         Reply::Logs(page) => http::json(StatusCode::OK, &page),
         Reply::Cost(report) => http::json(StatusCode::OK, &report),
-        Reply::Metrics(text) => http::response(StatusCode::OK, OPENMETRICS, text),
+        Reply::Metrics { text, openmetrics } => {
+            let kind = if openmetrics {
+                OPENMETRICS
+            } else {
+                PROMETHEUS_TEXT
+            };
+            http::response(StatusCode::OK, kind, text)
+        }
     }
 }
 
