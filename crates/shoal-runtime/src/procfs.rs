@@ -21,11 +21,63 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     sum_tree(pid, true)
 }
 
-/// The cheap part of a sample (no smaps walk), for the concurrency controller.
-pub fn resources(pid: u32) -> Option<shoal_dispatch::Resources> {
-    sum_tree(pid, false).map(|s| shoal_dispatch::Resources {
-        cpu_time: std::time::Duration::from_millis(s.cpu_ms),
-        rss_kib: s.rss_kib,
+/// How long a [`TreeReader`] trusts the members it found before walking the tree again.
+const TREE_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// An instance's process tree, remembered between readings: the members are found again
+/// (a walk of every thread's `children` list) at most once per [`TREE_REFRESH`], or when
+/// one is gone; a reading in between reads two small files per member. This is what lets
+/// the dispatcher read an instance at every call's start and end.
+#[derive(Debug)]
+pub struct TreeReader {
+    root: u32,
+    members: std::sync::Mutex<Option<(std::time::Instant, Vec<u32>)>>,
+}
+
+impl TreeReader {
+    pub fn new(root: u32) -> TreeReader {
+        TreeReader {
+            root,
+            members: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// CPU time and RSS of the tree (the cheap part of a [`sample`]: no smaps walk), for
+    /// the concurrency controller and the meter; `None` if the root is gone.
+    pub fn resources(&self) -> Option<shoal_dispatch::Resources> {
+        let cached = {
+            let members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+            members
+                .as_ref()
+                .filter(|(at, _)| at.elapsed() < TREE_REFRESH)
+                .map(|(_, m)| m.clone())
+        };
+        if let Some(members) = cached {
+            if let Some(total) = sum_members(&members) {
+                return Some(total);
+            }
+        }
+        let members = tree(self.root);
+        let total = sum_members(&members);
+        *self.members.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((std::time::Instant::now(), members));
+        total
+    }
+}
+
+/// CPU time and RSS summed over `members`; `None` if any is gone (the tree changed).
+fn sum_members(members: &[u32]) -> Option<shoal_dispatch::Resources> {
+    let mut cpu_ms = 0;
+    let mut rss_kib = 0;
+    for member in members {
+        let stat = std::fs::read_to_string(format!("/proc/{member}/stat")).ok()?;
+        let status = std::fs::read_to_string(format!("/proc/{member}/status")).ok()?;
+        cpu_ms += cpu_ms_from_stat(&stat).unwrap_or(0);
+        rss_kib += kib_field(&status, "VmRSS:").unwrap_or(0);
+    }
+    Some(shoal_dispatch::Resources {
+        cpu_time: std::time::Duration::from_millis(cpu_ms),
+        rss_kib,
     })
 }
 
@@ -154,6 +206,18 @@ mod tests {
         #[allow(unsafe_code)]
         let me = unsafe { libc::geteuid() };
         assert_eq!(tcp_peer_uid(peer, port), Some(me));
+    }
+
+    #[test]
+    fn a_remembered_tree_reads_as_a_fresh_walk() {
+        let reader = TreeReader::new(std::process::id());
+        let first = reader.resources().expect("this process");
+        let again = reader
+            .resources()
+            .expect("this process, from the remembered tree");
+        assert!(again.cpu_time >= first.cpu_time);
+        assert!(again.rss_kib > 0);
+        assert!(TreeReader::new(u32::MAX).resources().is_none());
     }
 
     #[test]
