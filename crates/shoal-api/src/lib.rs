@@ -304,3 +304,12 @@ pub struct FunctionCost {
     pub shoal_measured_gb_seconds: f64,
     pub shoal_cpu_seconds: f64,
 }
+
+/// `POST /admin/dashboard/login`: where the dashboard is, and a link that logs a browser
+/// in once (the code in it is good for one use, for a short while).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DashboardLogin {
+    pub url: String,
+    pub login_url: String,
+    pub expires_in_seconds: u64,
+}

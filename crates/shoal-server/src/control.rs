@@ -1,6 +1,7 @@
 //! The control API (loopback by default, admin token required on every route): the
 //! Lambda Invoke API, the SQS API (`X-Amz-Target: AmazonSQS.*`, see [`crate::sqs`]),
-//! admin routes (deploy, list, status, logs, delete) and `/metrics`.
+//! admin routes (deploy, list, status, logs, delete, cost), `/metrics`, and the live
+//! dashboard (`/dashboard`, see [`crate::dashboard`]).
 //!
 //! A request is parsed into an [`Action`] (firecracker's shape: parse, then act), the
 //! action runs against the core and yields a [`Reply`] or an error, and [`respond`] turns
@@ -50,6 +51,14 @@ enum Action {
         /// The scraper accepts OpenMetrics (Prometheus does); else the older text format.
         openmetrics: bool,
     },
+    /// A file of the dashboard (no secret in it: its data come from the routes above).
+    DashboardAsset(&'static crate::dashboard::Asset),
+    /// A one-time login code was traded for this session (set as a cookie).
+    DashboardLogin {
+        session: String,
+    },
+    /// A token holder asks for a one-time login code (`shoal dashboard`).
+    DashboardCode,
     Cost {
         function: Option<String>,
         /// Calls that ended this many seconds ago or later (all the logs hold: none).
@@ -76,6 +85,12 @@ enum Reply {
         openmetrics: bool,
     },
     Cost(shoal_api::CostReport),
+    DashboardAsset(&'static crate::dashboard::Asset),
+    /// Logged in: go to the dashboard with this session in a cookie.
+    LoggedIn {
+        session: String,
+    },
+    LoginCode(shoal_api::DashboardLogin),
 }
 
 /// Why a request was refused before or while it ran.
@@ -83,6 +98,8 @@ enum Reply {
 enum Failure {
     #[error("missing or wrong admin token")]
     Unauthorized,
+    #[error("the dashboard login code was used, expired or is wrong")]
+    LoginCode,
     #[error("no route for {method} {path}")]
     NoRoute { method: Method, path: String },
     #[error("request body exceeds {limit} bytes")]
@@ -103,6 +120,8 @@ pub(crate) struct Control {
     addr: SocketAddr,
     /// True once the daemon stops (long polls end early).
     stopping: watch::Receiver<bool>,
+    /// The dashboard's login codes and sessions.
+    sessions: auth::Sessions,
 }
 
 impl Control {
@@ -117,6 +136,7 @@ impl Control {
             token,
             addr,
             stopping,
+            sessions: auth::Sessions::default(),
         })
     }
 
@@ -166,6 +186,18 @@ impl Control {
         auth::bearer_matches(authorization, &self.token)
     }
 
+    /// The token, or (for a `GET` only: the dashboard reads, never changes) a dashboard
+    /// session's cookie.
+    fn may_read(&self, req: &Request<Incoming>) -> bool {
+        self.authorized(req)
+            || (req.method() == Method::GET
+                && self.sessions.cookie_valid(
+                    req.headers()
+                        .get(hyper::header::COOKIE)
+                        .and_then(|v| v.to_str().ok()),
+                ))
+    }
+
     /// An SQS request: the same token, then the SQS API's own parse, run and answers.
     async fn serve_sqs(
         &self,
@@ -203,13 +235,29 @@ impl Control {
     }
 
     async fn parse(&self, req: Request<Incoming>, request_id: &str) -> Result<Action, Failure> {
-        if !self.authorized(&req) {
-            return Err(Failure::Unauthorized);
-        }
         let path = req.uri().path().to_owned();
         let query = req.uri().query().map(str::to_owned);
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         let method = req.method().clone();
+        // The dashboard's files and its login need no credential (the login is one).
+        match (&method, segments.as_slice()) {
+            (&Method::GET, ["dashboard", "login"]) => {
+                let code = query_param(query.as_deref(), "code").unwrap_or_default();
+                return match self.sessions.redeem(&code) {
+                    Some(session) => Ok(Action::DashboardLogin { session }),
+                    None => Err(Failure::LoginCode),
+                };
+            }
+            (&Method::GET, ["dashboard", rest @ ..]) => {
+                if let Some(asset) = crate::dashboard::asset(&rest.join("/")) {
+                    return Ok(Action::DashboardAsset(asset));
+                }
+            }
+            _ => {}
+        }
+        if !self.may_read(&req) {
+            return Err(Failure::Unauthorized);
+        }
         let openmetrics = req
             .headers()
             .get(hyper::header::ACCEPT)
@@ -247,6 +295,9 @@ impl Control {
                     .unwrap_or(DEFAULT_LOG_TAIL),
             },
             (&Method::GET, ["metrics"]) => Action::Metrics { openmetrics },
+            (&Method::POST, ["admin", "dashboard", "login"]) if self.authorized(&req) => {
+                Action::DashboardCode
+            }
             (&Method::GET, ["admin", "cost"]) => {
                 let param = |name| query_param(query.as_deref(), name);
                 Action::Cost {
@@ -298,6 +349,16 @@ impl Control {
                     },
                     openmetrics,
                 }
+            }
+            Action::DashboardAsset(asset) => Reply::DashboardAsset(asset),
+            Action::DashboardLogin { session } => Reply::LoggedIn { session },
+            Action::DashboardCode => {
+                let code = self.sessions.issue_code();
+                Reply::LoginCode(shoal_api::DashboardLogin {
+                    url: format!("http://{}/dashboard", self.addr),
+                    login_url: format!("http://{}/dashboard/login?code={code}", self.addr),
+                    expires_in_seconds: auth::LOGIN_CODE_TTL.as_secs(),
+                })
             }
             Action::Cost {
                 function,

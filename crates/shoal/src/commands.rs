@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod cost;
+pub mod dashboard;
 pub mod demo;
 pub mod deploy;
 pub mod invoke;

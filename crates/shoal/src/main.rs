@@ -51,6 +51,8 @@ enum Command {
     Queue(commands::queue::Args),
     /// What Lambda would bill for the calls of a window vs what Shoal used for them.
     Cost(commands::cost::Args),
+    /// Print the live dashboard's URL and a one-time login link.
+    Dashboard,
 }
 
 fn main() -> std::process::ExitCode {
@@ -93,6 +95,7 @@ fn main() -> std::process::ExitCode {
             Command::Rm(args) => commands::rm::run(&client()?, args).await,
             Command::Queue(args) => commands::queue::run(&client()?, args).await,
             Command::Cost(args) => commands::cost::run(&client()?, args).await,
+            Command::Dashboard => commands::dashboard::run(&client()?).await,
         }
     });
     match result {
