@@ -297,8 +297,9 @@ pub struct FunctionCost {
     pub lambda_billed_ms: u64,
     pub lambda_gb_seconds: f64,
     pub lambda_usd: f64,
-    /// Shoal's side: instance time spent with calls in flight (each call's share summed),
-    /// the same at the configured memory, measured resident memory × that time, and CPU.
+    /// Shoal's side: instance time spent with calls in flight (each call's share summed)
+    /// or starting, the same at the configured memory, measured resident memory × that
+    /// time, and CPU.
     pub shoal_instance_seconds: f64,
     pub shoal_configured_gb_seconds: f64,
     pub shoal_measured_gb_seconds: f64,

@@ -165,7 +165,7 @@ function renderCost(cost) {
       `<td class="num">${esc(num(f.shoal_instance_seconds, 3))}</td><td class="num">${esc(num(f.shoal_configured_gb_seconds, 3))}</td><td class="num">${esc(num(f.shoal_measured_gb_seconds, 4))}</td><td class="num">${esc(num(f.shoal_cpu_seconds, 3))}</td><td class="num ratio">${esc(ratio)}</td></tr>`;
   });
   $('#cost tbody').innerHTML = rows.join('');
-  $('#cost-note').textContent = `Lambda: configured memory × billed duration (init included, 1 ms units) + request fee at ${cost.prices.source}. Shoal: instance time with calls in flight, at the configured memory (ratio) and at measured resident memory. Idle warm instances are in neither.`;
+  $('#cost-note').textContent = `Lambda: configured memory × billed duration (init included, 1 ms units) + request fee at ${cost.prices.source}. Shoal: instance time with calls in flight or starting, at the configured memory (ratio) and at measured resident memory. Idle warm instances are in neither.`;
 }
 
 async function tick() {

@@ -73,19 +73,18 @@ pub fn render(report: &CostReport) -> String {
         "RATIO*",
         "RATIO m"
     );
-    let rows = report.functions.iter().chain(
-        (report.functions.len() > 1)
-            .then_some(&report.total)
-            .into_iter(),
-    );
+    let rows = report
+        .functions
+        .iter()
+        .chain((report.functions.len() > 1).then_some(&report.total));
     for f in rows {
         out.push_str(&row(f));
     }
     out.push_str(&format!(
         "Lambda: each call at its configured memory for its billed duration (init included, \
          1 ms units) + the request fee; prices: ${}/GB-s, ${}/request ({}).\n\
-         Shoal: instance time with calls in flight (each call's share); GB-s* at the configured \
-         memory, MEASURED at resident memory. RATIO* = LAMBDA GB-s / SHOAL GB-s*, RATIO m = \
+         Shoal: instance time with calls in flight (each call's share) or starting; GB-s* at the \
+         configured memory, MEASURED at resident memory. RATIO* = LAMBDA GB-s / SHOAL GB-s*, RATIO m = \
          LAMBDA GB-s / MEASURED GB-s. Idle warm instances are in neither.\n",
         report.prices.gb_second_usd, report.prices.request_usd, report.prices.source
     ));
