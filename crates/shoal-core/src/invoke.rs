@@ -197,7 +197,7 @@ impl Platform {
                         &function,
                         instance,
                         &request_id,
-                        crate::report::start_line(&request_id, version),
+                        &[crate::report::start_line(&request_id, version)],
                     )
                 })
             };
@@ -221,10 +221,8 @@ impl Platform {
                     function,
                     &call.instance,
                     request_id,
-                    crate::report::end_line(request_id),
+                    &[crate::report::end_line(request_id), report.to_string()],
                 );
-                self.logs
-                    .lifecycle(function, &call.instance, request_id, report.to_string());
             }
             match &result {
                 Ok(Outcome::Success(_)) => tracing::debug!("invocation succeeded"),

@@ -102,10 +102,20 @@ impl LogStore {
     }
 
     pub fn append(&self, function: &str, record: &LogRecord) {
-        let Ok(mut line) = serde_json::to_vec(record) else {
+        self.append_all(function, std::slice::from_ref(record));
+    }
+
+    /// Several records in one write (a call's `END` and `REPORT` lines).
+    pub fn append_all(&self, function: &str, records: &[LogRecord]) {
+        let mut line = Vec::new();
+        for record in records {
+            if serde_json::to_writer(&mut line, record).is_ok() {
+                line.push(b'\n');
+            }
+        }
+        if line.is_empty() {
             return;
-        };
-        line.push(b'\n');
+        }
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         if !files.contains_key(function) {
             match self.open(function) {
@@ -171,19 +181,22 @@ impl LogStore {
         self.platform(function, instance, Some(request_id), message);
     }
 
-    /// Lambda's `START`, `END` and `REPORT` lines (stream `platform`, no level).
-    pub fn lifecycle(&self, function: &str, instance: &str, request_id: &str, message: String) {
-        self.append(
-            function,
-            &LogRecord {
-                ts: now_ms(),
+    /// Lambda's `START`, `END` and `REPORT` lines (stream `platform`, no level), in one
+    /// write: a call's own lines are never split by another's.
+    pub fn lifecycle(&self, function: &str, instance: &str, request_id: &str, messages: &[String]) {
+        let ts = now_ms();
+        let records: Vec<LogRecord> = messages
+            .iter()
+            .map(|message| LogRecord {
+                ts,
                 instance: instance.to_owned(),
                 request_id: Some(request_id.to_owned()),
                 stream: "platform".into(),
                 level: None,
-                message,
-            },
-        );
+                message: message.clone(),
+            })
+            .collect();
+        self.append_all(function, &records);
     }
 
     /// Every record still on disk for `function` whose line contains `needle`, oldest
