@@ -17,14 +17,15 @@ use crate::report::Report;
 use crate::{Platform, Result};
 
 /// Lambda's on-demand prices for x86 functions in us-east-1 (first pricing tier), as
-/// published on aws.amazon.com/lambda/pricing; unchanged since 1 ms billing began
-/// (December 2020) and still listed when this was written (November 2026).
+/// aws.amazon.com/lambda/pricing has listed them since 1 ms billing began (December
+/// 2020). This machine cannot reach the page, so they were not re-read when written
+/// (November 2026): `shoal cost --price-gb-second --price-request` overrides them.
 pub const LAMBDA_X86_GB_SECOND_USD: f64 = 0.000_016_666_7;
 /// The per-request fee: $0.20 per million requests.
 pub const LAMBDA_REQUEST_USD: f64 = 0.000_000_2;
 /// Where the constants above come from.
 pub const LAMBDA_PRICES_SOURCE: &str =
-    "AWS Lambda x86 on-demand, us-east-1, first tier (aws.amazon.com/lambda/pricing, read 2026-11)";
+    "AWS Lambda x86 on-demand, us-east-1, first tier, as listed since 2020-12; not re-read since";
 
 /// The default prices.
 pub fn lambda_prices() -> Prices {
@@ -36,7 +37,7 @@ pub fn lambda_prices() -> Prices {
 }
 
 /// Add one call's `REPORT` to a function's sums.
-pub fn add(cost: &mut FunctionCost, report: &Report, prices: &Prices) {
+pub(crate) fn add(cost: &mut FunctionCost, report: &Report, prices: &Prices) {
     let gb = report.memory_size_mb as f64 / 1024.0;
     let billed = report.billed_ms();
     let lambda_gb_s = gb * billed as f64 / 1000.0;
@@ -60,7 +61,10 @@ pub fn add(cost: &mut FunctionCost, report: &Report, prices: &Prices) {
 }
 
 /// Sum `parts` into a total named `name`.
-pub fn total<'a>(name: &str, parts: impl IntoIterator<Item = &'a FunctionCost>) -> FunctionCost {
+pub(crate) fn total<'a>(
+    name: &str,
+    parts: impl IntoIterator<Item = &'a FunctionCost>,
+) -> FunctionCost {
     let mut sum = FunctionCost {
         function: name.to_owned(),
         ..FunctionCost::default()
