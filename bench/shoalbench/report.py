@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 
+from . import killreport
 from .common import CONTENDERS, SEED_REFERENCE
 
 def fmt(v, digits=0) -> str:
@@ -220,6 +221,7 @@ def report(run, res: dict, command: str) -> str:
                 w(f"| {c} | {phase} | {row['ok']} | {row['errors']} | {row['instances']} | "
                   f"{row['used']} | {row['peak_connections']} | {fmt(row['median'])} | {fmt(row['p99'])} |")
         w("")
+    w(killreport.section(killreport.load()))
     return "\n".join(out) + "\n"
 
 

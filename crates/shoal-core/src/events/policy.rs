@@ -65,10 +65,13 @@ impl Envelope {
         serde_json::from_str(text?).ok()
     }
 
-    /// The attempt about to run, 1-based: attempts already counted, plus receives of this
-    /// message that never settled (the daemon died during them), plus this one.
-    pub(crate) fn attempt(&self, receive_count: u32) -> u32 {
-        self.prior_attempts + receive_count.max(1)
+    /// The attempt about to run, 1-based: the attempts that ran and failed, plus this one.
+    /// A receive that never settled (the daemon died after taking the event, perhaps
+    /// before running it) is not counted: charging it would drop events Lambda would
+    /// still retry, every time the daemon dies several times in a row. A poison event that
+    /// kills the daemon itself is still bounded, by `maximum_event_age`.
+    pub(crate) fn attempt(&self) -> u32 {
+        self.prior_attempts + 1
     }
 }
 
@@ -217,22 +220,22 @@ mod tests {
         let Next::Retry {
             delay_ms,
             envelope: e,
-        } = p.after(&e, e.attempt(1), Attempt::Failed, 2_000)
+        } = p.after(&e, e.attempt(), Attempt::Failed, 2_000)
         else {
             panic!("first failure must retry");
         };
         assert_eq!(delay_ms, 60_000);
-        assert_eq!(e.attempt(1), 2);
+        assert_eq!(e.attempt(), 2);
         let Next::Retry {
             delay_ms,
             envelope: e,
-        } = p.after(&e, e.attempt(1), Attempt::Failed, 70_000)
+        } = p.after(&e, e.attempt(), Attempt::Failed, 70_000)
         else {
             panic!("second failure must retry");
         };
         assert_eq!(delay_ms, 120_000);
         assert_eq!(
-            p.after(&e, e.attempt(1), Attempt::Failed, 200_000),
+            p.after(&e, e.attempt(), Attempt::Failed, 200_000),
             Next::GiveUp(Condition::RetriesExhausted)
         );
     }
@@ -251,14 +254,16 @@ mod tests {
     }
 
     #[test]
-    fn receives_that_never_settled_count_as_attempts() {
-        // The daemon died during two attempts of this message: the next one is the third.
+    fn receives_that_never_settled_do_not_use_up_retries() {
+        // The daemon died twice after taking this event and before it settled (the kill
+        // test found an event dropped after one real failure this way): the attempt that
+        // runs now is still the first.
         let e = envelope();
-        assert_eq!(e.attempt(3), 3);
-        assert_eq!(
-            policy().after(&e, e.attempt(3), Attempt::Failed, 2_000),
-            Next::GiveUp(Condition::RetriesExhausted)
-        );
+        assert_eq!(e.attempt(), 1);
+        assert!(matches!(
+            policy().after(&e, e.attempt(), Attempt::Failed, 2_000),
+            Next::Retry { .. }
+        ));
     }
 
     #[test]
@@ -268,7 +273,7 @@ mod tests {
         let mut delays = Vec::new();
         for _ in 0..12 {
             let Next::Retry { delay_ms, envelope } =
-                p.after(&e, e.attempt(1), Attempt::Throttled, 2_000)
+                p.after(&e, e.attempt(), Attempt::Throttled, 2_000)
             else {
                 panic!("a throttle must retry");
             };
@@ -277,7 +282,7 @@ mod tests {
         }
         assert_eq!(&delays[..4], &[1_000, 2_000, 4_000, 8_000]);
         assert_eq!(*delays.last().unwrap(), MAX_THROTTLE_DELAY_MS);
-        assert_eq!(e.attempt(1), 1, "throttles are not attempts");
+        assert_eq!(e.attempt(), 1, "throttles are not attempts");
     }
 
     #[test]

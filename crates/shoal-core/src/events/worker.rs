@@ -134,7 +134,7 @@ async fn attempt(ctx: &Ctx, config: &Config, state: &TriggerState, message: Rece
     let envelope = Envelope::decode(message.attributes.as_deref()).unwrap_or_else(|| {
         Envelope::new(crate::new_request_id(), Source::Invoke, message.sent_at_ms)
     });
-    let number = envelope.attempt(message.receive_count);
+    let number = envelope.attempt();
     let policy = &config.policy;
     if policy.expired(&envelope, ctx.now()) {
         give_up(
