@@ -77,6 +77,7 @@ const KIND_INIT_ERROR = 2;
 const KIND_INVOKE = 3;
 const KIND_RESULT = 4;
 const KIND_ERROR = 5;
+const KIND_INVOKE_CTX = 6; // INVOKE with a client context; sent only to runtimes that say so in HELLO
 const MAX_FRAME_LEN = 64 * 1024 * 1024 + 5; // value of the `len` field
 const HEADER = 9; // len u32 + kind u8 + id u32
 const MAX_RESPONSE = 6291556; // Lambda's response payload limit, as the daemon holds it
@@ -320,11 +321,11 @@ function onData(chunk) {
       break;
     }
     const kind = buf[off + 4];
-    if (kind !== KIND_INVOKE) {
+    if (kind !== KIND_INVOKE && kind !== KIND_INVOKE_CTX) {
       protocolError(`unexpected frame kind ${kind}`);
       return;
     }
-    onInvoke(buf, buf.readUInt32BE(off + 5), off + HEADER, end);
+    onInvoke(buf, buf.readUInt32BE(off + 5), off + HEADER, end, kind === KIND_INVOKE_CTX);
     if (exiting) return;
     off = end;
   }
@@ -463,8 +464,8 @@ function runHandler(ctx, event) {
   if (!handlerTakesCallback) succeedInvocation(ctx, r);
 }
 
-function onInvoke(buf, id, start, end) {
-  // payload: deadline_ms u64 BE | rid_len u16 BE | rid | event
+function onInvoke(buf, id, start, end, withClientContext) {
+  // payload: deadline_ms u64 BE | rid_len u16 BE | rid | [ctx_len u32 BE | ctx] | event
   if (end - start < 10) {
     protocolError(`INVOKE ${id} too short`);
     return;
@@ -477,9 +478,22 @@ function onInvoke(buf, id, start, end) {
     return;
   }
   const ctx = new Context(id, buf.toString('utf8', start + 10, ridEnd), deadline);
+  let eventStart = ridEnd;
+  if (withClientContext) {
+    if (ridEnd + 4 > end || ridEnd + 4 + buf.readUInt32BE(ridEnd) > end) {
+      protocolError(`INVOKE ${id} client context overruns the frame`);
+      return;
+    }
+    eventStart = ridEnd + 4 + buf.readUInt32BE(ridEnd);
+    try {
+      ctx.clientContext = JSON.parse(buf.toString('utf8', ridEnd + 4, eventStart));
+    } catch {
+      ctx.clientContext = undefined;
+    }
+  }
   let event;
   try {
-    event = JSON.parse(buf.toString('utf8', ridEnd, end));
+    event = JSON.parse(buf.toString('utf8', eventStart, end));
   } catch (e) {
     ctx[kDone] = true;
     queueFrame(KIND_ERROR, id, errorPayload(e, 'Runtime.InvalidEvent'));
@@ -666,7 +680,11 @@ async function main() {
   if (initFailed || exiting) return;
   handler = fn;
   handlerTakesCallback = fn.length >= 3;
-  queueFrame(KIND_HELLO, 0, JSON.stringify({ protocol: PROTOCOL_VERSION, runtime: 'node', pid: process.pid }));
+  queueFrame(
+    KIND_HELLO,
+    0,
+    JSON.stringify({ protocol: PROTOCOL_VERSION, runtime: 'node', pid: process.pid, features: ['client_context'] }),
+  );
   socket.on('data', onData);
 }
 

@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 pub use shoal_manifest::{Concurrency, Runtime};
 
+pub mod aliases;
+pub mod keys;
 pub mod sqs;
 
 /// `POST /admin/functions` (201): what a deploy made.

@@ -51,6 +51,67 @@ pub fn pack_dir(dir: &Path) -> std::io::Result<Vec<u8>> {
     builder.into_inner()?.finish()
 }
 
+/// Pack the files of `dir` for which `include` (given the path relative to `dir`, with
+/// `/` separators) says yes, skipping `.git`, `.shoal` and `.serverless`, plus `extra`
+/// files (relative path, contents) written as regular files; folders are added as the
+/// kept files need them.
+pub fn pack_dir_filtered(
+    dir: &Path,
+    include: &dyn Fn(&str) -> bool,
+    extra: &[(&str, &[u8])],
+) -> std::io::Result<Vec<u8>> {
+    let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut builder = tar::Builder::new(encoder);
+    builder.follow_symlinks(false);
+    let mut files = Vec::new();
+    collect_files(dir, Path::new(""), &mut files)?;
+    let mut folders = std::collections::BTreeSet::new();
+    let extra_names: Vec<&str> = extra.iter().map(|(name, _)| *name).collect();
+    for rel in files {
+        let text = rel.to_string_lossy().into_owned();
+        if !include(&text) || extra_names.contains(&text.as_str()) {
+            continue;
+        }
+        for folder in rel.ancestors().skip(1) {
+            if folder.as_os_str().is_empty() || !folders.insert(folder.to_owned()) {
+                continue;
+            }
+            builder.append_dir(folder, dir.join(folder))?;
+        }
+        builder.append_path_with_name(dir.join(&rel), &rel)?;
+    }
+    for (name, bytes) in extra {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder.append_data(&mut header, name, *bytes)?;
+    }
+    builder.into_inner()?.finish()
+}
+
+fn collect_files(
+    root: &Path,
+    rel: &Path,
+    out: &mut Vec<std::path::PathBuf>,
+) -> std::io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(root.join(rel))?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name();
+        if name == ".git" || name == ".shoal" || name == ".serverless" {
+            continue;
+        }
+        let rel_path = rel.join(&name);
+        if entry.file_type()?.is_dir() {
+            collect_files(root, &rel_path, out)?;
+        } else {
+            out.push(rel_path);
+        }
+    }
+    Ok(())
+}
+
 fn add_dir<W: std::io::Write>(
     builder: &mut tar::Builder<W>,
     root: &Path,

@@ -90,6 +90,18 @@ impl Platform {
 
     /// Register with the launcher and route new calls to this version.
     fn activate(&self, record: &VersionRecord, code_dir: std::path::PathBuf) -> Result<()> {
+        let config = self.register_version(record, code_dir)?;
+        self.dispatcher
+            .deploy(&record.spec.name, record.version, config);
+        Ok(())
+    }
+
+    /// Register a version's code with the launcher; its pool settings, learned limit in.
+    pub(crate) fn register_version(
+        &self,
+        record: &VersionRecord,
+        code_dir: std::path::PathBuf,
+    ) -> Result<PoolConfig> {
         let spec = &record.spec;
         self.launcher.register(FunctionCode {
             function: spec.name.clone(),
@@ -108,8 +120,7 @@ impl Platform {
                 config.limit = learned.clamp(1, config.max_concurrency);
             }
         }
-        self.dispatcher.deploy(&spec.name, record.version, config);
-        Ok(())
+        Ok(config)
     }
 
     /// Delete a function: its routes go at once, running invocations finish.
@@ -146,7 +157,7 @@ impl Platform {
     }
 }
 
-fn runtime_kind(spec: &FunctionSpec) -> Result<RuntimeKind> {
+pub(crate) fn runtime_kind(spec: &FunctionSpec) -> Result<RuntimeKind> {
     match spec.runtime {
         Runtime::Nodejs => Ok(RuntimeKind::Node),
         Runtime::Provided => Ok(RuntimeKind::Provided),
@@ -159,7 +170,7 @@ fn runtime_kind(spec: &FunctionSpec) -> Result<RuntimeKind> {
 }
 
 /// The dispatcher's view of a function's settings.
-fn pool_config(spec: &FunctionSpec, max_queue: usize) -> PoolConfig {
+pub(crate) fn pool_config(spec: &FunctionSpec, max_queue: usize) -> PoolConfig {
     let limit = match spec.concurrency {
         Concurrency::Fixed(n) => n,
         Concurrency::Auto => PoolConfig::AUTO_DEFAULT_LIMIT.min(spec.max_concurrency),
@@ -183,7 +194,16 @@ fn build_routes(specs: &[&FunctionSpec]) -> Result<RouteTable, shoal_events::Rou
     let mut table = RouteTable::new();
     for spec in specs {
         for route in &spec.http {
-            table.insert(route.method.as_deref(), &route.path, spec.name.clone())?;
+            let payload = match route.payload {
+                shoal_manifest::PayloadVersion::V1 => shoal_events::PayloadFormat::V1,
+                shoal_manifest::PayloadVersion::V2 => shoal_events::PayloadFormat::V2,
+            };
+            table.insert_with_payload(
+                route.method.as_deref(),
+                &route.path,
+                spec.name.clone(),
+                payload,
+            )?;
         }
     }
     Ok(table)

@@ -24,6 +24,20 @@ pub enum Error {
     Manifest(#[from] shoal_manifest::ManifestError),
     #[error("shoal.toml: function {function}: {reason}")]
     Unsupported { function: String, reason: String },
+    /// A `Qualifier` that names no version or alias of the function.
+    #[error("Function not found: {function}:{qualifier}")]
+    QualifierNotFound { function: String, qualifier: String },
+    /// An `Event` invoke naming a version other than the current one.
+    #[error("Event invokes run {function}'s current version; {qualifier} names another one (invoke it with RequestResponse, or point the alias at the current version)")]
+    QualifiedEvent { function: String, qualifier: String },
+    #[error("{0}")]
+    InvalidAlias(String),
+    #[error("access key name {0:?} is not valid: use 1 to 64 letters, digits, '_', '.' or '-'")]
+    InvalidKeyName(String),
+    #[error("an access key named {0} already exists; remove it first (shoal keys rm {0})")]
+    KeyExists(String),
+    #[error("no access key named {0}")]
+    KeyNotFound(String),
     #[error("shoal.toml: {0}")]
     RouteConflict(#[from] shoal_events::RouteError),
 

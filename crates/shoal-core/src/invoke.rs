@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use shoal_dispatch::Outcome;
-use shoal_events::{HttpRequest, HttpResponse, RouteMatch};
+use shoal_events::{HttpRequest, HttpResponse, PayloadFormat, RouteMatch};
 use tracing::Instrument;
 
 use crate::error::chain;
@@ -46,6 +46,11 @@ pub struct InvokeRequest {
     pub invocation_type: InvocationType,
     /// The `awsRequestId` the handler will see (see [`new_request_id`]).
     pub request_id: String,
+    /// Lambda's `Qualifier`: `None` or `$LATEST` runs the current version; a version
+    /// number runs that version; an alias runs its version (or its second one, by weight).
+    pub qualifier: Option<String>,
+    /// `X-Amz-Client-Context`, decoded (JSON): the handler's `context.clientContext`.
+    pub client_context: Option<Bytes>,
 }
 
 /// What an accepted invocation produced.
@@ -91,12 +96,20 @@ impl Platform {
             request.payload
         };
         serde_json::from_slice::<serde::de::IgnoredAny>(&payload).map_err(Error::InvalidPayload)?;
+        let pinned = match &request.qualifier {
+            Some(qualifier) => self.resolve_qualifier(&request.function, qualifier).await?,
+            None => None,
+        };
         let not_found = || Error::FunctionNotFound(request.function.clone());
         let (version, outcome) = match request.invocation_type {
             InvocationType::DryRun => (
-                self.dispatcher
-                    .active_version(&request.function)
-                    .ok_or_else(not_found)?,
+                match pinned {
+                    Some(version) => version,
+                    None => self
+                        .dispatcher
+                        .active_version(&request.function)
+                        .ok_or_else(not_found)?,
+                },
                 InvokeOutcome::DryRun,
             ),
             InvocationType::Event => {
@@ -104,6 +117,14 @@ impl Platform {
                     .dispatcher
                     .active_version(&request.function)
                     .ok_or_else(not_found)?;
+                // The async path runs the current version; naming another one is refused
+                // rather than quietly running the wrong code.
+                if pinned.is_some_and(|v| v != version) {
+                    return Err(Error::QualifiedEvent {
+                        function: request.function.clone(),
+                        qualifier: request.qualifier.clone().unwrap_or_default(),
+                    });
+                }
                 // Durable in the store before the caller hears 202.
                 self.events
                     .enqueue(&request.function, &request.request_id, &payload)
@@ -112,7 +133,14 @@ impl Platform {
             }
             InvocationType::RequestResponse => {
                 let (version, result) = self
-                    .run(&request.function, &request.request_id, payload, "invoke")
+                    .run_version(
+                        &request.function,
+                        pinned,
+                        &request.request_id,
+                        payload,
+                        request.client_context.clone(),
+                        "invoke",
+                    )
                     .await;
                 let outcome = match result? {
                     Outcome::Success(body) => InvokeOutcome::Success(body),
@@ -137,30 +165,38 @@ impl Platform {
             })
     }
 
-    /// Run the function behind an HTTP route with an API Gateway payload 2.0 event, and
-    /// map its proxy result back to an HTTP response.
+    /// Run the function behind an HTTP route with the API Gateway event of the route's
+    /// payload format (2.0, or 1.0), and map its proxy result back to an HTTP response.
+    /// `request_id` is the Lambda request id the handler sees; the event carries the
+    /// gateway's own (`request.request_id`), as on AWS.
     pub async fn invoke_http(
         &self,
         target: &HttpTarget,
         request: &HttpRequest<'_>,
+        request_id: &str,
         stage_host: &str,
     ) -> Result<HttpResponse> {
-        let event = shoal_events::build_v2_event(request, &target.route, "shoal", stage_host);
+        let payload = target.route.payload;
+        let event = match payload {
+            PayloadFormat::V2 => {
+                shoal_events::build_v2_event(request, &target.route, "shoal", stage_host)
+            }
+            PayloadFormat::V1 => {
+                shoal_events::build_v1_event(request, &target.route, "shoal", stage_host)
+            }
+        };
         let (_, result) = self
-            .run(
-                &target.function,
-                request.request_id,
-                Bytes::from(event),
-                "http",
-            )
+            .run(&target.function, request_id, Bytes::from(event), "http")
             .await;
         match result? {
-            Outcome::Success(result) => shoal_events::try_map_v2_response(&result).map_err(|e| {
-                let error = Error::BadProxyResult(e);
-                self.logs
-                    .system(&target.function, "-", request.request_id, chain(&error));
-                error
-            }),
+            Outcome::Success(result) => {
+                shoal_events::try_map_response(&result, payload).map_err(|e| {
+                    let error = Error::BadProxyResult(e);
+                    self.logs
+                        .system(&target.function, "-", request_id, chain(&error));
+                    error
+                })
+            }
             // API Gateway hides a handler's error from its caller.
             Outcome::FunctionError { error_type, .. } => Err(Error::HandlerThrew { error_type }),
         }
@@ -173,6 +209,21 @@ impl Platform {
         function: &str,
         request_id: &str,
         payload: Bytes,
+        trigger: &'static str,
+    ) -> (Option<u32>, Result<Outcome>) {
+        self.run_version(function, None, request_id, payload, None, trigger)
+            .await
+    }
+
+    /// [`Platform::run`] of a given version (`None`: the active one), with the caller's
+    /// client context.
+    pub(crate) async fn run_version(
+        &self,
+        function: &str,
+        version: Option<u32>,
+        request_id: &str,
+        payload: Bytes,
+        client_context: Option<Bytes>,
         trigger: &'static str,
     ) -> (Option<u32>, Result<Outcome>) {
         // The dispatcher fills in version and instance once it has chosen them.
@@ -191,19 +242,28 @@ impl Platform {
                 let logs = self.logs.clone();
                 let function = function.to_owned();
                 let request_id = request_id.to_owned();
-                let version = self.dispatcher.active_version(&function).unwrap_or(0);
+                let shown = version
+                    .or_else(|| self.dispatcher.active_version(&function))
+                    .unwrap_or(0);
                 std::sync::Arc::new(move |instance: &str| {
                     logs.lifecycle(
                         &function,
                         instance,
                         &request_id,
-                        &[crate::report::start_line(&request_id, version)],
+                        &[crate::report::start_line(&request_id, shown)],
                     )
                 })
             };
             let (version, result, call) = self
                 .dispatcher
-                .invoke_reported(function, request_id.to_owned(), payload, Some(on_start))
+                .invoke_reported(
+                    function,
+                    version,
+                    request_id.to_owned(),
+                    payload,
+                    client_context,
+                    Some(on_start),
+                )
                 .await;
             let result = result.map_err(Error::from);
             let outcome = outcome_label(&result);
@@ -256,38 +316,6 @@ impl Platform {
         }
         .instrument(span)
         .await
-    }
-}
-
-impl Platform {
-    /// The last log lines of one invocation (its own output and its `START`, `END` and
-    /// `REPORT` lines), newline-separated, at most `max_bytes` of them counted from the
-    /// end, as the Invoke API's `LogType: Tail` returns them (Lambda's is 4 KB). Looks at
-    /// the function's most recent records only (about the last MiB of its log).
-    pub async fn invocation_log_tail(
-        self: &std::sync::Arc<Self>,
-        function: &str,
-        request_id: &str,
-        max_bytes: usize,
-    ) -> Result<String> {
-        let page = self.logs(function, None, usize::MAX).await?;
-        let mut text = String::new();
-        for record in page
-            .records
-            .iter()
-            .filter(|r| r.request_id.as_deref() == Some(request_id))
-        {
-            text.push_str(&record.message);
-            text.push('\n');
-        }
-        if text.len() > max_bytes {
-            let mut cut = text.len() - max_bytes;
-            while !text.is_char_boundary(cut) {
-                cut += 1;
-            }
-            text.drain(..cut);
-        }
-        Ok(text)
     }
 }
 

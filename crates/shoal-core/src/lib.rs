@@ -18,6 +18,8 @@ mod deploy;
 mod error;
 mod events;
 mod invoke;
+mod keys;
+mod lambda;
 mod logs;
 mod metrics;
 mod report;
@@ -32,10 +34,11 @@ use shoal_events::RouteTable;
 use shoal_runtime::{LauncherConfig, ProcessLauncher};
 use shoal_store::Store;
 
-pub use archive::{pack_dir, ArchiveError};
+pub use archive::{pack_dir, pack_dir_filtered, ArchiveError};
 pub use cost::{lambda_prices, LAMBDA_PRICES_SOURCE};
 pub use error::{chain, Error, Result};
 pub use invoke::{new_request_id, InvocationType, InvokeOutcome, InvokeRequest, Invoked};
+pub use lambda::VersionDetail;
 pub use logs::{now_ms, DEFAULT_MAX_LOG_BYTES};
 pub use metrics::prometheus_text;
 pub use shoal_api as api;
@@ -117,6 +120,8 @@ pub struct Platform {
     changes: std::sync::Mutex<()>,
     shutdown_grace: Duration,
     max_queue: usize,
+    /// Derives access-key secrets (see `keys.rs`); never leaves the daemon.
+    key_master: Vec<u8>,
 }
 
 impl std::fmt::Debug for Platform {
@@ -153,6 +158,7 @@ impl Platform {
             );
         }
         let store = Store::open(&store_path)?;
+        let key_master = keys::master_key(&data_dir)?;
         let logs_dir = data_dir.join("logs");
         let logs = Arc::new(
             LogStore::new(logs_dir.clone(), config.max_log_bytes)
@@ -208,6 +214,7 @@ impl Platform {
             changes: std::sync::Mutex::new(()),
             shutdown_grace: config.shutdown_grace,
             max_queue: config.max_queue,
+            key_master,
         });
         platform.restore()?;
         Ok(platform)

@@ -17,6 +17,9 @@ use crate::{
 
 struct Function {
     active: Arc<Pool>,
+    /// Other versions serving calls that name them (a `Qualifier` or an alias), beside the
+    /// active one; each scales to zero like any pool.
+    pinned: Vec<Arc<Pool>>,
     /// Older versions (or a deleted function's pools) finishing their in-flight work.
     retired: Vec<Arc<Pool>>,
 }
@@ -77,17 +80,57 @@ impl Dispatcher {
                 old.retire();
                 entry.retired.retain(|p| !p.is_finished());
                 entry.retired.push(old);
+                // A pinned pool of the version now active is not needed beside it.
+                let (same, others) = std::mem::take(&mut entry.pinned)
+                    .into_iter()
+                    .partition(|p| p.version() == version);
+                entry.pinned = others;
+                for pool in same {
+                    pool.retire();
+                    entry.retired.push(pool);
+                }
             }
             None => {
                 functions.insert(
                     function.to_owned(),
                     Function {
                         active: pool,
+                        pinned: Vec::new(),
                         retired: Vec::new(),
                     },
                 );
             }
         }
+    }
+
+    /// Also serve `version` of a known function, beside its active version, for calls
+    /// that name it. `false` if the function is unknown. Nothing changes if the version
+    /// is already served. Must be called from within a tokio runtime.
+    pub fn serve_version(&self, function: &str, version: u32, config: PoolConfig) -> bool {
+        let mut functions = self.functions();
+        let Some(entry) = functions.get_mut(function) else {
+            return false;
+        };
+        if entry.active.version() == version || entry.pinned.iter().any(|p| p.version() == version)
+        {
+            return true;
+        }
+        entry.pinned.push(Pool::new(
+            function,
+            version,
+            config,
+            self.launcher.clone(),
+            self.budget.clone(),
+            self.next_instance.clone(),
+        ));
+        true
+    }
+
+    /// Whether `version` of `function` takes calls (active or served beside it).
+    pub fn serves_version(&self, function: &str, version: u32) -> bool {
+        self.functions().get(function).is_some_and(|f| {
+            f.active.version() == version || f.pinned.iter().any(|p| p.version() == version)
+        })
     }
 
     /// Forget a function: new calls get `NotFound`, running ones finish.
@@ -96,9 +139,13 @@ impl Dispatcher {
             return false;
         };
         entry.active.retire();
+        for pool in &entry.pinned {
+            pool.retire();
+        }
         let mut orphans = self.orphans.lock().unwrap_or_else(|e| e.into_inner());
         orphans.retain(|p| !p.is_finished());
         orphans.push(entry.active);
+        orphans.extend(entry.pinned);
         orphans.extend(entry.retired);
         true
     }
@@ -122,19 +169,36 @@ impl Dispatcher {
         request_id: String,
         payload: Bytes,
     ) -> (Option<u32>, Result<Outcome>) {
+        self.invoke_version(function, None, request_id, payload, None)
+            .await
+    }
+
+    /// Run one invocation of `version` of `function` (`None`: the active version), with
+    /// the caller's client context if any; a version not served (see
+    /// [`Dispatcher::serve_version`]) is `NotFound`.
+    pub async fn invoke_version(
+        &self,
+        function: &str,
+        version: Option<u32>,
+        request_id: String,
+        payload: Bytes,
+        client_context: Option<Bytes>,
+    ) -> (Option<u32>, Result<Outcome>) {
         let (version, result, _) = self
-            .invoke_reported(function, request_id, payload, None)
+            .invoke_reported(function, version, request_id, payload, client_context, None)
             .await;
         (version, result)
     }
 
-    /// [`Dispatcher::invoke_versioned`], calling `on_start` when an instance takes the
-    /// call, and also returning where it ran and what it used (when it reached one).
+    /// [`Dispatcher::invoke_version`], calling `on_start` when an instance takes the call,
+    /// and also returning where it ran and what it used (when it reached one).
     pub async fn invoke_reported(
         &self,
         function: &str,
+        version: Option<u32>,
         request_id: String,
         payload: Bytes,
+        client_context: Option<Bytes>,
         on_start: Option<OnStart>,
     ) -> (Option<u32>, Result<Outcome>, Option<CallReport>) {
         if self
@@ -143,7 +207,12 @@ impl Dispatcher {
         {
             return (None, Err(DispatchError::ShuttingDown), None);
         }
-        let Some(pool) = self.functions().get(function).map(|f| f.active.clone()) else {
+        let pool = self.functions().get(function).and_then(|f| match version {
+            None => Some(f.active.clone()),
+            Some(v) if f.active.version() == v => Some(f.active.clone()),
+            Some(v) => f.pinned.iter().find(|p| p.version() == v).cloned(),
+        });
+        let Some(pool) = pool else {
             return (
                 None,
                 Err(DispatchError::NotFound(function.to_owned())),
@@ -158,6 +227,7 @@ impl Dispatcher {
             payload,
             deadline: Instant::now() + timeout,
             deadline_epoch_ms: epoch_ms() + timeout.as_millis() as u64,
+            client_context,
         };
         let (result, report) = pool.invoke(invocation, on_start).await;
         (Some(version), result, report)
@@ -185,6 +255,7 @@ impl Dispatcher {
         for name in names {
             let entry = &functions[name];
             out.push(entry.active.status());
+            out.extend(entry.pinned.iter().map(|p| p.status()));
             out.extend(
                 entry
                     .retired
@@ -200,6 +271,7 @@ impl Dispatcher {
         let mut pools: Vec<Arc<Pool>> = Vec::new();
         for entry in self.functions().values() {
             pools.push(entry.active.clone());
+            pools.extend(entry.pinned.iter().cloned());
             pools.extend(entry.retired.iter().cloned());
         }
         pools.extend(

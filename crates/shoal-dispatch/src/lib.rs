@@ -47,6 +47,9 @@ pub struct Invocation {
     pub deadline: Instant,
     /// The same deadline as Unix epoch milliseconds, for the runtime's context.
     pub deadline_epoch_ms: u64,
+    /// The caller's client context (`X-Amz-Client-Context`, decoded: JSON), for the
+    /// handler's `context.clientContext`.
+    pub client_context: Option<Bytes>,
 }
 
 /// Called with the instance's id when a call is handed to it (the core writes Lambda's

@@ -1067,8 +1067,10 @@ async fn a_cold_burst_reports_init_once_per_instance_and_shares_that_add_up() {
                 let (_, result, report) = d
                     .invoke_reported(
                         "f",
+                        None,
                         format!("r{i}"),
                         Bytes::from_static(b"1000/40"),
+                        None,
                         Some(on_start),
                     )
                     .await;
@@ -1115,4 +1117,36 @@ async fn a_cold_burst_reports_init_once_per_instance_and_shares_that_add_up() {
             );
         }
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pinned_version_serves_calls_that_name_it_beside_the_active_one() {
+    let (_launcher, d) = setup(FakeLauncher::default(), config(16));
+    d.deploy("f", 2, config(16));
+    assert!(!d.serves_version("f", 1), "the old version drains");
+    let (version, result) = d
+        .invoke_version("f", Some(1), "r".into(), Bytes::from_static(b"10"), None)
+        .await;
+    assert_eq!(version, None, "not served until asked for");
+    assert!(matches!(result, Err(DispatchError::NotFound(_))));
+
+    assert!(d.serve_version("f", 1, config(16)));
+    assert!(!d.serve_version("g", 1, config(16)), "unknown function");
+    assert!(d.serves_version("f", 1) && d.serves_version("f", 2));
+    let (version, result) = d
+        .invoke_version("f", Some(1), "r".into(), Bytes::from_static(b"10"), None)
+        .await;
+    assert_eq!(version, Some(1));
+    assert!(instance_of(&result).ends_with("@v1"));
+    let (version, result) = d
+        .invoke_version("f", None, "r".into(), Bytes::from_static(b"10"), None)
+        .await;
+    assert_eq!(version, Some(2));
+    assert!(instance_of(&result).ends_with("@v2"));
+
+    // Once version 1 becomes the active one again, it is served once, not twice.
+    d.deploy("f", 1, config(16));
+    assert!(d.serves_version("f", 1) && !d.serves_version("f", 2));
+    assert!(d.remove("f"));
+    assert!(!d.serves_version("f", 1));
 }

@@ -1,9 +1,9 @@
 //! The AWS-shaped semantics of Shoal's triggers, as pure functions over plain Rust types.
 //!
-//! HTTP: building the API Gateway HTTP API event (payload format 2.0) that a function
-//! receives for an HTTP request ([`build_v2_event`]), mapping the function's Lambda proxy
-//! result back to an HTTP response ([`map_v2_response`]), and matching requests to routes
-//! ([`RouteTable`]).
+//! HTTP: building the API Gateway event a function receives for an HTTP request (payload
+//! format 2.0, [`build_v2_event`], or 1.0 per route, [`build_v1_event`]), mapping the
+//! function's Lambda proxy result back to an HTTP response ([`try_map_response`]), and
+//! matching requests to routes ([`RouteTable`]).
 //!
 //! Events: EventBridge schedule expressions and their next fire times ([`Schedule`]), the
 //! Scheduled Event ([`scheduled_payload`]), Lambda's SQS event and partial batch responses
@@ -31,10 +31,10 @@ mod sqs;
 pub use aws::{function_arn, schedule_rule_arn, sqs_queue_arn, ACCOUNT_ID, REGION};
 pub use destination::{build_failure_record, AttemptResponse, FailureCondition, FailureRecord};
 pub use iso8601::{iso8601_millis, iso8601_seconds};
-pub use request::{build_v2_event, HttpRequest, RouteMatch};
+pub use request::{build_v1_event, build_v2_event, HttpRequest, PayloadFormat, RouteMatch};
 pub use response::{
-    is_framing_header, map_v2_response, try_map_v2_response, HttpResponse, ResponseError,
-    MAX_HEADERS, MAX_HEADER_BYTES,
+    is_framing_header, map_response, map_v2_response, try_map_response, try_map_v2_response,
+    HttpResponse, ResponseError, MAX_HEADERS, MAX_HEADER_BYTES,
 };
 pub use route::{RouteError, RouteTable};
 pub use schedule::{CronField, Schedule, ScheduleError};

@@ -1,5 +1,6 @@
-//! Building the API Gateway HTTP API event, payload format 2.0, from a request the gateway
-//! has already read.
+//! Building API Gateway's proxy events from a request the gateway has already read: the
+//! HTTP API's payload format 2.0 ([`build_v2_event`]), and format 1.0 ([`build_v1_event`]),
+//! the REST API's shape, for routes that ask for it.
 //!
 //! Field rules follow AWS's documented 2.0 shape: cookies lifted out of the `cookie`
 //! header, repeated headers and query keys joined with `,`, absent collections omitted
@@ -27,8 +28,20 @@ pub struct HttpRequest<'a> {
     pub headers: &'a [(String, Vec<u8>)],
     pub body: &'a [u8],
     pub source_ip: &'a str,
+    /// API Gateway's own id of the request (`requestContext.requestId`), not the Lambda
+    /// request id the handler's context carries.
     pub request_id: &'a str,
     pub time_epoch_ms: u64,
+}
+
+/// The event shape a route sends: API Gateway's payload format versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PayloadFormat {
+    /// The REST API's shape (`httpMethod`, `multiValueHeaders`, ...).
+    V1,
+    /// The HTTP API's default shape (`rawPath`, `cookies`, ...).
+    #[default]
+    V2,
 }
 
 /// The route a request matched, as the event reports it.
@@ -40,6 +53,17 @@ pub struct RouteMatch {
     pub path_params: BTreeMap<String, String>,
     /// Always `$default`: Shoal has one auto-deployed stage per gateway.
     pub stage: String,
+    /// Which event the route's function gets.
+    pub payload: PayloadFormat,
+}
+
+impl RouteMatch {
+    /// The route's path template (`/items/{id}`): payload 1.0's `resource`.
+    pub fn resource(&self) -> &str {
+        self.route_key
+            .split_once(' ')
+            .map_or(self.route_key.as_str(), |(_, path)| path)
+    }
 }
 
 // Field order mirrors AWS's documented example so events read the same in logs.
@@ -155,6 +179,149 @@ pub fn build_v2_event(
     };
     // Serializing plain strings, integers and maps with string keys cannot fail.
     serde_json::to_vec(&event).expect("event serializes")
+}
+
+// Payload 1.0, field order as in AWS's documented example. Absent collections are `null`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventV1<'a> {
+    version: &'static str,
+    resource: &'a str,
+    path: &'a str,
+    http_method: &'a str,
+    headers: Option<BTreeMap<&'a str, String>>,
+    multi_value_headers: Option<BTreeMap<&'a str, Vec<String>>>,
+    query_string_parameters: Option<BTreeMap<String, String>>,
+    multi_value_query_string_parameters: Option<BTreeMap<String, Vec<String>>>,
+    request_context: RequestContextV1<'a>,
+    path_parameters: Option<&'a BTreeMap<String, String>>,
+    stage_variables: Option<BTreeMap<String, String>>,
+    body: Option<String>,
+    is_base64_encoded: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestContextV1<'a> {
+    account_id: &'static str,
+    api_id: &'a str,
+    domain_name: &'a str,
+    domain_prefix: &'a str,
+    extended_request_id: &'a str,
+    http_method: &'a str,
+    identity: Identity<'a>,
+    path: &'a str,
+    protocol: &'static str,
+    request_id: &'a str,
+    request_time: String,
+    request_time_epoch: u64,
+    resource_id: &'a str,
+    resource_path: &'a str,
+    stage: &'a str,
+}
+
+/// `requestContext.identity`: Shoal knows the caller's address and user agent only.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Identity<'a> {
+    access_key: Option<&'a str>,
+    account_id: Option<&'a str>,
+    caller: Option<&'a str>,
+    cognito_authentication_provider: Option<&'a str>,
+    cognito_authentication_type: Option<&'a str>,
+    cognito_identity_id: Option<&'a str>,
+    cognito_identity_pool_id: Option<&'a str>,
+    principal_org_id: Option<&'a str>,
+    source_ip: &'a str,
+    user: Option<&'a str>,
+    user_agent: Option<String>,
+    user_arn: Option<&'a str>,
+}
+
+/// Builds the API Gateway REST-style (payload format 1.0) event as JSON bytes: every
+/// header and query value in the `multiValue` maps, the last one in the single-value
+/// maps, the `cookie` header left as a header, and `null` for whatever is absent.
+pub fn build_v1_event(
+    req: &HttpRequest,
+    m: &RouteMatch,
+    api_id: &str,
+    domain_name: &str,
+) -> Vec<u8> {
+    let mut headers: BTreeMap<&str, String> = BTreeMap::new();
+    let mut multi_headers: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut content_type = None;
+    for (name, value) in req.headers {
+        let value = String::from_utf8_lossy(value).into_owned();
+        if name == "content-type" && content_type.is_none() {
+            content_type = Some(value.clone());
+        }
+        headers.insert(name.as_str(), value.clone());
+        multi_headers.entry(name.as_str()).or_default().push(value);
+    }
+    let user_agent = headers.get("user-agent").cloned();
+    let mut query: BTreeMap<String, String> = BTreeMap::new();
+    let mut multi_query: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (key, value) in query_pairs(req.query.unwrap_or("")) {
+        query.insert(key.clone(), value.clone());
+        multi_query.entry(key).or_default().push(value);
+    }
+    let (body, is_base64_encoded) = encode_body(req.body, content_type.as_deref());
+    let some = |empty: bool| !empty;
+    let event = EventV1 {
+        version: "1.0",
+        resource: m.resource(),
+        path: req.path,
+        http_method: req.method,
+        headers: some(headers.is_empty()).then_some(headers),
+        multi_value_headers: some(multi_headers.is_empty()).then_some(multi_headers),
+        query_string_parameters: some(query.is_empty()).then_some(query),
+        multi_value_query_string_parameters: some(multi_query.is_empty()).then_some(multi_query),
+        request_context: RequestContextV1 {
+            account_id: ACCOUNT_ID,
+            api_id,
+            domain_name,
+            domain_prefix: domain_name.split('.').next().unwrap_or(domain_name),
+            extended_request_id: req.request_id,
+            http_method: req.method,
+            identity: Identity {
+                access_key: None,
+                account_id: None,
+                caller: None,
+                cognito_authentication_provider: None,
+                cognito_authentication_type: None,
+                cognito_identity_id: None,
+                cognito_identity_pool_id: None,
+                principal_org_id: None,
+                source_ip: req.source_ip,
+                user: None,
+                user_agent,
+                user_arn: None,
+            },
+            path: req.path,
+            protocol: "HTTP/1.1",
+            request_id: req.request_id,
+            request_time: format_clf_time(req.time_epoch_ms),
+            request_time_epoch: req.time_epoch_ms,
+            resource_id: &m.route_key,
+            resource_path: m.resource(),
+            stage: &m.stage,
+        },
+        path_parameters: some(m.path_params.is_empty()).then_some(&m.path_params),
+        stage_variables: None,
+        body,
+        is_base64_encoded,
+    };
+    serde_json::to_vec(&event).expect("event serializes")
+}
+
+/// Decoded query pairs in the order received; a key without `=` gets an empty value, an
+/// empty key is dropped.
+fn query_pairs(raw: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    raw.split('&').filter(|p| !p.is_empty()).filter_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = percent::decode(key, true).into_owned();
+        (!key.is_empty()).then(|| (key, percent::decode(value, true).into_owned()))
+    })
 }
 
 /// Decoded query parameters; repeated keys joined with `,` in the order received, as

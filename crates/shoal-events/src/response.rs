@@ -78,6 +78,34 @@ pub enum ResponseError {
     TooManyHeaders,
     #[error("the result's headers take more than {MAX_HEADER_BYTES} bytes")]
     HeadersTooLarge,
+    #[error("a payload 1.0 route needs a proxy result ({{\"statusCode\": 200, \"body\": \"...\"}}), found {found}")]
+    NotAProxyResult { found: &'static str },
+}
+
+/// [`try_map_response`], with a malformed result mapped to API Gateway's 502.
+pub fn map_response(result_json: &[u8], payload: crate::PayloadFormat) -> HttpResponse {
+    try_map_response(result_json, payload).unwrap_or_else(|_| internal_server_error())
+}
+
+/// Maps a result for a route of `payload`'s format: 2.0 as [`try_map_v2_response`]; 1.0
+/// takes only a proxy result (an object with `statusCode`), as API Gateway does.
+pub fn try_map_response(
+    result_json: &[u8],
+    payload: crate::PayloadFormat,
+) -> Result<HttpResponse, ResponseError> {
+    match payload {
+        crate::PayloadFormat::V2 => try_map_v2_response(result_json),
+        crate::PayloadFormat::V1 => {
+            let value: Value =
+                serde_json::from_slice(result_json).map_err(ResponseError::InvalidJson)?;
+            match value {
+                Value::Object(obj) if obj.contains_key("statusCode") => proxy_response(&obj),
+                other => Err(ResponseError::NotAProxyResult {
+                    found: kind(&other),
+                }),
+            }
+        }
+    }
 }
 
 /// Maps the handler's JSON result bytes to an HTTP response; a malformed result becomes
@@ -91,9 +119,14 @@ pub fn try_map_v2_response(result_json: &[u8]) -> Result<HttpResponse, ResponseE
     let value: Value = serde_json::from_slice(result_json).map_err(ResponseError::InvalidJson)?;
     match value {
         Value::Object(obj) if obj.contains_key("statusCode") => proxy_response(&obj),
+        // A string is the body itself, as API Gateway sends `return "hello"`: unquoted.
+        Value::String(text) => Ok(HttpResponse {
+            status: 200,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: text.into_bytes(),
+        }),
         // AWS: "If your Lambda function returns valid JSON and doesn't return a statusCode,
-        // API Gateway assumes" 200, application/json, and the result as the body. The body
-        // is the JSON text itself, so a string result keeps its quotes.
+        // API Gateway assumes" 200, application/json, and the result as the body.
         _ => Ok(HttpResponse {
             status: 200,
             headers: vec![("content-type".into(), "application/json".into())],
@@ -311,15 +344,19 @@ fn decode_base64(text: &str) -> Result<Vec<u8>, ResponseError> {
     LENIENT.decode(compact).map_err(ResponseError::Base64)
 }
 
-fn type_error(field: String, expected: &'static str, found: &Value) -> ResponseError {
-    let found = match found {
+fn kind(value: &Value) -> &'static str {
+    match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
         Value::Number(_) => "a number",
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
-    };
+    }
+}
+
+fn type_error(field: String, expected: &'static str, found: &Value) -> ResponseError {
+    let found = kind(found);
     ResponseError::FieldType {
         field,
         expected,

@@ -15,7 +15,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use crate::percent;
-use crate::request::RouteMatch;
+use crate::request::{PayloadFormat, RouteMatch};
 
 /// A route that cannot be added to the table.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +51,7 @@ struct Route {
     segments: Vec<Segment>,
     route_key: String,
     target: String,
+    payload: PayloadFormat,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,6 +143,17 @@ impl RouteTable {
         path: &str,
         target: String,
     ) -> crate::Result<()> {
+        self.insert_with_payload(method, path, target, PayloadFormat::V2)
+    }
+
+    /// [`RouteTable::insert`], for a route whose function gets `payload`'s event.
+    pub fn insert_with_payload(
+        &mut self,
+        method: Option<&str>,
+        path: &str,
+        target: String,
+        payload: PayloadFormat,
+    ) -> crate::Result<()> {
         let method = match method {
             None => None,
             Some(m) if m.eq_ignore_ascii_case("ANY") => None,
@@ -169,6 +181,7 @@ impl RouteTable {
             segments,
             route_key,
             target,
+            payload,
         };
         if let Some(existing) = self.routes.iter().find(|r| r.same_shape(&route)) {
             return Err(RouteError::Conflict {
@@ -209,6 +222,7 @@ impl RouteTable {
                     route_key: r.route_key.clone(),
                     path_params,
                     stage: "$default".into(),
+                    payload: r.payload,
                 };
                 Some((r.target.as_str(), m))
             })

@@ -2,9 +2,11 @@
 //! output, `NAME.expected.json`. Run with `UPDATE_EXPECT=1` to rewrite the expected files,
 //! then read the diff: a wrong snapshot is a bug, not a fix.
 //!
-//! - `request/NAME.json`: routes, plus a request; expected is the payload 2.0 event.
+//! - `request/NAME.json`: routes, plus a request; expected is the event of the route's
+//!   payload format (2.0, or 1.0 for a route with `"payload": "1.0"`).
 //! - `response/NAME.result`: the function's raw result bytes (possibly not JSON);
 //!   expected is `{status, headers, body}` (or `body_base64` when the body is not UTF-8).
+//! - `response_v1/NAME.result`: the same, for a payload 1.0 route.
 //! - `sqs/NAME.json`: a queue name and its batch's records; expected is the SQS event.
 //! - `batch_response/NAME.json`: a batch's message ids and the function's raw response
 //!   text; expected is `{outcome, failed | reason}`.
@@ -23,9 +25,10 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use shoal_events::{
-    build_failure_record, build_sqs_event, build_v2_event, map_v2_response, parse_batch_response,
-    scheduled_payload, AttemptResponse, BatchOutcome, FailureCondition, FailureRecord, HttpRequest,
-    MessageAttribute, RouteTable, ScheduledEvent, SqsRecord,
+    build_failure_record, build_sqs_event, build_v1_event, build_v2_event, map_response,
+    parse_batch_response, scheduled_payload, AttemptResponse, BatchOutcome, FailureCondition,
+    FailureRecord, HttpRequest, MessageAttribute, PayloadFormat, RouteTable, ScheduledEvent,
+    SqsRecord,
 };
 use std::collections::BTreeMap;
 
@@ -46,6 +49,9 @@ struct RouteSpec {
     method: Option<String>,
     path: String,
     target: String,
+    /// `"1.0"` for a REST-style route.
+    #[serde(default)]
+    payload: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -162,8 +168,13 @@ fn request_cases() {
             .unwrap_or_else(|e| panic!("{}: {e}", input.display()));
         let mut table = RouteTable::new();
         for r in &case.routes {
+            let payload = match r.payload.as_deref() {
+                None | Some("2.0") => PayloadFormat::V2,
+                Some("1.0") => PayloadFormat::V1,
+                Some(other) => panic!("{}: payload {other:?}", input.display()),
+            };
             table
-                .insert(r.method.as_deref(), &r.path, r.target.clone())
+                .insert_with_payload(r.method.as_deref(), &r.path, r.target.clone(), payload)
                 .unwrap();
         }
         let spec = &case.request;
@@ -202,7 +213,10 @@ fn request_cases() {
             ));
             continue;
         }
-        let event = build_v2_event(&req, &m, &case.api_id, &case.domain_name);
+        let event = match m.payload {
+            PayloadFormat::V2 => build_v2_event(&req, &m, &case.api_id, &case.domain_name),
+            PayloadFormat::V1 => build_v1_event(&req, &m, &case.api_id, &case.domain_name),
+        };
         let event: Value = serde_json::from_slice(&event).expect("event is JSON");
         failures.extend(check(&input, &event));
     }
@@ -212,9 +226,15 @@ fn request_cases() {
 #[test]
 fn response_cases() {
     let mut failures = Vec::new();
-    for input in inputs("response", ".result") {
+    let v2 = inputs("response", ".result")
+        .into_iter()
+        .map(|input| (input, PayloadFormat::V2));
+    let v1 = inputs("response_v1", ".result")
+        .into_iter()
+        .map(|input| (input, PayloadFormat::V1));
+    for (input, payload) in v2.chain(v1) {
         let result = fs::read(&input).unwrap();
-        let mut resp = map_v2_response(&result);
+        let mut resp = map_response(&result, payload);
         // Header order across names follows the JSON object's key order, which depends on
         // serde_json's `preserve_order` feature (unified across the workspace); the order
         // of values within one name is what matters, and a stable sort keeps it.

@@ -1,4 +1,5 @@
-//! Reads a `shoal.toml` manifest into [`FunctionSpec`]s: parsing, defaults and every
+//! Reads a `shoal.toml` manifest (or a Serverless Framework `serverless.yml`, through
+//! [`from_serverless`]) into [`FunctionSpec`]s: parsing, defaults and every
 //! validation rule, with errors that name the file, line, column and dotted field
 //! (`shoal.toml:3:10: functions.hello.memory: ...`) and say what to do instead.
 //!
@@ -14,11 +15,13 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 mod events;
 mod routes;
+mod serverless;
 mod tree;
 mod units;
 mod validate;
 
 pub use events::{AsyncConfig, EventSource, QueueTrigger, ScheduleCheck, ScheduleTrigger};
+pub use serverless::{from_serverless, Converted, Remark, ServerlessOptions};
 pub use units::{format_duration_ms, parse_duration_ms};
 
 pub type Result<T, E = ManifestError> = std::result::Result<T, E>;
@@ -99,6 +102,27 @@ pub struct HttpRoute {
     pub method: Option<String>,
     /// Starts with `/`; segments are literal, `{param}`, or a final greedy `{name+}`.
     pub path: String,
+    /// The API Gateway event the function gets (specs stored before this existed: 2.0).
+    #[serde(default, skip_serializing_if = "PayloadVersion::is_default")]
+    pub payload: PayloadVersion,
+}
+
+/// API Gateway's payload format versions, as a route's `payload` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum PayloadVersion {
+    /// `"1.0"`: the REST API's event (`httpMethod`, `multiValueHeaders`, ...).
+    #[serde(rename = "1.0")]
+    V1,
+    /// `"2.0"`: the HTTP API's event, the default.
+    #[default]
+    #[serde(rename = "2.0")]
+    V2,
+}
+
+impl PayloadVersion {
+    fn is_default(&self) -> bool {
+        *self == PayloadVersion::V2
+    }
 }
 
 /// A manifest problem, located in the source text.

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 
 use crate::tree::{Kind, Node};
 use crate::validate::{describe, join, unknown_key, Source};
-use crate::{HttpRoute, Result};
+use crate::{HttpRoute, PayloadVersion, Result};
 
-const ROUTE_KEYS: &[&str] = &["method", "path"];
+const ROUTE_KEYS: &[&str] = &["method", "path", "payload"];
 const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
 
 /// What makes two routes the same: the method (`None` = any) and the path with parameter
@@ -95,6 +95,7 @@ fn route(
     };
     let mut method = None;
     let mut path = None;
+    let mut payload = PayloadVersion::default();
     for (key, value) in entries {
         let key_field = join(field, &key.name);
         let value_offset = value.start().unwrap_or(offset);
@@ -112,6 +113,22 @@ fn route(
                     .map_err(|problem| src.error(value_offset, &key_field, problem))?;
                 path = Some((text.clone(), shape));
             }
+            "payload" => {
+                payload = match &value.kind {
+                    Kind::String(text) if text == "1.0" => PayloadVersion::V1,
+                    Kind::String(text) if text == "2.0" => PayloadVersion::V2,
+                    _ => {
+                        return Err(src.error(
+                            value_offset,
+                            &key_field,
+                            format!(
+                                "expected \"1.0\" (API Gateway's REST event) or \"2.0\" (the HTTP API's, the default), got {}",
+                                describe(value)
+                            ),
+                        ))
+                    }
+                };
+            }
             other => {
                 let key_offset = key.start().unwrap_or(offset);
                 return Err(unknown_key(src, key_offset, &key_field, other, ROUTE_KEYS));
@@ -128,7 +145,14 @@ fn route(
         field: field.to_owned(),
         offset,
     };
-    Ok((HttpRoute { method, path }, site))
+    Ok((
+        HttpRoute {
+            method,
+            path,
+            payload,
+        },
+        site,
+    ))
 }
 
 /// `Ok(None)` means any method.

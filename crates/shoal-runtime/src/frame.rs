@@ -18,6 +18,9 @@ pub const INIT_ERROR: u8 = 2;
 pub const INVOKE: u8 = 3;
 pub const RESULT: u8 = 4;
 pub const ERROR: u8 = 5;
+/// INVOKE carrying the caller's client context; daemon → runtime, only to a runtime whose
+/// HELLO lists the `client_context` feature.
+pub const INVOKE_CTX: u8 = 6;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Frame {
@@ -61,6 +64,31 @@ pub fn encode_invoke(id: u32, deadline_epoch_ms: u64, request_id: &str, event: &
     buf.put_u64(deadline_epoch_ms);
     buf.put_u16(rid_len as u16);
     buf.put_slice(&rid[..rid_len]);
+    buf.put_slice(event);
+    buf.freeze()
+}
+
+/// Encode an INVOKE_CTX frame: INVOKE with the caller's client context (JSON) between
+/// the request id and the event. Only for runtimes whose HELLO lists `client_context`.
+pub fn encode_invoke_ctx(
+    id: u32,
+    deadline_epoch_ms: u64,
+    request_id: &str,
+    client_context: &[u8],
+    event: &[u8],
+) -> Bytes {
+    let rid = request_id.as_bytes();
+    let rid_len = rid.len().min(u16::MAX as usize);
+    let payload_len = 8 + 2 + rid_len + 4 + client_context.len() + event.len();
+    let mut buf = BytesMut::with_capacity(4 + 5 + payload_len);
+    buf.put_u32((5 + payload_len) as u32);
+    buf.put_u8(INVOKE_CTX);
+    buf.put_u32(id);
+    buf.put_u64(deadline_epoch_ms);
+    buf.put_u16(rid_len as u16);
+    buf.put_slice(&rid[..rid_len]);
+    buf.put_u32(client_context.len() as u32);
+    buf.put_slice(client_context);
     buf.put_slice(event);
     buf.freeze()
 }

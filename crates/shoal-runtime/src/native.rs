@@ -46,6 +46,8 @@ struct Shared {
     /// calls still in flight are told this rather than only "killed by SIGKILL".
     broken: Mutex<Option<String>>,
     logs: Arc<dyn LogSink>,
+    /// The runtime's HELLO listed `client_context`: it reads INVOKE_CTX frames.
+    client_context: bool,
 }
 
 pub(crate) struct NativeInstance(Arc<Shared>);
@@ -122,7 +124,7 @@ pub(crate) async fn launch(
         Ok((reader, write, Some(first))) => (reader, write, first),
         Ok((_, _, None)) | Err(_) => return Err(exited_early(&start, &spawned).await),
     };
-    match first.kind {
+    let client_context = match first.kind {
         frame::HELLO => {
             let hello: serde_json::Value =
                 serde_json::from_slice(&first.payload).unwrap_or_default();
@@ -137,6 +139,9 @@ pub(crate) async fn launch(
                     ),
                 ));
             }
+            hello["features"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f == "client_context"))
         }
         frame::INIT_ERROR => {
             spawned.kill.notify_one();
@@ -149,7 +154,7 @@ pub(crate) async fn launch(
                 format!("expected HELLO, got frame kind {other}"),
             ));
         }
-    }
+    };
     let (writer, queue) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         function: start.code.function.clone(),
@@ -164,6 +169,7 @@ pub(crate) async fn launch(
         kill: spawned.kill.clone(),
         broken: Mutex::new(None),
         logs: start.logs.clone(),
+        client_context,
     });
     tokio::spawn(write_loop(write, queue, shared.kill.clone()));
     tokio::spawn(read_loop(reader, shared.clone()));
@@ -355,12 +361,22 @@ impl InstanceHandle for NativeInstance {
             }
             pending.insert(id, reply);
         }
-        let frame = frame::encode_invoke(
-            id,
-            invocation.deadline_epoch_ms,
-            &invocation.request_id,
-            &invocation.payload,
-        );
+        let frame = match &invocation.client_context {
+            Some(context) if shared.client_context => frame::encode_invoke_ctx(
+                id,
+                invocation.deadline_epoch_ms,
+                &invocation.request_id,
+                context,
+                &invocation.payload,
+            ),
+            // A runtime that did not ask for it would refuse the frame kind.
+            _ => frame::encode_invoke(
+                id,
+                invocation.deadline_epoch_ms,
+                &invocation.request_id,
+                &invocation.payload,
+            ),
+        };
         if shared.writer.send(frame).is_err() {
             shared
                 .pending
@@ -433,6 +449,7 @@ mod tests {
             kill: Arc::new(Notify::new()),
             broken: Mutex::new(None),
             logs: Arc::new(NoLogs),
+            client_context: false,
         };
         let replies = ids
             .iter()

@@ -42,6 +42,8 @@ struct Assigned {
     request_id: String,
     deadline_ms: u64,
     payload: Bytes,
+    /// `Lambda-Runtime-Client-Context`, when the caller sent one.
+    client_context: Option<Bytes>,
 }
 
 #[derive(Default)]
@@ -412,6 +414,7 @@ impl InstanceHandle for ApiInstance {
                 request_id: invocation.request_id.clone(),
                 deadline_ms: invocation.deadline_epoch_ms,
                 payload: invocation.payload,
+                client_context: invocation.client_context,
             };
             loop {
                 let Some(poll) = state.polls.pop_front() else {

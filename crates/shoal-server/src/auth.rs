@@ -1,6 +1,8 @@
-//! The control API's credentials: the admin token, generated into the data directory on
-//! first start (readable only by its owner), and compared in constant time; and the
-//! dashboard's sessions, so that the token never travels in a URL a browser keeps.
+//! Who may call the control listener: the admin token (generated into the data directory
+//! on first start, readable only by its owner, compared in constant time) on every route,
+//! and on the AWS-shaped APIs (the Lambda API, the SQS API) also a SigV4 signature made
+//! with a key from `shoal keys create` ([`crate::sigv4`] checks it); and the dashboard's
+//! sessions, so that the token never travels in a URL a browser keeps.
 //!
 //! A holder of the token asks for a login code (`shoal dashboard`); the code is good for
 //! one use within [`LOGIN_CODE_TTL`], and trades for a session in an HttpOnly,
@@ -135,9 +137,65 @@ pub(crate) fn bearer_matches(header: Option<&str>, token: &str) -> bool {
         .is_some_and(|presented| constant_time_eq(presented.as_bytes(), token.as_bytes()))
 }
 
-/// Compare tokens without leaking, through timing, how much of a guess was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+use crate::sigv4::constant_time_eq;
+
+/// Why a caller of an AWS-shaped API was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AuthError {
+    /// No credential at all, or a wrong admin token.
+    #[error("missing or wrong credentials: sign the request with a key from `shoal keys create`, or send Authorization: Bearer <token from the data directory's admin-token file>")]
+    Missing,
+    #[error(transparent)]
+    Signature(#[from] crate::sigv4::SigError),
+    /// Looking the key up failed (the store's trouble, not the caller's).
+    #[error("looking up the access key")]
+    Lookup(#[source] shoal_core::Error),
+}
+
+/// What an AWS-shaped API accepts besides the admin token: signatures for this service
+/// in this daemon's region.
+pub(crate) struct AwsScope<'a> {
+    pub token: &'a str,
+    pub region: &'a str,
+    pub service: &'a str,
+}
+
+/// Admit a request to an AWS-shaped API: the admin token, or a valid SigV4 signature
+/// (header or presigned query) by a live key. `body` is the whole request body.
+pub(crate) fn admit_aws(
+    platform: &shoal_core::Platform,
+    parts: &hyper::http::request::Parts,
+    body: &[u8],
+    scope: &AwsScope<'_>,
+) -> Result<(), AuthError> {
+    let authorization = parts
+        .headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if authorization.is_some_and(|a| a.starts_with("Bearer ")) {
+        return if bearer_matches(authorization, scope.token) {
+            Ok(())
+        } else {
+            Err(AuthError::Missing)
+        };
+    }
+    if !crate::sigv4::is_signed(parts) {
+        return Err(AuthError::Missing);
+    }
+    let presented = crate::sigv4::parse(parts)?;
+    let secret = platform
+        .key_secret(&presented.access_key_id)
+        .map_err(AuthError::Lookup)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let expect = crate::sigv4::Expect {
+        region: scope.region,
+        service: scope.service,
+        now,
+    };
+    crate::sigv4::verify(parts, body, &presented, secret.as_deref(), expect)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,13 +1,16 @@
-//! The control API (loopback by default, admin token required on every route): the
-//! Lambda Invoke API, the SQS API (`X-Amz-Target: AmazonSQS.*`, see [`crate::sqs`]),
-//! admin routes (deploy, list, status, logs, delete, cost), `/metrics`, and the live
-//! dashboard (`/dashboard`, see [`crate::dashboard`]).
+//! The control API (loopback by default): the Lambda API (see [`lambda`]), the SQS API
+//! (`X-Amz-Target: AmazonSQS.*`, see [`crate::sqs`]), admin routes (deploy, list, status,
+//! logs, delete, keys, aliases, cost), `/metrics`, and the live dashboard (`/dashboard`,
+//! see [`crate::dashboard`]). Every route takes the admin token; the AWS-shaped ones
+//! (Lambda, SQS) also a SigV4 signature by a key from `shoal keys create`; the dashboard's
+//! `GET`s also its session cookie.
 //!
 //! A request is parsed into an [`Action`] (firecracker's shape: parse, then act), the
 //! action runs against the core and yields a [`Reply`] or an error, and [`respond`] turns
 //! either into a response — the only place this API chooses status codes (the SQS API's
 //! are chosen in its own `respond`).
 
+mod lambda;
 mod respond;
 
 use std::net::SocketAddr;
@@ -15,9 +18,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
+use hyper::http::request::Parts;
 use hyper::{Method, Request, Response};
-use shoal_api::{headers, Deleted, DeployReply, FunctionList, LogPage, StatusReport};
-use shoal_core::{InvocationType, InvokeRequest, Invoked, Platform};
+use shoal_api::aliases::{AliasInfo, AliasList, SetAlias};
+use shoal_api::keys::{CreateKey, CreatedKey, KeyList};
+use shoal_api::{Deleted, DeployReply, FunctionList, LogPage, StatusReport};
+use shoal_core::{InvokeRequest, Invoked, Platform};
 use shoal_dispatch::BoxFuture;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -35,7 +41,10 @@ const DEFAULT_LOG_TAIL: usize = 100;
 /// What a control request asks the platform to do.
 #[derive(Debug)]
 enum Action {
-    Invoke(InvokeRequest),
+    Invoke {
+        request: InvokeRequest,
+        extras: lambda::InvokeExtras,
+    },
     Deploy(Bytes),
     ListFunctions,
     DeleteFunction(String),
@@ -66,6 +75,21 @@ enum Action {
         gb_second_usd: Option<f64>,
         request_usd: Option<f64>,
     },
+    CreateKey(String),
+    ListKeys,
+    DeleteKey(String),
+    SetAlias {
+        function: String,
+        name: String,
+        alias: SetAlias,
+    },
+    ListAliases(String),
+    DeleteAlias {
+        function: String,
+        name: String,
+    },
+    /// The Lambda API's calls beyond a plain invoke (see [`lambda`]).
+    Lambda(lambda::Call),
 }
 
 /// What an action produced.
@@ -74,6 +98,10 @@ enum Reply {
     Invoked {
         request_id: String,
         invoked: Invoked,
+        /// `X-Amz-Executed-Version: $LATEST` rather than the number.
+        executed_latest: bool,
+        /// `LogType: Tail`: the invocation's last 4 KB of log.
+        log: Option<String>,
     },
     Deployed(DeployReply),
     Functions(FunctionList),
@@ -91,6 +119,11 @@ enum Reply {
         session: String,
     },
     LoginCode(shoal_api::DashboardLogin),
+    KeyCreated(CreatedKey),
+    Keys(KeyList),
+    Alias(AliasInfo),
+    Aliases(AliasList),
+    Lambda(lambda::Answer),
 }
 
 /// Why a request was refused before or while it ran.
@@ -100,6 +133,11 @@ enum Failure {
     Unauthorized,
     #[error("the dashboard login code was used, expired or is wrong")]
     LoginCode,
+    /// An AWS-shaped route refused the caller's token or signature.
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    #[error("{0}")]
+    BadRequest(String),
     #[error("no route for {method} {path}")]
     NoRoute { method: Method, path: String },
     #[error("request body exceeds {limit} bytes")]
@@ -116,6 +154,8 @@ enum Failure {
 pub(crate) struct Control {
     platform: Arc<Platform>,
     token: String,
+    /// The region SigV4 signatures must be scoped to, and ARNs name.
+    region: String,
     /// The listener's address: queue URLs point here when a request has no `Host`.
     addr: SocketAddr,
     /// True once the daemon stops (long polls end early).
@@ -128,12 +168,14 @@ impl Control {
     pub(crate) fn new(
         platform: Arc<Platform>,
         token: String,
+        region: String,
         addr: SocketAddr,
         stopping: watch::Receiver<bool>,
     ) -> Arc<Control> {
         Arc::new(Control {
             platform,
             token,
+            region,
             addr,
             stopping,
             sessions: auth::Sessions::default(),
@@ -160,27 +202,30 @@ impl Control {
         request_id: String,
         function: Option<String>,
     ) -> Response<Body> {
-        if let Some(operation) = sqs_operation(&req) {
+        let (parts, body) = req.into_parts();
+        if let Some(operation) = sqs_operation(&parts) {
             let operation = operation.to_owned();
-            return match self.serve_sqs(req, &operation).await {
+            return match self.serve_sqs(parts, body, &operation).await {
                 Ok(reply) => sqs::reply(reply, &request_id),
                 Err(error) => sqs::failure(&error, &request_id),
             };
         }
-        let result = match self.parse(req, &request_id).await {
+        let result = match self.parse(parts, body, &request_id).await {
             Ok(action) => self.run(action).await.map_err(Failure::from),
             Err(failure) => Err(failure),
         };
         match result {
             Ok(reply) => respond::reply(reply),
-            Err(failure) => respond::failure(&failure, function.as_deref(), &request_id),
+            Err(failure) => {
+                respond::failure(&failure, function.as_deref(), &request_id, &self.region)
+            }
         }
     }
 
     /// The admin token, as every route asks for it.
-    fn authorized(&self, req: &Request<Incoming>) -> bool {
-        let authorization = req
-            .headers()
+    fn authorized(&self, parts: &Parts) -> bool {
+        let authorization = parts
+            .headers
             .get(hyper::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         auth::bearer_matches(authorization, &self.token)
@@ -188,28 +233,38 @@ impl Control {
 
     /// The token, or (for a `GET` only: the dashboard reads, never changes) a dashboard
     /// session's cookie.
-    fn may_read(&self, req: &Request<Incoming>) -> bool {
-        self.authorized(req)
-            || (req.method() == Method::GET
+    fn may_read(&self, parts: &Parts) -> bool {
+        self.authorized(parts)
+            || (parts.method == Method::GET
                 && self.sessions.cookie_valid(
-                    req.headers()
+                    parts
+                        .headers
                         .get(hyper::header::COOKIE)
                         .and_then(|v| v.to_str().ok()),
                 ))
     }
 
-    /// An SQS request: the same token, then the SQS API's own parse, run and answers.
+    /// An AWS-shaped API's caller: the admin token or a SigV4 signature for `service`.
+    fn admit_aws(&self, parts: &Parts, body: &[u8], service: &str) -> Result<(), auth::AuthError> {
+        let scope = auth::AwsScope {
+            token: &self.token,
+            region: &self.region,
+            service,
+        };
+        auth::admit_aws(&self.platform, parts, body, &scope)
+    }
+
+    /// An SQS request: the token or a signature, then the SQS API's own parse, run and
+    /// answers.
     async fn serve_sqs(
         &self,
-        req: Request<Incoming>,
+        parts: Parts,
+        body: Incoming,
         operation: &str,
     ) -> Result<sqs::Reply, sqs::Error> {
-        if !self.authorized(&req) {
-            return Err(sqs::Error::AccessDenied);
-        }
         // Queue URLs name the host the client reached (a plain `host[:port]` only).
-        let host = req
-            .headers()
+        let host = parts
+            .headers
             .get(hyper::header::HOST)
             .and_then(|v| v.to_str().ok())
             .filter(|h| {
@@ -218,12 +273,13 @@ impl Control {
                         .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
             })
             .map_or_else(|| self.addr.to_string(), str::to_owned);
-        let body = http::read_body(req.into_body(), sqs::MAX_REQUEST_BYTES)
+        let body = http::read_body(body, sqs::MAX_REQUEST_BYTES)
             .await
             .map_err(|e| match e {
                 BodyError::TooLarge(_) => sqs::Error::RequestTooLarge,
                 BodyError::Broken => sqs::Error::BrokenBody,
             })?;
+        self.admit_aws(&parts, &body, sqs::SERVICE)?;
         let action = sqs::parse(operation, &body)?;
         tracing::debug!(operation, "SQS request");
         let context = sqs::Context {
@@ -234,11 +290,22 @@ impl Control {
         sqs::run(&context, action).await
     }
 
-    async fn parse(&self, req: Request<Incoming>, request_id: &str) -> Result<Action, Failure> {
-        let path = req.uri().path().to_owned();
-        let query = req.uri().query().map(str::to_owned);
+    async fn parse(
+        &self,
+        parts: Parts,
+        incoming: Incoming,
+        request_id: &str,
+    ) -> Result<Action, Failure> {
+        if lambda::is_lambda_path(parts.uri.path()) {
+            // The Lambda API is AWS-shaped: a signature covers the body, so read it first.
+            let payload = body(incoming, MAX_INVOKE_BODY, "Invoke").await?;
+            self.admit_aws(&parts, &payload, lambda::SERVICE)?;
+            return lambda::parse(&parts, payload, request_id);
+        }
+        let path = parts.uri.path().to_owned();
+        let query = parts.uri.query().map(str::to_owned);
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-        let method = req.method().clone();
+        let method = parts.method.clone();
         // The dashboard's files and its login need no credential (the login is one).
         match (&method, segments.as_slice()) {
             (&Method::GET, ["dashboard", "login"]) => {
@@ -255,31 +322,46 @@ impl Control {
             }
             _ => {}
         }
-        if !self.may_read(&req) {
+        if !self.may_read(&parts) {
             return Err(Failure::Unauthorized);
         }
-        let openmetrics = req
-            .headers()
+        let openmetrics = parts
+            .headers
             .get(hyper::header::ACCEPT)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|accept| accept.contains("application/openmetrics-text"));
         Ok(match (&method, segments.as_slice()) {
-            (&Method::POST, ["2015-03-31", "functions", name, "invocations"]) => {
-                let invocation_type = req
-                    .headers()
-                    .get(headers::INVOCATION_TYPE)
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                    .map_or(Ok(InvocationType::default()), |t| t.parse())?;
-                Action::Invoke(InvokeRequest {
-                    function: (*name).to_owned(),
-                    payload: body(req, MAX_INVOKE_BODY, "InvokeFunction").await?,
-                    invocation_type,
-                    request_id: request_id.to_owned(),
-                })
-            }
             (&Method::POST, ["admin", "functions"]) => {
-                Action::Deploy(body(req, MAX_ARCHIVE, "Deploy").await?)
+                Action::Deploy(body(incoming, MAX_ARCHIVE, "Deploy").await?)
             }
+            (&Method::POST, ["admin", "keys"]) => {
+                let bytes = body(incoming, 64 * 1024, "CreateKey").await?;
+                let request: CreateKey = serde_json::from_slice(&bytes)
+                    .map_err(|e| Failure::BadRequest(format!("expected {{\"name\": ...}}: {e}")))?;
+                Action::CreateKey(request.name)
+            }
+            (&Method::GET, ["admin", "keys"]) => Action::ListKeys,
+            (&Method::PUT, ["admin", "functions", function, "aliases", name]) => {
+                let bytes = body(incoming, 64 * 1024, "SetAlias").await?;
+                let alias: SetAlias = serde_json::from_slice(&bytes).map_err(|e| {
+                    Failure::BadRequest(format!("expected {{\"version\": N, ...}}: {e}"))
+                })?;
+                Action::SetAlias {
+                    function: (*function).to_owned(),
+                    name: (*name).to_owned(),
+                    alias,
+                }
+            }
+            (&Method::GET, ["admin", "functions", function, "aliases"]) => {
+                Action::ListAliases((*function).to_owned())
+            }
+            (&Method::DELETE, ["admin", "functions", function, "aliases", name]) => {
+                Action::DeleteAlias {
+                    function: (*function).to_owned(),
+                    name: (*name).to_owned(),
+                }
+            }
+            (&Method::DELETE, ["admin", "keys", name]) => Action::DeleteKey((*name).to_owned()),
             (&Method::GET, ["admin", "functions"]) => Action::ListFunctions,
             (&Method::DELETE, ["admin", "functions", name]) => {
                 Action::DeleteFunction((*name).to_owned())
@@ -295,7 +377,7 @@ impl Control {
                     .unwrap_or(DEFAULT_LOG_TAIL),
             },
             (&Method::GET, ["metrics"]) => Action::Metrics { openmetrics },
-            (&Method::POST, ["admin", "dashboard", "login"]) if self.authorized(&req) => {
+            (&Method::POST, ["admin", "dashboard", "login"]) if self.authorized(&parts) => {
                 Action::DashboardCode
             }
             (&Method::GET, ["admin", "cost"]) => {
@@ -313,13 +395,57 @@ impl Control {
 
     async fn run(&self, action: Action) -> shoal_core::Result<Reply> {
         Ok(match action {
-            Action::Invoke(request) => {
+            Action::Invoke { request, extras } => {
                 let request_id = request.request_id.clone();
+                let function = request.function.clone();
                 let invoked = self.platform.invoke(request).await?;
+                let log = match extras.log_tail {
+                    true => Some(
+                        self.platform
+                            .invocation_log(&function, &request_id, lambda::LOG_TAIL_BYTES)
+                            .await?,
+                    ),
+                    false => None,
+                };
                 Reply::Invoked {
                     request_id,
                     invoked,
+                    executed_latest: extras.executed_latest,
+                    log,
                 }
+            }
+            Action::CreateKey(name) => Reply::KeyCreated(self.platform.create_key(&name)?),
+            Action::ListKeys => Reply::Keys(KeyList {
+                keys: self.platform.keys()?,
+            }),
+            Action::DeleteKey(name) => {
+                self.platform.remove_key(&name)?;
+                Reply::Deleted(Deleted { deleted: name })
+            }
+            Action::SetAlias {
+                function,
+                name,
+                alias,
+            } => {
+                let additional = alias
+                    .additional_version
+                    .map(|v| (v, alias.additional_weight.unwrap_or(0.0)));
+                Reply::Alias(self.platform.set_alias(
+                    &function,
+                    &name,
+                    alias.version,
+                    additional,
+                )?)
+            }
+            Action::ListAliases(function) => Reply::Aliases(AliasList {
+                aliases: self.platform.aliases(&function)?,
+            }),
+            Action::DeleteAlias { function, name } => {
+                self.platform.remove_alias(&function, &name)?;
+                Reply::Deleted(Deleted { deleted: name })
+            }
+            Action::Lambda(call) => {
+                Reply::Lambda(lambda::run(&self.platform, call, &self.region).await?)
             }
             Action::Deploy(archive) => Reply::Deployed(DeployReply {
                 functions: self.platform.deploy(archive).await?,
@@ -389,37 +515,31 @@ impl Control {
 
 /// The SQS action a request names (`POST` with `X-Amz-Target: AmazonSQS.<Action>`, on
 /// any path: SDKs post to `/`, some to the queue's URL).
-fn sqs_operation(req: &Request<Incoming>) -> Option<&str> {
-    if req.method() != Method::POST {
+fn sqs_operation(parts: &Parts) -> Option<&str> {
+    if parts.method != Method::POST {
         return None;
     }
-    req.headers()
+    parts
+        .headers
         .get("x-amz-target")?
         .to_str()
         .ok()?
         .strip_prefix(sqs::TARGET_PREFIX)
 }
 
-async fn body(
-    req: Request<Incoming>,
-    limit: usize,
-    operation: &'static str,
-) -> Result<Bytes, Failure> {
-    http::read_body(req.into_body(), limit)
-        .await
-        .map_err(|e| match e {
-            BodyError::TooLarge(limit) => Failure::TooLarge { limit, operation },
-            BodyError::Broken => Failure::BrokenBody,
-        })
+async fn body(incoming: Incoming, limit: usize, operation: &'static str) -> Result<Bytes, Failure> {
+    http::read_body(incoming, limit).await.map_err(|e| match e {
+        BodyError::TooLarge(limit) => Failure::TooLarge { limit, operation },
+        BodyError::Broken => Failure::BrokenBody,
+    })
 }
 
 /// The function a path names, for error messages (`ResourceNotFoundException`).
 fn function_in_path(path: &str) -> Option<String> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segments.as_slice() {
-        ["2015-03-31", "functions", name, ..] | ["admin", "functions", name, ..] => {
-            Some((*name).to_owned())
-        }
+        ["2015-03-31", "functions", name, ..] => lambda::function_ref(name).ok().map(|(n, _)| n),
+        ["admin", "functions", name, ..] => Some((*name).to_owned()),
         _ => None,
     }
 }

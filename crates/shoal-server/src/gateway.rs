@@ -45,7 +45,8 @@ impl Gateway {
             .get("host")
             .and_then(|h| h.to_str().ok())
             .unwrap_or("localhost");
-        let request_id = shoal_core::new_request_id();
+        let request_id = gateway_request_id();
+        let lambda_request_id = shoal_core::new_request_id();
         let source_ip = remote.ip().to_string();
         let request = shoal_events::HttpRequest {
             method: parts.method.as_str(),
@@ -57,9 +58,20 @@ impl Gateway {
             request_id: &request_id,
             time_epoch_ms: shoal_core::now_ms(),
         };
-        let result = self.platform.invoke_http(&target, &request, host).await;
+        let result = self
+            .platform
+            .invoke_http(&target, &request, &lambda_request_id, host)
+            .await;
         respond::invoked(result, &request_id)
     }
+}
+
+/// An id in API Gateway's form (`JKJaXmPLvHcESHA=`): what `apigw-requestid` and the
+/// event's `requestContext.requestId` say, distinct from the Lambda request id.
+fn gateway_request_id() -> String {
+    use base64::Engine;
+    let random = uuid::Uuid::new_v4();
+    base64::engine::general_purpose::STANDARD.encode(&random.as_bytes()[..11])
 }
 
 impl Handler for Gateway {

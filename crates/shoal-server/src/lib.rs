@@ -14,6 +14,7 @@ mod control;
 mod dashboard;
 mod gateway;
 mod http;
+mod sigv4;
 mod sqs;
 
 use std::net::SocketAddr;
@@ -25,7 +26,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use shoal_core::{pack_dir, Platform, DEFAULT_MAX_LOG_BYTES};
+pub use shoal_core::{pack_dir, pack_dir_filtered, Platform, DEFAULT_MAX_LOG_BYTES};
 
 /// At shutdown, after the drain, how long open connections get to write their last
 /// answers before the daemon stops waiting for them.
@@ -64,6 +65,9 @@ pub struct Config {
     pub max_log_bytes: u64,
     /// Bounds and timing of the event store (async invokes, queues, schedules).
     pub events: shoal_core::EventsConfig,
+    /// The AWS region this daemon answers as: SigV4 signatures must be scoped to it and
+    /// ARNs name it.
+    pub region: String,
 }
 
 impl Config {
@@ -82,9 +86,13 @@ impl Config {
             allow_empty_store: false,
             max_log_bytes: DEFAULT_MAX_LOG_BYTES,
             events: shoal_core::EventsConfig::default(),
+            region: DEFAULT_REGION.to_owned(),
         }
     }
 }
+
+/// The region SDKs are configured with most often, so their defaults work.
+pub const DEFAULT_REGION: &str = "us-east-1";
 
 /// Invocations queued per function version by default.
 pub const DEFAULT_MAX_QUEUE: usize = 1000;
@@ -184,7 +192,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tokio::spawn(http::serve(
             control,
             stopped.clone(),
-            control::Control::new(platform.clone(), token.clone(), control_addr, stopped),
+            control::Control::new(
+                platform.clone(),
+                token.clone(),
+                config.region.clone(),
+                control_addr,
+                stopped,
+            ),
         )),
     ];
     Ok(Running {

@@ -8,7 +8,7 @@
 //! or an [`Error`] into SQS's answer — the only place this API chooses status codes and
 //! error codes. Nothing here keeps queue state: visibility, receive counts, redrive and
 //! durability are the backend's. Authentication is the control API's (the admin token,
-//! checked by the caller before [`parse`]).
+//! the admin token or a SigV4 signature, checked by the caller before [`parse`]).
 
 mod message;
 mod parse;
@@ -29,6 +29,9 @@ pub(crate) use respond::{failure, reply};
 pub(crate) use run::run;
 
 pub(crate) use shoal_api::sqs::TARGET_PREFIX;
+
+/// The service name SigV4 signatures for this API are scoped to.
+pub(crate) const SERVICE: &str = "sqs";
 
 /// The account every queue belongs to, in queue URLs and ARNs.
 const ACCOUNT: &str = "000000000000";
@@ -194,8 +197,9 @@ pub(crate) enum Reply {
 /// SQS's type, query code and status).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Error {
-    #[error("missing or wrong admin token (send Authorization: Bearer <token from the data directory's admin-token file>)")]
-    AccessDenied,
+    /// The token or signature was refused (`respond` picks SQS's code per reason).
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
     #[error("{0:?} is not an SQS action")]
     InvalidAction(String),
     #[error("{0}")]

@@ -1,4 +1,5 @@
-//! Real AWS SDKs against the SQS API on a running daemon.
+//! Real AWS SDKs against the SQS API on a running daemon, signing with SigV4 with a key
+//! the platform issued (`shoal keys create`), with no change to how they sign.
 //!
 //! - boto3 (`tests/sdk/sqs_boto3.py`, which installs boto3 with pip when this python3
 //!   lacks it or has one too old for SQS's JSON protocol): creates queues, sends (one, and
@@ -16,17 +17,17 @@ use std::process::{Command, Output};
 
 use support::TestServer;
 
-/// Run `program script endpoint token`, the script being one of `tests/sdk/`.
+/// Run `program script endpoint key_id secret`, the script being one of `tests/sdk/`.
 // Starting the SDK client is this test's job; the rule that only shoal-runtime spawns
 // processes is about the daemon's own code.
 #[allow(clippy::disallowed_methods)]
-fn client(program: &str, script: &str, endpoint: &str, token: &str) -> Output {
+fn client(program: &str, script: &str, endpoint: &str, key_id: &str, secret: &str) -> Output {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/sdk")
         .join(script);
     Command::new(program)
         .arg(script)
-        .args([endpoint, token])
+        .args([endpoint, key_id, secret])
         .output()
         .unwrap_or_else(|e| panic!("running {program} (the SDK tests need it on PATH): {e}"))
 }
@@ -34,10 +35,18 @@ fn client(program: &str, script: &str, endpoint: &str, token: &str) -> Output {
 async fn drive(program: &'static str, script: &'static str) {
     let server = TestServer::start().await;
     let endpoint = format!("http://{}", server.control);
-    let token = server.token.clone();
-    let output = tokio::task::spawn_blocking(move || client(program, script, &endpoint, &token))
-        .await
-        .unwrap();
+    let key = server.platform().create_key("sdk").unwrap();
+    let output = tokio::task::spawn_blocking(move || {
+        client(
+            program,
+            script,
+            &endpoint,
+            &key.access_key_id,
+            &key.secret_access_key,
+        )
+    })
+    .await
+    .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

@@ -8,7 +8,12 @@
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 #![forbid(unsafe_code)]
 
+mod aliases;
+mod keys;
 mod migrations;
+
+pub use aliases::AliasRecord;
+pub use keys::AccessKeyRecord;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -313,6 +318,19 @@ impl Store {
             .query_row(&sql, params![name, version], RawVersion::from_row)
             .optional()?;
         raw.map(RawVersion::decode).transpose()
+    }
+
+    /// Every version of a function still in the store, oldest first.
+    pub fn versions(&self, name: &str) -> Result<Vec<VersionRecord>> {
+        let sql =
+            format!("SELECT {VERSION_COLUMNS} FROM versions WHERE function = ?1 ORDER BY version");
+        let raws = {
+            let conn = self.conn();
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(params![name], RawVersion::from_row)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        raws.into_iter().map(RawVersion::decode).collect()
     }
 
     /// The current version of every function, sorted by function name.

@@ -49,6 +49,26 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE blobs ADD COLUMN tree_digest TEXT;
     ",
+    // 3: access keys for SigV4 (only the key id is kept: each secret is derived from a
+    // master key outside the database, so a copy of this file signs nothing), and aliases.
+    "
+    CREATE TABLE access_keys (
+        name          TEXT PRIMARY KEY NOT NULL,
+        access_key_id TEXT NOT NULL UNIQUE,
+        created_at_ms INTEGER NOT NULL
+    ) STRICT;
+
+    -- Lambda's aliases: a name for a version, optionally sending a share of the calls to
+    -- a second version (RoutingConfig). Gone with their function.
+    CREATE TABLE aliases (
+        function           TEXT NOT NULL REFERENCES functions(name) ON DELETE CASCADE,
+        name               TEXT NOT NULL,
+        version            INTEGER NOT NULL,
+        additional_version INTEGER,
+        additional_weight  REAL,
+        PRIMARY KEY (function, name)
+    ) STRICT;
+    ",
 ];
 
 /// Applies every step the database has not seen yet, each in its own transaction together

@@ -6,6 +6,7 @@
 
 mod client;
 mod commands;
+mod zip;
 
 use std::path::PathBuf;
 
@@ -35,7 +36,7 @@ enum Command {
     /// Start a throwaway platform, deploy examples/hello, and replay the seed's burst
     /// with Shoal's packing and with Lambda's one-invocation-per-instance model.
     Demo(commands::demo::Args),
-    /// Package DIR (with its shoal.toml) and deploy it as new versions.
+    /// Deploy a directory (shoal.toml or serverless.yml) or a Lambda .zip as new versions.
     Deploy(commands::deploy::Args),
     /// Call a function through the Lambda Invoke API and print the result.
     Invoke(commands::invoke::Args),
@@ -53,6 +54,10 @@ enum Command {
     Cost(commands::cost::Args),
     /// Print the live dashboard's URL and a one-time login link.
     Dashboard,
+    /// Access keys for AWS SDKs and the AWS CLI (SigV4): create, ls, rm.
+    Keys(commands::keys::Args),
+    /// Lambda aliases, with weighted routing between two versions: set, ls, rm.
+    Alias(commands::alias::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -96,6 +101,8 @@ fn main() -> std::process::ExitCode {
             Command::Queue(args) => commands::queue::run(&client()?, args).await,
             Command::Cost(args) => commands::cost::run(&client()?, args).await,
             Command::Dashboard => commands::dashboard::run(&client()?).await,
+            Command::Keys(args) => commands::keys::run(&client()?, args).await,
+            Command::Alias(args) => commands::alias::run(&client()?, args).await,
         }
     });
     match result {

@@ -361,6 +361,29 @@ test('context values', async () => {
   assert.strictEqual((await h.result(10)).value.remaining, 0);
 });
 
+test('INVOKE_CTX carries the client context; HELLO says the runtime reads it', async () => {
+  const h = await start(
+    { 'index.js': 'exports.handler = async (event, context) => ({ event, cc: context.clientContext ?? null });' },
+    'index.handler'
+  );
+  const hello = JSON.parse((await h.hello()).text);
+  assert.deepStrictEqual(hello.features, ['client_context']);
+  const rid = Buffer.from('ctx-1', 'utf8');
+  const pre = Buffer.alloc(10);
+  pre.writeBigUInt64BE(BigInt(Date.now() + 10000), 0);
+  pre.writeUInt16BE(rid.length, 8);
+  const cc = Buffer.from(JSON.stringify({ custom: { k: 'v' } }), 'utf8');
+  const ccLen = Buffer.alloc(4);
+  ccLen.writeUInt32BE(cc.length, 0);
+  const ev = Buffer.from(JSON.stringify({ a: 1 }), 'utf8');
+  await h.send(encodeFrame(6, 11, Buffer.concat([pre, rid, ccLen, cc, ev])));
+  const r = await h.result(11);
+  assert.deepStrictEqual(r.value, { event: { a: 1 }, cc: { custom: { k: 'v' } } });
+  // A plain INVOKE leaves it undefined.
+  await h.invoke(12, { b: 2 });
+  assert.deepStrictEqual((await h.result(12)).value, { event: { b: 2 }, cc: null });
+});
+
 test('10 slow invocations run concurrently and results match their ids', async () => {
   // Each call waits until all ten have started, which only happens if they run at once
   // (one at a time, the first would wait forever); then they finish in reverse order.

@@ -77,6 +77,12 @@ fn invocation(assigned: super::Assigned, arn: String) -> Response<Full<Bytes>> {
     );
     set("lambda-runtime-invoked-function-arn", arn);
     set("lambda-runtime-aws-request-id", assigned.request_id);
+    if let Some(context) = assigned.client_context {
+        set(
+            "lambda-runtime-client-context",
+            String::from_utf8_lossy(&context).into_owned(),
+        );
+    }
     response
 }
 

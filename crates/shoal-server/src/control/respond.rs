@@ -9,13 +9,13 @@ use hyper::{Response, StatusCode};
 use shoal_api::{headers, ErrorBody};
 use shoal_core::{ArchiveError, Error, InvokeOutcome};
 
+use super::lambda::ACCOUNT;
 use super::{Failure, Reply};
+use crate::auth::AuthError;
 use crate::http::{self, Body};
 
 /// Seconds a throttled caller is told to wait.
 const RETRY_AFTER_SECS: u64 = 1;
-/// The ARN prefix of functions in error messages, as Lambda writes them.
-const FUNCTION_ARN: &str = "arn:aws:lambda:local:000000000000:function:";
 /// OpenMetrics text, as Prometheus negotiates it.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// Prometheus's older text format, for clients that do not ask for OpenMetrics.
@@ -26,6 +26,8 @@ pub(super) fn reply(reply: Reply) -> Response<Body> {
         Reply::Invoked {
             request_id,
             invoked,
+            executed_latest,
+            log,
         } => {
             let mut response = match invoked.outcome {
                 InvokeOutcome::Success(body) => {
@@ -44,13 +46,23 @@ pub(super) fn reply(reply: Reply) -> Response<Body> {
                 }
             };
             insert(&mut response, headers::REQUEST_ID, &request_id);
-            insert(
-                &mut response,
-                headers::EXECUTED_VERSION,
-                &invoked.version.to_string(),
-            );
+            let executed = match executed_latest {
+                true => "$LATEST".to_owned(),
+                false => invoked.version.to_string(),
+            };
+            insert(&mut response, headers::EXECUTED_VERSION, &executed);
+            if let Some(log) = log {
+                use base64::Engine;
+                let encoded = base64::engine::general_purpose::STANDARD.encode(log);
+                insert(&mut response, "x-amz-log-result", &encoded);
+            }
             response
         }
+        Reply::KeyCreated(key) => http::json(StatusCode::CREATED, &key),
+        Reply::Keys(keys) => http::json(StatusCode::OK, &keys),
+        Reply::Lambda(answer) => http::json(StatusCode::OK, &answer.0),
+        Reply::Alias(alias) => http::json(StatusCode::OK, &alias),
+        Reply::Aliases(list) => http::json(StatusCode::OK, &list),
         Reply::Deployed(deployed) => http::json(StatusCode::CREATED, &deployed),
         Reply::Functions(list) => http::json(StatusCode::OK, &list),
         Reply::Deleted(deleted) => http::json(StatusCode::OK, &deleted),
@@ -103,6 +115,7 @@ pub(super) fn failure(
     failure: &Failure,
     function: Option<&str>,
     request_id: &str,
+    region: &str,
 ) -> Response<Body> {
     let function = function.unwrap_or("-");
     let mut response = match failure {
@@ -115,6 +128,12 @@ pub(super) fn failure(
             StatusCode::UNAUTHORIZED,
             "text/plain; charset=utf-8",
             "This login link was already used, has expired, or is wrong: run `shoal dashboard` for a new one.\n",
+        ),
+        Failure::Auth(error) => auth_error(error, request_id),
+        Failure::BadRequest(message) => aws_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidParameterValueException",
+            message,
         ),
         Failure::NoRoute { method, path } => aws_error(
             StatusCode::NOT_FOUND,
@@ -131,20 +150,52 @@ pub(super) fn failure(
             "InvalidRequestContentException",
             "the request body could not be read (the connection broke or the encoding is invalid)",
         ),
-        Failure::Platform(error) => platform_error(error, function, request_id),
+        Failure::Platform(error) => platform_error(error, function, request_id, region),
     };
     insert(&mut response, headers::REQUEST_ID, request_id);
     response
 }
 
-fn platform_error(error: &Error, function: &str, request_id: &str) -> Response<Body> {
+/// A refused credential, in the Lambda API's shapes (the SDKs match the type names).
+fn auth_error(error: &AuthError, request_id: &str) -> Response<Body> {
+    use crate::sigv4::SigError;
+    let (status, error_type) = match error {
+        AuthError::Missing => (StatusCode::UNAUTHORIZED, "UnauthorizedException"),
+        AuthError::Signature(SigError::Incomplete(_)) => {
+            (StatusCode::FORBIDDEN, "IncompleteSignatureException")
+        }
+        AuthError::Signature(SigError::UnknownKey) => {
+            (StatusCode::FORBIDDEN, "UnrecognizedClientException")
+        }
+        AuthError::Signature(_) => (StatusCode::FORBIDDEN, "InvalidSignatureException"),
+        AuthError::Lookup(error) => return internal(error, request_id),
+    };
+    aws_error(status, error_type, &error.to_string())
+}
+
+fn platform_error(error: &Error, function: &str, request_id: &str, region: &str) -> Response<Body> {
     let user = |status, error_type: &str| aws_error(status, error_type, &shoal_core::chain(error));
+    let arn = |name: &str| format!("arn:aws:lambda:{region}:{ACCOUNT}:function:{name}");
     match error {
         Error::FunctionNotFound(name) => aws_error(
             StatusCode::NOT_FOUND,
             "ResourceNotFoundException",
-            &format!("Function not found: {FUNCTION_ARN}{name}"),
+            &format!("Function not found: {}", arn(name)),
         ),
+        Error::QualifierNotFound {
+            function,
+            qualifier,
+        } => aws_error(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFoundException",
+            &format!("Function not found: {}:{qualifier}", arn(function)),
+        ),
+        Error::QualifiedEvent { .. } | Error::InvalidAlias(_) => {
+            user(StatusCode::BAD_REQUEST, "InvalidParameterValueException")
+        }
+        Error::InvalidKeyName(_) => user(StatusCode::BAD_REQUEST, "InvalidParameterValueException"),
+        Error::KeyExists(_) => user(StatusCode::CONFLICT, "ResourceConflictException"),
+        Error::KeyNotFound(_) => user(StatusCode::NOT_FOUND, "ResourceNotFoundException"),
         Error::InvalidPayload(source) => aws_error(
             StatusCode::BAD_REQUEST,
             "InvalidRequestContentException",
@@ -256,7 +307,7 @@ mod tests {
             path: "/secret/data-dir/logs/f.log".into(),
             source: std::io::Error::other("disk on fire"),
         };
-        let response = platform_error(&error, "f", "req-1");
+        let response = platform_error(&error, "f", "req-1", "us-east-1");
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(response.headers()["x-amzn-errortype"], "ServiceException");
         let body = text(response).await;
@@ -284,6 +335,8 @@ mod tests {
                     version: 1,
                     outcome,
                 },
+                executed_latest: true,
+                log: None,
             });
             let mut names: Vec<&str> = response.headers().keys().map(|n| n.as_str()).collect();
             names.retain(|n| *n != headers::FUNCTION_ERROR);
@@ -303,7 +356,7 @@ mod tests {
     #[tokio::test]
     async fn a_function_failure_is_a_200_with_the_function_error_header() {
         let error = Error::FunctionTimeout(std::time::Duration::from_secs(3));
-        let response = platform_error(&error, "f", "req-2");
+        let response = platform_error(&error, "f", "req-2", "us-east-1");
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()[headers::FUNCTION_ERROR], "Unhandled");
         assert!(text(response).await.contains("Sandbox.Timedout"));

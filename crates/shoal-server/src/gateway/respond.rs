@@ -97,6 +97,12 @@ fn error_response(error: &Error, request_id: &str) -> Response<Body> {
         | Error::Manifest(_)
         | Error::Unsupported { .. }
         | Error::RouteConflict(_)
+        | Error::QualifierNotFound { .. }
+        | Error::QualifiedEvent { .. }
+        | Error::InvalidAlias(_)
+        | Error::InvalidKeyName(_)
+        | Error::KeyExists(_)
+        | Error::KeyNotFound(_)
         | Error::Store(_)
         | Error::Events { .. }
         | Error::Queue(_)

@@ -10,7 +10,9 @@ use shoal_api::sqs::{BatchResult, BatchResultErrorEntry, CONTENT_TYPE, QUERY_ERR
 use shoal_api::{headers, ErrorBody};
 
 use super::{Error, Failed, Reply};
+use crate::auth::AuthError;
 use crate::http::{self, Body};
+use crate::sigv4::SigError;
 
 /// How SQS answers one error.
 struct Shape {
@@ -23,7 +25,31 @@ struct Shape {
 
 fn shape(error: &Error) -> Shape {
     let (status, name, code) = match error {
-        Error::AccessDenied => (StatusCode::FORBIDDEN, "AccessDenied", "AccessDenied"),
+        Error::Auth(AuthError::Missing) => (StatusCode::FORBIDDEN, "AccessDenied", "AccessDenied"),
+        Error::Auth(AuthError::Signature(SigError::Incomplete(_))) => (
+            StatusCode::FORBIDDEN,
+            "IncompleteSignature",
+            "IncompleteSignature",
+        ),
+        Error::Auth(AuthError::Signature(SigError::UnknownKey)) => (
+            StatusCode::FORBIDDEN,
+            "InvalidClientTokenId",
+            "InvalidClientTokenId",
+        ),
+        Error::Auth(AuthError::Signature(
+            SigError::Expired { .. }
+            | SigError::NotYetCurrent { .. }
+            | SigError::PresignExpired { .. },
+        )) => (
+            StatusCode::FORBIDDEN,
+            "InvalidSignatureException",
+            "InvalidSignatureException",
+        ),
+        Error::Auth(AuthError::Signature(_)) => (
+            StatusCode::FORBIDDEN,
+            "SignatureDoesNotMatch",
+            "SignatureDoesNotMatch",
+        ),
         Error::InvalidAction(_) => (StatusCode::BAD_REQUEST, "InvalidAction", "InvalidAction"),
         Error::UnsupportedOperation(_) => (
             StatusCode::BAD_REQUEST,
@@ -106,7 +132,7 @@ fn shape(error: &Error) -> Shape {
             "RequestThrottled",
             "RequestThrottled",
         ),
-        Error::Internal(_) => (
+        Error::Internal(_) | Error::Auth(AuthError::Lookup(_)) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "InternalFailure",
             "InternalFailure",
@@ -121,6 +147,10 @@ fn message(error: &Error, request_id: &str) -> String {
     match error {
         Error::Internal(source) => {
             tracing::error!(request_id, error = %source, "SQS request failed");
+            format!("internal error; the daemon's log has the details (request id {request_id})")
+        }
+        Error::Auth(AuthError::Lookup(source)) => {
+            tracing::error!(request_id, error = %shoal_core::chain(source), "SQS request failed");
             format!("internal error; the daemon's log has the details (request id {request_id})")
         }
         _ => error.to_string(),

@@ -1,10 +1,9 @@
 """The AWS SDK for Python (boto3) against a running Shoal daemon's SQS API.
 
-Usage: python3 sqs_boto3.py ENDPOINT TOKEN   (ENDPOINT like http://127.0.0.1:PORT)
+Usage: python3 sqs_boto3.py ENDPOINT ACCESS_KEY_ID SECRET   (ENDPOINT like http://127.0.0.1:PORT)
 
-Run by `crates/shoal-server/tests/sqs_sdk.rs`. boto3 signs with SigV4; Shoal takes the
-admin token for now, so a hook replaces the Authorization header just before each request
-is sent. Installs boto3 with pip when it is missing or too old to speak SQS's JSON
+Run by `crates/shoal-server/tests/sqs_sdk.rs` with a key from `shoal keys create`: boto3
+signs every request with SigV4, unchanged. Installs boto3 with pip when it is missing or too old to speak SQS's JSON
 protocol. Exits non-zero with the failed check on any mismatch; prints
 "N passed, 0 failed" at the end.
 """
@@ -80,7 +79,7 @@ def attributes_md5(attributes: dict) -> str:
 
 
 def main() -> None:
-    endpoint, token = sys.argv[1], sys.argv[2]
+    endpoint, key_id, secret = sys.argv[1], sys.argv[2], sys.argv[3]
     ensure_boto3()
     import boto3
     from botocore.config import Config
@@ -89,15 +88,10 @@ def main() -> None:
         "sqs",
         endpoint_url=endpoint,
         region_name="us-east-1",
-        aws_access_key_id="shoal",
-        aws_secret_access_key="shoal",
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
         config=Config(retries={"max_attempts": 1, "mode": "standard"}),
     )
-
-    def bearer(request, **_):
-        request.headers["Authorization"] = f"Bearer {token}"
-
-    sqs.meta.events.register("before-send.sqs.*", bearer)
     check(sqs.meta.service_model.protocol == "json", "boto3 speaks SQS's JSON protocol")
 
     # Queues.
@@ -248,6 +242,21 @@ def main() -> None:
     sqs.delete_queue(QueueUrl=dlq_url)
     left = sqs.list_queues(QueueNamePrefix="sdk-").get("QueueUrls", [])
     check(left == [], f"queues left {left}")
+
+    forged = boto3.client(
+        "sqs",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret + "x",
+        config=Config(retries={"max_attempts": 1, "mode": "standard"}),
+    )
+    try:
+        forged.list_queues()
+        check(False, "a wrong secret is refused")
+    except forged.exceptions.ClientError as e:
+        code = e.response["Error"]["Code"]
+        check(code == "SignatureDoesNotMatch", f"wrong secret: {code}")
 
     print(f"{CHECKS} passed, 0 failed")
 

@@ -1,9 +1,10 @@
 // The AWS SDK for JavaScript v3 (@aws-sdk/client-sqs) against a running Shoal daemon's SQS
-// API. Usage: node sqs_js.mjs ENDPOINT TOKEN. Run by crates/shoal-server/tests/sqs_sdk.rs.
+// API. Usage: node sqs_js.mjs ENDPOINT ACCESS_KEY_ID SECRET. Run by
+// crates/shoal-server/tests/sqs_sdk.rs with a key from `shoal keys create`.
 //
 // This SDK checks the MD5 digest of every body it sends and receives (its
-// middleware-sdk-sqs), so a wrong digest fails the call. It signs with SigV4; a
-// middleware swaps the signature for the admin token Shoal takes for now. Installs the
+// middleware-sdk-sqs), so a wrong digest fails the call. It signs with SigV4, unchanged.
+// Installs the
 // SDK with npm beside this file when it is missing. Prints "N passed, 0 failed" at the end.
 
 import { spawnSync } from "node:child_process";
@@ -39,20 +40,13 @@ const {
   QueueDoesNotExist,
 } = sqsModule;
 
-const [endpoint, token] = process.argv.slice(2);
+const [endpoint, accessKeyId, secretAccessKey] = process.argv.slice(2);
 const sqs = new SQSClient({
   endpoint,
   region: "us-east-1",
-  credentials: { accessKeyId: "shoal", secretAccessKey: "shoal" },
+  credentials: { accessKeyId, secretAccessKey },
   maxAttempts: 1,
 });
-sqs.middlewareStack.add(
-  (next) => async (args) => {
-    args.request.headers.authorization = `Bearer ${token}`;
-    return next(args);
-  },
-  { step: "finalizeRequest", name: "shoalBearer", priority: "low" },
-);
 
 let checks = 0;
 const check = (condition, what) => {

@@ -15,6 +15,10 @@ pub struct Args {
     /// Control API address (admin, Invoke API, metrics). Keep it on loopback.
     #[arg(long, default_value = "127.0.0.1:9001")]
     control_listen: SocketAddr,
+    /// The AWS region this daemon answers as: SDKs and the AWS CLI sign for it, and ARNs
+    /// name it.
+    #[arg(long, default_value = shoal_server::DEFAULT_REGION)]
+    region: String,
     /// The node binary for Node.js functions.
     #[arg(long, default_value = "node")]
     node: PathBuf,
@@ -94,6 +98,7 @@ pub async fn run(data_dir: &Path, args: Args) -> anyhow::Result<ExitCode> {
         uid_base: args.sandbox_uid_base,
         uid_count: args.sandbox_uid_count,
     };
+    config.region = args.region.clone();
     config.max_log_bytes = args.max_log_mib.saturating_mul(1024 * 1024);
     config.events = shoal_core::EventsConfig {
         max_pending_messages: args.max_pending_events,
