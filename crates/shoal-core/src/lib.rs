@@ -12,6 +12,7 @@
 
 mod archive;
 mod code;
+mod cost;
 mod datadir;
 mod deploy;
 mod error;
@@ -21,6 +22,7 @@ mod keys;
 mod lambda;
 mod logs;
 mod metrics;
+mod report;
 mod status;
 
 use std::path::PathBuf;
@@ -33,10 +35,12 @@ use shoal_runtime::{LauncherConfig, ProcessLauncher};
 use shoal_store::Store;
 
 pub use archive::{pack_dir, pack_dir_filtered, ArchiveError};
+pub use cost::{lambda_prices, LAMBDA_PRICES_SOURCE};
 pub use error::{chain, Error, Result};
 pub use invoke::{new_request_id, InvocationType, InvokeOutcome, InvokeRequest, Invoked};
 pub use lambda::VersionDetail;
 pub use logs::{now_ms, DEFAULT_MAX_LOG_BYTES};
+pub use metrics::prometheus_text;
 pub use shoal_api as api;
 pub use shoal_queue::QueueError;
 pub use shoal_runtime::sandbox::{SandboxConfig, SandboxMode};

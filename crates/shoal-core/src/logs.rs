@@ -102,10 +102,20 @@ impl LogStore {
     }
 
     pub fn append(&self, function: &str, record: &LogRecord) {
-        let Ok(mut line) = serde_json::to_vec(record) else {
+        self.append_all(function, std::slice::from_ref(record));
+    }
+
+    /// Several records in one write (a call's `END` and `REPORT` lines).
+    pub fn append_all(&self, function: &str, records: &[LogRecord]) {
+        let mut line = Vec::new();
+        for record in records {
+            if serde_json::to_writer(&mut line, record).is_ok() {
+                line.push(b'\n');
+            }
+        }
+        if line.is_empty() {
             return;
-        };
-        line.push(b'\n');
+        }
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         if !files.contains_key(function) {
             match self.open(function) {
@@ -169,6 +179,53 @@ impl LogStore {
     /// A platform message about one invocation (e.g. why it failed), in the same log.
     pub fn system(&self, function: &str, instance: &str, request_id: &str, message: String) {
         self.platform(function, instance, Some(request_id), message);
+    }
+
+    /// Lambda's `START`, `END` and `REPORT` lines (stream `platform`, no level), in one
+    /// write: a call's own lines are never split by another's.
+    pub fn lifecycle(&self, function: &str, instance: &str, request_id: &str, messages: &[String]) {
+        let ts = now_ms();
+        let records: Vec<LogRecord> = messages
+            .iter()
+            .map(|message| LogRecord {
+                ts,
+                instance: instance.to_owned(),
+                request_id: Some(request_id.to_owned()),
+                stream: "platform".into(),
+                level: None,
+                message: message.clone(),
+            })
+            .collect();
+        self.append_all(function, &records);
+    }
+
+    /// Every record still on disk for `function` whose line contains `needle`, oldest
+    /// first, passed to `each` one at a time (nothing is collected: a log may hold tens
+    /// of MiB). Lines without the needle are not parsed.
+    pub fn scan(
+        &self,
+        function: &str,
+        needle: &str,
+        mut each: impl FnMut(LogRecord),
+    ) -> std::io::Result<()> {
+        let segments = self.segments(function)?;
+        for segment in segments {
+            let mut reader = BufReader::new((&segment.file).take(segment.len));
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                if reader.read_until(b'\n', &mut line)? == 0 {
+                    break;
+                }
+                if !contains(&line, needle.as_bytes()) {
+                    continue;
+                }
+                if let Ok(record) = serde_json::from_slice::<LogRecord>(&line) {
+                    each(record);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A platform record (stream `platform`, level ERROR) in `function`'s log.
@@ -254,6 +311,10 @@ impl LogStore {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// One log file as a stretch of the function's log stream.
