@@ -166,6 +166,7 @@ impl Platform {
             LogStore::new(logs_dir.clone(), config.max_log_bytes)
                 .map_err(|source| Error::io("creating the log directory", &logs_dir, source))?,
         );
+        logs.start_flusher();
         let launcher = Arc::new(
             ProcessLauncher::new(
                 LauncherConfig {
@@ -274,6 +275,9 @@ impl Platform {
     pub async fn shutdown(&self) {
         self.events.stop_all();
         self.persist_learned_limits();
+
         self.dispatcher.shutdown(self.shutdown_grace).await;
+        // What the instances printed while they drained.
+        self.logs.flush_all();
     }
 }
