@@ -117,14 +117,29 @@ def main() -> int:
         json_path.with_suffix(".md").write_text(report(view, res, command))
         log(f"report re-rendered from {json_path}")
         return 0
+    # How long each scenario took last time (per mode), for the "about N s left" estimate.
+    durations_key = "_durations_quick" if args.quick else "_durations"
+    out_path = Path(args.out)
+    previous_json = (out_path.parent / (out_path.stem + ".json")) if out_path.suffix == ".md" else out_path / "BENCHMARKS.json"
+    try:
+        previous = json.loads(previous_json.read_text()).get(durations_key, {}) if previous_json.exists() else {}
+    except (OSError, ValueError):
+        previous = {}
+    durations: dict[str, float] = {}
+    bench_started = time.monotonic()
     try:
         run = Run(args)
         res: dict = {}
         burst_sizes = {"seed-burst-10": 4 if args.quick else 10, "seed-burst-100": 12 if args.quick else 100}
         loads: dict[str, str] = {}
-        for scenario in chosen:
+        for index, scenario in enumerate(chosen):
             started = time.monotonic()
             before = os.getloadavg()
+            left = chosen[index:]
+            mean = sum(durations.values()) / len(durations) if durations else None
+            guesses = [previous.get(x, mean) for x in left]
+            eta = f", about {sum(guesses):.0f} s left" if all(g is not None for g in guesses) else ""
+            log(f"[{index + 1}/{len(chosen)}] {scenario} (elapsed {started - bench_started:.0f} s{eta})")
             if scenario in burst_sizes:
                 res[scenario] = run.seed_burst(scenario, burst_sizes[scenario])
             elif scenario.startswith("python-") and scenario[len("python-"):] in burst_sizes:
@@ -151,11 +166,12 @@ def main() -> int:
                 res[scenario] = run.queue_throughput()
             elif scenario == "queue-packing":
                 res[scenario] = run.queue_packing()
+            durations[scenario] = time.monotonic() - started
             after = os.getloadavg()
             # What else the machine was doing: the 1-minute load average as the scenario
             # started (mostly other work) and as it ended (its own included).
             loads[scenario] = f"load average {before[0]:.2f} before, {after[0]:.2f} after (1 min)"
-            log(f"{scenario} done in {time.monotonic() - started:.0f} s ({loads[scenario]})")
+            log(f"{scenario} done in {durations[scenario]:.0f} s ({loads[scenario]})")
         res["_load"] = loads
     except BenchError as e:
         print(f"bench: {e}", file=sys.stderr)
@@ -175,6 +191,7 @@ def main() -> int:
         runs = kept + runs
         res = {**old, **res, "_load": {**old.get("_load", {}), **res.get("_load", {})}}
     res["_runs"] = runs
+    res[durations_key] = {**previous, **durations}
     text = report(run, res, command)
     if out.suffix == ".md":
         out.write_text(text)

@@ -218,6 +218,9 @@ pub struct InstanceReport {
     pub pss_kib: Option<u64>,
     /// User + system CPU time so far.
     pub cpu_ms: Option<u64>,
+    /// The concurrency controller's Little's-law target L*, once measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub littles_law: Option<f64>,
 }
 
 /// `GET /admin/functions/{name}/logs`: records and the offset to continue from.
@@ -259,4 +262,57 @@ pub mod headers {
     pub const FUNCTION_ERROR: &str = "x-amz-function-error";
     pub const REQUEST_ID: &str = "x-amzn-requestid";
     pub const EXECUTED_VERSION: &str = "x-amz-executed-version";
+}
+
+/// Lambda's prices the bill is computed with (`shoal cost`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prices {
+    /// US dollars per GB-second of configured memory × billed duration.
+    pub gb_second_usd: f64,
+    /// US dollars per request.
+    pub request_usd: f64,
+    /// Where the figures come from and when they were read (or "overridden").
+    pub source: String,
+}
+
+/// `GET /admin/cost`: what Lambda would bill for the calls of a window, next to what
+/// Shoal's instances used for them, per function and in total.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CostReport {
+    /// The window, Unix epoch ms.
+    pub since_ms: u64,
+    pub until_ms: u64,
+    pub prices: Prices,
+    pub functions: Vec<FunctionCost>,
+    pub total: FunctionCost,
+}
+
+/// One function's calls over the window (or the total: `function` is `"total"`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct FunctionCost {
+    pub function: String,
+    /// Calls that reached an instance (each has a `REPORT` line).
+    pub invocations: u64,
+    pub cold_starts: u64,
+    /// Lambda's side: billed milliseconds (init included), GB-seconds at the configured
+    /// memory, and dollars (compute + requests).
+    pub lambda_billed_ms: u64,
+    pub lambda_gb_seconds: f64,
+    pub lambda_usd: f64,
+    /// Shoal's side: instance time spent with calls in flight (each call's share summed)
+    /// or starting, the same at the configured memory, measured resident memory × that
+    /// time, and CPU.
+    pub shoal_instance_seconds: f64,
+    pub shoal_configured_gb_seconds: f64,
+    pub shoal_measured_gb_seconds: f64,
+    pub shoal_cpu_seconds: f64,
+}
+
+/// `POST /admin/dashboard/login`: where the dashboard is, and a link that logs a browser
+/// in once (the code in it is good for one use, for a short while).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DashboardLogin {
+    pub url: String,
+    pub login_url: String,
+    pub expires_in_seconds: u64,
 }

@@ -237,19 +237,53 @@ impl Platform {
         );
         async {
             let arrived = std::time::Instant::now();
-            let (version, result) = self
+            // START is written when an instance takes the call, before the handler prints.
+            let on_start: shoal_dispatch::OnStart = {
+                let logs = self.logs.clone();
+                let function = function.to_owned();
+                let request_id = request_id.to_owned();
+                let shown = version
+                    .or_else(|| self.dispatcher.active_version(&function))
+                    .unwrap_or(0);
+                std::sync::Arc::new(move |instance: &str| {
+                    logs.lifecycle(
+                        &function,
+                        instance,
+                        &request_id,
+                        &[crate::report::start_line(&request_id, shown)],
+                    )
+                })
+            };
+            let (version, result, call) = self
                 .dispatcher
-                .invoke_version(
+                .invoke_reported(
                     function,
                     version,
                     request_id.to_owned(),
                     payload,
                     client_context,
+                    Some(on_start),
                 )
                 .await;
             let result = result.map_err(Error::from);
+            let outcome = outcome_label(&result);
             self.metrics
-                .observe(function, outcome_label(&result), ran(&result, arrived));
+                .observe(function, outcome, ran(&result, arrived));
+            if let Some(call) = &call {
+                let status = match &result {
+                    Err(Error::FunctionTimeout(_)) => Some("timeout"),
+                    Err(_) => Some("error"),
+                    Ok(_) => None,
+                };
+                let report = crate::report::Report::from_call(request_id, call, status);
+                self.metrics.observe_call(function, call);
+                self.logs.lifecycle(
+                    function,
+                    &call.instance,
+                    request_id,
+                    &[crate::report::end_line(request_id), report.to_string()],
+                );
+            }
             match &result {
                 Ok(Outcome::Success(_)) => tracing::debug!("invocation succeeded"),
                 Ok(Outcome::FunctionError { error_type, body }) => {

@@ -12,6 +12,7 @@
 
 mod archive;
 mod code;
+mod cost;
 mod datadir;
 mod deploy;
 mod error;
@@ -21,6 +22,7 @@ mod keys;
 mod lambda;
 mod logs;
 mod metrics;
+mod report;
 mod status;
 
 use std::path::PathBuf;
@@ -33,10 +35,12 @@ use shoal_runtime::{LauncherConfig, ProcessLauncher};
 use shoal_store::Store;
 
 pub use archive::{pack_dir, pack_dir_filtered, ArchiveError};
+pub use cost::{lambda_prices, LAMBDA_PRICES_SOURCE};
 pub use error::{chain, Error, Result};
 pub use invoke::{new_request_id, InvocationType, InvokeOutcome, InvokeRequest, Invoked};
 pub use lambda::VersionDetail;
 pub use logs::{now_ms, DEFAULT_MAX_LOG_BYTES};
+pub use metrics::prometheus_text;
 pub use shoal_api as api;
 pub use shoal_queue::QueueError;
 pub use shoal_runtime::sandbox::{SandboxConfig, SandboxMode};
@@ -162,6 +166,7 @@ impl Platform {
             LogStore::new(logs_dir.clone(), config.max_log_bytes)
                 .map_err(|source| Error::io("creating the log directory", &logs_dir, source))?,
         );
+        logs.start_flusher();
         let launcher = Arc::new(
             ProcessLauncher::new(
                 LauncherConfig {
@@ -270,6 +275,9 @@ impl Platform {
     pub async fn shutdown(&self) {
         self.events.stop_all();
         self.persist_learned_limits();
+
         self.dispatcher.shutdown(self.shutdown_grace).await;
+        // What the instances printed while they drained.
+        self.logs.flush_all();
     }
 }

@@ -29,6 +29,12 @@ pub const DEFAULT_MAX_LOG_BYTES: u64 = 32 * 1024 * 1024;
 const PAGE_BYTES: u64 = 4 * 1024 * 1024;
 /// How far back a read without `since` looks for its last `tail` records.
 const TAIL_WINDOW: u64 = 1024 * 1024;
+/// Records are gathered per function and written together once this many bytes wait, at
+/// the latest after [`FLUSH_EVERY`], and before any read: one `write` per many calls
+/// instead of two per call (`START`, then `END` + `REPORT`). A `kill -9` of the daemon
+/// loses at most that last moment of log lines, never anything a read already returned.
+const FLUSH_BYTES: usize = 64 * 1024;
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 pub(crate) struct LogStore {
     dir: PathBuf,
@@ -41,10 +47,30 @@ pub(crate) struct LogStore {
 /// A function's current log file, open for appending.
 struct Open {
     file: File,
-    /// Its length: what rotation is decided on.
+    /// Its length, counting the records still waiting in `pending`: what rotation is
+    /// decided on.
     len: u64,
     /// The stream offset of its first byte.
     base: u64,
+    /// Records not yet written (see [`FLUSH_BYTES`]).
+    pending: Vec<u8>,
+}
+
+impl Open {
+    /// Write what waits. A failed write is logged; whatever part reached the file counts,
+    /// so offsets stay true.
+    fn flush(&mut self, function: &str) {
+        if self.pending.is_empty() {
+            return;
+        }
+        if let Err(e) = self.file.write_all(&self.pending) {
+            tracing::warn!(function, error = %e, "cannot write log file");
+            if let Ok(meta) = self.file.metadata() {
+                self.len = meta.len();
+            }
+        }
+        self.pending.clear();
+    }
 }
 
 impl LogStore {
@@ -98,14 +124,25 @@ impl LogStore {
             file,
             len,
             base: self.stored_base(function),
+            pending: Vec::new(),
         })
     }
 
     pub fn append(&self, function: &str, record: &LogRecord) {
-        let Ok(mut line) = serde_json::to_vec(record) else {
+        self.append_all(function, std::slice::from_ref(record));
+    }
+
+    /// Several records in one write (a call's `END` and `REPORT` lines).
+    pub fn append_all(&self, function: &str, records: &[LogRecord]) {
+        let mut line = Vec::new();
+        for record in records {
+            if serde_json::to_writer(&mut line, record).is_ok() {
+                line.push(b'\n');
+            }
+        }
+        if line.is_empty() {
             return;
-        };
-        line.push(b'\n');
+        }
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         if !files.contains_key(function) {
             match self.open(function) {
@@ -123,6 +160,7 @@ impl LogStore {
         };
         // A record larger than the cap still gets a file of its own rather than being lost.
         if open.len > 0 && open.len + line.len() as u64 > self.max_bytes {
+            open.flush(function);
             match self.rotate(function, open) {
                 Ok(fresh) => *open = fresh,
                 Err(e) => {
@@ -132,15 +170,39 @@ impl LogStore {
                 }
             }
         }
-        match open.file.write_all(&line) {
-            Ok(()) => open.len += line.len() as u64,
-            Err(e) => {
-                tracing::warn!(function, error = %e, "cannot write log file");
-                // Whatever part was written counts, so offsets stay true.
-                if let Ok(meta) = open.file.metadata() {
-                    open.len = meta.len();
+        open.len += line.len() as u64;
+        if open.pending.is_empty() && line.len() >= FLUSH_BYTES {
+            open.pending = line;
+        } else {
+            open.pending.extend_from_slice(&line);
+        }
+        if open.pending.len() >= FLUSH_BYTES {
+            open.flush(function);
+        }
+    }
+
+    /// Write every function's waiting records.
+    pub(crate) fn flush_all(&self) {
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        for (function, open) in files.iter_mut() {
+            open.flush(function);
+        }
+    }
+
+    /// Flush every [`FLUSH_EVERY`] on a thread of its own, for as long as the store lives.
+    pub(crate) fn start_flusher(self: &std::sync::Arc<Self>) {
+        let store = std::sync::Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("shoal-log-flush".into())
+            .spawn(move || loop {
+                std::thread::sleep(FLUSH_EVERY);
+                match store.upgrade() {
+                    Some(store) => store.flush_all(),
+                    None => return,
                 }
-            }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no log flusher thread: log lines wait for the next read or 64 KiB");
         }
     }
 
@@ -163,12 +225,64 @@ impl LogStore {
             .mode(crate::datadir::PRIVATE_FILE)
             .open(self.path(function))?;
         let len = file.metadata()?.len();
-        Ok(Open { file, len, base })
+        Ok(Open {
+            file,
+            len,
+            base,
+            pending: Vec::new(),
+        })
     }
 
     /// A platform message about one invocation (e.g. why it failed), in the same log.
     pub fn system(&self, function: &str, instance: &str, request_id: &str, message: String) {
         self.platform(function, instance, Some(request_id), message);
+    }
+
+    /// Lambda's `START`, `END` and `REPORT` lines (stream `platform`, no level), in one
+    /// write: a call's own lines are never split by another's.
+    pub fn lifecycle(&self, function: &str, instance: &str, request_id: &str, messages: &[String]) {
+        let ts = now_ms();
+        let records: Vec<LogRecord> = messages
+            .iter()
+            .map(|message| LogRecord {
+                ts,
+                instance: instance.to_owned(),
+                request_id: Some(request_id.to_owned()),
+                stream: "platform".into(),
+                level: None,
+                message: message.clone(),
+            })
+            .collect();
+        self.append_all(function, &records);
+    }
+
+    /// Every record still on disk for `function` whose line contains `needle`, oldest
+    /// first, passed to `each` one at a time (nothing is collected: a log may hold tens
+    /// of MiB). Lines without the needle are not parsed.
+    pub fn scan(
+        &self,
+        function: &str,
+        needle: &str,
+        mut each: impl FnMut(LogRecord),
+    ) -> std::io::Result<()> {
+        let segments = self.segments(function)?;
+        for segment in segments {
+            let mut reader = BufReader::new((&segment.file).take(segment.len));
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                if reader.read_until(b'\n', &mut line)? == 0 {
+                    break;
+                }
+                if !contains(&line, needle.as_bytes()) {
+                    continue;
+                }
+                if let Ok(record) = serde_json::from_slice::<LogRecord>(&line) {
+                    each(record);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A platform record (stream `platform`, level ERROR) in `function`'s log.
@@ -220,9 +334,12 @@ impl LogStore {
     /// stream. Taken under the files lock, so a rotation cannot fall between looking at
     /// the two files and at the base.
     fn segments(&self, function: &str) -> std::io::Result<Vec<Segment>> {
-        let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
-        let base = match files.get(function) {
-            Some(open) => open.base,
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let base = match files.get_mut(function) {
+            Some(open) => {
+                open.flush(function);
+                open.base
+            }
             None => self.stored_base(function),
         };
         let mut segments = Vec::new();
@@ -244,6 +361,7 @@ impl LogStore {
     }
 
     pub fn remove(&self, function: &str) {
+        // Pending records go with the file.
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         files.remove(function);
         for path in [
@@ -254,6 +372,16 @@ impl LogStore {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+impl Drop for LogStore {
+    fn drop(&mut self) {
+        self.flush_all();
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// One log file as a stretch of the function's log stream.
@@ -441,6 +569,31 @@ mod tests {
     }
 
     #[test]
+    fn records_wait_to_be_written_together_but_every_read_sees_them() {
+        let dir = Dir::new("batch");
+        let logs = dir.store(1024 * record_len());
+        for n in 0..3 {
+            logs.append("f", &record(n));
+        }
+        assert_eq!(dir.size("f.log"), Some(0), "three small records wait");
+        let (records, next) = logs.read("f", None, 10).unwrap();
+        assert_eq!(numbers(&records), [0, 1, 2]);
+        assert_eq!(next, 3 * record_len());
+        assert_eq!(
+            dir.size("f.log"),
+            Some(3 * record_len()),
+            "the read wrote them"
+        );
+        logs.append("f", &record(3));
+        drop(logs);
+        assert_eq!(
+            dir.size("f.log"),
+            Some(4 * record_len()),
+            "dropping the store writes the rest"
+        );
+    }
+
+    #[test]
     fn a_log_past_its_cap_is_rotated_and_one_old_file_is_kept() {
         let dir = Dir::new("rotate");
         let cap = 10 * record_len();
@@ -448,6 +601,7 @@ mod tests {
         for n in 0..95 {
             logs.append("f", &record(n));
         }
+        logs.flush_all();
         // 95 records of which 10 fit a file: files of 10 (80..90) and 5 (90..95) remain.
         assert_eq!(dir.size("f.log"), Some(5 * record_len()));
         assert_eq!(dir.size("f.log.1"), Some(cap));
@@ -571,6 +725,7 @@ mod tests {
         for n in 0..4 {
             logs.append("f", &record(n));
         }
+        drop(logs);
         // A rotated file whose last line was never finished (the daemon died mid-write).
         let mut rotated = OpenOptions::new()
             .append(true)

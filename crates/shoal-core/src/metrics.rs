@@ -62,6 +62,12 @@ impl OutcomeLabel {
 pub(crate) struct Metrics {
     invocations: Family<Labels, Counter>,
     duration: Family<Labels, Histogram>,
+    cold_starts: Family<Labels, Counter>,
+    queue_wait: Family<Labels, Histogram>,
+    init_duration: Family<Labels, Histogram>,
+    /// Each call's share of its instance's CPU and wall time (`REPORT`'s shares), summed.
+    cpu_share: Family<Labels, Counter<f64>>,
+    instance_share: Family<Labels, Counter<f64>>,
     /// Each function's series, looked up once: an invocation then counts itself without
     /// building label sets (the invoke path is the product).
     by_function: RwLock<HashMap<String, FunctionSeries>>,
@@ -72,6 +78,11 @@ pub(crate) struct Metrics {
 struct FunctionSeries {
     outcomes: Vec<Counter>,
     duration: Histogram,
+    cold_starts: Counter,
+    queue_wait: Histogram,
+    init_duration: Histogram,
+    cpu_share: Counter<f64>,
+    instance_share: Counter<f64>,
 }
 
 impl FunctionSeries {
@@ -84,6 +95,11 @@ impl FunctionSeries {
     }
 }
 
+fn queue_wait_histogram() -> Histogram {
+    // 0.1 ms to about 26 s: most calls wait nothing, a cold start's queue waits seconds.
+    Histogram::new(exponential_buckets(0.0001, 4.0, 10))
+}
+
 fn duration_histogram() -> Histogram {
     // 1 ms to about 33 s, doubling: a no-op call and a slow I/O-bound one both resolve.
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
@@ -94,22 +110,48 @@ impl Metrics {
         Metrics {
             invocations: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
+            cold_starts: Family::default(),
+            queue_wait: Family::new_with_constructor(queue_wait_histogram),
+            init_duration: Family::new_with_constructor(duration_histogram),
+            cpu_share: Family::default(),
+            instance_share: Family::default(),
             by_function: RwLock::new(HashMap::new()),
         }
     }
 
     /// Count one finished invocation; its duration counts only if a handler ran.
     pub(crate) fn observe(&self, function: &str, outcome: OutcomeLabel, took: Option<Duration>) {
+        self.with_series(function, |series| series.record(outcome, took));
+    }
+
+    /// What a call that reached an instance used: cold start, wait for a slot, shares.
+    pub(crate) fn observe_call(&self, function: &str, call: &shoal_dispatch::CallReport) {
+        self.with_series(function, |series| {
+            if let Some(init) = call.init {
+                series.cold_starts.inc();
+                series.init_duration.observe(init.as_secs_f64());
+            }
+            series.queue_wait.observe(call.queued.as_secs_f64());
+            series.cpu_share.inc_by(call.usage.cpu.as_secs_f64());
+            series
+                .instance_share
+                .inc_by(call.usage.instance_time.as_secs_f64());
+        });
+    }
+
+    fn with_series(&self, function: &str, f: impl FnOnce(&FunctionSeries)) {
         if let Some(series) = self
             .by_function
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(function)
         {
-            return series.record(outcome, took);
+            return f(series);
         }
         let mut map = self.by_function.write().unwrap_or_else(|e| e.into_inner());
-        map.entry(function.to_owned())
+        let labels = vec![("function", function.to_owned())];
+        f(map
+            .entry(function.to_owned())
             .or_insert_with(|| FunctionSeries {
                 outcomes: OutcomeLabel::ALL
                     .iter()
@@ -122,13 +164,54 @@ impl Metrics {
                             .clone()
                     })
                     .collect(),
-                duration: self
-                    .duration
-                    .get_or_create(&vec![("function", function.to_owned())])
-                    .clone(),
-            })
-            .record(outcome, took);
+                duration: self.duration.get_or_create(&labels).clone(),
+                cold_starts: self.cold_starts.get_or_create(&labels).clone(),
+                queue_wait: self.queue_wait.get_or_create(&labels).clone(),
+                init_duration: self.init_duration.get_or_create(&labels).clone(),
+                cpu_share: self.cpu_share.get_or_create(&labels).clone(),
+                instance_share: self.instance_share.get_or_create(&labels).clone(),
+            }));
     }
+}
+
+/// Prometheus's older text format (0.0.4), for scrapers that do not ask for
+/// OpenMetrics (curl, `promtool check metrics`): the same families and samples, with a
+/// counter's HELP and TYPE under its sample name (`_total`), and no UNIT or EOF lines.
+pub fn prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let header = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match header {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let tail = if prefix == "# TYPE " && tail == "unknown" {
+                    "untyped"
+                } else {
+                    tail
+                };
+                let suffix = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                out.push_str(&format!("{prefix}{name}{suffix} {tail}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 impl Platform {
@@ -145,6 +228,36 @@ impl Platform {
             "Time from arrival to answer of invocations a handler ran (queueing included)",
             Unit::Seconds,
             self.metrics.duration.clone(),
+        );
+        registry.register(
+            "cold_starts",
+            "Invocations that started their instance (they carry Init Duration)",
+            self.metrics.cold_starts.clone(),
+        );
+        registry.register_with_unit(
+            "init_duration",
+            "How long instances took to start, as seen by the call that started each",
+            Unit::Seconds,
+            self.metrics.init_duration.clone(),
+        );
+        registry.register_with_unit(
+            "queue_wait",
+            "Time from arrival to an instance taking the call",
+            Unit::Seconds,
+            self.metrics.queue_wait.clone(),
+        );
+        registry.register_with_unit(
+            "invocation_cpu_share",
+            "CPU time of instances divided among the calls in flight, summed over calls",
+            Unit::Seconds,
+            self.metrics.cpu_share.clone(),
+        );
+        registry.register_with_unit(
+            "invocation_instance_share",
+            "Wall time of instances divided among the calls in flight, summed over calls \
+             (instance-seconds spent busy)",
+            Unit::Seconds,
+            self.metrics.instance_share.clone(),
         );
         self.register_snapshot(&mut registry);
         self.register_events(&mut registry);
@@ -170,6 +283,8 @@ impl Platform {
         let rss = Family::<Labels, Gauge>::default();
         let pss = Family::<Labels, Gauge>::default();
         let cpu = Family::<Labels, Counter<f64>>::default();
+        let littles_law = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let function_in_flight = Family::<Labels, Gauge>::default();
         for pool in &status.pools {
             let version = pool.version.to_string();
             for state in ["starting", "ready", "draining", "stopping"] {
@@ -188,6 +303,12 @@ impl Platform {
                     ("version", version.clone()),
                 ])
                 .set(pool.queued as i64);
+            function_in_flight
+                .get_or_create(&vec![
+                    ("function", pool.function.clone()),
+                    ("version", version.clone()),
+                ])
+                .set(pool.instances.iter().map(|i| i64::from(i.in_flight)).sum());
             for instance in &pool.instances {
                 let labels = vec![
                     ("function", pool.function.clone()),
@@ -198,6 +319,9 @@ impl Platform {
                     .get_or_create(&labels)
                     .set(i64::from(instance.in_flight));
                 limit.get_or_create(&labels).set(i64::from(instance.limit));
+                if let Some(l) = instance.littles_law {
+                    littles_law.get_or_create(&labels).set(l);
+                }
                 if let Some(kib) = instance.rss_kib {
                     rss.get_or_create(&labels).set((kib * 1024) as i64);
                 }
@@ -225,6 +349,16 @@ impl Platform {
             in_flight,
         );
         registry.register("instance_limit", "An instance's in-flight limit", limit);
+        registry.register(
+            "in_flight",
+            "Invocations running on the instances of a function version",
+            function_in_flight,
+        );
+        registry.register(
+            "instance_littles_law_limit",
+            "The concurrency controller's Little's-law target L* (target CPU x wall / CPU per call)",
+            littles_law,
+        );
         registry.register_with_unit(
             "instance_rss",
             "Resident set size of an instance process",
@@ -328,6 +462,22 @@ impl Platform {
             "Age of the oldest message in each queue",
             Unit::Seconds,
             oldest,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_older_text_format_names_counters_by_their_samples() {
+        let om = "# HELP shoal_cpu_seconds CPU.\n# TYPE shoal_cpu_seconds counter\n\
+                  # UNIT shoal_cpu_seconds seconds\nshoal_cpu_seconds_total{f=\"a\"} 1.5\n\
+                  # HELP shoal_up Up.\n# TYPE shoal_up gauge\nshoal_up 1\n# EOF\n";
+        assert_eq!(
+            super::prometheus_text(om),
+            "# HELP shoal_cpu_seconds_total CPU.\n# TYPE shoal_cpu_seconds_total counter\n\
+             shoal_cpu_seconds_total{f=\"a\"} 1.5\n# HELP shoal_up Up.\n# TYPE shoal_up gauge\n\
+             shoal_up 1\n"
         );
     }
 }

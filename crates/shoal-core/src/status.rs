@@ -160,5 +160,6 @@ fn instance_report(status: InstanceStatus) -> InstanceReport {
         rss_kib: resources.map(|r| r.rss_kib),
         pss_kib: resources.map(|r| r.pss_kib),
         cpu_ms: resources.map(|r| r.cpu_ms),
+        littles_law: status.littles_law,
     }
 }

@@ -11,7 +11,8 @@ use tokio::time::Instant;
 use crate::budget::{BudgetLimits, BudgetStatus, HostBudget};
 use crate::pool::Pool;
 use crate::{
-    epoch_ms, DispatchError, InstanceLauncher, Invocation, Outcome, PoolConfig, PoolStatus, Result,
+    epoch_ms, CallReport, DispatchError, InstanceLauncher, Invocation, OnStart, Outcome,
+    PoolConfig, PoolStatus, Result,
 };
 
 struct Function {
@@ -183,11 +184,28 @@ impl Dispatcher {
         payload: Bytes,
         client_context: Option<Bytes>,
     ) -> (Option<u32>, Result<Outcome>) {
+        let (version, result, _) = self
+            .invoke_reported(function, version, request_id, payload, client_context, None)
+            .await;
+        (version, result)
+    }
+
+    /// [`Dispatcher::invoke_version`], calling `on_start` when an instance takes the call,
+    /// and also returning where it ran and what it used (when it reached one).
+    pub async fn invoke_reported(
+        &self,
+        function: &str,
+        version: Option<u32>,
+        request_id: String,
+        payload: Bytes,
+        client_context: Option<Bytes>,
+        on_start: Option<OnStart>,
+    ) -> (Option<u32>, Result<Outcome>, Option<CallReport>) {
         if self
             .shutting_down
             .load(std::sync::atomic::Ordering::Relaxed)
         {
-            return (None, Err(DispatchError::ShuttingDown));
+            return (None, Err(DispatchError::ShuttingDown), None);
         }
         let pool = self.functions().get(function).and_then(|f| match version {
             None => Some(f.active.clone()),
@@ -195,7 +213,11 @@ impl Dispatcher {
             Some(v) => f.pinned.iter().find(|p| p.version() == v).cloned(),
         });
         let Some(pool) = pool else {
-            return (None, Err(DispatchError::NotFound(function.to_owned())));
+            return (
+                None,
+                Err(DispatchError::NotFound(function.to_owned())),
+                None,
+            );
         };
         let version = pool.version();
         tracing::Span::current().record("version", version);
@@ -207,7 +229,8 @@ impl Dispatcher {
             deadline_epoch_ms: epoch_ms() + timeout.as_millis() as u64,
             client_context,
         };
-        (Some(version), pool.invoke(invocation).await)
+        let (result, report) = pool.invoke(invocation, on_start).await;
+        (Some(version), result, report)
     }
 
     /// The version that takes new invocations, if the function is known.

@@ -16,6 +16,7 @@ mod budget;
 pub mod controller;
 mod decision;
 mod dispatcher;
+pub mod meter;
 mod pool;
 
 use std::fmt;
@@ -49,6 +50,27 @@ pub struct Invocation {
     /// The caller's client context (`X-Amz-Client-Context`, decoded: JSON), for the
     /// handler's `context.clientContext`.
     pub client_context: Option<Bytes>,
+}
+
+/// Called with the instance's id when a call is handed to it (the core writes Lambda's
+/// `START` line there, so it precedes what the handler prints).
+pub type OnStart = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Where a call ran and what it used, for its `REPORT` line and the bill.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallReport {
+    pub instance: String,
+    /// From arrival to the slot's hand-over (waiting for a slot or a starting instance).
+    pub queued: Duration,
+    /// From the hand-over to the answer: Lambda's `Duration`.
+    pub duration: Duration,
+    /// How long the instance took to start, on the first call it ran: Lambda's
+    /// `Init Duration` on a cold call.
+    pub init: Option<Duration>,
+    /// Its share of the instance (see [`meter`]).
+    pub usage: meter::Usage,
+    /// The function version's memory setting (0: none): Lambda's `Memory Size`.
+    pub memory_limit_kib: u64,
 }
 
 /// What a handler produced.

@@ -54,6 +54,11 @@ struct Slot {
     refused: bool,
     /// This instance's share of the host budget, given back when the slot goes.
     _ticket: Ticket,
+    /// What each call used of the instance (see [`crate::meter`]).
+    meter: Arc<std::sync::Mutex<crate::meter::Meter>>,
+    /// How long the instance took to start; the first call it runs reports it, as
+    /// Lambda's `Init Duration` on a cold call.
+    init: Option<Duration>,
 }
 
 /// What an instance did since its last sample.

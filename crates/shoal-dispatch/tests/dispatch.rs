@@ -1091,6 +1091,83 @@ async fn decision_history_keeps_the_last_ones_in_order() {
     }
 }
 
+/// What each call of a cold burst reports for its `REPORT` line: `Init Duration` on the
+/// first call of each instance only, the wait for the start, and shares of the instance
+/// that add up to what each instance used.
+#[tokio::test(start_paused = true)]
+async fn a_cold_burst_reports_init_once_per_instance_and_shares_that_add_up() {
+    let (_launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 300,
+            ..Default::default()
+        },
+        config(4),
+    );
+    // Eight calls that each wait 1 s and burn 40 ms of CPU: two instances of four.
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let d = d.clone();
+            tokio::spawn(async move {
+                let started = Arc::new(std::sync::Mutex::new(None::<String>));
+                let seen = started.clone();
+                let on_start: shoal_dispatch::OnStart = Arc::new(move |instance: &str| {
+                    *seen.lock().unwrap() = Some(instance.to_owned());
+                });
+                let (_, result, report) = d
+                    .invoke_reported(
+                        "f",
+                        None,
+                        format!("r{i}"),
+                        Bytes::from_static(b"1000/40"),
+                        None,
+                        Some(on_start),
+                    )
+                    .await;
+                let started = started.lock().unwrap().clone();
+                (result, report, started)
+            })
+        })
+        .collect();
+    let mut reports = Vec::new();
+    for task in tasks {
+        let (result, report, started) = task.await.unwrap();
+        assert!(result.is_ok(), "{result:?}");
+        let report = report.expect("a call that ran has a report");
+        assert_eq!(started.as_deref(), Some(report.instance.as_str()));
+        reports.push(report);
+    }
+    let mut instances: Vec<&str> = reports.iter().map(|r| r.instance.as_str()).collect();
+    instances.sort();
+    instances.dedup();
+    assert_eq!(instances.len(), 2);
+    for instance in instances {
+        let mine: Vec<_> = reports.iter().filter(|r| r.instance == instance).collect();
+        assert_eq!(mine.len(), 4);
+        let inits: Vec<Duration> = mine.iter().filter_map(|r| r.init).collect();
+        assert_eq!(inits.len(), 1, "{mine:#?}");
+        assert!(inits[0] >= Duration::from_millis(300), "{inits:?}");
+        let cpu: Duration = mine.iter().map(|r| r.usage.cpu).sum();
+        assert!(
+            cpu.abs_diff(Duration::from_millis(160)) < Duration::from_micros(10),
+            "{cpu:?}"
+        );
+        let time: Duration = mine.iter().map(|r| r.usage.instance_time).sum();
+        assert!(
+            time.abs_diff(Duration::from_secs(1)) < Duration::from_millis(2),
+            "{time:?}"
+        );
+        for r in mine {
+            assert!(r.queued >= Duration::from_millis(300), "{r:?}");
+            assert!(r.duration >= Duration::from_secs(1), "{r:?}");
+            assert!(
+                r.usage.instance_time.abs_diff(Duration::from_millis(250))
+                    < Duration::from_millis(2),
+                "{r:?}"
+            );
+        }
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_pinned_version_serves_calls_that_name_it_beside_the_active_one() {
     let (_launcher, d) = setup(FakeLauncher::default(), config(16));

@@ -33,6 +33,8 @@ struct Shared {
     function: String,
     instance: String,
     pid: u32,
+    /// Reads the instance's CPU and memory at every call's start and end.
+    tree: crate::procfs::TreeReader,
     next_id: AtomicU32,
     pending: Mutex<HashMap<u32, Reply>>,
     /// Set (under the `pending` lock's protection, see `fail_all`) once the process is gone.
@@ -165,6 +167,7 @@ pub(crate) async fn launch(
         function: start.code.function.clone(),
         instance: start.request.instance_id.clone(),
         pid: spawned.pid,
+        tree: crate::procfs::TreeReader::new(spawned.pid),
         next_id: AtomicU32::new(1),
         pending: Mutex::new(HashMap::new()),
         closed: AtomicBool::new(false),
@@ -418,7 +421,7 @@ impl InstanceHandle for NativeInstance {
     }
 
     fn resources(&self) -> Option<shoal_dispatch::Resources> {
-        crate::procfs::resources(self.0.pid)
+        self.0.tree.resources()
     }
 }
 
@@ -444,6 +447,7 @@ mod tests {
             function: "f".into(),
             instance: "f-1-1".into(),
             pid: 0,
+            tree: crate::procfs::TreeReader::new(0),
             next_id: AtomicU32::new(1),
             pending: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),

@@ -21,11 +21,63 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     sum_tree(pid, true)
 }
 
-/// The cheap part of a sample (no smaps walk), for the concurrency controller.
-pub fn resources(pid: u32) -> Option<shoal_dispatch::Resources> {
-    sum_tree(pid, false).map(|s| shoal_dispatch::Resources {
-        cpu_time: std::time::Duration::from_millis(s.cpu_ms),
-        rss_kib: s.rss_kib,
+/// How long a [`TreeReader`] trusts the members it found before walking the tree again.
+const TREE_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// An instance's process tree, remembered between readings: the members are found again
+/// (a walk of every thread's `children` list) at most once per [`TREE_REFRESH`], or when
+/// one is gone; a reading in between reads one `stat` file per member. This is what lets
+/// the dispatcher read an instance at every call's start and end.
+#[derive(Debug)]
+pub struct TreeReader {
+    root: u32,
+    members: std::sync::Mutex<Option<(std::time::Instant, Vec<u32>)>>,
+}
+
+impl TreeReader {
+    pub fn new(root: u32) -> TreeReader {
+        TreeReader {
+            root,
+            members: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// CPU time and RSS of the tree (the cheap part of a [`sample`]: no smaps walk), for
+    /// the concurrency controller and the meter; `None` if the root is gone.
+    pub fn resources(&self) -> Option<shoal_dispatch::Resources> {
+        let cached = {
+            let members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+            members
+                .as_ref()
+                .filter(|(at, _)| at.elapsed() < TREE_REFRESH)
+                .map(|(_, m)| m.clone())
+        };
+        if let Some(members) = cached {
+            if let Some(total) = sum_members(&members) {
+                return Some(total);
+            }
+        }
+        let members = tree(self.root);
+        let total = sum_members(&members);
+        *self.members.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((std::time::Instant::now(), members));
+        total
+    }
+}
+
+/// CPU time and RSS summed over `members`, from one `stat` file each (the cheapest file
+/// that has both); `None` if any is gone (the tree changed).
+fn sum_members(members: &[u32]) -> Option<shoal_dispatch::Resources> {
+    let mut cpu_ms = 0;
+    let mut rss_kib = 0;
+    for member in members {
+        let stat = std::fs::read_to_string(format!("/proc/{member}/stat")).ok()?;
+        cpu_ms += cpu_ms_from_stat(&stat).unwrap_or(0);
+        rss_kib += rss_pages_from_stat(&stat).unwrap_or(0) * page_kib();
+    }
+    Some(shoal_dispatch::Resources {
+        cpu_time: std::time::Duration::from_millis(cpu_ms),
+        rss_kib,
     })
 }
 
@@ -110,6 +162,23 @@ fn kib_field(text: &str, name: &str) -> Option<u64> {
     line[name.len()..].split_whitespace().next()?.parse().ok()
 }
 
+/// The resident set in pages (field 24 of `stat`).
+fn rss_pages_from_stat(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(21)?.parse().ok()
+}
+
+/// The size of a memory page, KiB.
+fn page_kib() -> u64 {
+    static PAGE_KIB: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *PAGE_KIB.get_or_init(|| {
+        // SAFETY: sysconf reads a constant of the system; it takes no pointers.
+        #[allow(unsafe_code)]
+        let bytes = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        u64::try_from(bytes).ok().filter(|b| *b > 0).unwrap_or(4096) / 1024
+    })
+}
+
 /// utime + stime (fields 14 and 15) in clock ticks, converted at the Linux USER_HZ of 100.
 fn cpu_ms_from_stat(stat: &str) -> Option<u64> {
     // The command name (field 2) may contain spaces; fields resume after its ')'.
@@ -131,6 +200,8 @@ mod tests {
     fn parses_stat_with_spaces_in_the_name() {
         let stat = "42 (node my app) S 1 42 42 0 -1 4194304 100 0 0 0 250 30 7 3 20 0 11 0 1 1 1";
         assert_eq!(cpu_ms_from_stat(stat), Some(2900));
+        let with_rss = "42 (node) S 1 42 42 0 -1 4194304 100 0 0 0 250 30 7 3 20 0 11 0 1 9 3210 18446744073709551615";
+        assert_eq!(rss_pages_from_stat(with_rss), Some(3210));
     }
 
     #[test]
@@ -154,6 +225,18 @@ mod tests {
         #[allow(unsafe_code)]
         let me = unsafe { libc::geteuid() };
         assert_eq!(tcp_peer_uid(peer, port), Some(me));
+    }
+
+    #[test]
+    fn a_remembered_tree_reads_as_a_fresh_walk() {
+        let reader = TreeReader::new(std::process::id());
+        let first = reader.resources().expect("this process");
+        let again = reader
+            .resources()
+            .expect("this process, from the remembered tree");
+        assert!(again.cpu_time >= first.cpu_time);
+        assert!(again.rss_kib > 0);
+        assert!(TreeReader::new(u32::MAX).resources().is_none());
     }
 
     #[test]

@@ -60,6 +60,8 @@ struct Shared {
     instance: String,
     arn: String,
     pid: u32,
+    /// Reads the instance's CPU and memory at every call's start and end.
+    tree: crate::procfs::TreeReader,
     state: Mutex<State>,
     /// Signalled on the first `/next` poll (ready) and on `/runtime/init/error`.
     started: Notify,
@@ -127,6 +129,7 @@ pub(crate) async fn launch(start: Launch) -> Result<Arc<dyn InstanceHandle>, Lau
             start.code.function
         ),
         pid: spawned.pid,
+        tree: crate::procfs::TreeReader::new(spawned.pid),
         state: Mutex::new(State::default()),
         started: Notify::new(),
         exit: spawned.exit.clone(),
@@ -454,6 +457,6 @@ impl InstanceHandle for ApiInstance {
     }
 
     fn resources(&self) -> Option<shoal_dispatch::Resources> {
-        crate::procfs::resources(self.0.pid)
+        self.0.tree.resources()
     }
 }

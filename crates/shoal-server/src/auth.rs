@@ -1,7 +1,13 @@
 //! Who may call the control listener: the admin token (generated into the data directory
 //! on first start, readable only by its owner, compared in constant time) on every route,
 //! and on the AWS-shaped APIs (the Lambda API, the SQS API) also a SigV4 signature made
-//! with a key from `shoal keys create` ([`crate::sigv4`] checks it).
+//! with a key from `shoal keys create` ([`crate::sigv4`] checks it); and the dashboard's
+//! sessions, so that the token never travels in a URL a browser keeps.
+//!
+//! A holder of the token asks for a login code (`shoal dashboard`); the code is good for
+//! one use within [`LOGIN_CODE_TTL`], and trades for a session in an HttpOnly,
+//! SameSite=Strict cookie. A session only reads: it authorizes `GET`s, never a deploy,
+//! delete or invoke.
 
 use std::path::Path;
 
@@ -35,6 +41,93 @@ pub(crate) fn admin_token(data_dir: &Path) -> std::io::Result<String> {
     private()?;
     file.write_all(token.as_bytes())?;
     Ok(token)
+}
+
+/// How long a dashboard login code may wait to be used.
+pub(crate) const LOGIN_CODE_TTL: std::time::Duration = std::time::Duration::from_secs(120);
+/// How long a dashboard session lasts.
+pub(crate) const SESSION_TTL: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
+/// The dashboard session's cookie.
+pub(crate) const SESSION_COOKIE: &str = "shoal_session";
+/// Codes and sessions outstanding at most: what bounds the memory a token holder (or a
+/// runaway script) can make the daemon keep.
+const MAX_OUTSTANDING: usize = 1024;
+
+/// One-time login codes and the sessions they were traded for, each with its expiry.
+#[derive(Default)]
+pub(crate) struct Sessions {
+    codes: std::sync::Mutex<Vec<(String, std::time::Instant)>>,
+    sessions: std::sync::Mutex<Vec<(String, std::time::Instant)>>,
+}
+
+impl Sessions {
+    /// A fresh one-time login code.
+    pub(crate) fn issue_code(&self) -> String {
+        let code = secret();
+        push_bounded(&self.codes, code.clone(), LOGIN_CODE_TTL);
+        code
+    }
+
+    /// Trade a login code (once, before it expires) for a session id.
+    pub(crate) fn redeem(&self, code: &str) -> Option<String> {
+        let now = std::time::Instant::now();
+        let mut codes = lock(&self.codes);
+        codes.retain(|(_, expires)| *expires > now);
+        let index = codes
+            .iter()
+            .position(|(c, _)| constant_time_eq(c.as_bytes(), code.as_bytes()))?;
+        codes.remove(index);
+        drop(codes);
+        let session = secret();
+        push_bounded(&self.sessions, session.clone(), SESSION_TTL);
+        Some(session)
+    }
+
+    /// Whether a `Cookie` header carries a live session.
+    pub(crate) fn cookie_valid(&self, cookie_header: Option<&str>) -> bool {
+        let Some(presented) = cookie_header.and_then(|h| {
+            h.split(';')
+                .filter_map(|c| c.trim().split_once('='))
+                .find(|(name, _)| *name == SESSION_COOKIE)
+                .map(|(_, value)| value.to_owned())
+        }) else {
+            return false;
+        };
+        let now = std::time::Instant::now();
+        let mut sessions = lock(&self.sessions);
+        sessions.retain(|(_, expires)| *expires > now);
+        sessions
+            .iter()
+            .any(|(s, _)| constant_time_eq(s.as_bytes(), presented.as_bytes()))
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Keep `value` until `ttl` from now; past [`MAX_OUTSTANDING`], the oldest goes.
+fn push_bounded(
+    list: &std::sync::Mutex<Vec<(String, std::time::Instant)>>,
+    value: String,
+    ttl: std::time::Duration,
+) {
+    let now = std::time::Instant::now();
+    let mut list = lock(list);
+    list.retain(|(_, expires)| *expires > now);
+    if list.len() >= MAX_OUTSTANDING {
+        list.remove(0);
+    }
+    list.push((value, now + ttl));
+}
+
+/// 244 random bits (two v4 UUIDs, from the OS's generator), hex.
+fn secret() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
 }
 
 /// Whether an `Authorization` header value presents `token` as a bearer token.
@@ -108,6 +201,19 @@ pub(crate) fn admit_aws(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_login_code_works_once_and_its_session_reads_from_a_cookie() {
+        let sessions = Sessions::default();
+        let code = sessions.issue_code();
+        assert_eq!(sessions.redeem("not-a-code"), None);
+        let session = sessions.redeem(&code).expect("a fresh code");
+        assert_eq!(sessions.redeem(&code), None, "a code is good once");
+        assert!(sessions.cookie_valid(Some(&format!("a=b; {SESSION_COOKIE}={session}"))));
+        assert!(!sessions.cookie_valid(Some(&format!("{SESSION_COOKIE}={code}"))));
+        assert!(!sessions.cookie_valid(Some("a=b")));
+        assert!(!sessions.cookie_valid(None));
+    }
 
     #[test]
     fn the_token_file_is_private_even_if_left_wider() {

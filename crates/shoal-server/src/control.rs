@@ -1,7 +1,9 @@
 //! The control API (loopback by default): the Lambda API (see [`lambda`]), the SQS API
 //! (`X-Amz-Target: AmazonSQS.*`, see [`crate::sqs`]), admin routes (deploy, list, status,
-//! logs, delete, keys, aliases) and `/metrics`. Every route takes the admin token; the
-//! AWS-shaped ones (Lambda, SQS) also a SigV4 signature by a key from `shoal keys create`.
+//! logs, delete, keys, aliases, cost), `/metrics`, and the live dashboard (`/dashboard`,
+//! see [`crate::dashboard`]). Every route takes the admin token; the AWS-shaped ones
+//! (Lambda, SQS) also a SigV4 signature by a key from `shoal keys create`; the dashboard's
+//! `GET`s also its session cookie.
 //!
 //! A request is parsed into an [`Action`] (firecracker's shape: parse, then act), the
 //! action runs against the core and yields a [`Reply`] or an error, and [`respond`] turns
@@ -54,7 +56,25 @@ enum Action {
         since: Option<u64>,
         tail: usize,
     },
-    Metrics,
+    Metrics {
+        /// The scraper accepts OpenMetrics (Prometheus does); else the older text format.
+        openmetrics: bool,
+    },
+    /// A file of the dashboard (no secret in it: its data come from the routes above).
+    DashboardAsset(&'static crate::dashboard::Asset),
+    /// A one-time login code was traded for this session (set as a cookie).
+    DashboardLogin {
+        session: String,
+    },
+    /// A token holder asks for a one-time login code (`shoal dashboard`).
+    DashboardCode,
+    Cost {
+        function: Option<String>,
+        /// Calls that ended this many seconds ago or later (all the logs hold: none).
+        since_seconds: Option<u64>,
+        gb_second_usd: Option<f64>,
+        request_usd: Option<f64>,
+    },
     CreateKey(String),
     ListKeys,
     DeleteKey(String),
@@ -88,7 +108,17 @@ enum Reply {
     Deleted(Deleted),
     Status(StatusReport),
     Logs(LogPage),
-    Metrics(String),
+    Metrics {
+        text: String,
+        openmetrics: bool,
+    },
+    Cost(shoal_api::CostReport),
+    DashboardAsset(&'static crate::dashboard::Asset),
+    /// Logged in: go to the dashboard with this session in a cookie.
+    LoggedIn {
+        session: String,
+    },
+    LoginCode(shoal_api::DashboardLogin),
     KeyCreated(CreatedKey),
     Keys(KeyList),
     Alias(AliasInfo),
@@ -101,6 +131,8 @@ enum Reply {
 enum Failure {
     #[error("missing or wrong admin token")]
     Unauthorized,
+    #[error("the dashboard login code was used, expired or is wrong")]
+    LoginCode,
     /// An AWS-shaped route refused the caller's token or signature.
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
@@ -128,6 +160,8 @@ pub(crate) struct Control {
     addr: SocketAddr,
     /// True once the daemon stops (long polls end early).
     stopping: watch::Receiver<bool>,
+    /// The dashboard's login codes and sessions.
+    sessions: auth::Sessions,
 }
 
 impl Control {
@@ -144,6 +178,7 @@ impl Control {
             region,
             addr,
             stopping,
+            sessions: auth::Sessions::default(),
         })
     }
 
@@ -194,6 +229,19 @@ impl Control {
             .get(hyper::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         auth::bearer_matches(authorization, &self.token)
+    }
+
+    /// The token, or (for a `GET` only: the dashboard reads, never changes) a dashboard
+    /// session's cookie.
+    fn may_read(&self, parts: &Parts) -> bool {
+        self.authorized(parts)
+            || (parts.method == Method::GET
+                && self.sessions.cookie_valid(
+                    parts
+                        .headers
+                        .get(hyper::header::COOKIE)
+                        .and_then(|v| v.to_str().ok()),
+                ))
     }
 
     /// An AWS-shaped API's caller: the admin token or a SigV4 signature for `service`.
@@ -254,13 +302,34 @@ impl Control {
             self.admit_aws(&parts, &payload, lambda::SERVICE)?;
             return lambda::parse(&parts, payload, request_id);
         }
-        if !self.authorized(&parts) {
-            return Err(Failure::Unauthorized);
-        }
         let path = parts.uri.path().to_owned();
         let query = parts.uri.query().map(str::to_owned);
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         let method = parts.method.clone();
+        // The dashboard's files and its login need no credential (the login is one).
+        match (&method, segments.as_slice()) {
+            (&Method::GET, ["dashboard", "login"]) => {
+                let code = query_param(query.as_deref(), "code").unwrap_or_default();
+                return match self.sessions.redeem(&code) {
+                    Some(session) => Ok(Action::DashboardLogin { session }),
+                    None => Err(Failure::LoginCode),
+                };
+            }
+            (&Method::GET, ["dashboard", rest @ ..]) => {
+                if let Some(asset) = crate::dashboard::asset(&rest.join("/")) {
+                    return Ok(Action::DashboardAsset(asset));
+                }
+            }
+            _ => {}
+        }
+        if !self.may_read(&parts) {
+            return Err(Failure::Unauthorized);
+        }
+        let openmetrics = parts
+            .headers
+            .get(hyper::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|accept| accept.contains("application/openmetrics-text"));
         Ok(match (&method, segments.as_slice()) {
             (&Method::POST, ["admin", "functions"]) => {
                 Action::Deploy(body(incoming, MAX_ARCHIVE, "Deploy").await?)
@@ -307,7 +376,19 @@ impl Control {
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(DEFAULT_LOG_TAIL),
             },
-            (&Method::GET, ["metrics"]) => Action::Metrics,
+            (&Method::GET, ["metrics"]) => Action::Metrics { openmetrics },
+            (&Method::POST, ["admin", "dashboard", "login"]) if self.authorized(&parts) => {
+                Action::DashboardCode
+            }
+            (&Method::GET, ["admin", "cost"]) => {
+                let param = |name| query_param(query.as_deref(), name);
+                Action::Cost {
+                    function: param("function"),
+                    since_seconds: param("since_seconds").and_then(|s| s.parse().ok()),
+                    gb_second_usd: param("gb_second_usd").and_then(|s| s.parse().ok()),
+                    request_usd: param("request_usd").and_then(|s| s.parse().ok()),
+                }
+            }
             _ => return Err(Failure::NoRoute { method, path }),
         })
     }
@@ -384,7 +465,50 @@ impl Control {
                 since,
                 tail,
             } => Reply::Logs(self.platform.logs(&function, since, tail).await?),
-            Action::Metrics => Reply::Metrics(self.platform.metrics()),
+            Action::Metrics { openmetrics } => {
+                let text = self.platform.metrics();
+                Reply::Metrics {
+                    text: if openmetrics {
+                        text
+                    } else {
+                        shoal_core::prometheus_text(&text)
+                    },
+                    openmetrics,
+                }
+            }
+            Action::DashboardAsset(asset) => Reply::DashboardAsset(asset),
+            Action::DashboardLogin { session } => Reply::LoggedIn { session },
+            Action::DashboardCode => {
+                let code = self.sessions.issue_code();
+                Reply::LoginCode(shoal_api::DashboardLogin {
+                    url: format!("http://{}/dashboard", self.addr),
+                    login_url: format!("http://{}/dashboard/login?code={code}", self.addr),
+                    expires_in_seconds: auth::LOGIN_CODE_TTL.as_secs(),
+                })
+            }
+            Action::Cost {
+                function,
+                since_seconds,
+                gb_second_usd,
+                request_usd,
+            } => {
+                let mut prices = shoal_core::lambda_prices();
+                if gb_second_usd.is_some() || request_usd.is_some() {
+                    prices.source = "overridden".to_owned();
+                }
+                prices.gb_second_usd = gb_second_usd.unwrap_or(prices.gb_second_usd);
+                prices.request_usd = request_usd.unwrap_or(prices.request_usd);
+                let since_ms = since_seconds.map_or(0, |s| {
+                    shoal_core::now_ms().saturating_sub(s.saturating_mul(1000))
+                });
+                let platform = self.platform.clone();
+                let report = tokio::task::spawn_blocking(move || {
+                    platform.cost(function.as_deref(), since_ms, prices)
+                })
+                .await
+                .map_err(shoal_core::Error::Task)??;
+                Reply::Cost(report)
+            }
         })
     }
 }

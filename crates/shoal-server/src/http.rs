@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -72,18 +72,37 @@ pub(crate) async fn serve<H: Handler>(
     while connections.join_next().await.is_some() {}
 }
 
-/// Read a whole body of at most `limit` bytes; `None` when it is larger.
-pub(crate) async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(BodyError::TooLarge(limit))
+/// Past its limit, a body is still read (and thrown away) up to this many bytes, for at
+/// most [`DRAIN_TIME`], so that the client, still sending, reads the refusal instead of a
+/// reset connection; a larger or slower one is cut off.
+const DRAIN_MAX: usize = 16 * 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Read a whole body of at most `limit` bytes; `TooLarge` when it is larger (nothing past
+/// the limit is kept).
+pub(crate) async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
+    let mut collected = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| BodyError::Broken)?.into_data() else {
+            continue;
+        };
+        if collected.len() + data.len() > limit {
+            drop(collected);
+            let mut seen = 0usize;
+            let _ = tokio::time::timeout(DRAIN_TIME, async {
+                while let Some(Ok(frame)) = body.frame().await {
+                    seen += frame.data_ref().map_or(0, |d| d.len());
+                    if seen > DRAIN_MAX {
+                        break;
+                    }
+                }
+            })
+            .await;
+            return Err(BodyError::TooLarge(limit));
         }
-        Err(_) => Err(BodyError::Broken),
+        collected.extend_from_slice(&data);
     }
+    Ok(collected.freeze())
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -11,6 +11,7 @@
 
 mod auth;
 mod control;
+mod dashboard;
 mod gateway;
 mod http;
 mod sigv4;

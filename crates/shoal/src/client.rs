@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client as HyperClient;
@@ -15,7 +16,50 @@ use shoal_api::ErrorBody;
 pub struct Client {
     base: String,
     token: String,
-    http: HyperClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    http: HyperClient<hyper_util::client::legacy::connect::HttpConnector, Body>,
+}
+
+/// Request bodies: whole, or handed out in chunks that report progress.
+type Body = BoxBody<Bytes, std::convert::Infallible>;
+
+/// How much of an upload one frame carries: small enough for progress to move on a large
+/// archive, large enough not to matter for speed.
+const UPLOAD_CHUNK: usize = 256 * 1024;
+
+/// A body handed to hyper one chunk at a time, calling `progress(sent, total)` as each
+/// chunk is taken (written, or buffered for the socket).
+struct Upload<F> {
+    data: Bytes,
+    sent: usize,
+    progress: F,
+}
+
+impl<F: FnMut(usize, usize) + Send + Sync + Unpin + 'static> hyper::body::Body for Upload<F> {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.sent >= this.data.len() {
+            return std::task::Poll::Ready(None);
+        }
+        let end = (this.sent + UPLOAD_CHUNK).min(this.data.len());
+        let chunk = this.data.slice(this.sent..end);
+        this.sent = end;
+        (this.progress)(this.sent, this.data.len());
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.sent >= self.data.len()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact((self.data.len() - self.sent) as u64)
+    }
 }
 
 pub struct Reply {
@@ -94,6 +138,33 @@ impl Client {
         headers: &[(&str, &str)],
         body: Bytes,
     ) -> anyhow::Result<Reply> {
+        self.send(method, path, headers, Full::new(body).boxed())
+            .await
+    }
+
+    /// POST `body` to `path` in chunks, calling `progress(sent, total)` along the way.
+    pub async fn upload(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+        progress: impl FnMut(usize, usize) + Send + Sync + Unpin + 'static,
+    ) -> anyhow::Result<Reply> {
+        let body = Upload {
+            data: body,
+            sent: 0,
+            progress,
+        };
+        self.send(Method::POST, path, headers, body.boxed()).await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Body,
+    ) -> anyhow::Result<Reply> {
         let mut builder = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
@@ -103,7 +174,7 @@ impl Client {
         }
         let response = self
             .http
-            .request(builder.body(Full::new(body))?)
+            .request(builder.body(body)?)
             .await
             .with_context(|| format!("connecting to the daemon at {}", self.base))?;
         let status = response.status();

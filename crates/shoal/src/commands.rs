@@ -1,6 +1,8 @@
 //! One module per subcommand.
 
 pub mod alias;
+pub mod cost;
+pub mod dashboard;
 pub mod demo;
 pub mod deploy;
 pub mod invoke;

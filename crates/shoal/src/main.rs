@@ -50,6 +50,10 @@ enum Command {
     Rm(commands::rm::Args),
     /// SQS-style queues: create, send, receive, purge, rm, ls.
     Queue(commands::queue::Args),
+    /// What Lambda would bill for the calls of a window vs what Shoal used for them.
+    Cost(commands::cost::Args),
+    /// Print the live dashboard's URL and a one-time login link.
+    Dashboard,
     /// Access keys for AWS SDKs and the AWS CLI (SigV4): create, ls, rm.
     Keys(commands::keys::Args),
     /// Lambda aliases, with weighted routing between two versions: set, ls, rm.
@@ -95,6 +99,8 @@ fn main() -> std::process::ExitCode {
             Command::Logs(args) => commands::logs::run(&client()?, args).await,
             Command::Rm(args) => commands::rm::run(&client()?, args).await,
             Command::Queue(args) => commands::queue::run(&client()?, args).await,
+            Command::Cost(args) => commands::cost::run(&client()?, args).await,
+            Command::Dashboard => commands::dashboard::run(&client()?).await,
             Command::Keys(args) => commands::keys::run(&client()?, args).await,
             Command::Alias(args) => commands::alias::run(&client()?, args).await,
         }

@@ -63,6 +63,8 @@ impl Pool {
             cpu_busy: None,
             refused: false,
             _ticket: ticket,
+            meter: Default::default(),
+            init: None,
         });
         let request = LaunchRequest {
             function: self.function.clone(),
@@ -93,6 +95,7 @@ impl Pool {
                 let slot = &mut inner.slots[index];
                 slot.handle = Some(handle.clone());
                 slot.state = InstanceState::Ready;
+                slot.init = Some(slot.started.elapsed());
                 slot.idle_since = Instant::now();
                 tracing::info!(
                     function = %self.function,

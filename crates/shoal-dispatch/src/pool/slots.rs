@@ -14,9 +14,10 @@ use tokio::time::Instant;
 
 use super::lifecycle::STUCK_GRACE;
 use super::{Inner, InstanceState, Pool, Slot};
+use crate::meter::Meter;
 use crate::{
-    DispatchError, ErrorType, InstanceFailure, InstanceHandle, Invocation, LaunchError, Outcome,
-    Result,
+    CallReport, DispatchError, ErrorType, InstanceFailure, InstanceHandle, Invocation, LaunchError,
+    OnStart, Outcome, Result,
 };
 
 /// How many times one call may be moved off instances that refused it before running it.
@@ -30,6 +31,10 @@ pub(crate) struct Grant {
     handle: Arc<dyn InstanceHandle>,
     /// When the slot was handed over: the call's latency is measured from here.
     started: Instant,
+    /// The instance's meter, shared by the calls it runs.
+    meter: Arc<std::sync::Mutex<Meter>>,
+    /// How long the instance took to start, on the first call it runs only.
+    init: Option<Duration>,
 }
 
 impl Drop for Grant {
@@ -51,11 +56,22 @@ impl Pool {
     /// A call an instance refused without running it (its process just died, and the
     /// pool has not heard yet) goes to another instance, up to [`MAX_REROUTES`] times
     /// within the deadline: it never ran, so running it elsewhere is safe.
-    pub(crate) async fn invoke(self: &Arc<Self>, invocation: Invocation) -> Result<Outcome> {
+    ///
+    /// `on_start` is called with the instance's id when the call is handed to it; the
+    /// report says where it ran and what it used, when it reached an instance.
+    pub(crate) async fn invoke(
+        self: &Arc<Self>,
+        invocation: Invocation,
+        on_start: Option<OnStart>,
+    ) -> (Result<Outcome>, Option<CallReport>) {
+        let arrived = Instant::now();
         let mut reroutes = 0;
         loop {
-            match self.invoke_once(invocation.clone()).await {
-                Err(DispatchError::Instance(InstanceFailure::Unavailable { instance }))
+            match self
+                .invoke_once(invocation.clone(), arrived, on_start.clone())
+                .await
+            {
+                (Err(DispatchError::Instance(InstanceFailure::Unavailable { instance })), _)
                     if reroutes < MAX_REROUTES && Instant::now() < invocation.deadline =>
                 {
                     reroutes += 1;
@@ -78,11 +94,17 @@ impl Pool {
         }
     }
 
-    async fn invoke_once(self: &Arc<Self>, invocation: Invocation) -> Result<Outcome> {
+    async fn invoke_once(
+        self: &Arc<Self>,
+        invocation: Invocation,
+        arrived: Instant,
+        on_start: Option<OnStart>,
+    ) -> (Result<Outcome>, Option<CallReport>) {
         let deadline = invocation.deadline;
         let grant = match tokio::time::timeout_at(deadline, self.acquire()).await {
-            Ok(grant) => grant?,
-            Err(_) => return Err(DispatchError::Timeout(self.config.timeout)),
+            Ok(Ok(grant)) => grant,
+            Ok(Err(e)) => return (Err(e), None),
+            Err(_) => return (Err(DispatchError::Timeout(self.config.timeout)), None),
         };
         // The caller's span (one per invocation, opened by the core) learns where the call
         // runs, and the task that runs it stays inside that span.
@@ -90,15 +112,39 @@ impl Pool {
         span.record("instance", grant.instance.as_str());
         let (reply, result) = oneshot::channel();
         let timeout = self.config.timeout;
+        let memory_limit_kib = self.config.memory_limit_kib;
         let run = async move {
             let handle = grant.handle.clone();
+            if let Some(on_start) = on_start {
+                on_start(&grant.instance);
+            }
+            let started = Instant::now();
+            let mark = {
+                let wants = lock_meter(&grant.meter).wants_reading(started);
+                let reading = if wants { handle.resources() } else { None };
+                lock_meter(&grant.meter).start(started, reading)
+            };
             let mut call = handle.invoke(invocation);
             let outcome = match tokio::time::timeout_at(deadline, &mut call).await {
                 Ok(outcome) => outcome.map_err(DispatchError::from),
                 Err(_) => Err(DispatchError::Timeout(timeout)),
             };
+            let ended = Instant::now();
+            let usage = {
+                let wants = lock_meter(&grant.meter).wants_reading(ended);
+                let reading = if wants { handle.resources() } else { None };
+                lock_meter(&grant.meter).finish(mark, ended, reading)
+            };
+            let report = CallReport {
+                instance: grant.instance.clone(),
+                queued: started.saturating_duration_since(arrived),
+                duration: ended.saturating_duration_since(started),
+                init: grant.init,
+                usage,
+                memory_limit_kib,
+            };
             let timed_out = matches!(outcome, Err(DispatchError::Timeout(_)));
-            let _ = reply.send(outcome);
+            let _ = reply.send((outcome, Some(report)));
             if timed_out && tokio::time::timeout(STUCK_GRACE, call).await.is_err() {
                 if let Some(pool) = &grant.pool {
                     pool.stop_stuck(&grant.instance);
@@ -107,7 +153,9 @@ impl Pool {
             drop(grant);
         };
         tokio::spawn(tracing::Instrument::instrument(run, span));
-        result.await.unwrap_or(Err(DispatchError::ShuttingDown))
+        result
+            .await
+            .unwrap_or((Err(DispatchError::ShuttingDown), None))
     }
 
     async fn acquire(self: &Arc<Self>) -> Result<Grant> {
@@ -156,6 +204,8 @@ impl Pool {
             instance: slot.id.clone(),
             handle: slot.handle.clone().expect("ready slot has a handle"),
             started: now,
+            meter: slot.meter.clone(),
+            init: slot.init.take(),
         })
     }
 
@@ -181,6 +231,8 @@ impl Pool {
                 instance: slot.id.clone(),
                 handle: slot.handle.clone().expect("ready slot has a handle"),
                 started: now,
+                meter: slot.meter.clone(),
+                init: slot.init.take(),
             };
             if let Err(Ok(mut grant)) = waiter.send(Ok(grant)) {
                 // The waiter left between the check and the send: take the slot back
@@ -189,6 +241,7 @@ impl Pool {
                 let slot = &mut inner.slots[index];
                 slot.in_flight -= 1;
                 slot.invocations -= 1;
+                slot.init = slot.init.or(grant.init.take());
             }
         }
     }
@@ -225,4 +278,8 @@ impl Pool {
         let inner = self.lock();
         inner.slots.iter().map(|s| s.in_flight).sum::<u32>() + inner.queue.len() as u32
     }
+}
+
+fn lock_meter(meter: &std::sync::Mutex<Meter>) -> std::sync::MutexGuard<'_, Meter> {
+    meter.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -46,6 +46,8 @@ pub struct InstanceStatus {
     pub invocations: u64,
     /// Fraction of one core the instance used over its last sampling interval.
     pub cpu_busy: Option<f64>,
+    /// The controller's Little's-law target L* (`concurrency = "auto"`, once measured).
+    pub littles_law: Option<f64>,
 }
 
 /// A point-in-time view of one function version's pool.
@@ -102,6 +104,7 @@ impl Pool {
                     uptime_ms: now.duration_since(s.started).as_millis() as u64,
                     invocations: s.invocations,
                     cpu_busy: s.cpu_busy,
+                    littles_law: s.controller.as_ref().and_then(|c| c.littles_law_estimate()),
                 })
                 .collect(),
             decisions: inner.decisions.to_vec(),

@@ -18,6 +18,8 @@ use crate::http::{self, Body};
 const RETRY_AFTER_SECS: u64 = 1;
 /// OpenMetrics text, as Prometheus negotiates it.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Prometheus's older text format, for clients that do not ask for OpenMetrics.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 pub(super) fn reply(reply: Reply) -> Response<Body> {
     match reply {
@@ -66,7 +68,45 @@ pub(super) fn reply(reply: Reply) -> Response<Body> {
         Reply::Deleted(deleted) => http::json(StatusCode::OK, &deleted),
         Reply::Status(status) => http::json(StatusCode::OK, &status),
         Reply::Logs(page) => http::json(StatusCode::OK, &page),
-        Reply::Metrics(text) => http::response(StatusCode::OK, OPENMETRICS, text),
+        Reply::Cost(report) => http::json(StatusCode::OK, &report),
+        Reply::DashboardAsset(asset) => {
+            let mut response = http::response(StatusCode::OK, asset.content_type, asset.body);
+            // The page runs only its own files: no inline script, nothing from elsewhere.
+            insert(
+                &mut response,
+                "content-security-policy",
+                "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+            );
+            insert(&mut response, "cache-control", "no-cache");
+            response
+        }
+        Reply::LoggedIn { session } => {
+            let mut response = http::response(
+                StatusCode::SEE_OTHER,
+                "text/plain; charset=utf-8",
+                Bytes::new(),
+            );
+            insert(&mut response, "location", "/dashboard");
+            insert(
+                &mut response,
+                "set-cookie",
+                &format!(
+                    "{}={session}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+                    crate::auth::SESSION_COOKIE,
+                    crate::auth::SESSION_TTL.as_secs()
+                ),
+            );
+            response
+        }
+        Reply::LoginCode(login) => http::json(StatusCode::CREATED, &login),
+        Reply::Metrics { text, openmetrics } => {
+            let kind = if openmetrics {
+                OPENMETRICS
+            } else {
+                PROMETHEUS_TEXT
+            };
+            http::response(StatusCode::OK, kind, text)
+        }
     }
 }
 
@@ -83,6 +123,11 @@ pub(super) fn failure(
             StatusCode::UNAUTHORIZED,
             "UnauthorizedException",
             "missing or wrong admin token (send Authorization: Bearer <token from the data directory's admin-token file>)",
+        ),
+        Failure::LoginCode => http::response(
+            StatusCode::UNAUTHORIZED,
+            "text/plain; charset=utf-8",
+            "This login link was already used, has expired, or is wrong: run `shoal dashboard` for a new one.\n",
         ),
         Failure::Auth(error) => auth_error(error, request_id),
         Failure::BadRequest(message) => aws_error(

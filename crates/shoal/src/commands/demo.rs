@@ -69,12 +69,29 @@ async fn demo(
     );
     let auto = deploy(running, data_dir, HELLO_TOML).await?;
     println!("# burst 1: concurrency = \"auto\" (many invocations per instance)");
+    let since = shoal_core::now_ms();
     let shoal = burst(running, "hello", auto, n, "shoal (auto)").await?;
+    print_cost(running, since).await?;
     let lambda_toml = HELLO_TOML.replace("concurrency = \"auto\"", "concurrency = 1");
     let classic = deploy(running, data_dir, &lambda_toml).await?;
     println!("\n# burst 2: concurrency = 1 (Lambda's one invocation per instance)");
+    let since = shoal_core::now_ms();
     let lambda = burst(running, "hello", classic, n, "lambda model (concurrency=1)").await?;
+    print_cost(running, since).await?;
     Ok((shoal, lambda))
+}
+
+/// `shoal cost hello` over the burst just run: the REPORT lines it wrote, summed.
+async fn print_cost(running: &shoal_server::Running, since_ms: u64) -> anyhow::Result<()> {
+    let platform = running.platform.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        platform.cost(Some("hello"), since_ms, shoal_core::lambda_prices())
+    })
+    .await?
+    .map_err(|e| anyhow::anyhow!(shoal_core::chain(&e)))?;
+    println!("\n$ shoal cost hello   (this burst)");
+    print!("{}", super::cost::render(&report));
+    Ok(())
 }
 
 async fn deploy(

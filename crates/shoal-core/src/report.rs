@@ -1,0 +1,146 @@
+//! Lambda's `START`, `END` and `REPORT` lines, written to the function's log around
+//! every call that reached an instance, and read back for the bill (`shoal cost`).
+//!
+//! The `REPORT` line starts exactly as Lambda's (tab-separated `Key: value` fields:
+//! `Duration`, `Billed Duration`, `Memory Size`, `Max Memory Used`, `Init Duration` on a
+//! cold call, `Status` when the call did not finish normally), then adds what Shoal
+//! attributes to the call: where it ran, how long it waited for a slot, and its share of
+//! the instance's wall time, CPU time and memory × time (see `shoal_dispatch::meter`).
+//! Parsing reads fields by name, so a line from an older daemon with fewer fields still
+//! reads.
+
+use std::fmt;
+use std::time::Duration;
+
+/// One `REPORT` line's content.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Report {
+    pub request_id: String,
+    /// From hand-over to answer, ms.
+    pub duration_ms: f64,
+    /// The instance's start, on the call that started it, ms.
+    #[serde(default)]
+    pub init_ms: Option<f64>,
+    /// The function's memory setting, MiB (Lambda's "MB").
+    pub memory_size_mb: u64,
+    /// The highest resident memory its instance was seen at, MiB; unknown when the
+    /// process could not be read.
+    #[serde(default)]
+    pub max_memory_used_mb: Option<u64>,
+    /// `timeout` or `error` (the instance failed under the call); none when it answered.
+    #[serde(default)]
+    pub status: Option<String>,
+    pub instance: String,
+    pub queue_wait_ms: f64,
+    /// Wall time of the instance divided among the calls in flight, ms.
+    pub instance_share_ms: f64,
+    /// CPU time of the instance divided among the calls in flight, ms.
+    pub cpu_share_ms: f64,
+    /// Resident memory × time of the instance divided among the calls in flight, MiB·s.
+    pub memory_share_mb_s: f64,
+}
+
+impl Report {
+    /// What Lambda bills: the duration, with the init phase (billed since 2025-08-01),
+    /// rounded up to the millisecond.
+    pub fn billed_ms(&self) -> u64 {
+        (self.duration_ms + self.init_ms.unwrap_or(0.0)).ceil() as u64
+    }
+
+    pub(crate) fn from_call(
+        request_id: &str,
+        call: &shoal_dispatch::CallReport,
+        status: Option<&str>,
+    ) -> Report {
+        let usage = &call.usage;
+        Report {
+            request_id: request_id.to_owned(),
+            duration_ms: ms(call.duration),
+            init_ms: call.init.map(ms),
+            memory_size_mb: call.memory_limit_kib / 1024,
+            max_memory_used_mb: (usage.peak_rss_kib > 0).then(|| usage.peak_rss_kib.div_ceil(1024)),
+            status: status.map(str::to_owned),
+            instance: call.instance.clone(),
+            queue_wait_ms: ms(call.queued),
+            instance_share_ms: ms(usage.instance_time),
+            cpu_share_ms: ms(usage.cpu),
+            memory_share_mb_s: usage.memory_kib_seconds / 1024.0,
+        }
+    }
+
+    /// Read a line this module wrote; `None` for any other line.
+    pub fn parse(line: &str) -> Option<Report> {
+        let rest = line.strip_prefix("REPORT ")?;
+        let mut fields = std::collections::HashMap::new();
+        for field in rest.split('\t') {
+            if let Some((key, value)) = field.split_once(": ") {
+                fields.insert(key.trim(), value.trim());
+            }
+        }
+        let number = |key: &str, unit: &str| -> Option<f64> {
+            fields.get(key)?.strip_suffix(unit)?.trim().parse().ok()
+        };
+        Some(Report {
+            request_id: (*fields.get("RequestId")?).to_owned(),
+            duration_ms: number("Duration", "ms")?,
+            init_ms: number("Init Duration", "ms"),
+            memory_size_mb: number("Memory Size", "MB")? as u64,
+            max_memory_used_mb: number("Max Memory Used", "MB").map(|m| m as u64),
+            status: fields.get("Status").map(|s| (*s).to_owned()),
+            instance: fields.get("Instance").map_or("-", |s| s).to_owned(),
+            queue_wait_ms: number("Queue Wait", "ms").unwrap_or(0.0),
+            instance_share_ms: number("Instance Share", "ms").unwrap_or(0.0),
+            cpu_share_ms: number("CPU Share", "ms").unwrap_or(0.0),
+            memory_share_mb_s: number("Memory Share", "MB-s").unwrap_or(0.0),
+        })
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "REPORT RequestId: {}\tDuration: {:.2} ms\tBilled Duration: {} ms\tMemory Size: {} MB",
+            self.request_id,
+            self.duration_ms,
+            self.billed_ms(),
+            self.memory_size_mb
+        )?;
+        if let Some(used) = self.max_memory_used_mb {
+            write!(f, "\tMax Memory Used: {used} MB")?;
+        }
+        if let Some(init) = self.init_ms {
+            write!(f, "\tInit Duration: {init:.2} ms")?;
+        }
+        if let Some(status) = &self.status {
+            write!(f, "\tStatus: {status}")?;
+        }
+        write!(
+            f,
+            "\tInstance: {}\tQueue Wait: {:.2} ms\tInstance Share: {:.2} ms\tCPU Share: {:.2} ms\tMemory Share: {:.3} MB-s",
+            self.instance,
+            self.queue_wait_ms,
+            self.instance_share_ms,
+            self.cpu_share_ms,
+            self.memory_share_mb_s
+        )
+    }
+}
+
+/// Lambda's `START` line.
+pub fn start_line(request_id: &str, version: u32) -> String {
+    format!("START RequestId: {request_id} Version: {version}")
+}
+
+/// Lambda's `END` line.
+pub fn end_line(request_id: &str) -> String {
+    format!("END RequestId: {request_id}")
+}
+
+fn ms(d: Duration) -> f64 {
+    // Two decimals are printed; rounding here keeps a parsed line equal to its source.
+    (d.as_secs_f64() * 100_000.0).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests;
