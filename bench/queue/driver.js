@@ -2,7 +2,7 @@
 // then waits until the queue is empty (every message handled and deleted), reading the
 // depth every 20 ms on a connection of its own. Prints one JSON line.
 //
-//   node driver.js SYSTEM setup
+//   node driver.js SYSTEM setup|reset
 //   node driver.js SYSTEM throughput --n 50000 [--batch 10] [--senders 16]
 //   node driver.js SYSTEM rate --rate 1000 --seconds 20 --warmup 5 --listen HOST:PORT
 //
@@ -161,12 +161,13 @@ async function rate(q, a) {
 async function main() {
   const a = args(process.argv.slice(2));
   const [system, phase] = a._;
-  if (phase === 'setup') {
+  if (phase === 'setup' || phase === 'reset') {
     if (system === 'pg') {
       const { Client } = require('pg');
       const c = new Client({ connectionString: a.pg });
       await c.connect();
-      await c.query(PG_SCHEMA);
+      // reset: an empty table with fresh storage (no dead rows), consumers left running.
+      await c.query(phase === 'setup' ? PG_SCHEMA : 'TRUNCATE bench_queue');
       await c.end();
     }
     console.log(JSON.stringify({ ok: true }));

@@ -136,6 +136,9 @@ class System:
     def counters(self) -> dict:
         return {}
 
+    def reset(self) -> None:
+        """Before each warm-up and measured run."""
+
     def stop(self) -> None:
         raise NotImplementedError
 
@@ -248,6 +251,12 @@ class PgSystem(System):
     def consumers(self, setting, env: dict) -> Consumers:
         return Consumers(["pg", "--pg", self.pg.url, "--consumers", str(setting)], 1, env)
 
+    def reset(self) -> None:
+        # Every run starts on a fresh table: run after run on the same one, the deleted
+        # rows waiting for autovacuum slowed PostgreSQL down by half, which would make the
+        # tuning sweep's first setting win whatever it is.
+        node_json([*self.driver[:1], "reset", *self.driver[1:]])
+
     def stop(self) -> None:
         self.pg.stop()
 
@@ -315,6 +324,7 @@ class QueueScenarios:
                     log(f"queue-throughput: {c} ({system.describe(setting)}), warm-up {warm}, then {n}")
                     consumers = system.consumers(setting, env)
                     try:
+                        system.reset()
                         node_json([*drv, "--n", str(warm)])
                         tuning.append((setting, measured(setting, consumers)))
                     finally:
@@ -324,9 +334,9 @@ class QueueScenarios:
                 runs = [best]
                 consumers = system.consumers(best_setting, env)
                 try:
-                    if reps > 1:
-                        node_json([*drv, "--n", str(warm)])
                     for _ in range(reps - 1):
+                        system.reset()
+                        node_json([*drv, "--n", str(warm)])
                         runs.append(measured(best_setting, consumers))
                     counters = system.counters()
                     log(f"queue-throughput: {c} latency at {rate} msg/s for {warmup} + {seconds} s")
