@@ -6,65 +6,15 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// A temp directory removed on drop (short name: instances' sockets live below it).
-struct TempDir(PathBuf);
+mod support;
 
-impl TempDir {
-    fn new() -> TempDir {
-        let path = std::env::temp_dir().join(format!("shoal-q-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// `shoal serve` on loopback ephemeral ports, killed on drop.
-struct Daemon(Child);
-
-impl Daemon {
-    fn start(data_dir: &Path) -> Daemon {
-        let log = std::fs::File::create(data_dir.join("daemon.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(["--control-listen", "127.0.0.1:0"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting shoal serve");
-        // Generous: it bounds a hang on a busy machine, it measures nothing.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !data_dir.join("control-addr").exists() {
-            assert!(
-                Instant::now() < deadline,
-                "shoal serve never published its address: {}",
-                std::fs::read_to_string(data_dir.join("daemon.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Daemon(child)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{Daemon, TempDir};
 
 /// `shoal queue ARGS...`, with `stdin` on standard input.
 fn queue(data_dir: &Path, args: &[&str], stdin: &str) -> Output {
@@ -118,7 +68,7 @@ fn row(listing: &str, name: &str) -> Vec<String> {
 
 #[test]
 fn queues_are_managed_from_the_command_line() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("shoal-q");
     let data = dir.0.as_path();
     let _daemon = Daemon::start(data);
 

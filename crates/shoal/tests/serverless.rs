@@ -7,62 +7,12 @@
 // rule that only shoal-runtime spawns processes is about the daemon's own code.
 #![allow(clippy::disallowed_methods)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Output};
 
-struct TempDir(PathBuf);
+mod support;
 
-impl TempDir {
-    fn new() -> TempDir {
-        let path = std::env::temp_dir().join(format!("shoal-sls-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// `shoal serve` on loopback ephemeral ports, killed on drop.
-struct Daemon(Child);
-
-impl Daemon {
-    fn start(data_dir: &Path) -> Daemon {
-        let log = std::fs::File::create(data_dir.join("daemon.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(["--control-listen", "127.0.0.1:0"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting shoal serve");
-        // Generous: it bounds a hang on a busy machine, it measures nothing.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !data_dir.join("control-addr").exists() {
-            assert!(
-                Instant::now() < deadline,
-                "shoal serve never published its address: {}",
-                std::fs::read_to_string(data_dir.join("daemon.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Daemon(child)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{Daemon, TempDir};
 
 fn shoal(data_dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_shoal"))
@@ -109,7 +59,7 @@ exports.hello = async (event, context) => ({
 
 #[test]
 fn a_serverless_project_and_a_lambda_zip_deploy_and_answer_under_their_names() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("shoal-sls");
     let data = dir.0.join("data");
     std::fs::create_dir_all(&data).unwrap();
     let _daemon = Daemon::start(&data);
