@@ -272,6 +272,7 @@ fn rig_with_clock(answers: &[Answer], dir: Option<tempdir::Dir>, clock: Clock) -
         invoker: fake.clone(),
         clock,
         retry_base_ms: 60_000,
+        sources: None,
     });
     let (stop, _) = watch::channel(false);
     Rig {
