@@ -13,6 +13,10 @@ use crate::error;
 /// below is idempotent but not safe to run concurrently).
 const INSTALL_LOCK: i64 = 0x5348_4f41_4c00_0001;
 
+/// Written as the capture function's comment; a different one (or none) reinstalls the
+/// schema's objects. Bump it whenever [`SCHEMA`] changes.
+const SCHEMA_VERSION: &str = "shoal outbox 1";
+
 /// The outbox, the streams' positions and the capture function. The function runs as its
 /// owner (Shoal's role: `SECURITY DEFINER`), so the application's roles need no rights on
 /// schema `shoal`; it writes times in UTC whatever the writer's session says.
@@ -134,9 +138,28 @@ pub(crate) async fn install(
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&INSTALL_LOCK])
         .await
         .map_err(|e| error("waiting for other installs", e))?;
-    tx.batch_execute(SCHEMA)
+    // DDL only when missing or from another version: `CREATE INDEX IF NOT EXISTS` and
+    // friends lock the outbox even when there is nothing to do, and writers of watched
+    // tables insert into it.
+    let current: Option<bool> = tx
+        .query_one(
+            "SELECT obj_description(to_regprocedure('shoal.capture()'), 'pg_proc') = $1",
+            &[&SCHEMA_VERSION],
+        )
         .await
-        .map_err(|e| error("installing schema shoal (the outbox)", e))?;
+        .map_err(|e| error("looking for schema shoal", e))?
+        .get(0);
+    if current != Some(true) {
+        tx.batch_execute(SCHEMA)
+            .await
+            .map_err(|e| error("installing schema shoal (the outbox)", e))?;
+        tx.batch_execute(&format!(
+            "COMMENT ON FUNCTION shoal.capture() IS {}",
+            literal(SCHEMA_VERSION)
+        ))
+        .await
+        .map_err(|e| error("marking schema shoal's version", e))?;
+    }
     let name = trigger.qualified_table();
     let found: Option<String> = tx
         .query_one("SELECT to_regclass($1)::text", &[&table(trigger)])
@@ -171,17 +194,35 @@ pub(crate) async fn install(
     let mut args = vec![literal(stream)];
     args.extend(keys.iter().map(|k| literal(k)));
     let events = trigger.operations.join(" OR ");
-    let ddl = format!(
-        "DROP TRIGGER IF EXISTS {trig} ON {table};
-         CREATE TRIGGER {trig} AFTER {events} ON {table}
-             FOR EACH ROW EXECUTE FUNCTION shoal.capture({args});",
-        trig = ident(&trigger_name(stream)),
-        table = table(trigger),
-        args = args.join(", "),
-    );
-    tx.batch_execute(&ddl)
+    // The trigger's comment says what it was made for; the same comment means nothing to
+    // do, so a restart takes no lock on the user's table.
+    let made_for = format!("{SCHEMA_VERSION}: {events} keys {}", keys.join(","));
+    let existing: Option<Option<String>> = tx
+        .query_opt(
+            "SELECT obj_description(oid, 'pg_trigger') FROM pg_trigger
+             WHERE tgrelid = to_regclass($1) AND tgname = $2",
+            &[&table(trigger), &trigger_name(stream)],
+        )
         .await
-        .map_err(|e| error(&format!("creating the trigger on {name}"), e))?;
+        .map_err(|e| error("looking for the trigger", e))?
+        .map(|row| row.get(0));
+    if existing.flatten().as_deref() != Some(made_for.as_str()) {
+        // The table's lock first: a writer holding it never waits on us for the outbox.
+        let ddl = format!(
+            "LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE;
+             DROP TRIGGER IF EXISTS {trig} ON {table};
+             CREATE TRIGGER {trig} AFTER {events} ON {table}
+                 FOR EACH ROW EXECUTE FUNCTION shoal.capture({args});
+             COMMENT ON TRIGGER {trig} ON {table} IS {comment};",
+            trig = ident(&trigger_name(stream)),
+            table = table(trigger),
+            args = args.join(", "),
+            comment = literal(&made_for),
+        );
+        tx.batch_execute(&ddl)
+            .await
+            .map_err(|e| error(&format!("creating the trigger on {name}"), e))?;
+    }
     tx.execute(
         "INSERT INTO shoal.streams (stream) VALUES ($1) ON CONFLICT DO NOTHING",
         &[&stream],
