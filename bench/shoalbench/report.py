@@ -419,7 +419,8 @@ def change_stream(r: dict, load: str | None) -> str:
         w(f"- **Fixed rate:** {f['rate']} single-row commits/s for {f['seconds']} s "
           f"({f['n']:,} changes): commit to handler **p50 {fmt(f['p50_ms'], 1)} ms, p99 "
           f"{fmt(f['p99_ms'], 1)} ms** (max {fmt(f['max_ms'], 1)} ms), {f['batches']:,} batches. "
-          "An idle trigger polls every 50 ms, which sets the floor of the median.")
+          "The trigger polls the outbox: 5 ms after changes came, doubling to 100 ms while none "
+          "come.")
     io = r.get("io_bound")
     if io:
         w(f"- **I/O-bound handler** (waits {io['sleep_ms']} ms per batch, batch_size 10), "

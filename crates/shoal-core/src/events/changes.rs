@@ -32,8 +32,14 @@ use tokio::sync::watch;
 use super::{Ctx, TriggerState};
 use crate::Error;
 
-/// How long an idle trigger waits before looking for changes again.
-const IDLE_POLL: Duration = Duration::from_millis(50);
+/// How long a trigger waits after a read that found nothing: short just after changes
+/// came (they tend to come in runs, and each wait is latency), doubling while nothing
+/// comes, up to [`IDLE_POLL_MAX`] (what an idle trigger costs the database: one indexed
+/// query per wait).
+const IDLE_POLL_MIN: Duration = Duration::from_millis(5);
+const IDLE_POLL_MAX: Duration = Duration::from_millis(100);
+/// The longest a batching window's wait for more changes lasts before it looks again.
+const WINDOW_POLL: Duration = Duration::from_millis(50);
 /// How often lag (records and age of the oldest) is read from the source.
 const LAG_REFRESH: Duration = Duration::from_secs(1);
 /// Most changes read in one page.
@@ -245,6 +251,7 @@ async fn serve(
     let lanes = trigger.parallelization_factor.max(1) as usize;
     let page = (trigger.batch_size as usize * lanes * 4).clamp(1, PAGE_MAX);
     let mut lag_read: Option<std::time::Instant> = None;
+    let mut idle = IDLE_POLL_MIN;
     loop {
         if *stop.borrow() {
             return Ok(());
@@ -263,17 +270,19 @@ async fn serve(
         let changes = feed.read(page).await?;
         state.error(None);
         if changes.is_empty() {
-            if sleep_or_stop(stop, IDLE_POLL).await {
+            if sleep_or_stop(stop, idle).await {
                 return Ok(());
             }
+            idle = (idle * 2).min(IDLE_POLL_MAX);
             continue;
         }
+        idle = IDLE_POLL_MIN;
         if changes.len() < trigger.batch_size as usize && trigger.batching_window_ms > 0 {
             // Wait for a fuller batch while the oldest change is younger than the window.
             let oldest = changes.iter().map(|c| c.changed_at_ms).min().unwrap_or(0);
             let left = oldest + trigger.batching_window_ms as i64 - ctx.now();
             if left > 0 {
-                let pause = Duration::from_millis(left as u64).min(IDLE_POLL);
+                let pause = Duration::from_millis(left as u64).min(WINDOW_POLL);
                 if sleep_or_stop(stop, pause).await {
                     return Ok(());
                 }
