@@ -210,6 +210,7 @@ pub(crate) async fn run(
                 continue;
             }
         };
+        failures = 0;
         match serve(&ctx, &task, &feed, &state, &stream, &mut stop).await {
             Ok(()) => return,
             Err(e) => {
@@ -374,6 +375,8 @@ async fn deliver_lane(
                 batch = &batch[failure.from..];
             }
             if failure.throttled {
+                // It never ran: neither an invocation nor a retry.
+                attempts -= 1;
                 state.count("throttled", batch.len() as u64);
                 if sleep_or_stop(&mut stop, RETRY_BASE).await {
                     return Ok(());

@@ -617,3 +617,158 @@ async fn a_schedule_fires_on_time_and_a_restart_neither_repeats_nor_skips() {
     }
     assert!(!fired[..3].iter().any(|(_, late)| *late), "{fired:?}");
 }
+
+/// An in-memory change feed: changes in order until acknowledged.
+#[derive(Default)]
+struct MemoryFeed {
+    pending: Mutex<Vec<changes::Change>>,
+    acked: Mutex<Vec<i64>>,
+}
+
+#[async_trait::async_trait]
+impl ChangeFeed for MemoryFeed {
+    async fn read(&self, max: usize) -> Result<Vec<Change>, SourceError> {
+        Ok(self
+            .pending
+            .lock()
+            .unwrap()
+            .iter()
+            .take(max)
+            .cloned()
+            .collect())
+    }
+    async fn ack(&self, sequences: &[i64]) -> Result<(), SourceError> {
+        self.pending
+            .lock()
+            .unwrap()
+            .retain(|c| !sequences.contains(&c.sequence));
+        self.acked.lock().unwrap().extend_from_slice(sequences);
+        Ok(())
+    }
+    async fn lag(&self) -> Result<Lag, SourceError> {
+        Ok(Lag {
+            records: self.pending.lock().unwrap().len() as u64,
+            ..Lag::default()
+        })
+    }
+}
+
+struct OneFeed(Arc<MemoryFeed>);
+
+#[async_trait::async_trait]
+impl ChangeSources for OneFeed {
+    async fn open(
+        &self,
+        _url: &str,
+        _stream: &str,
+        _trigger: &PostgresTrigger,
+    ) -> Result<Arc<dyn ChangeFeed>, SourceError> {
+        Ok(self.0.clone())
+    }
+    async fn remove(&self, _: &str, _: &str, _: &PostgresTrigger) -> Result<u64, SourceError> {
+        Ok(0)
+    }
+}
+
+fn change(sequence: i64, key: i64) -> Change {
+    Change {
+        sequence,
+        op: ChangeOp::Insert,
+        changed_at_ms: 1_800_000_000_000,
+        keys: format!("{{\"id\": {key}}}"),
+        new_image: Some(format!("{{\"id\": {key}}}")),
+        old_image: None,
+    }
+}
+
+/// One lane, one record per batch: a throttle costs no retry, a failing record is tried
+/// 1 + 2 times 1 s then 2 s apart, goes to `on_failure` with the record, and its key's
+/// next change is delivered after it; every change is acknowledged once settled.
+#[tokio::test(start_paused = true)]
+async fn a_failing_change_is_retried_with_backoff_then_sent_to_on_failure_and_the_stream_goes_on() {
+    let r = rig(
+        &[
+            Answer::Throttle,
+            Answer::Throw,
+            Answer::Throw,
+            Answer::Throw,
+            Answer::Ok,
+        ],
+        None,
+    );
+    r.ctx
+        .queues
+        .create_queue("changes-failed", QueueConfig::default())
+        .await
+        .unwrap();
+    let feed = Arc::new(MemoryFeed::default());
+    feed.pending
+        .lock()
+        .unwrap()
+        .extend([change(1, 7), change(2, 7), change(3, 8)]);
+    let trigger = PostgresTrigger {
+        url_env: "DATABASE_URL".into(),
+        schema: "public".into(),
+        table: "orders".into(),
+        operations: vec!["INSERT".into()],
+        batch_size: 1,
+        batching_window_ms: 0,
+        parallelization_factor: 1,
+        maximum_retry_attempts: 2,
+        report_batch_item_failures: false,
+        on_failure: Some("changes-failed".into()),
+    };
+    let state = Arc::new(TriggerState::default());
+    r.workers.lock().unwrap().push(state.clone());
+    let task = changes::Task {
+        function: "f".into(),
+        stream: "f:public.orders".into(),
+        url: "postgres://test".into(),
+        trigger,
+        sources: Arc::new(OneFeed(feed.clone())),
+        turn: Arc::default(),
+    };
+    tokio::spawn(changes::run(
+        r.ctx.clone(),
+        task,
+        state.clone(),
+        Arc::new(changes::StreamState::default()),
+        r.stop.subscribe(),
+    ));
+    r.until("every change settled", |_| {
+        feed.acked.lock().unwrap().len() == 3
+    })
+    .await;
+    let calls = r.calls();
+    let first_id = |c: &Call| -> i64 {
+        let v: serde_json::Value = serde_json::from_str(&c.payload).unwrap();
+        v["Records"][0]["dynamodb"]["SequenceNumber"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let order: Vec<i64> = calls.iter().map(first_id).collect();
+    assert_eq!(order, [1, 1, 1, 1, 2, 3], "calls: {calls:?}");
+    assert!(calls.iter().all(|c| c.trigger == "postgres"));
+    // Throttle → 1 s → fail → 1 s → fail → 2 s → fail → destination.
+    let gaps: Vec<i64> = calls.windows(2).map(|w| w[1].at_ms - w[0].at_ms).collect();
+    assert!(
+        (1_000..1_500).contains(&gaps[1]),
+        "first retry after {} ms",
+        gaps[1]
+    );
+    assert!(
+        (2_000..2_500).contains(&gaps[2]),
+        "second retry after {} ms",
+        gaps[2]
+    );
+    assert_eq!(*feed.acked.lock().unwrap(), [1, 2, 3]);
+    let records = r.drain("changes-failed").await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["requestContext"]["approximateInvokeCount"], 3);
+    assert_eq!(records[0]["Records"][0]["dynamodb"]["SequenceNumber"], "1");
+    assert_eq!(state.count_of("to_destination"), 1);
+    assert_eq!(state.count_of("retried"), 2);
+    assert_eq!(state.count_of("throttled"), 1);
+}
