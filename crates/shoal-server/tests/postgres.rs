@@ -32,6 +32,37 @@ async fn start() -> TestServer {
     .await
 }
 
+/// `promtool check metrics` on a scrape, where promtool is installed (`.ci/run` installs
+/// it; `tests/observe.rs` requires it).
+#[allow(clippy::disallowed_methods)] // runs promtool; the daemon itself spawns nothing here
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("promtool not installed: the scrape's format is not checked here");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The function's log lines (message text only).
 async fn log_lines(server: &TestServer, function: &str) -> Vec<String> {
     let page = server
@@ -192,6 +223,9 @@ async fn committed_changes_arrive_in_order_per_key_and_survive_a_restart() {
         "{metrics}"
     );
     assert!(metrics.contains("shoal_change_trigger_lag_records{"));
+    assert!(metrics.contains("shoal_change_trigger_lag_seconds{"));
+    assert!(metrics.contains("shoal_change_trigger_changes_total{"));
+    promtool_check(&metrics);
 
     // Changes made while the daemon is down arrive after it starts.
     server.stop().await;
