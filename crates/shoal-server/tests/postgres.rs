@@ -3,7 +3,8 @@
 //! (one and many transactions), a rollback delivers nothing, changes made while the daemon
 //! is down arrive after it starts, a poison record is retried and then goes to the
 //! on-failure queue while the other keys flow, status and `/metrics` show position and
-//! lag, and a redeploy without the trigger removes it from the database.
+//! lag, and a redeploy without the trigger, or deleting the function, removes it from the
+//! database.
 
 #[path = "../../shoal-pg/tests/support/cluster.rs"]
 mod cluster;
@@ -344,5 +345,29 @@ async fn a_poison_record_is_retried_then_sent_to_on_failure_while_other_keys_flo
         .cloned()
         .unwrap();
     assert_eq!(trigger["counts"]["to_destination"], 1, "{trigger}");
+
+    // Deleting the function removes its database trigger and forgets its outbox rows.
+    let deleted = server
+        .control(
+            hyper::Method::DELETE,
+            "/admin/functions/audit",
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await;
+    assert!(deleted.status.is_success(), "{}", deleted.text());
+    let deadline = Instant::now() + PATIENCE;
+    while cluster.psql("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'shoal_%'") != "0" {
+        assert!(
+            Instant::now() < deadline,
+            "the database trigger outlived its function"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    db.batch_execute("UPDATE public.orders SET v = 2")
+        .await
+        .unwrap();
+    assert_eq!(cluster.psql("SELECT count(*) FROM shoal.changes"), "0");
+    assert_eq!(cluster.psql("SELECT count(*) FROM shoal.streams"), "0");
     server.shutdown().await;
 }
