@@ -42,7 +42,8 @@ pub enum LimitAction {
 }
 
 /// Which rule spoke, with the figures it judged. The fractions are of one core (`busy`,
-/// `target`) or of the memory limit; latencies are in seconds.
+/// `target`) or of the memory limit; latencies are in seconds. `busy` is the CPU the
+/// instance asked for: what it ran plus what it waited runnable for a core.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum LimitReason {
     /// Rule 1: RSS at or above the memory headroom (cut).
