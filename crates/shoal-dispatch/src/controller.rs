@@ -57,7 +57,8 @@
 //!    time and `L*` with it.
 //! 3. *Latency inflated*: the mean wall time of the latest window of ≥ 3 completions
 //!    (one interval, or several for a slow or quiet function; each window is judged once)
-//!    exceeds `latency_tolerance` × baseline → cut ×0.9. If four cuts in a row, spanning
+//!    exceeds `latency_tolerance` × baseline → cut ×0.9, unless fewer than one call was
+//!    in flight on average (calls that do not overlap cannot slow each other: hold). If four cuts in a row, spanning
 //!    at least one latency (a cut shows only once earlier admissions finish), have not
 //!    improved latency by 5 %, the slowdown is not ours (a slower downstream): the
 //!    baseline is rebased to the current latency instead of cutting on towards 1.
@@ -131,6 +132,9 @@ const OVERSUBSCRIBED: f64 = 1.5;
 const MIN_BUSY_FOR_PROJECTION: f64 = 0.02;
 /// The smallest CPU per invocation used in `L*`, so a zero reading cannot divide by zero.
 const MIN_CPU_PER_INVOCATION: f64 = 1e-6;
+/// Below this mean in-flight count calls do not overlap enough for this instance's
+/// concurrency to be the cause of a latency rise.
+const MIN_OVERLAP: f64 = 1.0;
 /// Latency net of run-queue wait is never taken below this fraction of the measured one.
 const MIN_NET_LATENCY: f64 = 0.1;
 
@@ -500,6 +504,17 @@ impl Controller {
         if let Some((base, mean)) = window.filter(|_| self.window_fresh) {
             let ratio = mean / base;
             let tol = cfg.latency_tolerance;
+            if ratio > tol && in_flight < MIN_OVERLAP {
+                // Calls barely overlap here, so none waits for another: the slowdown is
+                // the machine's (the daemon's threads, a neighbour, the network), and a
+                // lower limit would bind nothing but the next burst.
+                self.latency_cuts = 0;
+                return Verdict::Hold(LimitReason::LatencyNotOurs {
+                    latency_secs: mean,
+                    ratio,
+                    in_flight,
+                });
+            }
             if ratio > tol {
                 if self.latency_cuts == 0 {
                     self.latency_at_first_cut = mean;

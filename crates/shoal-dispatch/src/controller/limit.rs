@@ -71,6 +71,14 @@ pub enum LimitReason {
         ratio: f64,
         cuts: u32,
     },
+    /// Rule 3: latency is past the tolerance, but calls barely overlapped (mean
+    /// in-flight below one), so none was slowed by another: not this instance's doing
+    /// (hold).
+    LatencyNotOurs {
+        latency_secs: f64,
+        ratio: f64,
+        in_flight: f64,
+    },
     /// The sample covered no time (hold).
     EmptyInterval,
     /// Rule 4: nothing completed yet, so the initial limit stays (hold).
@@ -117,6 +125,7 @@ impl LimitReason {
             LimitReason::Oversubscribed { .. } => "oversubscribed",
             LimitReason::LatencyInflated { .. } => "latency_inflated",
             LimitReason::ExternalSlowdown { .. } => "external_slowdown",
+            LimitReason::LatencyNotOurs { .. } => "latency_not_ours",
             LimitReason::EmptyInterval => "empty_interval",
             LimitReason::NothingCompleted { .. } => "nothing_completed",
             LimitReason::NotBinding { .. } => "not_binding",
@@ -177,6 +186,15 @@ impl fmt::Display for LimitReason {
                 f,
                 "latency {latency_secs:.3}s stayed {ratio:.2}x baseline after {cuts} cuts: \
                  external slowdown, rebasing baseline to {latency_secs:.3}s"
+            ),
+            LimitReason::LatencyNotOurs {
+                latency_secs,
+                ratio,
+                in_flight,
+            } => write!(
+                f,
+                "latency {latency_secs:.4}s = {ratio:.2}x baseline, but only {in_flight:.2} \
+                 in flight: calls do not overlap, not ours to cut"
             ),
             LimitReason::EmptyInterval => f.write_str("empty interval"),
             LimitReason::NothingCompleted { limit } => write!(
