@@ -205,6 +205,7 @@ impl ChangeFeed for Feed {
             .query_one(sql::LAG, &[&self.stream])
             .await
             .map_err(|e| error("reading the lag", e))?;
+        // Saturates at 100,000 (see sql::LAG).
         let records: i64 = row.get(0);
         let position: Option<i64> = row.get(2);
         Ok(Lag {

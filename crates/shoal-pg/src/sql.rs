@@ -93,11 +93,15 @@ pub(crate) const ACK: &str = "
         delivered = delivered + (SELECT count(*) FROM gone)
     WHERE stream = $1";
 
-/// Undelivered changes, the oldest one's time, the position.
+/// Undelivered changes (counted up to 100,000: after a long outage the count
+/// would otherwise scan the whole backlog every second), the oldest one's time (the
+/// lowest id is the oldest write of the stream), the position.
 pub(crate) const LAG: &str = "
-    SELECT count(*), (extract(epoch FROM min(at)) * 1000)::int8,
-           (SELECT position FROM shoal.streams WHERE stream = $1)
-    FROM shoal.changes WHERE stream = $1";
+    SELECT (SELECT count(*) FROM (
+                SELECT 1 FROM shoal.changes WHERE stream = $1 LIMIT 100000) capped),
+           (SELECT (extract(epoch FROM at) * 1000)::int8 FROM shoal.changes
+                WHERE stream = $1 ORDER BY id LIMIT 1),
+           (SELECT position FROM shoal.streams WHERE stream = $1)";
 
 /// A name PostgreSQL will not fold or misread.
 fn ident(name: &str) -> String {

@@ -101,7 +101,8 @@ impl Change {
 /// How far a feed is behind.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Lag {
-    /// Changes captured and not yet delivered.
+    /// Changes captured and not yet delivered (a source may stop counting at a cap:
+    /// PostgreSQL's counts up to 100,000).
     pub records: u64,
     /// When the oldest of them was made (epoch ms).
     pub oldest_ms: Option<i64>,
