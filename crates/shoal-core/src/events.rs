@@ -226,18 +226,19 @@ impl Events {
                     trigger.url_env
                 )));
             };
-            // Install the capture now, so a wrong URL, table or privilege fails the deploy
-            // with the database's own words (installing is idempotent).
+            // Try the install now (rolled back), so a wrong URL, table or privilege fails
+            // the deploy with the database's own words, and a refused deploy leaves no
+            // trigger capturing for a reader that never comes.
             let stream = changes::stream_name(&spec.name, trigger);
-            let opened = tokio::runtime::Handle::current().block_on(async {
+            let checked = tokio::runtime::Handle::current().block_on(async {
                 tokio::time::timeout(
                     std::time::Duration::from_secs(20),
-                    sources.open(&url, &stream, trigger),
+                    sources.check(&url, &stream, trigger),
                 )
                 .await
             });
-            match opened {
-                Ok(Ok(_)) => {}
+            match checked {
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     return Err(refuse(format!(
                         "watching table {} through ${}: {e}",
@@ -252,6 +253,44 @@ impl Events {
                     )))
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Install the capture of `spec`'s postgres triggers, and return once it is in place:
+    /// a deploy that answered has every change after it captured. Called when nothing
+    /// that can refuse the deploy is left (after [`Events::check`]).
+    pub(crate) fn install(&self, spec: &FunctionSpec) -> Result<()> {
+        let Some(sources) = &self.ctx.sources else {
+            return Ok(());
+        };
+        for (index, source) in spec.events.iter().enumerate() {
+            let EventSource::Postgres(trigger) = source else {
+                continue;
+            };
+            let Some(url) = changes::resolve_url(spec, trigger) else {
+                continue; // refused by check
+            };
+            let stream = changes::stream_name(&spec.name, trigger);
+            let opened = tokio::runtime::Handle::current().block_on(async {
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(20),
+                    sources.open(&url, &stream, trigger),
+                )
+                .await
+            });
+            let reason = match opened {
+                Ok(Ok(_feed)) => continue,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "the database did not answer within 20 s".to_owned(),
+            };
+            return Err(Error::Unsupported {
+                function: spec.name.clone(),
+                reason: format!(
+                    "events[{index}].postgres: installing the capture on {}: {reason}",
+                    trigger.qualified_table()
+                ),
+            });
         }
         Ok(())
     }

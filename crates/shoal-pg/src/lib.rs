@@ -95,7 +95,7 @@ impl ChangeSources for Postgres {
         trigger: &PostgresTrigger,
     ) -> Result<Arc<dyn ChangeFeed>, SourceError> {
         let mut client = connect(url).await?;
-        sql::install(&mut client, stream, trigger).await?;
+        sql::install(&mut client, stream, trigger, true).await?;
         // An acknowledgement need not wait for its WAL flush: one lost in a crash of the
         // database only makes its changes come again (at least once), and the delivery
         // path no longer waits on the server's disk for every batch.
@@ -108,6 +108,16 @@ impl ChangeSources for Postgres {
             stream: stream.to_owned(),
             window: Mutex::new(None),
         }))
+    }
+
+    async fn check(
+        &self,
+        url: &str,
+        stream: &str,
+        trigger: &PostgresTrigger,
+    ) -> Result<(), SourceError> {
+        let mut client = connect(url).await?;
+        sql::install(&mut client, stream, trigger, false).await
     }
 
     async fn remove(

@@ -130,10 +130,13 @@ fn table(trigger: &PostgresTrigger) -> String {
 
 /// Install the outbox (if missing) and (re)create `stream`'s trigger on the table, in one
 /// transaction: a change is either captured by the old trigger or the new one, never lost.
+/// Without `commit` the transaction is rolled back: every check the database makes
+/// (table, key, privileges) is made, and nothing stays.
 pub(crate) async fn install(
     client: &mut Client,
     stream: &str,
     trigger: &PostgresTrigger,
+    commit: bool,
 ) -> Result<(), SourceError> {
     let tx = client
         .transaction()
@@ -233,6 +236,12 @@ pub(crate) async fn install(
     )
     .await
     .map_err(|e| error("recording the stream", e))?;
+    if !commit {
+        return tx
+            .rollback()
+            .await
+            .map_err(|e| error("rolling the trial install back", e));
+    }
     tx.commit()
         .await
         .map_err(|e| error("committing the install", e))

@@ -322,12 +322,23 @@ async fn removing_a_trigger_stops_the_capture_and_forgets_its_changes() {
         cluster.psql("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'shoal_%'"),
         "0"
     );
+    // A check makes the install's checks and leaves nothing behind.
+    db.batch_execute("CREATE TABLE public.other (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    pg.check(&cluster.url, "f:public.other", &trigger("other"))
+        .await
+        .unwrap();
+    assert_eq!(
+        cluster.psql("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'shoal_%'"),
+        "0"
+    );
     // A table without a primary key is refused with a way out.
     db.batch_execute("CREATE TABLE public.loose (v int)")
         .await
         .unwrap();
     let err = pg
-        .open(&cluster.url, "f:public.loose", &trigger("loose"))
+        .check(&cluster.url, "f:public.loose", &trigger("loose"))
         .await
         .err()
         .unwrap();

@@ -133,6 +133,14 @@ pub trait ChangeSources: Send + Sync + 'static {
         stream: &str,
         trigger: &PostgresTrigger,
     ) -> Result<Arc<dyn ChangeFeed>, SourceError>;
+    /// Whether `open` would succeed (connection, table, key, privileges), leaving nothing
+    /// behind: a deploy checks before it commits, and may still be refused after.
+    async fn check(
+        &self,
+        url: &str,
+        stream: &str,
+        trigger: &PostgresTrigger,
+    ) -> Result<(), SourceError>;
     /// Stop capturing for `stream` and forget its undelivered changes; how many.
     async fn remove(
         &self,

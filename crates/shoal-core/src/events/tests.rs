@@ -665,6 +665,9 @@ impl ChangeSources for OneFeed {
     ) -> Result<Arc<dyn ChangeFeed>, SourceError> {
         Ok(self.0.clone())
     }
+    async fn check(&self, _: &str, _: &str, _: &PostgresTrigger) -> Result<(), SourceError> {
+        Ok(())
+    }
     async fn remove(&self, _: &str, _: &str, _: &PostgresTrigger) -> Result<u64, SourceError> {
         Ok(0)
     }
