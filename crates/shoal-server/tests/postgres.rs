@@ -149,6 +149,25 @@ async fn committed_changes_arrive_in_order_per_key_and_survive_a_restart() {
         .await
         .unwrap();
     let mut server = start().await;
+    // A refused deploy leaves nothing capturing: the valid trigger's install was a trial.
+    let refused = format!(
+        "{}\n[functions.other]\nhandler = \"index.handler\"\nenv = {{ DATABASE_URL = \"{}\" }}\n\
+         events = [{{ postgres = {{ url_env = \"DATABASE_URL\", table = \"public.missing\" }} }}]\n",
+        manifest(&cluster.url, ""),
+        cluster.url
+    );
+    let (status, body) = server
+        .deploy_files(&[("index.js", HANDLER), ("shoal.toml", &refused)])
+        .await;
+    assert_eq!(status, hyper::StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body.to_string().contains("public.missing does not exist"),
+        "{body}"
+    );
+    assert_eq!(
+        cluster.psql("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'shoal_%'"),
+        "0"
+    );
     server
         .deploy_ok(&[
             ("index.js", HANDLER),
