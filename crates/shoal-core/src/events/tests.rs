@@ -37,6 +37,8 @@ enum Answer {
     Ok,
     Throw,
     Throttle,
+    /// Success with this body (a partial batch response).
+    Returns(&'static str),
 }
 
 impl Invoker for Fake {
@@ -68,6 +70,7 @@ impl Invoker for Fake {
                     error_type: "Error".into(),
                     body: Bytes::from_static(br#"{"errorType":"Error","errorMessage":"boom"}"#),
                 }),
+                Answer::Returns(body) => Ok(Outcome::Success(Bytes::from_static(body.as_bytes()))),
                 Answer::Throttle => Err(crate::Error::Overloaded {
                     function,
                     retry_after: Duration::from_secs(1),
@@ -684,6 +687,101 @@ fn change(sequence: i64, key: i64) -> Change {
     }
 }
 
+/// A one-lane postgres trigger task over `feed`, with 2 retries and `on_failure`.
+fn start_changes(
+    r: &Rig,
+    feed: &Arc<MemoryFeed>,
+    batch_size: u32,
+    report_batch_item_failures: bool,
+) -> Arc<TriggerState> {
+    let trigger = PostgresTrigger {
+        url_env: "DATABASE_URL".into(),
+        schema: "public".into(),
+        table: "orders".into(),
+        operations: vec!["INSERT".into()],
+        batch_size,
+        batching_window_ms: 0,
+        parallelization_factor: 1,
+        maximum_retry_attempts: 2,
+        report_batch_item_failures,
+        on_failure: Some("changes-failed".into()),
+    };
+    let state = Arc::new(TriggerState::default());
+    r.workers.lock().unwrap().push(state.clone());
+    let task = changes::Task {
+        function: "f".into(),
+        stream: "f:public.orders".into(),
+        url: "postgres://test".into(),
+        trigger,
+        sources: Arc::new(OneFeed(feed.clone())),
+        turn: Arc::default(),
+    };
+    tokio::spawn(changes::run(
+        r.ctx.clone(),
+        task,
+        state.clone(),
+        Arc::new(changes::StreamState::default()),
+        r.stop.subscribe(),
+    ));
+    state
+}
+
+/// The sequence numbers of each call's records.
+fn sequences(calls: &[Call]) -> Vec<Vec<i64>> {
+    calls
+        .iter()
+        .map(|c| {
+            let v: serde_json::Value = serde_json::from_str(&c.payload).unwrap();
+            v["Records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    r["dynamodb"]["SequenceNumber"]
+                        .as_str()
+                        .unwrap()
+                        .parse()
+                        .unwrap()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A partial batch response: the records before the first one named are done, the batch
+/// is retried from it (not from the start), and a record it never names again is done.
+#[tokio::test(start_paused = true)]
+async fn batch_item_failures_retry_a_batch_from_the_first_record_named() {
+    let r = rig(
+        &[
+            Answer::Returns(
+                r#"{"batchItemFailures":[{"itemIdentifier":"3"},{"itemIdentifier":"2"}]}"#,
+            ),
+            Answer::Returns(r#"{"batchItemFailures":[]}"#),
+        ],
+        None,
+    );
+    r.ctx
+        .queues
+        .create_queue("changes-failed", QueueConfig::default())
+        .await
+        .unwrap();
+    let feed = Arc::new(MemoryFeed::default());
+    feed.pending
+        .lock()
+        .unwrap()
+        .extend([change(1, 1), change(2, 1), change(3, 1), change(4, 1)]);
+    let state = start_changes(&r, &feed, 4, true);
+    r.until("every change settled", |_| {
+        feed.acked.lock().unwrap().len() == 4
+    })
+    .await;
+    assert_eq!(sequences(&r.calls()), [vec![1, 2, 3, 4], vec![2, 3, 4]]);
+    assert_eq!(*feed.acked.lock().unwrap(), [1, 2, 3, 4]);
+    assert_eq!(state.count_of("retried"), 3);
+    assert_eq!(state.count_of("to_destination"), 0);
+}
+
 /// One lane, one record per batch: a throttle costs no retry, a failing record is tried
 /// 1 + 2 times 1 s then 2 s apart, goes to `on_failure` with the record, and its key's
 /// next change is delivered after it; every change is acknowledged once settled.
@@ -709,49 +807,13 @@ async fn a_failing_change_is_retried_with_backoff_then_sent_to_on_failure_and_th
         .lock()
         .unwrap()
         .extend([change(1, 7), change(2, 7), change(3, 8)]);
-    let trigger = PostgresTrigger {
-        url_env: "DATABASE_URL".into(),
-        schema: "public".into(),
-        table: "orders".into(),
-        operations: vec!["INSERT".into()],
-        batch_size: 1,
-        batching_window_ms: 0,
-        parallelization_factor: 1,
-        maximum_retry_attempts: 2,
-        report_batch_item_failures: false,
-        on_failure: Some("changes-failed".into()),
-    };
-    let state = Arc::new(TriggerState::default());
-    r.workers.lock().unwrap().push(state.clone());
-    let task = changes::Task {
-        function: "f".into(),
-        stream: "f:public.orders".into(),
-        url: "postgres://test".into(),
-        trigger,
-        sources: Arc::new(OneFeed(feed.clone())),
-        turn: Arc::default(),
-    };
-    tokio::spawn(changes::run(
-        r.ctx.clone(),
-        task,
-        state.clone(),
-        Arc::new(changes::StreamState::default()),
-        r.stop.subscribe(),
-    ));
+    let state = start_changes(&r, &feed, 1, false);
     r.until("every change settled", |_| {
         feed.acked.lock().unwrap().len() == 3
     })
     .await;
     let calls = r.calls();
-    let first_id = |c: &Call| -> i64 {
-        let v: serde_json::Value = serde_json::from_str(&c.payload).unwrap();
-        v["Records"][0]["dynamodb"]["SequenceNumber"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    let order: Vec<i64> = calls.iter().map(first_id).collect();
+    let order: Vec<i64> = sequences(&calls).iter().map(|s| s[0]).collect();
     assert_eq!(order, [1, 1, 1, 1, 2, 3], "calls: {calls:?}");
     assert!(calls.iter().all(|c| c.trigger == "postgres"));
     // Throttle → 1 s → fail → 1 s → fail → 2 s → fail → destination.
