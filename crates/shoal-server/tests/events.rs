@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use shoal_queue::{Holder, NewMessage, QueueConfig, Redrive};
-use support::{TestServer, PATIENCE};
+use support::{log_lines, TestServer, PATIENCE};
 
 /// Poll `check` until it returns something, or fail after [`PATIENCE`].
 async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
@@ -57,19 +57,6 @@ async fn send(server: &TestServer, queue: &str, bodies: impl IntoIterator<Item =
         .send(queue, messages)
         .await
         .unwrap();
-}
-
-/// The function's log lines (message text only).
-async fn log_lines(server: &TestServer, function: &str) -> Vec<String> {
-    let page = server
-        .admin_get(&format!("/admin/functions/{function}/logs?tail=10000"))
-        .await;
-    page["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["message"].as_str().unwrap_or_default().to_owned())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

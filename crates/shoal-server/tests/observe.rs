@@ -5,12 +5,10 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use hyper::StatusCode;
-use support::{example, Api, Reply, TestServer};
+use support::{example, promtool_check, Api, Reply, TestServer};
 
 /// `Key: value` fields of a REPORT line.
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
@@ -40,30 +38,6 @@ async fn burst(api: &Api, n: usize) -> Vec<Reply> {
         replies.push(task.await.expect("request task"));
     }
     replies
-}
-
-#[allow(clippy::disallowed_methods)] // runs promtool; the daemon itself spawns nothing here
-fn promtool_check(text: &str) -> (bool, String) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian's prometheus package; .ci/run installs it)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("writing to promtool");
-    let out = child.wait_with_output().expect("promtool ran");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), said)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

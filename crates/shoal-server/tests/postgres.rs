@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use cluster::Cluster;
 use serde_json::Value;
 use shoal_queue::{Holder, QueueConfig};
-use support::{TestServer, PATIENCE};
+use support::{log_lines, promtool_check, TestServer, PATIENCE};
 use tokio_postgres::{Client, NoTls};
 
 async fn client(cluster: &Cluster) -> Client {
@@ -31,50 +31,6 @@ async fn start() -> TestServer {
         c.events.change_sources = Some(Arc::new(shoal_pg::Postgres::new()));
     })
     .await
-}
-
-/// `promtool check metrics` on a scrape, where promtool is installed (`.ci/run` installs
-/// it; `tests/observe.rs` requires it).
-#[allow(clippy::disallowed_methods)] // runs promtool; the daemon itself spawns nothing here
-fn promtool_check(text: &str) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let Ok(mut child) = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    else {
-        eprintln!("promtool not installed: the scrape's format is not checked here");
-        return;
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The function's log lines (message text only).
-async fn log_lines(server: &TestServer, function: &str) -> Vec<String> {
-    let page = server
-        .admin_get(&format!("/admin/functions/{function}/logs?tail=100000"))
-        .await;
-    page["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["message"].as_str().unwrap_or_default().to_owned())
-        .collect()
 }
 
 /// `seen KEY OP VALUE SEQ` lines, by key, in the order the handler saw them.
@@ -245,7 +201,8 @@ async fn committed_changes_arrive_in_order_per_key_and_survive_a_restart() {
     assert!(metrics.contains("shoal_change_trigger_lag_records{"));
     assert!(metrics.contains("shoal_change_trigger_lag_seconds{"));
     assert!(metrics.contains("shoal_change_trigger_changes_total{"));
-    promtool_check(&metrics);
+    let (valid, said) = promtool_check(&metrics);
+    assert!(valid, "promtool check metrics: {said}\n{metrics}");
 
     // Changes made while the daemon is down arrive after it starts.
     server.stop().await;

@@ -562,3 +562,44 @@ pub async fn peak_rss_during<T>(work: impl std::future::Future<Output = T>) -> (
         }
     }
 }
+
+/// The function's log lines (message text only), up to the last 100,000.
+pub async fn log_lines(server: &TestServer, function: &str) -> Vec<String> {
+    let page = server
+        .admin_get(&format!("/admin/functions/{function}/logs?tail=100000"))
+        .await;
+    page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["message"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// `promtool check metrics` on a scrape: whether it passed, and what it said. promtool is
+/// Debian's prometheus package; `.ci/run` installs it.
+#[allow(clippy::disallowed_methods)] // runs promtool; the daemon itself spawns nothing here
+pub fn promtool_check(text: &str) -> (bool, String) {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; .ci/run installs it)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("writing to promtool");
+    let out = child.wait_with_output().expect("promtool ran");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), said)
+}
