@@ -31,7 +31,7 @@ use crate::decision::{Decision, DecisionLog};
 use crate::{InstanceHandle, InstanceLauncher, LaunchError, PoolConfig, Result};
 
 use slots::Grant;
-pub use status::{InstanceState, InstanceStatus, PoolStatus};
+pub use status::{InstanceState, InstanceStatus, PoolStatus, Room};
 
 /// How often the housekeeping task samples instances, looks for idle ones and finished
 /// drains.

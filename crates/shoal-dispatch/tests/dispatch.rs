@@ -1199,3 +1199,47 @@ async fn a_pinned_version_serves_calls_that_name_it_beside_the_active_one() {
     assert!(d.remove("f"));
     assert!(!d.serves_version("f", 1));
 }
+
+#[tokio::test(start_paused = true)]
+async fn room_counts_slots_calls_and_starting_instances() {
+    let mut cfg = config(4);
+    cfg.auto = true;
+    let (_launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 300,
+            ..Default::default()
+        },
+        cfg,
+    );
+    let room = d.room("f").expect("deployed");
+    assert_eq!((room.slots, room.busy, room.instances), (0, 0, 0));
+    assert_eq!(room.per_instance, 4);
+    assert!(!room.saturated, "no ready instance is saturated");
+    let calls = {
+        let d = d.clone();
+        tokio::spawn(async move { burst(&d, 6, "1000").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let room = d.room("f").unwrap();
+    assert_eq!(
+        (room.instances, room.starting),
+        (2, 2),
+        "ceil(6/4) starting"
+    );
+    assert_eq!((room.slots, room.busy, room.free()), (8, 6, 2));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let room = d.room("f").unwrap();
+    assert_eq!((room.instances, room.starting, room.busy), (2, 0, 6));
+    assert!(
+        !room.saturated,
+        "not measured busy yet: its limit may still grow"
+    );
+    assert!(calls.await.unwrap().iter().all(|r| r.is_ok()));
+    assert!(d.room("nope").is_none());
+
+    let (_, fixed) = setup(FakeLauncher::default(), config(1));
+    assert!(
+        fixed.room("f").unwrap().saturated,
+        "a fixed limit never grows"
+    );
+}

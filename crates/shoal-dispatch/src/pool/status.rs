@@ -50,6 +50,45 @@ pub struct InstanceStatus {
     pub littles_law: Option<f64>,
 }
 
+/// How busy an instance must be, below the controller's CPU target, for [`Room`] to call
+/// it saturated: the controller's own dead band, so an instance it would no longer grow
+/// counts as full.
+const SATURATED_BELOW_TARGET: f64 = 0.1;
+
+/// What one pool can take now, for a caller that paces itself to it rather than queueing
+/// (a queue poller, whose backlog waits just as well in its queue): calls queued here
+/// start instances, so a pacer that floods the queue scales the function out for work
+/// that is only waiting its turn.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Room {
+    /// Slots on ready and starting instances.
+    pub slots: u32,
+    /// Calls holding a slot or waiting for one.
+    pub busy: u32,
+    /// Ready and starting instances.
+    pub instances: u32,
+    /// Of those, still starting.
+    pub starting: u32,
+    pub max_instances: u32,
+    /// The limit a new instance starts with.
+    pub per_instance: u32,
+    /// `concurrency = "auto"`: instance limits grow while the instance has room for more.
+    pub auto: bool,
+    /// Every ready instance is as busy as it usefully gets: under `auto`, its CPU near the
+    /// controller's target or its limit at `max_concurrency`; with a fixed limit, always.
+    /// Only then does another instance add throughput rather than spread the same work.
+    pub saturated: bool,
+    /// Calls the wait queue holds before it refuses.
+    pub max_queue: u32,
+}
+
+impl Room {
+    /// Slots free now (none while calls wait).
+    pub fn free(&self) -> u32 {
+        self.slots.saturating_sub(self.busy)
+    }
+}
+
 /// A point-in-time view of one function version's pool.
 #[derive(Debug, Clone)]
 pub struct PoolStatus {
@@ -108,6 +147,38 @@ impl Pool {
                 })
                 .collect(),
             decisions: inner.decisions.to_vec(),
+        }
+    }
+
+    pub(crate) fn room(&self) -> Room {
+        let inner = self.lock();
+        let live = inner.slots.iter().filter(|s| s.is_live());
+        let ready = || {
+            inner
+                .slots
+                .iter()
+                .filter(|s| s.state == InstanceState::Ready)
+        };
+        let saturated = !self.config.auto
+            || (ready().next().is_some()
+                && ready().all(|s| {
+                    s.limit >= self.config.max_concurrency
+                        || s.cpu_busy.is_some_and(|busy| {
+                            busy >= self.config.target_cpu - SATURATED_BELOW_TARGET
+                        })
+                }));
+        let waiting = inner.queue.iter().filter(|w| !w.is_closed()).count();
+        let in_flight: u32 = inner.slots.iter().map(|s| s.in_flight).sum();
+        Room {
+            slots: live.clone().map(|s| s.limit).sum(),
+            busy: in_flight.saturating_add(u32::try_from(waiting).unwrap_or(u32::MAX)),
+            instances: live.clone().count() as u32,
+            starting: live.filter(|s| s.state == InstanceState::Starting).count() as u32,
+            max_instances: self.config.max_instances,
+            per_instance: inner.learned_limit.max(1),
+            auto: self.config.auto,
+            saturated,
+            max_queue: u32::try_from(self.config.max_queue).unwrap_or(u32::MAX),
         }
     }
 
