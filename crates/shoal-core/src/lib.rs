@@ -140,7 +140,12 @@ impl Platform {
     /// restart. A blank store beside unpacked code is refused unless
     /// [`Config::allow_empty_store`]. Must run inside a tokio runtime.
     pub fn open(config: &Config) -> Result<Arc<Platform>> {
-        let data_dir = config.data_dir.clone();
+        // Absolute from here on: instances are started from paths under it after the
+        // sandbox has changed their root and working directory, where a relative path
+        // (the default `.shoal`) would name nothing.
+        let data_dir = std::path::absolute(&config.data_dir).map_err(|source| {
+            Error::io("resolving the data directory", &config.data_dir, source)
+        })?;
         datadir::prepare(&data_dir)?;
         let store_path = data_dir.join("shoal.db");
         // Asked before the store is opened: opening writes a schema, and a refused start

@@ -19,7 +19,18 @@
 //!   saturation it overestimates, which is why the saturation rule does not rely on it
 //!   alone.
 //! * **Busy fraction** `cpu_time / interval` of one core: the hard resource of a
-//!   single-threaded runtime.
+//!   single-threaded runtime. The CPU rules judge the *demand* `busy + waiting`, where
+//!   `waiting` is the time the instance's threads sat runnable on a run queue (capped at
+//!   one core): on a machine whose cores other work holds, a CPU-bound instance gets 40 %
+//!   of a core and waits the other 60 %; it is as saturated as one running alone at
+//!   100 %, and must be seen so.
+//! * **Run-queue wait in latency**: every call in flight while the runtime waits for a
+//!   core is delayed by that wait, so a window's latency sum carries about
+//!   `waiting × max(1, mean in-flight)` seconds that no concurrency setting caused (a
+//!   runtime only waits for a core while it has work, so at least one call waits). The latency
+//!   rules (baseline, inflation) judge latency *net* of it: a neighbour's CPU hog must not
+//!   make a light function cut its limit and spread over more instances, which only adds
+//!   cold starts to the same shortage.
 //! * **Latency against an uncontended baseline** (Gradient2/Vegas). The baseline is a
 //!   minimum that falls at once and rises slowly (over minutes), so it follows real changes
 //!   without locking on an early outlier. Its candidates are *means over at least three
@@ -46,7 +57,8 @@
 //!    time and `L*` with it.
 //! 3. *Latency inflated*: the mean wall time of the latest window of ≥ 3 completions
 //!    (one interval, or several for a slow or quiet function; each window is judged once)
-//!    exceeds `latency_tolerance` × baseline → cut ×0.9. If four cuts in a row, spanning
+//!    exceeds `latency_tolerance` × baseline → cut ×0.9, unless fewer than one call was
+//!    in flight on average (calls that do not overlap cannot slow each other: hold). If four cuts in a row, spanning
 //!    at least one latency (a cut shows only once earlier admissions finish), have not
 //!    improved latency by 5 %, the slowdown is not ours (a slower downstream): the
 //!    baseline is rebased to the current latency instead of cutting on towards 1.
@@ -120,6 +132,21 @@ const OVERSUBSCRIBED: f64 = 1.5;
 const MIN_BUSY_FOR_PROJECTION: f64 = 0.02;
 /// The smallest CPU per invocation used in `L*`, so a zero reading cannot divide by zero.
 const MIN_CPU_PER_INVOCATION: f64 = 1e-6;
+/// Below this mean in-flight count calls do not overlap enough for this instance's
+/// concurrency to be the cause of a latency rise.
+const MIN_OVERLAP: f64 = 1.0;
+/// Latency net of run-queue wait is never taken below this fraction of the measured one.
+const MIN_NET_LATENCY: f64 = 0.1;
+
+/// The fraction of the interval the instance waited for a CPU, capped at one core (its
+/// threads' waits add up, and a single-threaded runtime can only want one core).
+fn waiting_fraction(s: &Sample) -> f64 {
+    let interval = s.interval.as_secs_f64();
+    if interval <= 0.0 {
+        return 0.0;
+    }
+    finite_or(s.run_wait.as_secs_f64() / interval, 0.0).clamp(0.0, 1.0)
+}
 
 /// The controller's knobs. The defaults from [`ControllerConfig::new`] are meant to be
 /// left alone; `max_limit` is the user's `max_concurrency`.
@@ -196,6 +223,10 @@ pub struct Sample {
     /// Invocations of this function waiting for any slot at sample time.
     pub queued: u32,
     pub rss_kib: u64,
+    /// Time the instance's threads spent runnable but waiting for a CPU during the
+    /// interval (the kernel's run delay): CPU it wanted and did not get, because other
+    /// work held the cores. Zero when not measured.
+    pub run_wait: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,6 +270,9 @@ pub struct Controller {
     baseline_secs: Option<f64>,
     /// Completions accumulated until there are enough to form a baseline candidate.
     pending_latency_secs: f64,
+    /// Of `pending_latency_secs`, the part explained by waiting for a CPU (run-queue wait
+    /// × mean in-flight), taken out before latency is judged.
+    pending_wait_secs: f64,
     pending_latency_count: u32,
     /// Seconds since the previous window closed, for the baseline's rise rate.
     pending_latency_window_secs: f64,
@@ -268,6 +302,7 @@ impl Controller {
             pending_cpu_secs: 0.0,
             baseline_secs: None,
             pending_latency_secs: 0.0,
+            pending_wait_secs: 0.0,
             pending_latency_count: 0,
             pending_latency_window_secs: 0.0,
             window_latency_secs: None,
@@ -349,6 +384,11 @@ impl Controller {
         if in_flight > 0.0 || s.completed > 0 {
             self.pending_cpu_secs += s.cpu_time.as_secs_f64();
         }
+        // A runtime waits for a core only while it has work, so at least one call is in
+        // flight during any wait: every call then in flight is delayed by it.
+        if in_flight > 0.0 || s.completed > 0 {
+            self.pending_wait_secs += waiting_fraction(s) * secs * in_flight.max(1.0);
+        }
         if s.completed > 0 {
             let n = f64::from(s.completed);
             let wall = s.latency_sum.as_secs_f64();
@@ -360,7 +400,12 @@ impl Controller {
             self.pending_latency_secs += wall;
             self.pending_latency_count += s.completed;
             if self.pending_latency_count >= MIN_JUDGED_COMPLETIONS {
-                let candidate = self.pending_latency_secs / f64::from(self.pending_latency_count);
+                // Net of the run-queue wait, never below a tenth of the measured latency
+                // (the wait estimate assumes every call in flight waited with the thread).
+                let own = (self.pending_latency_secs - self.pending_wait_secs)
+                    .max(self.pending_latency_secs * MIN_NET_LATENCY);
+                let candidate = own / f64::from(self.pending_latency_count);
+                self.pending_wait_secs = 0.0;
                 let elapsed = self.pending_latency_window_secs;
                 self.pending_latency_secs = 0.0;
                 self.pending_latency_count = 0;
@@ -408,7 +453,8 @@ impl Controller {
         if interval <= 0.0 {
             return Verdict::Hold(LimitReason::EmptyInterval);
         }
-        let busy = s.cpu_time.as_secs_f64() / interval;
+        // What the instance asked of the CPU: what it got plus what it waited for.
+        let busy = s.cpu_time.as_secs_f64() / interval + waiting_fraction(s);
         let target = cfg.target_cpu;
         let littles = self.littles_law_estimate();
 
@@ -458,6 +504,17 @@ impl Controller {
         if let Some((base, mean)) = window.filter(|_| self.window_fresh) {
             let ratio = mean / base;
             let tol = cfg.latency_tolerance;
+            if ratio > tol && in_flight < MIN_OVERLAP {
+                // Calls barely overlap here, so none waits for another: the slowdown is
+                // the machine's (the daemon's threads, a neighbour, the network), and a
+                // lower limit would bind nothing but the next burst.
+                self.latency_cuts = 0;
+                return Verdict::Hold(LimitReason::LatencyNotOurs {
+                    latency_secs: mean,
+                    ratio,
+                    in_flight,
+                });
+            }
             if ratio > tol {
                 if self.latency_cuts == 0 {
                     self.latency_at_first_cut = mean;

@@ -230,6 +230,13 @@ pub trait InstanceHandle: Send + Sync + 'static {
     fn resources(&self) -> Option<Resources> {
         None
     }
+    /// Total time the instance's threads have spent runnable but waiting for a CPU taken
+    /// by something else, when measurable: what tells the controller that a slow,
+    /// half-busy instance is starved of CPU rather than idle. Read once per sampling
+    /// interval.
+    fn run_wait(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// A reading of an instance's resource use.

@@ -72,6 +72,8 @@ struct Window {
     latency_sum: Duration,
     min_latency: Option<Duration>,
     cpu_at_start: Option<Duration>,
+    /// The instance's run-queue wait so far at the window's start, when measurable.
+    wait_at_start: Option<Duration>,
 }
 
 impl Slot {

@@ -423,6 +423,10 @@ impl InstanceHandle for NativeInstance {
     fn resources(&self) -> Option<shoal_dispatch::Resources> {
         self.0.tree.resources()
     }
+
+    fn run_wait(&self) -> Option<std::time::Duration> {
+        self.0.tree.run_wait()
+    }
 }
 
 #[cfg(test)]

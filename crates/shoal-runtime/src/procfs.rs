@@ -63,6 +63,39 @@ impl TreeReader {
             Some((std::time::Instant::now(), members));
         total
     }
+
+    /// How long the tree's threads have waited, runnable, for a CPU (the kernel's
+    /// `run_delay`, field 2 of each thread's `schedstat`), summed; `None` if the root is
+    /// gone or the kernel keeps no schedstats. Threads that exited take their share with
+    /// them, so the sum can step back; the caller treats that as no wait. Read once per
+    /// sampling interval for the concurrency controller, not per call: it opens one file
+    /// per thread.
+    pub fn run_wait(&self) -> Option<std::time::Duration> {
+        let members = tree(self.root);
+        let mut total_ns: u64 = 0;
+        let mut seen = false;
+        for member in &members {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{member}/task")) else {
+                continue;
+            };
+            for task in tasks.flatten() {
+                let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
+                    continue;
+                };
+                if let Some(ns) = run_delay_ns(&text) {
+                    total_ns = total_ns.saturating_add(ns);
+                    seen = true;
+                }
+            }
+        }
+        seen.then(|| std::time::Duration::from_nanos(total_ns))
+    }
+}
+
+/// The run-queue wait in nanoseconds from a `schedstat` line
+/// (`<on-cpu ns> <run_delay ns> <timeslices>`).
+fn run_delay_ns(schedstat: &str) -> Option<u64> {
+    schedstat.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// CPU time and RSS summed over `members`, from one `stat` file each (the cheapest file
@@ -195,6 +228,14 @@ fn cpu_ms_from_stat(stat: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_run_delay_from_schedstat() {
+        assert_eq!(run_delay_ns("123456 7890 12\n"), Some(7890));
+        assert_eq!(run_delay_ns("123456"), None);
+        let own = TreeReader::new(std::process::id());
+        assert!(own.run_wait().is_some(), "this kernel keeps schedstats");
+    }
 
     #[test]
     fn parses_stat_with_spaces_in_the_name() {

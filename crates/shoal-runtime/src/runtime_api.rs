@@ -459,4 +459,8 @@ impl InstanceHandle for ApiInstance {
     fn resources(&self) -> Option<shoal_dispatch::Resources> {
         self.0.tree.resources()
     }
+
+    fn run_wait(&self) -> Option<std::time::Duration> {
+        self.0.tree.run_wait()
+    }
 }

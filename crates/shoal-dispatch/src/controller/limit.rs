@@ -42,7 +42,8 @@ pub enum LimitAction {
 }
 
 /// Which rule spoke, with the figures it judged. The fractions are of one core (`busy`,
-/// `target`) or of the memory limit; latencies are in seconds.
+/// `target`) or of the memory limit; latencies are in seconds. `busy` is the CPU the
+/// instance asked for: what it ran plus what it waited runnable for a core.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum LimitReason {
     /// Rule 1: RSS at or above the memory headroom (cut).
@@ -69,6 +70,14 @@ pub enum LimitReason {
         latency_secs: f64,
         ratio: f64,
         cuts: u32,
+    },
+    /// Rule 3: latency is past the tolerance, but calls barely overlapped (mean
+    /// in-flight below one), so none was slowed by another: not this instance's doing
+    /// (hold).
+    LatencyNotOurs {
+        latency_secs: f64,
+        ratio: f64,
+        in_flight: f64,
     },
     /// The sample covered no time (hold).
     EmptyInterval,
@@ -116,6 +125,7 @@ impl LimitReason {
             LimitReason::Oversubscribed { .. } => "oversubscribed",
             LimitReason::LatencyInflated { .. } => "latency_inflated",
             LimitReason::ExternalSlowdown { .. } => "external_slowdown",
+            LimitReason::LatencyNotOurs { .. } => "latency_not_ours",
             LimitReason::EmptyInterval => "empty_interval",
             LimitReason::NothingCompleted { .. } => "nothing_completed",
             LimitReason::NotBinding { .. } => "not_binding",
@@ -176,6 +186,15 @@ impl fmt::Display for LimitReason {
                 f,
                 "latency {latency_secs:.3}s stayed {ratio:.2}x baseline after {cuts} cuts: \
                  external slowdown, rebasing baseline to {latency_secs:.3}s"
+            ),
+            LimitReason::LatencyNotOurs {
+                latency_secs,
+                ratio,
+                in_flight,
+            } => write!(
+                f,
+                "latency {latency_secs:.4}s = {ratio:.2}x baseline, but only {in_flight:.2} \
+                 in flight: calls do not overlap, not ours to cut"
             ),
             LimitReason::EmptyInterval => f.write_str("empty interval"),
             LimitReason::NothingCompleted { limit } => write!(

@@ -48,14 +48,18 @@ impl Pool {
                 .filter_map(|s| Some((s.id.clone(), s.handle.clone()?)))
                 .collect()
         };
-        let readings: Vec<(String, Option<Resources>)> = due
+        let auto = self.config.auto;
+        let readings: Vec<(String, Option<Resources>, Option<Duration>)> = due
             .into_iter()
-            .map(|(id, handle)| (id, handle.resources()))
+            .map(|(id, handle)| {
+                let wait = if auto { handle.run_wait() } else { None };
+                (id, handle.resources(), wait)
+            })
             .collect();
         let mut inner = self.lock();
         let now = Instant::now();
         let queued = inner.queue.len() as u32;
-        for (id, reading) in readings {
+        for (id, reading, wait) in readings {
             let Some(index) = inner.slots.iter().position(|s| s.id == id) else {
                 continue;
             };
@@ -70,6 +74,7 @@ impl Pool {
                 started: Some(now),
                 last_change: Some(now),
                 cpu_at_start: Some(reading.cpu_time),
+                wait_at_start: wait,
                 ..Window::default()
             };
             let (Some(started), Some(cpu_at_start)) = (window.started, window.cpu_at_start) else {
@@ -80,6 +85,10 @@ impl Pool {
                 continue;
             }
             let cpu_time = reading.cpu_time.saturating_sub(cpu_at_start);
+            // A thread that exited took its wait with it: a step back reads as none.
+            let run_wait = wait
+                .zip(window.wait_at_start)
+                .map_or(Duration::ZERO, |(now, then)| now.saturating_sub(then));
             slot.cpu_busy = Some(cpu_time.as_secs_f64() / interval.as_secs_f64());
             let sample = Sample {
                 interval,
@@ -90,6 +99,7 @@ impl Pool {
                 mean_in_flight: window.in_flight_area / interval.as_secs_f64(),
                 queued,
                 rss_kib: reading.rss_kib,
+                run_wait,
             };
             let Some(controller) = slot.controller.as_mut() else {
                 continue;

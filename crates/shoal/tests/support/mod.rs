@@ -32,10 +32,23 @@ pub struct Daemon(Child);
 
 impl Daemon {
     pub fn start(data_dir: &Path) -> Daemon {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_shoal"));
+        command.arg("--data-dir").arg(data_dir);
+        Daemon::spawn(command, data_dir)
+    }
+
+    /// `shoal serve` started in `cwd` with the default data directory (`.shoal`, relative).
+    pub fn start_in(cwd: &Path) -> Daemon {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_shoal"));
+        command.current_dir(cwd).env_remove("SHOAL_DATA_DIR");
+        let data_dir = cwd.join(".shoal");
+        std::fs::create_dir_all(&data_dir).unwrap();
+        Daemon::spawn(command, &data_dir)
+    }
+
+    fn spawn(mut command: Command, data_dir: &Path) -> Daemon {
         let log = std::fs::File::create(data_dir.join("daemon.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .arg("--data-dir")
-            .arg(data_dir)
+        let child = command
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(["--control-listen", "127.0.0.1:0"])
             .stdout(Stdio::null())
