@@ -49,6 +49,10 @@ struct Slot {
     controller: Option<Controller>,
     window: Window,
     cpu_busy: Option<f64>,
+    /// Since when the instance's limit has bound (mean in-flight at 80 % of it or more)
+    /// at every sample without the controller raising it: a pacer facing a full, held
+    /// instance gets nothing more from waiting for it.
+    held_since: Option<Instant>,
     /// The instance refused a call before running it (its channel is closed: it is gone
     /// or going, and its exit watcher has not said so yet). It gets no more calls.
     refused: bool,

@@ -1243,3 +1243,24 @@ async fn room_counts_slots_calls_and_starting_instances() {
         "a fixed limit never grows"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn room_calls_a_cpu_bound_instance_saturated_and_a_waiting_one_not() {
+    let mut cfg = config(16);
+    cfg.auto = true;
+    let (_launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 100,
+            ..Default::default()
+        },
+        cfg,
+    );
+    // Two callers of a call that only waits: far from its CPU, far from its limit.
+    sustained(&d, 2, "1000/0", Duration::from_secs(5)).await;
+    let room = d.room("f").unwrap();
+    assert_eq!(room.instances, 1);
+    assert!(!room.saturated, "{room:?}");
+    // The same two computing all the time: a second instance would add a core.
+    sustained(&d, 2, "1000/1000", Duration::from_secs(5)).await;
+    assert!(d.room("f").unwrap().saturated);
+}

@@ -4,6 +4,8 @@
 //! This module only reads pool state under the lock; it must not change it. The types are
 //! plain data without serde: the server converts them into its own wire types.
 
+use std::time::Duration;
+
 use tokio::time::Instant;
 
 use super::scaling::demand_means;
@@ -50,10 +52,19 @@ pub struct InstanceStatus {
     pub littles_law: Option<f64>,
 }
 
-/// How busy an instance must be, below the controller's CPU target, for [`Room`] to call
-/// it saturated: the controller's own dead band, so an instance it would no longer grow
-/// counts as full.
-const SATURATED_BELOW_TARGET: f64 = 0.1;
+/// How busy an instance must be, as a fraction of the controller's CPU target, for
+/// [`Room`] to call it saturated. A single-threaded runtime cannot use a second core, so
+/// once an instance spends more than half a core (at the default target of 0.8) the
+/// host's other cores are only reached by another instance; well below the point where
+/// the controller stops growing its limit (the seed's hello, CPU-bound on one instance,
+/// hovered at 0.65–0.75 and never scaled out at that point). A no-op queue function at
+/// 50,000 messages a second runs at 0.1–0.2.
+const SATURATED_FRACTION_OF_TARGET: f64 = 0.6;
+/// An instance whose limit has bound this long without growing is as full as it will get
+/// by waiting (its controller holds it: latency judged inflated, memory), so it counts as
+/// saturated too; shorter than that, growth may still come (the controller samples once
+/// a second).
+const HELD_FOR: Duration = Duration::from_secs(3);
 
 /// What one pool can take now, for a caller that paces itself to it rather than queueing
 /// (a queue poller, whose backlog waits just as well in its queue): calls queued here
@@ -74,8 +85,9 @@ pub struct Room {
     pub per_instance: u32,
     /// `concurrency = "auto"`: instance limits grow while the instance has room for more.
     pub auto: bool,
-    /// Every ready instance is as busy as it usefully gets: under `auto`, its CPU near the
-    /// controller's target or its limit at `max_concurrency`; with a fixed limit, always.
+    /// Every ready instance is as busy as one instance usefully gets: under `auto`, past
+    /// 60 % of the controller's CPU target, its limit at `max_concurrency`, or its limit
+    /// binding for 3 s without the controller raising it; with a fixed limit, always.
     /// Only then does another instance add throughput rather than spread the same work.
     pub saturated: bool,
     /// Calls the wait queue holds before it refuses.
@@ -152,6 +164,7 @@ impl Pool {
 
     pub(crate) fn room(&self) -> Room {
         let inner = self.lock();
+        let now = Instant::now();
         let live = inner.slots.iter().filter(|s| s.is_live());
         let ready = || {
             inner
@@ -164,8 +177,10 @@ impl Pool {
                 && ready().all(|s| {
                     s.limit >= self.config.max_concurrency
                         || s.cpu_busy.is_some_and(|busy| {
-                            busy >= self.config.target_cpu - SATURATED_BELOW_TARGET
+                            busy >= self.config.target_cpu * SATURATED_FRACTION_OF_TARGET
                         })
+                        || s.held_since
+                            .is_some_and(|t| now.saturating_duration_since(t) >= HELD_FOR)
                 }));
         let waiting = inner.queue.iter().filter(|w| !w.is_closed()).count();
         let in_flight: u32 = inner.slots.iter().map(|s| s.in_flight).sum();
