@@ -53,6 +53,8 @@ SCENARIOS = [
     "scale-to-zero",
     "db-connections",
     "noisy-neighbour",
+    "overload",
+    "frozen",
     "python-seed-burst-10",
     "python-seed-burst-100",
     "python-overhead",
@@ -162,6 +164,10 @@ def main() -> int:
                 res[scenario] = run.db_connections()
             elif scenario == "noisy-neighbour":
                 res[scenario] = run.noisy_neighbour()
+            elif scenario == "overload":
+                res[scenario] = run.overload()
+            elif scenario == "frozen":
+                res[scenario] = run.frozen()
             elif scenario == "queue-throughput":
                 res[scenario] = run.queue_throughput()
             elif scenario == "queue-packing":

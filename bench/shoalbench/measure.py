@@ -239,6 +239,31 @@ def oha(
     return out
 
 
+def oha_requests(
+    tool: str, url: str, *, seconds: float, concurrency: int, rate: float, with_start: bool = False
+) -> list[tuple]:
+    """Every request of an oha run at a fixed rate: (status, latency ms) and, with
+    `with_start`, the second it was scheduled at (from the run's start). Errors (no
+    status: a connection cut, oha's own timeout) have status 0."""
+    db = Path(tempfile.mkdtemp(prefix="oha-")) / "requests.db"
+    args = [tool, "--no-tui", "--output-format", "json", "-w", "-z", f"{seconds}s", "-c", str(concurrency)]
+    args += ["-q", str(rate), "--latency-correction", "--db-url", str(db), "-t", "120s", url]
+    result = subprocess.run(args, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BenchError(f"oha failed: {result.stderr.strip()[:400]}")
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT coalesce(start_latency_correction, start), end, status FROM oha"
+        ).fetchall()
+    shutil.rmtree(db.parent, ignore_errors=True)
+    first = min((start for start, _, _ in rows), default=0.0)
+    out = []
+    for start, end, status in rows:
+        item = (int(status or 0), (end - start) * 1000)
+        out.append(item + (start - first,) if with_start else item)
+    return out
+
+
 def pct(values: list[float], p: float) -> float:
     """Nearest-rank percentile (p in 0..100)."""
     if not values:

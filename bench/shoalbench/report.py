@@ -175,8 +175,9 @@ def report(run, res: dict, command: str) -> str:
         w(f"A no-op function under `oha -q {r['rate']}` for {r['seconds']} s, first alone, then "
           "while another function of the same daemon runs 4 busy loops in child processes of "
           "one instance (a CPU hog). Each instance has one core of CPU quota "
-          f"(cpu wall {'up' if r['cpu_wall'] else 'DOWN'}), so on two cores the hog cannot "
-          "take the core the victim, the daemon and the load generator share.\n")
+          f"(cpu wall {'up' if r['cpu_wall'] else 'DOWN'}), and an instance that keeps running "
+          "out of it is confined to one CPU, so on two cores the hog's bursts leave the other "
+          "core to the victim, the daemon and the load generator.\n")
         w("| victim | p50 ms | p99 ms | ok / sent |")
         w("|---|---|---|---|")
         for phase, row in r["rows"].items():
@@ -184,6 +185,34 @@ def report(run, res: dict, command: str) -> str:
         q, n = r["rows"]["quiet"], r["rows"]["beside a CPU hog"]
         if q["p99_ms"]:
             w(f"\np99 beside the hog: {ratio(n['p99_ms'], q['p99_ms'])} of quiet.\n")
+    if "overload" in res:
+        r = res["overload"]
+        w("## overload\n")
+        w(f"One instance of one slot (`concurrency = 1`, `max_instances = 1`) of a function that "
+          f"waits 100 ms, so a capacity of {r['capacity_rps']:.0f} calls/s, offered "
+          f"{r['rate']} calls/s for {r['seconds']} s with a 10 s timeout (`oha -q {r['rate']}`). "
+          "A call is queued only if it can be served before its deadline; the rest are refused "
+          "at once with 429 and `Retry-After`.\n")
+        w("| status | calls | p50 ms | p99 ms |")
+        w("|---|---|---|---|")
+        for status, row in r["rows"].items():
+            w(f"| {status} | {row['count']} | {fmt(row['p50_ms'], 1)} | {fmt(row['p99_ms'], 1)} |")
+        w(f"\nGoodput: {r['goodput_rps']:.1f} calls/s answered 200 over the {r['span_s']:.0f} s from "
+          "the first call to the last answer, "
+          f"{ratio(r['goodput_rps'], r['capacity_rps'])} of capacity (before this change: 0.4 calls/s, "
+          "every call held in a FIFO queue until its own deadline).\n")
+    if "frozen" in res:
+        r = res["frozen"]
+        w("## frozen\n")
+        w(f"A function answering 100 calls/s for {r['seconds']} s; 2 s in, its instance's "
+          "runtime process gets `SIGSTOP`. The pool reads the process state once a second, "
+          "gives a stopped instance no new call and replaces it.\n")
+        last = r["last_failure_s"]
+        w(f"- processes stopped: {r['stopped']}; calls: {r['total']}, failed: {r['failed']} "
+          f"({', '.join(r['failed_statuses']) or 'none'}), the last failure scheduled at "
+          f"{fmt(last, 1) if last is not None else '-'} s")
+        w(f"- p99 of the calls scheduled from 4 s on: {fmt(r['p99_ms_after_4s'], 1)} ms")
+        w(f"- the pool's decision: {r['decision'] or 'none recorded'}\n")
     if "sustained" in res:
         r = res["sustained"]
         cal = res["calibration"]

@@ -4,6 +4,8 @@ report (and the JSON next to it)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import statistics
 import subprocess
 import tempfile
@@ -18,6 +20,8 @@ from .measure import (
     Sampler,
     burst,
     cpu_secs,
+    descendants,
+    oha_requests,
     get,
     limit_timeline,
     med,
@@ -249,6 +253,114 @@ class Run(QueueScenarios):
                 "quiet": {k: quiet[k] for k in ("p50_ms", "p99_ms", "ok", "total")},
                 "beside a CPU hog": {k: noisy[k] for k in ("p50_ms", "p99_ms", "ok", "total")},
             },
+        }
+
+    # -- overload and a frozen instance --------------------------------------------------
+    def overload(self) -> dict:
+        """10x more calls than capacity: one instance of one slot, 100 ms calls (10/s), a
+        10 s timeout, offered 100/s. Goodput (200s within the timeout) against capacity,
+        and how fast the rest are refused."""
+        tool = self.load_tool()
+        seconds = 10 if self.quick else 60
+        rate = 100
+        slow = BENCH / "functions" / "slow"
+        fn = function_dir(
+            self.workdir,
+            slow,
+            "overload",
+            manifest("slow", "index.handler", "/slow", {"concurrency": "1", "max_instances": "1"}).replace(
+                'timeout = "120s"', 'timeout = "10s"'
+            ),
+        )
+        target = Shoal(self.binary, self.workdir, "overload", fn, "/slow")
+        try:
+            get(target.url)
+            log(f"overload: {rate} calls/s for {seconds} s against a capacity of 10/s")
+            rows = oha_requests(tool, target.url, seconds=seconds, concurrency=400, rate=rate, with_start=True)
+        finally:
+            target.stop()
+        by_status: dict[str, list[float]] = {}
+        for status, ms, _start in rows:
+            by_status.setdefault(str(status), []).append(ms)
+        ok = by_status.get("200", [])
+        # Calls admitted near the end finish up to a timeout later: goodput is over the
+        # whole span, from the first call sent to the last answer.
+        span = max((start + ms / 1000 for _s, ms, start in rows), default=seconds)
+        return {
+            "seconds": seconds,
+            "span_s": span,
+            "rate": rate,
+            "capacity_rps": 10.0,
+            "goodput_rps": len(ok) / span,
+            "rows": {
+                status: {"count": len(v), "p50_ms": pct(v, 50), "p99_ms": pct(v, 99)}
+                for status, v in sorted(by_status.items())
+            },
+        }
+
+    def frozen(self) -> dict:
+        """A no-op under 100 calls/s; 2 s in, its instance's runtime process is stopped
+        (SIGSTOP). What happens to the calls after."""
+        tool = self.load_tool()
+        seconds = 8 if self.quick else 20
+        slow = BENCH / "functions" / "slow"
+        fn = function_dir(
+            self.workdir,
+            slow,
+            "frozen",
+            manifest("slow", "index.handler", "/slow", {}).replace('timeout = "120s"', 'timeout = "10s"'),
+        )
+        target = Shoal(self.binary, self.workdir, "frozen", fn, "/slow")
+        url = target.url + "?ms=1"
+        stopped: list[int] = []
+        try:
+            get(url)
+            oha(tool, url, seconds=1, concurrency=4, rate=100)
+
+            def freeze():
+                time.sleep(2)
+                for root in target.instance_pids():
+                    for pid in descendants([root]):
+                        try:
+                            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+                        except OSError:
+                            continue
+                        if comm != "bwrap":
+                            os.kill(pid, signal.SIGSTOP)
+                            stopped.append(pid)
+                            break
+
+            log(f"frozen: 100 calls/s for {seconds} s; SIGSTOP to the runtime 2 s in")
+            thread = threading.Thread(target=freeze)
+            thread.start()
+            started = time.time()
+            rows = oha_requests(tool, url, seconds=seconds, concurrency=200, rate=100, with_start=True)
+            thread.join()
+            decisions = [
+                d["message"]
+                for pool in (target.status() or {}).get("pools", [])
+                for d in pool.get("decisions", [])
+                if d.get("kind") == "frozen"
+            ]
+        finally:
+            for pid in stopped:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            target.stop()
+        failed = [(t, status) for status, _ms, t in rows if status != 200]
+        after = [ms for status, ms, t in rows if status == 200 and t >= 4.0]
+        return {
+            "seconds": seconds,
+            "stopped": len(stopped),
+            "total": len(rows),
+            "failed": len(failed),
+            "failed_statuses": sorted({str(s) for _, s in failed}),
+            "last_failure_s": max((t for t, _ in failed), default=None),
+            "p99_ms_after_4s": pct(after, 99),
+            "decision": decisions[0] if decisions else None,
+            "started": started,
         }
 
     # -- cold start ----------------------------------------------------------------------

@@ -80,6 +80,9 @@ pub enum Decision {
     InstanceExited { instance: String, reason: String },
     /// `instance` was still busy with a call `grace` past its deadline: stopped.
     StuckStopped { instance: String, grace: Duration },
+    /// `instance`'s process is stopped (`SIGSTOP`): it takes no new calls and is stopped
+    /// for good, so demand starts a fresh one; its calls in flight fail.
+    Frozen { instance: String, in_flight: u32 },
     /// `instance`'s RSS passed `threshold` of the memory limit: it drains and stops.
     RssRecycle {
         instance: String,
@@ -112,6 +115,7 @@ impl Decision {
             Decision::LaunchFailed { .. } => "launch_failed",
             Decision::InstanceExited { .. } => "instance_exited",
             Decision::StuckStopped { .. } => "stuck_stopped",
+            Decision::Frozen { .. } => "frozen",
             Decision::RssRecycle { .. } => "rss_recycle",
             Decision::LimitChanged { .. } => "limit_changed",
             Decision::Retired => "retired",
@@ -126,6 +130,7 @@ impl Decision {
             | Decision::BudgetReclaim { instance }
             | Decision::InstanceExited { instance, .. }
             | Decision::StuckStopped { instance, .. }
+            | Decision::Frozen { instance, .. }
             | Decision::RssRecycle { instance, .. }
             | Decision::LimitChanged { instance, .. } => Some(instance),
             Decision::ScaleOut { .. }
@@ -225,6 +230,14 @@ impl fmt::Display for Decision {
             Decision::StuckStopped { instance, grace } => write!(
                 f,
                 "instance {instance} still busy {grace:?} after a call's deadline: stopping it"
+            ),
+            Decision::Frozen {
+                instance,
+                in_flight,
+            } => write!(
+                f,
+                "instance {instance} stopped answering (its process is stopped, state T) with \
+                 {in_flight} call(s) in flight: no new calls, stopping it"
             ),
             Decision::RssRecycle {
                 instance,

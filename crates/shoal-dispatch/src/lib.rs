@@ -237,6 +237,11 @@ pub trait InstanceHandle: Send + Sync + 'static {
     fn run_wait(&self) -> Option<Duration> {
         None
     }
+    /// Whether the instance's process is stopped (`SIGSTOP`): it has stopped answering,
+    /// and must get no new calls. Read once per sampling interval.
+    fn frozen(&self) -> bool {
+        false
+    }
 }
 
 /// A reading of an instance's resource use.

@@ -132,6 +132,8 @@ struct Inner {
     demand: VecDeque<(Instant, f64)>,
     last_sample: Instant,
     last_scale_in: Instant,
+    /// Smoothed seconds a call holds its slot (hand-over to answer), for admission.
+    service_secs: Option<f64>,
 }
 
 pub(crate) struct Pool {
@@ -171,6 +173,7 @@ impl Pool {
                 last_launch_error: None,
                 decisions: DecisionLog::default(),
                 learned_limit: learned,
+                service_secs: None,
                 demand: VecDeque::new(),
                 last_sample: Instant::now(),
                 last_scale_in: Instant::now(),

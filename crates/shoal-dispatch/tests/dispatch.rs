@@ -1031,7 +1031,10 @@ async fn the_target_cpu_knob_reaches_the_controllers() {
         learned.push(status.learned_limit);
     }
     let (high, low) = (learned[0], learned[1]);
-    assert!((10..=21).contains(&high), "{learned:?}");
+    // Little's law says ~17 at 0.8. Calls pack onto the fullest instance, which therefore
+    // binds and probes a step or two beyond the estimate (this fake's CPU arrives only at
+    // completion, so the live signal lags); the bound allows that much.
+    assert!((10..=25).contains(&high), "{learned:?}");
     assert!(low >= 4 && low * 4 <= high * 3, "{learned:?}");
 }
 
@@ -1263,4 +1266,111 @@ async fn room_calls_a_cpu_bound_instance_saturated_and_a_waiting_one_not() {
     // The same two computing all the time: a second instance would add a core.
     sustained(&d, 2, "1000/1000", Duration::from_secs(5)).await;
     assert!(d.room("f").unwrap().saturated);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_steady_load_that_fits_one_instance_converges_to_one() {
+    let mut cfg = config(8);
+    cfg.idle_timeout = Duration::from_secs(5);
+    let (launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 100,
+            ..Default::default()
+        },
+        cfg,
+    );
+    // A burst of 20 starts three instances of 8.
+    burst(&d, 20, "500").await;
+    assert_eq!(launcher.launches.load(Ordering::SeqCst), 3);
+    // Then a steady 4 at a time, which one instance holds: calls pack onto the fullest
+    // instance with room, so the other two go idle and stop; spreading them over all
+    // three would keep every one busy.
+    let used = Arc::new(Mutex::new(std::collections::HashMap::<String, usize>::new()));
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    let tasks: Vec<_> = (0..4)
+        .map(|i| {
+            let (d, used) = (d.clone(), used.clone());
+            tokio::spawn(async move {
+                while tokio::time::Instant::now() < until {
+                    let r = d
+                        .invoke("f", format!("s{i}"), Bytes::from_static(b"200"))
+                        .await;
+                    *used.lock().unwrap().entry(instance_of(&r)).or_default() += 1;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let used = used.lock().unwrap().clone();
+    assert_eq!(used.len(), 1, "the steady load ran on {used:?}");
+    let status = &d.status(Some("f"))[0];
+    let live = status
+        .instances
+        .iter()
+        .filter(|i| i.state != shoal_dispatch::InstanceState::Stopping)
+        .count();
+    assert_eq!(live, 1, "{:#?}", status.instances);
+    assert_eq!(launcher.live.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn overload_refuses_at_once_what_cannot_be_served_before_its_deadline() {
+    // One instance of one slot serves ten 100 ms calls a second; a hundred a second arrive
+    // for 6 s, each with a 10 s timeout. Queued first come, first served, every call
+    // would wait out its whole deadline at the head of the queue (goodput near zero);
+    // admitted by the queue's expected wait, the capacity's worth succeed and the rest
+    // are refused at once with Overloaded (429 and Retry-After at the gateway).
+    let mut cfg = config(1);
+    cfg.max_instances = 1;
+    cfg.timeout = Duration::from_secs(10);
+    let (_launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 10,
+            ..Default::default()
+        },
+        cfg,
+    );
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..600 {
+        let d = d.clone();
+        tasks.push(tokio::spawn(async move {
+            let sent = tokio::time::Instant::now();
+            let r = d
+                .invoke("f", format!("o{i}"), Bytes::from_static(b"100"))
+                .await;
+            (r, sent.elapsed())
+        }));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut ok = 0;
+    let mut refused = 0;
+    let mut other = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            (Ok(_), took) => {
+                assert!(took <= Duration::from_secs(10), "answered late: {took:?}");
+                ok += 1;
+            }
+            (Err(DispatchError::Overloaded { retry_after, .. }), took) => {
+                assert!(
+                    took < Duration::from_millis(1),
+                    "refused only after {took:?}"
+                );
+                assert!(retry_after >= Duration::from_secs(1));
+                refused += 1;
+            }
+            (r, _) => other.push(r),
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let capacity = 10.0 * elapsed;
+    assert!(other.is_empty(), "neither served nor refused: {other:?}");
+    assert!(
+        f64::from(ok) >= 0.9 * 10.0 * 6.0,
+        "{ok} served in {elapsed:.1} s (capacity {capacity:.0}), {refused} refused"
+    );
+    assert_eq!(ok + refused, 600);
 }

@@ -5,10 +5,14 @@
 //!
 //! Every instance gets a cgroup of its own under one parent the launcher owns
 //! (`<the daemon's cgroup>/shoal-<pid>-<n>`), so the limits nest inside whatever limit
-//! the daemon itself runs under and the rest of the hierarchy is never touched. The
+//! the daemon itself runs under and the rest of the hierarchy is never touched. Where the
+//! `cpuset` controller is there too, instances also get a cpuset cgroup, which the
+//! [`guard`] narrows for an instance that keeps wanting more cores than its quota. The
 //! child joins its cgroup between fork and exec, before it can allocate anything; the
 //! cgroup is removed when the instance is gone. This module only reads and writes cgroup
 //! files: it does not spawn, and it does not decide limits (the launcher does).
+
+mod guard;
 
 use std::ffi::CString;
 use std::io;
@@ -42,6 +46,10 @@ pub struct Root {
     pids: Option<PathBuf>,
     /// The parent for the `cpu` controller, likewise.
     cpu: Option<PathBuf>,
+    /// The parent for the `cpuset` controller, likewise; only kept with `cpu` (the guard
+    /// needs both).
+    cpuset: Option<PathBuf>,
+    guard: Option<std::sync::Arc<guard::CpuGuard>>,
 }
 
 /// What an instance's cgroups hold it to.
@@ -72,6 +80,8 @@ pub struct InstanceCgroup {
     /// The instance's cgroups in other v1 hierarchies (pids, cpu).
     extra: Vec<PathBuf>,
     limit_bytes: u64,
+    /// Watched (weakly) by the root's CPU guard while the instance lives.
+    _guarded: Option<std::sync::Arc<guard::Guarded>>,
     _root: std::sync::Arc<Root>,
 }
 
@@ -129,6 +139,8 @@ impl Root {
             dir,
             pids: None,
             cpu: None,
+            cpuset: None,
+            guard: None,
         };
         if version == Version::V2 {
             enable_memory(&root.dir)?;
@@ -145,9 +157,38 @@ impl Root {
             {
                 root.cpu = Some(root.dir.clone());
             }
+            if root.cpu.is_some()
+                && enable(own, "cpuset")
+                    .and_then(|()| enable(&root.dir, "cpuset"))
+                    .is_ok()
+            {
+                root.cpuset = Some(root.dir.clone());
+            }
         } else {
             root.pids = v1_parent("pids", n);
             root.cpu = v1_parent("cpu", n);
+            if root.cpu.is_some() {
+                root.cpuset = v1_parent("cpuset", n).and_then(|dir| {
+                    // A v1 cpuset takes no process until its CPUs and memory nodes are set.
+                    match dir.parent().map(|parent| inherit_cpuset(parent, &dir)) {
+                        Some(Ok(())) => Some(dir),
+                        _ => {
+                            let _ = std::fs::remove_dir(&dir);
+                            None
+                        }
+                    }
+                });
+            }
+        }
+        if let Some(cpuset) = &root.cpuset {
+            let file = match version {
+                Version::V1 => "cpuset.cpus",
+                Version::V2 => "cpuset.cpus.effective",
+            };
+            let allowed = std::fs::read_to_string(cpuset.join(file))
+                .map(|text| guard::parse_cpu_list(&text))
+                .unwrap_or_default();
+            root.guard = guard::CpuGuard::start(allowed);
         }
         if !root.dir.join(version.limit_file()).exists() {
             return Err(io::Error::other(format!(
@@ -177,6 +218,12 @@ impl Root {
         self.cpu.is_some()
     }
 
+    /// Whether an instance that keeps wanting more cores than its quota is confined to
+    /// its quota's worth of CPUs here.
+    pub fn has_cpu_guard(&self) -> bool {
+        self.guard.is_some()
+    }
+
     /// Create `instance`'s cgroups with their limits.
     pub fn instance(
         self: &std::sync::Arc<Self>,
@@ -194,6 +241,7 @@ impl Root {
             dir,
             extra: Vec::new(),
             limit_bytes,
+            _guarded: None,
             _root: self.clone(),
         };
         let quota = ((limits.cpu_cores * CPU_PERIOD_US as f64) as u64).max(1000);
@@ -202,8 +250,10 @@ impl Root {
             let dir = cgroup.dir_in(parent, instance)?;
             std::fs::write(dir.join("pids.max"), &pids)?;
         }
+        let mut cpu_dir = None;
         if let Some(parent) = &self.cpu {
             let dir = cgroup.dir_in(parent, instance)?;
+            cpu_dir = Some(dir.clone());
             match self.version {
                 Version::V2 => {
                     std::fs::write(dir.join("cpu.max"), format!("{quota} {CPU_PERIOD_US}"))?;
@@ -215,6 +265,21 @@ impl Root {
                     std::fs::write(dir.join("cpu.shares"), CPU_SHARES_V1.to_string())?;
                 }
             }
+        }
+        if let (Some(parent), Some(guard), Some(cpu_dir)) = (&self.cpuset, &self.guard, cpu_dir) {
+            let dir = cgroup.dir_in(parent, instance)?;
+            if self.version == Version::V1 {
+                inherit_cpuset(parent, &dir)?;
+            }
+            let guarded = std::sync::Arc::new(guard::Guarded {
+                instance: instance.to_owned(),
+                cpu_stat: cpu_dir.join("cpu.stat"),
+                cpuset_cpus: dir.join("cpuset.cpus"),
+                cores: limits.cpu_cores.ceil().max(1.0) as usize,
+                state: Default::default(),
+            });
+            guard.watch(&guarded);
+            cgroup._guarded = Some(guarded);
         }
         let limit = limit_bytes.to_string();
         let set = std::fs::write(cgroup.dir.join(self.version.limit_file()), &limit);
@@ -238,7 +303,7 @@ impl Root {
 impl Drop for Root {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir(&self.dir);
-        for extra in [&self.pids, &self.cpu].into_iter().flatten() {
+        for extra in [&self.pids, &self.cpu, &self.cpuset].into_iter().flatten() {
             if extra != &self.dir {
                 let _ = std::fs::remove_dir(extra);
             }
@@ -399,6 +464,16 @@ fn remove_now(dir: &Path) {
         kill_members(dir);
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Give the new v1 cpuset `dir` the CPUs and memory nodes of `parent` (a v1 cpuset
+/// starts with none, and takes no process until both are set).
+fn inherit_cpuset(parent: &Path, dir: &Path) -> io::Result<()> {
+    for file in ["cpuset.mems", "cpuset.cpus"] {
+        let value = std::fs::read_to_string(parent.join(file))?;
+        std::fs::write(dir.join(file), value.trim())?;
+    }
+    Ok(())
 }
 
 fn enable_memory(dir: &Path) -> io::Result<()> {

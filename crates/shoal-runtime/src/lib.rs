@@ -298,7 +298,12 @@ impl ProcessLauncher {
         walls.push(sandbox::Wall {
             name: "cpu",
             up: cgroups.is_some_and(cgroup::Root::has_cpu),
-            detail: if cgroups.is_some_and(cgroup::Root::has_cpu) {
+            detail: if cgroups.is_some_and(cgroup::Root::has_cpu_guard) {
+                format!(
+                    "at most {CPU_CORES} core(s) of CPU time per instance, and confined to \
+                     that many CPUs once it keeps wanting more"
+                )
+            } else if cgroups.is_some_and(cgroup::Root::has_cpu) {
                 format!("at most {CPU_CORES} core(s) of CPU time per instance")
             } else {
                 "no usable cpu controller".into()

@@ -427,6 +427,10 @@ impl InstanceHandle for NativeInstance {
     fn run_wait(&self) -> Option<std::time::Duration> {
         self.0.tree.run_wait()
     }
+
+    fn frozen(&self) -> bool {
+        self.0.tree.frozen()
+    }
 }
 
 #[cfg(test)]

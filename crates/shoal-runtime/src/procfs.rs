@@ -92,6 +92,37 @@ impl TreeReader {
     }
 }
 
+impl TreeReader {
+    /// Whether the instance's runtime process (the first member of the tree that is not
+    /// bubblewrap's) is stopped (`SIGSTOP`, or traced): it cannot answer anything, so it
+    /// must get no new calls. Read once per sampling interval.
+    pub fn frozen(&self) -> bool {
+        for member in tree(self.root) {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{member}/stat")) else {
+                continue;
+            };
+            let Some((name, state)) = name_and_state(&stat) else {
+                continue;
+            };
+            if name == "bwrap" {
+                continue;
+            }
+            return matches!(state, 'T' | 't');
+        }
+        false
+    }
+}
+
+/// The command name (field 2, without its parentheses) and the state letter (field 3)
+/// of a `stat` line.
+fn name_and_state(stat: &str) -> Option<(&str, char)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat.get(open + 1..close)?;
+    let state = stat.get(close + 2..)?.chars().next()?;
+    Some((name, state))
+}
+
 /// The run-queue wait in nanoseconds from a `schedstat` line
 /// (`<on-cpu ns> <run_delay ns> <timeslices>`).
 fn run_delay_ns(schedstat: &str) -> Option<u64> {
@@ -228,6 +259,32 @@ fn cpu_ms_from_stat(stat: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_state_of_a_process_and_sees_a_stopped_one() {
+        assert_eq!(name_and_state("12 (node) S 1 2 3"), Some(("node", 'S')));
+        assert_eq!(name_and_state("12 (a) (b)) T 1 2 3"), Some(("a) (b)", 'T')));
+        // A real stopped child.
+        #[allow(clippy::disallowed_methods)]
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let reader = TreeReader::new(child.id());
+        assert!(!reader.frozen());
+        // SAFETY: kill(2) with plain integers.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGSTOP);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !reader.frozen() {
+            assert!(std::time::Instant::now() < deadline, "never seen stopped");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 
     #[test]
     fn reads_the_run_delay_from_schedstat() {

@@ -463,4 +463,8 @@ impl InstanceHandle for ApiInstance {
     fn run_wait(&self) -> Option<std::time::Duration> {
         self.0.tree.run_wait()
     }
+
+    fn frozen(&self) -> bool {
+        self.0.tree.frozen()
+    }
 }

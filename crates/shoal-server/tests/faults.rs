@@ -134,6 +134,83 @@ async fn a_crash_fails_the_calls_in_flight_with_a_clear_error_and_is_replaced() 
     server.shutdown().await;
 }
 
+/// The runtime process of the instance whose process tree starts at `root`: the first
+/// process in it that is not bubblewrap's.
+fn runtime_pid(root: u64) -> u64 {
+    let mut queue = std::collections::VecDeque::from([root]);
+    while let Some(pid) = queue.pop_front() {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() != "bwrap" {
+            return pid;
+        }
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            queue.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u64>().ok()),
+            );
+        }
+    }
+    panic!("no runtime process under {root}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_instance_gets_no_new_calls_and_is_replaced() {
+    let server = TestServer::start().await;
+    let manifest = "[functions.frozen]\nruntime = \"nodejs\"\nhandler = \"index.handler\"\ntimeout = \"20s\"\n";
+    let code =
+        "exports.handler = async () => ({ instance: process.env.AWS_LAMBDA_LOG_STREAM_NAME });";
+    server
+        .deploy_ok(&[("index.js", code), ("shoal.toml", manifest)])
+        .await;
+    let id = success(&server.invoke("frozen", &json!({})).await)["instance"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let runtime = runtime_pid(server.host_pid("frozen", &id).await);
+    // Sending a signal to a process the test found is this test's job.
+    #[allow(clippy::disallowed_methods)]
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &runtime.to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success(), "SIGSTOP {runtime}");
+    // The pool sees it within a sampling interval or two, and says so.
+    let pools = server
+        .wait_for_status("frozen", PATIENCE, |pools| {
+            !Api::decisions(&pools[0], "frozen").is_empty()
+        })
+        .await;
+    let decision = Api::decisions(&pools[0], "frozen")[0].clone();
+    assert!(
+        decision["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("instance {id} stopped answering"))),
+        "{decision:#}"
+    );
+    // From then on every call is answered, by another instance, long before its timeout
+    // (packing would otherwise send them all to the frozen one, the fullest).
+    for _ in 0..5 {
+        let started = Instant::now();
+        let reply = server.invoke("frozen", &json!({})).await;
+        assert_ne!(success(&reply)["instance"], id.as_str());
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    // And the stopped process does not linger.
+    wait_gone(runtime, PATIENCE).await;
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_function_that_crashes_at_every_start_backs_off() {
     const RUN: Duration = Duration::from_secs(3);

@@ -199,6 +199,19 @@ fn marker(what: &str) -> String {
 
 /// Whether the walls `needed` are up, as the server reports them. See the module comment for
 /// what happens when they are not.
+/// The `detail` the daemon reports for wall `name` (empty if it reports none).
+async fn wall_detail(server: &TestServer, name: &str) -> String {
+    let status = server.admin_get("/admin/status").await;
+    status["walls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|w| w["name"] == name)
+        .and_then(|w| w["detail"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 async fn walls_up(server: &TestServer, test: &str, needed: &[&str], destructive: bool) -> bool {
     let status = server.admin_get("/admin/status").await;
     // `walls` is a list of `{name, up, detail}`; read it as name -> up.
@@ -565,6 +578,33 @@ fn cpu_cgroup(pid: &str) -> Option<(String, PathBuf)> {
         path.to_owned(),
         Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/')),
     ))
+}
+
+/// The CPUs `pid` (`self` for this process) may run on, from its `Cpus_allowed_list`.
+fn cpus_allowed(pid: &str) -> Option<Vec<usize>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
+        .trim();
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => cpus.extend(a.parse::<usize>().ok()?..=b.parse::<usize>().ok()?),
+            None => cpus.push(part.parse().ok()?),
+        }
+    }
+    Some(cpus)
+}
+
+/// `(nr_periods, nr_throttled)` of the cpu cgroup at `dir`.
+fn throttle_counts(dir: &Path) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
+    let field = |name: &str| {
+        stat.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+    };
+    Some((field("nr_periods ")?, field("nr_throttled ")?))
 }
 
 /// The CPU quota on a cgroup directory, if one is set (v1 `cpu.cfs_quota_us`, v2 `cpu.max`).
@@ -1303,6 +1343,59 @@ async fn a_cpu_hog_is_held_in_its_own_cpu_cgroup_and_dies_with_its_instance() {
             "hog {pid}: no CPU quota on {}",
             dir.display()
         );
+    }
+    // Wanting more cores than its quota, it is confined to one CPU, leaving the others to
+    // everyone else. Only if it really was throttled: beside other work (CI's own CPU
+    // hogs) it may get less than its quota, and then there is nothing to confine.
+    let guarded = wall_detail(&server, "cpu").await.contains("confined");
+    let daemon_cpus = cpus_allowed("self").unwrap_or_default();
+    if guarded && daemon_cpus.len() >= 2 {
+        let (_, dir) = cpu_cgroup(&hogs[0].to_string()).expect("the hog's cpu cgroup");
+        // Readings of the throttling counters, to judge each last second: once a second
+        // shows it throttled in most periods, the guard (which needs half a second of
+        // that) has had its chance after a few more.
+        let mut readings = std::collections::VecDeque::new();
+        let mut hungry_since: Option<Instant> = None;
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let narrowed = hogs.iter().all(|pid| {
+                cpus_allowed(&pid.to_string()).is_none_or(|cpus| cpus.len() < daemon_cpus.len())
+            });
+            if narrowed {
+                break;
+            }
+            let now = Instant::now();
+            if let Some(counts) = throttle_counts(&dir) {
+                readings.push_back((now, counts));
+            }
+            while readings.len() > 2 && now.duration_since(readings[1].0) >= Duration::from_secs(1)
+            {
+                readings.pop_front();
+            }
+            if let (Some((t0, (p0, n0))), Some((t1, (p1, n1)))) =
+                (readings.front(), readings.back())
+            {
+                let (periods, throttled) = (p1.saturating_sub(*p0), n1.saturating_sub(*n0));
+                if t1.duration_since(*t0) >= Duration::from_secs(1)
+                    && periods > 0
+                    && throttled * 5 >= periods * 4
+                {
+                    hungry_since.get_or_insert(now);
+                }
+            }
+            assert!(
+                hungry_since.is_none_or(|since| now.duration_since(since) < Duration::from_secs(3)),
+                "throttled in most periods for over 3 s, yet never confined: cpus {:?}",
+                hogs.iter()
+                    .map(|pid| cpus_allowed(&pid.to_string()))
+                    .collect::<Vec<_>>()
+            );
+            if now >= deadline {
+                eprintln!("the hog never got its quota here (a busy machine): nothing to confine");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     // Its neighbour keeps answering while it spins.
     for n in 1..=20 {

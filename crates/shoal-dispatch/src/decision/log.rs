@@ -100,6 +100,10 @@ impl Decision {
             Decision::StuckStopped { instance, grace } => {
                 tracing::warn!(function, version, kind, instance, ?grace, "{self}")
             }
+            Decision::Frozen {
+                instance,
+                in_flight,
+            } => tracing::warn!(function, version, kind, instance, in_flight, "{self}"),
             Decision::RssRecycle {
                 instance,
                 rss_kib,

@@ -52,20 +52,24 @@ impl Pool {
                 .collect()
         };
         let auto = self.config.auto;
-        let readings: Vec<(String, Option<Resources>, Option<Duration>)> = due
+        let readings: Vec<(String, Option<Resources>, Option<Duration>, bool)> = due
             .into_iter()
             .map(|(id, handle)| {
                 let wait = if auto { handle.run_wait() } else { None };
-                (id, handle.resources(), wait)
+                (id, handle.resources(), wait, handle.frozen())
             })
             .collect();
         let mut inner = self.lock();
         let now = Instant::now();
         let queued = inner.queue.len() as u32;
-        for (id, reading, wait) in readings {
+        for (id, reading, wait, frozen) in readings {
             let Some(index) = inner.slots.iter().position(|s| s.id == id) else {
                 continue;
             };
+            if frozen {
+                self.stop_frozen(&mut inner, index);
+                continue;
+            }
             let Some(reading) = reading else { continue };
             if self.recycle_if_bloated(&mut inner, index, reading.rss_kib) || !self.config.auto {
                 continue;
@@ -139,6 +143,26 @@ impl Pool {
                 .round()
                 .max(1.0) as u32;
         }
+    }
+
+    /// Instance `index`'s process is stopped: it gets no new calls (packing would keep
+    /// sending it work until its limit filled) and is stopped for good; calls waiting go
+    /// to the others or to the instance demand starts next.
+    fn stop_frozen(self: &Arc<Self>, inner: &mut Inner, index: usize) {
+        let slot = &mut inner.slots[index];
+        if slot.refused {
+            return;
+        }
+        slot.refused = true;
+        if let Some(handle) = &slot.handle {
+            handle.stop();
+        }
+        let decision = Decision::Frozen {
+            instance: slot.id.clone(),
+            in_flight: slot.in_flight,
+        };
+        self.decide(inner, decision);
+        self.scale_up(inner);
     }
 
     /// Drain (or stop, when idle) instance `index` if its RSS is past the recycling

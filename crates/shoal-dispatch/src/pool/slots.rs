@@ -1,7 +1,10 @@
 //! Slots and grants: how a call gets a place on an instance and gives it back.
 //!
-//! A call takes a free slot on the least-loaded ready instance at once, or waits in the
-//! bounded queue; a finishing call hands its slot to the oldest waiter. This module owns
+//! A call takes a free slot at once on the *fullest* ready instance that has room (so the
+//! fewest instances stay busy, idle ones drain and connection pools stay few), or waits
+//! in the queue; a finishing call hands its slot to the oldest waiter. A call is only
+//! queued if it can plausibly get a slot before its deadline when the pool cannot grow:
+//! the rest are refused at once (429), not left to time out at the head of the queue. This module owns
 //! the in-flight and invocation counts and the per-call window figures (latency,
 //! in-flight area) the sampler reads. It must not start or stop instances for capacity
 //! (that is `scaling`), except to stop one that finished draining.
@@ -22,6 +25,8 @@ use crate::{
 
 /// How many times one call may be moved off instances that refused it before running it.
 const MAX_REROUTES: u32 = 2;
+/// Weight of the newest call in the smoothed service time.
+const SERVICE_ALPHA: f64 = 0.1;
 
 /// The right to run one invocation on one instance. Dropping it frees the slot (or hands
 /// it to the next waiter).
@@ -101,7 +106,7 @@ impl Pool {
         on_start: Option<OnStart>,
     ) -> (Result<Outcome>, Option<CallReport>) {
         let deadline = invocation.deadline;
-        let grant = match tokio::time::timeout_at(deadline, self.acquire()).await {
+        let grant = match tokio::time::timeout_at(deadline, self.acquire(deadline)).await {
             Ok(Ok(grant)) => grant,
             Ok(Err(e)) => return (Err(e), None),
             Err(_) => return (Err(DispatchError::Timeout(self.config.timeout)), None),
@@ -158,7 +163,7 @@ impl Pool {
             .unwrap_or((Err(DispatchError::ShuttingDown), None))
     }
 
-    async fn acquire(self: &Arc<Self>) -> Result<Grant> {
+    async fn acquire(self: &Arc<Self>, deadline: Instant) -> Result<Grant> {
         let waiting = {
             let mut inner = self.lock();
             if let Some(grant) = self.try_grant(&mut inner) {
@@ -180,6 +185,13 @@ impl Pool {
                     retry_after: Duration::from_secs(1),
                 });
             }
+            if let Some(wait) = self.hopeless_wait(&inner, deadline.saturating_duration_since(now))
+            {
+                return Err(DispatchError::Overloaded {
+                    function: self.function.clone(),
+                    retry_after: wait.max(Duration::from_secs(1)),
+                });
+            }
             let (tx, rx) = oneshot::channel();
             inner.queue.push_back(tx);
             self.scale_up(&mut inner);
@@ -188,13 +200,36 @@ impl Pool {
         waiting.await.unwrap_or(Err(DispatchError::ShuttingDown))
     }
 
-    /// Take a free slot on the least-loaded ready instance, if any.
+    /// The wait a new call would have before a slot frees, when that plus its own run is
+    /// longer than `left` (the time to its deadline) and the pool cannot add capacity: the queue
+    /// ahead of it times the smoothed service time, over the slots of the live instances.
+    /// `None` when the call should queue: it can make it, or more instances may come,
+    /// or nothing has been measured yet.
+    fn hopeless_wait(&self, inner: &Inner, left: Duration) -> Option<Duration> {
+        let service = inner.service_secs?;
+        let live: Vec<&Slot> = inner.slots.iter().filter(|s| s.is_live()).collect();
+        if (live.len() as u32) < self.config.max_instances {
+            return None;
+        }
+        let capacity: u32 = live.iter().map(|s| s.limit).sum();
+        if capacity == 0 {
+            return None;
+        }
+        let ahead = inner.queue.iter().filter(|w| !w.is_closed()).count() + 1;
+        let wait = Duration::from_secs_f64(ahead as f64 * service / f64::from(capacity));
+        // It must also run to its end before the deadline.
+        (wait + Duration::from_secs_f64(service) > left).then_some(wait)
+    }
+
+    /// Take a free slot on the fullest ready instance with room, if any (the oldest among
+    /// equals): packing keeps the fewest instances busy, so the others go idle and drain.
     fn try_grant(self: &Arc<Self>, inner: &mut Inner) -> Option<Grant> {
         let slot = inner
             .slots
             .iter_mut()
+            .rev()
             .filter(|s| s.state == InstanceState::Ready && !s.refused && s.in_flight < s.limit)
-            .min_by_key(|s| s.in_flight)?;
+            .max_by_key(|s| s.in_flight)?;
         let now = Instant::now();
         slot.touch(now);
         slot.in_flight += 1;
@@ -256,6 +291,13 @@ impl Pool {
         let slot = &mut inner.slots[index];
         slot.touch(now);
         let latency = now.duration_since(started);
+        let secs = latency.as_secs_f64();
+        inner.service_secs = Some(
+            inner
+                .service_secs
+                .map_or(secs, |s| s + SERVICE_ALPHA * (secs - s)),
+        );
+        let slot = &mut inner.slots[index];
         slot.window.completed += 1;
         slot.window.latency_sum += latency;
         slot.window.min_latency = Some(slot.window.min_latency.map_or(latency, |m| m.min(latency)));

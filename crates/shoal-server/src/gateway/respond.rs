@@ -118,9 +118,14 @@ fn error_response(error: &Error, request_id: &str) -> Response<Body> {
     };
     let mut response = message(status, text);
     if status == StatusCode::TOO_MANY_REQUESTS {
+        // The pool's estimate of when a slot frees, where it made one; whole seconds.
+        let secs = match error {
+            Error::Overloaded { retry_after, .. } => retry_after.as_secs_f64().ceil() as u64,
+            _ => RETRY_AFTER_SECS,
+        };
         response
             .headers_mut()
-            .insert("retry-after", RETRY_AFTER_SECS.into());
+            .insert("retry-after", secs.max(RETRY_AFTER_SECS).into());
     }
     response
 }
