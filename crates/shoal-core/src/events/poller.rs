@@ -10,6 +10,7 @@
 //! to its visibility timeout, after which it is received again (and, past the queue's
 //! `max_receive_count`, moved to its dead-letter queue by the store).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -43,15 +44,22 @@ pub(crate) async fn run(
     let done = Arc::new(Notify::new());
     let trigger = Arc::new(trigger);
     let function: Arc<str> = function.into();
+    // Batches received and not yet handed over: the room is looked at again after the
+    // receive (its commit takes a while, and a limit may be cut meanwhile), right before
+    // each batch goes, so none waits in the dispatcher's queue and starts an instance.
+    let mut held: VecDeque<Vec<Received>> = VecDeque::new();
     loop {
         if *stop.borrow() {
+            release(&ctx, &trigger, held).await;
             return;
         }
         let room = ctx.invoker.room(&function);
         let backlog = || {
-            ctx.queues
-                .queue(&trigger.queue)
-                .is_ok_and(|q| q.stats.visible > 0)
+            !held.is_empty()
+                || ctx
+                    .queues
+                    .queue(&trigger.queue)
+                    .is_ok_and(|q| q.stats.visible > 0)
         };
         let invoking = state.invoking.load(Ordering::Relaxed);
         let dispatching = state.dispatching.load(Ordering::Relaxed);
@@ -69,27 +77,34 @@ pub(crate) async fn run(
         if allowed == 0 {
             tokio::select! {
                 _ = done.notified() => {}
-                _ = stop.changed() => return,
+                _ = stop.changed() => {
+                    release(&ctx, &trigger, held).await;
+                    return;
+                }
                 _ = tokio::time::sleep(ROOM_RECHECK) => {}
             }
             continue;
         }
-        let batches = if trigger.batching_window_ms == 0 {
-            // Under a backlog, one receive takes several batches' worth (one commit
-            // instead of many); they are split and run side by side.
-            let free = (allowed as usize).min(MAX_BATCHES_PER_RECEIVE);
-            match take(&ctx, &trigger, &state, free, &mut stop).await {
-                Some(batches) => batches,
-                None => return,
-            }
-        } else {
-            match gather(&ctx, &trigger, &state, &mut stop).await {
-                Some(batch) if batch.is_empty() => Vec::new(),
-                Some(batch) => vec![batch],
-                None => return,
-            }
-        };
-        for batch in batches {
+        if held.is_empty() {
+            let batches = if trigger.batching_window_ms == 0 {
+                // Under a backlog, one receive takes several batches' worth (one commit
+                // instead of many); they are split and run side by side.
+                let free = (allowed as usize).min(MAX_BATCHES_PER_RECEIVE);
+                match take(&ctx, &trigger, &state, free, &mut stop).await {
+                    Some(batches) => batches,
+                    None => return,
+                }
+            } else {
+                match gather(&ctx, &trigger, &state, &mut stop).await {
+                    Some(batch) if batch.is_empty() => Vec::new(),
+                    Some(batch) => vec![batch],
+                    None => return,
+                }
+            };
+            held.extend(batches);
+            continue;
+        }
+        for batch in held.drain(..held.len().min(allowed as usize)) {
             state.in_flight.fetch_add(1, Ordering::Relaxed);
             state.invoking.fetch_add(1, Ordering::Relaxed);
             state.dispatching.fetch_add(1, Ordering::Relaxed);
@@ -105,6 +120,18 @@ pub(crate) async fn run(
                 state.in_flight.fetch_sub(1, Ordering::Relaxed);
             });
         }
+    }
+}
+
+/// Stopping with batches received but never handed over: they become visible again at
+/// once rather than after their visibility timeout.
+async fn release(ctx: &Ctx, trigger: &QueueTrigger, held: VecDeque<Vec<Received>>) {
+    let entries: Vec<(String, u64)> = held.into_iter().flatten().map(|m| (m.receipt, 0)).collect();
+    if entries.is_empty() {
+        return;
+    }
+    if let Err(e) = ctx.queues.change_visibility(&trigger.queue, entries).await {
+        tracing::warn!(queue = %trigger.queue, error = %e, "releasing batches at stop");
     }
 }
 
