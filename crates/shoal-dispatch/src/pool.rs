@@ -49,6 +49,9 @@ struct Slot {
     controller: Option<Controller>,
     window: Window,
     cpu_busy: Option<f64>,
+    /// Fraction of its last sampling interval the instance sat runnable waiting for a core
+    /// (capped at one): other work holds the host's CPU.
+    cpu_waiting: Option<f64>,
     /// Since when the instance's limit has bound (mean in-flight at 80 % of it or more)
     /// at every sample without the controller raising it: a pacer facing a full, held
     /// instance gets nothing more from waiting for it.

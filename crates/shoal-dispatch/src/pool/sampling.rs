@@ -97,6 +97,9 @@ impl Pool {
                 .zip(window.wait_at_start)
                 .map_or(Duration::ZERO, |(now, then)| now.saturating_sub(then));
             slot.cpu_busy = Some(cpu_time.as_secs_f64() / interval.as_secs_f64());
+            slot.cpu_waiting = wait
+                .is_some()
+                .then(|| (run_wait.as_secs_f64() / interval.as_secs_f64()).clamp(0.0, 1.0));
             let sample = Sample {
                 interval,
                 cpu_time,

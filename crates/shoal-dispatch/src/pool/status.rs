@@ -65,6 +65,10 @@ const SATURATED_FRACTION_OF_TARGET: f64 = 0.6;
 /// saturated too; shorter than that, growth may still come (the controller samples once
 /// a second).
 const HELD_FOR: Duration = Duration::from_secs(3);
+/// An instance that waited for a core this fraction of its last interval or more is short
+/// of CPU the host does not have: neither a CPU-busy nor a held instance then makes
+/// another instance worth starting (it would wait too, and add to everyone's wait).
+const HOST_BUSY_WAITING: f64 = 0.25;
 
 /// What one pool can take now, for a caller that paces itself to it rather than queueing
 /// (a queue poller, whose backlog waits just as well in its queue): calls queued here
@@ -85,9 +89,11 @@ pub struct Room {
     pub per_instance: u32,
     /// `concurrency = "auto"`: instance limits grow while the instance has room for more.
     pub auto: bool,
-    /// Every ready instance is as busy as one instance usefully gets: under `auto`, past
-    /// 60 % of the controller's CPU target, its limit at `max_concurrency`, or its limit
-    /// binding for 3 s without the controller raising it; with a fixed limit, always.
+    /// Every ready instance is as busy as one instance usefully gets: under `auto`, its
+    /// limit at `max_concurrency`, or — while it seldom waits for a core (the host has CPU
+    /// to give another instance) — past 60 % of the controller's CPU target, or its limit
+    /// binding for 3 s without the controller raising it while its CPU demand is below
+    /// the target; with a fixed limit, always.
     /// Only then does another instance add throughput rather than spread the same work.
     pub saturated: bool,
     /// Calls the wait queue holds before it refuses.
@@ -175,12 +181,19 @@ impl Pool {
         let saturated = !self.config.auto
             || (ready().next().is_some()
                 && ready().all(|s| {
+                    let busy = s.cpu_busy.unwrap_or(0.0);
+                    let waiting = s.cpu_waiting.unwrap_or(0.0);
+                    // Waiting for a core: the host's CPU is taken, and another instance
+                    // would only wait with it.
+                    let host_busy = waiting >= HOST_BUSY_WAITING;
                     s.limit >= self.config.max_concurrency
-                        || s.cpu_busy.is_some_and(|busy| {
-                            busy >= self.config.target_cpu * SATURATED_FRACTION_OF_TARGET
-                        })
-                        || s.held_since
-                            .is_some_and(|t| now.saturating_duration_since(t) >= HELD_FOR)
+                        || (!host_busy
+                            && s.cpu_busy.is_some()
+                            && busy >= self.config.target_cpu * SATURATED_FRACTION_OF_TARGET)
+                        || (!host_busy
+                            && busy + waiting < self.config.target_cpu
+                            && s.held_since
+                                .is_some_and(|t| now.saturating_duration_since(t) >= HELD_FOR))
                 }));
         let waiting = inner.queue.iter().filter(|w| !w.is_closed()).count();
         let in_flight: u32 = inner.slots.iter().map(|s| s.in_flight).sum();
