@@ -24,6 +24,9 @@ Queue contenders (queue-throughput; docs/BENCHMARKS.md says how each is set up):
   bullmq-everysec  BullMQ on Redis, appendfsync everysec (Redis's usual durable setting)
   pg-skip-locked   a PostgreSQL table, consumers DELETE ... FOR UPDATE SKIP LOCKED
 
+change-stream: a postgres data-change trigger, commit to handler (saturation, latency at a
+fixed rate, instances for an I/O-bound handler against concurrency = 1).
+
 Standard library plus matplotlib for the plots (installed with pip when missing); the pieces
 live in bench/shoalbench/ (tools, measuring, contenders, scenarios, plots, report).
 """
@@ -60,6 +63,7 @@ SCENARIOS = [
     "python-overhead",
     "queue-throughput",
     "queue-packing",
+    "change-stream",
 ]
 
 
@@ -172,6 +176,8 @@ def main() -> int:
                 res[scenario] = run.queue_throughput()
             elif scenario == "queue-packing":
                 res[scenario] = run.queue_packing()
+            elif scenario == "change-stream":
+                res[scenario] = run.change_stream()
             durations[scenario] = time.monotonic() - started
             after = os.getloadavg()
             # What else the machine was doing: the 1-minute load average as the scenario

@@ -292,6 +292,8 @@ def report(run, res: dict, command: str) -> str:
         w(queue_throughput(res["queue-throughput"], res.get("_load", {}).get("queue-throughput")))
     if "queue-packing" in res:
         w(queue_packing(res["queue-packing"]))
+    if "change-stream" in res:
+        w(change_stream(res["change-stream"], res.get("_load", {}).get("change-stream")))
     w(killreport.section(killreport.load()))
     return "\n".join(out) + "\n"
 
@@ -425,6 +427,45 @@ def queue_packing(r: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def change_stream(r: dict, load: str | None) -> str:
+    out = []
+    w = out.append
+    w("## change-stream\n")
+    w("A postgres data-change trigger (`events = [{ postgres = ... }]`, batch_size 100, "
+      "parallelization_factor 10, `operations = [\"INSERT\"]`) on a durable PostgreSQL "
+      "(fsync on, synchronous_commit on) over loopback, writer psql. The handler "
+      "(`bench/functions/change-sink`) reports each batch over UDP; commit-to-handler "
+      "latency = handler time minus the record's `ApproximateCreationDateTime` (the row's "
+      "write time, just before its transaction commits)."
+      + (f" Machine: {load}." if load else "") + "\n")
+    s = r.get("saturation")
+    if s:
+        w(f"- **Saturation:** {s['n']:,} changes committed in transactions of 1,000 rows "
+          f"(committing took {fmt(s['commit_s'], 1)} s; "
+          f"{fmt(s.get('commit_plain_s'), 1)} s on a table without the capture trigger), all in the handler "
+          f"{fmt(s['drain_s'], 1)} s after the first commit began: "
+          f"**{fmt(s['rate'])} changes/s** commit to handler, in {s['batches']:,} batches "
+          f"(latency p50 {fmt(s['p50_ms'])} ms, p99 {fmt(s['p99_ms'])} ms, mostly backlog).")
+    f = r.get("fixed_rate")
+    if f:
+        w(f"- **Fixed rate:** {f['rate']} single-row commits/s for {f['seconds']} s "
+          f"({f['n']:,} changes): commit to handler **p50 {fmt(f['p50_ms'], 1)} ms, p99 "
+          f"{fmt(f['p99_ms'], 1)} ms** (max {fmt(f['max_ms'], 1)} ms), {f['batches']:,} batches. "
+          "The trigger polls the outbox: 5 ms after changes came, doubling to 100 ms while none "
+          "come.")
+    io = r.get("io_bound")
+    if io:
+        w(f"- **I/O-bound handler** (waits {io['sleep_ms']} ms per batch, batch_size 10), "
+          f"{io['rate']} commits/s for {io['seconds']} s; up to 10 batches in flight (one "
+          "per lane):\n")
+        w("| contender | peak instances | peak PSS MiB | p50 ms | p99 ms | batches |")
+        w("|---|---|---|---|---|---|")
+        for c, row in io["rows"].items():
+            w(f"| {c} | {row['peak_instances']} | {fmt(row['peak_pss_mib'], 1)} | "
+              f"{fmt(row['p50_ms'])} | {fmt(row['p99_ms'])} | {row['batches']:,} |")
+    return "\n".join(out) + "\n"
+
+
 def summary(res: dict) -> str:
     """shoal-auto's numbers divided by each other contender's, one row per measure
     (below 1 means shoal-auto's figure is lower)."""
@@ -505,6 +546,13 @@ def check_complete(res: dict) -> list[str]:
         for c, row in res["queue-packing"]["rows"].items():
             if not row.get("drain_s") or not row.get("peak_instances"):
                 missing.append(f"queue-packing/{c}")
+    if "change-stream" in res:
+        r = res["change-stream"]
+        if not r.get("saturation", {}).get("rate") or r.get("fixed_rate", {}).get("p50_ms") is None:
+            missing.append("change-stream")
+        for c, row in r.get("io_bound", {}).get("rows", {}).items():
+            if not row.get("peak_instances"):
+                missing.append(f"change-stream/{c}")
     return missing
 
 

@@ -30,10 +30,11 @@ from .measure import (
     runtime_cpu_secs,
     settle_time,
 )
+from .changes import ChangeScenarios
 from .queues import QueueScenarios
 from .tools import Postgres, ensure_matplotlib, ensure_pg_module, find_oha, postgres_bin, shoal_binary
 
-class Run(QueueScenarios):
+class Run(QueueScenarios, ChangeScenarios):
     def __init__(self, args):
         self.quick = args.quick
         self.workdir = Path(tempfile.mkdtemp(prefix="shoal-bench-"))

@@ -58,7 +58,7 @@ pub struct FunctionInfo {
 pub struct EventInfo {
     /// `queue` or `schedule`.
     pub kind: String,
-    /// The queue name or the schedule expression.
+    /// The queue name, the schedule expression or the table.
     pub source: String,
     /// Schedules: when it fires next (epoch ms), and the same in ISO 8601 UTC.
     pub next_fire_ms: Option<i64>,
@@ -116,18 +116,23 @@ pub struct QueueReport {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TriggerReport {
     pub function: String,
-    /// `queue`, `schedule` or `async`.
+    /// `queue`, `schedule`, `postgres` or `async`.
     pub kind: String,
-    /// The queue name or the schedule expression.
+    /// The queue name, the schedule expression or the table.
     pub source: String,
     /// Batches (or events) running now.
     pub in_flight: u32,
     /// Most it will run at once now, and why that many.
     pub cap: u32,
     pub why: String,
-    /// Messages waiting in its queue.
+    /// Messages waiting in its queue; for a postgres trigger, changes not yet delivered
+    /// (its lag in records).
     pub backlog: u64,
+    /// Age of the oldest of them (a postgres trigger's lag in time).
     pub oldest_age_ms: Option<u64>,
+    /// A postgres trigger's position: the last sequence number delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<String>,
     /// Schedules: the next and the last fire (epoch ms).
     pub next_fire_ms: Option<i64>,
     pub last_fire_ms: Option<i64>,

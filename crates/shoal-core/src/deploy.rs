@@ -52,6 +52,11 @@ impl Platform {
             .collect();
         specs.extend(manifest.functions.iter());
         let routes = build_routes(&specs)?;
+        // Last before the store changes: from here on a change to a watched table is
+        // captured, whatever the deploy's answer takes to arrive.
+        for spec in &manifest.functions {
+            self.events.install(spec)?;
+        }
 
         let digest = self.store.put_blob(archive_bytes)?;
         let code_dir = code::install(&self.store, &self.data_dir, &digest, staged)?;

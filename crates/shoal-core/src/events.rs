@@ -5,10 +5,12 @@
 //! dead-letter queue, or counted as dropped with a log line saying why.
 //!
 //! Per deployed function this module runs: one async worker (its `async:NAME` queue),
-//! one poller per queue trigger, one task per schedule. They invoke through the
+//! one poller per queue trigger, one task per schedule, one change reader per postgres
+//! trigger ([`changes`], over a [`ChangeSources`] the server plugs in). They invoke through the
 //! [`Invoker`] seam (the platform in production, a fake in tests) and are restarted as a
 //! set when the function is redeployed. Nothing here knows about HTTP.
 
+pub(crate) mod changes;
 mod metered;
 mod policy;
 mod poller;
@@ -26,10 +28,11 @@ use std::sync::{Arc, Mutex, Weak};
 use bytes::Bytes;
 use shoal_api::{EventInfo, QueueReport, TriggerReport};
 use shoal_dispatch::{BoxFuture, Outcome};
-use shoal_manifest::{EventSource, FunctionSpec};
+use shoal_manifest::{EventSource, FunctionSpec, PostgresTrigger};
 use shoal_queue::{NewMessage, QueueBackend, QueueConfig, QueueError};
 use tokio::sync::watch;
 
+pub use changes::{Change, ChangeFeed, ChangeOp, ChangeSources, Lag, SourceError};
 pub(crate) use metered::{EventCounters, Metered};
 pub(crate) use policy::{Envelope, Source};
 
@@ -78,6 +81,8 @@ pub(crate) struct Ctx {
     pub(crate) clock: Clock,
     /// The wait before an async event's first retry (Lambda: about a minute).
     pub(crate) retry_base_ms: u64,
+    /// Where postgres triggers read changes; `None`: such triggers are refused at deploy.
+    pub(crate) sources: Option<Arc<dyn ChangeSources>>,
 }
 
 impl Ctx {
@@ -142,6 +147,8 @@ struct Running {
     /// The queue it reads (async and queue triggers).
     queue: Option<String>,
     state: Arc<TriggerState>,
+    /// Position and lag (postgres triggers).
+    stream: Option<Arc<changes::StreamState>>,
 }
 
 /// The tasks of one function: stopped together by dropping or signalling `stop`.
@@ -149,12 +156,16 @@ struct FunctionTriggers {
     stop: watch::Sender<bool>,
     timeout_ms: u64,
     running: Vec<Running>,
+    /// Its postgres triggers (URL, trigger), so a redeploy without one removes it.
+    postgres: Vec<(String, PostgresTrigger)>,
 }
 
 /// The event side: the metered queue store and the trigger tasks of every function.
 pub(crate) struct Events {
     ctx: Arc<Ctx>,
     functions: Mutex<HashMap<String, FunctionTriggers>>,
+    /// One per postgres stream: its reader holds it while it runs (see `changes::Task`).
+    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Events {
@@ -162,6 +173,7 @@ impl Events {
         Events {
             ctx: Arc::new(ctx),
             functions: Mutex::new(HashMap::new()),
+            turns: Mutex::new(HashMap::new()),
         }
     }
 
@@ -195,6 +207,98 @@ impl Events {
                 return Err(missing(queue, "on_failure"));
             }
         }
+        for (index, source) in spec.events.iter().enumerate() {
+            let EventSource::Postgres(trigger) = source else {
+                continue;
+            };
+            let field = format!("events[{index}].postgres");
+            let refuse = |reason: String| Error::Unsupported {
+                function: spec.name.clone(),
+                reason: format!("{field}: {reason}"),
+            };
+            if let Some(queue) = &trigger.on_failure {
+                if self.ctx.queues.queue(queue).is_err() {
+                    return Err(missing(queue, "on_failure"));
+                }
+            }
+            let Some(sources) = &self.ctx.sources else {
+                return Err(refuse(
+                    "this daemon was built without PostgreSQL support".into(),
+                ));
+            };
+            let Some(url) = changes::resolve_url(spec, trigger) else {
+                return Err(refuse(format!(
+                    "url_env {:?} is set neither in the function's env nor in the daemon's \
+                     environment; set it to the connection string (postgres://user@host/db)",
+                    trigger.url_env
+                )));
+            };
+            // Try the install now (rolled back), so a wrong URL, table or privilege fails
+            // the deploy with the database's own words, and a refused deploy leaves no
+            // trigger capturing for a reader that never comes.
+            let stream = changes::stream_name(&spec.name, trigger);
+            let checked = tokio::runtime::Handle::current().block_on(async {
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(20),
+                    sources.check(&url, &stream, trigger),
+                )
+                .await
+            });
+            match checked {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    return Err(refuse(format!(
+                        "watching table {} through ${}: {e}",
+                        trigger.qualified_table(),
+                        trigger.url_env
+                    )))
+                }
+                Err(_) => {
+                    return Err(refuse(format!(
+                        "the database named by ${} did not answer within 20 s",
+                        trigger.url_env
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Install the capture of `spec`'s postgres triggers, and return once it is in place:
+    /// a deploy that answered has every change after it captured. Called when nothing
+    /// that can refuse the deploy is left (after [`Events::check`]).
+    pub(crate) fn install(&self, spec: &FunctionSpec) -> Result<()> {
+        let Some(sources) = &self.ctx.sources else {
+            return Ok(());
+        };
+        for (index, source) in spec.events.iter().enumerate() {
+            let EventSource::Postgres(trigger) = source else {
+                continue;
+            };
+            let Some(url) = changes::resolve_url(spec, trigger) else {
+                continue; // refused by check
+            };
+            let stream = changes::stream_name(&spec.name, trigger);
+            let opened = tokio::runtime::Handle::current().block_on(async {
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(20),
+                    sources.open(&url, &stream, trigger),
+                )
+                .await
+            });
+            let reason = match opened {
+                Ok(Ok(_feed)) => continue,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "the database did not answer within 20 s".to_owned(),
+            };
+            return Err(Error::Unsupported {
+                function: spec.name.clone(),
+                reason: format!(
+                    "events[{index}].postgres: installing the capture on {}: {reason}",
+                    trigger.qualified_table()
+                ),
+            });
+        }
         Ok(())
     }
 
@@ -218,7 +322,9 @@ impl Events {
             source: "Event invocations".to_owned(),
             queue: Some(queue),
             state,
+            stream: None,
         });
+        let mut postgres = Vec::new();
 
         for (index, source) in spec.events.iter().enumerate() {
             let state = Arc::new(TriggerState::default());
@@ -236,6 +342,7 @@ impl Events {
                         source: trigger.queue.clone(),
                         queue: Some(trigger.queue.clone()),
                         state,
+                        stream: None,
                     });
                 }
                 EventSource::Schedule(trigger) => {
@@ -255,6 +362,45 @@ impl Events {
                         source: trigger.expression.clone(),
                         queue: None,
                         state,
+                        stream: None,
+                    });
+                }
+                EventSource::Postgres(trigger) => {
+                    let stream = Arc::new(changes::StreamState::default());
+                    match (&ctx.sources, changes::resolve_url(spec, trigger)) {
+                        (Some(sources), Some(url)) => {
+                            let name = changes::stream_name(&spec.name, trigger);
+                            postgres.push((url.clone(), trigger.clone()));
+                            let task = changes::Task {
+                                function: spec.name.clone(),
+                                turn: self.turn(&name),
+                                stream: name,
+                                url,
+                                trigger: trigger.clone(),
+                                sources: sources.clone(),
+                            };
+                            tokio::spawn(changes::run(
+                                ctx.clone(),
+                                task,
+                                state.clone(),
+                                stream.clone(),
+                                stopped.clone(),
+                            ));
+                        }
+                        // Restored after the daemon lost its PostgreSQL support or the
+                        // variable: shown in status, not run.
+                        (None, _) => state.error(Some("no PostgreSQL support in this daemon".into())),
+                        (_, None) => state.error(Some(format!(
+                            "url_env {:?} is not set in the function's env or the daemon's environment",
+                            trigger.url_env
+                        ))),
+                    }
+                    running.push(Running {
+                        kind: "postgres",
+                        source: trigger.qualified_table(),
+                        queue: None,
+                        state,
+                        stream: Some(stream),
                     });
                 }
             }
@@ -285,10 +431,70 @@ impl Events {
                     stop,
                     timeout_ms: spec.timeout_ms,
                     running,
+                    postgres: postgres.clone(),
                 },
             );
         if let Some(previous) = previous {
             let _ = previous.stop.send(true);
+            let kept = |t: &PostgresTrigger| {
+                postgres
+                    .iter()
+                    .any(|(_, n)| n.qualified_table() == t.qualified_table())
+            };
+            let gone = previous
+                .postgres
+                .into_iter()
+                .filter(|(_, t)| !kept(t))
+                .collect();
+            self.remove_streams(&spec.name, gone);
+        }
+    }
+
+    /// The lock a postgres stream's reader holds while it runs.
+    fn turn(&self, stream: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.turns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(stream.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Stop capturing for triggers a function no longer has: once their reader stopped,
+    /// drop the database trigger and forget the changes never delivered (logged).
+    fn remove_streams(&self, function: &str, gone: Vec<(String, PostgresTrigger)>) {
+        let Some(sources) = self.ctx.sources.clone() else {
+            return;
+        };
+        for (url, trigger) in gone {
+            let stream = changes::stream_name(function, &trigger);
+            let turn = self.turn(&stream);
+            let (ctx, function, sources) = (self.ctx.clone(), function.to_owned(), sources.clone());
+            tokio::spawn(async move {
+                let _turn = turn.lock().await;
+                match sources.remove(&url, &stream, &trigger).await {
+                    Ok(dropped) => {
+                        let message = format!(
+                            "postgres trigger on {} removed; {dropped} undelivered change(s) forgotten",
+                            trigger.qualified_table()
+                        );
+                        tracing::info!(function = %function, "{message}");
+                        ctx.invoker.log(&function, "-", message);
+                    }
+                    Err(e) => {
+                        tracing::warn!(function = %function, table = %trigger.qualified_table(), error = %e, "removing a postgres trigger");
+                        ctx.invoker.log(
+                            &function,
+                            "-",
+                            format!(
+                                "could not remove the postgres trigger on {}: {e}; drop it by hand \
+                                 (see docs/ARCHITECTURE.md, postgres triggers)",
+                                trigger.qualified_table()
+                            ),
+                        );
+                    }
+                }
+            });
         }
     }
 
@@ -302,6 +508,7 @@ impl Events {
             .remove(function)
         {
             let _ = previous.stop.send(true);
+            self.remove_streams(function, previous.postgres);
         }
         let ctx = self.ctx.clone();
         let function = function.to_owned();
@@ -396,6 +603,21 @@ impl Events {
                     }
                 }
                 let fire = |v: &AtomicI64| Some(v.load(Ordering::Relaxed)).filter(|&t| t > 0);
+                let (backlog, oldest_age_ms, position) = match &running.stream {
+                    Some(st) => (
+                        st.lag_records.load(Ordering::Relaxed),
+                        fire(&st.oldest_ms).map(|t| now.saturating_sub(t).max(0) as u64),
+                        fire(&st.position).map(|p| p.to_string()),
+                    ),
+                    None => (
+                        stats.as_ref().map_or(0, |st| st.visible + st.delayed),
+                        stats
+                            .as_ref()
+                            .and_then(|st| st.oldest_sent_at_ms)
+                            .map(|t| now.saturating_sub(t).max(0) as u64),
+                        None,
+                    ),
+                };
                 reports.push(TriggerReport {
                     function: name.clone(),
                     kind: running.kind.to_owned(),
@@ -403,10 +625,9 @@ impl Events {
                     in_flight: s.in_flight.load(Ordering::Relaxed),
                     cap: s.cap.load(Ordering::Relaxed),
                     why: s.why.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-                    backlog: stats.as_ref().map_or(0, |st| st.visible + st.delayed),
-                    oldest_age_ms: stats
-                        .and_then(|st| st.oldest_sent_at_ms)
-                        .map(|t| now.saturating_sub(t).max(0) as u64),
+                    backlog,
+                    oldest_age_ms,
+                    position,
                     next_fire_ms: fire(&s.next_fire_ms),
                     last_fire_ms: fire(&s.last_fire_ms),
                     last_error: s
@@ -501,6 +722,7 @@ impl Events {
             .iter()
             .filter_map(|s| match s {
                 EventSource::Queue(t) => Some(t.queue.clone()),
+                EventSource::Postgres(t) => t.on_failure.clone(),
                 EventSource::Schedule(_) => None,
             })
             .collect();

@@ -37,6 +37,7 @@ use shoal_store::Store;
 pub use archive::{pack_dir, pack_dir_filtered, ArchiveError};
 pub use cost::{lambda_prices, LAMBDA_PRICES_SOURCE};
 pub use error::{chain, Error, Result};
+pub use events::{Change, ChangeFeed, ChangeOp, ChangeSources, Lag, SourceError};
 pub use invoke::{new_request_id, InvocationType, InvokeOutcome, InvokeRequest, Invoked};
 pub use lambda::VersionDetail;
 pub use logs::{now_ms, DEFAULT_MAX_LOG_BYTES};
@@ -82,7 +83,7 @@ pub struct Config {
 }
 
 /// Bounds and timing of the event store and its triggers.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EventsConfig {
     /// Messages pending in all queues together before sends and `Event` invokes are
     /// refused (429): what bounds the store's disk.
@@ -92,6 +93,20 @@ pub struct EventsConfig {
     /// The wait before an async event's first retry; the n-th retry waits n times this.
     /// Lambda's is about a minute; tests shorten it.
     pub retry_base: Duration,
+    /// Where postgres data-change triggers read (the server plugs in `shoal-pg`); without
+    /// it a manifest with such a trigger is refused.
+    pub change_sources: Option<Arc<dyn ChangeSources>>,
+}
+
+impl std::fmt::Debug for EventsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventsConfig")
+            .field("max_pending_messages", &self.max_pending_messages)
+            .field("max_pending_bytes", &self.max_pending_bytes)
+            .field("retry_base", &self.retry_base)
+            .field("change_sources", &self.change_sources.is_some())
+            .finish()
+    }
 }
 
 impl Default for EventsConfig {
@@ -100,6 +115,7 @@ impl Default for EventsConfig {
             max_pending_messages: 10_000_000,
             max_pending_bytes: 4 * 1024 * 1024 * 1024,
             retry_base: Duration::from_secs(60),
+            change_sources: None,
         }
     }
 }
@@ -211,6 +227,7 @@ impl Platform {
                 invoker: Arc::new(events::PlatformInvoker(weak.clone())),
                 clock: Arc::new(|| now_ms() as i64),
                 retry_base_ms,
+                sources: config.events.change_sources.clone(),
             }),
             data_dir,
             store,

@@ -457,11 +457,76 @@ impl Platform {
             }
         }
         registry.register("queue_depth", "Messages in each queue, by state", depth);
+        self.register_change_triggers(registry);
         registry.register_with_unit(
             "queue_oldest_message_age",
             "Age of the oldest message in each queue",
             Unit::Seconds,
             oldest,
+        );
+    }
+}
+
+impl Platform {
+    /// Postgres triggers: position, lag (records, seconds), whether the last read or
+    /// delivery failed, and changes by what became of them.
+    fn register_change_triggers(&self, registry: &mut Registry) {
+        let position = Family::<Labels, Gauge>::default();
+        let lag = Family::<Labels, Gauge>::default();
+        let lag_seconds = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let failing = Family::<Labels, Gauge>::default();
+        let changes = Family::<Labels, Counter>::default();
+        for t in self.events.trigger_reports(None) {
+            if t.kind != "postgres" {
+                continue;
+            }
+            let labels = vec![
+                ("function", t.function.clone()),
+                ("table", t.source.clone()),
+            ];
+            if let Some(p) = t.position.as_deref().and_then(|p| p.parse::<i64>().ok()) {
+                position.get_or_create(&labels).set(p);
+            }
+            lag.get_or_create(&labels)
+                .set(i64::try_from(t.backlog).unwrap_or(i64::MAX));
+            lag_seconds
+                .get_or_create(&labels)
+                .set(t.oldest_age_ms.unwrap_or(0) as f64 / 1000.0);
+            failing
+                .get_or_create(&labels)
+                .set(i64::from(t.last_error.is_some()));
+            for (event, n) in &t.counts {
+                let mut with_event = labels.clone();
+                with_event.push(("event", event.clone()));
+                changes.get_or_create(&with_event).inc_by(*n);
+            }
+        }
+        registry.register(
+            "change_trigger_position",
+            "Last sequence number delivered by each postgres trigger",
+            position,
+        );
+        registry.register(
+            "change_trigger_lag_records",
+            "Changes captured and not yet delivered, per postgres trigger",
+            lag,
+        );
+        registry.register_with_unit(
+            "change_trigger_lag",
+            "Age of the oldest change not yet delivered, per postgres trigger",
+            Unit::Seconds,
+            lag_seconds,
+        );
+        registry.register(
+            "change_trigger_failing",
+            "1 while a postgres trigger's last read, delivery or acknowledgement failed",
+            failing,
+        );
+        registry.register(
+            "change_trigger_changes",
+            "Changes per postgres trigger: delivered, succeeded, retried, throttled, \
+             to_destination, dropped",
+            changes,
         );
     }
 }

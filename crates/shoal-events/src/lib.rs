@@ -8,7 +8,8 @@
 //! Events: EventBridge schedule expressions and their next fire times ([`Schedule`]), the
 //! Scheduled Event ([`scheduled_payload`]), Lambda's SQS event and partial batch responses
 //! ([`build_sqs_event`], [`parse_batch_response`]), the asynchronous-invocation failure
-//! record ([`build_failure_record`]), and the local account, region and ARNs they all carry.
+//! record ([`build_failure_record`]), data-change records shaped as DynamoDB Streams'
+//! ([`build_stream_event`], [`build_stream_failure`]), and the local account, region and ARNs they all carry.
 //!
 //! It must not touch sockets, processes, files, SQL or the clock: callers pass times and
 //! ids in, and it uses no hyper/http types (the server maps hyper types into
@@ -27,6 +28,7 @@ mod route;
 mod schedule;
 mod scheduled;
 mod sqs;
+mod stream;
 
 pub use aws::{function_arn, schedule_rule_arn, sqs_queue_arn, ACCOUNT_ID, REGION};
 pub use destination::{build_failure_record, AttemptResponse, FailureCondition, FailureRecord};
@@ -42,6 +44,9 @@ pub use scheduled::{build_scheduled_event, scheduled_payload, ScheduledEvent};
 pub use sqs::{
     build_sqs_event, parse_batch_response, BadBatchResponse, BatchOutcome, MessageAttribute,
     SqsRecord,
+};
+pub use stream::{
+    build_stream_event, build_stream_failure, postgres_stream_arn, ChangeRecord, StreamFailure,
 };
 
 /// Result of route table edits.

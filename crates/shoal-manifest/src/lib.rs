@@ -20,7 +20,9 @@ mod tree;
 mod units;
 mod validate;
 
-pub use events::{AsyncConfig, EventSource, QueueTrigger, ScheduleCheck, ScheduleTrigger};
+pub use events::{
+    AsyncConfig, EventSource, PostgresTrigger, QueueTrigger, ScheduleCheck, ScheduleTrigger,
+};
 pub use serverless::{from_serverless, Converted, Remark, ServerlessOptions};
 pub use units::{format_duration_ms, parse_duration_ms};
 

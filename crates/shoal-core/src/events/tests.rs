@@ -37,6 +37,8 @@ enum Answer {
     Ok,
     Throw,
     Throttle,
+    /// Success with this body (a partial batch response).
+    Returns(&'static str),
 }
 
 impl Invoker for Fake {
@@ -68,6 +70,7 @@ impl Invoker for Fake {
                     error_type: "Error".into(),
                     body: Bytes::from_static(br#"{"errorType":"Error","errorMessage":"boom"}"#),
                 }),
+                Answer::Returns(body) => Ok(Outcome::Success(Bytes::from_static(body.as_bytes()))),
                 Answer::Throttle => Err(crate::Error::Overloaded {
                     function,
                     retry_after: Duration::from_secs(1),
@@ -287,6 +290,7 @@ fn rig_with_clock(answers: &[Answer], dir: Option<tempdir::Dir>, clock: Clock) -
         invoker: fake.clone(),
         clock,
         retry_base_ms: 60_000,
+        sources: None,
     });
     let (stop, _) = watch::channel(false);
     Rig {
@@ -630,4 +634,221 @@ async fn a_schedule_fires_on_time_and_a_restart_neither_repeats_nor_skips() {
         assert_eq!(*time, minute(restart_minute + (k as i64 - 3)), "{fired:?}");
     }
     assert!(!fired[..3].iter().any(|(_, late)| *late), "{fired:?}");
+}
+
+/// An in-memory change feed: changes in order until acknowledged.
+#[derive(Default)]
+struct MemoryFeed {
+    pending: Mutex<Vec<changes::Change>>,
+    acked: Mutex<Vec<i64>>,
+}
+
+#[async_trait::async_trait]
+impl ChangeFeed for MemoryFeed {
+    async fn read(&self, max: usize) -> Result<Vec<Change>, SourceError> {
+        Ok(self
+            .pending
+            .lock()
+            .unwrap()
+            .iter()
+            .take(max)
+            .cloned()
+            .collect())
+    }
+    async fn ack(&self, sequences: &[i64]) -> Result<(), SourceError> {
+        self.pending
+            .lock()
+            .unwrap()
+            .retain(|c| !sequences.contains(&c.sequence));
+        self.acked.lock().unwrap().extend_from_slice(sequences);
+        Ok(())
+    }
+    async fn lag(&self) -> Result<Lag, SourceError> {
+        Ok(Lag {
+            records: self.pending.lock().unwrap().len() as u64,
+            ..Lag::default()
+        })
+    }
+}
+
+struct OneFeed(Arc<MemoryFeed>);
+
+#[async_trait::async_trait]
+impl ChangeSources for OneFeed {
+    async fn open(
+        &self,
+        _url: &str,
+        _stream: &str,
+        _trigger: &PostgresTrigger,
+    ) -> Result<Arc<dyn ChangeFeed>, SourceError> {
+        Ok(self.0.clone())
+    }
+    async fn check(&self, _: &str, _: &str, _: &PostgresTrigger) -> Result<(), SourceError> {
+        Ok(())
+    }
+    async fn remove(&self, _: &str, _: &str, _: &PostgresTrigger) -> Result<u64, SourceError> {
+        Ok(0)
+    }
+}
+
+fn change(sequence: i64, key: i64) -> Change {
+    Change {
+        sequence,
+        op: ChangeOp::Insert,
+        changed_at_ms: 1_800_000_000_000,
+        keys: format!("{{\"id\": {key}}}"),
+        new_image: Some(format!("{{\"id\": {key}}}")),
+        old_image: None,
+    }
+}
+
+/// A one-lane postgres trigger task over `feed`, with 2 retries and `on_failure`.
+fn start_changes(
+    r: &Rig,
+    feed: &Arc<MemoryFeed>,
+    batch_size: u32,
+    report_batch_item_failures: bool,
+) -> Arc<TriggerState> {
+    let trigger = PostgresTrigger {
+        url_env: "DATABASE_URL".into(),
+        schema: "public".into(),
+        table: "orders".into(),
+        operations: vec!["INSERT".into()],
+        batch_size,
+        batching_window_ms: 0,
+        parallelization_factor: 1,
+        maximum_retry_attempts: 2,
+        report_batch_item_failures,
+        on_failure: Some("changes-failed".into()),
+    };
+    let state = Arc::new(TriggerState::default());
+    r.workers.lock().unwrap().push(state.clone());
+    let task = changes::Task {
+        function: "f".into(),
+        stream: "f:public.orders".into(),
+        url: "postgres://test".into(),
+        trigger,
+        sources: Arc::new(OneFeed(feed.clone())),
+        turn: Arc::default(),
+    };
+    tokio::spawn(changes::run(
+        r.ctx.clone(),
+        task,
+        state.clone(),
+        Arc::new(changes::StreamState::default()),
+        r.stop.subscribe(),
+    ));
+    state
+}
+
+/// The sequence numbers of each call's records.
+fn sequences(calls: &[Call]) -> Vec<Vec<i64>> {
+    calls
+        .iter()
+        .map(|c| {
+            let v: serde_json::Value = serde_json::from_str(&c.payload).unwrap();
+            v["Records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    r["dynamodb"]["SequenceNumber"]
+                        .as_str()
+                        .unwrap()
+                        .parse()
+                        .unwrap()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A partial batch response: the records before the first one named are done, the batch
+/// is retried from it (not from the start), and a record it never names again is done.
+#[tokio::test(start_paused = true)]
+async fn batch_item_failures_retry_a_batch_from_the_first_record_named() {
+    let r = rig(
+        &[
+            Answer::Returns(
+                r#"{"batchItemFailures":[{"itemIdentifier":"3"},{"itemIdentifier":"2"}]}"#,
+            ),
+            Answer::Returns(r#"{"batchItemFailures":[]}"#),
+        ],
+        None,
+    );
+    r.ctx
+        .queues
+        .create_queue("changes-failed", QueueConfig::default())
+        .await
+        .unwrap();
+    let feed = Arc::new(MemoryFeed::default());
+    feed.pending
+        .lock()
+        .unwrap()
+        .extend([change(1, 1), change(2, 1), change(3, 1), change(4, 1)]);
+    let state = start_changes(&r, &feed, 4, true);
+    r.until("every change settled", |_| {
+        feed.acked.lock().unwrap().len() == 4
+    })
+    .await;
+    assert_eq!(sequences(&r.calls()), [vec![1, 2, 3, 4], vec![2, 3, 4]]);
+    assert_eq!(*feed.acked.lock().unwrap(), [1, 2, 3, 4]);
+    assert_eq!(state.count_of("retried"), 3);
+    assert_eq!(state.count_of("to_destination"), 0);
+}
+
+/// One lane, one record per batch: a throttle costs no retry, a failing record is tried
+/// 1 + 2 times 1 s then 2 s apart, goes to `on_failure` with the record, and its key's
+/// next change is delivered after it; every change is acknowledged once settled.
+#[tokio::test(start_paused = true)]
+async fn a_failing_change_is_retried_with_backoff_then_sent_to_on_failure_and_the_stream_goes_on() {
+    let r = rig(
+        &[
+            Answer::Throttle,
+            Answer::Throw,
+            Answer::Throw,
+            Answer::Throw,
+            Answer::Ok,
+        ],
+        None,
+    );
+    r.ctx
+        .queues
+        .create_queue("changes-failed", QueueConfig::default())
+        .await
+        .unwrap();
+    let feed = Arc::new(MemoryFeed::default());
+    feed.pending
+        .lock()
+        .unwrap()
+        .extend([change(1, 7), change(2, 7), change(3, 8)]);
+    let state = start_changes(&r, &feed, 1, false);
+    r.until("every change settled", |_| {
+        feed.acked.lock().unwrap().len() == 3
+    })
+    .await;
+    let calls = r.calls();
+    let order: Vec<i64> = sequences(&calls).iter().map(|s| s[0]).collect();
+    assert_eq!(order, [1, 1, 1, 1, 2, 3], "calls: {calls:?}");
+    assert!(calls.iter().all(|c| c.trigger == "postgres"));
+    // Throttle → 1 s → fail → 1 s → fail → 2 s → fail → destination.
+    let gaps: Vec<i64> = calls.windows(2).map(|w| w[1].at_ms - w[0].at_ms).collect();
+    assert!(
+        (1_000..1_500).contains(&gaps[1]),
+        "first retry after {} ms",
+        gaps[1]
+    );
+    assert!(
+        (2_000..2_500).contains(&gaps[2]),
+        "second retry after {} ms",
+        gaps[2]
+    );
+    assert_eq!(*feed.acked.lock().unwrap(), [1, 2, 3]);
+    let records = r.drain("changes-failed").await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["requestContext"]["approximateInvokeCount"], 3);
+    assert_eq!(records[0]["Records"][0]["dynamodb"]["SequenceNumber"], "1");
+    assert_eq!(state.count_of("to_destination"), 1);
+    assert_eq!(state.count_of("retried"), 2);
+    assert_eq!(state.count_of("throttled"), 1);
 }

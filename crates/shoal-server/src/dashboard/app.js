@@ -154,7 +154,7 @@ function renderQueues(status) {
     `<tr><td>${esc(q.name)}</td><td class="num">${esc(q.visible)}</td><td class="num">${esc(q.in_flight)}</td><td class="num">${esc(q.delayed)}</td><td class="num">${esc(ago(q.oldest_age_ms))}</td><td>${esc(q.dead_letter ?? '')}</td></tr>`).join('') ||
     '<tr><td colspan="6" class="muted">no queues</td></tr>';
   $('#triggers tbody').innerHTML = (status.triggers ?? []).map((t) =>
-    `<tr><td>${esc(t.function)}</td><td>${esc(t.kind)}</td><td>${esc(t.source)}</td><td class="num">${esc(t.in_flight)} / ${esc(t.cap)}</td><td class="num">${esc(t.backlog)}</td><td>${esc(Object.entries(t.counts ?? {}).map(([k, v]) => `${k} ${v}`).join(' · '))}${t.next_fire_ms ? esc(` · next fire ${new Date(t.next_fire_ms).toLocaleTimeString()}`) : ''}</td></tr>`).join('') ||
+    `<tr><td>${esc(t.function)}</td><td>${esc(t.kind)}</td><td>${esc(t.source)}</td><td class="num">${esc(t.in_flight)} / ${esc(t.cap)}</td><td class="num">${esc(t.backlog)}</td><td>${esc(Object.entries(t.counts ?? {}).map(([k, v]) => `${k} ${v}`).join(' · '))}${t.next_fire_ms ? esc(` · next fire ${new Date(t.next_fire_ms).toLocaleTimeString()}`) : ''}${t.position ? esc(` · position ${t.position}`) : ''}${t.last_error ? esc(` · last error: ${t.last_error}`) : ''}</td></tr>`).join('') ||
     '<tr><td colspan="6" class="muted">no triggers</td></tr>';
 }
 

@@ -108,6 +108,8 @@ pub async fn run(data_dir: &Path, args: Args) -> anyhow::Result<ExitCode> {
         max_pending_messages: args.max_pending_events,
         max_pending_bytes: args.max_pending_event_mib.saturating_mul(1024 * 1024),
         retry_base: args.async_retry_base,
+        // Postgres data-change triggers read through shoal-pg; the core only sees the trait.
+        change_sources: Some(std::sync::Arc::new(shoal_pg::Postgres::new())),
     };
     let running = shoal_server::start(config).await?;
     println!("shoal is serving");

@@ -104,6 +104,7 @@ fn print_triggers(triggers: &[TriggerReport]) {
         let what = match t.kind.as_str() {
             "queue" => format!("queue {}", t.source),
             "schedule" => format!("schedule {}", t.source),
+            "postgres" => format!("postgres {}", t.source),
             _ => "async (Event invocations)".to_owned(),
         };
         match t.kind.as_str() {
@@ -113,6 +114,16 @@ fn print_triggers(triggers: &[TriggerReport]) {
                 });
                 println!("  {} <- {what}: next fire {next}", t.function);
             }
+            "postgres" => println!(
+                "  {} <- {what}: position {}, lag {} change(s) / {}; {} batch(es) in flight of {} ({})",
+                t.function,
+                t.position.as_deref().unwrap_or("-"),
+                t.backlog,
+                age(t.oldest_age_ms),
+                t.in_flight,
+                t.cap,
+                t.why
+            ),
             _ => println!(
                 "  {} <- {what}: {} in flight of {} ({}); backlog {}, oldest {}",
                 t.function,
