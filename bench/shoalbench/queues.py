@@ -313,8 +313,20 @@ class QueueScenarios:
                 def measured(setting, consumers) -> dict:
                     pids = system.server_pids + (consumers.pids() if consumers else [])
                     before = tree_cpu_secs(pids)
-                    result = node_json([*drv, "--n", str(n)])
+                    # Shoal: how many instances the function spread over while it ran.
+                    sampler = (
+                        Sampler(system.target, period=0.5, status_every=1e9)
+                        if isinstance(system, ShoalSystem)
+                        else None
+                    )
+                    try:
+                        result = node_json([*drv, "--n", str(n)])
+                    finally:
+                        if sampler:
+                            result_peak = sampler.stop().peak_instances()
                     result["cpu_s"] = tree_cpu_secs(pids) - before
+                    if sampler:
+                        result["peak_instances"] = result_peak
                     log(f"queue-throughput: {c} ({system.describe(setting)}): "
                         f"{result['rate']:,.0f} msg/s end to end, {result['enqueue_rate']:,.0f} msg/s enqueued")
                     return result
@@ -365,6 +377,9 @@ class QueueScenarios:
                 "driver_cpu_ms_per_1k": med([r["driver_cpu_s"] / n * 1e6 for r in runs]),
                 "tuning": [(system.describe(s), r["rate"]) for s, r in tuning],
                 "counters": counters,
+                "peak_instances": max(
+                    (r["peak_instances"] for r in runs if "peak_instances" in r), default=None
+                ),
                 "load": f"{load:.2f} → {os.getloadavg()[0]:.2f}",
                 **{k: latency[k] for k in (
                     "p50_ms", "p99_ms", "max_ms", "ack_p50_ms", "ack_p99_ms",

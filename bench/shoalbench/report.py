@@ -372,7 +372,9 @@ def queue_throughput(r: dict, load: str | None) -> str:
           f"messages sent, {counts.get('received', 0):,} received (so "
           f"{counts.get('received', 0) - counts['sent']:,} redelivered), "
           f"{counts.get('deleted', 0):,} deleted, in {counts.get('invocations', 0):,} function "
-          f"calls; {counts.get('instances', 0)} instance(s) of the function at the end.\n")
+          f"calls; {counts.get('instances', 0)} instance(s) of the function at the end"
+          + (f", at most {shoal['peak_instances']} during the throughput runs (sampled every "
+             "0.5 s)" if shoal.get("peak_instances") is not None else "") + ".\n")
     tuned = [(c, row) for c, row in r["rows"].items() if len(row.get("tuning", [])) > 1]
     if tuned:
         w("Tuning (one run of each setting, end-to-end msg/s):\n")

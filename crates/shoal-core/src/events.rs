@@ -66,6 +66,9 @@ pub(crate) trait Invoker: Send + Sync + 'static {
     ) -> BoxFuture<(Option<u32>, Result<Outcome>)>;
     /// How many invocations of `function` may be in flight at once now, and why.
     fn capacity(&self, function: &str) -> (u32, String);
+    /// What `function`'s instances can take now, for triggers that pace themselves to it
+    /// (`None`: not deployed).
+    fn room(&self, function: &str) -> Option<shoal_dispatch::Room>;
     /// Write a platform line into the function's log.
     fn log(&self, function: &str, request_id: &str, message: String);
 }
@@ -92,6 +95,10 @@ impl Ctx {
 #[derive(Default)]
 pub(crate) struct TriggerState {
     pub(crate) in_flight: AtomicU32,
+    /// Batches handed to the function whose call has not returned (queue triggers).
+    pub(crate) invoking: AtomicU32,
+    /// Of those, spawned but not yet seen by the dispatcher: a slot it has not counted.
+    pub(crate) dispatching: AtomicU32,
     pub(crate) cap: AtomicU32,
     pub(crate) why: Mutex<String>,
     pub(crate) next_fire_ms: AtomicI64,
@@ -777,6 +784,10 @@ impl Invoker for PlatformInvoker {
             Some(p) => p.capacity(function),
             None => (0, "the platform is shutting down".to_owned()),
         }
+    }
+
+    fn room(&self, function: &str) -> Option<shoal_dispatch::Room> {
+        self.0.upgrade()?.dispatcher.room(function)
     }
 
     fn log(&self, function: &str, request_id: &str, message: String) {

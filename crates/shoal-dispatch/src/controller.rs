@@ -273,6 +273,8 @@ pub struct Controller {
     /// Of `pending_latency_secs`, the part explained by waiting for a CPU (run-queue wait
     /// × mean in-flight), taken out before latency is judged.
     pending_wait_secs: f64,
+    /// Of the window, the time the runtime's threads waited for a core (capped at one).
+    pending_thread_wait_secs: f64,
     pending_latency_count: u32,
     /// Seconds since the previous window closed, for the baseline's rise rate.
     pending_latency_window_secs: f64,
@@ -303,6 +305,7 @@ impl Controller {
             baseline_secs: None,
             pending_latency_secs: 0.0,
             pending_wait_secs: 0.0,
+            pending_thread_wait_secs: 0.0,
             pending_latency_count: 0,
             pending_latency_window_secs: 0.0,
             window_latency_secs: None,
@@ -388,6 +391,7 @@ impl Controller {
         // flight during any wait: every call then in flight is delayed by it.
         if in_flight > 0.0 || s.completed > 0 {
             self.pending_wait_secs += waiting_fraction(s) * secs * in_flight.max(1.0);
+            self.pending_thread_wait_secs += waiting_fraction(s) * secs;
         }
         if s.completed > 0 {
             let n = f64::from(s.completed);
@@ -402,10 +406,21 @@ impl Controller {
             if self.pending_latency_count >= MIN_JUDGED_COMPLETIONS {
                 // Net of the run-queue wait, never below a tenth of the measured latency
                 // (the wait estimate assumes every call in flight waited with the thread).
+                // A call is delayed by the wait only while it was alive, so by at most the
+                // window's waiting fraction of its latency: a handler that sleeps 2 s is
+                // not made 0.2 s by a wait counted against every call in flight.
+                let waiting = if self.pending_latency_window_secs > 0.0 {
+                    (self.pending_thread_wait_secs / self.pending_latency_window_secs)
+                        .clamp(0.0, 1.0)
+                } else {
+                    0.0
+                };
                 let own = (self.pending_latency_secs - self.pending_wait_secs)
+                    .max(self.pending_latency_secs * (1.0 - waiting))
                     .max(self.pending_latency_secs * MIN_NET_LATENCY);
                 let candidate = own / f64::from(self.pending_latency_count);
                 self.pending_wait_secs = 0.0;
+                self.pending_thread_wait_secs = 0.0;
                 let elapsed = self.pending_latency_window_secs;
                 self.pending_latency_secs = 0.0;
                 self.pending_latency_count = 0;

@@ -12,7 +12,7 @@ use crate::budget::{BudgetLimits, BudgetStatus, HostBudget};
 use crate::pool::Pool;
 use crate::{
     epoch_ms, CallReport, DispatchError, InstanceLauncher, Invocation, OnStart, Outcome,
-    PoolConfig, PoolStatus, Result,
+    PoolConfig, PoolStatus, Result, Room,
 };
 
 struct Function {
@@ -236,6 +236,12 @@ impl Dispatcher {
     /// The version that takes new invocations, if the function is known.
     pub fn active_version(&self, function: &str) -> Option<u32> {
         self.functions().get(function).map(|f| f.active.version())
+    }
+
+    /// What `function`'s active pool can take now (see [`Room`]); `None` if it is not
+    /// deployed.
+    pub fn room(&self, function: &str) -> Option<Room> {
+        self.functions().get(function).map(|f| f.active.room())
     }
 
     /// Instances and memory in use against the host-wide budget.

@@ -31,7 +31,7 @@ use tokio::time::Instant;
 pub use budget::{BudgetLimits, BudgetRefusal, BudgetStatus};
 pub use decision::{Decision, DecisionRecord, LaunchReason, DECISION_HISTORY};
 pub use dispatcher::Dispatcher;
-pub use pool::{InstanceState, InstanceStatus, PoolStatus};
+pub use pool::{InstanceState, InstanceStatus, PoolStatus, Room};
 
 /// A boxed, sendable future, the return type of the trait methods below.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;

@@ -31,7 +31,7 @@ use crate::decision::{Decision, DecisionLog};
 use crate::{InstanceHandle, InstanceLauncher, LaunchError, PoolConfig, Result};
 
 use slots::Grant;
-pub use status::{InstanceState, InstanceStatus, PoolStatus};
+pub use status::{InstanceState, InstanceStatus, PoolStatus, Room};
 
 /// How often the housekeeping task samples instances, looks for idle ones and finished
 /// drains.
@@ -49,6 +49,13 @@ struct Slot {
     controller: Option<Controller>,
     window: Window,
     cpu_busy: Option<f64>,
+    /// Fraction of its last sampling interval the instance sat runnable waiting for a core
+    /// (capped at one): other work holds the host's CPU.
+    cpu_waiting: Option<f64>,
+    /// Since when the instance's limit has bound (mean in-flight at 80 % of it or more)
+    /// at every sample without the controller raising it: a pacer facing a full, held
+    /// instance gets nothing more from waiting for it.
+    held_since: Option<Instant>,
     /// The instance refused a call before running it (its channel is closed: it is gone
     /// or going, and its exit watcher has not said so yet). It gets no more calls.
     refused: bool,

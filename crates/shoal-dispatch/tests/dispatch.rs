@@ -1204,6 +1204,71 @@ async fn a_pinned_version_serves_calls_that_name_it_beside_the_active_one() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn room_counts_slots_calls_and_starting_instances() {
+    let mut cfg = config(4);
+    cfg.auto = true;
+    let (_launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 300,
+            ..Default::default()
+        },
+        cfg,
+    );
+    let room = d.room("f").expect("deployed");
+    assert_eq!((room.slots, room.busy, room.instances), (0, 0, 0));
+    assert_eq!(room.per_instance, 4);
+    assert!(!room.saturated, "no ready instance is saturated");
+    let calls = {
+        let d = d.clone();
+        tokio::spawn(async move { burst(&d, 6, "1000").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let room = d.room("f").unwrap();
+    assert_eq!(
+        (room.instances, room.starting),
+        (2, 2),
+        "ceil(6/4) starting"
+    );
+    assert_eq!((room.slots, room.busy, room.free()), (8, 6, 2));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let room = d.room("f").unwrap();
+    assert_eq!((room.instances, room.starting, room.busy), (2, 0, 6));
+    assert!(
+        !room.saturated,
+        "not measured busy yet: its limit may still grow"
+    );
+    assert!(calls.await.unwrap().iter().all(|r| r.is_ok()));
+    assert!(d.room("nope").is_none());
+
+    let (_, fixed) = setup(FakeLauncher::default(), config(1));
+    assert!(
+        fixed.room("f").unwrap().saturated,
+        "a fixed limit never grows"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn room_calls_a_cpu_bound_instance_saturated_and_a_waiting_one_not() {
+    let mut cfg = config(16);
+    cfg.auto = true;
+    let (_launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 100,
+            ..Default::default()
+        },
+        cfg,
+    );
+    // Two callers of a call that only waits: far from its CPU, far from its limit.
+    sustained(&d, 2, "1000/0", Duration::from_secs(5)).await;
+    let room = d.room("f").unwrap();
+    assert_eq!(room.instances, 1);
+    assert!(!room.saturated, "{room:?}");
+    // The same two computing all the time: a second instance would add a core.
+    sustained(&d, 2, "1000/1000", Duration::from_secs(5)).await;
+    assert!(d.room("f").unwrap().saturated);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_steady_load_that_fits_one_instance_converges_to_one() {
     let mut cfg = config(8);
     cfg.idle_timeout = Duration::from_secs(5);

@@ -1,11 +1,17 @@
 //! A queue trigger: polls one queue for one function and invokes it with Lambda's SQS
-//! event, many batches at once — as many as the function's instances can take (the
-//! dispatcher packs them, so an I/O-bound handler runs many batches per instance), never
-//! more than the backlog. A successful batch is deleted; with
+//! event, many batches at once, paced to what the function's instances can take ([`pace`]):
+//! with `concurrency = "auto"` it fills their free slots and no more, so batches never
+//! wait in the dispatcher's queue (where they would start instances for work that waits
+//! just as well in the SQS queue); the instances' controllers grow their limits while they
+//! have CPU to spare — many batches per instance when the handler waits on I/O — and only
+//! CPU-saturated instances with a backlog behind them make the poller ask for more
+//! instances. Never more than the backlog. A successful batch is deleted; with
 //! `report_batch_item_failures`, only its successful messages are; a failed batch is left
 //! to its visibility timeout, after which it is received again (and, past the queue's
 //! `max_receive_count`, moved to its dead-letter queue by the store).
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +25,8 @@ use tokio::sync::{watch, Notify};
 use super::{shapes, Ctx, TriggerState};
 use crate::Error;
 
-const CAPACITY_REFRESH: Duration = Duration::from_millis(250);
+/// How long the poller waits for a slot to free before it looks at the function again.
+const ROOM_RECHECK: Duration = Duration::from_millis(250);
 const IDLE_WAIT_MS: u64 = 1_000;
 /// Most messages one receive asks the store for: Lambda's SQS batches above 10 are
 /// gathered over several receives.
@@ -37,53 +44,70 @@ pub(crate) async fn run(
     let done = Arc::new(Notify::new());
     let trigger = Arc::new(trigger);
     let function: Arc<str> = function.into();
-    let mut cap = 0u32;
-    let mut refreshed: Option<Instant> = None;
+    // Batches received and not yet handed over: the room is looked at again after the
+    // receive (its commit takes a while, and a limit may be cut meanwhile), right before
+    // each batch goes, so none waits in the dispatcher's queue and starts an instance.
+    let mut held: VecDeque<Vec<Received>> = VecDeque::new();
     loop {
         if *stop.borrow() {
+            release(&ctx, &trigger, held).await;
             return;
         }
-        if refreshed.is_none_or(|t| t.elapsed() >= CAPACITY_REFRESH) {
-            // Calls in flight → batches in flight: each batch is one call.
-            let (calls, why) = ctx.invoker.capacity(&function);
-            cap = match trigger.maximum_concurrency {
-                Some(max) if max < calls => {
-                    state.set_cap(max, format!("maximum_concurrency {max}"));
-                    max
-                }
-                _ => {
-                    state.set_cap(calls, why);
-                    calls
-                }
-            };
-            refreshed = Some(Instant::now());
-        }
-        let in_flight = state.in_flight.load(Ordering::Relaxed);
-        if in_flight >= cap {
+        let room = ctx.invoker.room(&function);
+        let backlog = || {
+            !held.is_empty()
+                || ctx
+                    .queues
+                    .queue(&trigger.queue)
+                    .is_ok_and(|q| q.stats.visible > 0)
+        };
+        let invoking = state.invoking.load(Ordering::Relaxed);
+        let dispatching = state.dispatching.load(Ordering::Relaxed);
+        let (allowed, why) = pace(room, dispatching, backlog);
+        let allowed = match trigger.maximum_concurrency {
+            Some(max) if invoking + allowed >= max => {
+                state.set_cap(max, format!("maximum_concurrency {max}"));
+                max.saturating_sub(invoking)
+            }
+            _ => {
+                state.set_cap(invoking + allowed, why);
+                allowed
+            }
+        };
+        if allowed == 0 {
             tokio::select! {
                 _ = done.notified() => {}
-                _ = stop.changed() => return,
-                _ = tokio::time::sleep(CAPACITY_REFRESH) => {}
+                _ = stop.changed() => {
+                    release(&ctx, &trigger, held).await;
+                    return;
+                }
+                _ = tokio::time::sleep(ROOM_RECHECK) => {}
             }
             continue;
         }
-        let batches = if trigger.batching_window_ms == 0 {
-            // Under a backlog, one receive takes several batches' worth (one commit
-            // instead of many); they are split and run side by side.
-            let free = ((cap - in_flight) as usize).min(MAX_BATCHES_PER_RECEIVE);
-            match take(&ctx, &trigger, &state, free, &mut stop).await {
-                Some(batches) => batches,
-                None => return,
-            }
-        } else {
-            match gather(&ctx, &trigger, &state, &mut stop).await {
-                Some(batch) if batch.is_empty() => Vec::new(),
-                Some(batch) => vec![batch],
-                None => return,
-            }
-        };
-        for batch in batches {
+        if held.is_empty() {
+            let batches = if trigger.batching_window_ms == 0 {
+                // Under a backlog, one receive takes several batches' worth (one commit
+                // instead of many); they are split and run side by side.
+                let free = (allowed as usize).min(MAX_BATCHES_PER_RECEIVE);
+                match take(&ctx, &trigger, &state, free, &mut stop).await {
+                    Some(batches) => batches,
+                    None => return,
+                }
+            } else {
+                match gather(&ctx, &trigger, &state, &mut stop).await {
+                    Some(batch) if batch.is_empty() => Vec::new(),
+                    Some(batch) => vec![batch],
+                    None => return,
+                }
+            };
+            held.extend(batches);
+            continue;
+        }
+        for batch in held.drain(..held.len().min(allowed as usize)) {
             state.in_flight.fetch_add(1, Ordering::Relaxed);
+            state.invoking.fetch_add(1, Ordering::Relaxed);
+            state.dispatching.fetch_add(1, Ordering::Relaxed);
             let (ctx, function, trigger, state, done) = (
                 ctx.clone(),
                 function.clone(),
@@ -92,12 +116,94 @@ pub(crate) async fn run(
                 done.clone(),
             );
             tokio::spawn(async move {
-                deliver(&ctx, &function, &trigger, &state, batch).await;
+                deliver(&ctx, &function, &trigger, &state, &done, batch).await;
                 state.in_flight.fetch_sub(1, Ordering::Relaxed);
-                done.notify_one();
             });
         }
     }
+}
+
+/// Stopping with batches received but never handed over: they become visible again at
+/// once rather than after their visibility timeout.
+async fn release(ctx: &Ctx, trigger: &QueueTrigger, held: VecDeque<Vec<Received>>) {
+    let entries: Vec<(String, u64)> = held.into_iter().flatten().map(|m| (m.receipt, 0)).collect();
+    if entries.is_empty() {
+        return;
+    }
+    if let Err(e) = ctx.queues.change_visibility(&trigger.queue, entries).await {
+        tracing::warn!(queue = %trigger.queue, error = %e, "releasing batches at stop");
+    }
+}
+
+/// How many more batches the poller may hand to the function now, and why.
+///
+/// With `concurrency = "auto"` it fills the slots the instances have and no more, so
+/// batches never wait in the dispatcher's queue — where they would start instances for
+/// work that waits just as well in the SQS queue. The instances' own controllers grow
+/// their limits while they have CPU to spare (many batches per instance when the handler
+/// waits on I/O); only when every instance is CPU-saturated and the backlog remains does
+/// the poller queue one step more (an instance's worth, or half the instances' when there
+/// are several), which starts instances — and only once the previous ones are up.
+/// With a fixed limit (`concurrency = 1`, Lambda's model) more instances are the only
+/// way to more throughput: it asks for every slot the function could reach, as before.
+///
+/// `dispatching`: batches spawned that the dispatcher has not counted yet.
+/// `backlog`: whether messages wait (asked only when it matters).
+fn pace(
+    room: Option<shoal_dispatch::Room>,
+    dispatching: u32,
+    backlog: impl FnOnce() -> bool,
+) -> (u32, String) {
+    let Some(room) = room else {
+        return (0, "function not deployed".to_owned());
+    };
+    let taken = room.busy.saturating_add(dispatching);
+    if !room.auto {
+        let reachable = room.per_instance.saturating_mul(room.max_instances);
+        let cap = reachable.min(room.slots.saturating_add(room.max_queue / 2));
+        return (
+            cap.saturating_sub(taken),
+            format!(
+                "fixed limit {}: every slot of up to {} instances",
+                room.per_instance, room.max_instances
+            ),
+        );
+    }
+    if room.instances == 0 {
+        return (
+            room.per_instance.saturating_sub(taken),
+            format!("no instance: starting one (limit {})", room.per_instance),
+        );
+    }
+    let free = room.slots.saturating_sub(taken);
+    if free > 0 {
+        return (
+            free,
+            format!(
+                "free slots of {} instance(s), {} slots",
+                room.instances, room.slots
+            ),
+        );
+    }
+    let why_not = if room.starting > 0 {
+        "full; an instance is starting"
+    } else if room.instances >= room.max_instances {
+        "full at max_instances"
+    } else if !room.saturated {
+        "full, below their CPU target: their limits grow"
+    } else if !backlog() {
+        "full, nothing waiting"
+    } else {
+        let step = (room.instances / 2)
+            .max(1)
+            .min(room.max_instances - room.instances);
+        let extra = room.per_instance.saturating_mul(step);
+        return (
+            room.slots.saturating_add(extra).saturating_sub(taken),
+            format!("instances CPU-saturated with a backlog: asking for {step} more"),
+        );
+    };
+    (0, format!("{} instance(s) {why_not}", room.instances))
 }
 
 /// Without a batching window: whatever is visible now, up to `batches` full batches, split
@@ -214,21 +320,34 @@ async fn deliver(
     function: &str,
     trigger: &QueueTrigger,
     state: &TriggerState,
+    done: &Notify,
     batch: Vec<Received>,
 ) {
     let request_id = crate::new_request_id();
     let event = shapes::sqs_event(&trigger.queue, &batch);
     state.batches.fetch_add(1, Ordering::Relaxed);
     state.count("delivered", batch.len() as u64);
-    let (_, result) = ctx
-        .invoker
-        .invoke(
-            function.to_owned(),
-            request_id.clone(),
-            Bytes::from(event),
-            "sqs",
-        )
-        .await;
+    let mut call = std::pin::pin!(ctx.invoker.invoke(
+        function.to_owned(),
+        request_id.clone(),
+        Bytes::from(event),
+        "sqs",
+    ));
+    // The first poll takes a slot or joins the dispatcher's queue: from then on the
+    // dispatcher counts this batch, and the poller need not.
+    let mut counted = false;
+    let (_, result) = std::future::poll_fn(|cx| {
+        let polled = call.as_mut().poll(cx);
+        if !counted {
+            counted = true;
+            state.dispatching.fetch_sub(1, Ordering::Relaxed);
+        }
+        polled
+    })
+    .await;
+    // The slot is free: the poller may fill it while this batch settles.
+    state.invoking.fetch_sub(1, Ordering::Relaxed);
+    done.notify_one();
     let failed: Vec<String> = match &result {
         Ok(Outcome::Success(body)) if trigger.report_batch_item_failures => {
             match shapes::batch_item_failures(body, &batch) {
@@ -276,5 +395,82 @@ async fn deliver(
             state.error(Some(e.to_string()));
             tracing::warn!(queue = %trigger.queue, error = %e, "deleting a delivered batch");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_dispatch::Room;
+
+    use super::pace;
+
+    fn auto(instances: u32, slots: u32, busy: u32) -> Room {
+        Room {
+            slots,
+            busy,
+            instances,
+            starting: 0,
+            max_instances: 100,
+            per_instance: 16,
+            auto: true,
+            saturated: false,
+            max_queue: 1000,
+        }
+    }
+
+    #[test]
+    fn an_auto_function_gets_its_free_slots_and_no_queue() {
+        assert_eq!(pace(Some(auto(1, 16, 4)), 2, || true).0, 10);
+        // Full, its instance below its CPU target: its limit grows, no instance starts.
+        assert_eq!(pace(Some(auto(1, 16, 16)), 0, || true).0, 0);
+        assert_eq!(pace(Some(auto(2, 32, 30)), 3, || true).0, 0);
+    }
+
+    #[test]
+    fn saturated_instances_with_a_backlog_ask_for_one_step_more() {
+        let saturated = Room {
+            saturated: true,
+            ..auto(1, 16, 16)
+        };
+        assert_eq!(pace(Some(saturated), 0, || true).0, 16);
+        // Nothing waiting, an instance already starting, or at the cap: no step.
+        assert_eq!(pace(Some(saturated), 0, || false).0, 0);
+        let starting = Room {
+            starting: 1,
+            instances: 2,
+            slots: 32,
+            busy: 32,
+            ..saturated
+        };
+        assert_eq!(pace(Some(starting), 0, || true).0, 0);
+        let at_max = Room {
+            max_instances: 1,
+            ..saturated
+        };
+        assert_eq!(pace(Some(at_max), 0, || true).0, 0);
+        // Several instances: half as many again, within max_instances.
+        let four = Room {
+            instances: 4,
+            slots: 64,
+            busy: 64,
+            max_instances: 5,
+            ..saturated
+        };
+        assert_eq!(pace(Some(four), 0, || true).0, 16);
+    }
+
+    #[test]
+    fn no_instance_asks_for_one_and_a_fixed_limit_asks_for_every_slot() {
+        assert_eq!(pace(Some(auto(0, 0, 0)), 0, || true).0, 16);
+        assert_eq!(pace(Some(auto(0, 0, 0)), 16, || true).0, 0);
+        let lambda = Room {
+            per_instance: 1,
+            max_instances: 35,
+            auto: false,
+            saturated: true,
+            ..auto(2, 2, 2)
+        };
+        assert_eq!(pace(Some(lambda), 3, || true).0, 30);
+        assert_eq!(pace(None, 0, || true).0, 0);
     }
 }

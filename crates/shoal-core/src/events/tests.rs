@@ -84,6 +84,21 @@ impl Invoker for Fake {
         (10, "test".into())
     }
 
+    fn room(&self, _function: &str) -> Option<shoal_dispatch::Room> {
+        // Calls answer at once: ten slots, always free, on one fixed-limit instance.
+        Some(shoal_dispatch::Room {
+            slots: 10,
+            busy: 0,
+            instances: 1,
+            starting: 0,
+            max_instances: 1,
+            per_instance: 10,
+            auto: false,
+            saturated: true,
+            max_queue: 0,
+        })
+    }
+
     fn log(&self, _function: &str, _request_id: &str, message: String) {
         self.logs.lock().unwrap().push(message);
     }

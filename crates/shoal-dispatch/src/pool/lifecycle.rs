@@ -61,6 +61,8 @@ impl Pool {
             controller,
             window: Window::default(),
             cpu_busy: None,
+            cpu_waiting: None,
+            held_since: None,
             refused: false,
             _ticket: ticket,
             meter: Default::default(),

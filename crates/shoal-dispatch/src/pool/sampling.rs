@@ -18,6 +18,9 @@ use crate::decision::Decision;
 use crate::{InstanceHandle, Resources};
 
 /// How often each measured instance is sampled and its controller consulted.
+/// Mean in-flight at this fraction of the limit or more: the limit binds (the
+/// controller's own test).
+const HELD_FRACTION: f64 = 0.8;
 const SAMPLE_PERIOD: Duration = Duration::from_millis(1000);
 /// An instance whose RSS reaches this fraction of its memory limit (a leak creeping up
 /// over many calls) is recycled: it drains, stops, and demand starts a fresh one before
@@ -94,6 +97,9 @@ impl Pool {
                 .zip(window.wait_at_start)
                 .map_or(Duration::ZERO, |(now, then)| now.saturating_sub(then));
             slot.cpu_busy = Some(cpu_time.as_secs_f64() / interval.as_secs_f64());
+            slot.cpu_waiting = wait
+                .is_some()
+                .then(|| (run_wait.as_secs_f64() / interval.as_secs_f64()).clamp(0.0, 1.0));
             let sample = Sample {
                 interval,
                 cpu_time,
@@ -110,6 +116,11 @@ impl Pool {
             };
             let decision = controller.observe(&sample);
             let grew = decision.limit > slot.limit;
+            if !grew && sample.mean_in_flight >= HELD_FRACTION * f64::from(slot.limit) {
+                slot.held_since.get_or_insert(now);
+            } else {
+                slot.held_since = None;
+            }
             slot.limit = decision.limit;
             if let LimitAction::Changed { from } = decision.action {
                 let decision = Decision::LimitChanged {

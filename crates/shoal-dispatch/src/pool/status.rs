@@ -4,6 +4,8 @@
 //! This module only reads pool state under the lock; it must not change it. The types are
 //! plain data without serde: the server converts them into its own wire types.
 
+use std::time::Duration;
+
 use tokio::time::Instant;
 
 use super::scaling::demand_means;
@@ -48,6 +50,61 @@ pub struct InstanceStatus {
     pub cpu_busy: Option<f64>,
     /// The controller's Little's-law target L* (`concurrency = "auto"`, once measured).
     pub littles_law: Option<f64>,
+}
+
+/// How busy an instance must be, as a fraction of the controller's CPU target, for
+/// [`Room`] to call it saturated. A single-threaded runtime cannot use a second core, so
+/// once an instance spends more than half a core (at the default target of 0.8) the
+/// host's other cores are only reached by another instance; well below the point where
+/// the controller stops growing its limit (the seed's hello, CPU-bound on one instance,
+/// hovered at 0.65–0.75 and never scaled out at that point). A no-op queue function at
+/// 50,000 messages a second runs at 0.1–0.2.
+const SATURATED_FRACTION_OF_TARGET: f64 = 0.6;
+/// An instance whose limit has bound this long without growing is as full as it will get
+/// by waiting (its controller holds it: latency judged inflated, memory), so it counts as
+/// saturated too; shorter than that, growth may still come (the controller samples once
+/// a second).
+const HELD_FOR: Duration = Duration::from_secs(3);
+/// An instance that waited for a core this fraction of its last interval or more is short
+/// of CPU the host does not have: neither a CPU-busy nor a held instance then makes
+/// another instance worth starting (it would wait too, and add to everyone's wait).
+const HOST_BUSY_WAITING: f64 = 0.25;
+
+/// What one pool can take now, for a caller that paces itself to it rather than queueing
+/// (a queue poller, whose backlog waits just as well in its queue): calls queued here
+/// start instances, so a pacer that floods the queue scales the function out for work
+/// that is only waiting its turn.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Room {
+    /// Slots on ready and starting instances.
+    pub slots: u32,
+    /// Calls holding a slot or waiting for one.
+    pub busy: u32,
+    /// Ready and starting instances.
+    pub instances: u32,
+    /// Of those, still starting.
+    pub starting: u32,
+    pub max_instances: u32,
+    /// The limit a new instance starts with.
+    pub per_instance: u32,
+    /// `concurrency = "auto"`: instance limits grow while the instance has room for more.
+    pub auto: bool,
+    /// Every ready instance is as busy as one instance usefully gets: under `auto`, its
+    /// limit at `max_concurrency`, or — while it seldom waits for a core (the host has CPU
+    /// to give another instance) — past 60 % of the controller's CPU target, or its limit
+    /// binding for 3 s without the controller raising it while its CPU demand is below
+    /// the target; with a fixed limit, always.
+    /// Only then does another instance add throughput rather than spread the same work.
+    pub saturated: bool,
+    /// Calls the wait queue holds before it refuses.
+    pub max_queue: u32,
+}
+
+impl Room {
+    /// Slots free now (none while calls wait).
+    pub fn free(&self) -> u32 {
+        self.slots.saturating_sub(self.busy)
+    }
 }
 
 /// A point-in-time view of one function version's pool.
@@ -108,6 +165,48 @@ impl Pool {
                 })
                 .collect(),
             decisions: inner.decisions.to_vec(),
+        }
+    }
+
+    pub(crate) fn room(&self) -> Room {
+        let inner = self.lock();
+        let now = Instant::now();
+        let live = inner.slots.iter().filter(|s| s.is_live());
+        let ready = || {
+            inner
+                .slots
+                .iter()
+                .filter(|s| s.state == InstanceState::Ready)
+        };
+        let saturated = !self.config.auto
+            || (ready().next().is_some()
+                && ready().all(|s| {
+                    let busy = s.cpu_busy.unwrap_or(0.0);
+                    let waiting = s.cpu_waiting.unwrap_or(0.0);
+                    // Waiting for a core: the host's CPU is taken, and another instance
+                    // would only wait with it.
+                    let host_busy = waiting >= HOST_BUSY_WAITING;
+                    s.limit >= self.config.max_concurrency
+                        || (!host_busy
+                            && s.cpu_busy.is_some()
+                            && busy >= self.config.target_cpu * SATURATED_FRACTION_OF_TARGET)
+                        || (!host_busy
+                            && busy + waiting < self.config.target_cpu
+                            && s.held_since
+                                .is_some_and(|t| now.saturating_duration_since(t) >= HELD_FOR))
+                }));
+        let waiting = inner.queue.iter().filter(|w| !w.is_closed()).count();
+        let in_flight: u32 = inner.slots.iter().map(|s| s.in_flight).sum();
+        Room {
+            slots: live.clone().map(|s| s.limit).sum(),
+            busy: in_flight.saturating_add(u32::try_from(waiting).unwrap_or(u32::MAX)),
+            instances: live.clone().count() as u32,
+            starting: live.filter(|s| s.state == InstanceState::Starting).count() as u32,
+            max_instances: self.config.max_instances,
+            per_instance: inner.learned_limit.max(1),
+            auto: self.config.auto,
+            saturated,
+            max_queue: u32::try_from(self.config.max_queue).unwrap_or(u32::MAX),
         }
     }
 
