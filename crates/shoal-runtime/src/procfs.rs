@@ -45,23 +45,31 @@ impl TreeReader {
     /// CPU time and RSS of the tree (the cheap part of a [`sample`]: no smaps walk), for
     /// the concurrency controller and the meter; `None` if the root is gone.
     pub fn resources(&self) -> Option<shoal_dispatch::Resources> {
-        let cached = {
-            let members = self.members.lock().unwrap_or_else(|e| e.into_inner());
-            members
-                .as_ref()
-                .filter(|(at, _)| at.elapsed() < TREE_REFRESH)
-                .map(|(_, m)| m.clone())
-        };
-        if let Some(members) = cached {
-            if let Some(total) = sum_members(&members) {
-                return Some(total);
+        // A member gone since the walk (the tree changed): walk again.
+        sum_members(&self.members()).or_else(|| sum_members(&self.walk()))
+    }
+
+    /// The members, as remembered if the walk is recent, else walked again.
+    fn members(&self) -> Vec<u32> {
+        let cached = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        match cached
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < TREE_REFRESH)
+        {
+            Some((_, members)) => members.clone(),
+            None => {
+                drop(cached);
+                self.walk()
             }
         }
+    }
+
+    /// Walk the tree again and remember it.
+    fn walk(&self) -> Vec<u32> {
         let members = tree(self.root);
-        let total = sum_members(&members);
         *self.members.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((std::time::Instant::now(), members));
-        total
+            Some((std::time::Instant::now(), members.clone()));
+        members
     }
 
     /// How long the tree's threads have waited, runnable, for a CPU (the kernel's
@@ -71,10 +79,9 @@ impl TreeReader {
     /// sampling interval for the concurrency controller, not per call: it opens one file
     /// per thread.
     pub fn run_wait(&self) -> Option<std::time::Duration> {
-        let members = tree(self.root);
         let mut total_ns: u64 = 0;
         let mut seen = false;
-        for member in &members {
+        for member in &self.members() {
             let Ok(tasks) = std::fs::read_dir(format!("/proc/{member}/task")) else {
                 continue;
             };
@@ -97,7 +104,7 @@ impl TreeReader {
     /// bubblewrap's) is stopped (`SIGSTOP`, or traced): it cannot answer anything, so it
     /// must get no new calls. Read once per sampling interval.
     pub fn frozen(&self) -> bool {
-        for member in tree(self.root) {
+        for member in self.members() {
             let Ok(stat) = std::fs::read_to_string(format!("/proc/{member}/stat")) else {
                 continue;
             };

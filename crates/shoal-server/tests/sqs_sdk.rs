@@ -12,49 +12,11 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::{Command, Output};
-
-use support::TestServer;
-
-/// Run `program script endpoint key_id secret`, the script being one of `tests/sdk/`.
-// Starting the SDK client is this test's job; the rule that only shoal-runtime spawns
-// processes is about the daemon's own code.
-#[allow(clippy::disallowed_methods)]
-fn client(program: &str, script: &str, endpoint: &str, key_id: &str, secret: &str) -> Output {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/sdk")
-        .join(script);
-    Command::new(program)
-        .arg(script)
-        .args([endpoint, key_id, secret])
-        .output()
-        .unwrap_or_else(|e| panic!("running {program} (the SDK tests need it on PATH): {e}"))
-}
+use support::{run_sdk_script, TestServer};
 
 async fn drive(program: &'static str, script: &'static str) {
     let server = TestServer::start().await;
-    let endpoint = format!("http://{}", server.control);
-    let key = server.platform().create_key("sdk").unwrap();
-    let output = tokio::task::spawn_blocking(move || {
-        client(
-            program,
-            script,
-            &endpoint,
-            &key.access_key_id,
-            &key.secret_access_key,
-        )
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "{script} failed ({}):\n{stdout}\n{stderr}",
-        output.status
-    );
-    assert!(stdout.contains(" passed, 0 failed"), "{stdout}\n{stderr}");
+    run_sdk_script(&server, program, script).await;
     server.shutdown().await;
 }
 

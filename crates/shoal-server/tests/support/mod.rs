@@ -603,3 +603,34 @@ pub fn promtool_check(text: &str) -> (bool, String) {
     );
     (out.status.success(), said)
 }
+
+/// Run one of `tests/sdk/`'s scripts (`program script endpoint key_id secret`) against
+/// the server's control listener with a key the platform issued, and check that it
+/// passed: it exits 0 and reports ` passed, 0 failed`.
+pub async fn run_sdk_script(server: &TestServer, program: &'static str, script: &'static str) {
+    let endpoint = format!("http://{}", server.control);
+    let key = server.platform().create_key("sdk").unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sdk")
+        .join(script);
+    let output = tokio::task::spawn_blocking(move || {
+        // Starting the SDK client is this helper's job; the rule that only shoal-runtime
+        // spawns processes is about the daemon's own code.
+        #[allow(clippy::disallowed_methods)]
+        std::process::Command::new(program)
+            .arg(path)
+            .args([&endpoint, &key.access_key_id, &key.secret_access_key])
+            .output()
+            .unwrap_or_else(|e| panic!("running {program} (the SDK tests need it on PATH): {e}"))
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{script} failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}\n{stderr}");
+}
