@@ -11,6 +11,7 @@
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 mod archive;
+mod cluster;
 mod code;
 mod cost;
 mod datadir;
@@ -35,6 +36,7 @@ use shoal_runtime::{LauncherConfig, ProcessLauncher};
 use shoal_store::Store;
 
 pub use archive::{pack_dir, pack_dir_filtered, ArchiveError};
+pub use cluster::{Cluster, ClusterError, Peer, Placement};
 pub use cost::{lambda_prices, LAMBDA_PRICES_SOURCE};
 pub use error::{chain, Error, Result};
 pub use events::{Change, ChangeFeed, ChangeOp, ChangeSources, Lag, SourceError};
@@ -45,6 +47,7 @@ pub use metrics::prometheus_text;
 pub use shoal_api as api;
 pub use shoal_queue::QueueError;
 pub use shoal_runtime::sandbox::{SandboxConfig, SandboxMode};
+pub use shoal_store::VersionRecord;
 
 use logs::LogStore;
 use metrics::Metrics;
@@ -140,6 +143,8 @@ pub struct Platform {
     max_queue: usize,
     /// Derives access-key secrets (see `keys.rs`); never leaves the daemon.
     key_master: Vec<u8>,
+    /// The cluster this node publishes to and places calls through, once joined.
+    cluster: std::sync::OnceLock<Arc<dyn Cluster>>,
 }
 
 impl std::fmt::Debug for Platform {
@@ -241,6 +246,7 @@ impl Platform {
             shutdown_grace: config.shutdown_grace,
             max_queue: config.max_queue,
             key_master,
+            cluster: std::sync::OnceLock::new(),
         });
         platform.restore()?;
         Ok(platform)

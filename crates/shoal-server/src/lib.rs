@@ -12,6 +12,7 @@
 mod auth;
 mod control;
 mod dashboard;
+mod forward;
 mod gateway;
 mod http;
 mod sigv4;
@@ -171,6 +172,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     )
     .context("writing gateway-addr")?;
     let (stop, stopped) = watch::channel(false);
+    let forwarder = Arc::new(forward::Forwarder::new());
     let persist = {
         let platform = platform.clone();
         let mut stopped = stopped.clone();
@@ -191,7 +193,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tokio::spawn(http::serve(
             gateway,
             stopped.clone(),
-            gateway::Gateway::new(platform.clone()),
+            gateway::Gateway::new(platform.clone(), forwarder.clone()),
         )),
         tokio::spawn(http::serve(
             control,
@@ -202,6 +204,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 config.region.clone(),
                 control_addr,
                 stopped,
+                forwarder,
             ),
         )),
     ];

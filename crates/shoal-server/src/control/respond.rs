@@ -58,6 +58,10 @@ pub(super) fn reply(reply: Reply) -> Response<Body> {
             }
             response
         }
+        Reply::Forwarded(response) => response,
+        Reply::ForwardFailed(message) => {
+            aws_error(StatusCode::BAD_GATEWAY, "ServiceException", &message)
+        }
         Reply::KeyCreated(key) => http::json(StatusCode::CREATED, &key),
         Reply::Keys(keys) => http::json(StatusCode::OK, &keys),
         Reply::Lambda(answer) => http::json(StatusCode::OK, &answer.0),
@@ -220,6 +224,9 @@ fn platform_error(error: &Error, function: &str, request_id: &str, region: &str)
             "ServiceException",
             "the platform is shutting down",
         ),
+        Error::Cluster(shoal_core::ClusterError::CutOff(_)) => {
+            user(StatusCode::SERVICE_UNAVAILABLE, "ServiceException")
+        }
         // Never a silent drop: the caller hears that the event was not taken.
         Error::EventStoreFull { .. } => {
             user(StatusCode::TOO_MANY_REQUESTS, "TooManyRequestsException")
@@ -243,6 +250,7 @@ fn platform_error(error: &Error, function: &str, request_id: &str, region: &str)
         | Error::Io { .. }
         | Error::EmptyStore { .. }
         | Error::Launcher(_)
+        | Error::Cluster(_)
         | Error::Task(_) => internal(error, request_id),
     }
 }

@@ -26,6 +26,20 @@ pub(super) fn unreadable_body(error: &BodyError) -> Response<Body> {
     }
 }
 
+/// A call forwarded to another node that did not come back: it may have run there, so
+/// it is not run again here.
+pub(super) fn forward_failed(
+    error: &crate::forward::ForwardError,
+    request_id: &str,
+) -> Response<Body> {
+    tracing::warn!(request_id, error = %shoal_core::chain(error), "forwarded call failed");
+    let mut response = message(StatusCode::BAD_GATEWAY, "Bad Gateway");
+    if let Ok(value) = request_id.parse() {
+        response.headers_mut().insert("apigw-requestid", value);
+    }
+    response
+}
+
 /// The answer to a routed call, tagged with its request id.
 pub(super) fn invoked(
     result: Result<shoal_events::HttpResponse, Error>,
@@ -89,7 +103,9 @@ fn error_response(error: &Error, request_id: &str) -> Response<Body> {
         | Error::HandlerThrew { .. }
         | Error::BadProxyResult(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
         Error::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests"),
-        Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
+        Error::ShuttingDown | Error::Cluster(shoal_core::ClusterError::CutOff(_)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
+        }
         Error::EventStoreFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests"),
         // Nothing a gateway call sends can cause these; if one appears it is our bug.
         Error::InvalidPayload(_)
@@ -111,6 +127,7 @@ fn error_response(error: &Error, request_id: &str) -> Response<Body> {
         | Error::Io { .. }
         | Error::EmptyStore { .. }
         | Error::Launcher(_)
+        | Error::Cluster(_)
         | Error::Task(_) => {
             tracing::error!(request_id, error = %shoal_core::chain(error), "gateway call failed inside the platform");
             (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")

@@ -66,6 +66,14 @@ pub struct Args {
     /// is about a minute.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     async_retry_base: Duration,
+    /// Run as a node of a cluster on NATS JetStream (`nats://host:4222`): the function
+    /// registry, code and heartbeats live there, and calls go to nodes with room.
+    #[arg(long, value_name = "URL")]
+    cluster: Option<String>,
+    /// This node's name in the cluster [default: host name and gateway port]. (`--node`
+    /// already names the Node.js binary.)
+    #[arg(long, value_name = "NAME", requires = "cluster")]
+    node_name: Option<String>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -111,8 +119,47 @@ pub async fn run(data_dir: &Path, args: Args) -> anyhow::Result<ExitCode> {
         // Postgres data-change triggers read through shoal-pg; the core only sees the trait.
         change_sources: Some(std::sync::Arc::new(shoal_pg::Postgres::new())),
     };
+    if let Some(node) = &args.node_name {
+        if !shoal_nats::valid_node_name(node) {
+            anyhow::bail!("--node {node:?}: a node name is 1 to 64 letters, digits, '-' or '_'");
+        }
+    }
     let running = shoal_server::start(config).await?;
+    let cluster = match &args.cluster {
+        Some(url) => {
+            let node = args
+                .node_name
+                .clone()
+                .unwrap_or_else(|| shoal_nats::default_node_name(running.gateway_addr.port()));
+            let joined = shoal_nats::join(
+                running.platform.clone(),
+                shoal_nats::Config {
+                    url: url.clone(),
+                    node: node.clone(),
+                    gateway: shoal_nats::advertised(running.gateway_addr),
+                    control: shoal_nats::advertised(running.control_addr),
+                },
+            )
+            .await;
+            match joined {
+                Ok(cluster) => Some(cluster),
+                Err(e) => {
+                    running.shutdown().await;
+                    return Err(anyhow::anyhow!(shoal_core::chain(&e))
+                        .context(format!("joining the cluster at {url} as node {node}")));
+                }
+            }
+        }
+        None => None,
+    };
     println!("shoal is serving");
+    if let Some(cluster) = &cluster {
+        println!(
+            "  cluster      {} as node {}",
+            args.cluster.as_deref().unwrap_or_default(),
+            shoal_core::Cluster::node(cluster.as_ref())
+        );
+    }
     println!("  gateway      http://{}", running.gateway_addr);
     println!(
         "  control API  http://{}  (token in {}/admin-token)",
@@ -126,6 +173,9 @@ pub async fn run(data_dir: &Path, args: Args) -> anyhow::Result<ExitCode> {
         _ = int.recv() => {}
     }
     eprintln!("shutting down: draining in-flight invocations");
+    if let Some(cluster) = cluster {
+        cluster.leave().await;
+    }
     running.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
