@@ -8,8 +8,9 @@
 //! node has a free slot; otherwise it goes to the live peer advertising the most free
 //! slots (less the calls this node sent it since its last heartbeat); when no node has
 //! room, to the function's *home* node — highest rendezvous hash of (node, function) over
-//! the live nodes that run it — which queues it and starts instances. So a cold burst
-//! spread over many nodes starts instances in one place, about ceil(N / limit) of them.
+//! the live nodes that run it — which queues it and starts instances; once the home is at
+//! its `max_instances` (or its host budget), to the next node in that order. So a cold
+//! burst spread over many nodes starts instances in one place, about ceil(N / limit).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -203,17 +204,23 @@ impl Nodes {
         }
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
-        // Live peers running the function, with their room less what we sent them since.
+        // Live peers running the function, with their room less what we sent them since
+        // their last heartbeat.
         let mut best: Option<(&Seen, u32)> = None;
-        let mut runners: Vec<&str> = vec![self.me.as_str()];
+        // Who could start an instance for it: this node, and peers below their bounds.
+        let mut starters: Vec<(&str, bool)> = vec![(
+            self.me.as_str(),
+            local.instances < local.max_instances
+                && local.busy < local.max_instances.saturating_mul(local.per_instance),
+        )];
         for (name, node) in seen.iter() {
             if *name == self.me || node.at.elapsed() >= EXPIRY {
                 continue;
             }
-            let Some(load) = node.beat.load.functions.iter().find(|f| f.name == function) else {
+            let Some(load) = node.beat.load.functions.iter().find(|f| f.name == function)
+            else {
                 continue;
             };
-            runners.push(name);
             let already = sent
                 .get(name)
                 .filter(|s| s.epoch == node.epoch)
@@ -224,19 +231,28 @@ impl Nodes {
             if free > 0 && best.is_none_or(|(_, f)| free > f) {
                 best = Some((node, free));
             }
+            let can_start = load.instances < load.max_instances
+                && node.beat.load.instances < node.beat.load.max_instances
+                && load.busy.saturating_add(already)
+                    < load.max_instances.saturating_mul(load.per_instance.max(1));
+            starters.push((name, can_start));
         }
         let target = match best {
             Some((node, _)) => node,
             None => {
-                let home = runners
+                // No free slot anywhere: the first node in the function's rendezvous order
+                // that can still start an instance takes it (its home, unless the home is
+                // at its bounds); if none can, the home queues it.
+                starters.sort_by_key(|(node, _)| std::cmp::Reverse(rendezvous(node, function)));
+                let chosen = starters
                     .iter()
-                    .max_by_key(|node| rendezvous(node, function))
-                    .copied()
-                    .unwrap_or(self.me.as_str());
-                if home == self.me {
+                    .find(|(_, can)| *can)
+                    .or(starters.first())
+                    .map_or(self.me.as_str(), |(node, _)| *node);
+                if chosen == self.me {
                     return Ok(Placement::Local);
                 }
-                &seen[home]
+                &seen[chosen]
             }
         };
         drop(sent);
