@@ -3,3 +3,9 @@
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 pub use async_nats;
+
+pub mod queue;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use queue::{JetStreamQueues, Options as QueueOptions};
