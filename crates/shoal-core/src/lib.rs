@@ -99,6 +99,9 @@ pub struct EventsConfig {
     /// Where postgres data-change triggers read (the server plugs in `shoal-pg`); without
     /// it a manifest with such a trigger is refused.
     pub change_sources: Option<Arc<dyn ChangeSources>>,
+    /// The queue store, when not the embedded SQLite one in the data directory (cluster
+    /// mode plugs in JetStream's). The pending bounds above are then the backend's own.
+    pub queues: Option<Arc<dyn shoal_queue::QueueBackend>>,
 }
 
 impl std::fmt::Debug for EventsConfig {
@@ -108,6 +111,7 @@ impl std::fmt::Debug for EventsConfig {
             .field("max_pending_bytes", &self.max_pending_bytes)
             .field("retry_base", &self.retry_base)
             .field("change_sources", &self.change_sources.is_some())
+            .field("queues", &self.queues.is_some())
             .finish()
     }
 }
@@ -119,6 +123,7 @@ impl Default for EventsConfig {
             max_pending_bytes: 4 * 1024 * 1024 * 1024,
             retry_base: Duration::from_secs(60),
             change_sources: None,
+            queues: None,
         }
     }
 }
@@ -208,19 +213,24 @@ impl Platform {
             .map_err(Error::Launcher)?,
         );
         let dispatcher = Dispatcher::with_budget(launcher.clone(), config.host_budget);
-        let events_path = data_dir.join("events.db");
-        let backend = shoal_queue::SqliteQueues::open(
-            &events_path,
-            shoal_queue::Options {
-                max_pending_messages: config.events.max_pending_messages,
-                max_pending_bytes: config.events.max_pending_bytes,
-                ..shoal_queue::Options::default()
-            },
-        )
-        .map_err(|e| Error::Events {
-            path: events_path,
-            source: e,
-        })?;
+        let backend: Arc<dyn shoal_queue::QueueBackend> = match &config.events.queues {
+            Some(queues) => queues.clone(),
+            None => {
+                let events_path = data_dir.join("events.db");
+                shoal_queue::SqliteQueues::open(
+                    &events_path,
+                    shoal_queue::Options {
+                        max_pending_messages: config.events.max_pending_messages,
+                        max_pending_bytes: config.events.max_pending_bytes,
+                        ..shoal_queue::Options::default()
+                    },
+                )
+                .map_err(|e| Error::Events {
+                    path: events_path,
+                    source: e,
+                })?
+            }
+        };
         let counters = Arc::new(events::EventCounters::default());
         let queues: Arc<dyn shoal_queue::QueueBackend> =
             Arc::new(events::Metered::new(backend, counters.clone()));

@@ -56,8 +56,6 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// How a node joins its cluster.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `nats://host:port` of a NATS server with JetStream.
-    pub url: String,
     /// This node's name, unique in the cluster.
     pub node: String,
     /// Where this node's public gateway and control API listen, as peers reach them
@@ -128,26 +126,39 @@ pub fn valid_node_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// Connect `platform` to the cluster at `config.url`: open (or create) the buckets, bring
-/// this node's store up to the registry (installing what it lacks, removing what the
-/// cluster removed), start heartbeats and the watches, and make the platform publish and
-/// place through the cluster from now on. Returns once this node has caught up.
-pub async fn join(platform: Arc<Platform>, config: Config) -> Result<Arc<NatsCluster>> {
-    if !valid_node_name(&config.node) {
-        return Err(Error::NodeName(config.node));
+/// Connect to the NATS server at `url` as node `node`. The client reconnects by itself
+/// for as long as the daemon runs.
+pub async fn connect(url: &str, node: &str) -> Result<async_nats::Client> {
+    if !valid_node_name(node) {
+        return Err(Error::NodeName(node.to_owned()));
     }
-    let client = async_nats::ConnectOptions::new()
-        .name(format!("shoal {}", config.node))
+    async_nats::ConnectOptions::new()
+        .name(format!("shoal {node}"))
         .connection_timeout(Duration::from_secs(5))
         // A KV operation waits this long for JetStream before failing: a deploy on a node
         // cut off from NATS fails rather than hangs.
         .request_timeout(Some(Duration::from_secs(5)))
-        .connect(&config.url)
+        .connect(url)
         .await
         .map_err(|source| Error::Connect {
-            url: config.url.clone(),
+            url: url.to_owned(),
             source,
-        })?;
+        })
+}
+
+/// Join `platform` to the cluster on `client` (see [`connect`]): open (or create) the
+/// buckets, bring this node's store up to the registry (installing what it lacks,
+/// removing what the cluster removed), start heartbeats and the watches, and make the
+/// platform publish and place through the cluster from now on. Returns once this node has
+/// caught up.
+pub async fn join(
+    platform: Arc<Platform>,
+    client: async_nats::Client,
+    config: Config,
+) -> Result<Arc<NatsCluster>> {
+    if !valid_node_name(&config.node) {
+        return Err(Error::NodeName(config.node));
+    }
     let js = async_nats::jetstream::new(client.clone());
     let registry = registry::Registry::open(&js).await?;
     let token = registry.forward_token().await?;
@@ -170,7 +181,7 @@ pub async fn join(platform: Arc<Platform>, config: Config) -> Result<Arc<NatsClu
         tokio::spawn(nodes.clone().watch()),
     ];
     *cluster.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
-    tracing::info!(node = %config.node, url = %config.url, "joined the cluster");
+    tracing::info!(node = %config.node, "joined the cluster");
     Ok(cluster)
 }
 
@@ -292,3 +303,9 @@ pub(crate) fn backend(
         source: Box::new(source),
     }
 }
+
+pub mod queue;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use queue::{JetStreamQueues, Options as QueueOptions};

@@ -1,5 +1,5 @@
 //! Node heartbeats and call placement. Every node writes its entry (addresses, host
-//! budget, and per function the room its pool has) to the key-value bucket `shoal-nodes`
+//! budget, and per function the room its pool has) to the key-value bucket `shoal_nodes`
 //! under its name every [`HEARTBEAT`], and watches the bucket for everyone's. An entry not
 //! refreshed for [`EXPIRY`] (timed by this node's clock at arrival, so nodes' clocks need
 //! not agree) is a node gone: it gets no more calls.
@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
-use futures::StreamExt;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use shoal_api::{ClusterReport, NodeLoad, NodeReport};
 use shoal_core::{ClusterError, Peer, Placement, Platform};
@@ -25,7 +25,7 @@ use shoal_dispatch::Room;
 
 use crate::{Config, Result};
 
-pub(crate) const BUCKET: &str = "shoal-nodes";
+pub(crate) const BUCKET: &str = "shoal_nodes";
 /// How often a node writes its heartbeat.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A heartbeat older than this means the node is gone; and a node whose own heartbeat
@@ -217,8 +217,7 @@ impl Nodes {
             if *name == self.me || node.at.elapsed() >= EXPIRY {
                 continue;
             }
-            let Some(load) = node.beat.load.functions.iter().find(|f| f.name == function)
-            else {
+            let Some(load) = node.beat.load.functions.iter().find(|f| f.name == function) else {
                 continue;
             };
             let already = sent

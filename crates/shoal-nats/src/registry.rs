@@ -1,6 +1,6 @@
 //! The function registry in JetStream: versions, current versions and aliases in the
-//! key-value bucket `shoal-registry`, code blobs by SHA-256 in the object store
-//! `shoal-code`; and the follower that installs what the bucket holds into this node's
+//! key-value bucket `shoal_registry`, code blobs by SHA-256 in the object store
+//! `shoal_code`; and the follower that installs what the bucket holds into this node's
 //! store and platform.
 //!
 //! Keys (function and alias names are already KV-safe: letters, digits, `-`, `_`):
@@ -20,7 +20,7 @@ use std::time::Duration;
 use async_nats::jetstream::kv::{self, Operation};
 use async_nats::jetstream::{self, object_store};
 use bytes::Bytes;
-use futures::StreamExt;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use shoal_core::{ClusterError, Platform, VersionRecord};
 use shoal_manifest::FunctionSpec;
@@ -28,8 +28,8 @@ use tokio::io::AsyncReadExt;
 
 use crate::{backend, Error, Result};
 
-pub(crate) const BUCKET: &str = "shoal-registry";
-pub(crate) const CODE_BUCKET: &str = "shoal-code";
+pub(crate) const BUCKET: &str = "shoal_registry";
+pub(crate) const CODE_BUCKET: &str = "shoal_code";
 const TOKEN_KEY: &str = "cluster.forward-token";
 /// Compare-and-set rounds before a deploy gives up (each lost round means another deploy
 /// of the same function won one number).

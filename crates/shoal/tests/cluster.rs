@@ -2,7 +2,8 @@
 //! --cluster` nodes on loopback, started and stopped by each test. A deploy through one
 //! node is served by every node; a cold burst spread over the nodes starts its instances in
 //! one place; a node whose instances are full forwards to a node with room, and a new
-//! instance starts only when no node has room; `kill -9` of a node under load fails only
+//! instance starts only when no node has room; async invokes go through JetStream to
+//! some node; `kill -9` of a node under load fails only
 //! the calls it had in flight, and the others keep answering.
 // Starting the binaries under test is this test's job; the rule that only shoal-runtime
 // spawns processes is about the daemon's own code.
@@ -166,7 +167,13 @@ impl Node {
 
 /// One HTTP/1.1 exchange on a fresh connection: status and body (`0` if the connection
 /// failed or broke).
-fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     let Ok(mut stream) = TcpStream::connect(addr.trim()) else {
         return (0, String::new());
     };
@@ -213,6 +220,7 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 const HANDLER: &str = r#"
 const id = require("crypto").randomUUID();
 exports.handler = async (event) => {
+  if (event.marker) console.log(`marker ${event.marker}`);
   const ms = Number((event.queryStringParameters || {}).ms || 0);
   await new Promise((resolve) => setTimeout(resolve, ms));
   return { statusCode: 200, body: id };
@@ -275,23 +283,26 @@ impl Cluster {
     /// Until every node's heartbeat view shows every live node running `functions`.
     fn wait_for_views(&self, functions: &[&str]) {
         for node in self.nodes.iter().filter(|n| n.daemon.is_some()) {
-            eventually(&format!("{} sees the functions on every node", node.name), || {
-                let status = node.status();
-                let Some(nodes) = status["cluster"]["nodes"].as_array() else {
-                    return false;
-                };
-                let live = self.nodes.iter().filter(|n| n.daemon.is_some()).count();
-                nodes.iter().filter(|n| n["alive"] == true).count() == live
-                    && nodes.iter().filter(|n| n["alive"] == true).all(|n| {
-                        functions.iter().all(|f| {
-                            n["load"]["functions"]
-                                .as_array()
-                                .unwrap()
-                                .iter()
-                                .any(|l| l["name"] == *f)
+            eventually(
+                &format!("{} sees the functions on every node", node.name),
+                || {
+                    let status = node.status();
+                    let Some(nodes) = status["cluster"]["nodes"].as_array() else {
+                        return false;
+                    };
+                    let live = self.nodes.iter().filter(|n| n.daemon.is_some()).count();
+                    nodes.iter().filter(|n| n["alive"] == true).count() == live
+                        && nodes.iter().filter(|n| n["alive"] == true).all(|n| {
+                            functions.iter().all(|f| {
+                                n["load"]["functions"]
+                                    .as_array()
+                                    .unwrap()
+                                    .iter()
+                                    .any(|l| l["name"] == *f)
+                            })
                         })
-                    })
-            });
+                },
+            );
         }
     }
 
@@ -405,6 +416,26 @@ fn a_deploy_on_one_node_is_served_by_all_and_calls_go_where_there_is_room() {
     assert_eq!(per_node[home], 1, "{per_node:?}");
     assert_eq!(per_node.iter().sum::<usize>(), 2, "{per_node:?}");
 
+    // An async invoke through one node is taken from JetStream and run by some node.
+    n3.cli(&[
+        "invoke",
+        "quick",
+        "--type",
+        "Event",
+        "--data",
+        r#"{"marker":"async-7f3"}"#,
+    ]);
+    eventually("some node ran the Event invoke", || {
+        [n1, n2, n3]
+            .iter()
+            .any(|n| n.cli(&["logs", "quick"]).contains("marker async-7f3"))
+    });
+    // The Invoke API forwards too: a synchronous invoke through any node answers.
+    for node in [n1, n2, n3] {
+        let answer = node.cli(&["invoke", "quick", "--data", r#"{"marker":"sync"}"#]);
+        assert!(answer.contains("statusCode"), "{}: {answer}", node.name);
+    }
+
     // Every node shows the whole cluster.
     let text = n3.cli(&["status"]);
     for name in ["n1", "n2", "n3"] {
@@ -473,8 +504,14 @@ fn killing_a_node_under_load_fails_only_what_it_had_in_flight() {
     // kept-alive connection the dead node had not yet been seen to close.
     assert!(failed.len() <= 2 * CALLERS, "{failed:?}");
     assert!(failed.iter().all(|(at, _)| *at >= killed_at), "{failed:?}");
-    assert!(after.iter().filter(|(_, code)| *code == 200).count() >= 20, "{after:?}");
-    assert!(!late.is_empty() && late.iter().all(|(_, code)| *code == 200), "{late:?}");
+    assert!(
+        after.iter().filter(|(_, code)| *code == 200).count() >= 20,
+        "{after:?}"
+    );
+    assert!(
+        !late.is_empty() && late.iter().all(|(_, code)| *code == 200),
+        "{late:?}"
+    );
     // The survivors see the victim gone.
     let victim_name = cluster.nodes[victim].name.clone();
     for &i in &survivors {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(clap::Args)]
@@ -118,23 +119,49 @@ pub async fn run(data_dir: &Path, args: Args) -> anyhow::Result<ExitCode> {
         retry_base: args.async_retry_base,
         // Postgres data-change triggers read through shoal-pg; the core only sees the trait.
         change_sources: Some(std::sync::Arc::new(shoal_pg::Postgres::new())),
+        queues: None,
     };
     if let Some(node) = &args.node_name {
         if !shoal_nats::valid_node_name(node) {
             anyhow::bail!("--node {node:?}: a node name is 1 to 64 letters, digits, '-' or '_'");
         }
     }
-    let running = shoal_server::start(config).await?;
-    let cluster = match &args.cluster {
+    // In a cluster, queues (async invokes, SQS queues, schedule fires) live in JetStream,
+    // shared by every node, instead of this node's events.db.
+    let nats = match &args.cluster {
         Some(url) => {
+            // The gateway's port is part of the default name; a port the OS picks is only
+            // known once bound, so the name then comes from the requested one.
             let node = args
                 .node_name
                 .clone()
-                .unwrap_or_else(|| shoal_nats::default_node_name(running.gateway_addr.port()));
+                .unwrap_or_else(|| shoal_nats::default_node_name(args.listen.port()));
+            let client = shoal_nats::connect(url, &node)
+                .await
+                .map_err(|e| anyhow::anyhow!(shoal_core::chain(&e)))?;
+            let queues = shoal_nats::JetStreamQueues::open(
+                client.clone(),
+                shoal_nats::QueueOptions {
+                    max_pending_messages: config.events.max_pending_messages,
+                    max_pending_bytes: config.events.max_pending_bytes,
+                    ..shoal_nats::QueueOptions::default()
+                },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(shoal_core::chain(&e)))
+            .with_context(|| format!("opening the queue store on JetStream at {url}"))?;
+            config.events.queues = Some(queues);
+            Some((url.clone(), node, client))
+        }
+        None => None,
+    };
+    let running = shoal_server::start(config).await?;
+    let cluster = match nats {
+        Some((url, node, client)) => {
             let joined = shoal_nats::join(
                 running.platform.clone(),
+                client,
                 shoal_nats::Config {
-                    url: url.clone(),
                     node: node.clone(),
                     gateway: shoal_nats::advertised(running.gateway_addr),
                     control: shoal_nats::advertised(running.control_addr),

@@ -49,7 +49,11 @@ impl Daemon {
     /// `shoal serve` with more arguments (e.g. `--cluster URL --node-name NAME`).
     pub fn start_with(data_dir: &Path, args: &[&str]) -> Daemon {
         let mut command = Command::new(env!("CARGO_BIN_EXE_shoal"));
-        command.arg("--data-dir").arg(data_dir).arg("serve").args(args);
+        command
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("serve")
+            .args(args);
         Daemon::spawn(command, data_dir)
     }
 

@@ -1,0 +1,874 @@
+//! The JetStream queue store against the `QueueBackend` contract, on a real `nats-server`
+//! (one per test, on a free port): every method, two stores on one server standing in for
+//! two nodes, and a server killed with `SIGKILL` and started again. Time is real here (the
+//! server keeps it), so holds and delays are short and every bound is generous.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal_nats::testing::NatsServer;
+use shoal_nats::{JetStreamQueues, QueueOptions};
+use shoal_queue::{
+    Holder, NewMessage, QueueBackend, QueueConfig, QueueError, Receipts, Redrive, Settle,
+};
+
+async fn open(server: &NatsServer) -> Arc<JetStreamQueues> {
+    let client = async_nats::connect(server.url())
+        .await
+        .expect("connecting to nats-server");
+    JetStreamQueues::open(client, QueueOptions::default())
+        .await
+        .expect("opening the JetStream queue store")
+}
+
+fn msg(body: &str) -> NewMessage {
+    NewMessage {
+        body: body.into(),
+        ..NewMessage::default()
+    }
+}
+
+fn bodies(r: &Receipts) -> Vec<&str> {
+    r.messages.iter().map(|m| m.body.as_str()).collect()
+}
+
+async fn receive(store: &JetStreamQueues, queue: &str, max: usize) -> Receipts {
+    store
+        .receive(queue, max, None, Holder::External)
+        .await
+        .unwrap()
+}
+
+/// Counts after reading them back from JetStream.
+async fn counts(store: &JetStreamQueues, queue: &str) -> (u64, u64, u64) {
+    store.refresh().await;
+    let s = store.queue(queue).unwrap().stats;
+    (s.visible, s.in_flight, s.delayed)
+}
+
+/// Receives until `n` messages came or 30 s passed (a hold or delay runs out on the
+/// server's clock).
+async fn receive_eventually(store: &JetStreamQueues, queue: &str, n: usize) -> Receipts {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut all = Receipts::default();
+    while all.messages.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} messages came back in {queue}",
+            all.messages.len()
+        );
+        let got = receive(store, queue, 10).await;
+        all.dead_lettered += got.dead_lettered;
+        all.messages.extend(got.messages);
+        if all.messages.len() < n {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    all
+}
+
+fn redrive_config(dead_letter: &str, max_receive_count: u32) -> QueueConfig {
+    QueueConfig {
+        visibility_timeout_ms: 1_000,
+        redrive: Some(Redrive {
+            dead_letter: dead_letter.into(),
+            max_receive_count,
+        }),
+        ..QueueConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn queues_are_created_listed_changed_and_deleted() {
+    let server = NatsServer::start();
+    let store = open(&server).await;
+    store
+        .create_queue("jobs", QueueConfig::default())
+        .await
+        .unwrap();
+    store
+        .create_queue("jobs", QueueConfig::default())
+        .await
+        .unwrap();
+    let other = QueueConfig {
+        visibility_timeout_ms: 5_000,
+        ..QueueConfig::default()
+    };
+    assert!(matches!(
+        store.create_queue("jobs", other.clone()).await,
+        Err(QueueError::QueueExists(name)) if name == "jobs"
+    ));
+    assert!(matches!(
+        store.create_queue("bad name", QueueConfig::default()).await,
+        Err(QueueError::InvalidName { .. })
+    ));
+    let with_dlq = redrive_config("jobs-dlq", 3);
+    assert!(matches!(
+        store.create_queue("jobs2", with_dlq.clone()).await,
+        Err(QueueError::InvalidAttribute { name, .. }) if name == "RedrivePolicy"
+    ));
+    store
+        .create_queue("jobs-dlq", QueueConfig::default())
+        .await
+        .unwrap();
+    store.create_queue("jobs2", with_dlq.clone()).await.unwrap();
+    store
+        .create_queue("async:hello_x", QueueConfig::default())
+        .await
+        .unwrap();
+
+    let info = store.queue("jobs2").unwrap();
+    assert_eq!(info.config, with_dlq);
+    let names = |internal| -> Vec<String> {
+        store
+            .list("", internal)
+            .into_iter()
+            .map(|q| q.name)
+            .collect()
+    };
+    assert_eq!(names(false), ["jobs", "jobs-dlq", "jobs2"]);
+    assert_eq!(names(true), ["async:hello_x", "jobs", "jobs-dlq", "jobs2"]);
+    let prefixed: Vec<_> = store
+        .list("jobs-", false)
+        .into_iter()
+        .map(|q| q.name)
+        .collect();
+    assert_eq!(prefixed, ["jobs-dlq"]);
+
+    // A change of visibility and retention reaches the consumer and the stream.
+    let changed = QueueConfig {
+        visibility_timeout_ms: 5_000,
+        retention_ms: 120_000,
+        ..QueueConfig::default()
+    };
+    store.set_config("jobs", changed.clone()).await.unwrap();
+    assert_eq!(store.queue("jobs").unwrap().config, changed);
+    assert!(matches!(
+        store.set_config("nope", other.clone()).await,
+        Err(QueueError::NoSuchQueue(_))
+    ));
+
+    // A second node sees every queue, with its config, from the bucket.
+    let node2 = open(&server).await;
+    assert_eq!(node2.queue("jobs").unwrap().config, changed);
+    assert_eq!(node2.list("", true).len(), 4);
+
+    store.send("jobs", vec![msg("a")]).await.unwrap();
+    store.delete_queue("jobs").await.unwrap();
+    assert!(matches!(
+        store.queue("jobs"),
+        Err(QueueError::NoSuchQueue(_))
+    ));
+    assert!(matches!(
+        store.send("jobs", vec![msg("x")]).await,
+        Err(QueueError::NoSuchQueue(_))
+    ));
+    assert!(matches!(
+        store.delete_queue("jobs").await,
+        Err(QueueError::NoSuchQueue(_))
+    ));
+    // The other node hears of the delete through its watch.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node2.queue("jobs").is_ok() {
+        assert!(Instant::now() < deadline, "node 2 never saw the delete");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A queue made anew under the same name starts empty.
+    store
+        .create_queue("jobs", QueueConfig::default())
+        .await
+        .unwrap();
+    assert!(receive(&store, "jobs", 10).await.messages.is_empty());
+}
+
+#[tokio::test]
+async fn send_receive_delete() {
+    let server = NatsServer::start();
+    let store = open(&server).await;
+    store
+        .create_queue("q", QueueConfig::default())
+        .await
+        .unwrap();
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let sent = store
+        .send(
+            "q",
+            vec![
+                NewMessage {
+                    body: "This is a test message".into(),
+                    attributes: Some(r#"{"k":{"DataType":"String","StringValue":"v"}}"#.into()),
+                    delay_ms: None,
+                },
+                msg("second"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[0].md5_of_body, "fafb00f5732ab283681e124bf8747ed1");
+    assert_eq!(sent[0].id.len(), 36);
+    assert_ne!(sent[0].id, sent[1].id);
+    assert_eq!(counts(&store, "q").await, (2, 0, 0));
+    assert_eq!(store.pending().0, 2);
+
+    let got = receive(&store, "q", 10).await;
+    assert_eq!(bodies(&got), ["This is a test message", "second"]);
+    let first = &got.messages[0];
+    assert_eq!(first.id, sent[0].id);
+    assert_eq!(first.md5_of_body, sent[0].md5_of_body);
+    assert_eq!(
+        first.attributes.as_deref(),
+        Some(r#"{"k":{"DataType":"String","StringValue":"v"}}"#)
+    );
+    assert!(first.sent_at_ms >= before);
+    assert!(first.first_received_at_ms >= first.sent_at_ms);
+    assert_eq!(first.receive_count, 1);
+    assert_eq!(counts(&store, "q").await, (0, 2, 0));
+    assert!(receive(&store, "q", 10).await.messages.is_empty());
+
+    let results = store
+        .settle(
+            "q",
+            got.messages
+                .iter()
+                .map(|m| (m.receipt.clone(), Settle::Delete))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(counts(&store, "q").await, (0, 0, 0));
+    assert_eq!(store.pending(), (0, 0));
+    assert_eq!(store.queue("q").unwrap().stats.oldest_sent_at_ms, None);
+
+    for i in 0..5 {
+        store.send("q", vec![msg(&i.to_string())]).await.unwrap();
+    }
+    assert_eq!(bodies(&receive(&store, "q", 3).await), ["0", "1", "2"]);
+    assert!(matches!(
+        store.receive("q", 0, None, Holder::External).await,
+        Err(QueueError::InvalidAttribute { .. })
+    ));
+    assert!(matches!(
+        store.receive("q", 10_001, None, Holder::External).await,
+        Err(QueueError::InvalidAttribute { .. })
+    ));
+    assert!(matches!(
+        store.receive("nope", 1, None, Holder::External).await,
+        Err(QueueError::NoSuchQueue(_))
+    ));
+    assert!(store.send("q", vec![]).await.unwrap().is_empty());
+    assert!(store.send("nope", vec![]).await.is_err());
+}
+
+#[tokio::test]
+async fn oversized_messages_are_refused_whole() {
+    let server = NatsServer::start();
+    let store = open(&server).await;
+    let config = QueueConfig {
+        max_message_bytes: 1024,
+        ..QueueConfig::default()
+    };
+    store.create_queue("q", config).await.unwrap();
+    let big = NewMessage {
+        body: "x".repeat(1000),
+        attributes: Some("y".repeat(25)),
+        delay_ms: None,
+    };
+    assert!(matches!(
+        store.send("q", vec![msg("fits"), big]).await,
+        Err(QueueError::MessageTooLarge {
+            size: 1025,
+            max: 1024
+        })
+    ));
+    let too_late = NewMessage {
+        delay_ms: Some(15 * 60_000 + 1),
+        ..msg("x")
+    };
+    assert!(matches!(
+        store.send("q", vec![too_late]).await,
+        Err(QueueError::InvalidAttribute { .. })
+    ));
+    assert_eq!(counts(&store, "q").await, (0, 0, 0));
+}
+
+#[tokio::test]
+async fn visibility_expires_and_stale_receipts_do_nothing() {
+    let server = NatsServer::start();
+    let store = open(&server).await;
+    store
+        .create_queue(
+            "q",
+            QueueConfig {
+                visibility_timeout_ms: 1_000,
+                ..QueueConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+    store.send("q", vec![msg("m")]).await.unwrap();
+    let first = receive(&store, "q", 1).await.messages.remove(0);
+    assert!(receive(&store, "q", 1).await.messages.is_empty());
+    let second = receive_eventually(&store, "q", 1).await.messages.remove(0);
+    assert_eq!(second.id, first.id);
+    assert_eq!(second.receive_count, 2);
+    assert_eq!(second.first_received_at_ms, first.first_received_at_ms);
+    assert_ne!(second.receipt, first.receipt);
+
+    // The first receipt is stale: deleting with it is Ok and does nothing.
+    let results = store
+        .settle("q", vec![(first.receipt.clone(), Settle::Delete)])
+        .await
+        .unwrap();
+    assert!(results[0].is_ok());
+    assert_eq!(counts(&store, "q").await, (0, 1, 0));
+    let results = store
+        .change_visibility("q", vec![(first.receipt.clone(), 0)])
+        .await
+        .unwrap();
+    assert!(matches!(&results[0], Err(QueueError::NotInFlight(r)) if *r == first.receipt));
+
+    // The current one deletes.
+    let results = store
+        .settle("q", vec![(second.receipt.clone(), Settle::Delete)])
+        .await
+        .unwrap();
+    assert!(results[0].is_ok());
+    assert_eq!(counts(&store, "q").await, (0, 0, 0));
+
+    // A per-receive visibility overrides the queue's, shorter and longer.
+    store
+        .send("q", vec![msg("short"), msg("long")])
+        .await
+        .unwrap();
+    let short = store
+        .receive("q", 1, Some(0), Holder::External)
+        .await
+        .unwrap();
+    assert_eq!(bodies(&short), ["short"]);
+    let long = store
+        .receive("q", 10, Some(60_000), Holder::External)
+        .await
+        .unwrap();
+    // "short" was released at once, "long" comes with it; both are now held a minute.
+    let mut got = bodies(&long);
+    got.sort();
+    assert_eq!(got, ["long", "short"]);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert!(
+        receive(&store, "q", 10).await.messages.is_empty(),
+        "a 60 s hold ran out after the queue's 1 s"
+    );
+}
+
+#[tokio::test]
+async fn change_visibility_hides_and_releases() {
+    let server = NatsServer::start();
+    let store = open(&server).await;
+    store
+        .create_queue(
+            "q",
+            QueueConfig {
+                visibility_timeout_ms: 1_000,
+                ..QueueConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .create_queue("other", QueueConfig::default())
+        .await
+        .unwrap();
+    store.send("q", vec![msg("m")]).await.unwrap();
+    let m = receive(&store, "q", 1).await.messages.remove(0);
+
+    // Longer: still hidden well past the queue's 1 s.
+    let results = store
+        .change_visibility("q", vec![(m.receipt.clone(), 60_000)])
+        .await
+        .unwrap();
+    assert!(results[0].is_ok(), "{results:?}");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert!(receive(&store, "q", 1).await.messages.is_empty());
+    // Zero: visible at once.
+    let results = store
+        .change_visibility(
+            "q",
+            vec![
+                (m.receipt.clone(), 0),
+                ("garbage".into(), 0),
+                ("99-2-3".into(), 0),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(results[0].is_ok(), "{results:?}");
+    assert!(matches!(&results[1], Err(QueueError::InvalidReceipt(r)) if r == "garbage"));
+    assert!(matches!(&results[2], Err(QueueError::InvalidReceipt(_))));
+    // Not in flight any more.
+    let results = store
+        .change_visibility("q", vec![(m.receipt.clone(), 10)])
+        .await
+        .unwrap();
+    assert!(matches!(results[0], Err(QueueError::NotInFlight(_))));
+    assert!(matches!(
+        store
+            .change_visibility("q", vec![(m.receipt.clone(), 12 * 3_600_000 + 1)])
+            .await,
+        Err(QueueError::InvalidAttribute { .. })
+    ));
+    let again = receive_eventually(&store, "q", 1).await.messages.remove(0);
+    assert_eq!(again.receive_count, 2);
+    // The receipt of another queue's message is invalid here.
+    let results = store
+        .settle("other", vec![(again.receipt.clone(), Settle::Delete)])
+        .await
+        .unwrap();
+    assert!(matches!(results[0], Err(QueueError::InvalidReceipt(_))));
+    assert_eq!(counts(&store, "q").await, (0, 1, 0));
+}
+
+#[tokio::test]
+async fn settle_forward_moves_and_a_repeat_is_a_duplicate() {
+    let server = NatsServer::start();
+    let store = open(&server).await;
+    store
+        .create_queue("q", QueueConfig::default())
+        .await
+        .unwrap();
+    store
+        .create_queue("dest", QueueConfig::default())
+        .await
+        .unwrap();
+    store.send("q", vec![msg("a"), msg("b")]).await.unwrap();
+    let got = receive(&store, "q", 2).await;
+    let forward = |queue: &str, body: &str| Settle::Forward {
+        queue: queue.into(),
+        message: msg(body),
+    };
+    let results = store
+        .settle(
+            "q",
+            vec![
+                (
+                    got.messages[0].receipt.clone(),
+                    forward("dest", "record of a"),
+                ),
+                (
+                    got.messages[1].receipt.clone(),
+                    forward("missing", "record of b"),
+                ),
+                ("not a receipt".into(), Settle::Delete),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(results[0].is_ok(), "{results:?}");
+    assert!(matches!(&results[1], Err(QueueError::NoSuchQueue(q)) if q == "missing"));
+    assert!(matches!(results[2], Err(QueueError::InvalidReceipt(_))));
+    // b was not deleted: its forward failed.
+    assert_eq!(counts(&store, "q").await, (0, 1, 0));
+    // Forwarding a again (as after a crash between publish and ack) stores nothing twice.
+    let results = store
+        .settle(
+            "q",
+            vec![(
+                got.messages[0].receipt.clone(),
+                forward("dest", "record of a"),
+            )],
+        )
+        .await
+        .unwrap();
+    assert!(results[0].is_ok());
+    assert_eq!(bodies(&receive(&store, "dest", 10).await), ["record of a"]);
+    assert!(matches!(
+        store.settle("missing", vec![]).await,
+        Err(QueueError::NoSuchQueue(_))
+    ));
+}
+
+#[tokio::test]
+async fn delays_hold_messages_back() {
+    let server = NatsServer::start();
+    let store = open(&server).await;
+    let config = QueueConfig {
+        delay_ms: 1_000,
+        ..QueueConfig::default()
+    };
+    store.create_queue("q", config).await.unwrap();
+    store.send("q", vec![msg("queue delay")]).await.unwrap();
+    store
+        .send(
+            "q",
+            vec![
+                NewMessage {
+                    delay_ms: Some(0),
+                    ..msg("no delay")
+                },
+                NewMessage {
+                    delay_ms: Some(3_000),
+                    ..msg("long delay")
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(counts(&store, "q").await, (1, 0, 2));
+    let start = Instant::now();
+    assert_eq!(bodies(&receive(&store, "q", 10).await), ["no delay"]);
+    let got = receive_eventually(&store, "q", 1).await;
+    assert_eq!(bodies(&got), ["queue delay"]);
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        start.elapsed()
+    );
+    let got = receive_eventually(&store, "q", 1).await;
+    assert_eq!(bodies(&got), ["long delay"]);
+    assert!(
+        start.elapsed() >= Duration::from_millis(2_900),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(got.messages[0].receive_count, 1);
+}
+
+#[tokio::test]
+async fn redrive_moves_to_the_dead_letter_queue() {
+    let server = NatsServer::start();
+    let store = open(&server).await;
+    store
+        .create_queue("dlq", QueueConfig::default())
+        .await
+        .unwrap();
+    store
+        .create_queue("q", redrive_config("dlq", 2))
+        .await
+        .unwrap();
+    let id = store.send("q", vec![msg("poison")]).await.unwrap()[0]
+        .id
+        .clone();
+    store.send("q", vec![msg("fine")]).await.unwrap();
+    for round in 1..=2u32 {
+        let got = receive_eventually(&store, "q", 2).await;
+        assert!(
+            got.messages.iter().all(|m| m.receive_count == round),
+            "{got:?}"
+        );
+        if round == 2 {
+            let fine = got.messages.iter().find(|m| m.body == "fine").unwrap();
+            store
+                .settle("q", vec![(fine.receipt.clone(), Settle::Delete)])
+                .await
+                .unwrap();
+        }
+    }
+    // The third receive of "poison" moves it instead.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut dead = 0;
+    while dead == 0 {
+        assert!(Instant::now() < deadline, "never dead-lettered");
+        let got = receive(&store, "q", 10).await;
+        assert!(got.messages.is_empty(), "{got:?}");
+        dead = got.dead_lettered;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dead, 1);
+    assert_eq!(counts(&store, "q").await, (0, 0, 0));
+    assert_eq!(counts(&store, "dlq").await, (1, 0, 0));
+    let m = receive(&store, "dlq", 10).await.messages.remove(0);
+    assert_eq!(
+        (m.id.as_str(), m.body.as_str(), m.receive_count),
+        (id.as_str(), "poison", 1)
+    );
+}
+
+#[tokio::test]
+async fn purge_empties_a_queue() {
+    let server = NatsServer::start();
+    let store = open(&server).await;
+    store
+        .create_queue("q", QueueConfig::default())
+        .await
+        .unwrap();
+    store
+        .create_queue("keep", QueueConfig::default())
+        .await
+        .unwrap();
+    store
+        .send("q", vec![msg("a"), msg("b"), msg("c")])
+        .await
+        .unwrap();
+    store
+        .send(
+            "q",
+            vec![NewMessage {
+                delay_ms: Some(60_000),
+                ..msg("later")
+            }],
+        )
+        .await
+        .unwrap();
+    store.send("keep", vec![msg("k")]).await.unwrap();
+    let held = receive(&store, "q", 1).await.messages.remove(0);
+    assert_eq!(store.purge("q").await.unwrap(), 4);
+    assert_eq!(counts(&store, "q").await, (0, 0, 0));
+    assert_eq!(store.pending().0, 1);
+    assert!(store
+        .settle("q", vec![(held.receipt, Settle::Delete)])
+        .await
+        .unwrap()[0]
+        .is_ok());
+    assert!(receive(&store, "q", 10).await.messages.is_empty());
+    assert!(matches!(
+        store.purge("nope").await,
+        Err(QueueError::NoSuchQueue(_))
+    ));
+}
+
+const T0: i64 = 1_700_000_000_000;
+
+#[tokio::test]
+async fn schedules_fire_once_per_time() {
+    let server = NatsServer::start();
+    let store = open(&server).await;
+    store
+        .create_queue("async:f", QueueConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(store.last_fire("f:0"), None);
+    assert_eq!(store.start_schedule("f:0", T0).await.unwrap(), T0);
+    assert_eq!(store.start_schedule("f:0", T0 + 5).await.unwrap(), T0);
+    assert_eq!(store.last_fire("f:0"), Some(T0));
+    assert!(!store.fire("f:0", T0, "async:f", msg("t0")).await.unwrap());
+    assert!(store
+        .fire("f:0", T0 + 60_000, "async:f", msg("t1"))
+        .await
+        .unwrap());
+    assert!(!store
+        .fire("f:0", T0 + 60_000, "async:f", msg("t1 again"))
+        .await
+        .unwrap());
+    assert!(!store
+        .fire("f:0", T0 + 30_000, "async:f", msg("older"))
+        .await
+        .unwrap());
+    assert_eq!(store.last_fire("f:0"), Some(T0 + 60_000));
+    assert!(store.fire("g:0", T0, "async:f", msg("g")).await.unwrap());
+    assert!(matches!(
+        store.fire("h:0", T0, "missing", msg("h")).await,
+        Err(QueueError::NoSuchQueue(_))
+    ));
+    assert_eq!(store.last_fire("h:0"), None);
+    let got = store
+        .receive("async:f", 10, None, Holder::Internal)
+        .await
+        .unwrap();
+    assert_eq!(bodies(&got), ["t1", "g"]);
+
+    store.start_schedule("f:1", T0).await.unwrap();
+    store.start_schedule("f:2", T0).await.unwrap();
+    store
+        .forget_schedules("f:", &["f:1".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(store.last_fire("f:0"), None);
+    assert_eq!(store.last_fire("f:1"), Some(T0));
+    assert_eq!(store.last_fire("f:2"), None);
+    assert_eq!(store.last_fire("g:0"), Some(T0));
+    // A forgotten schedule starts afresh.
+    assert_eq!(store.start_schedule("f:0", T0 + 7).await.unwrap(), T0 + 7);
+}
+
+/// Two stores on one server, like two nodes, race to fire the same times of one schedule:
+/// for each time exactly one wins, and the queue holds exactly one message per time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_racing_fire_each_time_once() {
+    let server = NatsServer::start();
+    let a = open(&server).await;
+    let b = open(&server).await;
+    a.create_queue("async:tick", QueueConfig::default())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while b.queue("async:tick").is_err() {
+        assert!(Instant::now() < deadline, "node b never saw the queue");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.start_schedule("tick:0", T0).await.unwrap();
+    const PERIODS: i64 = 20;
+    let mut wins = 0;
+    for period in 1..=PERIODS {
+        let at = T0 + period * 60_000;
+        let (ra, rb) = tokio::join!(
+            a.fire("tick:0", at, "async:tick", msg(&format!("a {period}"))),
+            b.fire("tick:0", at, "async:tick", msg(&format!("b {period}"))),
+        );
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        assert!(ra ^ rb, "period {period}: a {ra}, b {rb}");
+        wins += i32::from(ra);
+    }
+    let mut fired = Vec::new();
+    loop {
+        let got = a
+            .receive("async:tick", 100, None, Holder::Internal)
+            .await
+            .unwrap();
+        if got.messages.is_empty() {
+            break;
+        }
+        fired.extend(got.messages.into_iter().map(|m| m.body));
+    }
+    let periods: Vec<i64> = fired
+        .iter()
+        .map(|b| b.split_once(' ').unwrap().1.parse().unwrap())
+        .collect();
+    assert_eq!(periods, (1..=PERIODS).collect::<Vec<_>>(), "{fired:?}");
+    assert_eq!(a.last_fire("tick:0"), Some(T0 + PERIODS * 60_000));
+    eprintln!("node a won {wins} of {PERIODS} periods");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_wakes_on_a_send_from_another_node() {
+    let server = NatsServer::start();
+    let a = open(&server).await;
+    let b = open(&server).await;
+    a.create_queue("q", QueueConfig::default()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while b.queue("q").is_err() {
+        assert!(Instant::now() < deadline, "node b never saw the queue");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A missing queue returns at once.
+    b.wait("nope", 60_000).await;
+    let woken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let waiter = {
+        let (b, woken) = (b.clone(), woken.clone());
+        tokio::spawn(async move {
+            loop {
+                let got = b.receive("q", 10, None, Holder::Internal).await.unwrap();
+                if !got.messages.is_empty() {
+                    woken.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return bodies(&got).join(",");
+                }
+                b.wait("q", 60_000).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.send("q", vec![msg("hello")]).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(30), waiter)
+        .await
+        .expect("the waiter on node b got the message")
+        .unwrap();
+    assert_eq!(got, "hello");
+}
+
+/// Acknowledged messages survive `kill -9` of the server, and a client connected before
+/// keeps working once it is back (async-nats reconnects on its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_messages_survive_kill_9_of_the_server() {
+    let mut server = NatsServer::start();
+    let store = open(&server).await;
+    store
+        .create_queue("q", QueueConfig::default())
+        .await
+        .unwrap();
+    store
+        .create_queue("async:f", QueueConfig::default())
+        .await
+        .unwrap();
+    let mut sent = Vec::new();
+    for i in 0..50 {
+        let batch: Vec<_> = (0..10).map(|j| msg(&format!("{i}-{j}"))).collect();
+        sent.extend(
+            store
+                .send("q", batch)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|s| s.id),
+        );
+    }
+    store.start_schedule("f:0", T0).await.unwrap();
+    assert!(store
+        .fire("f:0", T0 + 1, "async:f", msg("fired"))
+        .await
+        .unwrap());
+    // Half received and deleted before the kill; they must not come back.
+    let mut deleted = Vec::new();
+    while deleted.len() < 250 {
+        let got = receive(&store, "q", 50).await;
+        let entries = got
+            .messages
+            .iter()
+            .map(|m| (m.receipt.clone(), Settle::Delete))
+            .collect();
+        for r in store.settle("q", entries).await.unwrap() {
+            r.unwrap();
+        }
+        deleted.extend(got.messages.into_iter().map(|m| m.id));
+    }
+    server.kill();
+    server.restart();
+
+    // The same store (same client) works again once it has reconnected.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut received = Vec::new();
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the store never recovered after the restart"
+        );
+        match store.receive("q", 100, None, Holder::External).await {
+            Ok(got) if got.messages.is_empty() && !received.is_empty() => break,
+            Ok(got) => {
+                let entries = got
+                    .messages
+                    .iter()
+                    .map(|m| (m.receipt.clone(), Settle::Delete))
+                    .collect();
+                store.settle("q", entries).await.unwrap();
+                received.extend(got.messages.into_iter().map(|m| m.id));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    // Nothing acknowledged is lost. A 2.9 server writes message removals lazily, so
+    // deletes acknowledged just before a `kill -9` may come back: duplicates, never losses.
+    let kept: Vec<_> = sent.iter().filter(|id| !deleted.contains(id)).collect();
+    for id in &kept {
+        assert_eq!(
+            received.iter().filter(|r| r == id).count(),
+            1,
+            "message {id} lost or doubled"
+        );
+    }
+    for id in &received {
+        assert!(sent.contains(id), "unknown message {id}");
+    }
+    eprintln!(
+        "{} kept, {} deleted before the kill came back",
+        kept.len(),
+        received.len() - kept.len()
+    );
+    // The fire and its record survived, and do not fire again.
+    assert!(!store
+        .fire("f:0", T0 + 1, "async:f", msg("again"))
+        .await
+        .unwrap());
+    let got = store
+        .receive("async:f", 10, None, Holder::Internal)
+        .await
+        .unwrap();
+    assert_eq!(bodies(&got), ["fired"]);
+    // New work goes through, and a store opened afresh sees all of it.
+    store.send("q", vec![msg("after")]).await.unwrap();
+    let fresh = open(&server).await;
+    assert_eq!(fresh.last_fire("f:0"), Some(T0 + 1));
+    assert_eq!(bodies(&receive(&fresh, "q", 10).await), ["after"]);
+}
