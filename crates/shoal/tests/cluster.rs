@@ -31,6 +31,7 @@ const DEADLINE: Duration = Duration::from_secs(60);
 struct Nats {
     child: Child,
     port: u16,
+    dir: PathBuf,
 }
 
 impl Nats {
@@ -41,6 +42,25 @@ impl Nats {
             .local_addr()
             .unwrap()
             .port();
+        Nats {
+            child: Nats::spawn(dir, port),
+            port,
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// `kill -9` the server, as a crash would.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start it again on the same port and store, as a supervisor would.
+    fn restart(&mut self) {
+        self.child = Nats::spawn(&self.dir, self.port);
+    }
+
+    fn spawn(dir: &Path, port: u16) -> Child {
         let binary = std::env::var("NATS_SERVER").unwrap_or_else(|_| {
             if Path::new("/usr/sbin/nats-server").exists() {
                 "/usr/sbin/nats-server".to_owned()
@@ -48,7 +68,11 @@ impl Nats {
                 "nats-server".to_owned()
             }
         });
-        let log = std::fs::File::create(dir.join("nats.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("nats.log"))
+            .unwrap();
         let child = Command::new(&binary)
             .args(["-js", "-sd"])
             .arg(dir.join("jetstream"))
@@ -63,7 +87,7 @@ impl Nats {
             assert!(Instant::now() < deadline, "nats-server never listened");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Nats { child, port }
+        child
     }
 
     fn url(&self) -> String {
@@ -256,7 +280,7 @@ fn function_dir(root: &Path) -> PathBuf {
 /// every node's view of the cluster listing both functions on all three.
 struct Cluster {
     nodes: Vec<Node>,
-    _nats: Nats,
+    nats: Nats,
     root: TempDir,
 }
 
@@ -271,11 +295,7 @@ impl Cluster {
         let dir = function_dir(&root.0);
         let deployed = nodes[0].cli(&["deploy", dir.to_str().unwrap()]);
         assert!(deployed.contains("deployed quick version 1"), "{deployed}");
-        let cluster = Cluster {
-            nodes,
-            _nats: nats,
-            root,
-        };
+        let cluster = Cluster { nodes, nats, root };
         cluster.wait_for_views(&["quick", "slow"]);
         cluster
     }
@@ -539,4 +559,38 @@ fn kill_9(pid: u32) {
     // own child's, not yet waited for, so it names that process.
     let sent = unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
     assert_eq!(sent, 0, "kill -9 {pid}");
+}
+
+#[test]
+fn nodes_cut_off_from_nats_stop_taking_work_and_rejoin_after_its_restart() {
+    let mut cluster = Cluster::start("shoal-cl-r");
+    for node in &cluster.nodes {
+        assert_eq!(node.get("/quick").0, 200, "{}", node.name);
+    }
+    // NATS down for longer than the heartbeat expiry (3 s): no node can report, so none
+    // takes work.
+    cluster.nats.kill();
+    for node in &cluster.nodes {
+        eventually(&format!("{} refuses work while cut off", node.name), || {
+            node.get("/quick").0 == 503
+        });
+    }
+    cluster.nats.restart();
+    for node in &cluster.nodes {
+        eventually(&format!("{} takes work again", node.name), || {
+            node.get("/quick").0 == 200
+        });
+    }
+    // The registry watch came back too: a deploy after the restart reaches every node.
+    let dir = function_dir(&cluster.root.0);
+    let deployed = cluster.nodes[2].cli(&["deploy", dir.to_str().unwrap()]);
+    assert!(deployed.contains("deployed quick version 2"), "{deployed}");
+    for node in &cluster.nodes {
+        eventually(&format!("{} runs quick version 2", node.name), || {
+            node.cli(&["ls"])
+                .lines()
+                .any(|l| l.split_whitespace().take(2).eq(["quick", "2"]))
+        });
+    }
+    cluster.wait_for_views(&["quick", "slow"]);
 }
