@@ -355,12 +355,12 @@ mod tests {
     #[test]
     fn homes_spread_over_nodes_and_stay_put_when_another_node_leaves() {
         let nodes = ["a", "b", "c"];
-        let home = |nodes: &[&str], f: &str| {
-            *nodes
+        fn home(nodes: &[&'static str], f: &str) -> &'static str {
+            nodes
                 .iter()
                 .max_by_key(|n| rendezvous(n, f))
                 .expect("nodes")
-        };
+        }
         let functions: Vec<String> = (0..300).map(|i| format!("fn-{i}")).collect();
         for node in nodes {
             let homed = functions.iter().filter(|f| home(&nodes, f) == node).count();
