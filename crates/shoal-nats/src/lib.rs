@@ -126,14 +126,11 @@ pub fn valid_node_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// Connect to the NATS server at `url` as node `node`. The client reconnects by itself
-/// for as long as the daemon runs.
-pub async fn connect(url: &str, node: &str) -> Result<async_nats::Client> {
-    if !valid_node_name(node) {
-        return Err(Error::NodeName(node.to_owned()));
-    }
+/// Connect to the NATS server at `url`, the connection named after `label` (the node's
+/// name, where known). The client reconnects by itself for as long as the daemon runs.
+pub async fn connect(url: &str, label: &str) -> Result<async_nats::Client> {
     async_nats::ConnectOptions::new()
-        .name(format!("shoal {node}"))
+        .name(format!("shoal {label}"))
         .connection_timeout(Duration::from_secs(5))
         // A KV operation waits this long for JetStream before failing: a deploy on a node
         // cut off from NATS fails rather than hangs.

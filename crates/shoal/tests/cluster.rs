@@ -594,3 +594,43 @@ fn nodes_cut_off_from_nats_stop_taking_work_and_rejoin_after_its_restart() {
     }
     cluster.wait_for_views(&["quick", "slow"]);
 }
+
+#[test]
+fn a_bad_node_name_or_an_unreachable_nats_stops_the_start_with_a_clear_error() {
+    let root = TempDir::new("shoal-cl-e");
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let serve = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .arg("--data-dir")
+            .arg(root.0.join("data"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--control-listen",
+                "127.0.0.1:0",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "shoal serve {args:?} started");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let url = format!("nats://127.0.0.1:{closed}");
+    let text = serve(&["--cluster", &url, "--node-name", "no spaces"]);
+    assert!(
+        text.contains("--node-name \"no spaces\": a node name is"),
+        "{text}"
+    );
+    let text = serve(&["--cluster", &url, "--node-name", "n1"]);
+    assert!(
+        text.contains(&format!("connecting to NATS at {url}")),
+        "{text}"
+    );
+    let text = serve(&["--node-name", "n1"]);
+    assert!(text.contains("--cluster"), "{text}");
+}

@@ -123,20 +123,19 @@ pub async fn run(data_dir: &Path, args: Args) -> anyhow::Result<ExitCode> {
     };
     if let Some(node) = &args.node_name {
         if !shoal_nats::valid_node_name(node) {
-            anyhow::bail!("--node {node:?}: a node name is 1 to 64 letters, digits, '-' or '_'");
+            anyhow::bail!(
+                "--node-name {node:?}: a node name is 1 to 64 letters, digits, '-' or '_'"
+            );
         }
     }
     // In a cluster, queues (async invokes, SQS queues, schedule fires) live in JetStream,
     // shared by every node, instead of this node's events.db.
     let nats = match &args.cluster {
         Some(url) => {
-            // The gateway's port is part of the default name; a port the OS picks is only
-            // known once bound, so the name then comes from the requested one.
-            let node = args
-                .node_name
-                .clone()
-                .unwrap_or_else(|| shoal_nats::default_node_name(args.listen.port()));
-            let client = shoal_nats::connect(url, &node)
+            // The default name holds the gateway's port, known once it is bound (below);
+            // the connection is only labelled with it.
+            let label = args.node_name.as_deref().unwrap_or("shoal");
+            let client = shoal_nats::connect(url, label)
                 .await
                 .map_err(|e| anyhow::anyhow!(shoal_core::chain(&e)))?;
             let queues = shoal_nats::JetStreamQueues::open(
@@ -151,13 +150,17 @@ pub async fn run(data_dir: &Path, args: Args) -> anyhow::Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!(shoal_core::chain(&e)))
             .with_context(|| format!("opening the queue store on JetStream at {url}"))?;
             config.events.queues = Some(queues);
-            Some((url.clone(), node, client))
+            Some((url.clone(), client))
         }
         None => None,
     };
     let running = shoal_server::start(config).await?;
     let cluster = match nats {
-        Some((url, node, client)) => {
+        Some((url, client)) => {
+            let node = args
+                .node_name
+                .clone()
+                .unwrap_or_else(|| shoal_nats::default_node_name(running.gateway_addr.port()));
             let joined = shoal_nats::join(
                 running.platform.clone(),
                 client,
