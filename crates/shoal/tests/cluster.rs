@@ -550,6 +550,14 @@ fn killing_a_node_under_load_fails_only_what_it_had_in_flight() {
             cluster.nodes[i].log()
         );
     }
+    // The node rejoins cleanly on its data directory: caught up, live, serving.
+    for stale in ["control-addr", "gateway-addr"] {
+        std::fs::remove_file(cluster.nodes[victim].data.join(stale)).unwrap();
+    }
+    let rejoined = Node::start(&cluster.root.0, &cluster.nats, &victim_name);
+    cluster.nodes[victim] = rejoined;
+    cluster.wait_for_views(&["quick", "slow"]);
+    assert_eq!(cluster.nodes[victim].get("/quick").0, 200);
 }
 
 /// `kill -9` the daemon this test started.
