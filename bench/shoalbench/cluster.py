@@ -62,8 +62,37 @@ class Nats:
 
 
 def _instances(node: Shoal, function: str) -> int:
+    """Instances of the function's active pool (a redeploy's retired pool drains apart)."""
     status = node.status() or {}
-    return sum(len(p["instances"]) for p in status.get("pools", []) if p["function"] == function)
+    return sum(
+        len(p["instances"])
+        for p in status.get("pools", [])
+        if p["function"] == function and not p["retired"]
+    )
+
+
+def _settled(nodes: list[Shoal], function: str) -> None:
+    """Until every node sees every node live with the same version of the function (each
+    node's deploy made a new one), so a call is placed by the whole cluster's view."""
+    deadline = time.time() + 60
+    while True:
+        versions = set()
+        complete = True
+        for node in nodes:
+            seen = {
+                n["name"]: f["version"]
+                for n in (node.status() or {}).get("cluster", {}).get("nodes", [])
+                if n["alive"]
+                for f in n["load"]["functions"]
+                if f["name"] == function
+            }
+            complete &= len(seen) == len(nodes)
+            versions |= set(seen.values())
+        if complete and len(versions) == 1:
+            return
+        if time.time() > deadline:
+            raise BenchError(f"the nodes never agreed on {function}'s version")
+        time.sleep(0.2)
 
 
 def _sees_room(node: Shoal, other: str, function: str) -> bool:
@@ -106,6 +135,7 @@ class ClusterScenarios:
         nodes: list[Shoal] = []
         try:
             nodes = self._cluster(nats, ["a", "b"], fn)
+            _settled(nodes, "noop")
             # Warm one instance: wherever it lands is "home"; the other node forwards.
             for node in nodes:
                 get(node.url)
@@ -163,6 +193,7 @@ class ClusterScenarios:
         nodes = self._cluster(nats, ["fa", "fb", "fc"], fn)
         victim = None
         try:
+            _settled(nodes, "noop")
             for node in nodes:
                 get(node.url)
             counts = [_instances(n, "noop") for n in nodes]
