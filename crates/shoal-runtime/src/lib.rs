@@ -387,30 +387,32 @@ impl ProcessLauncher {
             (dir.clone(), dir)
         };
         let mut env = base_environment(self.sandbox.enabled());
-        env.extend([
-            ("HOME", home),
-            ("_HANDLER", code.handler.clone()),
-            ("LAMBDA_TASK_ROOT", task_root),
-            ("AWS_REGION", "local".into()),
-            ("AWS_DEFAULT_REGION", "local".into()),
-            ("AWS_LAMBDA_FUNCTION_NAME", code.function.clone()),
-            ("AWS_LAMBDA_FUNCTION_VERSION", code.version.to_string()),
-            (
-                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
-                code.memory_mb.to_string(),
-            ),
-            (
-                "AWS_LAMBDA_LOG_GROUP_NAME",
-                format!("/aws/lambda/{}", code.function),
-            ),
-            ("AWS_LAMBDA_LOG_STREAM_NAME", request.instance_id.clone()),
-            (
-                "AWS_LAMBDA_MAX_CONCURRENCY",
-                request.max_concurrency.to_string(),
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v)));
+        env.extend(
+            [
+                ("HOME", home),
+                ("_HANDLER", code.handler.clone()),
+                ("LAMBDA_TASK_ROOT", task_root),
+                ("AWS_REGION", "local".into()),
+                ("AWS_DEFAULT_REGION", "local".into()),
+                ("AWS_LAMBDA_FUNCTION_NAME", code.function.clone()),
+                ("AWS_LAMBDA_FUNCTION_VERSION", code.version.to_string()),
+                (
+                    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+                    code.memory_mb.to_string(),
+                ),
+                (
+                    "AWS_LAMBDA_LOG_GROUP_NAME",
+                    format!("/aws/lambda/{}", code.function),
+                ),
+                ("AWS_LAMBDA_LOG_STREAM_NAME", request.instance_id.clone()),
+                (
+                    "AWS_LAMBDA_MAX_CONCURRENCY",
+                    request.max_concurrency.to_string(),
+                ),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v)),
+        );
         env.extend(code.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env
     }

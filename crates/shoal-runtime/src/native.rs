@@ -115,8 +115,9 @@ pub(crate) fn spawn_runtime(
         })
         .map_err(|e| format!("creating the channel: {e}"))?;
     let bootstrap_arg = match &spec.plan {
-        Some(_) => Path::new(sandbox::RUNTIME_ROOT)
-            .join(spec.bootstrap.file_name().unwrap_or_default()),
+        Some(_) => {
+            Path::new(sandbox::RUNTIME_ROOT).join(spec.bootstrap.file_name().unwrap_or_default())
+        }
         None => spec.bootstrap.to_owned(),
     };
     let mut env = spec.env;
@@ -311,10 +312,7 @@ pub(crate) async fn assign(
         pooled.kill();
         return Err(start.error(
             ErrorType::Unknown,
-            format!(
-                "showing the code to warm-pool process {}: {e}",
-                pooled.id
-            ),
+            format!("showing the code to warm-pool process {}: {e}", pooled.id),
         ));
     }
     pooled
@@ -328,7 +326,11 @@ pub(crate) async fn assign(
         .env
         .iter()
         .map(|(k, v)| {
-            let v = if *v == code_dir { task_dir.clone() } else { v.clone() };
+            let v = if *v == code_dir {
+                task_dir.clone()
+            } else {
+                v.clone()
+            };
             (k.clone(), serde_json::Value::String(v))
         })
         .collect();

@@ -54,7 +54,10 @@ pub(crate) struct Owner(Arc<RwLock<(String, String)>>);
 
 impl Owner {
     pub fn new(function: &str, instance: &str) -> Owner {
-        Owner(Arc::new(RwLock::new((function.to_owned(), instance.to_owned()))))
+        Owner(Arc::new(RwLock::new((
+            function.to_owned(),
+            instance.to_owned(),
+        ))))
     }
 
     pub fn set(&self, function: &str, instance: &str) {

@@ -47,8 +47,8 @@ pub struct Shape {
 impl Shape {
     /// The shape a function's instances need, if the pool can serve it.
     pub fn of(code: &FunctionCode) -> Option<Shape> {
-        let eligible = code.runtime == RuntimeKind::Node
-            && !code.env.keys().any(|k| k.starts_with("NODE_"));
+        let eligible =
+            code.runtime == RuntimeKind::Node && !code.env.keys().any(|k| k.starts_with("NODE_"));
         eligible.then_some(Shape {
             memory_mb: code.memory_mb,
             ephemeral_storage_mb: code.ephemeral_storage_mb,
@@ -209,7 +209,11 @@ impl WarmPool {
 
     /// Drop dead processes and refill; give everything back while the budget is short.
     fn check(self: &Arc<Self>) {
-        let budget = self.budget.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let budget = self
+            .budget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let short = budget.as_ref().is_some_and(|b| b.under_pressure());
         let shapes: Vec<Shape> = {
             let mut shapes = self.lock();
@@ -233,16 +237,19 @@ impl WarmPool {
 
     /// Start what `shape` lacks, within the budget.
     fn fill(self: &Arc<Self>, shape: Shape) {
-        let budget = self.budget.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let budget = self
+            .budget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let memory_kib = shape.memory_mb * 1024;
         let mut tickets = Vec::new();
         {
             let mut shapes = self.lock();
-            let Some(state) = shapes.get_mut(&shape) else { return };
-            if state
-                .failed_at
-                .is_some_and(|at| at.elapsed() < RETRY_AFTER)
-            {
+            let Some(state) = shapes.get_mut(&shape) else {
+                return;
+            };
+            if state.failed_at.is_some_and(|at| at.elapsed() < RETRY_AFTER) {
                 return;
             }
             let lacking = self.size.saturating_sub(state.ready.len() + state.starting);

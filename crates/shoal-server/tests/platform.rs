@@ -1211,13 +1211,20 @@ memory = "256MiB"
 env = { NODE_OPTIONS = "--max-http-header-size=16384" }
 "#;
     server
-        .deploy_ok(&[("index.js", js), ("data.txt", "code file"), ("shoal.toml", manifest)])
+        .deploy_ok(&[
+            ("index.js", js),
+            ("data.txt", "code file"),
+            ("shoal.toml", manifest),
+        ])
         .await;
     // Deploying a Node function of a new shape fills the pool for it.
     let ready = server.wait_for_warm(|r| r.len() == 1).await;
     let pooled = ready[0];
     let host = server.admin_get("/admin/status").await["host"].clone();
-    assert_eq!(host["instances"], 1, "the pooled process counts in the host budget: {host}");
+    assert_eq!(
+        host["instances"], 1,
+        "the pooled process counts in the host budget: {host}"
+    );
 
     // A cold call takes the pooled process: its pid becomes the instance's, and it runs
     // the function with its environment and its code at the task root.
@@ -1234,7 +1241,9 @@ env = { NODE_OPTIONS = "--max-http-header-size=16384" }
     assert_eq!(body["who"], instances[0]["id"]);
 
     // The pool refills with a new process.
-    let refilled = server.wait_for_warm(|r| r.len() == 1 && r[0] != pooled).await;
+    let refilled = server
+        .wait_for_warm(|r| r.len() == 1 && r[0] != pooled)
+        .await;
     assert!(process_alive(refilled[0]));
 
     // A function that sets NODE_* variables (read before any code runs) starts its own
@@ -1248,7 +1257,11 @@ env = { NODE_OPTIONS = "--max-http-header-size=16384" }
     // Shutdown stops the pooled process too.
     let deadline = Instant::now() + PATIENCE;
     while process_alive(refilled[0]) {
-        assert!(Instant::now() < deadline, "pooled process {} outlived shutdown", refilled[0]);
+        assert!(
+            Instant::now() < deadline,
+            "pooled process {} outlived shutdown",
+            refilled[0]
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

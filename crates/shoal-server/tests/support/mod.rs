@@ -419,7 +419,10 @@ impl Api {
             if done(&ready) {
                 return ready;
             }
-            assert!(Instant::now() < deadline, "warm pool never settled: {ready:?}");
+            assert!(
+                Instant::now() < deadline,
+                "warm pool never settled: {ready:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
