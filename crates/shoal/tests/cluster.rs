@@ -249,6 +249,14 @@ exports.handler = async (event) => {
   await new Promise((resolve) => setTimeout(resolve, ms));
   return { statusCode: 200, body: id };
 };
+// What the event says about the caller, and any forwarding marker that reached it.
+exports.echo = async (event) => ({
+  statusCode: 200,
+  body: JSON.stringify({
+    ip: event.requestContext.http.sourceIp,
+    markers: Object.keys(event.headers || {}).filter((h) => h.startsWith("x-shoal-")),
+  }),
+});
 "#;
 
 /// `quick` packs 10 calls per instance; `slow` takes 2 per instance and runs one instance
@@ -259,6 +267,11 @@ runtime = "nodejs"
 handler = "index.handler"
 concurrency = 10
 http = [{ method = "GET", path = "/quick" }]
+
+[functions.echo]
+runtime = "nodejs"
+handler = "index.echo"
+http = [{ method = "GET", path = "/echo" }]
 
 [functions.slow]
 runtime = "nodejs"
@@ -454,6 +467,30 @@ fn a_deploy_on_one_node_is_served_by_all_and_calls_go_where_there_is_room() {
     for node in [n1, n2, n3] {
         let answer = node.cli(&["invoke", "quick", "--data", r#"{"marker":"sync"}"#]);
         assert!(answer.contains("statusCode"), "{}: {answer}", node.name);
+    }
+
+    // Forwarding markers from a client count for nothing and never reach a function.
+    for node in [n1, n2, n3] {
+        let (code, body) = http(
+            &node.gateway(),
+            "GET",
+            "/echo",
+            &[
+                ("x-shoal-forward-token", "guessed"),
+                ("x-shoal-source-ip", "6.6.6.6"),
+                ("x-shoal-forwarded-by", "n9"),
+            ],
+            "",
+        );
+        assert_eq!(code, 200, "{}: {body}", node.name);
+        let seen: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(seen["ip"], "127.0.0.1", "{}: {body}", node.name);
+        assert_eq!(
+            seen["markers"],
+            serde_json::json!([]),
+            "{}: {body}",
+            node.name
+        );
     }
 
     // Every node shows the whole cluster.
