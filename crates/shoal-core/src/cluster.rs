@@ -191,6 +191,11 @@ impl Platform {
 
     fn install_blocking(&self, record: &VersionRecord, blob: Option<&[u8]>) -> Result<bool> {
         let _changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        self.install_locked(record, blob)
+    }
+
+    /// [`Platform::install_version`] with `changes` held.
+    fn install_locked(&self, record: &VersionRecord, blob: Option<&[u8]>) -> Result<bool> {
         if let Some(existing) = self.store.version(&record.function, record.version)? {
             if existing.code_digest == record.code_digest
                 && existing.created_at_ms == record.created_at_ms
@@ -226,6 +231,50 @@ impl Platform {
         }
         tracing::info!(function = %record.function, version = record.version, "installed from the cluster");
         Ok(true)
+    }
+
+    /// Publish a function this node had before it ever joined this cluster (a data
+    /// directory that ran alone), so joining keeps it: its current version's code and spec
+    /// get a number from the registry, and the function here is replaced by that version.
+    pub async fn adopt(self: &Arc<Self>, function: &str, cluster: Arc<dyn Cluster>) -> Result<u32> {
+        let platform = self.clone();
+        let function = function.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let _changes = platform.changes.lock().unwrap_or_else(|e| e.into_inner());
+            let record = platform
+                .store
+                .current(&function)?
+                .ok_or_else(|| Error::FunctionNotFound(function.clone()))?;
+            let blob = platform
+                .store
+                .get_blob(&record.code_digest)?
+                .ok_or_else(|| {
+                    Error::Store(shoal_store::Error::UnknownBlob {
+                        digest: record.code_digest.clone(),
+                    })
+                })?;
+            let blob = Bytes::from(blob);
+            block_on(cluster.put_code(&record.code_digest, blob.clone()))?;
+            let created_at_ms = crate::now_ms() as i64;
+            let version =
+                block_on(cluster.publish(&record.spec, &record.code_digest, created_at_ms))?;
+            let adopted = VersionRecord {
+                version,
+                created_at_ms,
+                ..record
+            };
+            // Removing drops the blob with the function; it goes back in with the version.
+            platform.remove_local(&function)?;
+            platform.install_locked(&adopted, Some(&blob))?;
+            tracing::info!(
+                function,
+                version,
+                "published a function this node had before joining the cluster"
+            );
+            Ok(version)
+        })
+        .await
+        .map_err(Error::Task)?
     }
 
     /// Remove a function another node removed (here only; `false` if it was not here).

@@ -168,9 +168,24 @@ pub async fn join(
         token,
         tasks: std::sync::Mutex::new(Vec::new()),
     });
-    // First catch up, then publish through the cluster: a deploy here never races the
+    // A data directory joining this cluster for the first time publishes what it ran
+    // alone (a catch-up would take it for removed); one that was here before follows the
+    // registry, deletions included.
+    let cluster_id = registry.cluster_id().await?;
+    let marker = platform.data_dir().join("cluster-id");
+    let member = std::fs::read_to_string(&marker).is_ok_and(|id| id.trim() == cluster_id);
+    if !member {
+        registry.adopt(&platform, cluster.clone()).await?;
+    }
+    // Then catch up, then publish through the cluster: a deploy here never races the
     // first reconciliation.
     let watch_from = registry.catch_up(&platform).await?;
+    if !member {
+        std::fs::write(&marker, &cluster_id).map_err(|source| Error::Registry {
+            what: format!("writing {}", marker.display()),
+            source: Box::new(source),
+        })?;
+    }
     platform.join_cluster(cluster.clone());
     let tasks = vec![
         tokio::spawn(registry.clone().follow(platform.clone(), watch_from)),

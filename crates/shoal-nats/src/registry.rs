@@ -31,6 +31,7 @@ use crate::{backend, Error, Result};
 pub(crate) const BUCKET: &str = "shoal_registry";
 pub(crate) const CODE_BUCKET: &str = "shoal_code";
 const TOKEN_KEY: &str = "cluster.forward-token";
+const ID_KEY: &str = "cluster.id";
 /// Compare-and-set rounds before a deploy gives up (each lost round means another deploy
 /// of the same function won one number).
 const CAS_ROUNDS: usize = 50;
@@ -75,31 +76,72 @@ impl Registry {
 
     /// The cluster's forward token: made by the first node, read by the others.
     pub(crate) async fn forward_token(&self) -> Result<String> {
+        self.made_once(TOKEN_KEY, "forward token").await
+    }
+
+    /// The cluster's identity: a data directory remembers which cluster it joined.
+    pub(crate) async fn cluster_id(&self) -> Result<String> {
+        self.made_once(ID_KEY, "id").await
+    }
+
+    /// A random value under `key`, made by the first node that asks, read by the others.
+    async fn made_once(&self, key: &str, what: &str) -> Result<String> {
         let fresh = format!(
             "{}{}",
             uuid::Uuid::new_v4().simple(),
             uuid::Uuid::new_v4().simple()
         );
-        match self.kv.create(TOKEN_KEY, Bytes::from(fresh.clone())).await {
+        match self.kv.create(key, Bytes::from(fresh.clone())).await {
             Ok(_) => return Ok(fresh),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
             Err(source) => {
                 return Err(Error::Registry {
-                    what: "writing the cluster's forward token".to_owned(),
+                    what: format!("writing the cluster's {what}"),
                     source: Box::new(source),
                 })
             }
         }
         let value = self
             .kv
-            .get(TOKEN_KEY)
+            .get(key)
             .await
             .map_err(|source| Error::Registry {
-                what: "reading the cluster's forward token".to_owned(),
+                what: format!("reading the cluster's {what}"),
                 source: Box::new(source),
             })?
             .unwrap_or_default();
         Ok(String::from_utf8_lossy(&value).into_owned())
+    }
+
+    /// Publish every function this node has that the registry lacks (a data directory
+    /// joining this cluster for the first time keeps what it ran alone).
+    pub(crate) async fn adopt(
+        &self,
+        platform: &Arc<Platform>,
+        cluster: Arc<dyn shoal_core::Cluster>,
+    ) -> Result<()> {
+        let adopt_error = |source: Box<dyn std::error::Error + Send + Sync>| Error::Registry {
+            what: "publishing the functions this node had before joining".to_owned(),
+            source,
+        };
+        let keys = self.keys().await.map_err(|e| adopt_error(Box::new(e)))?;
+        let mut local: Vec<String> = platform
+            .installed()
+            .map_err(|e| adopt_error(Box::new(e)))?
+            .into_iter()
+            .map(|r| r.function)
+            .collect();
+        local.dedup();
+        for function in local {
+            if keys.contains(&format!("fn.{function}")) {
+                continue;
+            }
+            platform
+                .adopt(&function, cluster.clone())
+                .await
+                .map_err(|e| adopt_error(Box::new(e)))?;
+        }
+        Ok(())
     }
 
     pub(crate) async fn put_code(&self, digest: &str, bytes: Bytes) -> Result<(), ClusterError> {

@@ -679,3 +679,46 @@ fn a_bad_node_name_or_an_unreachable_nats_stops_the_start_with_a_clear_error() {
     let text = serve(&["--node-name", "n1"]);
     assert!(text.contains("--cluster"), "{text}");
 }
+
+#[test]
+fn a_node_that_ran_alone_keeps_its_functions_when_it_joins_and_later_follows_deletes() {
+    let root = TempDir::new("shoal-cl-j");
+    let nats = Nats::start(&root.0);
+    let alone = root.0.join("n1");
+    std::fs::create_dir_all(&alone).unwrap();
+    {
+        let _daemon = Daemon::start_with(&alone, &["--sandbox", "off"]);
+        let dir = function_dir(&root.0);
+        let output = Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .arg("--data-dir")
+            .arg(&alone)
+            .args(["deploy", dir.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+    }
+    let restart = |name: &str| {
+        for stale in ["control-addr", "gateway-addr"] {
+            let _ = std::fs::remove_file(root.0.join(name).join(stale));
+        }
+        Node::start(&root.0, &nats, name)
+    };
+    let n1 = restart("n1");
+    let mut n2 = Node::start(&root.0, &nats, "n2");
+    // Published on joining: the new node gets it from the registry.
+    eventually("n2 installs what n1 ran alone", || {
+        n2.cli(&["ls"]).contains("quick")
+    });
+    assert_eq!(n2.get("/quick").0, 200);
+    assert!(n1.cli(&["ls"]).contains("quick"));
+    // Now a member: removed while it is away, the function is gone when it comes back.
+    drop(n1);
+    n2.cli(&["rm", "quick"]);
+    let n1 = restart("n1");
+    // (Its control API answers from before it has caught up: wait for the catch-up.)
+    eventually("n1 removes what was removed while it was away", || {
+        !n1.cli(&["ls"]).contains("quick")
+    });
+    assert!(n1.cli(&["ls"]).contains("slow"));
+    n2.daemon.take();
+}
