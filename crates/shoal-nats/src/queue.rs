@@ -21,7 +21,9 @@
 //!
 //! What is atomic and what is not:
 //! - every `Ok` comes after JetStream's acknowledgement (publish ack, ack reply, key-value
-//!   revision) from file storage;
+//!   revision) from file storage. A 2.9 server answers from the page cache and writes
+//!   message removals lazily: a `kill -9` of the server loses no acknowledged message, but
+//!   deletes acknowledged shortly before it may come back (duplicates, never losses);
 //! - a send of several messages is one publish each, pipelined: each message is atomic, the
 //!   batch is not — an `Err` may leave part of it stored (publishes are retried with the same
 //!   `Nats-Msg-Id`, so a retry inside the call never stores one twice);
@@ -1353,6 +1355,11 @@ impl QueueBackend for JetStreamQueues {
         if let Some(entry) = state.queues.get_mut(queue) {
             let taken = got + out.dead_lettered;
             entry.counts.visible = entry.counts.visible.saturating_sub(taken);
+            if taken < max as u64 {
+                // The consumer had no more to give: whatever the last read-back said, none
+                // is visible now (else `wait` would spin on a stale count).
+                entry.counts.visible = 0;
+            }
             entry.counts.in_flight += got;
             if visibility == 0 {
                 entry.counts.in_flight -= got;
