@@ -122,6 +122,7 @@ impl Platform {
             // New instances of this version start where earlier ones had tuned themselves.
             if let Some(learned) = self.store.learned_limit(&spec.name, record.version)? {
                 config.limit = learned.clamp(1, config.max_concurrency);
+                config.probe = false;
             }
         }
         Ok(config)
@@ -187,6 +188,8 @@ pub(crate) fn pool_config(spec: &FunctionSpec, max_queue: usize) -> PoolConfig {
         timeout: Duration::from_millis(spec.timeout_ms),
         target_cpu: spec.target_cpu,
         latency_tolerance: spec.latency_tolerance,
+        // Until a limit is learned (below), a cold burst is sized by probing one instance.
+        probe: true,
         // A Runtime API client may pre-size itself from AWS_LAMBDA_MAX_CONCURRENCY (the
         // official Python client forks one worker process per unit), so it is told only
         // what it will really receive; the native bootstraps size their pools lazily.

@@ -290,6 +290,8 @@ pub struct Controller {
     secs_since_first_cut: f64,
     /// The last interval wanted to grow and only the instance's own ceiling held it.
     held_at_ceiling: bool,
+    /// The pool's cold-burst probe set the limit before anything completed.
+    probed: bool,
 }
 
 impl Controller {
@@ -316,7 +318,16 @@ impl Controller {
             latency_at_first_cut: 0.0,
             secs_since_first_cut: 0.0,
             held_at_ceiling: false,
+            probed: false,
         }
+    }
+
+    /// Take `limit` as this instance's limit, chosen by the pool's cold-burst probe from
+    /// early evidence (the core idle while every slot was taken) before anything
+    /// completed. The rules go on from there; new instances are suggested this limit.
+    pub fn assume(&mut self, limit: u32) {
+        self.limit = limit.clamp(self.config.min_limit, self.config.max_limit);
+        self.probed = true;
     }
 
     pub fn limit(&self) -> u32 {
@@ -354,7 +365,7 @@ impl Controller {
     pub fn suggested_initial(&self) -> u32 {
         if self.held_at_ceiling && self.config.pool_max_limit > self.config.max_limit {
             self.limit.saturating_mul(2).min(self.config.pool_max_limit)
-        } else if self.cpu_secs.is_some() {
+        } else if self.cpu_secs.is_some() || self.probed {
             self.limit
         } else {
             self.config.initial_limit

@@ -31,6 +31,35 @@ pub enum LaunchReason {
     },
     /// Fewer instances are live than the function's `min_instances`.
     MinInstances { min_instances: u32 },
+    /// A never-measured function's first burst: one instance, measured before more start.
+    Probe { waiting: usize },
+}
+
+/// Why a cold-burst probe ended (see `pool/probe.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeEnd {
+    /// The core stayed busy while calls completed: CPU-bound.
+    Saturated,
+    /// Enough calls completed for the controller's own measurements.
+    Measured,
+    /// The limit reached `max_concurrency`.
+    Ceiling,
+    /// The instance's memory neared its limit.
+    Memory,
+    /// No idle moment and no completions for the probe's patience.
+    Patience,
+}
+
+impl fmt::Display for ProbeEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ProbeEnd::Saturated => "its core stayed busy while calls completed (CPU-bound)",
+            ProbeEnd::Measured => "calls completed: the controller measures from here",
+            ProbeEnd::Ceiling => "its limit reached max_concurrency",
+            ProbeEnd::Memory => "its memory neared the limit",
+            ProbeEnd::Patience => "no idle moment and no completions yet",
+        })
+    }
 }
 
 /// One decision a pool took. `Display` gives the sentence `shoal status` shows; match on
@@ -97,6 +126,17 @@ pub enum Decision {
         to: u32,
         reason: LimitReason,
     },
+    /// The cold-burst probe saw `instance`'s core idle with every slot taken: its calls
+    /// wait on something else, so its limit grew.
+    ProbeGrew {
+        instance: String,
+        from: u32,
+        to: u32,
+        cpu_per_call: Duration,
+        wall_at_least: Duration,
+    },
+    /// The cold-burst probe ended; new instances start at `learned`.
+    ProbeDone { learned: u32, why: ProbeEnd },
     /// A newer version replaced this one (or the function was removed): the pool takes no
     /// new calls, finishes its work, then stops.
     Retired,
@@ -118,6 +158,8 @@ impl Decision {
             Decision::Frozen { .. } => "frozen",
             Decision::RssRecycle { .. } => "rss_recycle",
             Decision::LimitChanged { .. } => "limit_changed",
+            Decision::ProbeGrew { .. } => "probe_grew",
+            Decision::ProbeDone { .. } => "probe_done",
             Decision::Retired => "retired",
         }
     }
@@ -132,11 +174,13 @@ impl Decision {
             | Decision::StuckStopped { instance, .. }
             | Decision::Frozen { instance, .. }
             | Decision::RssRecycle { instance, .. }
-            | Decision::LimitChanged { instance, .. } => Some(instance),
+            | Decision::LimitChanged { instance, .. }
+            | Decision::ProbeGrew { instance, .. } => Some(instance),
             Decision::ScaleOut { .. }
             | Decision::AtMaxInstances { .. }
             | Decision::BudgetRefused { .. }
             | Decision::LaunchFailed { .. }
+            | Decision::ProbeDone { .. }
             | Decision::Retired => None,
         }
     }
@@ -155,6 +199,11 @@ impl fmt::Display for LaunchReason {
             LaunchReason::MinInstances { min_instances } => {
                 write!(f, "keeping min_instances {min_instances} warm")
             }
+            LaunchReason::Probe { waiting } => write!(
+                f,
+                "{waiting} waiting on a function never measured: one instance first, sized \
+                 by what it shows"
+            ),
         }
     }
 }
@@ -184,7 +233,7 @@ impl fmt::Display for Decision {
                 refusal,
             } => {
                 let then = match reason {
-                    LaunchReason::Queued { .. } => "queueing",
+                    LaunchReason::Queued { .. } | LaunchReason::Probe { .. } => "queueing",
                     LaunchReason::MinInstances { .. } => "retrying",
                 };
                 write!(
@@ -258,6 +307,22 @@ impl fmt::Display for Decision {
                 to,
                 reason,
             } => write!(f, "{instance}: {reason}: {from} -> {to}"),
+            Decision::ProbeGrew {
+                instance,
+                from,
+                to,
+                cpu_per_call,
+                wall_at_least,
+            } => write!(
+                f,
+                "{instance}: core idle with every slot taken ({:.1} ms CPU per call, calls \
+                 in flight {} ms and counting): {from} -> {to}",
+                cpu_per_call.as_secs_f64() * 1000.0,
+                wall_at_least.as_millis()
+            ),
+            Decision::ProbeDone { learned, why } => {
+                write!(f, "cold-burst probe over, {why}: new instances start at {learned}")
+            }
             Decision::Retired => f.write_str("retired: draining"),
         }
     }

@@ -29,7 +29,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 pub use budget::{BudgetLimits, BudgetRefusal, BudgetStatus};
-pub use decision::{Decision, DecisionRecord, LaunchReason, DECISION_HISTORY};
+pub use decision::{Decision, DecisionRecord, LaunchReason, ProbeEnd, DECISION_HISTORY};
 pub use dispatcher::Dispatcher;
 pub use pool::{InstanceState, InstanceStatus, PoolStatus, Room};
 
@@ -301,6 +301,9 @@ pub struct PoolConfig {
     pub target_cpu: f64,
     /// `auto`: latency may rise to this multiple of its uncontended baseline.
     pub latency_tolerance: f64,
+    /// `auto` with nothing learned yet: a cold burst starts one instance and sizes the
+    /// rest from what it shows in its first few hundred milliseconds (`pool/probe.rs`).
+    pub probe: bool,
 }
 
 impl PoolConfig {

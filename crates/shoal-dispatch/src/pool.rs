@@ -12,6 +12,7 @@
 //! decision goes through [`Pool::decide`]. Nothing here awaits while holding the lock.
 
 mod lifecycle;
+mod probe;
 mod sampling;
 mod scaling;
 mod slots;
@@ -137,6 +138,9 @@ struct Inner {
     last_scale_in: Instant,
     /// Smoothed seconds a call holds its slot (hand-over to answer), for admission.
     service_secs: Option<f64>,
+    /// Nothing measured yet: a burst starts one instance, sized by `probe` before more
+    /// start.
+    probing: bool,
 }
 
 pub(crate) struct Pool {
@@ -159,6 +163,7 @@ impl Pool {
         next_instance: Arc<AtomicU64>,
     ) -> Arc<Pool> {
         let learned = config.limit.max(1);
+        let probing = config.auto && config.probe && !config.sized_at_start;
         let pool = Arc::new(Pool {
             function: function.to_owned(),
             version,
@@ -177,6 +182,7 @@ impl Pool {
                 decisions: DecisionLog::default(),
                 learned_limit: learned,
                 service_secs: None,
+                probing,
                 demand: VecDeque::new(),
                 last_sample: Instant::now(),
                 last_scale_in: Instant::now(),

@@ -30,6 +30,9 @@ struct FakeLauncher {
     told: Mutex<Vec<u32>>,
     /// Calls an instance received beyond what it was told.
     over_told: Arc<AtomicUsize>,
+    /// Instances whose core is always busy (CPU time grows with the clock), like a
+    /// runtime that computes without pause.
+    always_busy: bool,
 }
 
 struct FakeInstance {
@@ -47,6 +50,8 @@ struct FakeInstance {
     refusing: std::sync::atomic::AtomicBool,
     told: u32,
     over_told: Arc<AtomicUsize>,
+    /// Set when its core is always busy: CPU time counts from here.
+    busy_since: Option<tokio::time::Instant>,
 }
 
 impl InstanceLauncher for FakeLauncher {
@@ -71,6 +76,7 @@ impl InstanceLauncher for FakeLauncher {
             refusing: Default::default(),
             told: request.max_concurrency,
             over_told: self.over_told.clone(),
+            busy_since: self.always_busy.then(tokio::time::Instant::now),
         });
         if !fail {
             self.instances.lock().unwrap().push(instance.clone());
@@ -168,7 +174,8 @@ impl InstanceHandle for FakeInstance {
 
     fn resources(&self) -> Option<shoal_dispatch::Resources> {
         Some(shoal_dispatch::Resources {
-            cpu_time: Duration::from_millis(self.cpu_ms.load(Ordering::SeqCst)),
+            cpu_time: Duration::from_millis(self.cpu_ms.load(Ordering::SeqCst))
+                + self.busy_since.map_or(Duration::ZERO, |s| s.elapsed()),
             rss_kib: self.rss_kib.load(Ordering::SeqCst),
         })
     }
@@ -188,6 +195,7 @@ fn config(limit: u32) -> PoolConfig {
         target_cpu: 0.8,
         latency_tolerance: 1.5,
         sized_at_start: false,
+        probe: false,
     }
 }
 
@@ -1373,4 +1381,84 @@ async fn overload_refuses_at_once_what_cannot_be_served_before_its_deadline() {
         "{ok} served in {elapsed:.1} s (capacity {capacity:.0}), {refused} refused"
     );
     assert_eq!(ok + refused, 600);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cold_io_bound_burst_on_a_function_never_measured_stays_on_one_instance() {
+    // 100 calls that compute 10 ms and wait 2 s: the probed instance's core idles with
+    // every slot taken, so its limit grows until the whole burst is in; no second
+    // instance starts (a fixed 16 would have started ceil(100 / 16) = 7).
+    let mut cfg = config(16);
+    cfg.auto = true;
+    cfg.probe = true;
+    let (launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 100,
+            ..Default::default()
+        },
+        cfg,
+    );
+    let started = tokio::time::Instant::now();
+    let results = burst(&d, 100, "2000/10").await;
+    let instances: std::collections::BTreeSet<_> = results.iter().map(instance_of).collect();
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    assert_eq!(launcher.launches.load(Ordering::SeqCst), 1);
+    // The queue drained within the probe's first few ticks, not after the first 2 s call.
+    assert!(
+        started.elapsed() < Duration::from_millis(2600),
+        "{:?}",
+        started.elapsed()
+    );
+    let status = &d.status(Some("f"))[0];
+    let kinds: Vec<&str> = decisions(status).iter().map(|d| d.kind()).collect();
+    assert!(kinds.contains(&"probe_grew"), "{kinds:?}");
+    assert!(
+        matches!(
+            decisions(status)[0],
+            Decision::ScaleOut {
+                reason: LaunchReason::Probe { .. },
+                starting: 1,
+                ..
+            }
+        ),
+        "{kinds:?}"
+    );
+    // New instances of this function now start at the limit the burst needed.
+    assert!(status.learned_limit >= 100, "{}", status.learned_limit);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_never_sees_the_core_idle_scales_out_after_its_patience() {
+    // An instance whose core never idles, with calls that take 5 s: nothing tells the
+    // probe that more calls would fit, so after its patience the rest of the burst gets
+    // instances at the limit reached (the controller's CPU rule has cut 16 to 12 by
+    // then): ceil(24 / 12) = 2 more.
+    let mut cfg = config(16);
+    cfg.auto = true;
+    cfg.probe = true;
+    let (launcher, d) = setup(
+        FakeLauncher {
+            always_busy: true,
+            ..Default::default()
+        },
+        cfg,
+    );
+    let results = burst(&d, 40, "5000").await;
+    assert!(results.iter().all(|r| r.is_ok()));
+    assert_eq!(launcher.launches.load(Ordering::SeqCst), 3);
+    let status = &d.status(Some("f"))[0];
+    assert!(
+        decisions(status).iter().any(|d| matches!(
+            d,
+            Decision::ProbeDone {
+                why: shoal_dispatch::ProbeEnd::Patience,
+                ..
+            }
+        )),
+        "{:?}",
+        decisions(status)
+    );
+    assert!(!decisions(status)
+        .iter()
+        .any(|d| matches!(d, Decision::ProbeGrew { .. })));
 }

@@ -135,6 +135,12 @@ impl Decision {
                 rule = reason.kind(),
                 "{self}"
             ),
+            Decision::ProbeGrew {
+                instance, from, to, ..
+            } => tracing::info!(function, version, kind, instance, from, to, "{self}"),
+            Decision::ProbeDone { learned, .. } => {
+                tracing::info!(function, version, kind, learned, "{self}")
+            }
             Decision::Retired => tracing::info!(function, version, kind, "{self}"),
         }
     }

@@ -108,6 +108,9 @@ impl Pool {
                     "instance ready"
                 );
                 self.feed_waiters(&mut inner, index);
+                if inner.probing {
+                    self.start_probe(id);
+                }
                 if inner.retired && inner.queue.is_empty() && inner.slots[index].in_flight == 0 {
                     inner.slots[index].stop();
                 }

@@ -46,6 +46,13 @@ impl Pool {
             return;
         }
         let live = inner.slots.iter().filter(|s| s.is_live()).count();
+        if inner.probing {
+            // Nothing measured: one instance first; the probe sizes the rest.
+            if live == 0 && self.config.max_instances > 0 {
+                self.start_instances(inner, 1, LaunchReason::Probe { waiting });
+            }
+            return;
+        }
         let room = (self.config.max_instances as usize).saturating_sub(live);
         let need = (waiting - starting_capacity).div_ceil(limit);
         let starting = need.min(room);
