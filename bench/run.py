@@ -27,6 +27,10 @@ Queue contenders (queue-throughput; docs/BENCHMARKS.md says how each is set up):
 change-stream: a postgres data-change trigger, commit to handler (saturation, latency at a
 fixed rate, instances for an I/O-bound handler against concurrency = 1).
 
+jetstream-queue: the queue store alone on NATS JetStream (cluster mode's) against the
+embedded SQLite one, 1 and 3 consumers (crates/shoal-nats/examples/queue_throughput.rs;
+needs Debian's nats-server).
+
 Standard library plus matplotlib for the plots (installed with pip when missing); the pieces
 live in bench/shoalbench/ (tools, measuring, contenders, scenarios, plots, report).
 """
@@ -64,6 +68,7 @@ SCENARIOS = [
     "queue-throughput",
     "queue-packing",
     "change-stream",
+    "jetstream-queue",
 ]
 
 
@@ -178,6 +183,8 @@ def main() -> int:
                 res[scenario] = run.queue_packing()
             elif scenario == "change-stream":
                 res[scenario] = run.change_stream()
+            elif scenario == "jetstream-queue":
+                res[scenario] = run.jetstream_queue()
             durations[scenario] = time.monotonic() - started
             after = os.getloadavg()
             # What else the machine was doing: the 1-minute load average as the scenario

@@ -31,10 +31,11 @@ from .measure import (
     settle_time,
 )
 from .changes import ChangeScenarios
+from .jetstream import JetStreamScenarios
 from .queues import QueueScenarios
 from .tools import Postgres, ensure_matplotlib, ensure_pg_module, find_oha, postgres_bin, shoal_binary
 
-class Run(QueueScenarios, ChangeScenarios):
+class Run(QueueScenarios, ChangeScenarios, JetStreamScenarios):
     def __init__(self, args):
         self.quick = args.quick
         self.workdir = Path(tempfile.mkdtemp(prefix="shoal-bench-"))

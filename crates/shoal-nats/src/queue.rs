@@ -382,6 +382,26 @@ impl Inner {
             .ok_or_else(|| QueueError::NoSuchQueue(queue.to_owned()))
     }
 
+    /// The queue's config from the cache, or, when the cache does not have it (made on
+    /// another node a moment ago, or news this node missed), from the bucket.
+    async fn lookup(&self, queue: &str) -> Result<StoredQueue> {
+        if let Ok(stored) = self.stored(queue) {
+            return Ok(stored);
+        }
+        let entry = self
+            .queues_kv
+            .entry(names::key(queue))
+            .await
+            .map_err(|e| storage(format!("reading queue {queue}"), e))?;
+        match entry {
+            Some(e) if e.operation == Operation::Put => {
+                self.apply_queue_entry(&e);
+                self.stored(queue)
+            }
+            _ => Err(QueueError::NoSuchQueue(queue.to_owned())),
+        }
+    }
+
     fn stream_of(&self, queue: &str) -> Result<String> {
         self.names
             .stream(queue)
@@ -409,11 +429,18 @@ impl Inner {
                 seen.push(self.apply_queue_entry(&entry));
             }
         }
-        // Queues deleted while this node was not watching.
-        let mut state = self.lock();
-        state
+        // Queues deleted while this node was not watching. A listing can come back short
+        // on a busy server, so each missing one is asked for before it is forgotten.
+        let missing: Vec<String> = self
+            .lock()
             .queues
-            .retain(|name, _| seen.contains(&Some(name.clone())));
+            .keys()
+            .filter(|name| !seen.contains(&Some((*name).clone())))
+            .cloned()
+            .collect();
+        for name in missing {
+            self.forget_if_deleted(&name).await;
+        }
         Ok(())
     }
 
@@ -536,6 +563,27 @@ impl Inner {
             .await
             .map_err(|e| storage(format!("creating consumer {CONSUMER} on {name}"), e))?;
         Ok(())
+    }
+
+    /// Drops a queue from the cache if the bucket says it is deleted (a delete marker at a
+    /// revision newer than the cached one, or no entry); an error keeps it.
+    async fn forget_if_deleted(&self, queue: &str) {
+        let Ok(entry) = self.queues_kv.entry(names::key(queue)).await else {
+            return;
+        };
+        let deleted_at = match entry {
+            Some(e) if e.operation == Operation::Put => return,
+            Some(e) => e.revision,
+            None => u64::MAX,
+        };
+        let mut state = self.lock();
+        if state
+            .queues
+            .get(queue)
+            .is_some_and(|q| q.revision < deleted_at)
+        {
+            state.queues.remove(queue);
+        }
     }
 
     /// Whether a queue of that name exists, asked of the bucket (not the cache): used where
@@ -732,17 +780,8 @@ impl Inner {
             let info = match stream.get_info().await {
                 Ok(info) => info,
                 Err(_) => {
-                    // A queue deleted while this node's watch was not looking.
-                    if matches!(self.exists(&name).await, Ok(false)) {
-                        let mut state = self.lock();
-                        if state
-                            .queues
-                            .get(&name)
-                            .is_some_and(|q| q.stored.incarnation == incarnation)
-                        {
-                            state.queues.remove(&name);
-                        }
-                    }
+                    // Perhaps a queue deleted while this node's watch was not looking.
+                    self.forget_if_deleted(&name).await;
                     continue;
                 }
             };
@@ -1152,7 +1191,7 @@ impl QueueBackend for JetStreamQueues {
 
     async fn send(&self, queue: &str, messages: Vec<NewMessage>) -> Result<Vec<Sent>> {
         let inner = &self.inner;
-        let q = inner.stored(queue)?;
+        let q = inner.lookup(queue).await?;
         if messages.is_empty() {
             return Ok(Vec::new());
         }
@@ -1202,7 +1241,7 @@ impl QueueBackend for JetStreamQueues {
                 why: "at most 12 hours (43,200 s)".into(),
             });
         }
-        let q = inner.stored(queue)?;
+        let q = inner.lookup(queue).await?;
         let stream = inner.stream_of(queue)?;
         let consumer = inner.consumer(queue, q.incarnation).await?;
         let mut batch = consumer
@@ -1397,7 +1436,7 @@ impl QueueBackend for JetStreamQueues {
 
     async fn settle(&self, queue: &str, entries: Vec<(String, Settle)>) -> Result<Vec<Result<()>>> {
         let inner = &self.inner;
-        let q = inner.stored(queue)?;
+        let q = inner.lookup(queue).await?;
         let stream = inner.stream_of(queue)?;
         let now = now_ms();
         let mut results: Vec<Result<()>> = entries.iter().map(|_| Ok(())).collect();
@@ -1417,7 +1456,7 @@ impl QueueBackend for JetStreamQueues {
                     queue: target,
                     message,
                 } => {
-                    let target_q = match inner.stored(&target) {
+                    let target_q = match inner.lookup(&target).await {
                         Ok(t) => t,
                         Err(e) => {
                             results[i] = Err(e);
@@ -1492,7 +1531,7 @@ impl QueueBackend for JetStreamQueues {
                 why: "at most 12 hours (43,200 s)".into(),
             });
         }
-        let q = inner.stored(queue)?;
+        let q = inner.lookup(queue).await?;
         let stream = inner.stream_of(queue)?;
         let now = now_ms();
         let mut results: Vec<Result<()>> = entries.iter().map(|_| Ok(())).collect();
@@ -1564,7 +1603,7 @@ impl QueueBackend for JetStreamQueues {
 
     async fn purge(&self, queue: &str) -> Result<u64> {
         let inner = &self.inner;
-        inner.stored(queue)?;
+        inner.lookup(queue).await?;
         let stream_name = inner.stream_of(queue)?;
         let stream = inner
             .js
@@ -1606,7 +1645,7 @@ impl QueueBackend for JetStreamQueues {
         message: NewMessage,
     ) -> Result<bool> {
         let inner = &self.inner;
-        let q = inner.stored(queue)?;
+        let q = inner.lookup(queue).await?;
         let k = names::key(key);
         let bucket = inner.names.schedules_bucket();
         let now = now_ms();
