@@ -120,7 +120,11 @@ async fn run(
         );
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                if sent.load(Ordering::Relaxed) - done.load(Ordering::Relaxed) > BACKLOG {
+                if sent
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(done.load(Ordering::Relaxed))
+                    > BACKLOG
+                {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                     continue;
                 }
