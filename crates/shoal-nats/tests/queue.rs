@@ -511,3 +511,202 @@ async fn acknowledged_messages_survive_kill_9_of_the_server() {
     assert_eq!(fresh.last_fire("f:0"), Some(T0 + 1));
     assert_eq!(bodies(&receive(&fresh, "q", 10).await), ["after"]);
 }
+
+/// A node that dies holding messages (its store and connection gone) gives them back: the
+/// next node receives them once their visibility timeout runs out on the server's clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_messages_come_back_to_another_node() {
+    let server = NatsServer::start();
+    let a = open(&server).await;
+    let b = open(&server).await;
+    a.create_queue(
+        "async:f",
+        QueueConfig {
+            visibility_timeout_ms: 2_000,
+            ..QueueConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let sent: Vec<String> = a
+        .send("async:f", (0..6).map(|i| msg(&i.to_string())).collect())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    let held = a
+        .receive("async:f", 10, None, Holder::Internal)
+        .await
+        .unwrap();
+    assert_eq!(held.messages.len(), 6);
+    // Two handled before the node dies; the other four die with it.
+    let done: Vec<_> = held.messages[..2].iter().map(|m| m.id.clone()).collect();
+    let entries = held.messages[..2]
+        .iter()
+        .map(|m| (m.receipt.clone(), Settle::Delete))
+        .collect();
+    assert!(a
+        .settle("async:f", entries)
+        .await
+        .unwrap()
+        .iter()
+        .all(Result::is_ok));
+    drop(held);
+    drop(a);
+    assert!(b
+        .receive("async:f", 10, None, Holder::Internal)
+        .await
+        .unwrap()
+        .messages
+        .is_empty());
+    let back = receive_eventually(&b, "async:f", 4).await;
+    let mut ids: Vec<_> = back.messages.iter().map(|m| m.id.clone()).collect();
+    ids.sort();
+    let mut expected: Vec<_> = sent.into_iter().filter(|id| !done.contains(id)).collect();
+    expected.sort();
+    assert_eq!(ids, expected);
+    assert!(back.messages.iter().all(|m| m.receive_count == 2));
+}
+
+/// A TCP proxy in front of the server that can cut its connections: one store behind it is
+/// a node cut off from NATS while the others still reach it.
+struct Proxy {
+    port: u16,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    links: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let links = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let accept = {
+            let (cut, links) = (cut.clone(), links.clone());
+            tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if cut.load(std::sync::atomic::Ordering::SeqCst) {
+                        continue; // dropped: the connection is refused as it opens
+                    }
+                    let link = tokio::spawn(async move {
+                        if let Ok(mut outbound) =
+                            tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                        {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    links.lock().unwrap().push(link);
+                }
+            })
+        };
+        Proxy {
+            port,
+            cut,
+            links,
+            accept,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Closes every connection through the proxy and refuses new ones.
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+/// A node cut off from NATS cannot fire a schedule (it can neither publish nor record),
+/// while a node that still reaches NATS fires it; once the link is back, the cut-off node
+/// neither fires that time again nor misses the next one's race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_nats_cannot_fire() {
+    let server = NatsServer::start();
+    let proxy = Proxy::start(server.port()).await;
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(1))
+        .request_timeout(Some(Duration::from_secs(2)))
+        .connect(proxy.url())
+        .await
+        .unwrap();
+    let a = JetStreamQueues::open(client, QueueOptions::default())
+        .await
+        .unwrap();
+    let b = open(&server).await;
+    b.create_queue("async:tick", QueueConfig::default())
+        .await
+        .unwrap();
+    b.start_schedule("tick:0", T0).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.queue("async:tick").is_err() || a.last_fire("tick:0").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "node a never saw the queue and schedule"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    proxy.cut();
+    let t1 = T0 + 60_000;
+    let cut_off = tokio::time::timeout(
+        Duration::from_secs(60),
+        a.fire("tick:0", t1, "async:tick", msg("a 1")),
+    )
+    .await
+    .expect("a fire cut off from NATS gave up");
+    assert!(
+        cut_off.is_err(),
+        "a node cut off from NATS fired: {cut_off:?}"
+    );
+    assert!(b
+        .fire("tick:0", t1, "async:tick", msg("b 1"))
+        .await
+        .unwrap());
+
+    proxy.heal();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let again = loop {
+        assert!(Instant::now() < deadline, "node a never came back");
+        match a.fire("tick:0", t1, "async:tick", msg("a 1 again")).await {
+            Ok(fired) => break fired,
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    assert!(!again, "node a fired a time node b had fired");
+    let t2 = T0 + 120_000;
+    let (ra, rb) = tokio::join!(
+        a.fire("tick:0", t2, "async:tick", msg("a 2")),
+        b.fire("tick:0", t2, "async:tick", msg("b 2")),
+    );
+    assert!(ra.unwrap() ^ rb.unwrap());
+    let got = b
+        .receive("async:tick", 10, None, Holder::Internal)
+        .await
+        .unwrap();
+    let mut periods: Vec<&str> = got
+        .messages
+        .iter()
+        .map(|m| m.body.split_once(' ').unwrap().1)
+        .collect();
+    periods.sort();
+    assert_eq!(periods, ["1", "2"], "{:?}", bodies(&got));
+}
