@@ -46,7 +46,7 @@ pub enum ProbeEnd {
     Ceiling,
     /// The instance's memory neared its limit.
     Memory,
-    /// No idle moment and no completions for the probe's patience.
+    /// No idle moment for the probe's patience since it last grew the limit.
     Patience,
 }
 
@@ -57,7 +57,7 @@ impl fmt::Display for ProbeEnd {
             ProbeEnd::Measured => "calls completed: the controller measures from here",
             ProbeEnd::Ceiling => "its limit reached max_concurrency",
             ProbeEnd::Memory => "its memory neared the limit",
-            ProbeEnd::Patience => "no idle moment and no completions yet",
+            ProbeEnd::Patience => "its core had no idle moment since the last growth",
         })
     }
 }
@@ -321,7 +321,10 @@ impl fmt::Display for Decision {
                 wall_at_least.as_millis()
             ),
             Decision::ProbeDone { learned, why } => {
-                write!(f, "cold-burst probe over, {why}: new instances start at {learned}")
+                write!(
+                    f,
+                    "cold-burst probe over, {why}: new instances start at {learned}"
+                )
             }
             Decision::Retired => f.write_str("retired: draining"),
         }
