@@ -503,7 +503,22 @@ def jetstream_queue(r: dict, load: str | None) -> str:
             if js and base:
                 lines.append(f"{consumers} consumer(s): jetstream / {other} = {ratio(js, base)}")
     if lines:
-        w("Ratios: " + "; ".join(lines) + ".\n")
+        w("Ratios of the medians: " + "; ".join(lines) + ". Rates on this shared machine move "
+          "by 2× and more from round to round with what else runs (the rounds column); CPU "
+          "per message is the steadier figure.\n")
+    cpu = []
+    for consumers in (1, 3):
+        js = rows.get(f"jetstream/{consumers}", {})
+        full = rows.get(f"sqlite-full/{consumers}", {})
+        normal = rows.get(f"sqlite-normal/{consumers}", {})
+        if js.get("cpu_us") and js.get("server_cpu_us") and full.get("cpu_us") and normal.get("cpu_us"):
+            total = js["cpu_us"] + js["server_cpu_us"]
+            cpu.append(f"{consumers} consumer(s): JetStream {fmt(total, 1)} µs in all "
+                       f"(client {fmt(js['cpu_us'], 1)} + server {fmt(js['server_cpu_us'], 1)}), "
+                       f"{ratio(total, full['cpu_us'])} sqlite-full's {fmt(full['cpu_us'], 1)}, "
+                       f"{ratio(total, normal['cpu_us'])} sqlite-normal's {fmt(normal['cpu_us'], 1)}")
+    if cpu:
+        w("CPU per message deleted: " + "; ".join(cpu) + ".\n")
     return "\n".join(out) + "\n"
 
 

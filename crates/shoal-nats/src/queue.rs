@@ -42,10 +42,10 @@
 //!   later, send it twice;
 //! - a receipt names the delivery (incarnation of the queue, delivery count, stream and
 //!   consumer sequences). JetStream acks by stream sequence whatever the delivery count, so
-//!   this store detects a stale receipt itself: exactly for deliveries this node made, and
-//!   across nodes only once the receipt's hold has run out (before that no other node can
-//!   have received the message). A receipt used after its hold ran out and after another node
-//!   received the message again still deletes it — the message was handled;
+//!   this store detects a stale receipt itself, from the deliveries this node made. While a
+//!   receipt's hold lasts (and it was not released) nobody else can receive the message, so
+//!   the gap is narrow: a receipt used after its hold ran out, on a node other than the one
+//!   that received the message again, still deletes it — the message was handled;
 //! - counts (`queue`, `list`, `pending`) are read back from JetStream every
 //!   [`Options::refresh_ms`] and moved by this node's own operations in between: approximate,
 //!   as SQS's are. A message whose hold ran out but that nobody fetched again counts as in
