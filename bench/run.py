@@ -29,6 +29,9 @@ fixed rate, instances for an I/O-bound handler against concurrency = 1).
 
 cluster: cluster mode on a local nats-server: a forwarded call against a local one (latency,
 daemons' CPU), and failover after a kill -9 of the node serving the calls.
+jetstream-queue: the queue store alone on NATS JetStream (cluster mode's) against the
+embedded SQLite one, 1 and 3 consumers (crates/shoal-nats/examples/queue_throughput.rs;
+needs Debian's nats-server).
 
 Standard library plus matplotlib for the plots (installed with pip when missing); the pieces
 live in bench/shoalbench/ (tools, measuring, contenders, scenarios, plots, report).
@@ -68,6 +71,7 @@ SCENARIOS = [
     "queue-packing",
     "change-stream",
     "cluster",
+    "jetstream-queue",
 ]
 
 
@@ -184,6 +188,8 @@ def main() -> int:
                 res[scenario] = run.change_stream()
             elif scenario == "cluster":
                 res[scenario] = run.cluster()
+            elif scenario == "jetstream-queue":
+                res[scenario] = run.jetstream_queue()
             durations[scenario] = time.monotonic() - started
             after = os.getloadavg()
             # What else the machine was doing: the 1-minute load average as the scenario

@@ -307,6 +307,8 @@ def report(run, res: dict, command: str) -> str:
         w(change_stream(res["change-stream"], res.get("_load", {}).get("change-stream")))
     if "cluster" in res:
         w(cluster(res["cluster"], res.get("_load", {}).get("cluster")))
+    if "jetstream-queue" in res:
+        w(jetstream_queue(res["jetstream-queue"], res.get("_load", {}).get("jetstream-queue")))
     w(killreport.section(killreport.load()))
     return "\n".join(out) + "\n"
 
@@ -518,6 +520,60 @@ def cluster(r: dict, load: str | None) -> str:
     return "\n".join(out) + "\n"
 
 
+def jetstream_queue(r: dict, load: str | None) -> str:
+    out = []
+    w = out.append
+    w("## jetstream-queue\n")
+    w("The queue store alone, no daemon and no function: cluster mode's store on NATS "
+      "JetStream (`shoal-nats`, one `nats-server` 2.9 with file storage on this machine) "
+      "against the embedded SQLite store (`shoal-queue`), with `synchronous=FULL` (fsync "
+      "per commit, what Shoal runs) and `NORMAL` (no fsync). JetStream 2.9 acknowledges "
+      "from the page cache without an fsync per write, so `sqlite-normal` is its "
+      "like-for-like row for durability, `sqlite-full` the stronger promise. Four producer "
+      "tasks keep one queue fed (batches of 10, backlog at most 20,000) while 1 or 3 "
+      "consumers drain it, each with 16 tasks looping receive (up to 10) → delete. A "
+      "JetStream consumer is a store with its own connection, as a node of a cluster "
+      "would be; the SQLite consumers share the one store a machine has. Producers, "
+      "consumers and the server share this machine's two cores, so 3 consumers cannot "
+      "show scale-out, only what the extra coordination costs. "
+      f"Median of {r['rounds']} rounds of {r['seconds']} s each (after 1 s of warm-up); "
+      f"`{r['command']}` runs one round."
+      + (f" Machine: {load}." if load else "") + "\n")
+    w("| backend | consumers | deleted msg/s | rounds | CPU µs/msg (client) | CPU µs/msg (nats-server) |")
+    w("|---|---|---|---|---|---|")
+    rows = r["rows"]
+    for key, row in rows.items():
+        w(f"| {row['backend']} | {row['consumers']} | {fmt(row['rate'])} | "
+          f"{', '.join(f'{x:,}' for x in row['rates'])} | {fmt(row['cpu_us'], 1)} | "
+          f"{fmt(row['server_cpu_us'], 1)} |")
+    w("")
+    lines = []
+    for consumers in (1, 3):
+        js = rows.get(f"jetstream/{consumers}", {}).get("rate")
+        for other in ("sqlite-full", "sqlite-normal"):
+            base = rows.get(f"{other}/{consumers}", {}).get("rate")
+            if js and base:
+                lines.append(f"{consumers} consumer(s): jetstream / {other} = {ratio(js, base)}")
+    if lines:
+        w("Ratios of the medians: " + "; ".join(lines) + ". Rates on this shared machine move "
+          "by 2× and more from round to round with what else runs (the rounds column); CPU "
+          "per message is the steadier figure.\n")
+    cpu = []
+    for consumers in (1, 3):
+        js = rows.get(f"jetstream/{consumers}", {})
+        full = rows.get(f"sqlite-full/{consumers}", {})
+        normal = rows.get(f"sqlite-normal/{consumers}", {})
+        if js.get("cpu_us") and js.get("server_cpu_us") and full.get("cpu_us") and normal.get("cpu_us"):
+            total = js["cpu_us"] + js["server_cpu_us"]
+            cpu.append(f"{consumers} consumer(s): JetStream {fmt(total, 1)} µs in all "
+                       f"(client {fmt(js['cpu_us'], 1)} + server {fmt(js['server_cpu_us'], 1)}), "
+                       f"{ratio(total, full['cpu_us'])} sqlite-full's {fmt(full['cpu_us'], 1)}, "
+                       f"{ratio(total, normal['cpu_us'])} sqlite-normal's {fmt(normal['cpu_us'], 1)}")
+    if cpu:
+        w("CPU per message deleted: " + "; ".join(cpu) + ".\n")
+    return "\n".join(out) + "\n"
+
+
 def summary(res: dict) -> str:
     """shoal-auto's numbers divided by each other contender's, one row per measure
     (below 1 means shoal-auto's figure is lower)."""
@@ -611,6 +667,10 @@ def check_complete(res: dict) -> list[str]:
                 missing.append(f"cluster/{mode}")
         if not res["cluster"].get("failover", {}).get("ok_after_kill"):
             missing.append("cluster/failover")
+    if "jetstream-queue" in res:
+        for key, row in res["jetstream-queue"]["rows"].items():
+            if not row.get("rate"):
+                missing.append(f"jetstream-queue/{key}")
     return missing
 
 

@@ -21,7 +21,9 @@
 //!
 //! What is atomic and what is not:
 //! - every `Ok` comes after JetStream's acknowledgement (publish ack, ack reply, key-value
-//!   revision) from file storage;
+//!   revision) from file storage. A 2.9 server answers from the page cache and writes
+//!   message removals lazily: a `kill -9` of the server loses no acknowledged message, but
+//!   deletes acknowledged shortly before it may come back (duplicates, never losses);
 //! - a send of several messages is one publish each, pipelined: each message is atomic, the
 //!   batch is not — an `Err` may leave part of it stored (publishes are retried with the same
 //!   `Nats-Msg-Id`, so a retry inside the call never stores one twice);
@@ -40,10 +42,10 @@
 //!   later, send it twice;
 //! - a receipt names the delivery (incarnation of the queue, delivery count, stream and
 //!   consumer sequences). JetStream acks by stream sequence whatever the delivery count, so
-//!   this store detects a stale receipt itself: exactly for deliveries this node made, and
-//!   across nodes only once the receipt's hold has run out (before that no other node can
-//!   have received the message). A receipt used after its hold ran out and after another node
-//!   received the message again still deletes it — the message was handled;
+//!   this store detects a stale receipt itself, from the deliveries this node made. While a
+//!   receipt's hold lasts (and it was not released) nobody else can receive the message, so
+//!   the gap is narrow: a receipt used after its hold ran out, on a node other than the one
+//!   that received the message again, still deletes it — the message was handled;
 //! - counts (`queue`, `list`, `pending`) are read back from JetStream every
 //!   [`Options::refresh_ms`] and moved by this node's own operations in between: approximate,
 //!   as SQS's are. A message whose hold ran out but that nobody fetched again counts as in
@@ -380,6 +382,26 @@ impl Inner {
             .ok_or_else(|| QueueError::NoSuchQueue(queue.to_owned()))
     }
 
+    /// The queue's config from the cache, or, when the cache does not have it (made on
+    /// another node a moment ago, or news this node missed), from the bucket.
+    async fn lookup(&self, queue: &str) -> Result<StoredQueue> {
+        if let Ok(stored) = self.stored(queue) {
+            return Ok(stored);
+        }
+        let entry = self
+            .queues_kv
+            .entry(names::key(queue))
+            .await
+            .map_err(|e| storage(format!("reading queue {queue}"), e))?;
+        match entry {
+            Some(e) if e.operation == Operation::Put => {
+                self.apply_queue_entry(&e);
+                self.stored(queue)
+            }
+            _ => Err(QueueError::NoSuchQueue(queue.to_owned())),
+        }
+    }
+
     fn stream_of(&self, queue: &str) -> Result<String> {
         self.names
             .stream(queue)
@@ -407,11 +429,18 @@ impl Inner {
                 seen.push(self.apply_queue_entry(&entry));
             }
         }
-        // Queues deleted while this node was not watching.
-        let mut state = self.lock();
-        state
+        // Queues deleted while this node was not watching. A listing can come back short
+        // on a busy server, so each missing one is asked for before it is forgotten.
+        let missing: Vec<String> = self
+            .lock()
             .queues
-            .retain(|name, _| seen.contains(&Some(name.clone())));
+            .keys()
+            .filter(|name| !seen.contains(&Some((*name).clone())))
+            .cloned()
+            .collect();
+        for name in missing {
+            self.forget_if_deleted(&name).await;
+        }
         Ok(())
     }
 
@@ -534,6 +563,27 @@ impl Inner {
             .await
             .map_err(|e| storage(format!("creating consumer {CONSUMER} on {name}"), e))?;
         Ok(())
+    }
+
+    /// Drops a queue from the cache if the bucket says it is deleted (a delete marker at a
+    /// revision newer than the cached one, or no entry); an error keeps it.
+    async fn forget_if_deleted(&self, queue: &str) {
+        let Ok(entry) = self.queues_kv.entry(names::key(queue)).await else {
+            return;
+        };
+        let deleted_at = match entry {
+            Some(e) if e.operation == Operation::Put => return,
+            Some(e) => e.revision,
+            None => u64::MAX,
+        };
+        let mut state = self.lock();
+        if state
+            .queues
+            .get(queue)
+            .is_some_and(|q| q.revision < deleted_at)
+        {
+            state.queues.remove(queue);
+        }
     }
 
     /// Whether a queue of that name exists, asked of the bucket (not the cache): used where
@@ -730,17 +780,8 @@ impl Inner {
             let info = match stream.get_info().await {
                 Ok(info) => info,
                 Err(_) => {
-                    // A queue deleted while this node's watch was not looking.
-                    if matches!(self.exists(&name).await, Ok(false)) {
-                        let mut state = self.lock();
-                        if state
-                            .queues
-                            .get(&name)
-                            .is_some_and(|q| q.stored.incarnation == incarnation)
-                        {
-                            state.queues.remove(&name);
-                        }
-                    }
+                    // Perhaps a queue deleted while this node's watch was not looking.
+                    self.forget_if_deleted(&name).await;
                     continue;
                 }
             };
@@ -1150,7 +1191,7 @@ impl QueueBackend for JetStreamQueues {
 
     async fn send(&self, queue: &str, messages: Vec<NewMessage>) -> Result<Vec<Sent>> {
         let inner = &self.inner;
-        let q = inner.stored(queue)?;
+        let q = inner.lookup(queue).await?;
         if messages.is_empty() {
             return Ok(Vec::new());
         }
@@ -1200,7 +1241,7 @@ impl QueueBackend for JetStreamQueues {
                 why: "at most 12 hours (43,200 s)".into(),
             });
         }
-        let q = inner.stored(queue)?;
+        let q = inner.lookup(queue).await?;
         let stream = inner.stream_of(queue)?;
         let consumer = inner.consumer(queue, q.incarnation).await?;
         let mut batch = consumer
@@ -1353,6 +1394,11 @@ impl QueueBackend for JetStreamQueues {
         if let Some(entry) = state.queues.get_mut(queue) {
             let taken = got + out.dead_lettered;
             entry.counts.visible = entry.counts.visible.saturating_sub(taken);
+            if taken < max as u64 {
+                // The consumer had no more to give: whatever the last read-back said, none
+                // is visible now (else `wait` would spin on a stale count).
+                entry.counts.visible = 0;
+            }
             entry.counts.in_flight += got;
             if visibility == 0 {
                 entry.counts.in_flight -= got;
@@ -1390,7 +1436,7 @@ impl QueueBackend for JetStreamQueues {
 
     async fn settle(&self, queue: &str, entries: Vec<(String, Settle)>) -> Result<Vec<Result<()>>> {
         let inner = &self.inner;
-        let q = inner.stored(queue)?;
+        let q = inner.lookup(queue).await?;
         let stream = inner.stream_of(queue)?;
         let now = now_ms();
         let mut results: Vec<Result<()>> = entries.iter().map(|_| Ok(())).collect();
@@ -1410,7 +1456,7 @@ impl QueueBackend for JetStreamQueues {
                     queue: target,
                     message,
                 } => {
-                    let target_q = match inner.stored(&target) {
+                    let target_q = match inner.lookup(&target).await {
                         Ok(t) => t,
                         Err(e) => {
                             results[i] = Err(e);
@@ -1485,7 +1531,7 @@ impl QueueBackend for JetStreamQueues {
                 why: "at most 12 hours (43,200 s)".into(),
             });
         }
-        let q = inner.stored(queue)?;
+        let q = inner.lookup(queue).await?;
         let stream = inner.stream_of(queue)?;
         let now = now_ms();
         let mut results: Vec<Result<()>> = entries.iter().map(|_| Ok(())).collect();
@@ -1557,7 +1603,7 @@ impl QueueBackend for JetStreamQueues {
 
     async fn purge(&self, queue: &str) -> Result<u64> {
         let inner = &self.inner;
-        inner.stored(queue)?;
+        inner.lookup(queue).await?;
         let stream_name = inner.stream_of(queue)?;
         let stream = inner
             .js
@@ -1599,7 +1645,7 @@ impl QueueBackend for JetStreamQueues {
         message: NewMessage,
     ) -> Result<bool> {
         let inner = &self.inner;
-        let q = inner.stored(queue)?;
+        let q = inner.lookup(queue).await?;
         let k = names::key(key);
         let bucket = inner.names.schedules_bucket();
         let now = now_ms();

@@ -1,7 +1,11 @@
-//! The JetStream queue store against the `QueueBackend` contract, on a real `nats-server`
-//! (one per test, on a free port): every method, two stores on one server standing in for
-//! two nodes, and a server killed with `SIGKILL` and started again. Time is real here (the
-//! server keeps it), so holds and delays are short and every bound is generous.
+//! The JetStream queue store on a real `nats-server` (one per test, on a free port): the
+//! contract's shared cases (`shoal-queue/tests/contract/`, also run against SQLite), then
+//! what only a cluster has — two stores on one server standing in for two nodes, and a
+//! server killed with `SIGKILL` and started again. Time is real here (the server keeps
+//! it), so holds and delays are short and every bound is generous.
+
+#[path = "../../shoal-queue/tests/contract/mod.rs"]
+mod contract;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,6 +71,37 @@ async fn receive_eventually(store: &JetStreamQueues, queue: &str, n: usize) -> R
     all
 }
 
+/// The shared contract cases, each on a server of its own.
+struct JetStreamHarness {
+    store: Arc<JetStreamQueues>,
+    _server: NatsServer,
+}
+
+#[async_trait::async_trait]
+impl contract::Harness for JetStreamHarness {
+    fn store(&self) -> &dyn QueueBackend {
+        &*self.store
+    }
+
+    async fn pass(&self, ms: u64) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
+    async fn counts(&self, queue: &str) -> (u64, u64, u64) {
+        counts(&self.store, queue).await
+    }
+}
+
+async fn jetstream_harness(_case: &str) -> JetStreamHarness {
+    let server = NatsServer::start();
+    JetStreamHarness {
+        store: open(&server).await,
+        _server: server,
+    }
+}
+
+contract_cases!(jetstream_harness);
+
 fn redrive_config(dead_letter: &str, max_receive_count: u32) -> QueueConfig {
     QueueConfig {
         visibility_timeout_ms: 1_000,
@@ -79,7 +114,7 @@ fn redrive_config(dead_letter: &str, max_receive_count: u32) -> QueueConfig {
 }
 
 #[tokio::test]
-async fn queues_are_created_listed_changed_and_deleted() {
+async fn a_second_node_sees_queues_their_changes_and_deletes() {
     let server = NatsServer::start();
     let store = open(&server).await;
     store
@@ -182,257 +217,6 @@ async fn queues_are_created_listed_changed_and_deleted() {
 }
 
 #[tokio::test]
-async fn send_receive_delete() {
-    let server = NatsServer::start();
-    let store = open(&server).await;
-    store
-        .create_queue("q", QueueConfig::default())
-        .await
-        .unwrap();
-    let before = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let sent = store
-        .send(
-            "q",
-            vec![
-                NewMessage {
-                    body: "This is a test message".into(),
-                    attributes: Some(r#"{"k":{"DataType":"String","StringValue":"v"}}"#.into()),
-                    delay_ms: None,
-                },
-                msg("second"),
-            ],
-        )
-        .await
-        .unwrap();
-    assert_eq!(sent.len(), 2);
-    assert_eq!(sent[0].md5_of_body, "fafb00f5732ab283681e124bf8747ed1");
-    assert_eq!(sent[0].id.len(), 36);
-    assert_ne!(sent[0].id, sent[1].id);
-    assert_eq!(counts(&store, "q").await, (2, 0, 0));
-    assert_eq!(store.pending().0, 2);
-
-    let got = receive(&store, "q", 10).await;
-    assert_eq!(bodies(&got), ["This is a test message", "second"]);
-    let first = &got.messages[0];
-    assert_eq!(first.id, sent[0].id);
-    assert_eq!(first.md5_of_body, sent[0].md5_of_body);
-    assert_eq!(
-        first.attributes.as_deref(),
-        Some(r#"{"k":{"DataType":"String","StringValue":"v"}}"#)
-    );
-    assert!(first.sent_at_ms >= before);
-    assert!(first.first_received_at_ms >= first.sent_at_ms);
-    assert_eq!(first.receive_count, 1);
-    assert_eq!(counts(&store, "q").await, (0, 2, 0));
-    assert!(receive(&store, "q", 10).await.messages.is_empty());
-
-    let results = store
-        .settle(
-            "q",
-            got.messages
-                .iter()
-                .map(|m| (m.receipt.clone(), Settle::Delete))
-                .collect(),
-        )
-        .await
-        .unwrap();
-    assert!(results.iter().all(Result::is_ok), "{results:?}");
-    assert_eq!(counts(&store, "q").await, (0, 0, 0));
-    assert_eq!(store.pending(), (0, 0));
-    assert_eq!(store.queue("q").unwrap().stats.oldest_sent_at_ms, None);
-
-    for i in 0..5 {
-        store.send("q", vec![msg(&i.to_string())]).await.unwrap();
-    }
-    assert_eq!(bodies(&receive(&store, "q", 3).await), ["0", "1", "2"]);
-    assert!(matches!(
-        store.receive("q", 0, None, Holder::External).await,
-        Err(QueueError::InvalidAttribute { .. })
-    ));
-    assert!(matches!(
-        store.receive("q", 10_001, None, Holder::External).await,
-        Err(QueueError::InvalidAttribute { .. })
-    ));
-    assert!(matches!(
-        store.receive("nope", 1, None, Holder::External).await,
-        Err(QueueError::NoSuchQueue(_))
-    ));
-    assert!(store.send("q", vec![]).await.unwrap().is_empty());
-    assert!(store.send("nope", vec![]).await.is_err());
-}
-
-#[tokio::test]
-async fn oversized_messages_are_refused_whole() {
-    let server = NatsServer::start();
-    let store = open(&server).await;
-    let config = QueueConfig {
-        max_message_bytes: 1024,
-        ..QueueConfig::default()
-    };
-    store.create_queue("q", config).await.unwrap();
-    let big = NewMessage {
-        body: "x".repeat(1000),
-        attributes: Some("y".repeat(25)),
-        delay_ms: None,
-    };
-    assert!(matches!(
-        store.send("q", vec![msg("fits"), big]).await,
-        Err(QueueError::MessageTooLarge {
-            size: 1025,
-            max: 1024
-        })
-    ));
-    let too_late = NewMessage {
-        delay_ms: Some(15 * 60_000 + 1),
-        ..msg("x")
-    };
-    assert!(matches!(
-        store.send("q", vec![too_late]).await,
-        Err(QueueError::InvalidAttribute { .. })
-    ));
-    assert_eq!(counts(&store, "q").await, (0, 0, 0));
-}
-
-#[tokio::test]
-async fn visibility_expires_and_stale_receipts_do_nothing() {
-    let server = NatsServer::start();
-    let store = open(&server).await;
-    store
-        .create_queue(
-            "q",
-            QueueConfig {
-                visibility_timeout_ms: 1_000,
-                ..QueueConfig::default()
-            },
-        )
-        .await
-        .unwrap();
-    store.send("q", vec![msg("m")]).await.unwrap();
-    let first = receive(&store, "q", 1).await.messages.remove(0);
-    assert!(receive(&store, "q", 1).await.messages.is_empty());
-    let second = receive_eventually(&store, "q", 1).await.messages.remove(0);
-    assert_eq!(second.id, first.id);
-    assert_eq!(second.receive_count, 2);
-    assert_eq!(second.first_received_at_ms, first.first_received_at_ms);
-    assert_ne!(second.receipt, first.receipt);
-
-    // The first receipt is stale: deleting with it is Ok and does nothing.
-    let results = store
-        .settle("q", vec![(first.receipt.clone(), Settle::Delete)])
-        .await
-        .unwrap();
-    assert!(results[0].is_ok());
-    assert_eq!(counts(&store, "q").await, (0, 1, 0));
-    let results = store
-        .change_visibility("q", vec![(first.receipt.clone(), 0)])
-        .await
-        .unwrap();
-    assert!(matches!(&results[0], Err(QueueError::NotInFlight(r)) if *r == first.receipt));
-
-    // The current one deletes.
-    let results = store
-        .settle("q", vec![(second.receipt.clone(), Settle::Delete)])
-        .await
-        .unwrap();
-    assert!(results[0].is_ok());
-    assert_eq!(counts(&store, "q").await, (0, 0, 0));
-
-    // A per-receive visibility overrides the queue's, shorter and longer.
-    store
-        .send("q", vec![msg("short"), msg("long")])
-        .await
-        .unwrap();
-    let short = store
-        .receive("q", 1, Some(0), Holder::External)
-        .await
-        .unwrap();
-    assert_eq!(bodies(&short), ["short"]);
-    let long = store
-        .receive("q", 10, Some(60_000), Holder::External)
-        .await
-        .unwrap();
-    // "short" was released at once, "long" comes with it; both are now held a minute.
-    let mut got = bodies(&long);
-    got.sort();
-    assert_eq!(got, ["long", "short"]);
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
-    assert!(
-        receive(&store, "q", 10).await.messages.is_empty(),
-        "a 60 s hold ran out after the queue's 1 s"
-    );
-}
-
-#[tokio::test]
-async fn change_visibility_hides_and_releases() {
-    let server = NatsServer::start();
-    let store = open(&server).await;
-    store
-        .create_queue(
-            "q",
-            QueueConfig {
-                visibility_timeout_ms: 1_000,
-                ..QueueConfig::default()
-            },
-        )
-        .await
-        .unwrap();
-    store
-        .create_queue("other", QueueConfig::default())
-        .await
-        .unwrap();
-    store.send("q", vec![msg("m")]).await.unwrap();
-    let m = receive(&store, "q", 1).await.messages.remove(0);
-
-    // Longer: still hidden well past the queue's 1 s.
-    let results = store
-        .change_visibility("q", vec![(m.receipt.clone(), 60_000)])
-        .await
-        .unwrap();
-    assert!(results[0].is_ok(), "{results:?}");
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
-    assert!(receive(&store, "q", 1).await.messages.is_empty());
-    // Zero: visible at once.
-    let results = store
-        .change_visibility(
-            "q",
-            vec![
-                (m.receipt.clone(), 0),
-                ("garbage".into(), 0),
-                ("99-2-3".into(), 0),
-            ],
-        )
-        .await
-        .unwrap();
-    assert!(results[0].is_ok(), "{results:?}");
-    assert!(matches!(&results[1], Err(QueueError::InvalidReceipt(r)) if r == "garbage"));
-    assert!(matches!(&results[2], Err(QueueError::InvalidReceipt(_))));
-    // Not in flight any more.
-    let results = store
-        .change_visibility("q", vec![(m.receipt.clone(), 10)])
-        .await
-        .unwrap();
-    assert!(matches!(results[0], Err(QueueError::NotInFlight(_))));
-    assert!(matches!(
-        store
-            .change_visibility("q", vec![(m.receipt.clone(), 12 * 3_600_000 + 1)])
-            .await,
-        Err(QueueError::InvalidAttribute { .. })
-    ));
-    let again = receive_eventually(&store, "q", 1).await.messages.remove(0);
-    assert_eq!(again.receive_count, 2);
-    // The receipt of another queue's message is invalid here.
-    let results = store
-        .settle("other", vec![(again.receipt.clone(), Settle::Delete)])
-        .await
-        .unwrap();
-    assert!(matches!(results[0], Err(QueueError::InvalidReceipt(_))));
-    assert_eq!(counts(&store, "q").await, (0, 1, 0));
-}
-
-#[tokio::test]
 async fn settle_forward_moves_and_a_repeat_is_a_duplicate() {
     let server = NatsServer::start();
     let store = open(&server).await;
@@ -492,7 +276,7 @@ async fn settle_forward_moves_and_a_repeat_is_a_duplicate() {
 }
 
 #[tokio::test]
-async fn delays_hold_messages_back() {
+async fn delayed_messages_come_when_due() {
     let server = NatsServer::start();
     let store = open(&server).await;
     let config = QueueConfig {
@@ -537,152 +321,7 @@ async fn delays_hold_messages_back() {
     assert_eq!(got.messages[0].receive_count, 1);
 }
 
-#[tokio::test]
-async fn redrive_moves_to_the_dead_letter_queue() {
-    let server = NatsServer::start();
-    let store = open(&server).await;
-    store
-        .create_queue("dlq", QueueConfig::default())
-        .await
-        .unwrap();
-    store
-        .create_queue("q", redrive_config("dlq", 2))
-        .await
-        .unwrap();
-    let id = store.send("q", vec![msg("poison")]).await.unwrap()[0]
-        .id
-        .clone();
-    store.send("q", vec![msg("fine")]).await.unwrap();
-    for round in 1..=2u32 {
-        let got = receive_eventually(&store, "q", 2).await;
-        assert!(
-            got.messages.iter().all(|m| m.receive_count == round),
-            "{got:?}"
-        );
-        if round == 2 {
-            let fine = got.messages.iter().find(|m| m.body == "fine").unwrap();
-            store
-                .settle("q", vec![(fine.receipt.clone(), Settle::Delete)])
-                .await
-                .unwrap();
-        }
-    }
-    // The third receive of "poison" moves it instead.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut dead = 0;
-    while dead == 0 {
-        assert!(Instant::now() < deadline, "never dead-lettered");
-        let got = receive(&store, "q", 10).await;
-        assert!(got.messages.is_empty(), "{got:?}");
-        dead = got.dead_lettered;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(dead, 1);
-    assert_eq!(counts(&store, "q").await, (0, 0, 0));
-    assert_eq!(counts(&store, "dlq").await, (1, 0, 0));
-    let m = receive(&store, "dlq", 10).await.messages.remove(0);
-    assert_eq!(
-        (m.id.as_str(), m.body.as_str(), m.receive_count),
-        (id.as_str(), "poison", 1)
-    );
-}
-
-#[tokio::test]
-async fn purge_empties_a_queue() {
-    let server = NatsServer::start();
-    let store = open(&server).await;
-    store
-        .create_queue("q", QueueConfig::default())
-        .await
-        .unwrap();
-    store
-        .create_queue("keep", QueueConfig::default())
-        .await
-        .unwrap();
-    store
-        .send("q", vec![msg("a"), msg("b"), msg("c")])
-        .await
-        .unwrap();
-    store
-        .send(
-            "q",
-            vec![NewMessage {
-                delay_ms: Some(60_000),
-                ..msg("later")
-            }],
-        )
-        .await
-        .unwrap();
-    store.send("keep", vec![msg("k")]).await.unwrap();
-    let held = receive(&store, "q", 1).await.messages.remove(0);
-    assert_eq!(store.purge("q").await.unwrap(), 4);
-    assert_eq!(counts(&store, "q").await, (0, 0, 0));
-    assert_eq!(store.pending().0, 1);
-    assert!(store
-        .settle("q", vec![(held.receipt, Settle::Delete)])
-        .await
-        .unwrap()[0]
-        .is_ok());
-    assert!(receive(&store, "q", 10).await.messages.is_empty());
-    assert!(matches!(
-        store.purge("nope").await,
-        Err(QueueError::NoSuchQueue(_))
-    ));
-}
-
 const T0: i64 = 1_700_000_000_000;
-
-#[tokio::test]
-async fn schedules_fire_once_per_time() {
-    let server = NatsServer::start();
-    let store = open(&server).await;
-    store
-        .create_queue("async:f", QueueConfig::default())
-        .await
-        .unwrap();
-    assert_eq!(store.last_fire("f:0"), None);
-    assert_eq!(store.start_schedule("f:0", T0).await.unwrap(), T0);
-    assert_eq!(store.start_schedule("f:0", T0 + 5).await.unwrap(), T0);
-    assert_eq!(store.last_fire("f:0"), Some(T0));
-    assert!(!store.fire("f:0", T0, "async:f", msg("t0")).await.unwrap());
-    assert!(store
-        .fire("f:0", T0 + 60_000, "async:f", msg("t1"))
-        .await
-        .unwrap());
-    assert!(!store
-        .fire("f:0", T0 + 60_000, "async:f", msg("t1 again"))
-        .await
-        .unwrap());
-    assert!(!store
-        .fire("f:0", T0 + 30_000, "async:f", msg("older"))
-        .await
-        .unwrap());
-    assert_eq!(store.last_fire("f:0"), Some(T0 + 60_000));
-    assert!(store.fire("g:0", T0, "async:f", msg("g")).await.unwrap());
-    assert!(matches!(
-        store.fire("h:0", T0, "missing", msg("h")).await,
-        Err(QueueError::NoSuchQueue(_))
-    ));
-    assert_eq!(store.last_fire("h:0"), None);
-    let got = store
-        .receive("async:f", 10, None, Holder::Internal)
-        .await
-        .unwrap();
-    assert_eq!(bodies(&got), ["t1", "g"]);
-
-    store.start_schedule("f:1", T0).await.unwrap();
-    store.start_schedule("f:2", T0).await.unwrap();
-    store
-        .forget_schedules("f:", &["f:1".to_owned()])
-        .await
-        .unwrap();
-    assert_eq!(store.last_fire("f:0"), None);
-    assert_eq!(store.last_fire("f:1"), Some(T0));
-    assert_eq!(store.last_fire("f:2"), None);
-    assert_eq!(store.last_fire("g:0"), Some(T0));
-    // A forgotten schedule starts afresh.
-    assert_eq!(store.start_schedule("f:0", T0 + 7).await.unwrap(), T0 + 7);
-}
 
 /// Two stores on one server, like two nodes, race to fire the same times of one schedule:
 /// for each time exactly one wins, and the queue holds exactly one message per time.
@@ -871,4 +510,203 @@ async fn acknowledged_messages_survive_kill_9_of_the_server() {
     let fresh = open(&server).await;
     assert_eq!(fresh.last_fire("f:0"), Some(T0 + 1));
     assert_eq!(bodies(&receive(&fresh, "q", 10).await), ["after"]);
+}
+
+/// A node that dies holding messages (its store and connection gone) gives them back: the
+/// next node receives them once their visibility timeout runs out on the server's clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_messages_come_back_to_another_node() {
+    let server = NatsServer::start();
+    let a = open(&server).await;
+    let b = open(&server).await;
+    a.create_queue(
+        "async:f",
+        QueueConfig {
+            visibility_timeout_ms: 2_000,
+            ..QueueConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let sent: Vec<String> = a
+        .send("async:f", (0..6).map(|i| msg(&i.to_string())).collect())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    let held = a
+        .receive("async:f", 10, None, Holder::Internal)
+        .await
+        .unwrap();
+    assert_eq!(held.messages.len(), 6);
+    // Two handled before the node dies; the other four die with it.
+    let done: Vec<_> = held.messages[..2].iter().map(|m| m.id.clone()).collect();
+    let entries = held.messages[..2]
+        .iter()
+        .map(|m| (m.receipt.clone(), Settle::Delete))
+        .collect();
+    assert!(a
+        .settle("async:f", entries)
+        .await
+        .unwrap()
+        .iter()
+        .all(Result::is_ok));
+    drop(held);
+    drop(a);
+    assert!(b
+        .receive("async:f", 10, None, Holder::Internal)
+        .await
+        .unwrap()
+        .messages
+        .is_empty());
+    let back = receive_eventually(&b, "async:f", 4).await;
+    let mut ids: Vec<_> = back.messages.iter().map(|m| m.id.clone()).collect();
+    ids.sort();
+    let mut expected: Vec<_> = sent.into_iter().filter(|id| !done.contains(id)).collect();
+    expected.sort();
+    assert_eq!(ids, expected);
+    assert!(back.messages.iter().all(|m| m.receive_count == 2));
+}
+
+/// A TCP proxy in front of the server that can cut its connections: one store behind it is
+/// a node cut off from NATS while the others still reach it.
+struct Proxy {
+    port: u16,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    links: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let links = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let accept = {
+            let (cut, links) = (cut.clone(), links.clone());
+            tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if cut.load(std::sync::atomic::Ordering::SeqCst) {
+                        continue; // dropped: the connection is refused as it opens
+                    }
+                    let link = tokio::spawn(async move {
+                        if let Ok(mut outbound) =
+                            tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                        {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    links.lock().unwrap().push(link);
+                }
+            })
+        };
+        Proxy {
+            port,
+            cut,
+            links,
+            accept,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Closes every connection through the proxy and refuses new ones.
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+/// A node cut off from NATS cannot fire a schedule (it can neither publish nor record),
+/// while a node that still reaches NATS fires it; once the link is back, the cut-off node
+/// neither fires that time again nor misses the next one's race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_nats_cannot_fire() {
+    let server = NatsServer::start();
+    let proxy = Proxy::start(server.port()).await;
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(1))
+        .request_timeout(Some(Duration::from_secs(2)))
+        .connect(proxy.url())
+        .await
+        .unwrap();
+    let a = JetStreamQueues::open(client, QueueOptions::default())
+        .await
+        .unwrap();
+    let b = open(&server).await;
+    b.create_queue("async:tick", QueueConfig::default())
+        .await
+        .unwrap();
+    b.start_schedule("tick:0", T0).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.queue("async:tick").is_err() || a.last_fire("tick:0").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "node a never saw the queue and schedule"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    proxy.cut();
+    let t1 = T0 + 60_000;
+    let cut_off = tokio::time::timeout(
+        Duration::from_secs(60),
+        a.fire("tick:0", t1, "async:tick", msg("a 1")),
+    )
+    .await
+    .expect("a fire cut off from NATS gave up");
+    assert!(
+        cut_off.is_err(),
+        "a node cut off from NATS fired: {cut_off:?}"
+    );
+    assert!(b
+        .fire("tick:0", t1, "async:tick", msg("b 1"))
+        .await
+        .unwrap());
+
+    proxy.heal();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let again = loop {
+        assert!(Instant::now() < deadline, "node a never came back");
+        match a.fire("tick:0", t1, "async:tick", msg("a 1 again")).await {
+            Ok(fired) => break fired,
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    assert!(!again, "node a fired a time node b had fired");
+    let t2 = T0 + 120_000;
+    let (ra, rb) = tokio::join!(
+        a.fire("tick:0", t2, "async:tick", msg("a 2")),
+        b.fire("tick:0", t2, "async:tick", msg("b 2")),
+    );
+    assert!(ra.unwrap() ^ rb.unwrap());
+    let got = b
+        .receive("async:tick", 10, None, Holder::Internal)
+        .await
+        .unwrap();
+    let mut periods: Vec<&str> = got
+        .messages
+        .iter()
+        .map(|m| m.body.split_once(' ').unwrap().1)
+        .collect();
+    periods.sort();
+    assert_eq!(periods, ["1", "2"], "{:?}", bodies(&got));
 }
