@@ -62,6 +62,9 @@ pub struct Config {
     /// (`host:port`).
     pub gateway: String,
     pub control: String,
+    /// Replicas of the registry's and heartbeats' buckets and of the code store, when this
+    /// node makes them: 1 for a single NATS server, 3 on a NATS cluster.
+    pub replicas: usize,
 }
 
 /// A node's membership of a cluster: what the platform calls through the
@@ -157,7 +160,7 @@ pub async fn join(
         return Err(Error::NodeName(config.node));
     }
     let js = async_nats::jetstream::new(client.clone());
-    let registry = registry::Registry::open(&js).await?;
+    let registry = registry::Registry::open(&js, config.replicas).await?;
     let token = registry.forward_token().await?;
     let nodes = nodes::Nodes::open(&js, &config).await?;
     nodes.beat(&platform).await;
@@ -268,6 +271,7 @@ pub(crate) async fn kv_bucket(
     name: &str,
     description: &str,
     max_age: Duration,
+    replicas: usize,
 ) -> Result<async_nats::jetstream::kv::Store> {
     use async_nats::jetstream::stream;
     if let Ok(kv) = js.get_key_value(name).await {
@@ -295,7 +299,7 @@ pub(crate) async fn kv_bucket(
         deny_delete: true,
         allow_direct: true,
         storage: stream::StorageType::File,
-        num_replicas: 1,
+        num_replicas: replicas.max(1),
         ..Default::default()
     })
     .await

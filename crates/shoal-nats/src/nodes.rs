@@ -71,8 +71,14 @@ pub(crate) struct Nodes {
 impl Nodes {
     pub(crate) async fn open(js: &jetstream::Context, config: &Config) -> Result<Arc<Nodes>> {
         // Entries of nodes gone for good leave the bucket after a minute.
-        let kv =
-            crate::kv_bucket(js, BUCKET, "shoal node heartbeats", Duration::from_secs(60)).await?;
+        let kv = crate::kv_bucket(
+            js,
+            BUCKET,
+            "shoal node heartbeats",
+            Duration::from_secs(60),
+            config.replicas,
+        )
+        .await?;
         Ok(Arc::new(Nodes {
             kv,
             me: config.node.clone(),

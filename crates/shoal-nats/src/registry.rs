@@ -50,14 +50,22 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    pub(crate) async fn open(js: &jetstream::Context) -> Result<Registry> {
-        let kv = crate::kv_bucket(js, BUCKET, "shoal function registry", Duration::ZERO).await?;
+    pub(crate) async fn open(js: &jetstream::Context, replicas: usize) -> Result<Registry> {
+        let kv = crate::kv_bucket(
+            js,
+            BUCKET,
+            "shoal function registry",
+            Duration::ZERO,
+            replicas,
+        )
+        .await?;
         let code = match js.get_object_store(CODE_BUCKET).await {
             Ok(store) => store,
             Err(_) => js
                 .create_object_store(object_store::Config {
                     bucket: CODE_BUCKET.to_owned(),
                     description: Some("shoal code blobs by sha256".to_owned()),
+                    num_replicas: replicas.max(1),
                     ..Default::default()
                 })
                 .await

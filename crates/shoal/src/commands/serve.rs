@@ -80,6 +80,11 @@ pub struct Args {
     /// already names the Node.js binary.)
     #[arg(long, value_name = "NAME", requires = "cluster")]
     node_name: Option<String>,
+    /// Replicas of every JetStream bucket and stream this node makes (registry, code,
+    /// heartbeats, queues): 1 on a single NATS server, 3 on a NATS cluster of three.
+    #[arg(long, default_value_t = 1, requires = "cluster",
+          value_parser = clap::value_parser!(u16).range(1..=5))]
+    cluster_replicas: u16,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -147,6 +152,7 @@ pub async fn run(data_dir: &Path, args: Args) -> anyhow::Result<ExitCode> {
             let queues = shoal_nats::JetStreamQueues::open(
                 client.clone(),
                 shoal_nats::QueueOptions {
+                    replicas: usize::from(args.cluster_replicas),
                     max_pending_messages: config.events.max_pending_messages,
                     max_pending_bytes: config.events.max_pending_bytes,
                     ..shoal_nats::QueueOptions::default()
@@ -174,6 +180,7 @@ pub async fn run(data_dir: &Path, args: Args) -> anyhow::Result<ExitCode> {
                     node: node.clone(),
                     gateway: shoal_nats::advertised(running.gateway_addr),
                     control: shoal_nats::advertised(running.control_addr),
+                    replicas: usize::from(args.cluster_replicas),
                 },
             )
             .await;
