@@ -445,7 +445,12 @@ impl Control {
                     .uri
                     .path_and_query()
                     .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned()),
-                headers: parts.headers,
+                // The caller's credential stays here (the forward token stands for it).
+                headers: {
+                    let mut headers = parts.headers;
+                    headers.remove(hyper::header::AUTHORIZATION);
+                    headers
+                },
                 payload,
                 request_id: request.request_id.clone(),
                 local: Box::new(action),
