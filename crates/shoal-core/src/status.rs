@@ -95,7 +95,12 @@ impl Platform {
                 .warm_pool()
                 .into_iter()
                 .map(|w| WarmPoolReport {
-                    runtime: "nodejs".to_owned(),
+                    runtime: match w.shape.runtime {
+                        shoal_runtime::RuntimeKind::Node => "nodejs",
+                        shoal_runtime::RuntimeKind::Python => "python",
+                        shoal_runtime::RuntimeKind::Provided => "provided",
+                    }
+                    .to_owned(),
                     memory_mb: w.shape.memory_mb,
                     ephemeral_storage_mb: w.shape.ephemeral_storage_mb,
                     ready_pids: w.ready,

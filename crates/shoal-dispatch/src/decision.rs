@@ -96,6 +96,16 @@ pub enum Decision {
         idle_timeout: Duration,
         min_instances: u32,
     },
+    /// The pool was idle for the keep-alive its idle gaps call for (shorter than
+    /// `idle_timeout`): `instance` stopped.
+    KeepAliveStop {
+        instance: String,
+        keep: Duration,
+        p5: Duration,
+        p99: Duration,
+        gaps: usize,
+        idle_timeout: Duration,
+    },
     /// Another function waits for the host budget: idle `instance` was stopped early.
     BudgetReclaim { instance: String },
     /// An instance failed to start (`failures` in a row); the next start waits
@@ -151,6 +161,7 @@ impl Decision {
             Decision::BudgetRefused { .. } => "budget_refused",
             Decision::ScaleIn { .. } => "scale_in",
             Decision::IdleStop { .. } => "idle_stop",
+            Decision::KeepAliveStop { .. } => "keep_alive_stop",
             Decision::BudgetReclaim { .. } => "budget_reclaim",
             Decision::LaunchFailed { .. } => "launch_failed",
             Decision::InstanceExited { .. } => "instance_exited",
@@ -169,6 +180,7 @@ impl Decision {
         match self {
             Decision::ScaleIn { instance, .. }
             | Decision::IdleStop { instance, .. }
+            | Decision::KeepAliveStop { instance, .. }
             | Decision::BudgetReclaim { instance }
             | Decision::InstanceExited { instance, .. }
             | Decision::StuckStopped { instance, .. }
@@ -260,6 +272,19 @@ impl fmt::Display for Decision {
                 f,
                 "instance {instance} idle for {idle_timeout:?}: stopping (min_instances \
                  {min_instances})"
+            ),
+            Decision::KeepAliveStop {
+                instance,
+                keep,
+                p5,
+                p99,
+                gaps,
+                idle_timeout,
+            } => write!(
+                f,
+                "instance {instance} idle for {keep:?}, the keep-alive its last {gaps} idle gaps \
+                 call for (5th percentile {p5:?}, 99th {p99:?}; idle_timeout {idle_timeout:?}): \
+                 stopping"
             ),
             Decision::BudgetReclaim { instance } => write!(
                 f,

@@ -51,7 +51,7 @@ pub const MAX_RESPONSE_BYTES: usize = 6_291_556;
 pub const RESPONSE_SIZE_TOO_LARGE: &str = "Function.ResponseSizeTooLarge";
 
 /// Which process an instance runs and how the daemon talks to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RuntimeKind {
     /// `node` running Shoal's bootstrap over the native channel.
     Node,
@@ -279,6 +279,8 @@ impl ProcessLauncher {
                 logs: logs.clone(),
                 start_timeout: config.start_timeout,
                 env: base_environment(sandbox.enabled()),
+                python: python.clone().ok(),
+                python_bootstrap: python_bootstrap.clone(),
             },
         );
         Ok(ProcessLauncher {

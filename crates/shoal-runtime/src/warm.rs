@@ -1,16 +1,16 @@
-//! The warm pool: Node runtime processes started ahead of need, which take a function
-//! when a pool of the dispatcher launches an instance, so a cold start costs the handler
-//! module's load instead of a sandbox, an interpreter and the bootstrap.
+//! The warm pool: Node and Python runtime processes started ahead of need, which take a
+//! function when a pool of the dispatcher launches an instance, so a cold start costs the
+//! handler module's load instead of a sandbox, an interpreter and the bootstrap.
 //!
 //! A pooled process holds nothing of any function until it is assigned one, and then one
 //! only: it runs in its own sandbox (its own uid, namespaces, seccomp, cgroups) whose
 //! `/var/task` is an empty directory of its own; at assignment the function's verified
 //! code tree is hard-linked into that directory (read-only files, a read-only mount, a
 //! uid that owns none of them) and its environment arrives in the ASSIGN frame
-//! (`native::assign`). Processes are pooled per *shape* — memory size (V8's heap flag and
-//! the memory cgroup are set at start) and `/tmp` size — for the shapes of the registered
-//! Node functions; a function whose environment sets `NODE_*` variables (read by Node
-//! before any code runs) starts fresh.
+//! (`native::assign`). Processes are pooled per *shape* — runtime, memory size (V8's heap
+//! flag and the memory cgroup are set at start) and `/tmp` size — for the shapes of the
+//! registered Node and Python functions; a function whose environment sets variables its
+//! interpreter reads before any code runs (`NODE_*`, `PYTHON*`) starts fresh.
 //!
 //! The pool's memory counts in the host budget: a process is pooled only while the budget
 //! has room for it and one more instance of its shape, each holds a ticket until it is
@@ -40,6 +40,7 @@ const CHECK_PERIOD: Duration = Duration::from_secs(1);
 /// What a pooled process must match to take a function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Shape {
+    pub runtime: RuntimeKind,
     pub memory_mb: u64,
     pub ephemeral_storage_mb: u64,
 }
@@ -47,9 +48,14 @@ pub struct Shape {
 impl Shape {
     /// The shape a function's instances need, if the pool can serve it.
     pub fn of(code: &FunctionCode) -> Option<Shape> {
-        let eligible =
-            code.runtime == RuntimeKind::Node && !code.env.keys().any(|k| k.starts_with("NODE_"));
+        let read_at_start = match code.runtime {
+            RuntimeKind::Node => "NODE_",
+            RuntimeKind::Python => "PYTHON",
+            RuntimeKind::Provided => return None,
+        };
+        let eligible = !code.env.keys().any(|k| k.starts_with(read_at_start));
         eligible.then_some(Shape {
+            runtime: code.runtime,
             memory_mb: code.memory_mb,
             ephemeral_storage_mb: code.ephemeral_storage_mb,
         })
@@ -79,6 +85,9 @@ pub(crate) struct Spawner {
     pub start_timeout: Duration,
     /// The environment every process gets before it has a function.
     pub env: Vec<(String, String)>,
+    /// The Python interpreter, when Python functions can run here.
+    pub python: Option<crate::python::Install>,
+    pub python_bootstrap: PathBuf,
 }
 
 struct Warm {
@@ -293,6 +302,7 @@ impl WarmPool {
             }
             Err(why) => {
                 tracing::warn!(
+                    runtime = ?shape.runtime,
                     memory_mb = shape.memory_mb,
                     "starting a warm-pool process: {why}; retrying in {RETRY_AFTER:?}"
                 );
@@ -310,8 +320,39 @@ impl WarmPool {
         std::fs::create_dir_all(&task_dir)
             .map_err(|e| format!("creating {}: {e}", task_dir.display()))?;
         set_mode(&task_dir, 0o755).map_err(|e| format!("{}: {e}", task_dir.display()))?;
-        let runtime_dir = s.bootstrap.parent().unwrap_or(Path::new("/"));
-        let extra_ro = s.node.parent().filter(|dir| !dir.starts_with("/usr"));
+        let (interpreter, bootstrap) = match shape.runtime {
+            RuntimeKind::Node => (
+                Interpreter {
+                    program: &s.node,
+                    args: vec![format!("--max-old-space-size={}", shape.memory_mb)],
+                    home: None,
+                },
+                &s.bootstrap,
+            ),
+            RuntimeKind::Python => {
+                let install = s
+                    .python
+                    .as_ref()
+                    .ok_or("python functions cannot run here")?;
+                (
+                    Interpreter {
+                        program: &install.executable,
+                        args: crate::python::ARGS
+                            .iter()
+                            .map(|a| (*a).to_owned())
+                            .collect(),
+                        home: install.home(),
+                    },
+                    &s.python_bootstrap,
+                )
+            }
+            RuntimeKind::Provided => return Err("provided runtimes are not pooled".into()),
+        };
+        let runtime_dir = bootstrap.parent().unwrap_or(Path::new("/"));
+        let extra_ro = interpreter
+            .home
+            .or_else(|| interpreter.program.parent())
+            .filter(|dir| !dir.starts_with("/usr"));
         let plan = s.sandbox.plan(&sandbox::View {
             code_dir: &task_dir,
             runtime_dir: Some(runtime_dir),
@@ -331,12 +372,8 @@ impl WarmPool {
             env.push(("LAMBDA_TASK_ROOT".into(), task_dir.display().to_string()));
         }
         let spec = RuntimeSpawn {
-            interpreter: Interpreter {
-                program: &s.node,
-                args: vec![format!("--max-old-space-size={}", shape.memory_mb)],
-                home: None,
-            },
-            bootstrap: &s.bootstrap,
+            interpreter,
+            bootstrap,
             plan,
             cwd: &task_dir,
             env,
@@ -414,7 +451,7 @@ mod tests {
     }
 
     #[test]
-    fn functions_that_set_node_variables_or_run_other_runtimes_start_fresh() {
+    fn functions_that_set_interpreter_variables_or_bring_their_own_runtime_start_fresh() {
         let mut code = FunctionCode {
             function: "f".into(),
             version: 1,
@@ -428,14 +465,19 @@ mod tests {
         assert_eq!(
             Shape::of(&code),
             Some(Shape {
+                runtime: RuntimeKind::Node,
                 memory_mb: 256,
                 ephemeral_storage_mb: 512
             })
         );
         code.env.insert("NODE_OPTIONS".into(), "--inspect".into());
         assert_eq!(Shape::of(&code), None);
-        code.env.clear();
         code.runtime = RuntimeKind::Python;
+        assert!(Shape::of(&code).is_some(), "NODE_* means nothing to Python");
+        code.env.insert("PYTHONPATH".into(), "/x".into());
+        assert_eq!(Shape::of(&code), None);
+        code.env.clear();
+        code.runtime = RuntimeKind::Provided;
         assert_eq!(Shape::of(&code), None);
     }
 }

@@ -1253,14 +1253,43 @@ env = { NODE_OPTIONS = "--max-http-header-size=16384" }
     let own = server.instances("own").await;
     assert_ne!(own[0]["pid"].as_u64(), Some(refilled[0]), "{own:?}");
     assert_eq!(server.warm_ready().await, refilled);
+
+    // Python functions have processes of their own shape.
+    let py = "import os\ndef handler(event, context):\n    return {'name': context.function_name, 'data': open('data.txt').read()}\n";
+    server
+        .deploy_ok(&[
+            ("app.py", py),
+            ("data.txt", "py file"),
+            (
+                "shoal.toml",
+                "[functions.pywarm]\nruntime = \"python\"\nhandler = \"app.handler\"\nmemory = \"256MiB\"\n",
+            ),
+        ])
+        .await;
+    let both = server.wait_for_warm(|r| r.len() == 2).await;
+    let python_pid = *both
+        .iter()
+        .find(|p| **p != refilled[0])
+        .expect("a python process");
+    let reply = server.invoke("pywarm", &json!({})).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json(), json!({ "name": "pywarm", "data": "py file" }));
+    let instances = server.instances("pywarm").await;
+    assert_eq!(
+        instances[0]["pid"].as_u64(),
+        Some(python_pid),
+        "{instances:?}"
+    );
+    let refilled = server
+        .wait_for_warm(|r| r.len() == 2 && !r.contains(&python_pid))
+        .await;
     server.shutdown().await;
-    // Shutdown stops the pooled process too.
+    // Shutdown stops the pooled processes too.
     let deadline = Instant::now() + PATIENCE;
-    while process_alive(refilled[0]) {
+    while refilled.iter().any(|p| process_alive(*p)) {
         assert!(
             Instant::now() < deadline,
-            "pooled process {} outlived shutdown",
-            refilled[0]
+            "pooled processes {refilled:?} outlived shutdown"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
