@@ -97,6 +97,8 @@ const WAIT_BACKSTOP: Duration = Duration::from_secs(1);
 /// Local records of deliveries (for stale receipts and first-receive times) are kept this
 /// long after their hold ended.
 const HELD_KEEP_MS: i64 = 15 * 60_000;
+/// Longest a receive waits for the server's answer to its pull (normally immediate).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts of one publish inside a call (same `Nats-Msg-Id` each time).
 const PUBLISH_ATTEMPTS: usize = 3;
 
@@ -880,10 +882,20 @@ async fn wake_ups(inner: Arc<Inner>) {
     }
 }
 
+/// How often the buckets are read whole, beside their watches: a backstop should a watch
+/// stall unnoticed across a reconnect.
+const RELOAD_EVERY: Duration = Duration::from_secs(30);
+
 async fn refresher(inner: Arc<Inner>) {
     let period = Duration::from_millis(inner.options.refresh_ms.max(10));
+    let mut reloaded = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(period).await;
+        if reloaded.elapsed() >= RELOAD_EVERY {
+            reloaded = tokio::time::Instant::now();
+            let _ = inner.load_queues().await;
+            let _ = inner.load_schedules().await;
+        }
         inner.refresh().await;
     }
 }
@@ -917,7 +929,12 @@ async fn mover(inner: Arc<Inner>) {
                 break;
             };
             let mut failed = false;
-            while let Some(msg) = batch.next().await {
+            // The pull expires after a second; a pull lost to a reconnect never answers.
+            let patience = Duration::from_secs(1) + FETCH_TIMEOUT;
+            loop {
+                let Ok(Some(msg)) = tokio::time::timeout(patience, batch.next()).await else {
+                    break;
+                };
                 match msg {
                     Ok(msg) => inner.move_one(msg).await,
                     Err(err) => {
@@ -1251,7 +1268,23 @@ impl QueueBackend for JetStreamQueues {
             .await
             .map_err(|e| storage(format!("receiving from queue {queue} (stream {stream})"), e))?;
         let mut fetched = Vec::new();
-        while let Some(msg) = batch.next().await {
+        // The server answers a no-wait pull at once; a pull lost to a reconnect is never
+        // answered, so the wait is bounded. Messages it may still deliver to the abandoned
+        // inbox come back after their ack wait.
+        let give_up = tokio::time::Instant::now() + FETCH_TIMEOUT;
+        loop {
+            let Ok(next) = tokio::time::timeout_at(give_up, batch.next()).await else {
+                if fetched.is_empty() {
+                    return Err(storage(
+                        format!("receiving from queue {queue} (stream {stream})"),
+                        format!("no answer within {FETCH_TIMEOUT:?}"),
+                    ));
+                }
+                break;
+            };
+            let Some(msg) = next else {
+                break;
+            };
             match msg {
                 Ok(msg) => fetched.push(msg),
                 // What was fetched is held; hand it out rather than leave it hidden.
