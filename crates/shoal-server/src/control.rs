@@ -486,8 +486,8 @@ impl Control {
                     .await;
                 match sent {
                     Ok(response) => Reply::Forwarded(response),
-                    // Nothing reached the peer: the call runs here.
-                    Err(e @ crate::forward::ForwardError::NotSent { .. }) => {
+                    // It did not run there (unreachable, or refused unrun): it runs here.
+                    Err(e) if e.not_run() => {
                         tracing::warn!(request_id, error = %shoal_core::chain(&e), "forwarding failed before sending; serving here");
                         return Box::pin(self.run(*local)).await;
                     }

@@ -24,6 +24,9 @@ pub(crate) const BY: &str = "x-shoal-forwarded-by";
 pub(crate) const SOURCE_IP: &str = "x-shoal-source-ip";
 /// The request id the first node gave the call (API Gateway's, or Lambda's).
 pub(crate) const REQUEST_ID: &str = "x-shoal-request-id";
+/// On an answer: the call was refused before it ran (the node is cut off from its cluster,
+/// or shutting down), so whoever forwarded it may run it elsewhere.
+pub(crate) const NOT_RUN: &str = "x-shoal-not-run";
 
 /// Largest answer read back from a peer: a function's 6 MB result plus headroom.
 const MAX_ANSWER: usize = 8 * 1024 * 1024;
@@ -61,6 +64,9 @@ pub(crate) enum ForwardError {
         #[source]
         source: hyper_util::client::legacy::Error,
     },
+    /// The peer refused the call before running it (cut off, or shutting down).
+    #[error("node {node} refused the forwarded call without running it")]
+    Refused { node: String },
     /// The call was sent and the answer did not come back whole (the peer died or the
     /// connection broke): it may have run, so it is not run again.
     #[error("node {node} did not answer the forwarded call")]
@@ -69,6 +75,16 @@ pub(crate) enum ForwardError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+impl ForwardError {
+    /// The call did not run on the peer: it may run here instead.
+    pub(crate) fn not_run(&self) -> bool {
+        matches!(
+            self,
+            ForwardError::NotSent { .. } | ForwardError::Refused { .. }
+        )
+    }
 }
 
 /// The client every forwarded call goes through (keep-alive connections per peer).
@@ -150,6 +166,9 @@ impl Forwarder {
             }
         })?;
         let (mut parts, body) = response.into_parts();
+        if parts.headers.contains_key(NOT_RUN) {
+            return Err(ForwardError::Refused { node });
+        }
         let limited = http_body_util::Limited::new(body, MAX_ANSWER);
         let bytes = limited
             .collect()

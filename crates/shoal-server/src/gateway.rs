@@ -13,7 +13,7 @@ use shoal_core::{Placement, Platform};
 use shoal_dispatch::BoxFuture;
 
 use crate::auth;
-use crate::forward::{self, ForwardError, Forwarder};
+use crate::forward::{self, Forwarder};
 use crate::http::{self, Body, Handler};
 
 /// API Gateway's payload limit for HTTP APIs.
@@ -77,8 +77,9 @@ impl Gateway {
                     .await;
                 match sent {
                     Ok(response) => return response,
-                    // Nothing reached the peer (it just died): the call runs here.
-                    Err(e @ ForwardError::NotSent { .. }) => {
+                    // It did not run there (the peer just died, or refused it unrun):
+                    // the call runs here.
+                    Err(e) if e.not_run() => {
                         tracing::warn!(request_id, error = %shoal_core::chain(&e), "forwarding failed before sending; serving here");
                     }
                     Err(e) => return respond::forward_failed(&e, &request_id),

@@ -198,8 +198,20 @@ fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String) {
+    let (code, _, body) = http_with_head(addr, method, path, headers, body);
+    (code, body)
+}
+
+/// [`http`], with the response's head (status line and headers) too.
+fn http_with_head(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
     let Ok(mut stream) = TcpStream::connect(addr.trim()) else {
-        return (0, String::new());
+        return (0, String::new(), String::new());
     };
     let _ = stream.set_read_timeout(Some(DEADLINE));
     let mut request = format!(
@@ -212,22 +224,22 @@ fn http(
     request.push_str("\r\n");
     request.push_str(body);
     if stream.write_all(request.as_bytes()).is_err() {
-        return (0, String::new());
+        return (0, String::new(), String::new());
     }
     let mut answer = Vec::new();
     if stream.read_to_end(&mut answer).is_err() {
-        return (0, String::new());
+        return (0, String::new(), String::new());
     }
     let answer = String::from_utf8_lossy(&answer);
     let Some((head, body)) = answer.split_once("\r\n\r\n") else {
-        return (0, String::new());
+        return (0, String::new(), String::new());
     };
     let code = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    (code, body.to_owned())
+    (code, head.to_owned(), body.to_owned())
 }
 
 /// Wait until `check` holds, or fail with `what`.
@@ -249,9 +261,11 @@ exports.handler = async (event) => {
   await new Promise((resolve) => setTimeout(resolve, ms));
   return { statusCode: 200, body: id };
 };
-// What the event says about the caller, and any forwarding marker that reached it.
+// What the event says about the caller, and any forwarding marker that reached it; it
+// also tries to answer with one ("not run": a forwarding node would run it again).
 exports.echo = async (event) => ({
   statusCode: 200,
+  headers: { "x-shoal-not-run": "1" },
   body: JSON.stringify({
     ip: event.requestContext.http.sourceIp,
     markers: Object.keys(event.headers || {}).filter((h) => h.startsWith("x-shoal-")),
@@ -477,7 +491,7 @@ fn a_deploy_on_one_node_is_served_by_all_and_calls_go_where_there_is_room() {
 
     // Forwarding markers from a client count for nothing and never reach a function.
     for node in [n1, n2, n3] {
-        let (code, body) = http(
+        let (code, head, body) = http_with_head(
             &node.gateway(),
             "GET",
             "/echo",
@@ -495,6 +509,11 @@ fn a_deploy_on_one_node_is_served_by_all_and_calls_go_where_there_is_room() {
             seen["markers"],
             serde_json::json!([]),
             "{}: {body}",
+            node.name
+        );
+        assert!(
+            !head.to_ascii_lowercase().contains("x-shoal-"),
+            "{}: {head}",
             node.name
         );
     }
@@ -727,4 +746,107 @@ fn a_node_that_ran_alone_keeps_its_functions_when_it_joins_and_later_follows_del
     });
     assert!(n1.cli(&["ls"]).contains("slow"));
     n2.daemon.take();
+}
+
+/// A TCP proxy between one node and NATS that the test can cut and restore, as a link
+/// going down would: cut, its connections are shut and new ones are dropped at once.
+struct Link {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    streams: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Link {
+    fn to(nats_port: u16) -> Link {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let streams = Arc::new(Mutex::new(Vec::<TcpStream>::new()));
+        let (cut2, streams2) = (cut.clone(), streams.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if cut2.load(Ordering::SeqCst) {
+                    continue; // dropped: the node sees its connection closed
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", nats_port)) else {
+                    continue;
+                };
+                let mut held = streams2.lock().unwrap();
+                held.push(client.try_clone().unwrap());
+                held.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Link { port, cut, streams }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for stream in self.streams.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_node_cut_off_from_nats_refuses_work_while_the_others_serve_and_rejoins() {
+    let cluster = Cluster::start("shoal-cl-p");
+    let link = Link::to(cluster.nats.port);
+    let data = cluster.root.0.join("n4");
+    std::fs::create_dir_all(&data).unwrap();
+    let url = link.url();
+    let n4 = Node {
+        name: "n4".into(),
+        daemon: Some(Daemon::start_with(
+            &data,
+            &["--cluster", &url, "--node-name", "n4", "--sandbox", "off"],
+        )),
+        data,
+    };
+    eventually("n4 serves", || n4.get("/quick").0 == 200);
+    link.cut();
+    eventually("n4 refuses work it cannot report", || {
+        n4.get("/quick").0 == 503
+    });
+    for node in &cluster.nodes {
+        // A call another node forwarded to n4 before it saw n4 gone is refused unrun
+        // there and runs on the forwarding node: every call answers.
+        assert_eq!(node.get("/quick").0, 200, "{}", node.name);
+        eventually(&format!("{} sees n4 gone", node.name), || {
+            node.status()["cluster"]["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["name"] == "n4" && n["alive"] == false)
+        });
+        assert_eq!(node.get("/quick").0, 200, "{}", node.name);
+    }
+    link.restore();
+    eventually("n4 takes work again once the link is back", || {
+        n4.get("/quick").0 == 200
+    });
+    eventually("n1 sees n4 live again", || {
+        cluster.nodes[0].status()["cluster"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == "n4" && n["alive"] == true)
+    });
 }

@@ -219,13 +219,14 @@ fn platform_error(error: &Error, function: &str, request_id: &str, region: &str)
             "TooManyRequestsException",
             &format!("Rate exceeded: too many requests queued for {function}"),
         ),
-        Error::ShuttingDown => aws_error(
+        // Refused before it ran: a node that forwarded it may run it elsewhere.
+        Error::ShuttingDown => not_run(aws_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "ServiceException",
             "the platform is shutting down",
-        ),
+        )),
         Error::Cluster(shoal_core::ClusterError::CutOff(_)) => {
-            user(StatusCode::SERVICE_UNAVAILABLE, "ServiceException")
+            not_run(user(StatusCode::SERVICE_UNAVAILABLE, "ServiceException"))
         }
         // Never a silent drop: the caller hears that the event was not taken.
         Error::EventStoreFull { .. } => {
@@ -253,6 +254,11 @@ fn platform_error(error: &Error, function: &str, request_id: &str, region: &str)
         | Error::Cluster(_)
         | Error::Task(_) => internal(error, request_id),
     }
+}
+
+fn not_run(mut response: Response<Body>) -> Response<Body> {
+    insert(&mut response, crate::forward::NOT_RUN, "1");
+    response
 }
 
 /// Our own trouble: the details go to the daemon's log, the client gets a stable message.

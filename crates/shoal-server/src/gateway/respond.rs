@@ -84,7 +84,11 @@ fn function_response(mapped: shoal_events::HttpResponse, request_id: &str) -> Re
         ) else {
             continue;
         };
-        if shoal_events::is_framing_header(name.as_str()) {
+        // Nor can it speak for the cluster: a forwarding marker from a function (say, "not
+        // run") would make the node that forwarded the call run it again.
+        if shoal_events::is_framing_header(name.as_str())
+            || crate::forward::is_marker(name.as_str())
+        {
             continue;
         }
         let _ = headers.try_append(name, value);
@@ -134,6 +138,15 @@ fn error_response(error: &Error, request_id: &str) -> Response<Body> {
         }
     };
     let mut response = message(status, text);
+    if matches!(
+        error,
+        Error::ShuttingDown | Error::Cluster(shoal_core::ClusterError::CutOff(_))
+    ) {
+        // Refused before it ran: a node that forwarded it may run it elsewhere.
+        response
+            .headers_mut()
+            .insert(crate::forward::NOT_RUN, HeaderValue::from_static("1"));
+    }
     if status == StatusCode::TOO_MANY_REQUESTS {
         // The pool's estimate of when a slot frees, where it made one; whole seconds.
         let secs = match error {
