@@ -178,6 +178,19 @@ async fn a_second_node_sees_queues_their_changes_and_deletes() {
     };
     store.set_config("jobs", changed.clone()).await.unwrap();
     assert_eq!(store.queue("jobs").unwrap().config, changed);
+    // In JetStream itself: the consumer's ack wait and the stream's max age.
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let stream = js.get_stream("shoal_q_jobs").await.unwrap();
+    assert_eq!(
+        stream.cached_info().config.max_age,
+        Duration::from_secs(120)
+    );
+    let consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer("receive").await.unwrap();
+    assert_eq!(
+        consumer.cached_info().config.ack_wait,
+        Duration::from_secs(5)
+    );
     assert!(matches!(
         store.set_config("nope", other.clone()).await,
         Err(QueueError::NoSuchQueue(_))
