@@ -8,8 +8,8 @@
 //! - one work-queue stream per queue, `shoal_q_<token>`, holding subject
 //!   `shoal.q.<token>` (the token encodes the queue name: `:` and `_` are escaped), file
 //!   storage, `max_age` = the queue's retention; one durable pull consumer `receive` on it,
-//!   explicit acks, `ack_wait` = the queue's visibility timeout, unlimited deliveries (redrive
-//!   is this store's, by delivery count);
+//!   explicit acks, `ack_wait` = the queue's visibility timeout (within 1 s and the internal
+//!   lease), unlimited deliveries (redrive is this store's, by delivery count);
 //! - stream `shoal_delayed` (subjects `shoal.d.<token>`, work queue, consumer `mover`): messages
 //!   with a delay wait there; every node runs a mover that publishes a due message into its
 //!   queue, then acks it (JetStream 2.9 has no scheduled delivery);
@@ -55,10 +55,15 @@
 //!   through a watch within milliseconds (eventually consistent reads, strongly consistent
 //!   writes).
 //!
+//! Holds: a consumer's ack wait is the queue's visibility timeout, between 1 s and the
+//! internal lease ([`Options::internal_lease_ms`], 30 s). A hold of the core's own consumers
+//! ([`Holder::Internal`]) longer than the lease is renewed (`+WPI`) while its node lives, so
+//! a dead node's messages come back within the lease — where SQLite's store releases them at
+//! its next start; an outside client's hold (SQS API) is set whole by a delayed nak and
+//! lasts its visibility timeout, as in SQS.
+//!
 //! Left out: JetStream deletes messages past retention itself, so `expired` counts stay 0;
-//! holds of a dead node's internal consumers last their visibility timeout (there is no
-//! release at start); the first-receive time is exact only when this node made the first
-//! receive.
+//! the first-receive time is exact only when this node made the first receive.
 
 mod names;
 mod wire;
@@ -121,6 +126,13 @@ pub struct Options {
     /// JetStream's de-duplication window on each queue stream (at most the queue's
     /// retention): how long a repeated forward, move or fire is recognised.
     pub duplicate_window_ms: u64,
+    /// How long the hold of a message received by one of the core's own consumers
+    /// ([`Holder::Internal`]) outlives its node: holds longer than this are renewed every
+    /// third of it while the store lives, so when a node dies its messages come back within
+    /// this time rather than after their whole visibility timeout (SQLite's store releases
+    /// them at its next start). It is also the longest ack wait a queue's consumer gets, so
+    /// every node must use the same value.
+    pub internal_lease_ms: u64,
 }
 
 impl Default for Options {
@@ -132,6 +144,7 @@ impl Default for Options {
             max_pending_bytes: 1 << 30,
             refresh_ms: 1_000,
             duplicate_window_ms: 120_000,
+            internal_lease_ms: 30_000,
         }
     }
 }
@@ -171,11 +184,13 @@ struct QueueEntry {
 }
 
 /// What this node knows of a delivery it made.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Held {
     delivered: u64,
     first_received_at_ms: EpochMs,
     deadline_ms: EpochMs,
+    /// For an internal hold longer than the lease: the queue and receipt to renew it by.
+    renew: Option<(String, Receipt)>,
 }
 
 #[derive(Debug, Default)]
@@ -360,6 +375,7 @@ impl JetStreamQueues {
             tokio::spawn(wake_ups(inner.clone())),
             tokio::spawn(refresher(inner.clone())),
             tokio::spawn(mover(inner.clone())),
+            tokio::spawn(renewer(inner.clone())),
         ];
         Ok(Arc::new(JetStreamQueues { inner, tasks }))
     }
@@ -539,11 +555,20 @@ impl Inner {
         })
     }
 
-    fn consumer_config(q: &StoredQueue) -> pull::Config {
+    /// The consumer's ack wait for a queue: its visibility timeout, at least a second (a
+    /// shorter or zero hold is set per delivery with a delayed nak) and at most the internal
+    /// lease (a longer hold is set per delivery: renewed for internal consumers, a delayed
+    /// nak for outside ones).
+    fn ack_wait_ms(&self, q: &StoredQueue) -> u64 {
+        q.visibility_timeout_ms
+            .clamp(1_000, self.options.internal_lease_ms.max(1_000))
+    }
+
+    fn consumer_config(&self, q: &StoredQueue) -> pull::Config {
         pull::Config {
             durable_name: Some(CONSUMER.into()),
             ack_policy: AckPolicy::Explicit,
-            ack_wait: Duration::from_millis(ack_wait_ms(q)),
+            ack_wait: Duration::from_millis(self.ack_wait_ms(q)),
             max_deliver: -1,
             max_ack_pending: -1,
             deliver_policy: DeliverPolicy::All,
@@ -561,7 +586,7 @@ impl Inner {
             .await
             .map_err(|e| storage(format!("creating stream {name} of queue {queue}"), e))?;
         stream
-            .get_or_create_consumer(CONSUMER, Self::consumer_config(q))
+            .get_or_create_consumer(CONSUMER, self.consumer_config(q))
             .await
             .map_err(|e| storage(format!("creating consumer {CONSUMER} on {name}"), e))?;
         Ok(())
@@ -817,12 +842,6 @@ impl Inner {
     }
 }
 
-/// The consumer's ack wait for a queue: its visibility timeout, at least a second (a
-/// shorter or zero hold is set per delivery with a delayed nak).
-fn ack_wait_ms(q: &StoredQueue) -> u64 {
-    q.visibility_timeout_ms.max(1_000)
-}
-
 fn nak(delay_ms: u64) -> Bytes {
     if delay_ms == 0 {
         Bytes::from_static(b"-NAK")
@@ -897,6 +916,52 @@ async fn refresher(inner: Arc<Inner>) {
             let _ = inner.load_schedules().await;
         }
         inner.refresh().await;
+    }
+}
+
+/// Renews the internal holds longer than the lease, every third of it: `+WPI` restarts
+/// the ack wait (the lease) while more than a lease is left, and the last stretch is set
+/// with a delayed nak. When this node dies nobody renews, and its messages come back within
+/// the lease.
+async fn renewer(inner: Arc<Inner>) {
+    let lease = inner.options.internal_lease_ms.max(1_000);
+    loop {
+        tokio::time::sleep(Duration::from_millis(lease / 3)).await;
+        let now = now_ms();
+        let due: Vec<((u64, u64), String, Receipt, EpochMs)> = inner
+            .lock()
+            .held
+            .iter()
+            .filter_map(|(k, h)| {
+                let (queue, r) = h.renew.clone()?;
+                Some((*k, queue, r, h.deadline_ms))
+            })
+            .collect();
+        for (key, queue, r, deadline) in due {
+            let Some(stream) = inner.names.stream(&queue) else {
+                continue;
+            };
+            if deadline <= now {
+                if let Some(h) = inner.lock().held.get_mut(&key) {
+                    h.renew = None;
+                }
+                continue;
+            }
+            let left = (deadline - now) as u64;
+            let (command, last) = if left > lease {
+                (Bytes::from_static(b"+WPI"), false)
+            } else {
+                (nak(left), true)
+            };
+            let subject = r.ack_subject(&stream, CONSUMER);
+            if inner.ack_request(subject, command).await.is_ok() && last {
+                if let Some(h) = inner.lock().held.get_mut(&key) {
+                    if h.delivered == r.delivered {
+                        h.renew = None;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -1117,7 +1182,7 @@ impl QueueBackend for JetStreamQueues {
                     .await
                     .map_err(|e| storage(format!("changing the retention of queue {name}"), e))?;
             }
-            if ack_wait_ms(&new) != ack_wait_ms(&old) {
+            if inner.ack_wait_ms(&new) != inner.ack_wait_ms(&old) {
                 // JetStream 2.9 changes a durable consumer's config by creating it again.
                 let stream = inner.stream_of(name)?;
                 inner
@@ -1125,7 +1190,7 @@ impl QueueBackend for JetStreamQueues {
                     .get_stream_no_info(&stream)
                     .await
                     .map_err(|e| storage(format!("opening stream {stream} of queue {name}"), e))?
-                    .create_consumer(Inner::consumer_config(&new))
+                    .create_consumer(inner.consumer_config(&new))
                     .await
                     .map_err(|e| {
                         storage(
@@ -1243,7 +1308,7 @@ impl QueueBackend for JetStreamQueues {
         queue: &str,
         max: usize,
         visibility_ms: Option<u64>,
-        _holder: Holder,
+        holder: Holder,
     ) -> Result<Receipts> {
         let inner = &self.inner;
         if !(1..=MAX_RECEIVE).contains(&max) {
@@ -1353,7 +1418,11 @@ impl QueueBackend for JetStreamQueues {
                 timestamp,
                 pending,
             };
-            if visibility != ack_wait_ms(&q) {
+            let ack_wait = inner.ack_wait_ms(&q);
+            // An internal hold past the lease is renewed while this node lives (see
+            // `renewer`); any other hold than the ack wait is set by a delayed nak.
+            let renew = holder == Holder::Internal && visibility > ack_wait;
+            if visibility != ack_wait && !renew {
                 naks.push(receipt.ack_subject(&stream, CONSUMER));
             }
             let first_received_at_ms = {
@@ -1365,12 +1434,14 @@ impl QueueBackend for JetStreamQueues {
                         delivered,
                         first_received_at_ms: now,
                         deadline_ms: receipt.deadline_ms,
+                        renew: None,
                     });
                 if delivered == 1 {
                     held.first_received_at_ms = now;
                 }
                 held.delivered = delivered;
                 held.deadline_ms = receipt.deadline_ms;
+                held.renew = renew.then(|| (queue.to_owned(), receipt));
                 held.first_received_at_ms
             };
             out.messages.push(Received {
@@ -1604,8 +1675,10 @@ impl QueueBackend for JetStreamQueues {
             for (i, r, timeout_ms, result) in done {
                 match result {
                     Ok(()) => {
+                        // The nak set the whole hold: no renewing past it.
                         if let Some(h) = state.held.get_mut(&(r.incarnation, r.stream_seq)) {
                             h.deadline_ms = now + timeout_ms as i64;
+                            h.renew = None;
                         } else {
                             state.held.insert(
                                 (r.incarnation, r.stream_seq),
@@ -1613,6 +1686,7 @@ impl QueueBackend for JetStreamQueues {
                                     delivered: r.delivered,
                                     first_received_at_ms: now,
                                     deadline_ms: now + timeout_ms as i64,
+                                    renew: None,
                                 },
                             );
                         }

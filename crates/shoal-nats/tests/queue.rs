@@ -178,6 +178,19 @@ async fn a_second_node_sees_queues_their_changes_and_deletes() {
     };
     store.set_config("jobs", changed.clone()).await.unwrap();
     assert_eq!(store.queue("jobs").unwrap().config, changed);
+    // In JetStream itself: the consumer's ack wait and the stream's max age.
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let stream = js.get_stream("shoal_q_jobs").await.unwrap();
+    assert_eq!(
+        stream.cached_info().config.max_age,
+        Duration::from_secs(120)
+    );
+    let consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer("receive").await.unwrap();
+    assert_eq!(
+        consumer.cached_info().config.ack_wait,
+        Duration::from_secs(5)
+    );
     assert!(matches!(
         store.set_config("nope", other.clone()).await,
         Err(QueueError::NoSuchQueue(_))
@@ -709,4 +722,69 @@ async fn a_node_cut_off_from_nats_cannot_fire() {
         .collect();
     periods.sort();
     assert_eq!(periods, ["1", "2"], "{:?}", bodies(&got));
+}
+
+/// An internal consumer's hold longer than the lease lasts while its node lives (renewed)
+/// and ends within the lease once the node dies; an outside client's hold lasts its whole
+/// visibility timeout either way, as in SQS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_holds_are_leases_their_node_renews() {
+    let server = NatsServer::start();
+    let open_leased = || async {
+        let client = async_nats::connect(server.url()).await.unwrap();
+        JetStreamQueues::open(
+            client,
+            QueueOptions {
+                internal_lease_ms: 1_500,
+                ..QueueOptions::default()
+            },
+        )
+        .await
+        .unwrap()
+    };
+    let a = open_leased().await;
+    let b = open_leased().await;
+    a.create_queue(
+        "async:f",
+        QueueConfig {
+            visibility_timeout_ms: 60_000,
+            ..QueueConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    a.send("async:f", vec![msg("inside"), msg("outside")])
+        .await
+        .unwrap();
+    let inside = a
+        .receive("async:f", 1, None, Holder::Internal)
+        .await
+        .unwrap();
+    assert_eq!(bodies(&inside), ["inside"]);
+    let outside = a
+        .receive("async:f", 1, None, Holder::External)
+        .await
+        .unwrap();
+    assert_eq!(bodies(&outside), ["outside"]);
+    // Three leases later both are still held: one renewed, one held by its nak.
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    assert!(b
+        .receive("async:f", 10, None, Holder::Internal)
+        .await
+        .unwrap()
+        .messages
+        .is_empty());
+    drop(a);
+    let back = receive_eventually(&b, "async:f", 1).await;
+    assert_eq!(bodies(&back), ["inside"]);
+    assert_eq!(back.messages[0].receive_count, 2);
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    assert!(
+        b.receive("async:f", 10, None, Holder::Internal)
+            .await
+            .unwrap()
+            .messages
+            .is_empty(),
+        "an outside client's 60 s hold ended with its receiver's store"
+    );
 }
