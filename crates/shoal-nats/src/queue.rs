@@ -14,7 +14,7 @@
 //!   with a delay wait there; every node runs a mover that publishes a due message into its
 //!   queue, then acks it (JetStream 2.9 has no scheduled delivery);
 //! - key-value bucket `shoal_queues`: one key per queue (the name with every byte outside
-//!   `[A-Za-z0-9_-]` as `=HH`), its config, creation time and incarnation as JSON;
+//!   `[A-Za-z0-9_-]` as `=HH`), its config, creation time, incarnation and receipt key as JSON;
 //! - key-value bucket `shoal_schedules`: one key per schedule, its last fire time;
 //! - plain subject `shoal.wake.<token>`: a send announces itself there so idle `wait`s on
 //!   every node wake at once.
@@ -41,7 +41,9 @@
 //!   compare-and-set, and a second node firing that time more than the de-duplication window
 //!   later, send it twice;
 //! - a receipt names the delivery (incarnation of the queue, delivery count, stream and
-//!   consumer sequences). JetStream acks by stream sequence whatever the delivery count, so
+//!   consumer sequences) and carries an HMAC-SHA256 tag under the queue's secret key (in the
+//!   bucket, never handed out): JetStream would ack any sequence it is told, so a receipt
+//!   made up from a real one must not pass. JetStream acks by stream sequence whatever the delivery count, so
 //!   this store detects a stale receipt itself, from the deliveries this node made. While a
 //!   receipt's hold lasts (and it was not released) nobody else can receive the message, so
 //!   the gap is narrow: a receipt used after its hold ran out, on a node other than the one
@@ -1111,7 +1113,8 @@ impl QueueBackend for JetStreamQueues {
                 // Heals a queue whose creator died between the bucket and the stream.
                 return inner.ensure_stream(name, &stored).await;
             }
-            let stored = StoredQueue::new(name, &config, now_ms(), rand_u64());
+            let receipt_key: String = (0..2).map(|_| format!("{:016x}", rand_u64())).collect();
+            let stored = StoredQueue::new(name, &config, now_ms(), rand_u64(), receipt_key);
             // The stream first: a queue in the bucket always has its stream.
             inner.ensure_stream(name, &stored).await?;
             let written = match &entry {
@@ -1446,7 +1449,7 @@ impl QueueBackend for JetStreamQueues {
             };
             out.messages.push(Received {
                 id: stored.id,
-                receipt: receipt.encode(),
+                receipt: receipt.encode(&q.receipt_key),
                 md5_of_body: md5_hex(&stored.body),
                 body: stored.body,
                 attributes: stored.attributes,
@@ -1547,7 +1550,9 @@ impl QueueBackend for JetStreamQueues {
         let mut acks = Vec::new();
         let mut forwards = Vec::new();
         for (i, (handle, settle)) in entries.into_iter().enumerate() {
-            let Some(r) = Receipt::parse(&handle).filter(|r| r.incarnation == q.incarnation) else {
+            let Some(r) =
+                Receipt::parse(&handle, &q.receipt_key).filter(|r| r.incarnation == q.incarnation)
+            else {
                 results[i] = Err(QueueError::InvalidReceipt(handle));
                 continue;
             };
@@ -1641,7 +1646,9 @@ impl QueueBackend for JetStreamQueues {
         let mut results: Vec<Result<()>> = entries.iter().map(|_| Ok(())).collect();
         let mut naks = Vec::new();
         for (i, (handle, timeout_ms)) in entries.into_iter().enumerate() {
-            let Some(r) = Receipt::parse(&handle).filter(|r| r.incarnation == q.incarnation) else {
+            let Some(r) =
+                Receipt::parse(&handle, &q.receipt_key).filter(|r| r.incarnation == q.incarnation)
+            else {
                 results[i] = Err(QueueError::InvalidReceipt(handle));
                 continue;
             };

@@ -788,3 +788,32 @@ async fn internal_holds_are_leases_their_node_renews() {
         "an outside client's 60 s hold ended with its receiver's store"
     );
 }
+
+/// A receipt is tagged with the queue's secret key: one made up from a real one (another
+/// message's sequence) deletes nothing, though JetStream would ack any sequence it is told.
+#[tokio::test]
+async fn a_forged_receipt_deletes_nothing() {
+    let server = NatsServer::start();
+    let store = open(&server).await;
+    store
+        .create_queue("q", QueueConfig::default())
+        .await
+        .unwrap();
+    store
+        .send("q", vec![msg("mine"), msg("theirs")])
+        .await
+        .unwrap();
+    let mine = receive(&store, "q", 1).await.messages.remove(0);
+    assert_eq!(mine.body, "mine");
+    // j-<incarnation>-<deadline>-<delivered>-<stream seq>-...: point it at message 2.
+    let mut fields: Vec<&str> = mine.receipt.split('-').collect();
+    assert_eq!(fields[4], "1", "{}", mine.receipt);
+    fields[4] = "2";
+    let forged = fields.join("-");
+    let results = store
+        .settle("q", vec![(forged.clone(), Settle::Delete)])
+        .await
+        .unwrap();
+    assert!(matches!(&results[0], Err(QueueError::InvalidReceipt(r)) if *r == forged));
+    assert_eq!(bodies(&receive(&store, "q", 10).await), ["theirs"]);
+}

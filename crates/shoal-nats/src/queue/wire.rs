@@ -3,6 +3,7 @@
 
 use async_nats::HeaderMap;
 use bytes::{BufMut, Bytes, BytesMut};
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use shoal_queue::{EpochMs, QueueConfig, Redrive};
 
@@ -35,6 +36,8 @@ pub(crate) struct StoredQueue {
     /// Drawn at creation: receipts and delayed messages name it, so neither reaches a
     /// later queue of the same name.
     pub incarnation: u64,
+    /// Drawn at creation, never handed out: the key of the receipts' tags (hex).
+    pub receipt_key: String,
 }
 
 impl StoredQueue {
@@ -43,6 +46,7 @@ impl StoredQueue {
         config: &QueueConfig,
         created_at_ms: EpochMs,
         incarnation: u64,
+        receipt_key: String,
     ) -> Self {
         let mut q = StoredQueue {
             name: name.to_owned(),
@@ -55,6 +59,7 @@ impl StoredQueue {
             max_receive_count: None,
             created_at_ms,
             incarnation,
+            receipt_key,
         };
         q.set(config);
         q
@@ -177,7 +182,7 @@ pub(crate) struct Receipt {
 }
 
 impl Receipt {
-    pub(crate) fn encode(&self) -> String {
+    fn fields(&self) -> String {
         format!(
             "j-{:x}-{}-{}-{}-{}-{}-{}",
             self.incarnation,
@@ -190,8 +195,34 @@ impl Receipt {
         )
     }
 
-    pub(crate) fn parse(handle: &str) -> Option<Receipt> {
-        let mut parts = handle.strip_prefix("j-")?.split('-');
+    fn tag(fields: &str, key: &str) -> Hmac<sha2::Sha256> {
+        let mut mac =
+            Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes any key");
+        mac.update(fields.as_bytes());
+        mac
+    }
+
+    /// The receipt as handed out: its fields and a tag (128 bits of HMAC-SHA256 under the
+    /// queue's receipt key), so only this store can make one.
+    pub(crate) fn encode(&self, key: &str) -> String {
+        let fields = self.fields();
+        let tag = Self::tag(&fields, key).finalize().into_bytes();
+        let hex: String = tag[..16].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{fields}-{hex}")
+    }
+
+    /// Reads a receipt this store made for the queue whose receipt key is `key`; `None` for
+    /// anything else (malformed, another queue's, forged).
+    pub(crate) fn parse(handle: &str, key: &str) -> Option<Receipt> {
+        let (fields, hex) = handle.rsplit_once('-')?;
+        if hex.len() != 32 {
+            return None;
+        }
+        let tag: Vec<u8> = (0..16)
+            .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect::<Option<_>>()?;
+        Self::tag(fields, key).verify_truncated_left(&tag).ok()?;
+        let mut parts = fields.strip_prefix("j-")?.split('-');
         let incarnation = u64::from_str_radix(parts.next()?, 16).ok()?;
         let mut num = || parts.next()?.parse::<u64>().ok();
         let r = Receipt {
@@ -251,16 +282,23 @@ mod tests {
             timestamp: 1_700_000_000_000_000_000,
             pending: 3,
         };
-        assert_eq!(Receipt::parse(&r.encode()), Some(r));
+        let handle = r.encode("key");
+        assert_eq!(Receipt::parse(&handle, "key"), Some(r));
+        // Another queue's key, or any field changed, and the tag no longer matches.
+        assert_eq!(Receipt::parse(&handle, "other key"), None);
+        let forged = handle.replacen("-10-", "-11-", 1);
+        assert_ne!(forged, handle);
+        assert_eq!(Receipt::parse(&forged, "key"), None);
         for bad in [
             "",
             "garbage",
             "99-2-3",
             "j-1-2-3",
             "j-zz-1-1-1-1-1-1",
-            &format!("{}-9", r.encode()),
+            &format!("{handle}-9"),
+            &handle[..handle.len() - 1],
         ] {
-            assert_eq!(Receipt::parse(bad), None, "{bad:?}");
+            assert_eq!(Receipt::parse(bad, "key"), None, "{bad:?}");
         }
         assert_eq!(
             r.ack_subject("S", "C"),
