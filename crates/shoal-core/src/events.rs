@@ -35,6 +35,7 @@ use tokio::sync::watch;
 pub use changes::{Change, ChangeFeed, ChangeOp, ChangeSources, Lag, SourceError};
 pub(crate) use metered::{EventCounters, Metered};
 pub(crate) use policy::{Envelope, Source};
+pub(crate) use scheduler::ScheduleClock;
 
 use crate::{Error, Platform, Result};
 
@@ -83,6 +84,8 @@ pub(crate) struct Ctx {
     pub(crate) retry_base_ms: u64,
     /// Where postgres triggers read changes; `None`: such triggers are refused at deploy.
     pub(crate) sources: Option<Arc<dyn ChangeSources>>,
+    /// Real time for schedules, or (tests only) time sped up.
+    pub(crate) schedule_clock: ScheduleClock,
 }
 
 impl Ctx {
@@ -409,7 +412,9 @@ impl Events {
             .events
             .iter()
             .filter_map(|s| match s {
-                EventSource::Schedule(t) if t.enabled => Some(scheduler::key(&spec.name, t)),
+                EventSource::Schedule(t) if t.enabled => {
+                    Some(scheduler::key(&spec.name, t, ctx.schedule_clock))
+                }
                 _ => None,
             })
             .collect();

@@ -105,6 +105,12 @@ pub struct EventsConfig {
     /// The queue store, when not the embedded SQLite one in the data directory (cluster
     /// mode plugs in JetStream's). The pending bounds above are then the backend's own.
     pub queues: Option<Arc<dyn shoal_queue::QueueBackend>>,
+    /// For tests only: schedules run this many times faster than the wall clock, so
+    /// several periods of `rate(1 minute)` pass in seconds. 1, the default, is real time
+    /// and the only value for production; `shoal serve --test-schedule-speedup` (hidden)
+    /// sets it. A sped-up schedule keeps its fire records under keys of its own, so it
+    /// never disturbs the real-time records of the same schedule.
+    pub schedule_speedup: u32,
 }
 
 impl std::fmt::Debug for EventsConfig {
@@ -115,6 +121,7 @@ impl std::fmt::Debug for EventsConfig {
             .field("retry_base", &self.retry_base)
             .field("change_sources", &self.change_sources.is_some())
             .field("queues", &self.queues.is_some())
+            .field("schedule_speedup", &self.schedule_speedup)
             .finish()
     }
 }
@@ -127,6 +134,7 @@ impl Default for EventsConfig {
             retry_base: Duration::from_secs(60),
             change_sources: None,
             queues: None,
+            schedule_speedup: 1,
         }
     }
 }
@@ -248,6 +256,7 @@ impl Platform {
                 clock: Arc::new(|| now_ms() as i64),
                 retry_base_ms,
                 sources: config.events.change_sources.clone(),
+                schedule_clock: events::ScheduleClock::new(config.events.schedule_speedup),
             }),
             data_dir,
             store,

@@ -850,3 +850,161 @@ fn a_node_cut_off_from_nats_refuses_work_while_the_others_serve_and_rejoins() {
             .any(|n| n["name"] == "n4" && n["alive"] == true)
     });
 }
+
+/// Schedules run this many times faster in the schedule test: `rate(1 minute)` fires
+/// every 3 s of wall time (`shoal serve --test-schedule-speedup`, hidden, for tests).
+const SCHEDULE_SPEEDUP: &str = "20";
+
+/// A handler that logs each Scheduled Event's fire time and event id.
+const TICK: &str = r#"
+exports.handler = async (event) => {
+  console.log(`tick|${Date.parse(event.time)}|${event.id}|`);
+  return {};
+};
+"#;
+
+/// Every Scheduled Event the function `tick` logged on `node`: (fire time in epoch ms,
+/// event id).
+fn ticks(node: &Node) -> Vec<(i64, String)> {
+    node.cli(&["logs", "tick", "--tail", "100000"])
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.split_once("tick|")?.1.split('|');
+            Some((parts.next()?.parse().ok()?, parts.next()?.to_owned()))
+        })
+        .collect()
+}
+
+/// Fire time to the distinct event ids delivered for it, over every node's log.
+fn fires(nodes: &[&Node]) -> BTreeMap<i64, BTreeSet<String>> {
+    let mut fires = BTreeMap::<i64, BTreeSet<String>>::new();
+    for node in nodes {
+        for (time, id) in ticks(node) {
+            fires.entry(time).or_default().insert(id);
+        }
+    }
+    fires
+}
+
+/// `fired` as counted by the schedule trigger of `tick` on `node`.
+fn fired_here(node: &Node) -> u64 {
+    node.status()["triggers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["function"] == "tick" && t["kind"] == "schedule")
+        .map(|t| t["counts"]["fired"].as_u64().unwrap_or(0))
+        .unwrap_or(0)
+}
+
+/// Whether `node`'s view of the cluster has n3 alive.
+fn n3_alive(node: &Node) -> Option<bool> {
+    node.status()["cluster"]["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["name"] == "n3")?["alive"]
+        .as_bool()
+}
+
+#[test]
+fn a_schedule_fires_once_across_three_nodes_over_several_periods() {
+    let root = TempDir::new("shoal-cl-s");
+    let nats = Nats::start(&root.0);
+    // n3 reaches NATS through a link the test cuts.
+    let link = Link::to(nats.port);
+    let node = |name: &str, url: &str| {
+        let data = root.0.join(name);
+        std::fs::create_dir_all(&data).unwrap();
+        Node {
+            name: name.to_owned(),
+            daemon: Some(Daemon::start_with(
+                &data,
+                &[
+                    "--cluster",
+                    url,
+                    "--node-name",
+                    name,
+                    "--sandbox",
+                    "off",
+                    "--test-schedule-speedup",
+                    SCHEDULE_SPEEDUP,
+                ],
+            )),
+            data,
+        }
+    };
+    let n1 = node("n1", &nats.url());
+    let n2 = node("n2", &nats.url());
+    let n3 = node("n3", &link.url());
+    let all = [&n1, &n2, &n3];
+
+    let dir = root.0.join("tick");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("index.js"), TICK).unwrap();
+    std::fs::write(
+        dir.join("shoal.toml"),
+        r#"
+[functions.tick]
+runtime = "nodejs"
+handler = "index.handler"
+events = [{ schedule = "rate(1 minute)" }]
+"#,
+    )
+    .unwrap();
+    let deployed = n2.cli(&["deploy", dir.to_str().unwrap()]);
+    assert!(deployed.contains("deployed tick version 1"), "{deployed}");
+    for node in all {
+        eventually(&format!("{} runs the schedule", node.name), || {
+            node.status()["triggers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["function"] == "tick" && t["kind"] == "schedule")
+        });
+    }
+
+    // Every node runs the schedule's task; each fire time must come once.
+    eventually("four fire times delivered", || fires(&all).len() >= 4);
+
+    // n3 cut off from NATS: the others go on firing, n3 fires nothing.
+    link.cut();
+    eventually("n1 sees n3 gone", || n3_alive(&n1) == Some(false));
+    let fired_before = fired_here(&n3);
+    let seen = fires(&all).len();
+    eventually("three more fire times while n3 is cut off", || {
+        fires(&[&n1, &n2]).len() >= seen + 3
+    });
+    assert_eq!(fired_here(&n3), fired_before, "n3 fired while cut off");
+    link.restore();
+    eventually("n1 sees n3 live again", || n3_alive(&n1) == Some(true));
+    let seen = fires(&all).len();
+    eventually("three more fire times with n3 back", || {
+        fires(&all).len() >= seen + 3
+    });
+
+    let fires = fires(&all);
+    let twice: Vec<_> = fires.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    let fired: Vec<u64> = all.iter().map(|n| fired_here(n)).collect();
+    // A rate fires a whole period after its last fire; a longer step means a time was
+    // skipped, which is allowed only when every node lagged a whole period (printed, not
+    // asserted: the machine may be busy).
+    let times: Vec<i64> = fires.keys().copied().collect();
+    let gaps = times.windows(2).filter(|w| w[1] - w[0] != 60_000).count();
+    eprintln!(
+        "schedule: {} fire times, {} fired twice, {} gaps, fires won per node {:?}",
+        fires.len(),
+        twice.len(),
+        gaps,
+        fired
+    );
+    assert!(
+        twice.is_empty(),
+        "fire times delivered as several events: {twice:?}"
+    );
+    assert!(fires.len() >= 10, "{fires:?}");
+    assert!(
+        times.windows(2).all(|w| (w[1] - w[0]) % 60_000 == 0),
+        "fire times off the schedule's period: {times:?}"
+    );
+    drop(link);
+}

@@ -291,6 +291,7 @@ fn rig_with_clock(answers: &[Answer], dir: Option<tempdir::Dir>, clock: Clock) -
         clock,
         retry_base_ms: 60_000,
         sources: None,
+        schedule_clock: ScheduleClock::new(1),
     });
     let (stop, _) = watch::channel(false);
     Rig {

@@ -85,6 +85,13 @@ pub struct Args {
     #[arg(long, default_value_t = 1, requires = "cluster",
           value_parser = clap::value_parser!(u16).range(1..=5))]
     cluster_replicas: u16,
+    /// For tests only, hidden: run schedules this many times faster than the wall clock
+    /// (60: `rate(1 minute)` fires every second), so a test sees several periods in
+    /// seconds. Left at 1 (real time) unless given; sped-up fires are recorded apart from
+    /// real-time ones.
+    #[arg(long, hide = true, default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=3600))]
+    test_schedule_speedup: u32,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -131,6 +138,7 @@ pub async fn run(data_dir: &Path, args: Args) -> anyhow::Result<ExitCode> {
         // Postgres data-change triggers read through shoal-pg; the core only sees the trait.
         change_sources: Some(std::sync::Arc::new(shoal_pg::Postgres::new())),
         queues: None,
+        schedule_speedup: args.test_schedule_speedup,
     };
     if let Some(node) = &args.node_name {
         if !shoal_nats::valid_node_name(node) {
