@@ -9,6 +9,10 @@ from pathlib import Path
 from .common import ROOT
 
 RECORD = ROOT / "docs" / "KILL.json"
+# The cluster form's (python3 bench/cluster_kill.py).
+CLUSTER_RECORD = ROOT / "docs" / "KILL-CLUSTER.json"
+HEADING = "## kill test"
+CLUSTER_HEADING = "## cluster kill test"
 
 
 def load(path: Path = RECORD) -> dict | None:
@@ -62,10 +66,47 @@ def section(res: dict | None) -> str:
     return "\n".join(out)
 
 
-def splice(markdown: str, section_text: str) -> str:
-    """`markdown` with its kill test section replaced by `section_text` (appended if it
-    has none): a kill run updates docs/BENCHMARKS.md without re-rendering the rest."""
-    start = markdown.find("\n## kill test\n")
+def cluster_section(res: dict | None) -> str:
+    if not res:
+        return ""
+    a = res["acknowledged"]
+    lat = res["ack_to_delivery_ms"]
+    by_node = ", ".join(f"{k} {v}" for k, v in sorted(res["kills_by_node"].items()))
+    rejoined = (
+        f"every node saw all three live and served the route {res['rejoined_s']} s after the drain"
+        if res.get("rejoin_error") is None
+        else f"rejoin failed: {res['rejoin_error']}"
+    )
+    out = [
+        f"{CLUSTER_HEADING}\n",
+        f"`{res['command']}` on {res['date'][:10]} ({res['build']} build): three `shoal serve "
+        "--cluster` nodes on one `nats-server -js`; SQS batches and `Event` invokes sent to "
+        "nodes at random and HTTP calls on the nodes up, while one node at a time is `kill "
+        "-9`ed and started again on its data directory; the kill test's function and ledger "
+        "(above) count every id delivered.\n",
+        "| kills (per node) | acknowledged messages | acknowledged async invokes | lost | "
+        "duplicate ids (extra deliveries) | unacknowledged (delivered anyway) | HTTP calls "
+        "(failed) | time |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {res['kills']} ({by_node}) | {a.get('queue', 0):,} | {a.get('async', 0):,} | "
+        f"**{res['lost']}** | {res['duplicate_ids']:,} ({res['duplicate_deliveries']:,}) | "
+        f"{res['unacknowledged']:,} ({res['unacknowledged_but_delivered']:,}) | "
+        f"{res['http_calls']:,} ({res['http_failed']:,}) | {res['elapsed_s'] / 60:.1f} min |",
+        "",
+        f"Rejoin: {rejoined}. Acknowledgement to first delivery: p50 {lat['p50']} ms, p99 "
+        f"{lat['p99']} ms, max {lat['max']} ms (a killed node's SQS messages come back after "
+        "their visibility timeout, 5 s; its async events after the internal lease, 30 s). "
+        "Failed HTTP calls are those in flight on a killed node or sent to it as it died.\n",
+    ]
+    if res["lost"]:
+        out.append(f"Lost: {', '.join(res['lost_ids'][:20])}{' …' if res['lost'] > 20 else ''}.\n")
+    return "\n".join(out)
+
+
+def splice(markdown: str, section_text: str, heading: str = HEADING) -> str:
+    """`markdown` with its section under `heading` replaced by `section_text` (appended if
+    it has none): a kill run updates docs/BENCHMARKS.md without re-rendering the rest."""
+    start = markdown.find(f"\n{heading}\n")
     if start < 0:
         return markdown.rstrip("\n") + "\n\n" + section_text.rstrip("\n") + "\n"
     end = markdown.find("\n## ", start + 1)

@@ -310,6 +310,7 @@ def report(run, res: dict, command: str) -> str:
     if "jetstream-queue" in res:
         w(jetstream_queue(res["jetstream-queue"], res.get("_load", {}).get("jetstream-queue")))
     w(killreport.section(killreport.load()))
+    w(killreport.cluster_section(killreport.load(killreport.CLUSTER_RECORD)))
     return "\n".join(out) + "\n"
 
 
