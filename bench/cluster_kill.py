@@ -156,7 +156,9 @@ class ClusterRun:
         self.workdir = workdir
         self.nats = Nats(workdir)
         self.trigger = kill.Trigger()  # never armed: kills here are timed, not aimed
-        self.ledger = kill.Ledger(self.trigger, 0, 0, workdir / "ledger.log")
+        # Injected failures on queue batches only: a failed async event is retried after a
+        # minute (Lambda's timing), longer than this test should wait.
+        self.ledger = kill.Ledger(self.trigger, args.fail_every, 0, workdir / "ledger.log")
         self.nodes = [Node(binary, workdir / name, name, self.nats.url) for name in NODES]
         self.books = kill.Books()
         self.stop_sending = threading.Event()
@@ -424,6 +426,7 @@ class ClusterRun:
             },
             "drain_s": round(drain_s, 1),
             "elapsed_s": round(elapsed, 1),
+            "injected_failures": dict(self.ledger.injected),
             "errors": dict(self.errors),
             "error_examples": self.error_examples,
         }
@@ -439,7 +442,7 @@ def summary(res: dict) -> str:
         f"{res['unacknowledged']} (delivered anyway {res['unacknowledged_but_delivered']})",
         f"LOST {res['lost']}; duplicates {res['duplicate_ids']} ids ({res['duplicate_deliveries']} extra "
         f"deliveries; {res['duplicates_by_kind']}); unknown ids {res['unknown_ids_delivered']}",
-        f"HTTP calls {res['http_calls']}, failed {res['http_failed']} {res['http_answers']}",
+        f"injected failures {res['injected_failures']}; HTTP calls {res['http_calls']}, failed {res['http_failed']} {res['http_answers']}",
         f"rejoined: {'all three live and serving ' + str(res['rejoined_s']) + ' s after the drain' if res['rejoin_error'] is None else res['rejoin_error']}",
         f"ack→delivery ms p50 {lat['p50']} p99 {lat['p99']} max {lat['max']}; "
         f"time {res['elapsed_s']} s (drain {res['drain_s']} s)",
@@ -453,6 +456,8 @@ def main() -> int:
     parser.add_argument("--kills", type=int, help="kills (default 60; 5 quick)")
     parser.add_argument("--async-share", type=float, default=0.25, help="share of ids sent as Event invokes")
     parser.add_argument("--mean-uptime", type=float, help="mean seconds between kills (default 3; 2 quick)")
+    parser.add_argument("--fail-every", type=int,
+                        help="refuse the first delivery of one queue id in N (default 40; none with --quick)")
     parser.add_argument("--pause-ms", type=float, default=500,
                         help="the function waits a random time up to this before telling the ledger")
     parser.add_argument("--settle", type=float,
@@ -476,6 +481,7 @@ def main() -> int:
     args.messages = args.messages or (1_000 if q else 20_000)
     args.kills = args.kills if args.kills is not None else (5 if q else 60)
     args.mean_uptime = args.mean_uptime or (2.0 if q else 3.0)
+    args.fail_every = args.fail_every if args.fail_every is not None else (0 if q else 40)
     args.settle = args.settle if args.settle is not None else (3 if q else 35)
     args.drain_timeout = args.drain_timeout or (120 if q else 600)
     args.send_patience = args.send_patience or (120 if q else 3600)

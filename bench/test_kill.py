@@ -129,6 +129,19 @@ class Report(unittest.TestCase):
         )
         self.assertEqual(splice("# B\n\n## kill test\nold\n", "## kill test\nnew\n"), "# B\n\n## kill test\nnew\n")
 
+    def test_the_cluster_section_leaves_the_single_node_one_alone(self) -> None:
+        from shoalbench.killreport import CLUSTER_HEADING, splice
+
+        both = splice("# B\n\n## kill test\nold\n", f"{CLUSTER_HEADING}\none\n", CLUSTER_HEADING)
+        self.assertEqual(both, f"# B\n\n## kill test\nold\n\n{CLUSTER_HEADING}\none\n")
+        self.assertEqual(
+            splice(both, f"{CLUSTER_HEADING}\ntwo\n", CLUSTER_HEADING),
+            f"# B\n\n## kill test\nold\n\n{CLUSTER_HEADING}\ntwo\n",
+        )
+        self.assertEqual(
+            splice(both, "## kill test\nnew\n"), f"# B\n\n## kill test\nnew\n\n{CLUSTER_HEADING}\none\n"
+        )
+
 
 if __name__ == "__main__":
     unittest.main()

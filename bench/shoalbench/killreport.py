@@ -93,7 +93,8 @@ def cluster_section(res: dict | None) -> str:
         f"{res['unacknowledged']:,} ({res['unacknowledged_but_delivered']:,}) | "
         f"{res['http_calls']:,} ({res['http_failed']:,}) | {res['elapsed_s'] / 60:.1f} min |",
         "",
-        f"Rejoin: {rejoined}. Acknowledgement to first delivery: p50 {lat['p50']} ms, p99 "
+        f"Rejoin: {rejoined}. Injected handler failures (each retried by Shoal): "
+        f"{res.get('injected_failures', {}).get('queue', 0)} queue batches. Acknowledgement to first delivery: p50 {lat['p50']} ms, p99 "
         f"{lat['p99']} ms, max {lat['max']} ms (a killed node's SQS messages come back after "
         "their visibility timeout, 5 s; its async events after the internal lease, 30 s). "
         "Failed HTTP calls are those in flight on a killed node or sent to it as it died.\n",
