@@ -1449,7 +1449,7 @@ impl QueueBackend for JetStreamQueues {
             };
             out.messages.push(Received {
                 id: stored.id,
-                receipt: receipt.encode(&q.receipt_key),
+                receipt: receipt.encode(&q.receipt_key()),
                 md5_of_body: md5_hex(&stored.body),
                 body: stored.body,
                 attributes: stored.attributes,
@@ -1550,8 +1550,8 @@ impl QueueBackend for JetStreamQueues {
         let mut acks = Vec::new();
         let mut forwards = Vec::new();
         for (i, (handle, settle)) in entries.into_iter().enumerate() {
-            let Some(r) =
-                Receipt::parse(&handle, &q.receipt_key).filter(|r| r.incarnation == q.incarnation)
+            let Some(r) = Receipt::parse(&handle, &q.receipt_key())
+                .filter(|r| r.incarnation == q.incarnation)
             else {
                 results[i] = Err(QueueError::InvalidReceipt(handle));
                 continue;
@@ -1646,8 +1646,8 @@ impl QueueBackend for JetStreamQueues {
         let mut results: Vec<Result<()>> = entries.iter().map(|_| Ok(())).collect();
         let mut naks = Vec::new();
         for (i, (handle, timeout_ms)) in entries.into_iter().enumerate() {
-            let Some(r) =
-                Receipt::parse(&handle, &q.receipt_key).filter(|r| r.incarnation == q.incarnation)
+            let Some(r) = Receipt::parse(&handle, &q.receipt_key())
+                .filter(|r| r.incarnation == q.incarnation)
             else {
                 results[i] = Err(QueueError::InvalidReceipt(handle));
                 continue;
