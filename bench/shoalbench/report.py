@@ -305,6 +305,8 @@ def report(run, res: dict, command: str) -> str:
         w(queue_packing(res["queue-packing"]))
     if "change-stream" in res:
         w(change_stream(res["change-stream"], res.get("_load", {}).get("change-stream")))
+    if "cluster" in res:
+        w(cluster(res["cluster"], res.get("_load", {}).get("cluster")))
     if "jetstream-queue" in res:
         w(jetstream_queue(res["jetstream-queue"], res.get("_load", {}).get("jetstream-queue")))
     w(killreport.section(killreport.load()))
@@ -479,6 +481,45 @@ def change_stream(r: dict, load: str | None) -> str:
     return "\n".join(out) + "\n"
 
 
+def cluster(r: dict, load: str | None) -> str:
+    out = []
+    w = out.append
+    w("## cluster\n")
+    w("Cluster mode on this one machine: a `nats-server -js` and `shoal serve --cluster` "
+      "nodes (unsandboxed), a no-op function (`concurrency = 64`) with one warm instance on "
+      "one node. *local*: closed-loop load (oha) on that node's gateway; *forwarded*: the "
+      "same load on the other node's gateway, which has no instance and forwards every call "
+      "to the first (one extra HTTP hop on loopback). CPU is each daemon's per call "
+      "(instances excluded). On two cores three nodes cannot show scale-out speed: these "
+      "numbers are the price of a hop and the bound on failed calls."
+      + (f" Machine: {load}." if load else "") + "\n")
+    w("| mode | concurrent | req/s | p50 ms | p99 ms | home daemon CPU µs/call | forwarding daemon CPU µs/call |")
+    w("|---|---|---|---|---|---|---|")
+    for mode, by_level in r["rows"].items():
+        for level, row in by_level.items():
+            w(f"| {mode} | {level} | {fmt(row['rps'])} | {fmt(row['p50_ms'], 2)} | "
+              f"{fmt(row['p99_ms'], 2)} | {fmt(row['home_us'])} | {fmt(row['other_us'])} |")
+    rows = r["rows"]
+    lo = min(rows["local"], key=int)
+    added = rows["forwarded"][lo]["p50_ms"] - rows["local"][lo]["p50_ms"]
+    w(f"\nA forwarded call adds **{fmt(added * 1000)} µs** at the median at {lo} concurrent "
+      f"(median of {r['reps']} repetition(s) of {r['seconds']} s, modes alternated), and "
+      f"**{fmt(rows['forwarded'][lo]['other_us'])} µs** of the forwarding daemon's CPU.\n")
+    f = r.get("failover")
+    if f:
+        last = f["last_failure_ms"]
+        w(f"**Failover.** Three nodes; {f['callers']} closed-loop callers on two of them, "
+          "whose calls all go to the third (it holds the only instance); that node is "
+          f"`kill -9`ed 2 s in. {f['calls']:,} calls, {f['after_kill']:,} after the kill: "
+          f"**{f['failed']} failed**"
+          + (f", the last **{fmt(last)} ms** after the kill" if last is not None else "")
+          + f"; {f['ok_after_kill']:,} answered after it (the survivors start their own "
+          "instance). A forward to the dead node is refused before anything is sent and "
+          "runs where it arrived, so only the calls in flight on it fail, without waiting "
+          "for its heartbeat to expire (3 s).\n")
+    return "\n".join(out) + "\n"
+
+
 def jetstream_queue(r: dict, load: str | None) -> str:
     out = []
     w = out.append
@@ -620,6 +661,12 @@ def check_complete(res: dict) -> list[str]:
         for c, row in r.get("io_bound", {}).get("rows", {}).items():
             if not row.get("peak_instances"):
                 missing.append(f"change-stream/{c}")
+    if "cluster" in res:
+        for mode, by in res["cluster"]["rows"].items():
+            if any(not v["rps"] for v in by.values()):
+                missing.append(f"cluster/{mode}")
+        if not res["cluster"].get("failover", {}).get("ok_after_kill"):
+            missing.append("cluster/failover")
     if "jetstream-queue" in res:
         for key, row in res["jetstream-queue"]["rows"].items():
             if not row.get("rate"):
