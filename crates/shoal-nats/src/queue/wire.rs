@@ -36,7 +36,10 @@ pub(crate) struct StoredQueue {
     /// Drawn at creation: receipts and delayed messages name it, so neither reaches a
     /// later queue of the same name.
     pub incarnation: u64,
-    /// Drawn at creation, never handed out: the key of the receipts' tags (hex).
+    /// Drawn at creation, never handed out: the key of the receipts' tags (hex). Queues
+    /// made before receipts were tagged have none and use their incarnation (weaker: it is
+    /// in every receipt) until they are made anew.
+    #[serde(default)]
     pub receipt_key: String,
 }
 
@@ -89,6 +92,15 @@ impl StoredQueue {
                 }),
                 _ => None,
             },
+        }
+    }
+
+    /// The key receipts of this queue are tagged with.
+    pub(crate) fn receipt_key(&self) -> String {
+        if self.receipt_key.is_empty() {
+            format!("{:x}", self.incarnation)
+        } else {
+            self.receipt_key.clone()
         }
     }
 
