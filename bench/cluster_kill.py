@@ -397,7 +397,7 @@ class ClusterRun:
         latencies = sorted(first_at[i] - b.acked[i][0] for i in b.acked if i in first_at)
         calls = sum(self.http.values())
         return {
-            "command": " ".join(["python3 bench/cluster_kill.py", *sys.argv[1:]]),
+            "command": command(sys.argv[1:]),
             "date": datetime.now().isoformat(timespec="seconds"),
             "build": "release" if "/release/" in self.nodes[0].binary else "debug",
             "nodes": len(self.nodes),
@@ -432,6 +432,20 @@ class ClusterRun:
         }
 
 
+def command(argv: list[str]) -> str:
+    """The command to repeat the run: without the binary's path (the build is recorded
+    apart) or `--record`."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--shoal":
+            skip = True
+        elif not arg.startswith("--shoal=") and arg not in ("--record", "--no-record"):
+            kept.append(arg)
+    return " ".join(["python3 bench/cluster_kill.py", *kept])
+
+
 def summary(res: dict) -> str:
     a = res["acknowledged"]
     lat = res["ack_to_delivery_ms"]
@@ -443,7 +457,7 @@ def summary(res: dict) -> str:
         f"LOST {res['lost']}; duplicates {res['duplicate_ids']} ids ({res['duplicate_deliveries']} extra "
         f"deliveries; {res['duplicates_by_kind']}); unknown ids {res['unknown_ids_delivered']}",
         f"injected failures {res['injected_failures']}; HTTP calls {res['http_calls']}, failed {res['http_failed']} {res['http_answers']}",
-        f"rejoined: {'all three live and serving ' + str(res['rejoined_s']) + ' s after the drain' if res['rejoin_error'] is None else res['rejoin_error']}",
+        f"rejoined: {'every node sees all three live and serves the route' if res['rejoin_error'] is None else res['rejoin_error']}",
         f"ack→delivery ms p50 {lat['p50']} p99 {lat['p99']} max {lat['max']}; "
         f"time {res['elapsed_s']} s (drain {res['drain_s']} s)",
     ] + ([f"error answers: {res['errors']}; e.g. {res['error_examples'][:3]}"] if res["errors"] else []))

@@ -73,7 +73,7 @@ def cluster_section(res: dict | None) -> str:
     lat = res["ack_to_delivery_ms"]
     by_node = ", ".join(f"{k} {v}" for k, v in sorted(res["kills_by_node"].items()))
     rejoined = (
-        f"every node saw all three live and served the route {res['rejoined_s']} s after the drain"
+        "after the drain every node saw all three live and served the route"
         if res.get("rejoin_error") is None
         else f"rejoin failed: {res['rejoin_error']}"
     )
