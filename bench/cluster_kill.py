@@ -37,6 +37,7 @@ import random
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -168,6 +169,8 @@ class ClusterRun:
         }
         self.kills = 0
         self.sending_since: float | None = None
+        self.rejoin_s: list[float] = []  # per restart: spawn to live in every other view
+        self.rejoin_missed = 0  # restarts not seen live by the others within 60 s
         self.kills_by_node = Counter()
         self.http = Counter()  # "200", "502", "no answer", ...
         self.errors = Counter()
@@ -352,8 +355,31 @@ class ClusterRun:
             # Down a while (its heartbeat may expire), then back on its data directory.
             time.sleep(self.rng.uniform(0, a.mean_uptime))
             victim.start()
+            threading.Thread(target=self.watch_rejoin, args=(victim,), daemon=True).start()
             if self.kills % 5 == 0:
                 self.progress()
+
+    def watch_rejoin(self, node: Node) -> None:
+        """Time from a restart's spawn until every other node up sees it live again."""
+        spawned, generation = node.spawned_at, node.generation
+        deadline = spawned + 60
+        while time.monotonic() < deadline and node.generation == generation:
+            others = [n for n in self.nodes if n is not node and n.up() is not None]
+            seen = 0
+            for other in others:
+                status = other.status() or {}
+                seen += any(
+                    n["name"] == node.name and n.get("alive")
+                    for n in (status.get("cluster") or {}).get("nodes", [])
+                )
+            if others and seen == len(others):
+                with self.books.lock:
+                    self.rejoin_s.append(time.monotonic() - spawned)
+                return
+            time.sleep(0.05)
+        if node.generation == generation:
+            with self.books.lock:
+                self.rejoin_missed += 1
 
     def progress(self) -> None:
         delivered, _ = self.ledger.snapshot()
@@ -418,6 +444,12 @@ class ClusterRun:
             "http_answers": dict(self.http),
             "http_failed": calls - self.http["200"],
             "rejoined_s": None if rejoin_s is None else round(rejoin_s, 1),
+            "restart_to_live_ms": {
+                "median": round(1000 * statistics.median(self.rejoin_s)) if self.rejoin_s else None,
+                "max": round(1000 * max(self.rejoin_s)) if self.rejoin_s else None,
+                "restarts_seen": len(self.rejoin_s),
+                "restarts_not_seen_in_60s": self.rejoin_missed,
+            },
             "rejoin_error": rejoin_error,
             "ack_to_delivery_ms": {
                 "p50": round(1000 * latencies[len(latencies) // 2]) if latencies else None,
@@ -458,6 +490,9 @@ def summary(res: dict) -> str:
         f"deliveries; {res['duplicates_by_kind']}); unknown ids {res['unknown_ids_delivered']}",
         f"injected failures {res['injected_failures']}; HTTP calls {res['http_calls']}, failed {res['http_failed']} {res['http_answers']}",
         f"rejoined: {'every node sees all three live and serves the route' if res['rejoin_error'] is None else res['rejoin_error']}",
+        f"restart → live in the others' view ms median {res['restart_to_live_ms']['median']} max "
+        f"{res['restart_to_live_ms']['max']} ({res['restart_to_live_ms']['restarts_seen']} seen, "
+        f"{res['restart_to_live_ms']['restarts_not_seen_in_60s']} not within 60 s)",
         f"ack→delivery ms p50 {lat['p50']} p99 {lat['p99']} max {lat['max']}; "
         f"time {res['elapsed_s']} s (drain {res['drain_s']} s)",
     ] + ([f"error answers: {res['errors']}; e.g. {res['error_examples'][:3]}"] if res["errors"] else []))
@@ -554,7 +589,7 @@ def main() -> int:
         print(summary(res), flush=True)
         if res["lost"]:
             print(f"\nLOST {res['lost']} acknowledged id(s): {', '.join(res['lost_ids'][:50])}")
-        code = 1 if res["lost"] or rejoin_error else 0
+        code = 1 if res["lost"] or rejoin_error or run.rejoin_missed else 0
     except HarnessError as e:
         print(f"cluster kill: {e}", file=sys.stderr)
         code = 2

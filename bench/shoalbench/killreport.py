@@ -93,7 +93,7 @@ def cluster_section(res: dict | None) -> str:
         f"{res['unacknowledged']:,} ({res['unacknowledged_but_delivered']:,}) | "
         f"{res['http_calls']:,} ({res['http_failed']:,}) | {res['elapsed_s'] / 60:.1f} min |",
         "",
-        f"Rejoin: {rejoined}. Injected handler failures (each retried by Shoal): "
+        f"Rejoin: {rejoined}{restart_text(res)}. Injected handler failures (each retried by Shoal): "
         f"{res.get('injected_failures', {}).get('queue', 0)} queue batches. Acknowledgement to first delivery: p50 {lat['p50']} ms, p99 "
         f"{lat['p99']} ms, max {lat['max']} ms (a killed node's SQS messages come back after "
         "their visibility timeout, 5 s; its async events after the internal lease, 30 s). "
@@ -102,6 +102,16 @@ def cluster_section(res: dict | None) -> str:
     if res["lost"]:
         out.append(f"Lost: {', '.join(res['lost_ids'][:20])}{' …' if res['lost'] > 20 else ''}.\n")
     return "\n".join(out)
+
+
+def restart_text(res: dict) -> str:
+    r = res.get("restart_to_live_ms")
+    if not r or r.get("median") is None:
+        return ""
+    return (
+        f"; a restarted node was live in the others' view a median {r['median']} ms after its "
+        f"start (max {r['max']} ms; {r['restarts_not_seen_in_60s']} restarts not seen within 60 s)"
+    )
 
 
 def splice(markdown: str, section_text: str, heading: str = HEADING) -> str:
