@@ -14,6 +14,8 @@ timed runs' CPU columns have it), and what an instruction costs (cache misses, b
 mispredictions). Callgrind also runs a process's threads one at a time, so the batching
 seen here (frames per write, requests per wake-up) is that of a slowed-down daemon.
 
+Set `SHOAL_BENCH_KEEP_CALLGRIND=1` to keep the dumps for `callgrind_annotate`.
+
 Shoal runs with `--sandbox off` here (valgrind must see the runtime's own binary, and the
 walls are kernel work callgrind does not count), with the function pinned to one instance
 of fixed concurrency 16, so the controller, slowed down with everything else, does not
@@ -22,6 +24,7 @@ start instances that would be counted too.
 
 from __future__ import annotations
 
+import os
 import resource
 import shutil
 import subprocess
@@ -184,5 +187,9 @@ def count(run, requests: int, warmup: int, concurrency: int = 16, only=None) -> 
             "runtime": totals["runtime"] / ok,
             "requests": ok,
         }
-        shutil.rmtree(out, ignore_errors=True)
+        if os.environ.get("SHOAL_BENCH_KEEP_CALLGRIND"):
+            # For `callgrind_annotate`: where the instructions went.
+            log(f"overhead: callgrind's dumps kept in {out}")
+        else:
+            shutil.rmtree(out, ignore_errors=True)
     return {"requests": requests, "concurrency": concurrency, "rows": rows}

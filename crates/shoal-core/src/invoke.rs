@@ -254,7 +254,7 @@ impl Platform {
                         &function,
                         instance,
                         &request_id,
-                        &[crate::report::start_line(&request_id, shown)],
+                        &[&crate::report::start_line(&request_id, shown)],
                     )
                 })
             };
@@ -285,7 +285,7 @@ impl Platform {
                     function,
                     &call.instance,
                     request_id,
-                    &[crate::report::end_line(request_id), report.to_string()],
+                    &[&crate::report::end_line(request_id), &report.to_string()],
                 );
             }
             match &result {

@@ -321,7 +321,10 @@ impl fmt::Display for Decision {
                 wall_at_least.as_millis()
             ),
             Decision::ProbeDone { learned, why } => {
-                write!(f, "cold-burst probe over, {why}: new instances start at {learned}")
+                write!(
+                    f,
+                    "cold-burst probe over, {why}: new instances start at {learned}"
+                )
             }
             Decision::Retired => f.write_str("retired: draining"),
         }

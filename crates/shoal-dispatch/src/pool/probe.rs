@@ -224,7 +224,9 @@ impl Pool {
             age: now.duration_since(watch.ready_at),
             cpu: demand.saturating_sub(cpu_at_ready),
             tick_busy,
-            busy_for: watch.busy_since.map_or(Duration::ZERO, |s| now.duration_since(s)),
+            busy_for: watch
+                .busy_since
+                .map_or(Duration::ZERO, |s| now.duration_since(s)),
             seen_idle: watch.seen_idle,
             calls: slot.invocations,
             completed: slot.invocations.saturating_sub(u64::from(slot.in_flight)),
@@ -318,7 +320,10 @@ mod tests {
             panic!("expected growth");
         };
         assert_eq!(to, 120);
-        let capped = Evidence { max_limit: 100, ..e };
+        let capped = Evidence {
+            max_limit: 100,
+            ..e
+        };
         assert!(matches!(judge(&capped), Verdict::Grow { to: 100, .. }));
     }
 
