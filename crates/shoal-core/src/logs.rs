@@ -258,7 +258,7 @@ impl LogStore {
         let ts = now_ms();
         let size: usize = messages
             .iter()
-            .map(|m| m.len() + 80 + instance.len() + request_id.len())
+            .map(|m| m.len() + 160 + instance.len() + request_id.len())
             .sum();
         let mut line = Vec::with_capacity(size);
         for message in messages {
