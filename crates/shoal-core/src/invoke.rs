@@ -285,7 +285,7 @@ impl Platform {
                     function,
                     &call.instance,
                     request_id,
-                    &[&crate::report::end_line(request_id), &report.to_string()],
+                    &[&crate::report::end_line(request_id), &report.line()],
                 );
             }
             match &result {

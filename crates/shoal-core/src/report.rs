@@ -68,6 +68,18 @@ impl Report {
         }
     }
 
+    /// The line, as `to_string` writes it, into a buffer sized for it at once.
+    pub(crate) fn line(&self) -> String {
+        use std::fmt::Write;
+        let mut line = String::with_capacity(
+            320 + self.request_id.len()
+                + self.instance.len()
+                + self.status.as_ref().map_or(0, String::len),
+        );
+        let _ = write!(line, "{self}");
+        line
+    }
+
     /// Read a line this module wrote; `None` for any other line.
     pub fn parse(line: &str) -> Option<Report> {
         let rest = line.strip_prefix("REPORT ")?;
@@ -190,12 +202,20 @@ fn fixed(
 
 /// Lambda's `START` line.
 pub fn start_line(request_id: &str, version: u32) -> String {
-    format!("START RequestId: {request_id} Version: {version}")
+    let mut line = String::with_capacity(40 + request_id.len());
+    line.push_str("START RequestId: ");
+    line.push_str(request_id);
+    line.push_str(" Version: ");
+    line.push_str(integer(&mut [0u8; 32], u64::from(version)));
+    line
 }
 
 /// Lambda's `END` line.
 pub fn end_line(request_id: &str) -> String {
-    format!("END RequestId: {request_id}")
+    let mut line = String::with_capacity(16 + request_id.len());
+    line.push_str("END RequestId: ");
+    line.push_str(request_id);
+    line
 }
 
 fn ms(d: Duration) -> f64 {

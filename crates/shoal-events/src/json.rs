@@ -22,10 +22,13 @@ pub fn push_str_contents(out: &mut Vec<u8>, text: &str) {
         // Eight bytes at a time while none of them needs escaping.
         if let Some(chunk) = bytes.get(at..at + 8) {
             let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-            if !needs_escape(word) {
+            let found = escape_mask(word);
+            if found == 0 {
                 at += 8;
                 continue;
             }
+            // Straight to the first byte that needs escaping.
+            at += (found.trailing_zeros() / 8) as usize;
         }
         let byte = bytes[at];
         let escape = match byte {
@@ -59,18 +62,17 @@ pub fn push_str_contents(out: &mut Vec<u8>, text: &str) {
     out.extend_from_slice(&bytes[start..]);
 }
 
-/// Whether any of the eight bytes in `word` is `"`, `\` or below 0x20.
-fn needs_escape(word: u64) -> bool {
+/// The high bit of each of the eight bytes of `word` (little-endian: the first byte is
+/// the lowest) that is `"`, `\` or below 0x20. Bytes after such a byte may be marked
+/// falsely (a borrow carries over), never bytes before it: the lowest mark is exact.
+fn escape_mask(word: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
-    // A byte of `v` is zero exactly when its high bit is set in `has_zero(v)` (bytes
-    // above a zero byte may show false positives, which only cost the slow path).
-    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    let zero_bytes = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
     let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
     below_space
-        | has_zero(word ^ (ONES * u64::from(b'"')))
-        | has_zero(word ^ (ONES * u64::from(b'\\')))
-        != 0
+        | zero_bytes(word ^ (ONES * u64::from(b'"')))
+        | zero_bytes(word ^ (ONES * u64::from(b'\\')))
 }
 
 /// Append `n` in decimal.

@@ -57,6 +57,7 @@ fn report_lines_match_lambdas_format_and_read_back() {
         let report = Report::from_call(&c.request_id, &call, case.status.as_deref());
         let line = report.to_string();
         assert_eq!(line, case.line, "case: {}", case.name);
+        assert_eq!(report.line(), line, "case: {}", case.name);
         let back = Report::parse(&line).expect("a REPORT line parses");
         assert_eq!(back.to_string(), line, "case: {}", case.name);
         assert_eq!(back.billed_ms(), report.billed_ms(), "case: {}", case.name);
