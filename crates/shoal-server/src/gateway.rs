@@ -95,8 +95,7 @@ fn ip_text(ip: std::net::IpAddr) -> String {
 /// event's `requestContext.requestId` say, distinct from the Lambda request id.
 fn gateway_request_id() -> String {
     use base64::Engine;
-    let random = uuid::Uuid::new_v4();
-    base64::engine::general_purpose::STANDARD.encode(&random.as_bytes()[..11])
+    base64::engine::general_purpose::STANDARD.encode(&shoal_core::random_bytes()[..11])
 }
 
 impl Handler for Gateway {
