@@ -153,10 +153,27 @@ class Shoal(Target):
         return self.pid
 
     def instance_pids(self) -> list[int]:
-        return children(self.pid)
+        """The daemon's children that are instances: warm-pool processes waiting for a
+        function are not (their memory still counts, in `process_pids`)."""
+        pooled = set(self.warm_pids())
+        return [p for p in children(self.pid) if p not in pooled]
 
     def process_pids(self) -> list[int]:
         return descendants(children(self.pid))
+
+    def warm_pids(self) -> list[int]:
+        """Warm-pool processes ready to take a function (from the status API)."""
+        status = self.status() or {}
+        return [p for shape in status.get("warm_pool", []) for p in shape.get("ready_pids", [])]
+
+    def wait_for_warm_pool(self, timeout: float = 30.0) -> bool:
+        """Wait until the warm pool has a ready process (false if it never does)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.warm_pids():
+                return True
+            time.sleep(0.05)
+        return False
 
     def status(self) -> dict | None:
         host, port = self.control.rsplit(":", 1)

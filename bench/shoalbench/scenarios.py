@@ -377,7 +377,7 @@ class Run(QueueScenarios, ChangeScenarios):
 
     # -- cold start ----------------------------------------------------------------------
     def cold_start(self) -> dict:
-        reps = 2 if self.quick else 5
+        reps = 2 if self.quick else 7
         hello = ROOT / "examples" / "hello"
         noop = BENCH / "functions" / "noop"
         out: dict[str, dict[str, list[float]]] = {}
@@ -389,6 +389,7 @@ class Run(QueueScenarios, ChangeScenarios):
                 "node require": [],
                 "direct": [],
                 "shoal-auto": [],
+                "shoal-no-pool": [],
                 "shoal-unsandboxed": [],
             }
             for rep in range(reps):
@@ -409,10 +410,14 @@ class Run(QueueScenarios, ChangeScenarios):
                 shoal_ms = {}
                 for contender, extra in [
                     ("shoal-auto", ()),
-                    ("shoal-unsandboxed", ("--sandbox", "off")),
+                    ("shoal-no-pool", ("--warm-pool", "0")),
+                    ("shoal-unsandboxed", ("--sandbox", "off", "--warm-pool", "0")),
                 ]:
                     shoal = Shoal(self.binary, self.workdir, "cold", fn, path, extra_args=extra)
                     try:
+                        # A daemon that has been up a moment: its warm pool is filled.
+                        if contender == "shoal-auto" and not shoal.wait_for_warm_pool():
+                            raise BenchError("cold-start: the warm pool never filled")
                         if shoal.instance_pids():
                             raise BenchError("cold-start: an instance was running before the request")
                         start = time.monotonic()
@@ -427,7 +432,11 @@ class Run(QueueScenarios, ChangeScenarios):
                 for contender, ms in shoal_ms.items():
                     times[contender].append(ms - wait)
             out[fn_name] = times
-        return {"reps": reps, "rows": {f: {k: med(v) for k, v in t.items()} for f, t in out.items()}}
+        return {
+            "reps": reps,
+            "rows": {f: {k: med(v) for k, v in t.items()} for f, t in out.items()},
+            "max": {f: {k: max(v) for k, v in t.items()} for f, t in out.items()},
+        }
 
     # -- sustained -----------------------------------------------------------------------
     def calibrate(self) -> dict:

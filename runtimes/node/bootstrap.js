@@ -60,6 +60,13 @@
  *    malformed INVOKE) -> close the connection, exit 1.
  *  - The process chdir()s into LAMBDA_TASK_ROOT (best effort), so relative file reads
  *    behave as on Lambda.
+ *  - Warm pool (SHOAL_POOLED=1): the daemon starts the process before any function needs
+ *    it. It loads this file, connects, and sends HELLO {"pooled": true}; then it waits for
+ *    one ASSIGN frame (kind 7, daemon -> runtime, id 0) whose payload is a JSON object of
+ *    environment variables: the function's (_HANDLER, LAMBDA_TASK_ROOT, AWS_LAMBDA_*, its
+ *    own env). They are set in process.env, and the start goes on as for a process started
+ *    for that function: load the handler, then HELLO or INIT_ERROR. Any other frame before
+ *    ASSIGN is a protocol error.
  */
 
 const net = require('node:net');
@@ -79,6 +86,8 @@ const KIND_INVOKE = 3;
 const KIND_RESULT = 4;
 const KIND_ERROR = 5;
 const KIND_INVOKE_CTX = 6; // INVOKE with a client context; sent only to runtimes that say so in HELLO
+const KIND_ASSIGN = 7; // a pooled process's function (its environment), before anything else
+const MAX_ASSIGN_LEN = 1024 * 1024;
 const MAX_FRAME_LEN = 64 * 1024 * 1024 + 5; // value of the `len` field
 const HEADER = 9; // len u32 + kind u8 + id u32
 const MAX_RESPONSE = 6291556; // Lambda's response payload limit, as the daemon holds it
@@ -90,14 +99,28 @@ const TWO_POW_32 = 4294967296;
 const env = process.env;
 const SOCKET_PATH = env.SHOAL_SOCKET;
 const CHANNEL_FD = env.SHOAL_CHANNEL_FD === undefined ? undefined : Number(env.SHOAL_CHANNEL_FD);
-const HANDLER_SPEC = env._HANDLER || 'index.handler';
-const TASK_ROOT = path.resolve(env.LAMBDA_TASK_ROOT || process.cwd());
-const FUNCTION_NAME = env.AWS_LAMBDA_FUNCTION_NAME || 'unknown';
-const FUNCTION_VERSION = env.AWS_LAMBDA_FUNCTION_VERSION || '$LATEST';
-const MEMORY_SIZE = String(env.AWS_LAMBDA_FUNCTION_MEMORY_SIZE || '128');
-const LOG_GROUP = env.AWS_LAMBDA_LOG_GROUP_NAME || `/aws/lambda/${FUNCTION_NAME}`;
-const LOG_STREAM = env.AWS_LAMBDA_LOG_STREAM_NAME || '';
-const FUNCTION_ARN = `arn:aws:lambda:local:000000000000:function:${FUNCTION_NAME}`;
+const POOLED = env.SHOAL_POOLED === '1';
+// The function's settings: read at start, or once the daemon assigns a pooled process.
+let HANDLER_SPEC;
+let TASK_ROOT;
+let FUNCTION_NAME;
+let FUNCTION_VERSION;
+let MEMORY_SIZE;
+let LOG_GROUP;
+let LOG_STREAM;
+let FUNCTION_ARN;
+
+function readFunctionEnv() {
+  HANDLER_SPEC = env._HANDLER || 'index.handler';
+  TASK_ROOT = path.resolve(env.LAMBDA_TASK_ROOT || process.cwd());
+  FUNCTION_NAME = env.AWS_LAMBDA_FUNCTION_NAME || 'unknown';
+  FUNCTION_VERSION = env.AWS_LAMBDA_FUNCTION_VERSION || '$LATEST';
+  MEMORY_SIZE = String(env.AWS_LAMBDA_FUNCTION_MEMORY_SIZE || '128');
+  LOG_GROUP = env.AWS_LAMBDA_LOG_GROUP_NAME || `/aws/lambda/${FUNCTION_NAME}`;
+  LOG_STREAM = env.AWS_LAMBDA_LOG_STREAM_NAME || '';
+  FUNCTION_ARN = `arn:aws:lambda:local:000000000000:function:${FUNCTION_NAME}`;
+}
+readFunctionEnv();
 
 // ---------------------------------------------------------------------------------------
 // Logging: one line per console call, tagged with the current request id
@@ -670,7 +693,52 @@ function reportInitError(err) {
   setTimeout(() => exitNow(1), 5000).unref();
 }
 
+/** A pooled process: resolve with the ASSIGN frame's variables (the only frame expected). */
+function waitForAssign() {
+  return new Promise((resolve) => {
+    let pending = Buffer.alloc(0);
+    function onAssignData(chunk) {
+      pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
+      if (pending.length < 4) return;
+      const flen = pending.readUInt32BE(0);
+      if (flen < 5 || flen > MAX_ASSIGN_LEN) {
+        protocolError(`ASSIGN frame length ${flen} out of range`);
+        return;
+      }
+      if (pending.length < 4 + flen) return;
+      if (pending[4] !== KIND_ASSIGN || pending.length > 4 + flen) {
+        protocolError(`expected one ASSIGN frame, got frame kind ${pending[4]}`);
+        return;
+      }
+      socket.removeListener('data', onAssignData);
+      let vars;
+      try {
+        vars = JSON.parse(pending.toString('utf8', HEADER, 4 + flen));
+      } catch (_) {
+        protocolError('ASSIGN payload is not JSON');
+        return;
+      }
+      resolve(vars);
+    }
+    socket.on('data', onAssignData);
+  });
+}
+
 async function main() {
+  if (POOLED) {
+    queueFrame(
+      KIND_HELLO,
+      0,
+      JSON.stringify({ protocol: PROTOCOL_VERSION, runtime: 'node', pid: process.pid, pooled: true }),
+    );
+    const vars = await waitForAssign();
+    if (exiting) return;
+    for (const key of Object.keys(vars)) {
+      if (typeof vars[key] === 'string') env[key] = vars[key];
+    }
+    delete env.SHOAL_POOLED;
+    readFunctionEnv();
+  }
   try {
     process.chdir(TASK_ROOT);
   } catch (_) {

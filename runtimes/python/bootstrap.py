@@ -34,6 +34,10 @@ Standard library only. How handlers run:
    newlines as \r (INFO for stdout, ERROR for stderr); the logging module's root logger
    writes Lambda's Python format "[LEVEL]\t<time>\t<request id>\t<message>". The request
    id follows the call through threads and asyncio tasks (a context variable).
+ - Warm pool (SHOAL_POOLED=1): the daemon starts the process before any function needs it;
+   it sends HELLO {"pooled": true}, then reads one ASSIGN frame (kind 7, a JSON object of
+   environment variables: the function's), sets them, and starts as a process started for
+   that function would (HELLO or INIT_ERROR). Anything else first is a protocol error.
 """
 
 import asyncio
@@ -55,19 +59,36 @@ from importlib import import_module
 
 PROTOCOL_VERSION = 1
 HELLO, INIT_ERROR, INVOKE, RESULT, ERROR = 1, 2, 3, 4, 5
+ASSIGN = 7  # a pooled process's function (its environment), daemon -> runtime, once
+MAX_ASSIGN_LEN = 1024 * 1024
 MAX_FRAME_LEN = 64 * 1024 * 1024 + 5
 MAX_RESPONSE = 6291556
 HEADER = struct.Struct(">IBI")
 INVOKE_HEAD = struct.Struct(">QH")
 
 ENV = os.environ
-FUNCTION_NAME = ENV.get("AWS_LAMBDA_FUNCTION_NAME", "unknown")
-FUNCTION_VERSION = ENV.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-MEMORY_SIZE = ENV.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
-LOG_GROUP = ENV.get("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/" + FUNCTION_NAME)
-LOG_STREAM = ENV.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
-FUNCTION_ARN = "arn:aws:lambda:local:000000000000:function:" + FUNCTION_NAME
-TASK_ROOT = os.path.abspath(ENV.get("LAMBDA_TASK_ROOT") or os.getcwd())
+FUNCTION_NAME = FUNCTION_VERSION = MEMORY_SIZE = LOG_GROUP = LOG_STREAM = FUNCTION_ARN = ""
+TASK_ROOT = ""
+
+
+def read_function_env():
+    """The function's settings from the environment: at start, or once a pooled process
+    is assigned its function."""
+    global FUNCTION_NAME, FUNCTION_VERSION, MEMORY_SIZE, LOG_GROUP, LOG_STREAM
+    global FUNCTION_ARN, TASK_ROOT
+    FUNCTION_NAME = ENV.get("AWS_LAMBDA_FUNCTION_NAME", "unknown")
+    FUNCTION_VERSION = ENV.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+    MEMORY_SIZE = ENV.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+    LOG_GROUP = ENV.get("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/" + FUNCTION_NAME)
+    LOG_STREAM = ENV.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
+    FUNCTION_ARN = "arn:aws:lambda:local:000000000000:function:" + FUNCTION_NAME
+    TASK_ROOT = os.path.abspath(ENV.get("LAMBDA_TASK_ROOT") or os.getcwd())
+    LambdaContext.function_name = FUNCTION_NAME
+    LambdaContext.function_version = FUNCTION_VERSION
+    LambdaContext.invoked_function_arn = FUNCTION_ARN
+    LambdaContext.memory_limit_in_mb = MEMORY_SIZE
+    LambdaContext.log_group_name = LOG_GROUP
+    LambdaContext.log_stream_name = LOG_STREAM
 
 
 def _max_concurrency():
@@ -203,12 +224,9 @@ class LambdaContext:
     """What a handler gets as `context`, with the attributes of Lambda's Python runtime."""
 
     __slots__ = ("aws_request_id", "_deadline_ms", "identity", "client_context")
-    function_name = FUNCTION_NAME
-    function_version = FUNCTION_VERSION
-    invoked_function_arn = FUNCTION_ARN
-    memory_limit_in_mb = MEMORY_SIZE
-    log_group_name = LOG_GROUP
-    log_stream_name = LOG_STREAM
+    # Set by read_function_env().
+    function_name = function_version = invoked_function_arn = ""
+    memory_limit_in_mb = log_group_name = log_stream_name = ""
 
     def __init__(self, request_id, deadline_ms):
         self.aws_request_id = request_id
@@ -225,6 +243,8 @@ class LambdaContext:
             self.function_name,
         )
 
+
+read_function_env()
 
 THIS_FILE = os.path.abspath(__file__)
 IMPORTLIB = os.path.dirname(os.path.abspath(importlib.__file__))
@@ -513,6 +533,38 @@ async def serve(sock, handler):
     return code
 
 
+def _recv_exactly(sock, n):
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise EOFError("the daemon closed the channel")
+        data += chunk
+    return data
+
+
+def await_assignment(sock):
+    """A pooled process: say so, then take the function's environment from the one ASSIGN
+    frame the daemon sends. False (said in the log) on anything else."""
+    hello = {"protocol": PROTOCOL_VERSION, "runtime": "python", "pid": os.getpid(), "pooled": True}
+    try:
+        sock.sendall(frame(HELLO, 0, json.dumps(hello).encode("utf-8")))
+        length, kind, _ = HEADER.unpack(_recv_exactly(sock, HEADER.size))
+        if kind != ASSIGN or not 5 <= length <= MAX_ASSIGN_LEN:
+            runtime_log("protocol error: expected one ASSIGN frame, got kind %d" % kind)
+            return False
+        assigned = json.loads(_recv_exactly(sock, length - 5).decode("utf-8"))
+    except (OSError, EOFError, ValueError) as exc:
+        runtime_log("waiting for the function to run: %s" % exc)
+        return False
+    for key, value in assigned.items():
+        if isinstance(value, str):
+            ENV[key] = value
+    ENV.pop("SHOAL_POOLED", None)
+    read_function_env()
+    return True
+
+
 def main():
     """Load the handler (module-level code runs once, outside any event loop), then serve."""
     protocol = ENV.get("SHOAL_PROTOCOL")
@@ -523,6 +575,8 @@ def main():
         return 1
     sock = open_channel()
     if sock is None:
+        return 1
+    if ENV.get("SHOAL_POOLED") == "1" and not await_assignment(sock):
         return 1
     try:
         os.chdir(TASK_ROOT)

@@ -88,6 +88,24 @@ pub struct StatusReport {
     /// Queue pollers, schedules and async-invoke workers, per function.
     #[serde(default)]
     pub triggers: Vec<TriggerReport>,
+    /// Runtime processes started ahead of need, by the shape they serve.
+    #[serde(default)]
+    pub warm_pool: Vec<WarmPoolReport>,
+}
+
+/// The warm pool's processes of one shape: ready to take a cold start of any function
+/// of that runtime, memory and `/tmp` size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmPoolReport {
+    pub runtime: String,
+    pub memory_mb: u64,
+    pub ephemeral_storage_mb: u64,
+    /// Process ids of the ready ones.
+    pub ready_pids: Vec<u32>,
+    pub starting: u32,
+    /// Why the last start of this shape failed, if it did (retried after 30 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// One queue's depth and traffic.

@@ -82,6 +82,9 @@ pub struct Config {
     pub max_log_bytes: u64,
     /// Bounds and timing of the event side (async invokes, queues, schedules).
     pub events: EventsConfig,
+    /// Node processes kept started per function shape (memory, `/tmp`) to take cold
+    /// starts; 0 turns the warm pool off.
+    pub warm_pool: usize,
 }
 
 /// Bounds and timing of the event store and its triggers.
@@ -199,12 +202,14 @@ impl Platform {
                     python: config.python.clone(),
                     start_timeout: config.start_timeout,
                     sandbox: config.sandbox.clone(),
+                    warm_pool: config.warm_pool,
                 },
                 logs.clone(),
             )
             .map_err(Error::Launcher)?,
         );
         let dispatcher = Dispatcher::with_budget(launcher.clone(), config.host_budget);
+        launcher.share_budget(dispatcher.host_budget());
         let events_path = data_dir.join("events.db");
         let backend = shoal_queue::SqliteQueues::open(
             &events_path,
@@ -300,6 +305,7 @@ impl Platform {
         self.events.stop_all();
         self.persist_learned_limits();
 
+        self.launcher.stop_warm_pool();
         self.dispatcher.shutdown(self.shutdown_grace).await;
         // What the instances printed while they drained.
         self.logs.flush_all();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use shoal_api::{
     DecisionReport, FunctionInfo, HostReport, InstanceReport, LogPage, PoolReport, StatusReport,
-    WallReport,
+    WallReport, WarmPoolReport,
 };
 use shoal_dispatch::{InstanceStatus, PoolStatus};
 
@@ -88,6 +88,24 @@ impl Platform {
                     name: w.name.to_owned(),
                     up: w.up,
                     detail: w.detail,
+                })
+                .collect(),
+            warm_pool: self
+                .launcher
+                .warm_pool()
+                .into_iter()
+                .map(|w| WarmPoolReport {
+                    runtime: match w.shape.runtime {
+                        shoal_runtime::RuntimeKind::Node => "nodejs",
+                        shoal_runtime::RuntimeKind::Python => "python",
+                        shoal_runtime::RuntimeKind::Provided => "provided",
+                    }
+                    .to_owned(),
+                    memory_mb: w.shape.memory_mb,
+                    ephemeral_storage_mb: w.shape.ephemeral_storage_mb,
+                    ready_pids: w.ready,
+                    starting: w.starting as u32,
+                    last_error: w.last_error,
                 })
                 .collect(),
         })

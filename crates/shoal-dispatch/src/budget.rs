@@ -109,6 +109,25 @@ impl HostBudget {
         })
     }
 
+    /// Reserve room for a spare (a warm-pool process): only while one more instance of
+    /// the same size would still fit beside it, so spares never take the last room. A
+    /// refusal raises no pressure, and a success lowers none: spares are not demand.
+    pub fn try_take_spare(self: &Arc<Self>, memory_kib: u64) -> Option<Ticket> {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        let fits = used.instances.saturating_add(2) <= self.limits.max_instances
+            && used.memory_kib.saturating_add(memory_kib.saturating_mul(2))
+                <= self.limits.max_memory_kib;
+        if !fits {
+            return None;
+        }
+        used.instances += 1;
+        used.memory_kib += memory_kib;
+        Some(Ticket {
+            budget: self.clone(),
+            memory_kib,
+        })
+    }
+
     /// Some pool is waiting for room: idle instances elsewhere should be given back.
     pub fn under_pressure(&self) -> bool {
         self.pressure.load(Ordering::Relaxed)

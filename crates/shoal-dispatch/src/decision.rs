@@ -46,7 +46,7 @@ pub enum ProbeEnd {
     Ceiling,
     /// The instance's memory neared its limit.
     Memory,
-    /// No idle moment and no completions for the probe's patience.
+    /// No idle moment for the probe's patience since it last grew the limit.
     Patience,
 }
 
@@ -57,7 +57,7 @@ impl fmt::Display for ProbeEnd {
             ProbeEnd::Measured => "calls completed: the controller measures from here",
             ProbeEnd::Ceiling => "its limit reached max_concurrency",
             ProbeEnd::Memory => "its memory neared the limit",
-            ProbeEnd::Patience => "no idle moment and no completions yet",
+            ProbeEnd::Patience => "its core had no idle moment since the last growth",
         })
     }
 }
@@ -95,6 +95,16 @@ pub enum Decision {
         instance: String,
         idle_timeout: Duration,
         min_instances: u32,
+    },
+    /// The pool was idle for the keep-alive its idle gaps call for (shorter than
+    /// `idle_timeout`): `instance` stopped.
+    KeepAliveStop {
+        instance: String,
+        keep: Duration,
+        p5: Duration,
+        p99: Duration,
+        gaps: usize,
+        idle_timeout: Duration,
     },
     /// Another function waits for the host budget: idle `instance` was stopped early.
     BudgetReclaim { instance: String },
@@ -151,6 +161,7 @@ impl Decision {
             Decision::BudgetRefused { .. } => "budget_refused",
             Decision::ScaleIn { .. } => "scale_in",
             Decision::IdleStop { .. } => "idle_stop",
+            Decision::KeepAliveStop { .. } => "keep_alive_stop",
             Decision::BudgetReclaim { .. } => "budget_reclaim",
             Decision::LaunchFailed { .. } => "launch_failed",
             Decision::InstanceExited { .. } => "instance_exited",
@@ -169,6 +180,7 @@ impl Decision {
         match self {
             Decision::ScaleIn { instance, .. }
             | Decision::IdleStop { instance, .. }
+            | Decision::KeepAliveStop { instance, .. }
             | Decision::BudgetReclaim { instance }
             | Decision::InstanceExited { instance, .. }
             | Decision::StuckStopped { instance, .. }
@@ -260,6 +272,19 @@ impl fmt::Display for Decision {
                 f,
                 "instance {instance} idle for {idle_timeout:?}: stopping (min_instances \
                  {min_instances})"
+            ),
+            Decision::KeepAliveStop {
+                instance,
+                keep,
+                p5,
+                p99,
+                gaps,
+                idle_timeout,
+            } => write!(
+                f,
+                "instance {instance} idle for {keep:?}, the keep-alive its last {gaps} idle gaps \
+                 call for (5th percentile {p5:?}, 99th {p99:?}; idle_timeout {idle_timeout:?}): \
+                 stopping"
             ),
             Decision::BudgetReclaim { instance } => write!(
                 f,

@@ -249,6 +249,11 @@ impl Dispatcher {
         self.budget.status()
     }
 
+    /// The host-wide budget itself, for spares kept outside the pools (the warm pool).
+    pub fn host_budget(&self) -> Arc<HostBudget> {
+        self.budget.clone()
+    }
+
     /// Pools of one function (or all), active first, retired ones still draining after.
     pub fn status(&self, function: Option<&str>) -> Vec<PoolStatus> {
         let functions = self.functions();

@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::time::Instant;
 
-pub use budget::{BudgetLimits, BudgetRefusal, BudgetStatus};
+pub use budget::{BudgetLimits, BudgetRefusal, BudgetStatus, HostBudget, Ticket};
 pub use decision::{Decision, DecisionRecord, LaunchReason, ProbeEnd, DECISION_HISTORY};
 pub use dispatcher::Dispatcher;
 pub use pool::{InstanceState, InstanceStatus, PoolStatus, Room};

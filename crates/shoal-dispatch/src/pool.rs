@@ -11,6 +11,7 @@
 //! `sampling` (measurements, the controllers, RSS recycling) and `status`. Every
 //! decision goes through [`Pool::decide`]. Nothing here awaits while holding the lock.
 
+mod keepalive;
 mod lifecycle;
 mod probe;
 mod sampling;
@@ -141,6 +142,11 @@ struct Inner {
     /// Nothing measured yet: a burst starts one instance, sized by `probe` before more
     /// start.
     probing: bool,
+    /// The pool's idle gaps (nothing in flight or queued, to the next call), for the
+    /// learned keep-alive (`keepalive`).
+    gaps: keepalive::Gaps,
+    /// Since when nothing has been in flight or queued, while that holds.
+    idle_from: Option<Instant>,
 }
 
 pub(crate) struct Pool {
@@ -183,6 +189,8 @@ impl Pool {
                 learned_limit: learned,
                 service_secs: None,
                 probing,
+                gaps: keepalive::Gaps::default(),
+                idle_from: None,
                 demand: VecDeque::new(),
                 last_sample: Instant::now(),
                 last_scale_in: Instant::now(),

@@ -1503,3 +1503,59 @@ async fn a_probe_that_never_sees_the_core_idle_scales_out_after_its_patience() {
         .iter()
         .any(|d| matches!(d, Decision::ProbeGrew { .. })));
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_pool_keeps_its_instance_as_long_as_its_idle_gaps_say() {
+    // Calls every 100 s with the default five minutes of idle_timeout: once the gaps are
+    // known, the instance stops 125 s into a longer pause, not after 5 minutes.
+    let mut cfg = config(8);
+    cfg.idle_timeout = Duration::from_secs(300);
+    let (launcher, d) = setup(FakeLauncher::default(), cfg);
+    for _ in 0..12 {
+        call(&d, "f", "10").await;
+        tokio::time::sleep(Duration::from_secs(100)).await;
+    }
+    assert_eq!(
+        launcher.launches.load(Ordering::SeqCst),
+        1,
+        "the gaps kept it warm"
+    );
+    call(&d, "f", "10").await;
+    tokio::time::sleep(Duration::from_secs(130)).await;
+    assert_eq!(launcher.live.load(Ordering::SeqCst), 0);
+    let status = &d.status(Some("f"))[0];
+    let stop = decisions(status)
+        .into_iter()
+        .find(|d| matches!(d, Decision::KeepAliveStop { .. }))
+        .unwrap_or_else(|| panic!("{:?}", decisions(status)));
+    let Decision::KeepAliveStop { keep, p99, .. } = stop else {
+        unreachable!()
+    };
+    assert!(
+        *p99 >= Duration::from_secs(99) && *p99 <= Duration::from_secs(101),
+        "{p99:?}"
+    );
+    assert!(*keep < Duration::from_secs(130), "{keep:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_function_called_more_rarely_than_its_idle_timeout_stops_at_once() {
+    let mut cfg = config(8);
+    cfg.idle_timeout = Duration::from_secs(5);
+    let (launcher, d) = setup(FakeLauncher::default(), cfg);
+    for _ in 0..10 {
+        call(&d, "f", "10").await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    call(&d, "f", "10").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        launcher.live.load(Ordering::SeqCst),
+        0,
+        "kept idle though the next call is a minute away"
+    );
+    let status = &d.status(Some("f"))[0];
+    assert!(decisions(status)
+        .iter()
+        .any(|d| matches!(d, Decision::KeepAliveStop { .. })));
+}

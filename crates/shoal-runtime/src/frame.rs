@@ -21,6 +21,9 @@ pub const ERROR: u8 = 5;
 /// INVOKE carrying the caller's client context; daemon → runtime, only to a runtime whose
 /// HELLO lists the `client_context` feature.
 pub const INVOKE_CTX: u8 = 6;
+/// A warm-pool runtime's function: its environment as a JSON object; daemon → runtime,
+/// once, before anything else, only to a runtime whose HELLO said `pooled`.
+pub const ASSIGN: u8 = 7;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Frame {

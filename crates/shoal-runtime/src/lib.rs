@@ -17,6 +17,7 @@ pub mod procfs;
 mod python;
 mod runtime_api;
 pub mod sandbox;
+pub mod warm;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -50,7 +51,7 @@ pub const MAX_RESPONSE_BYTES: usize = 6_291_556;
 pub const RESPONSE_SIZE_TOO_LARGE: &str = "Function.ResponseSizeTooLarge";
 
 /// Which process an instance runs and how the daemon talks to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RuntimeKind {
     /// `node` running Shoal's bootstrap over the native channel.
     Node,
@@ -141,6 +142,9 @@ pub struct LauncherConfig {
     pub start_timeout: Duration,
     /// The walls around instances.
     pub sandbox: sandbox::SandboxConfig,
+    /// Node processes kept started per shape (memory, `/tmp` size) of the registered
+    /// functions, to take a function's cold start (`warm.rs`); 0 turns the pool off.
+    pub warm_pool: usize,
 }
 
 /// Processes and threads one instance may have at once (Lambda allows 1024).
@@ -163,6 +167,7 @@ pub struct ProcessLauncher {
     python_bootstrap: PathBuf,
     /// The Python interpreter as it described itself, or why it cannot run functions.
     python: Result<python::Install, String>,
+    warm: Arc<warm::WarmPool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -263,6 +268,21 @@ impl ProcessLauncher {
             Ok(install) => tracing::info!("python functions run on {install}"),
             Err(why) => tracing::warn!("python functions cannot run: {why}"),
         }
+        let warm = warm::WarmPool::new(
+            config.warm_pool,
+            warm::Spawner {
+                node: node.clone(),
+                bootstrap: node_bootstrap.clone(),
+                instances_dir: config.instances_dir.clone(),
+                sandbox: sandbox.clone(),
+                cgroups: cgroups.clone(),
+                logs: logs.clone(),
+                start_timeout: config.start_timeout,
+                env: base_environment(sandbox.enabled()),
+                python: python.clone().ok(),
+                python_bootstrap: python_bootstrap.clone(),
+            },
+        );
         Ok(ProcessLauncher {
             config,
             node_bootstrap,
@@ -274,6 +294,7 @@ impl ProcessLauncher {
             node,
             python_bootstrap,
             python,
+            warm,
         })
     }
 
@@ -326,8 +347,27 @@ impl ProcessLauncher {
         &self.memory_limits
     }
 
+    /// The warm pool's processes by shape, for status.
+    pub fn warm_pool(&self) -> Vec<warm::WarmShape> {
+        self.warm.status()
+    }
+
+    /// Count the warm pool's processes in the dispatcher's host budget (call once, after
+    /// the dispatcher exists).
+    pub fn share_budget(&self, budget: Arc<shoal_dispatch::HostBudget>) {
+        self.warm.set_budget(budget);
+    }
+
+    /// Stop the warm pool's processes (at shutdown).
+    pub fn stop_warm_pool(&self) {
+        self.warm.clear();
+    }
+
     /// Make a function version launchable (before the dispatcher deploys it).
     pub fn register(&self, code: FunctionCode) {
+        if let Some(shape) = warm::Shape::of(&code) {
+            self.warm.want(shape);
+        }
         let key = (code.function.clone(), code.version);
         self.functions
             .lock()
@@ -342,50 +382,57 @@ impl ProcessLauncher {
 
     /// The environment every instance gets: Lambda's variables, then the function's own.
     fn environment(&self, code: &FunctionCode, request: &LaunchRequest) -> Vec<(String, String)> {
-        let (path, home, task_root) = if self.sandbox.enabled() {
-            (
-                "/usr/local/bin:/usr/bin:/bin".to_owned(),
-                "/tmp".to_owned(),
-                sandbox::TASK_ROOT.to_owned(),
-            )
+        let (home, task_root) = if self.sandbox.enabled() {
+            ("/tmp".to_owned(), sandbox::TASK_ROOT.to_owned())
         } else {
-            (
-                std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
-                code.code_dir.display().to_string(),
-                code.code_dir.display().to_string(),
-            )
+            let dir = code.code_dir.display().to_string();
+            (dir.clone(), dir)
         };
-        let mut env: Vec<(String, String)> = [
-            ("PATH", path),
-            ("LANG", "C.UTF-8".into()),
-            ("TZ", ":UTC".into()),
-            ("HOME", home),
-            ("_HANDLER", code.handler.clone()),
-            ("LAMBDA_TASK_ROOT", task_root),
-            ("AWS_REGION", "local".into()),
-            ("AWS_DEFAULT_REGION", "local".into()),
-            ("AWS_LAMBDA_FUNCTION_NAME", code.function.clone()),
-            ("AWS_LAMBDA_FUNCTION_VERSION", code.version.to_string()),
-            (
-                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
-                code.memory_mb.to_string(),
-            ),
-            (
-                "AWS_LAMBDA_LOG_GROUP_NAME",
-                format!("/aws/lambda/{}", code.function),
-            ),
-            ("AWS_LAMBDA_LOG_STREAM_NAME", request.instance_id.clone()),
-            (
-                "AWS_LAMBDA_MAX_CONCURRENCY",
-                request.max_concurrency.to_string(),
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
+        let mut env = base_environment(self.sandbox.enabled());
+        env.extend(
+            [
+                ("HOME", home),
+                ("_HANDLER", code.handler.clone()),
+                ("LAMBDA_TASK_ROOT", task_root),
+                ("AWS_REGION", "local".into()),
+                ("AWS_DEFAULT_REGION", "local".into()),
+                ("AWS_LAMBDA_FUNCTION_NAME", code.function.clone()),
+                ("AWS_LAMBDA_FUNCTION_VERSION", code.version.to_string()),
+                (
+                    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+                    code.memory_mb.to_string(),
+                ),
+                (
+                    "AWS_LAMBDA_LOG_GROUP_NAME",
+                    format!("/aws/lambda/{}", code.function),
+                ),
+                ("AWS_LAMBDA_LOG_STREAM_NAME", request.instance_id.clone()),
+                (
+                    "AWS_LAMBDA_MAX_CONCURRENCY",
+                    request.max_concurrency.to_string(),
+                ),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v)),
+        );
         env.extend(code.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env
     }
+}
+
+/// What every runtime process gets before it has a function (a warm-pool process only
+/// this): the search path, the locale and the zone.
+fn base_environment(sandboxed: bool) -> Vec<(String, String)> {
+    let path = if sandboxed {
+        "/usr/local/bin:/usr/bin:/bin".to_owned()
+    } else {
+        std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())
+    };
+    vec![
+        ("PATH".into(), path),
+        ("LANG".into(), "C.UTF-8".into()),
+        ("TZ".into(), ":UTC".into()),
+    ]
 }
 
 impl InstanceLauncher for ProcessLauncher {
@@ -412,6 +459,10 @@ impl InstanceLauncher for ProcessLauncher {
             cgroups: self.cgroups.clone(),
             sandbox: self.sandbox.clone(),
         };
+        let pooled = warm::Shape::of(&start.code).and_then(|shape| self.warm.take(shape));
+        if let Some(pooled) = pooled {
+            return Box::pin(native::assign(pooled, start));
+        }
         match start.code.runtime {
             RuntimeKind::Node => {
                 let node = self.node.clone();
@@ -472,11 +523,7 @@ impl Launch {
     /// allowance. Without one the instance still starts (under the heap flag alone).
     fn cgroup(&self) -> Option<cgroup::InstanceCgroup> {
         let root = self.cgroups.as_ref()?;
-        let limits = cgroup::Limits {
-            memory_bytes: (self.code.memory_mb + RUNTIME_MEMORY_ALLOWANCE_MIB) * 1024 * 1024,
-            pids: MAX_PIDS,
-            cpu_cores: CPU_CORES,
-        };
+        let limits = instance_limits(self.code.memory_mb);
         match root.instance(&self.request.instance_id, limits) {
             Ok(cgroup) => Some(cgroup),
             Err(e) => {
@@ -518,6 +565,15 @@ impl Launch {
                 format!("creating {}: {e}", self.scratch.display()),
             )
         })
+    }
+}
+
+/// The cgroup limits of an instance of a function with `memory_mb` of memory.
+pub(crate) fn instance_limits(memory_mb: u64) -> cgroup::Limits {
+    cgroup::Limits {
+        memory_bytes: (memory_mb + RUNTIME_MEMORY_ALLOWANCE_MIB) * 1024 * 1024,
+        pids: MAX_PIDS,
+        cpu_cores: CPU_CORES,
     }
 }
 

@@ -11,7 +11,7 @@ use shoal_dispatch::{
     BoxFuture, ErrorType, InstanceFailure, InstanceHandle, Invocation, LaunchError, Outcome,
 };
 use tokio::io::{AsyncRead, AsyncWriteExt, BufReader};
-use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
@@ -66,8 +66,46 @@ pub(crate) async fn launch(
     interpreter: Interpreter<'_>,
     bootstrap: &Path,
 ) -> Result<Arc<dyn InstanceHandle>, LaunchError> {
-    let program = interpreter.program;
     start.prepare_scratch()?;
+    let runtime_dir = bootstrap.parent().unwrap_or(Path::new("/"));
+    let plan = start.sandbox_plan(Some(runtime_dir), interpreter.program, interpreter.home)?;
+    let program = interpreter.program.display().to_string();
+    let (spawned, ours) = spawn_runtime(
+        RuntimeSpawn {
+            interpreter,
+            bootstrap,
+            plan,
+            cwd: &start.code.code_dir,
+            env: start.env.clone(),
+            owner: process::Owner::new(&start.code.function, &start.request.instance_id),
+            scratch: &start.scratch,
+            cgroup: start.cgroup(),
+        },
+        start.logs.clone(),
+    )
+    .map_err(|e| start.error(ErrorType::Unknown, format!("starting {program}: {e}")))?;
+    let (read, write) = ours.into_split();
+    let reader = BufReader::with_capacity(256 * 1024, read);
+    handshake(start, spawned, reader, write).await
+}
+
+/// What [`spawn_runtime`] starts: an interpreter running a native bootstrap.
+pub(crate) struct RuntimeSpawn<'a> {
+    pub interpreter: Interpreter<'a>,
+    pub bootstrap: &'a Path,
+    pub plan: Option<sandbox::Plan>,
+    pub cwd: &'a Path,
+    pub env: Vec<(String, String)>,
+    pub owner: process::Owner,
+    pub scratch: &'a Path,
+    pub cgroup: Option<crate::cgroup::InstanceCgroup>,
+}
+
+/// Start the runtime process with its end of a fresh channel; returns ours.
+pub(crate) fn spawn_runtime(
+    spec: RuntimeSpawn<'_>,
+    logs: Arc<dyn LogSink>,
+) -> Result<(Spawned, UnixStream), String> {
     // A connected pair, one end inherited by the runtime as a descriptor: no socket path
     // exists that another process could connect to first.
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()
@@ -75,61 +113,66 @@ pub(crate) async fn launch(
             ours.set_nonblocking(true)?;
             Ok((UnixStream::from_std(ours)?, theirs))
         })
-        .map_err(|e| start.error(ErrorType::Unknown, format!("creating the channel: {e}")))?;
-    let runtime_dir = bootstrap.parent().unwrap_or(Path::new("/"));
-    let plan = start.sandbox_plan(Some(runtime_dir), program, interpreter.home)?;
-    let bootstrap_arg = match &plan {
-        Some(_) => Path::new(sandbox::RUNTIME_ROOT).join(bootstrap.file_name().unwrap_or_default()),
-        None => bootstrap.to_owned(),
+        .map_err(|e| format!("creating the channel: {e}"))?;
+    let bootstrap_arg = match &spec.plan {
+        Some(_) => {
+            Path::new(sandbox::RUNTIME_ROOT).join(spec.bootstrap.file_name().unwrap_or_default())
+        }
+        None => spec.bootstrap.to_owned(),
     };
-    let mut env = start.env.clone();
+    let mut env = spec.env;
     env.push(("SHOAL_CHANNEL_FD".into(), process::CHANNEL_FD.to_string()));
     env.push(("SHOAL_PROTOCOL".into(), frame::PROTOCOL_VERSION.to_string()));
-    let mut args = interpreter.args;
+    let mut args = spec.interpreter.args;
     args.push(bootstrap_arg.display().to_string());
     let spawned = process::spawn(
         SpawnSpec {
-            program,
+            program: spec.interpreter.program,
             args: &args,
-            cwd: &start.code.code_dir,
+            cwd: spec.cwd,
             env,
-            function: &start.code.function,
-            instance: &start.request.instance_id,
-            scratch: &start.scratch,
-            cgroup: start.cgroup(),
-            sandbox: plan,
+            owner: spec.owner,
+            scratch: spec.scratch,
+            cgroup: spec.cgroup,
+            sandbox: spec.plan,
             channel: Some(theirs.into()),
         },
-        start.logs.clone(),
+        logs,
     )
-    .map_err(|e| {
-        start.error(
-            ErrorType::Unknown,
-            format!("starting {}: {e}", program.display()),
-        )
-    })?;
+    .map_err(|e| e.to_string())?;
+    Ok((spawned, ours))
+}
 
-    let handshake = async {
-        let (read, write) = ours.into_split();
-        let mut reader = BufReader::with_capacity(256 * 1024, read);
-        let first = frame::read_frame(&mut reader)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>((reader, write, first))
-    };
+/// The runtime's first frame, within the start timeout; `Err` with the launch error to
+/// report when it did not come (the process has been told to die where it still runs).
+async fn first_frame(
+    start_timeout: std::time::Duration,
+    spawned: &Spawned,
+    reader: &mut BufReader<OwnedReadHalf>,
+) -> Result<Option<frame::Frame>, Option<LaunchError>> {
     let mut exit = spawned.exit.clone();
-    let outcome = tokio::select! {
-        r = handshake => r,
-        _ = exit.wait_for(|e| e.is_some()) => Err(String::new()),
-        _ = tokio::time::sleep(start.start_timeout) => {
+    tokio::select! {
+        r = frame::read_frame(reader) => r.map_err(|_| None),
+        _ = exit.wait_for(|e| e.is_some()) => Err(None),
+        _ = tokio::time::sleep(start_timeout) => {
             spawned.kill.notify_one();
-            return Err(start.error(ErrorType::StartTimeout, format!(
-                "instance did not become ready within {:?}", start.start_timeout)));
+            Err(Some(LaunchError::new(ErrorType::StartTimeout, format!(
+                "instance did not become ready within {start_timeout:?}"))))
         }
-    };
-    let (reader, write, first) = match outcome {
-        Ok((reader, write, Some(first))) => (reader, write, first),
-        Ok((_, _, None)) | Err(_) => return Err(exited_early(&start, &spawned).await),
+    }
+}
+
+/// Wait for the runtime's HELLO (or its init error) and make the instance.
+async fn handshake(
+    start: Launch,
+    spawned: Spawned,
+    mut reader: BufReader<OwnedReadHalf>,
+    write: OwnedWriteHalf,
+) -> Result<Arc<dyn InstanceHandle>, LaunchError> {
+    let first = match first_frame(start.start_timeout, &spawned, &mut reader).await {
+        Ok(Some(first)) => first,
+        Ok(None) | Err(None) => return Err(exited_early(&start, &spawned).await),
+        Err(Some(timeout)) => return Err(timeout),
     };
     let client_context = match first.kind {
         frame::HELLO => {
@@ -182,6 +225,125 @@ pub(crate) async fn launch(
     tokio::spawn(read_loop(reader, shared.clone()));
     tokio::spawn(fail_on_exit(shared.clone()));
     Ok(Arc::new(NativeInstance(shared)))
+}
+
+/// A runtime process started ahead of need (the warm pool, `warm.rs`): its bootstrap is
+/// loaded and its channel open, in a sandbox whose `/var/task` is an empty directory of its
+/// own; it takes a function at [`assign`].
+pub(crate) struct Pooled {
+    pub id: String,
+    spawned: Spawned,
+    reader: BufReader<OwnedReadHalf>,
+    write: OwnedWriteHalf,
+    owner: process::Owner,
+    /// The directory shown at `/var/task` (or, unsandboxed, the task root itself).
+    task_dir: std::path::PathBuf,
+}
+
+impl Pooled {
+    pub fn alive(&self) -> bool {
+        self.spawned.exit.borrow().is_none()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.spawned.pid
+    }
+
+    pub fn kill(&self) {
+        self.spawned.kill.notify_one();
+    }
+}
+
+/// Start a pooled runtime in `spec` (whose `cwd` is its empty task directory) and wait
+/// for its pooled HELLO.
+pub(crate) async fn spawn_pooled(
+    id: &str,
+    spec: RuntimeSpawn<'_>,
+    start_timeout: std::time::Duration,
+    logs: Arc<dyn LogSink>,
+) -> Result<Pooled, String> {
+    let task_dir = spec.cwd.to_owned();
+    let owner = spec.owner.clone();
+    let (spawned, ours) = spawn_runtime(spec, logs)?;
+    let (read, write) = ours.into_split();
+    let mut reader = BufReader::with_capacity(256 * 1024, read);
+    let first = match first_frame(start_timeout, &spawned, &mut reader).await {
+        Ok(Some(first)) => first,
+        Ok(None) | Err(None) => {
+            spawned.kill.notify_one();
+            return Err(format!(
+                "exited before it was ready: {}",
+                spawned.stderr_tail()
+            ));
+        }
+        Err(Some(timeout)) => return Err(timeout.to_string()),
+    };
+    let hello: serde_json::Value = serde_json::from_slice(&first.payload).unwrap_or_default();
+    if first.kind != frame::HELLO
+        || hello["pooled"] != serde_json::Value::Bool(true)
+        || hello["protocol"].as_u64() != Some(frame::PROTOCOL_VERSION)
+    {
+        spawned.kill.notify_one();
+        return Err(format!(
+            "expected a pooled HELLO of protocol {}, got frame kind {} {hello}",
+            frame::PROTOCOL_VERSION,
+            first.kind
+        ));
+    }
+    Ok(Pooled {
+        id: id.to_owned(),
+        spawned,
+        reader,
+        write,
+        owner,
+        task_dir,
+    })
+}
+
+/// Give pooled runtime `pooled` the function of `start`: its code appears in its task
+/// directory (hard links to the verified code tree, read-only), its output and exit are
+/// the instance's from now on, and its environment comes in the ASSIGN frame; then the
+/// start goes on as for a fresh process (HELLO or the init error).
+pub(crate) async fn assign(
+    mut pooled: Pooled,
+    start: Launch,
+) -> Result<Arc<dyn InstanceHandle>, LaunchError> {
+    if let Err(e) = crate::warm::link_tree(&start.code.code_dir, &pooled.task_dir) {
+        pooled.kill();
+        return Err(start.error(
+            ErrorType::Unknown,
+            format!("showing the code to warm-pool process {}: {e}", pooled.id),
+        ));
+    }
+    pooled
+        .owner
+        .set(&start.code.function, &start.request.instance_id);
+    // Unsandboxed, the code's own path stood for the task root: the pooled process sees
+    // its copy at its task directory instead.
+    let code_dir = start.code.code_dir.display().to_string();
+    let task_dir = pooled.task_dir.display().to_string();
+    let env: serde_json::Map<String, serde_json::Value> = start
+        .env
+        .iter()
+        .map(|(k, v)| {
+            let v = if *v == code_dir {
+                task_dir.clone()
+            } else {
+                v.clone()
+            };
+            (k.clone(), serde_json::Value::String(v))
+        })
+        .collect();
+    let payload = serde_json::to_vec(&env).unwrap_or_default();
+    let frame = frame::encode(frame::ASSIGN, 0, &payload);
+    if let Err(e) = pooled.write.write_all(&frame).await {
+        pooled.kill();
+        return Err(start.error(
+            ErrorType::Unknown,
+            format!("assigning warm-pool process {}: {e}", pooled.id),
+        ));
+    }
+    handshake(start, pooled.spawned, pooled.reader, pooled.write).await
 }
 
 /// The process ended before it was ready: explain with its exit and last stderr lines.

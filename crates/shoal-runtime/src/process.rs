@@ -8,7 +8,7 @@ use std::ffi::CString;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::io::AsyncRead;
 use tokio::process::Command;
@@ -46,13 +46,37 @@ impl Spawned {
     }
 }
 
+/// Whose output a process's lines are, and whose exit its end is: fixed at spawn, except
+/// for a warm-pool process, which learns its function and instance when it is assigned
+/// one. Until then (function empty) its lines and exit go to the daemon's own log.
+#[derive(Clone)]
+pub(crate) struct Owner(Arc<RwLock<(String, String)>>);
+
+impl Owner {
+    pub fn new(function: &str, instance: &str) -> Owner {
+        Owner(Arc::new(RwLock::new((
+            function.to_owned(),
+            instance.to_owned(),
+        ))))
+    }
+
+    pub fn set(&self, function: &str, instance: &str) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) =
+            (function.to_owned(), instance.to_owned());
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&str, &str) -> R) -> R {
+        let owner = self.0.read().unwrap_or_else(|e| e.into_inner());
+        f(&owner.0, &owner.1)
+    }
+}
+
 pub(crate) struct SpawnSpec<'a> {
     pub program: &'a Path,
     pub args: &'a [String],
     pub cwd: &'a Path,
     pub env: Vec<(String, String)>,
-    pub function: &'a str,
-    pub instance: &'a str,
+    pub owner: Owner,
     pub scratch: &'a Path,
     /// The instance's cgroups, joined before exec; `None` where there is none.
     pub cgroup: Option<InstanceCgroup>,
@@ -129,16 +153,14 @@ pub(crate) fn spawn(spec: SpawnSpec<'_>, logs: Arc<dyn LogSink>) -> std::io::Res
     let stdout_done = tokio::spawn(pump(
         stdout,
         LogStream::Stdout,
-        spec.function.to_owned(),
-        spec.instance.to_owned(),
+        spec.owner.clone(),
         logs.clone(),
         None,
     ));
     let stderr_done = tokio::spawn(pump(
         stderr,
         LogStream::Stderr,
-        spec.function.to_owned(),
-        spec.instance.to_owned(),
+        spec.owner.clone(),
         logs.clone(),
         Some((stderr_tail.clone(), heap_oom.clone())),
     ));
@@ -147,7 +169,7 @@ pub(crate) fn spawn(spec: SpawnSpec<'_>, logs: Arc<dyn LogSink>) -> std::io::Res
     let scratch = spec.scratch.to_owned();
     let kill_wait = kill.clone();
     let cgroup = spec.cgroup;
-    let (function, instance) = (spec.function.to_owned(), spec.instance.to_owned());
+    let owner = spec.owner;
     tokio::spawn(async move {
         // The uid goes back to the range only once its process (and cgroup) is gone.
         let _uid = uid;
@@ -184,7 +206,13 @@ pub(crate) fn spawn(spec: SpawnSpec<'_>, logs: Arc<dyn LogSink>) -> std::io::Res
             reason = format!("ran out of memory: {V8_HEAP_OOM} ({reason})");
         }
         if out_of_memory || !ours {
-            logs.exited(&function, &instance, &reason);
+            owner.with(|function, instance| {
+                if function.is_empty() {
+                    tracing::warn!(instance, %reason, "warm-pool process exited");
+                } else {
+                    logs.exited(function, instance, &reason);
+                }
+            });
         }
         exit_tx.send_replace(Some(reason));
     });
@@ -382,8 +410,7 @@ type StderrWatch = (Arc<Mutex<VecDeque<String>>>, Arc<AtomicBool>);
 async fn pump<R: AsyncRead + Unpin>(
     stream: R,
     which: LogStream,
-    function: String,
-    instance: String,
+    owner: Owner,
     logs: Arc<dyn LogSink>,
     watch: Option<StderrWatch>,
 ) {
@@ -398,7 +425,13 @@ async fn pump<R: AsyncRead + Unpin>(
             }
             tail.push_back(text.to_owned());
         }
-        logs.line(&function, &instance, which, text);
+        owner.with(|function, instance| {
+            if function.is_empty() {
+                tracing::info!(instance, ?which, "warm-pool process: {text}");
+            } else {
+                logs.line(function, instance, which, text);
+            }
+        });
     })
     .await;
 }

@@ -70,6 +70,8 @@ pub struct Config {
     /// The AWS region this daemon answers as: SigV4 signatures must be scoped to it and
     /// ARNs name it.
     pub region: String,
+    /// Node processes kept started per function shape, to take cold starts (0: none).
+    pub warm_pool: usize,
 }
 
 impl Config {
@@ -90,6 +92,8 @@ impl Config {
             max_log_bytes: DEFAULT_MAX_LOG_BYTES,
             events: shoal_core::EventsConfig::default(),
             region: DEFAULT_REGION.to_owned(),
+            // Tests count processes and instances; the ones about the pool turn it on.
+            warm_pool: 0,
         }
     }
 }
@@ -147,6 +151,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         allow_empty_store: config.allow_empty_store,
         max_log_bytes: config.max_log_bytes,
         events: config.events.clone(),
+        warm_pool: config.warm_pool,
     })
     .map_err(|e| anyhow::anyhow!(shoal_core::chain(&e)))
     .context("opening the data directory")?;

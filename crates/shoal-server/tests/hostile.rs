@@ -123,6 +123,12 @@ exports.handler = async (e) => {
 /// The body the victim's gateway route answers.
 const VICTIM_OK: &str = "victim-ok";
 
+/// Every attack runs on a server with the warm pool on, so attacker and victim instances
+/// are pooled processes that took their function (the walls must hold for those too).
+async fn hostile_server() -> TestServer {
+    TestServer::start_with(|c| c.warm_pool = 1).await
+}
+
 async fn deploy_attacker(server: &TestServer, settings: &str) {
     let manifest = format!(
         "[functions.attacker]\nruntime = \"nodejs\"\nhandler = \"attacker.handler\"\ntimeout = \"90s\"\n{settings}"
@@ -130,6 +136,8 @@ async fn deploy_attacker(server: &TestServer, settings: &str) {
     server
         .deploy_ok(&[("attacker.js", ATTACKER_JS), ("shoal.toml", &manifest)])
         .await;
+    // Its first instance is then a pooled process that takes the function.
+    server.wait_for_warm(|ready| !ready.is_empty()).await;
 }
 
 /// Deploy the victim (its own archive); `settings` are more lines of its table, `env` its
@@ -141,6 +149,7 @@ async fn deploy_victim(server: &TestServer, settings: &str, env: &str) {
     server
         .deploy_ok(&[("victim.js", VICTIM_JS), ("shoal.toml", &manifest)])
         .await;
+    server.wait_for_warm(|ready| !ready.is_empty()).await;
 }
 
 /// The victim answers call `n` with its own code; its pid.
@@ -660,7 +669,7 @@ return { reads, uses };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_function_cannot_read_the_admin_token_or_use_it() {
-    let server = TestServer::start().await;
+    let server = hostile_server().await;
     deploy_victim(&server, "", "").await;
     deploy_attacker(&server, "").await;
     victim_answers(&server, 0).await;
@@ -788,7 +797,7 @@ return report;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_function_cannot_reach_another_instances_native_channel() {
     const CALLS: u64 = 6;
-    let server = TestServer::start().await;
+    let server = hostile_server().await;
     // One call per instance: every call of a burst starts an instance, so channels are
     // being set up while the attacker looks for them.
     let victim_settings = "concurrency = 1\n";
@@ -918,7 +927,7 @@ return report;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_function_cannot_take_another_instances_runtime_api_events() {
     const CALLS: u64 = 10;
-    let server = TestServer::start().await;
+    let server = hostile_server().await;
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/provided-echo");
     let (status, body) = server.deploy_dir(&fixture).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -993,7 +1002,7 @@ true
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_function_cannot_read_another_functions_secrets() {
     let secret = marker("s3cret");
-    let server = TestServer::start().await;
+    let server = hostile_server().await;
     deploy_victim(&server, "", &format!("DB_PASSWORD = \"{secret}\"")).await;
     deploy_attacker(&server, "").await;
     if !walls_up(&server, "secrets", &["uid", "namespaces"], false).await {
@@ -1048,7 +1057,7 @@ true
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_function_cannot_overwrite_another_functions_code_or_kill_its_instance() {
-    let mut server = TestServer::start().await;
+    let mut server = hostile_server().await;
     deploy_victim(&server, "", "").await;
     deploy_attacker(&server, "").await;
     if !walls_up(&server, "code", &["uid", "namespaces"], false).await {
@@ -1109,7 +1118,7 @@ true
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_function_cannot_kill_the_daemon() {
-    let server = TestServer::start().await;
+    let server = hostile_server().await;
     deploy_victim(&server, "", "").await;
     deploy_attacker(&server, "").await;
     // Against a server without the walls this would kill the test process.
@@ -1155,7 +1164,7 @@ echo "node:$?"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_function_cannot_leave_its_cgroup_and_stays_memory_limited() {
-    let server = TestServer::start().await;
+    let server = hostile_server().await;
     deploy_victim(&server, "", "").await;
     deploy_attacker(&server, "memory = 128\n").await;
     // Against a server without the walls this would move a process out of every limit.
@@ -1212,7 +1221,7 @@ rm -f "$f"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_bomb_is_cut_off_at_the_pid_limit() {
-    let server = TestServer::start().await;
+    let server = hostile_server().await;
     deploy_victim(&server, "", "").await;
     deploy_attacker(&server, "memory = 1024\n").await;
     if !walls_up(&server, "fork", &["pids"], false).await {
@@ -1244,7 +1253,7 @@ console.log(JSON.stringify({ opened, code }));'
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_function_cannot_open_more_files_than_its_limit() {
-    let server = TestServer::start().await;
+    let server = hostile_server().await;
     deploy_victim(&server, "", "").await;
     deploy_attacker(&server, "").await;
     victim_answers(&server, 0).await;
@@ -1269,7 +1278,7 @@ rm -f /tmp/fill
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_function_cannot_fill_tmp_beyond_its_ephemeral_storage() {
-    let server = TestServer::start().await;
+    let server = hostile_server().await;
     deploy_victim(&server, "", "").await;
     // Against a server without a private /tmp this would write 1 GiB into the host's.
     if !walls_up(&server, "tmp", &["namespaces"], true).await {
@@ -1301,7 +1310,7 @@ echo started
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cpu_hog_is_held_in_its_own_cpu_cgroup_and_dies_with_its_instance() {
     let hog = marker("hog");
-    let server = TestServer::start().await;
+    let server = hostile_server().await;
     deploy_victim(&server, "", "").await;
     deploy_attacker(&server, "").await;
     if !walls_up(&server, "cpu", &["cpu"], false).await {
@@ -1452,7 +1461,7 @@ impl Drop for KillOnDrop {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_line_on_stdout_does_not_grow_the_daemon() {
     let done = marker("flood-done");
-    let server = TestServer::start().await;
+    let server = hostile_server().await;
     deploy_victim(&server, "", "").await;
     deploy_attacker(&server, "").await;
     victim_answers(&server, 0).await;
@@ -1515,7 +1524,7 @@ fn file_ends_with_line(path: &Path, needle: &str) -> bool {
 async fn a_log_flood_is_capped_on_disk() {
     const CAP: u64 = 32 << 20;
     let done = marker("log-flood-done");
-    let server = TestServer::start().await;
+    let server = hostile_server().await;
     deploy_victim(&server, "", "").await;
     deploy_attacker(&server, "").await;
     victim_answers(&server, 0).await;
@@ -1571,7 +1580,7 @@ async fn a_log_flood_is_capped_on_disk() {
 async fn handler_framing_headers_cannot_smuggle_a_response() {
     const SMUGGLED: &str =
         "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 8\r\n\r\nsmuggled";
-    let server = TestServer::start().await;
+    let server = hostile_server().await;
     let panics = panics_so_far();
     deploy_victim(&server, "", "").await;
     server
@@ -1642,7 +1651,7 @@ async fn handler_framing_headers_cannot_smuggle_a_response() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_thousand_headers_get_a_5xx_and_the_gateway_keeps_serving() {
-    let server = TestServer::start().await;
+    let server = hostile_server().await;
     let panics = panics_so_far();
     deploy_victim(&server, "", "").await;
     server
@@ -1680,7 +1689,7 @@ async fn a_hundred_thousand_headers_get_a_5xx_and_the_gateway_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_over_6_mb_fails_with_response_size_too_large() {
-    let server = TestServer::start().await;
+    let server = hostile_server().await;
     let panics = panics_so_far();
     deploy_victim(&server, "", "").await;
     server
@@ -1747,7 +1756,7 @@ fn gzip(tar: Vec<u8>) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_archive_entry_through_a_symlink_is_refused_and_writes_nothing() {
-    let server = TestServer::start().await;
+    let server = hostile_server().await;
     deploy_victim(&server, "", "").await;
     let before = server.admin_get("/admin/functions").await;
     let data_dir = server.data_dir().to_owned();
@@ -1827,7 +1836,7 @@ fn mode(path: &Path) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_data_directory_is_private_to_the_daemon() {
-    let server = TestServer::start().await;
+    let server = hostile_server().await;
     deploy_victim(&server, "", "DB_PASSWORD = \"not for other users\"").await;
     victim_answers(&server, 0).await;
     let data_dir = server.data_dir().to_owned();
@@ -1877,7 +1886,7 @@ async fn the_data_directory_is_private_to_the_daemon() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_store_beside_deployed_code_refuses_to_start() {
-    let mut server = TestServer::start().await;
+    let mut server = hostile_server().await;
     deploy_victim(&server, "", "").await;
     victim_answers(&server, 0).await;
     server.stop().await;

@@ -1183,3 +1183,114 @@ exports.handler = async () => {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_warm_pool_hands_out_a_ready_process_and_refills() {
+    let server = TestServer::start_with(|c| c.warm_pool = 1).await;
+    let js = r#"
+const fs = require('fs');
+exports.handler = async () => ({
+  who: process.env.AWS_LAMBDA_LOG_STREAM_NAME,
+  name: process.env.AWS_LAMBDA_FUNCTION_NAME,
+  secret: process.env.SECRET || null,
+  data: fs.readFileSync('data.txt', 'utf8'),
+  dir: __dirname,
+});
+"#;
+    let manifest = r#"
+[functions.warm]
+runtime = "nodejs"
+handler = "index.handler"
+memory = "256MiB"
+env = { SECRET = "s3cret" }
+
+[functions.own]
+runtime = "nodejs"
+handler = "index.handler"
+memory = "256MiB"
+env = { NODE_OPTIONS = "--max-http-header-size=16384" }
+"#;
+    server
+        .deploy_ok(&[
+            ("index.js", js),
+            ("data.txt", "code file"),
+            ("shoal.toml", manifest),
+        ])
+        .await;
+    // Deploying a Node function of a new shape fills the pool for it.
+    let ready = server.wait_for_warm(|r| r.len() == 1).await;
+    let pooled = ready[0];
+    let host = server.admin_get("/admin/status").await["host"].clone();
+    assert_eq!(
+        host["instances"], 1,
+        "the pooled process counts in the host budget: {host}"
+    );
+
+    // A cold call takes the pooled process: its pid becomes the instance's, and it runs
+    // the function with its environment and its code at the task root.
+    let reply = server.invoke("warm", &json!({})).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let body = reply.json();
+    assert_eq!(body["name"], "warm");
+    assert_eq!(body["secret"], "s3cret");
+    assert_eq!(body["data"], "code file");
+    assert_eq!(body["dir"], "/var/task");
+    let instances = server.instances("warm").await;
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    assert_eq!(instances[0]["pid"].as_u64(), Some(pooled), "{instances:?}");
+    assert_eq!(body["who"], instances[0]["id"]);
+
+    // The pool refills with a new process.
+    let refilled = server
+        .wait_for_warm(|r| r.len() == 1 && r[0] != pooled)
+        .await;
+    assert!(process_alive(refilled[0]));
+
+    // A function that sets NODE_* variables (read before any code runs) starts its own
+    // process and leaves the pooled one alone.
+    let reply = server.invoke("own", &json!({})).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let own = server.instances("own").await;
+    assert_ne!(own[0]["pid"].as_u64(), Some(refilled[0]), "{own:?}");
+    assert_eq!(server.warm_ready().await, refilled);
+
+    // Python functions have processes of their own shape.
+    let py = "import os\ndef handler(event, context):\n    return {'name': context.function_name, 'data': open('data.txt').read()}\n";
+    server
+        .deploy_ok(&[
+            ("app.py", py),
+            ("data.txt", "py file"),
+            (
+                "shoal.toml",
+                "[functions.pywarm]\nruntime = \"python\"\nhandler = \"app.handler\"\nmemory = \"256MiB\"\n",
+            ),
+        ])
+        .await;
+    let both = server.wait_for_warm(|r| r.len() == 2).await;
+    let python_pid = *both
+        .iter()
+        .find(|p| **p != refilled[0])
+        .expect("a python process");
+    let reply = server.invoke("pywarm", &json!({})).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json(), json!({ "name": "pywarm", "data": "py file" }));
+    let instances = server.instances("pywarm").await;
+    assert_eq!(
+        instances[0]["pid"].as_u64(),
+        Some(python_pid),
+        "{instances:?}"
+    );
+    let refilled = server
+        .wait_for_warm(|r| r.len() == 2 && !r.contains(&python_pid))
+        .await;
+    server.shutdown().await;
+    // Shutdown stops the pooled processes too.
+    let deadline = Instant::now() + PATIENCE;
+    while refilled.iter().any(|p| process_alive(*p)) {
+        assert!(
+            Instant::now() < deadline,
+            "pooled processes {refilled:?} outlived shutdown"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

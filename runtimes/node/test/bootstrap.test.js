@@ -695,3 +695,51 @@ test('an unknown frame kind is a protocol error: the runtime closes and exits 1'
   await h.send(encodeFrame(42, 1, 'x'));
   assert.strictEqual((await h.exited).code, 1);
 });
+
+const ASSIGN = 7;
+
+test('a pooled runtime says so, then takes its function from ASSIGN', async () => {
+  const h = await start(
+    {
+      'index.js':
+        'exports.handler = async () => ({ name: process.env.AWS_LAMBDA_FUNCTION_NAME, secret: process.env.SECRET, pooled: process.env.SHOAL_POOLED || null });',
+    },
+    'nothing.here',
+    { SHOAL_POOLED: '1', AWS_LAMBDA_FUNCTION_NAME: 'not-yet' },
+  );
+  const first = JSON.parse((await h.hello()).text);
+  assert.strictEqual(first.pooled, true);
+  assert.strictEqual(first.protocol, 1);
+  await h.send(
+    encodeFrame(
+      ASSIGN,
+      0,
+      JSON.stringify({ _HANDLER: 'index.handler', AWS_LAMBDA_FUNCTION_NAME: 'assigned', SECRET: 's' }),
+    ),
+  );
+  const second = JSON.parse((await h.hello()).text);
+  assert.strictEqual(second.pooled, undefined);
+  await h.invoke(1, {});
+  const r = await h.result(1);
+  assert.strictEqual(r.kind, RESULT);
+  assert.deepStrictEqual(r.value, { name: 'assigned', secret: 's', pooled: null });
+});
+
+test('a pooled runtime given anything but ASSIGN closes and exits 1', async () => {
+  const h = await start({ 'index.js': 'exports.handler = async () => 1;' }, 'index.handler', {
+    SHOAL_POOLED: '1',
+  });
+  assert.strictEqual(JSON.parse((await h.hello()).text).pooled, true);
+  await h.invoke(1, {});
+  const { code } = await h.exited;
+  assert.strictEqual(code, 1);
+});
+
+test('a pooled runtime assigned a missing handler reports the init error', async () => {
+  const h = await start({}, 'index.handler', { SHOAL_POOLED: '1' });
+  assert.strictEqual(JSON.parse((await h.hello()).text).pooled, true);
+  await h.send(encodeFrame(ASSIGN, 0, JSON.stringify({ _HANDLER: 'missing.handler' })));
+  const f = await h.next((x) => x.kind === INIT_ERROR);
+  assert.strictEqual(JSON.parse(f.text).errorType, 'Runtime.ImportModuleError');
+  assert.strictEqual((await h.exited).code, 1);
+});

@@ -433,3 +433,40 @@ class Channel(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class Pooled(unittest.TestCase):
+    """A warm-pool process: started before it has a function, given one by ASSIGN."""
+
+    ASSIGN = 7
+
+    def test_a_pooled_process_says_so_then_runs_the_function_it_is_assigned(self):
+        daemon = Daemon(
+            self,
+            {
+                "app.py": """
+                import os
+                def handler(event, context):
+                    return [context.function_name, os.environ.get("SECRET"), os.environ.get("SHOAL_POOLED")]
+                """
+            },
+            "nothing.here",
+            env={"SHOAL_POOLED": "1", "AWS_LAMBDA_FUNCTION_NAME": "not-yet"},
+        )
+        first = daemon.hello()
+        self.assertTrue(first["pooled"])
+        assigned = {"_HANDLER": "app.handler", "AWS_LAMBDA_FUNCTION_NAME": "given", "SECRET": "s"}
+        daemon.send(encode_frame(self.ASSIGN, 0, json.dumps(assigned).encode()))
+        second = daemon.hello()
+        self.assertNotIn("pooled", second)
+        daemon.invoke(1, {})
+        kind, ident, payload = daemon.frame()
+        self.assertEqual((kind, ident), (RESULT, 1))
+        self.assertEqual(json.loads(payload), ["given", "s", None])
+
+    def test_a_pooled_process_given_anything_but_assign_exits_1(self):
+        daemon = Daemon(self, {"app.py": "def handler(e, c):\n    return 1\n"}, "app.handler",
+                        env={"SHOAL_POOLED": "1"})
+        self.assertTrue(daemon.hello()["pooled"])
+        daemon.invoke(1, {})
+        self.assertEqual(daemon.exit_code(), 1)

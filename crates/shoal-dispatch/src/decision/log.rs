@@ -141,6 +141,10 @@ impl Decision {
             Decision::ProbeDone { learned, .. } => {
                 tracing::info!(function, version, kind, learned, "{self}")
             }
+            Decision::KeepAliveStop { instance, keep, .. } => {
+                let keep_ms = keep.as_millis() as u64;
+                tracing::info!(function, version, kind, instance, keep_ms, "{self}")
+            }
             Decision::Retired => tracing::info!(function, version, kind, "{self}"),
         }
     }

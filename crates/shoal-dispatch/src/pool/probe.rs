@@ -12,9 +12,10 @@
 //!   CPU per call`, the calls' wall time being at least their age), and the queue flows in;
 //! * its CPU stays busy while calls complete: CPU-bound — the probe ends, and the rest of
 //!   the burst gets instances at the Little's-law estimate from the completed calls;
-//! * enough calls complete, or the limit reaches `max_concurrency`, or memory fills, or
-//!   [`PATIENCE`] passes without an idle moment: the probe ends, the instance's limit is
-//!   what new instances get, and the queue-driven scale-out takes over.
+//! * enough calls complete with nothing left waiting, or the limit reaches
+//!   `max_concurrency`, or memory fills, or
+//!   [`PATIENCE`] passes since the last growth without an idle moment: the probe ends, the
+//!   instance's limit is what new instances get, and the queue-driven scale-out takes over.
 //!
 //! The CPU a burst's calls spend at their start arrives as a transient after each growth;
 //! the probe grows again only once the core is idle, so it admits work as fast as the
@@ -34,7 +35,9 @@ use crate::decision::{Decision, ProbeEnd};
 
 /// How often the probed instance is read while work waits.
 pub(super) const PROBE_TICK: Duration = Duration::from_millis(50);
-/// The longest the probe holds a queue back without seeing the core idle or calls end.
+/// The longest the probe holds a queue back, since it last grew the limit (the growth's
+/// calls spend their CPU at their start: on a busy host that transient is long), without
+/// seeing the core idle or calls end.
 const PATIENCE: Duration = Duration::from_secs(2);
 /// Busy below this fraction of the target over a tick: the core idles.
 const IDLE_FRACTION: f64 = 0.5;
@@ -50,6 +53,8 @@ const MEMORY_ROOM: f64 = 0.6;
 pub(crate) struct Evidence {
     /// Since the instance became ready.
     pub age: Duration,
+    /// Since the probe last grew the limit (or since ready).
+    pub since_growth: Duration,
     /// CPU run plus run-queue wait since it became ready.
     pub cpu: Duration,
     /// Busy fraction (run + wait) over the last tick.
@@ -101,7 +106,7 @@ pub(crate) fn judge(e: &Evidence) -> Verdict {
         let estimate = (target * wall / cpu.max(1e-6)).round() as u32;
         return done(estimate.min(e.limit), ProbeEnd::Saturated);
     }
-    if e.completed >= MEASURED_AFTER {
+    if e.completed >= MEASURED_AFTER && e.queued == 0 {
         return done(e.limit, ProbeEnd::Measured);
     }
     if e.limit >= e.max_limit {
@@ -124,7 +129,7 @@ pub(crate) fn judge(e: &Evidence) -> Verdict {
             wall_at_least: e.age,
         };
     }
-    if e.age >= PATIENCE {
+    if e.since_growth >= PATIENCE {
         return done(e.limit, ProbeEnd::Patience);
     }
     Verdict::Wait
@@ -133,6 +138,7 @@ pub(crate) fn judge(e: &Evidence) -> Verdict {
 /// What the probe task remembers between ticks.
 struct Watch {
     ready_at: Instant,
+    grown_at: Instant,
     cpu_at_ready: Option<Duration>,
     last: Option<(Instant, Duration)>,
     busy_since: Option<Instant>,
@@ -151,6 +157,7 @@ impl Pool {
 async fn probe(pool: Weak<Pool>, id: String) {
     let mut watch = Watch {
         ready_at: Instant::now(),
+        grown_at: Instant::now(),
         cpu_at_ready: None,
         last: None,
         busy_since: None,
@@ -222,6 +229,7 @@ impl Pool {
         }
         let evidence = Evidence {
             age: now.duration_since(watch.ready_at),
+            since_growth: now.duration_since(watch.grown_at),
             cpu: demand.saturating_sub(cpu_at_ready),
             tick_busy,
             busy_for: watch
@@ -249,6 +257,7 @@ impl Pool {
                 cpu_per_call,
                 wall_at_least,
             } => {
+                watch.grown_at = now;
                 let slot = &mut inner.slots[index];
                 let from = slot.limit;
                 slot.limit = to;
@@ -284,6 +293,7 @@ mod tests {
     fn evidence() -> Evidence {
         Evidence {
             age: Duration::from_millis(300),
+            since_growth: Duration::from_millis(300),
             cpu: Duration::from_millis(160),
             tick_busy: 0.05,
             busy_for: Duration::ZERO,
@@ -376,8 +386,18 @@ mod tests {
             completed: 3,
             limit: 64,
             in_flight: 61,
+            queued: 0,
             ..evidence()
         };
+        // Calls completing while work still waits and the core idles: keep growing.
+        let still_waiting = Evidence {
+            completed: 3,
+            ..evidence()
+        };
+        assert!(matches!(
+            judge(&still_waiting),
+            Verdict::Grow { to: 32, .. }
+        ));
         assert_eq!(
             judge(&measured),
             Verdict::Done {
@@ -410,9 +430,15 @@ mod tests {
         ));
         let patience = Evidence {
             tick_busy: 0.7,
-            age: PATIENCE,
+            age: PATIENCE * 3,
+            since_growth: PATIENCE,
             ..evidence()
         };
+        let not_yet = Evidence {
+            since_growth: PATIENCE / 2,
+            ..patience
+        };
+        assert_eq!(judge(&not_yet), Verdict::Wait);
         assert_eq!(
             judge(&patience),
             Verdict::Done {

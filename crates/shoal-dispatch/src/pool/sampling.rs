@@ -62,6 +62,7 @@ impl Pool {
         let mut inner = self.lock();
         let now = Instant::now();
         let queued = inner.queue.len() as u32;
+        let probing = inner.probing;
         for (id, reading, wait, frozen) in readings {
             let Some(index) = inner.slots.iter().position(|s| s.id == id) else {
                 continue;
@@ -114,7 +115,15 @@ impl Pool {
             let Some(controller) = slot.controller.as_mut() else {
                 continue;
             };
-            let decision = controller.observe(&sample);
+            let mut decision = controller.observe(&sample);
+            if probing {
+                // The cold-burst probe sets the limit until it ends (the CPU its admitted
+                // calls spend at their start is a transient the controller would cut
+                // for); the controller keeps learning meanwhile.
+                controller.assume(slot.limit);
+                decision.limit = slot.limit;
+                decision.action = LimitAction::Hold;
+            }
             let grew = decision.limit > slot.limit;
             if !grew && sample.mean_in_flight >= HELD_FRACTION * f64::from(slot.limit) {
                 slot.held_since.get_or_insert(now);

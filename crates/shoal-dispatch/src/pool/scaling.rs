@@ -174,20 +174,39 @@ impl Pool {
         let mut live = inner.slots.iter().filter(|s| s.is_live()).count();
         let min = self.config.min_instances as usize;
         let mut decisions = Vec::new();
+        // An idle pool keeps its instances as long as its idle gaps say (never longer than
+        // `idle_timeout`); a busy one stops idle extras after `idle_timeout`.
+        let learned = inner
+            .idle_from
+            .is_some()
+            .then(|| inner.gaps.keep_alive(self.config.idle_timeout))
+            .filter(|k| k.keep < self.config.idle_timeout);
+        let keep = learned.map_or(self.config.idle_timeout, |k| k.keep);
+        let gaps = inner.gaps.len();
         for slot in inner.slots.iter_mut() {
             if live <= min {
                 break;
             }
             if slot.state == InstanceState::Ready
                 && slot.in_flight == 0
-                && now.duration_since(slot.idle_since) >= self.config.idle_timeout
+                && now.duration_since(slot.idle_since) >= keep
             {
                 slot.stop();
                 live -= 1;
-                decisions.push(Decision::IdleStop {
-                    instance: slot.id.clone(),
-                    idle_timeout: self.config.idle_timeout,
-                    min_instances: self.config.min_instances,
+                decisions.push(match learned {
+                    Some(k) => Decision::KeepAliveStop {
+                        instance: slot.id.clone(),
+                        keep: k.keep,
+                        p5: k.p5.unwrap_or_default(),
+                        p99: k.p99.unwrap_or_default(),
+                        gaps,
+                        idle_timeout: self.config.idle_timeout,
+                    },
+                    None => Decision::IdleStop {
+                        instance: slot.id.clone(),
+                        idle_timeout: self.config.idle_timeout,
+                        min_instances: self.config.min_instances,
+                    },
                 });
             }
         }

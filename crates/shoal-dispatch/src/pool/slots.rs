@@ -164,6 +164,10 @@ impl Pool {
     async fn acquire(self: &Arc<Self>, deadline: Instant) -> Result<Grant> {
         let waiting = {
             let mut inner = self.lock();
+            if let Some(since) = inner.idle_from.take() {
+                let gap = since.elapsed();
+                inner.gaps.record(gap);
+            }
             if let Some(grant) = self.try_grant(&mut inner) {
                 return Ok(grant);
             }
@@ -304,6 +308,9 @@ impl Pool {
             inner.slots[index].idle_since = Instant::now();
         }
         self.feed_waiters(&mut inner, index);
+        if inner.queue.is_empty() && inner.slots.iter().all(|s| s.in_flight == 0) {
+            inner.idle_from = Some(now);
+        }
         let slot = &inner.slots[index];
         let drained = slot.in_flight == 0
             && (slot.state == InstanceState::Draining

@@ -399,6 +399,34 @@ impl Api {
             .collect()
     }
 
+    /// The ready pids of the warm pool, over its shapes (`/admin/status`).
+    pub async fn warm_ready(&self) -> Vec<u64> {
+        let status = self.admin_get("/admin/status").await;
+        status["warm_pool"]
+            .as_array()
+            .expect("warm_pool")
+            .iter()
+            .flat_map(|s| s["ready_pids"].as_array().cloned().unwrap_or_default())
+            .filter_map(|p| p.as_u64())
+            .collect()
+    }
+
+    /// Poll the warm pool until `done` holds of its ready pids; panics after [`PATIENCE`].
+    pub async fn wait_for_warm(&self, done: impl Fn(&[u64]) -> bool) -> Vec<u64> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let ready = self.warm_ready().await;
+            if done(&ready) {
+                return ready;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "warm pool never settled: {ready:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Poll the function's status until `done` holds; panics with the last status after
     /// `within` (usually [`PATIENCE`]).
     pub async fn wait_for_status(

@@ -66,6 +66,11 @@ pub struct Args {
     /// is about a minute.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     async_retry_base: Duration,
+    /// Node processes kept started, with the bootstrap loaded, for each memory and `/tmp`
+    /// size of the deployed Node functions: a cold start takes one (its sandbox, its own
+    /// uid) instead of starting a process. Counted in the host budget. 0 turns it off.
+    #[arg(long, default_value_t = 1)]
+    warm_pool: usize,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -104,6 +109,7 @@ pub async fn run(data_dir: &Path, args: Args) -> anyhow::Result<ExitCode> {
     };
     config.region = args.region.clone();
     config.max_log_bytes = args.max_log_mib.saturating_mul(1024 * 1024);
+    config.warm_pool = args.warm_pool;
     config.events = shoal_core::EventsConfig {
         max_pending_messages: args.max_pending_events,
         max_pending_bytes: args.max_pending_event_mib.saturating_mul(1024 * 1024),

@@ -64,6 +64,28 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
             println!("  {:<12} {:<5} {}", wall.name, state, wall.detail);
         }
     }
+    if !status.warm_pool.is_empty() {
+        let shapes: Vec<String> = status
+            .warm_pool
+            .iter()
+            .map(|w| {
+                let mut text = format!(
+                    "{} {} MiB: {} ready",
+                    w.runtime,
+                    w.memory_mb,
+                    w.ready_pids.len()
+                );
+                if w.starting > 0 {
+                    text.push_str(&format!(", {} starting", w.starting));
+                }
+                if let Some(why) = &w.last_error {
+                    text.push_str(&format!(" (last start failed: {why})"));
+                }
+                text
+            })
+            .collect();
+        println!("warm pool: {}", shapes.join("; "));
+    }
     if status.pools.is_empty() {
         println!("no functions deployed");
     }
