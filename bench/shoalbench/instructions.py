@@ -87,12 +87,14 @@ def _control(flag: str, pid: int) -> None:
         raise BenchError(f"callgrind_control {flag} {pid}: {result.stderr.strip()[:300]}")
 
 
-def _runtime_pid(daemon: int, deadline_s: float = 60) -> int:
+def _runtime_pids(daemon: int, deadline_s: float = 60) -> list[int]:
+    """The daemon's runtime processes: the instance, and any pre-started ones of the warm
+    pool (what they run while the instance works counts too)."""
     deadline = time.time() + deadline_s
     while time.time() < deadline:
         kids = children(daemon)
         if kids:
-            return kids[0]
+            return kids
         time.sleep(0.1)
     raise BenchError("the instance under callgrind did not start")
 
@@ -137,7 +139,7 @@ def count(run, requests: int, warmup: int, concurrency: int = 16, only=None) -> 
             node = out / "node-callgrind"
             node.write_text(
                 "#!/bin/sh\n"
-                f"exec {' '.join(CALLGRIND)} --callgrind-out-file={out}/runtime.out "
+                f"exec {' '.join(CALLGRIND)} --callgrind-out-file={out}/runtime.%p.out "
                 f"{shutil.which('node')} \"$@\"\n"
             )
             node.chmod(0o755)
@@ -168,16 +170,19 @@ def count(run, requests: int, warmup: int, concurrency: int = 16, only=None) -> 
             status, body = get(target.url)
             if status != 200:
                 raise BenchError(f"{contender} under callgrind answered {status}: {body[:200]!r}")
+            _oha_fixed(tool, target.url, warmup, concurrency)
             if contender == "direct":
                 counted.append(Counted("runtime", target.pid, out / "runtime.out"))
             else:
                 counted.append(Counted("daemon", target.pid, out / "daemon.out"))
-                counted.append(Counted("runtime", _runtime_pid(target.pid), out / "runtime.out"))
-            _oha_fixed(tool, target.url, warmup, concurrency)
+                for pid in _runtime_pids(target.pid):
+                    counted.append(Counted("runtime", pid, out / f"runtime.{pid}.out"))
             for c in counted:
                 c.zero()
             ok = _oha_fixed(tool, target.url, requests, concurrency)
-            totals = {c.name: c.dump() for c in counted}
+            totals: dict[str, int] = {}
+            for c in counted:
+                totals[c.name] = totals.get(c.name, 0) + c.dump()
         finally:
             target.stop()
         if ok < requests:
