@@ -20,16 +20,22 @@ pub fn push_str_contents(out: &mut Vec<u8>, text: &str) {
     let mut at = 0;
     while at < bytes.len() {
         // Eight bytes at a time while none of them needs escaping.
-        if let Some(chunk) = bytes.get(at..at + 8) {
-            let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-            let found = escape_mask(word);
-            if found == 0 {
-                at += 8;
-                continue;
+        let word = match bytes.get(at..at + 8) {
+            Some(chunk) => u64::from_le_bytes(chunk.try_into().expect("8 bytes")),
+            None => {
+                // The last few bytes, padded with spaces (which need no escaping).
+                let mut tail = [b' '; 8];
+                tail[..bytes.len() - at].copy_from_slice(&bytes[at..]);
+                u64::from_le_bytes(tail)
             }
-            // Straight to the first byte that needs escaping.
-            at += (found.trailing_zeros() / 8) as usize;
+        };
+        let found = escape_mask(word);
+        if found == 0 {
+            at += 8;
+            continue;
         }
+        // Straight to the first byte that needs escaping.
+        at += (found.trailing_zeros() / 8) as usize;
         let byte = bytes[at];
         let escape = match byte {
             b'"' => Some(b'"'),
