@@ -532,7 +532,11 @@ def instructions_table(counted: dict) -> str:
         "--tool=callgrind`, counters zeroed before and dumped after with `callgrind_control`; "
         "Shoal with `--sandbox off` and the function pinned to one instance of concurrency 16; "
         "see `bench/shoalbench/instructions.py`). Kernel work (system calls, wake-ups) is not "
-        "in these counts; the CPU table above has it.\n",
+        "in these counts; the CPU table above has it. Node runs far more instructions per "
+        "request under valgrind than natively (its JIT does not settle the same way: direct's "
+        "count at its real request rate would be more than a core can execute), so compare "
+        "runtime counts with each other and the daemon's (compiled Rust) with its own "
+        "history, not the two with each other.\n",
         "| contender | daemon | runtime | total | total vs direct |",
         "|---|---|---|---|---|",
     ]

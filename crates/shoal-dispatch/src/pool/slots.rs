@@ -53,10 +53,11 @@ impl Drop for Grant {
 impl Pool {
     /// Run one invocation: wait for a slot (bounded by the deadline), then run it there.
     ///
-    /// The run itself happens on its own task, which keeps the slot until the instance
-    /// really finishes the call: a caller that times out or goes away must not free a slot
-    /// whose handler is still running (that would push the instance past its limit). An
-    /// instance that has not answered by the deadline plus [`STUCK_GRACE`] is stopped.
+    /// The run happens on the caller's task and keeps the slot until the instance really
+    /// finishes the call: a caller that times out or goes away must not free a slot whose
+    /// handler is still running (that would push the instance past its limit), so then
+    /// the rest moves to a task of its own (see [`Running`]). An instance that has not
+    /// answered by the deadline plus [`STUCK_GRACE`] is stopped.
     ///
     /// A call an instance refused without running it (its process just died, and the
     /// pool has not heard yet) goes to another instance, up to [`MAX_REROUTES`] times
