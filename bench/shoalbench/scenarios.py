@@ -203,12 +203,14 @@ class Run(QueueScenarios, ChangeScenarios):
         }
         key = "python-overhead" if python else "overhead"
         counted = None
-        if not python and instructions.available():
+        if python or self.quick:
+            # The CI smoke run leaves callgrind out: Node under valgrind takes seconds to
+            # start, near the daemon's start timeout on a busy machine.
+            pass
+        elif instructions.available():
             # Instructions per request: stable where the timings above are not.
-            counted = instructions.count(
-                self, requests=200 if self.quick else 2000, warmup=100 if self.quick else 1000
-            )
-        elif not python:
+            counted = instructions.count(self, requests=2000, warmup=1000)
+        else:
             log("overhead: valgrind is not installed; no instruction counts (apt-get install valgrind)")
         plot = self.plots / f"{key}-throughput.svg"
         plots.bar_chart(
