@@ -27,6 +27,12 @@ Queue contenders (queue-throughput; docs/BENCHMARKS.md says how each is set up):
 change-stream: a postgres data-change trigger, commit to handler (saturation, latency at a
 fixed rate, instances for an I/O-bound handler against concurrency = 1).
 
+cluster: cluster mode on a local nats-server: a forwarded call against a local one (latency,
+daemons' CPU), and failover after a kill -9 of the node serving the calls.
+jetstream-queue: the queue store alone on NATS JetStream (cluster mode's) against the
+embedded SQLite one, 1 and 3 consumers (crates/shoal-nats/examples/queue_throughput.rs;
+needs Debian's nats-server).
+
 Standard library plus matplotlib for the plots (installed with pip when missing); the pieces
 live in bench/shoalbench/ (tools, measuring, contenders, scenarios, plots, report).
 """
@@ -64,13 +70,15 @@ SCENARIOS = [
     "queue-throughput",
     "queue-packing",
     "change-stream",
+    "cluster",
+    "jetstream-queue",
 ]
 
 
 def load_results(path: Path) -> dict:
     res = json.loads(path.read_text())
     # JSON turned the overhead table's integer keys (concurrency levels) into strings.
-    for scenario in ("overhead", "python-overhead"):
+    for scenario in ("overhead", "python-overhead", "cluster"):
         for by_level in res.get(scenario, {}).get("rows", {}).values():
             for key in list(by_level):
                 by_level[int(key)] = by_level.pop(key)
@@ -178,6 +186,10 @@ def main() -> int:
                 res[scenario] = run.queue_packing()
             elif scenario == "change-stream":
                 res[scenario] = run.change_stream()
+            elif scenario == "cluster":
+                res[scenario] = run.cluster()
+            elif scenario == "jetstream-queue":
+                res[scenario] = run.jetstream_queue()
             durations[scenario] = time.monotonic() - started
             after = os.getloadavg()
             # What else the machine was doing: the 1-minute load average as the scenario

@@ -307,6 +307,10 @@ def report(run, res: dict, command: str) -> str:
         w(queue_packing(res["queue-packing"]))
     if "change-stream" in res:
         w(change_stream(res["change-stream"], res.get("_load", {}).get("change-stream")))
+    if "cluster" in res:
+        w(cluster(res["cluster"], res.get("_load", {}).get("cluster")))
+    if "jetstream-queue" in res:
+        w(jetstream_queue(res["jetstream-queue"], res.get("_load", {}).get("jetstream-queue")))
     w(killreport.section(killreport.load()))
     return "\n".join(out) + "\n"
 
@@ -479,6 +483,99 @@ def change_stream(r: dict, load: str | None) -> str:
     return "\n".join(out) + "\n"
 
 
+def cluster(r: dict, load: str | None) -> str:
+    out = []
+    w = out.append
+    w("## cluster\n")
+    w("Cluster mode on this one machine: a `nats-server -js` and `shoal serve --cluster` "
+      "nodes (unsandboxed), a no-op function (`concurrency = 64`) with one warm instance on "
+      "one node. *local*: closed-loop load (oha) on that node's gateway; *forwarded*: the "
+      "same load on the other node's gateway, which has no instance and forwards every call "
+      "to the first (one extra HTTP hop on loopback). CPU is each daemon's per call "
+      "(instances excluded). On two cores three nodes cannot show scale-out speed: these "
+      "numbers are the price of a hop and the bound on failed calls."
+      + (f" Machine: {load}." if load else "") + "\n")
+    w("| mode | concurrent | req/s | p50 ms | p99 ms | home daemon CPU µs/call | forwarding daemon CPU µs/call |")
+    w("|---|---|---|---|---|---|---|")
+    for mode, by_level in r["rows"].items():
+        for level, row in by_level.items():
+            w(f"| {mode} | {level} | {fmt(row['rps'])} | {fmt(row['p50_ms'], 2)} | "
+              f"{fmt(row['p99_ms'], 2)} | {fmt(row['home_us'])} | {fmt(row['other_us'])} |")
+    rows = r["rows"]
+    lo = min(rows["local"], key=int)
+    added = rows["forwarded"][lo]["p50_ms"] - rows["local"][lo]["p50_ms"]
+    w(f"\nA forwarded call adds **{fmt(added * 1000)} µs** at the median at {lo} concurrent "
+      f"(median of {r['reps']} repetition(s) of {r['seconds']} s, modes alternated), and "
+      f"**{fmt(rows['forwarded'][lo]['other_us'])} µs** of the forwarding daemon's CPU.\n")
+    f = r.get("failover")
+    if f:
+        last = f["last_failure_ms"]
+        w(f"**Failover.** Three nodes; {f['callers']} closed-loop callers on two of them, "
+          "whose calls all go to the third (it holds the only instance); that node is "
+          f"`kill -9`ed 2 s in. {f['calls']:,} calls, {f['after_kill']:,} after the kill: "
+          f"**{f['failed']} failed**"
+          + (f", the last **{fmt(last)} ms** after the kill" if last is not None else "")
+          + f"; {f['ok_after_kill']:,} answered after it (the survivors start their own "
+          "instance). A forward to the dead node is refused before anything is sent and "
+          "runs where it arrived, so only the calls in flight on it fail, without waiting "
+          "for its heartbeat to expire (3 s).\n")
+    return "\n".join(out) + "\n"
+
+
+def jetstream_queue(r: dict, load: str | None) -> str:
+    out = []
+    w = out.append
+    w("## jetstream-queue\n")
+    w("The queue store alone, no daemon and no function: cluster mode's store on NATS "
+      "JetStream (`shoal-nats`, one `nats-server` 2.9 with file storage on this machine) "
+      "against the embedded SQLite store (`shoal-queue`), with `synchronous=FULL` (fsync "
+      "per commit, what Shoal runs) and `NORMAL` (no fsync). JetStream 2.9 acknowledges "
+      "from the page cache without an fsync per write, so `sqlite-normal` is its "
+      "like-for-like row for durability, `sqlite-full` the stronger promise. Four producer "
+      "tasks keep one queue fed (batches of 10, backlog at most 20,000) while 1 or 3 "
+      "consumers drain it, each with 16 tasks looping receive (up to 10) → delete. A "
+      "JetStream consumer is a store with its own connection, as a node of a cluster "
+      "would be; the SQLite consumers share the one store a machine has. Producers, "
+      "consumers and the server share this machine's two cores, so 3 consumers cannot "
+      "show scale-out, only what the extra coordination costs. "
+      f"Median of {r['rounds']} rounds of {r['seconds']} s each (after 1 s of warm-up); "
+      f"`{r['command']}` runs one round."
+      + (f" Machine: {load}." if load else "") + "\n")
+    w("| backend | consumers | deleted msg/s | rounds | CPU µs/msg (client) | CPU µs/msg (nats-server) |")
+    w("|---|---|---|---|---|---|")
+    rows = r["rows"]
+    for key, row in rows.items():
+        w(f"| {row['backend']} | {row['consumers']} | {fmt(row['rate'])} | "
+          f"{', '.join(f'{x:,}' for x in row['rates'])} | {fmt(row['cpu_us'], 1)} | "
+          f"{fmt(row['server_cpu_us'], 1)} |")
+    w("")
+    lines = []
+    for consumers in (1, 3):
+        js = rows.get(f"jetstream/{consumers}", {}).get("rate")
+        for other in ("sqlite-full", "sqlite-normal"):
+            base = rows.get(f"{other}/{consumers}", {}).get("rate")
+            if js and base:
+                lines.append(f"{consumers} consumer(s): jetstream / {other} = {ratio(js, base)}")
+    if lines:
+        w("Ratios of the medians: " + "; ".join(lines) + ". Rates on this shared machine move "
+          "by 2× and more from round to round with what else runs (the rounds column); CPU "
+          "per message is the steadier figure.\n")
+    cpu = []
+    for consumers in (1, 3):
+        js = rows.get(f"jetstream/{consumers}", {})
+        full = rows.get(f"sqlite-full/{consumers}", {})
+        normal = rows.get(f"sqlite-normal/{consumers}", {})
+        if js.get("cpu_us") and js.get("server_cpu_us") and full.get("cpu_us") and normal.get("cpu_us"):
+            total = js["cpu_us"] + js["server_cpu_us"]
+            cpu.append(f"{consumers} consumer(s): JetStream {fmt(total, 1)} µs in all "
+                       f"(client {fmt(js['cpu_us'], 1)} + server {fmt(js['server_cpu_us'], 1)}), "
+                       f"{ratio(total, full['cpu_us'])} sqlite-full's {fmt(full['cpu_us'], 1)}, "
+                       f"{ratio(total, normal['cpu_us'])} sqlite-normal's {fmt(normal['cpu_us'], 1)}")
+    if cpu:
+        w("CPU per message deleted: " + "; ".join(cpu) + ".\n")
+    return "\n".join(out) + "\n"
+
+
 def summary(res: dict) -> str:
     """shoal-auto's numbers divided by each other contender's, one row per measure
     (below 1 means shoal-auto's figure is lower)."""
@@ -595,6 +692,16 @@ def check_complete(res: dict) -> list[str]:
         for c, row in r.get("io_bound", {}).get("rows", {}).items():
             if not row.get("peak_instances"):
                 missing.append(f"change-stream/{c}")
+    if "cluster" in res:
+        for mode, by in res["cluster"]["rows"].items():
+            if any(not v["rps"] for v in by.values()):
+                missing.append(f"cluster/{mode}")
+        if not res["cluster"].get("failover", {}).get("ok_after_kill"):
+            missing.append("cluster/failover")
+    if "jetstream-queue" in res:
+        for key, row in res["jetstream-queue"]["rows"].items():
+            if not row.get("rate"):
+                missing.append(f"jetstream-queue/{key}")
     return missing
 
 

@@ -31,10 +31,12 @@ from .measure import (
     settle_time,
 )
 from .changes import ChangeScenarios
+from .cluster import ClusterScenarios
 from .queues import QueueScenarios
+from .jetstream import JetStreamScenarios
 from .tools import Postgres, ensure_matplotlib, ensure_pg_module, find_oha, postgres_bin, shoal_binary
 
-class Run(QueueScenarios, ChangeScenarios):
+class Run(QueueScenarios, ChangeScenarios, JetStreamScenarios, ClusterScenarios):
     def __init__(self, args):
         self.quick = args.quick
         self.workdir = Path(tempfile.mkdtemp(prefix="shoal-bench-"))

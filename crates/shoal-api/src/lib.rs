@@ -88,6 +88,9 @@ pub struct StatusReport {
     /// Queue pollers, schedules and async-invoke workers, per function.
     #[serde(default)]
     pub triggers: Vec<TriggerReport>,
+    /// In cluster mode, every node the cluster knows and what it carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterReport>,
     /// Runtime processes started ahead of need, by the shape they serve.
     #[serde(default)]
     pub warm_pool: Vec<WarmPoolReport>,
@@ -106,6 +109,60 @@ pub struct WarmPoolReport {
     /// Why the last start of this shape failed, if it did (retried after 30 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+}
+
+/// The cluster as one node sees it (from the nodes' heartbeats).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterReport {
+    /// The node that answered.
+    pub node: String,
+    /// A node whose heartbeat is older than this is taken for gone.
+    pub expiry_ms: u64,
+    pub nodes: Vec<NodeReport>,
+}
+
+/// One node, as its last heartbeat described it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub name: String,
+    /// Public gateway, `host:port`.
+    pub gateway: String,
+    /// Control API, `host:port`.
+    pub control: String,
+    /// Since its last heartbeat arrived here.
+    pub age_ms: u64,
+    /// Heartbeat younger than the expiry.
+    pub alive: bool,
+    pub load: NodeLoad,
+}
+
+/// What a node carries: its host budget, and per function its room.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NodeLoad {
+    pub instances: u32,
+    pub max_instances: u32,
+    pub memory_kib: u64,
+    pub max_memory_kib: u64,
+    pub functions: Vec<FunctionLoad>,
+}
+
+/// One function's capacity on a node (its active version's pool).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionLoad {
+    pub name: String,
+    pub version: u32,
+    /// Ready and starting instances.
+    pub instances: u32,
+    pub starting: u32,
+    /// Slots on those instances.
+    pub slots: u32,
+    /// Calls holding a slot or waiting for one.
+    pub busy: u32,
+    /// Slots free now.
+    pub free: u32,
+    /// The limit a new instance starts with.
+    pub per_instance: u32,
+    pub max_instances: u32,
 }
 
 /// One queue's depth and traffic.

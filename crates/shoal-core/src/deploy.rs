@@ -13,6 +13,7 @@ use shoal_manifest::{Concurrency, FunctionSpec, Runtime};
 use shoal_runtime::{FunctionCode, RuntimeKind};
 use shoal_store::VersionRecord;
 
+use crate::cluster::block_on;
 use crate::code::{self, Staging};
 use crate::{Error, Platform, Result};
 
@@ -60,9 +61,30 @@ impl Platform {
 
         let digest = self.store.put_blob(archive_bytes)?;
         let code_dir = code::install(&self.store, &self.data_dir, &digest, staged)?;
+        // In a cluster the code goes to every node's reach before any version names it.
+        if let Some(cluster) = self.cluster() {
+            block_on(cluster.put_code(&digest, Bytes::copy_from_slice(archive_bytes)))?;
+        }
         let mut deployed = Vec::new();
         for spec in &manifest.functions {
-            let record = self.store.create_version(spec, &digest)?;
+            let record = match self.cluster() {
+                // The registry picks the number (compare-and-set: concurrent deploys on
+                // two nodes never share one), then this node installs it like any other.
+                Some(cluster) => {
+                    let created_at_ms = crate::now_ms() as i64;
+                    let version = block_on(cluster.publish(spec, &digest, created_at_ms))?;
+                    let record = VersionRecord {
+                        function: spec.name.clone(),
+                        version,
+                        spec: spec.clone(),
+                        code_digest: digest.clone(),
+                        created_at_ms,
+                    };
+                    self.store.install_version(&record)?;
+                    record
+                }
+                None => self.store.create_version(spec, &digest)?,
+            };
             self.activate(&record, code_dir.clone())?;
             self.events.start(spec);
             tracing::info!(function = %spec.name, version = record.version, "deployed");
@@ -93,7 +115,11 @@ impl Platform {
     }
 
     /// Register with the launcher and route new calls to this version.
-    fn activate(&self, record: &VersionRecord, code_dir: std::path::PathBuf) -> Result<()> {
+    pub(crate) fn activate(
+        &self,
+        record: &VersionRecord,
+        code_dir: std::path::PathBuf,
+    ) -> Result<()> {
         let config = self.register_version(record, code_dir)?;
         self.dispatcher
             .deploy(&record.spec.name, record.version, config);
@@ -139,8 +165,23 @@ impl Platform {
 
     fn remove_blocking(&self, name: &str) -> Result<()> {
         let _changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
-        if !self.store.delete_function(name)? {
+        if self.store.current(name)?.is_none() {
             return Err(Error::FunctionNotFound(name.to_owned()));
+        }
+        if let Some(cluster) = self.cluster() {
+            block_on(cluster.unpublish(name))?;
+        }
+        if !self.remove_local(name)? {
+            return Err(Error::FunctionNotFound(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Remove a function from this node: store, routes, triggers, pools, logs. The caller
+    /// holds `changes`. `false` if it was not here.
+    pub(crate) fn remove_local(&self, name: &str) -> Result<bool> {
+        if !self.store.delete_function(name)? {
+            return Ok(false);
         }
         self.routes
             .write()
@@ -150,7 +191,7 @@ impl Platform {
         self.dispatcher.remove(name);
         self.logs.remove(name);
         tracing::info!(function = %name, "deleted");
-        Ok(())
+        Ok(true)
     }
 
     pub(crate) fn urls(&self, spec: &FunctionSpec) -> Vec<String> {
@@ -197,7 +238,9 @@ pub(crate) fn pool_config(spec: &FunctionSpec, max_queue: usize) -> PoolConfig {
     }
 }
 
-fn build_routes(specs: &[&FunctionSpec]) -> Result<RouteTable, shoal_events::RouteError> {
+pub(crate) fn build_routes(
+    specs: &[&FunctionSpec],
+) -> Result<RouteTable, shoal_events::RouteError> {
     let mut table = RouteTable::new();
     for spec in specs {
         for route in &spec.http {

@@ -98,6 +98,9 @@ pub enum Error {
     Launcher(#[source] shoal_runtime::Error),
     #[error("a platform task failed")]
     Task(#[source] tokio::task::JoinError),
+    /// The cluster: cut off (load: retry elsewhere), or its engine failed (internal).
+    #[error(transparent)]
+    Cluster(#[from] crate::ClusterError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -123,6 +126,7 @@ impl Error {
                 | Error::EmptyStore { .. }
                 | Error::Launcher(_)
                 | Error::Task(_)
+                | Error::Cluster(crate::ClusterError::Backend { .. })
         )
     }
 }

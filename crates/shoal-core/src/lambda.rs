@@ -112,7 +112,7 @@ impl Platform {
 
     /// Create or move an alias: `version`, and optionally `additional` = (a second
     /// version, the share of calls 0..1 it gets), as Lambda's routing config.
-    pub fn set_alias(
+    pub async fn set_alias(
         &self,
         function: &str,
         name: &str,
@@ -150,6 +150,11 @@ impl Platform {
             additional,
         };
         self.store.set_alias(&record)?;
+        if let Some(cluster) = self.cluster() {
+            cluster
+                .publish_alias(function, name, Some((version, additional)))
+                .await?;
+        }
         Ok(alias_info(record))
     }
 
@@ -167,8 +172,11 @@ impl Platform {
     }
 
     /// Remove an alias.
-    pub fn remove_alias(&self, function: &str, name: &str) -> Result<()> {
+    pub async fn remove_alias(&self, function: &str, name: &str) -> Result<()> {
         if self.store.delete_alias(function, name)? {
+            if let Some(cluster) = self.cluster() {
+                cluster.publish_alias(function, name, None).await?;
+            }
             Ok(())
         } else {
             Err(Error::QualifierNotFound {

@@ -11,6 +11,7 @@
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 mod archive;
+mod cluster;
 mod code;
 mod cost;
 mod datadir;
@@ -35,6 +36,7 @@ use shoal_runtime::{LauncherConfig, ProcessLauncher};
 use shoal_store::Store;
 
 pub use archive::{pack_dir, pack_dir_filtered, ArchiveError};
+pub use cluster::{Cluster, ClusterError, Peer, Placement};
 pub use cost::{lambda_prices, LAMBDA_PRICES_SOURCE};
 pub use error::{chain, Error, Result};
 pub use events::{Change, ChangeFeed, ChangeOp, ChangeSources, Lag, SourceError};
@@ -47,6 +49,7 @@ pub use metrics::prometheus_text;
 pub use shoal_api as api;
 pub use shoal_queue::QueueError;
 pub use shoal_runtime::sandbox::{SandboxConfig, SandboxMode};
+pub use shoal_store::VersionRecord;
 
 use logs::LogStore;
 use metrics::Metrics;
@@ -101,6 +104,9 @@ pub struct EventsConfig {
     /// Where postgres data-change triggers read (the server plugs in `shoal-pg`); without
     /// it a manifest with such a trigger is refused.
     pub change_sources: Option<Arc<dyn ChangeSources>>,
+    /// The queue store, when not the embedded SQLite one in the data directory (cluster
+    /// mode plugs in JetStream's). The pending bounds above are then the backend's own.
+    pub queues: Option<Arc<dyn shoal_queue::QueueBackend>>,
 }
 
 impl std::fmt::Debug for EventsConfig {
@@ -110,6 +116,7 @@ impl std::fmt::Debug for EventsConfig {
             .field("max_pending_bytes", &self.max_pending_bytes)
             .field("retry_base", &self.retry_base)
             .field("change_sources", &self.change_sources.is_some())
+            .field("queues", &self.queues.is_some())
             .finish()
     }
 }
@@ -121,6 +128,7 @@ impl Default for EventsConfig {
             max_pending_bytes: 4 * 1024 * 1024 * 1024,
             retry_base: Duration::from_secs(60),
             change_sources: None,
+            queues: None,
         }
     }
 }
@@ -145,6 +153,8 @@ pub struct Platform {
     max_queue: usize,
     /// Derives access-key secrets (see `keys.rs`); never leaves the daemon.
     key_master: Vec<u8>,
+    /// The cluster this node publishes to and places calls through, once joined.
+    cluster: std::sync::OnceLock<Arc<dyn Cluster>>,
 }
 
 impl std::fmt::Debug for Platform {
@@ -210,19 +220,24 @@ impl Platform {
         );
         let dispatcher = Dispatcher::with_budget(launcher.clone(), config.host_budget);
         launcher.share_budget(dispatcher.host_budget());
-        let events_path = data_dir.join("events.db");
-        let backend = shoal_queue::SqliteQueues::open(
-            &events_path,
-            shoal_queue::Options {
-                max_pending_messages: config.events.max_pending_messages,
-                max_pending_bytes: config.events.max_pending_bytes,
-                ..shoal_queue::Options::default()
-            },
-        )
-        .map_err(|e| Error::Events {
-            path: events_path,
-            source: e,
-        })?;
+        let backend: Arc<dyn shoal_queue::QueueBackend> = match &config.events.queues {
+            Some(queues) => queues.clone(),
+            None => {
+                let events_path = data_dir.join("events.db");
+                shoal_queue::SqliteQueues::open(
+                    &events_path,
+                    shoal_queue::Options {
+                        max_pending_messages: config.events.max_pending_messages,
+                        max_pending_bytes: config.events.max_pending_bytes,
+                        ..shoal_queue::Options::default()
+                    },
+                )
+                .map_err(|e| Error::Events {
+                    path: events_path,
+                    source: e,
+                })?
+            }
+        };
         let counters = Arc::new(events::EventCounters::default());
         let queues: Arc<dyn shoal_queue::QueueBackend> =
             Arc::new(events::Metered::new(backend, counters.clone()));
@@ -248,6 +263,7 @@ impl Platform {
             shutdown_grace: config.shutdown_grace,
             max_queue: config.max_queue,
             key_master,
+            cluster: std::sync::OnceLock::new(),
         });
         platform.restore()?;
         Ok(platform)

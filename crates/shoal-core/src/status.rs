@@ -67,6 +67,7 @@ impl Platform {
         Ok(StatusReport {
             queues,
             triggers: self.events.trigger_reports(function),
+            cluster: self.cluster().map(|c| c.report()),
             pools: self
                 .dispatcher
                 .status(function)

@@ -1,5 +1,8 @@
 //! The SQLite backend against the `QueueBackend` contract: every method, time moved by
-//! an injected clock (no sleeps where a clock will do), and reopening a store.
+//! an injected clock (no sleeps where a clock will do), and reopening a store; and the
+//! contract's shared cases (`contract/`, run against every backend).
+
+mod contract;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -1003,3 +1006,34 @@ async fn concurrent_callers_each_get_their_own_answer() {
     received.sort();
     assert_eq!(sent, received);
 }
+
+/// The shared contract cases, on a store of their own with the hand-moved clock.
+struct SqliteHarness {
+    store: Arc<SqliteQueues>,
+    fx: Fixture,
+}
+
+#[async_trait::async_trait]
+impl contract::Harness for SqliteHarness {
+    fn store(&self) -> &dyn QueueBackend {
+        &*self.store
+    }
+
+    async fn pass(&self, ms: u64) {
+        self.fx.advance(ms as i64);
+    }
+
+    async fn counts(&self, queue: &str) -> (u64, u64, u64) {
+        counts(&self.store, queue)
+    }
+}
+
+async fn sqlite_harness(case: &str) -> SqliteHarness {
+    let fx = Fixture::new(&format!("contract-{case}"));
+    SqliteHarness {
+        store: fx.open(),
+        fx,
+    }
+}
+
+contract_cases!(sqlite_harness);

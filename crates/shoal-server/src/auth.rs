@@ -139,6 +139,17 @@ pub(crate) fn bearer_matches(header: Option<&str>, token: &str) -> bool {
 
 use crate::sigv4::constant_time_eq;
 
+/// Whether a request was forwarded by a node of this node's cluster: it carries the
+/// cluster's forward token.
+pub(crate) fn forwarded(platform: &shoal_core::Platform, headers: &hyper::HeaderMap) -> bool {
+    let Some(token) = platform.forward_token() else {
+        return false;
+    };
+    headers
+        .get(crate::forward::TOKEN)
+        .is_some_and(|presented| constant_time_eq(presented.as_bytes(), token.as_bytes()))
+}
+
 /// Why a caller of an AWS-shaped API was refused.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum AuthError {
@@ -172,6 +183,10 @@ pub(crate) fn admit_aws(
         .headers
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
+    // Another node of the cluster admitted the caller before forwarding the call.
+    if forwarded(platform, &parts.headers) {
+        return Ok(());
+    }
     if authorization.is_some_and(|a| a.starts_with("Bearer ")) {
         return if bearer_matches(authorization, scope.token) {
             Ok(())

@@ -90,6 +90,18 @@ enum Action {
     },
     /// The Lambda API's calls beyond a plain invoke (see [`lambda`]).
     Lambda(lambda::Call),
+    /// A synchronous invoke that runs on another node of the cluster: the request as it
+    /// came, sent there once.
+    Forward {
+        peer: shoal_core::Peer,
+        method: Method,
+        path_and_query: String,
+        headers: hyper::HeaderMap,
+        payload: Bytes,
+        request_id: String,
+        /// The invoke itself, to run here if the peer cannot be reached at all.
+        local: Box<Action>,
+    },
 }
 
 /// What an action produced.
@@ -124,6 +136,10 @@ enum Reply {
     Alias(AliasInfo),
     Aliases(AliasList),
     Lambda(lambda::Answer),
+    /// A peer's answer to a forwarded call, passed back as it came.
+    Forwarded(Response<Body>),
+    /// A forwarded call whose answer did not come back (it may have run there).
+    ForwardFailed(String),
 }
 
 /// Why a request was refused before or while it ran.
@@ -160,6 +176,8 @@ pub(crate) struct Control {
     addr: SocketAddr,
     /// True once the daemon stops (long polls end early).
     stopping: watch::Receiver<bool>,
+    /// Carries invokes placed on other nodes of the cluster.
+    forwarder: Arc<crate::forward::Forwarder>,
     /// The dashboard's login codes and sessions.
     sessions: auth::Sessions,
 }
@@ -171,6 +189,7 @@ impl Control {
         region: String,
         addr: SocketAddr,
         stopping: watch::Receiver<bool>,
+        forwarder: Arc<crate::forward::Forwarder>,
     ) -> Arc<Control> {
         Arc::new(Control {
             platform,
@@ -178,6 +197,7 @@ impl Control {
             region,
             addr,
             stopping,
+            forwarder,
             sessions: auth::Sessions::default(),
         })
     }
@@ -300,7 +320,16 @@ impl Control {
             // The Lambda API is AWS-shaped: a signature covers the body, so read it first.
             let payload = body(incoming, MAX_INVOKE_BODY, "Invoke").await?;
             self.admit_aws(&parts, &payload, lambda::SERVICE)?;
-            return lambda::parse(&parts, payload, request_id);
+            // A call another node forwarded keeps the id that node gave it, and runs here.
+            let forwarded = auth::forwarded(&self.platform, &parts.headers);
+            let request_id = forwarded
+                .then(|| parts.headers.get(crate::forward::REQUEST_ID))
+                .flatten()
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| v.len() <= 64)
+                .unwrap_or(request_id);
+            let action = lambda::parse(&parts, payload.clone(), request_id)?;
+            return self.place(action, parts, payload, forwarded);
         }
         let path = parts.uri.path().to_owned();
         let query = parts.uri.query().map(str::to_owned);
@@ -393,8 +422,78 @@ impl Control {
         })
     }
 
+    /// A synchronous invoke goes where the cluster places it; everything else runs here.
+    fn place(
+        &self,
+        action: Action,
+        parts: Parts,
+        payload: Bytes,
+        forwarded: bool,
+    ) -> Result<Action, Failure> {
+        let Action::Invoke { request, .. } = &action else {
+            return Ok(action);
+        };
+        if request.invocation_type != shoal_core::InvocationType::RequestResponse {
+            return Ok(action);
+        }
+        match self.platform.placement(&request.function, forwarded)? {
+            shoal_core::Placement::Local => Ok(action),
+            shoal_core::Placement::Forward(peer) => Ok(Action::Forward {
+                peer,
+                method: parts.method.clone(),
+                path_and_query: parts
+                    .uri
+                    .path_and_query()
+                    .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned()),
+                // The caller's credential stays here (the forward token stands for it).
+                headers: {
+                    let mut headers = parts.headers;
+                    headers.remove(hyper::header::AUTHORIZATION);
+                    headers
+                },
+                payload,
+                request_id: request.request_id.clone(),
+                local: Box::new(action),
+            }),
+        }
+    }
+
     async fn run(&self, action: Action) -> shoal_core::Result<Reply> {
         Ok(match action {
+            Action::Forward {
+                peer,
+                method,
+                path_and_query,
+                headers,
+                payload,
+                request_id,
+                local,
+            } => {
+                let sent = self
+                    .forwarder
+                    .send(crate::forward::Outgoing {
+                        node: &peer.node,
+                        addr: &peer.control,
+                        method,
+                        path_and_query: &path_and_query,
+                        headers: &headers,
+                        body: payload,
+                        token: self.platform.forward_token().unwrap_or_default(),
+                        by: self.platform.node_name().unwrap_or_default(),
+                        source_ip: None,
+                        request_id: &request_id,
+                    })
+                    .await;
+                match sent {
+                    Ok(response) => Reply::Forwarded(response),
+                    // It did not run there (unreachable, or refused unrun): it runs here.
+                    Err(e) if e.not_run() => {
+                        tracing::warn!(request_id, error = %shoal_core::chain(&e), "forwarding failed before sending; serving here");
+                        return Box::pin(self.run(*local)).await;
+                    }
+                    Err(e) => Reply::ForwardFailed(e.to_string()),
+                }
+            }
             Action::Invoke { request, extras } => {
                 let request_id = request.request_id.clone();
                 let function = request.function.clone();
@@ -430,18 +529,17 @@ impl Control {
                 let additional = alias
                     .additional_version
                     .map(|v| (v, alias.additional_weight.unwrap_or(0.0)));
-                Reply::Alias(self.platform.set_alias(
-                    &function,
-                    &name,
-                    alias.version,
-                    additional,
-                )?)
+                Reply::Alias(
+                    self.platform
+                        .set_alias(&function, &name, alias.version, additional)
+                        .await?,
+                )
             }
             Action::ListAliases(function) => Reply::Aliases(AliasList {
                 aliases: self.platform.aliases(&function)?,
             }),
             Action::DeleteAlias { function, name } => {
-                self.platform.remove_alias(&function, &name)?;
+                self.platform.remove_alias(&function, &name).await?;
                 Reply::Deleted(Deleted { deleted: name })
             }
             Action::Lambda(call) => {

@@ -9,9 +9,11 @@ use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use shoal_core::Platform;
+use shoal_core::{Placement, Platform};
 use shoal_dispatch::BoxFuture;
 
+use crate::auth;
+use crate::forward::{self, Forwarder};
 use crate::http::{self, Body, Handler};
 
 /// API Gateway's payload limit for HTTP APIs.
@@ -19,11 +21,15 @@ const MAX_REQUEST_BODY: usize = 6 * 1024 * 1024;
 
 pub(crate) struct Gateway {
     platform: Arc<Platform>,
+    forwarder: Arc<Forwarder>,
 }
 
 impl Gateway {
-    pub(crate) fn new(platform: Arc<Platform>) -> Arc<Gateway> {
-        Arc::new(Gateway { platform })
+    pub(crate) fn new(platform: Arc<Platform>, forwarder: Arc<Forwarder>) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            platform,
+            forwarder,
+        })
     }
 
     async fn handle_request(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
@@ -35,10 +41,56 @@ impl Gateway {
             Ok(body) => body,
             Err(e) => return respond::unreadable_body(&e),
         };
+        // A call another node forwarded: its markers are trusted, and it runs here.
+        let forwarded = auth::forwarded(&self.platform, &parts.headers);
+        let marker = |name| {
+            forwarded
+                .then(|| parts.headers.get(name).and_then(|v| v.to_str().ok()))
+                .flatten()
+                .filter(|v| v.len() <= 64)
+        };
+        let request_id = marker(forward::REQUEST_ID).map_or_else(gateway_request_id, str::to_owned);
+        let source_ip =
+            marker(forward::SOURCE_IP).map_or_else(|| ip_text(remote.ip()), str::to_owned);
+        match self.platform.placement(&target.function, forwarded) {
+            Err(e) => return respond::invoked(Err(e), &request_id),
+            Ok(Placement::Local) => {}
+            Ok(Placement::Forward(peer)) => {
+                let path_and_query = parts
+                    .uri
+                    .path_and_query()
+                    .map_or(parts.uri.path(), |p| p.as_str());
+                let sent = self
+                    .forwarder
+                    .send(forward::Outgoing {
+                        node: &peer.node,
+                        addr: &peer.gateway,
+                        method: parts.method.clone(),
+                        path_and_query,
+                        headers: &parts.headers,
+                        body: body.clone(),
+                        token: self.platform.forward_token().unwrap_or_default(),
+                        by: self.platform.node_name().unwrap_or_default(),
+                        source_ip: Some(&source_ip),
+                        request_id: &request_id,
+                    })
+                    .await;
+                match sent {
+                    Ok(response) => return response,
+                    // It did not run there (the peer just died, or refused it unrun):
+                    // the call runs here.
+                    Err(e) if e.not_run() => {
+                        tracing::warn!(request_id, error = %shoal_core::chain(&e), "forwarding failed before sending; serving here");
+                    }
+                    Err(e) => return respond::forward_failed(&e, &request_id),
+                }
+            }
+        }
         // Borrowed from the parsed request: the event is written from these directly.
         let headers: Vec<(&str, &[u8])> = parts
             .headers
             .iter()
+            .filter(|(name, _)| !forward::is_marker(name.as_str()))
             .map(|(name, value)| (name.as_str(), value.as_bytes()))
             .collect();
         let host = parts
@@ -46,9 +98,7 @@ impl Gateway {
             .get("host")
             .and_then(|h| h.to_str().ok())
             .unwrap_or("localhost");
-        let request_id = gateway_request_id();
         let lambda_request_id = shoal_core::new_request_id();
-        let source_ip = ip_text(remote.ip());
         let request = shoal_events::HttpRequest {
             method: parts.method.as_str(),
             path: parts.uri.path(),

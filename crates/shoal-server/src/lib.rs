@@ -12,6 +12,7 @@
 mod auth;
 mod control;
 mod dashboard;
+mod forward;
 mod gateway;
 mod http;
 mod sigv4;
@@ -176,6 +177,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     )
     .context("writing gateway-addr")?;
     let (stop, stopped) = watch::channel(false);
+    let forwarder = Arc::new(forward::Forwarder::new());
     let persist = {
         let platform = platform.clone();
         let mut stopped = stopped.clone();
@@ -196,7 +198,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tokio::spawn(http::serve(
             gateway,
             stopped.clone(),
-            gateway::Gateway::new(platform.clone()),
+            gateway::Gateway::new(platform.clone(), forwarder.clone()),
         )),
         tokio::spawn(http::serve(
             control,
@@ -207,6 +209,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 config.region.clone(),
                 control_addr,
                 stopped,
+                forwarder,
             ),
         )),
     ];

@@ -50,6 +50,7 @@ async fn drive(program: &'static str, script: &'static str) {
     server
         .platform()
         .set_alias("hello", "live", 1, Some((2, 0.5)))
+        .await
         .unwrap();
     run_sdk_script(&server, program, script).await;
     server.shutdown().await;

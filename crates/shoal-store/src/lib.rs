@@ -294,6 +294,56 @@ impl Store {
         })
     }
 
+    /// Records a version whose number was chosen elsewhere (a cluster's registry) and
+    /// makes it current if it is newer than the function's current version. Installing
+    /// the same record again changes nothing. Returns whether it is now current.
+    pub fn install_version(&self, record: &VersionRecord) -> Result<bool> {
+        let spec_json =
+            serde_json::to_string(&record.spec).map_err(|source| Error::EncodeSpec {
+                function: record.function.clone(),
+                source,
+            })?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let blob_known = tx
+            .query_row(
+                "SELECT 1 FROM blobs WHERE digest = ?1",
+                [&record.code_digest],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if !blob_known {
+            return Err(Error::UnknownBlob {
+                digest: record.code_digest.clone(),
+            });
+        }
+        tx.execute(
+            "INSERT INTO functions (name, current_version, created_at_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET current_version = excluded.current_version
+             WHERE excluded.current_version > functions.current_version",
+            params![record.function, record.version, record.created_at_ms],
+        )?;
+        tx.execute(
+            "INSERT OR IGNORE INTO versions (function, version, spec, code_digest, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                record.function,
+                record.version,
+                spec_json,
+                record.code_digest,
+                record.created_at_ms
+            ],
+        )?;
+        let current: u32 = tx.query_row(
+            "SELECT current_version FROM functions WHERE name = ?1",
+            [&record.function],
+            |row| row.get(0),
+        )?;
+        tx.commit()?;
+        Ok(current == record.version)
+    }
+
     /// The version a function currently serves, or `None` if the function is unknown.
     pub fn current(&self, name: &str) -> Result<Option<VersionRecord>> {
         let sql = format!(

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use shoal_manifest::{FunctionSpec, Runtime};
-use shoal_store::{Error, Store};
+use shoal_store::{Error, Store, VersionRecord};
 
 fn spec(name: &str, handler: &str) -> FunctionSpec {
     FunctionSpec::new_default(name, Runtime::Nodejs, handler)
@@ -129,7 +129,7 @@ fn tree_digests_are_kept_per_blob() {
     );
     assert!(matches!(
         store.set_tree_digest(&"0".repeat(64), "x"),
-        Err(shoal_store::Error::UnknownBlob { .. })
+        Err(Error::UnknownBlob { .. })
     ));
 }
 
@@ -350,4 +350,40 @@ fn store_is_shareable_across_threads() {
     // Twenty concurrent deploys got twenty distinct, gapless version numbers.
     assert_eq!(store.current("alpha").unwrap().unwrap().version, 20);
     assert!(store.version("alpha", 20).unwrap().is_some());
+}
+
+#[test]
+fn versions_numbered_elsewhere_install_once_and_only_a_newer_one_becomes_current() {
+    let store = Store::open_in_memory().unwrap();
+    let digest = store.put_blob(b"code").unwrap();
+    let record = |version, handler: &str| VersionRecord {
+        function: "f".into(),
+        version,
+        spec: spec("f", handler),
+        code_digest: digest.clone(),
+        created_at_ms: 1_000 + i64::from(version),
+    };
+    assert!(store.install_version(&record(3, "a.v3")).unwrap());
+    // An older version arriving later is kept, but does not take over.
+    assert!(!store.install_version(&record(2, "a.v2")).unwrap());
+    assert_eq!(store.current("f").unwrap().unwrap().version, 3);
+    // The same record again changes nothing (it stays current).
+    assert!(store.install_version(&record(3, "a.v3")).unwrap());
+    assert_eq!(
+        store
+            .versions("f")
+            .unwrap()
+            .iter()
+            .map(|r| (r.version, r.spec.handler.clone()))
+            .collect::<Vec<_>>(),
+        [(2, "a.v2".to_owned()), (3, "a.v3".to_owned())]
+    );
+    // Code must be in the store first.
+    let mut unknown = record(4, "a.v4");
+    unknown.code_digest = "00".repeat(32);
+    assert!(matches!(
+        store.install_version(&unknown),
+        Err(Error::UnknownBlob { .. })
+    ));
+    assert_eq!(store.current("f").unwrap().unwrap().version, 3);
 }

@@ -262,12 +262,33 @@ fn only_shoal_runtime_spawns_processes() {
         if file.components().any(|c| c.as_os_str() == "shoal-runtime") {
             continue;
         }
+        // The one exception: shoal-nats's test harness, which starts a nats-server; it is
+        // compiled only with the `testing` feature, which nothing but dev-dependencies
+        // turns on (checked below), so it is never in the daemon.
+        if file.ends_with("shoal-nats/src/testing.rs") {
+            continue;
+        }
         let text = std::fs::read_to_string(&file).unwrap();
         assert!(
             !text.contains("Command::new") && !text.contains("process::Command"),
             "{} spawns a process",
             file.display()
         );
+    }
+    for p in metadata()["packages"].as_array().unwrap() {
+        if !p["source"].is_null() {
+            continue;
+        }
+        for dep in p["dependencies"].as_array().unwrap() {
+            let testing = dep["features"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f == "testing"));
+            assert!(
+                !(dep["name"] == "shoal-nats" && dep["kind"].is_null() && testing),
+                "{} turns on shoal-nats's `testing` (a process-spawning test harness) outside dev-dependencies",
+                p["name"]
+            );
+        }
     }
 }
 

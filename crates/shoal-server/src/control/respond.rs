@@ -58,6 +58,10 @@ pub(super) fn reply(reply: Reply) -> Response<Body> {
             }
             response
         }
+        Reply::Forwarded(response) => response,
+        Reply::ForwardFailed(message) => {
+            aws_error(StatusCode::BAD_GATEWAY, "ServiceException", &message)
+        }
         Reply::KeyCreated(key) => http::json(StatusCode::CREATED, &key),
         Reply::Keys(keys) => http::json(StatusCode::OK, &keys),
         Reply::Lambda(answer) => http::json(StatusCode::OK, &answer.0),
@@ -215,11 +219,15 @@ fn platform_error(error: &Error, function: &str, request_id: &str, region: &str)
             "TooManyRequestsException",
             &format!("Rate exceeded: too many requests queued for {function}"),
         ),
-        Error::ShuttingDown => aws_error(
+        // Refused before it ran: a node that forwarded it may run it elsewhere.
+        Error::ShuttingDown => not_run(aws_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "ServiceException",
             "the platform is shutting down",
-        ),
+        )),
+        Error::Cluster(shoal_core::ClusterError::CutOff(_)) => {
+            not_run(user(StatusCode::SERVICE_UNAVAILABLE, "ServiceException"))
+        }
         // Never a silent drop: the caller hears that the event was not taken.
         Error::EventStoreFull { .. } => {
             user(StatusCode::TOO_MANY_REQUESTS, "TooManyRequestsException")
@@ -243,8 +251,14 @@ fn platform_error(error: &Error, function: &str, request_id: &str, region: &str)
         | Error::Io { .. }
         | Error::EmptyStore { .. }
         | Error::Launcher(_)
+        | Error::Cluster(_)
         | Error::Task(_) => internal(error, request_id),
     }
+}
+
+fn not_run(mut response: Response<Body>) -> Response<Body> {
+    insert(&mut response, crate::forward::NOT_RUN, "1");
+    response
 }
 
 /// Our own trouble: the details go to the daemon's log, the client gets a stable message.

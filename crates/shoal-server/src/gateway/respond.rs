@@ -26,6 +26,20 @@ pub(super) fn unreadable_body(error: &BodyError) -> Response<Body> {
     }
 }
 
+/// A call forwarded to another node that did not come back: it may have run there, so
+/// it is not run again here.
+pub(super) fn forward_failed(
+    error: &crate::forward::ForwardError,
+    request_id: &str,
+) -> Response<Body> {
+    tracing::warn!(request_id, error = %shoal_core::chain(error), "forwarded call failed");
+    let mut response = message(StatusCode::BAD_GATEWAY, "Bad Gateway");
+    if let Ok(value) = request_id.parse() {
+        response.headers_mut().insert("apigw-requestid", value);
+    }
+    response
+}
+
 /// The answer to a routed call, tagged with its request id.
 pub(super) fn invoked(
     result: Result<shoal_events::HttpResponse, Error>,
@@ -70,7 +84,11 @@ fn function_response(mapped: shoal_events::HttpResponse, request_id: &str) -> Re
         ) else {
             continue;
         };
-        if shoal_events::is_framing_header(name.as_str()) {
+        // Nor can it speak for the cluster: a forwarding marker from a function (say, "not
+        // run") would make the node that forwarded the call run it again.
+        if shoal_events::is_framing_header(name.as_str())
+            || crate::forward::is_marker(name.as_str())
+        {
             continue;
         }
         let _ = headers.try_append(name, value);
@@ -89,7 +107,9 @@ fn error_response(error: &Error, request_id: &str) -> Response<Body> {
         | Error::HandlerThrew { .. }
         | Error::BadProxyResult(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
         Error::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests"),
-        Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
+        Error::ShuttingDown | Error::Cluster(shoal_core::ClusterError::CutOff(_)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
+        }
         Error::EventStoreFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests"),
         // Nothing a gateway call sends can cause these; if one appears it is our bug.
         Error::InvalidPayload(_)
@@ -111,12 +131,22 @@ fn error_response(error: &Error, request_id: &str) -> Response<Body> {
         | Error::Io { .. }
         | Error::EmptyStore { .. }
         | Error::Launcher(_)
+        | Error::Cluster(_)
         | Error::Task(_) => {
             tracing::error!(request_id, error = %shoal_core::chain(error), "gateway call failed inside the platform");
             (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")
         }
     };
     let mut response = message(status, text);
+    if matches!(
+        error,
+        Error::ShuttingDown | Error::Cluster(shoal_core::ClusterError::CutOff(_))
+    ) {
+        // Refused before it ran: a node that forwarded it may run it elsewhere.
+        response
+            .headers_mut()
+            .insert(crate::forward::NOT_RUN, HeaderValue::from_static("1"));
+    }
     if status == StatusCode::TOO_MANY_REQUESTS {
         // The pool's estimate of when a slot frees, where it made one; whole seconds.
         let secs = match error {

@@ -413,18 +413,13 @@ impl Api {
 
     /// Poll the warm pool until `done` holds of its ready pids; panics after [`PATIENCE`].
     pub async fn wait_for_warm(&self, done: impl Fn(&[u64]) -> bool) -> Vec<u64> {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let ready = self.warm_ready().await;
-            if done(&ready) {
-                return ready;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "warm pool never settled: {ready:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        poll_until(
+            "the warm pool",
+            PATIENCE,
+            async || self.warm_ready().await,
+            |r| done(r),
+        )
+        .await
     }
 
     /// Poll the function's status until `done` holds; panics with the last status after
@@ -435,18 +430,30 @@ impl Api {
         within: Duration,
         done: impl Fn(&[Value]) -> bool,
     ) -> Vec<Value> {
-        let deadline = Instant::now() + within;
-        loop {
-            let pools = self.status(name).await;
-            if done(&pools) {
-                return pools;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "status of {name} never settled: {pools:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let what = format!("status of {name}");
+        poll_until(&what, within, async || self.status(name).await, |p| done(p)).await
+    }
+}
+
+/// Fetch every 50 ms until `done` holds of what came; panics with the last value after
+/// `within`.
+async fn poll_until<T: std::fmt::Debug>(
+    what: &str,
+    within: Duration,
+    mut fetch: impl AsyncFnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        let value = fetch().await;
+        if done(&value) {
+            return value;
         }
+        assert!(
+            Instant::now() < deadline,
+            "{what} never settled: {value:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(clap::Args)]
@@ -71,6 +72,19 @@ pub struct Args {
     /// uid) instead of starting a process. Counted in the host budget. 0 turns it off.
     #[arg(long, default_value_t = 1)]
     warm_pool: usize,
+    /// Run as a node of a cluster on NATS JetStream (`nats://host:4222`): the function
+    /// registry, code and heartbeats live there, and calls go to nodes with room.
+    #[arg(long, value_name = "URL")]
+    cluster: Option<String>,
+    /// This node's name in the cluster [default: host name and gateway port]. (`--node`
+    /// already names the Node.js binary.)
+    #[arg(long, value_name = "NAME", requires = "cluster")]
+    node_name: Option<String>,
+    /// Replicas of every JetStream bucket and stream this node makes (registry, code,
+    /// heartbeats, queues): 1 on a single NATS server, 3 on a NATS cluster of three.
+    #[arg(long, default_value_t = 1, requires = "cluster",
+          value_parser = clap::value_parser!(u16).range(1..=5))]
+    cluster_replicas: u16,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -116,9 +130,79 @@ pub async fn run(data_dir: &Path, args: Args) -> anyhow::Result<ExitCode> {
         retry_base: args.async_retry_base,
         // Postgres data-change triggers read through shoal-pg; the core only sees the trait.
         change_sources: Some(std::sync::Arc::new(shoal_pg::Postgres::new())),
+        queues: None,
+    };
+    if let Some(node) = &args.node_name {
+        if !shoal_nats::valid_node_name(node) {
+            anyhow::bail!(
+                "--node-name {node:?}: a node name is 1 to 64 letters, digits, '-' or '_'"
+            );
+        }
+    }
+    // In a cluster, queues (async invokes, SQS queues, schedule fires) live in JetStream,
+    // shared by every node, instead of this node's events.db.
+    let nats = match &args.cluster {
+        Some(url) => {
+            // The default name holds the gateway's port, known once it is bound (below);
+            // the connection is only labelled with it.
+            let label = args.node_name.as_deref().unwrap_or("shoal");
+            let client = shoal_nats::connect(url, label)
+                .await
+                .map_err(|e| anyhow::anyhow!(shoal_core::chain(&e)))?;
+            let queues = shoal_nats::JetStreamQueues::open(
+                client.clone(),
+                shoal_nats::QueueOptions {
+                    replicas: usize::from(args.cluster_replicas),
+                    max_pending_messages: config.events.max_pending_messages,
+                    max_pending_bytes: config.events.max_pending_bytes,
+                    ..shoal_nats::QueueOptions::default()
+                },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(shoal_core::chain(&e)))
+            .with_context(|| format!("opening the queue store on JetStream at {url}"))?;
+            config.events.queues = Some(queues);
+            Some((url.clone(), client))
+        }
+        None => None,
     };
     let running = shoal_server::start(config).await?;
+    let cluster = match nats {
+        Some((url, client)) => {
+            let node = args
+                .node_name
+                .clone()
+                .unwrap_or_else(|| shoal_nats::default_node_name(running.gateway_addr.port()));
+            let joined = shoal_nats::join(
+                running.platform.clone(),
+                client,
+                shoal_nats::Config {
+                    node: node.clone(),
+                    gateway: shoal_nats::advertised(running.gateway_addr),
+                    control: shoal_nats::advertised(running.control_addr),
+                    replicas: usize::from(args.cluster_replicas),
+                },
+            )
+            .await;
+            match joined {
+                Ok(cluster) => Some(cluster),
+                Err(e) => {
+                    running.shutdown().await;
+                    return Err(anyhow::anyhow!(shoal_core::chain(&e))
+                        .context(format!("joining the cluster at {url} as node {node}")));
+                }
+            }
+        }
+        None => None,
+    };
     println!("shoal is serving");
+    if let Some(cluster) = &cluster {
+        println!(
+            "  cluster      {} as node {}",
+            args.cluster.as_deref().unwrap_or_default(),
+            shoal_core::Cluster::node(cluster.as_ref())
+        );
+    }
     println!("  gateway      http://{}", running.gateway_addr);
     println!(
         "  control API  http://{}  (token in {}/admin-token)",
@@ -132,6 +216,9 @@ pub async fn run(data_dir: &Path, args: Args) -> anyhow::Result<ExitCode> {
         _ = int.recv() => {}
     }
     eprintln!("shutting down: draining in-flight invocations");
+    if let Some(cluster) = cluster {
+        cluster.leave().await;
+    }
     running.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use shoal_api::{PoolReport, QueueReport, StatusReport, TriggerReport};
+use shoal_api::{ClusterReport, PoolReport, QueueReport, StatusReport, TriggerReport};
 
 use crate::client::Client;
 
@@ -94,7 +94,65 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
     }
     print_triggers(&status.triggers);
     print_queues(&status.queues);
+    if let Some(cluster) = &status.cluster {
+        print_cluster(cluster);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every node of the cluster from its last heartbeat, and where each function's capacity is.
+fn print_cluster(cluster: &ClusterReport) {
+    println!(
+        "cluster: {} node(s), seen from {} (a node is gone {:.0} s after its last heartbeat)",
+        cluster.nodes.len(),
+        cluster.node,
+        cluster.expiry_ms as f64 / 1000.0
+    );
+    for node in &cluster.nodes {
+        let state = if node.alive { "live" } else { "GONE" };
+        let load = &node.load;
+        println!(
+            "  {} ({state}, heartbeat {:.1}s ago): gateway {}, control {}; {} of {} instances, {} MiB of memory limits",
+            node.name,
+            node.age_ms as f64 / 1000.0,
+            node.gateway,
+            node.control,
+            load.instances,
+            load.max_instances,
+            load.memory_kib / 1024,
+        );
+    }
+    let mut functions: Vec<&str> = cluster
+        .nodes
+        .iter()
+        .flat_map(|n| n.load.functions.iter().map(|f| f.name.as_str()))
+        .collect();
+    functions.sort_unstable();
+    functions.dedup();
+    for function in functions {
+        let places: Vec<String> = cluster
+            .nodes
+            .iter()
+            .filter(|n| n.alive)
+            .filter_map(|n| {
+                let f = n.load.functions.iter().find(|f| f.name == function)?;
+                Some(format!(
+                    "{}: v{} {} instance(s){}, {} busy, {} free",
+                    n.name,
+                    f.version,
+                    f.instances,
+                    if f.starting > 0 {
+                        format!(" ({} starting)", f.starting)
+                    } else {
+                        String::new()
+                    },
+                    f.busy,
+                    f.free
+                ))
+            })
+            .collect();
+        println!("  {function}: {}", places.join("; "));
+    }
 }
 
 fn now_ms() -> i64 {

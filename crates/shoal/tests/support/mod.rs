@@ -46,10 +46,29 @@ impl Daemon {
         Daemon::spawn(command, &data_dir)
     }
 
+    /// `shoal serve` with more arguments (e.g. `--cluster URL --node-name NAME`).
+    pub fn start_with(data_dir: &Path, args: &[&str]) -> Daemon {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_shoal"));
+        command
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("serve")
+            .args(args);
+        Daemon::spawn(command, data_dir)
+    }
+
+    /// The daemon's process id (to `kill -9` it).
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
     fn spawn(mut command: Command, data_dir: &Path) -> Daemon {
         let log = std::fs::File::create(data_dir.join("daemon.log")).unwrap();
+        if !command.get_args().any(|a| a == "serve") {
+            command.arg("serve");
+        }
         let child = command
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0"])
             .args(["--control-listen", "127.0.0.1:0"])
             .stdout(Stdio::null())
             .stderr(log)
