@@ -45,14 +45,17 @@ class Direct(Target):
     """The plain server calling the handler: Node's (server.js) or, with `python`, an
     asyncio one (server.py)."""
 
-    def __init__(self, fn_dir: Path, module: str, export: str, path: str, env=None, python=False):
+    def __init__(
+        self, fn_dir: Path, module: str, export: str, path: str, env=None, python=False, prefix=()
+    ):
+        """`prefix`: a command the server runs under (callgrind, for instruction counts)."""
         self.name = "direct"
         server = ["python3", str(BENCH / "direct" / "server.py")] if python else [
             "node",
             str(BENCH / "direct" / "server.js"),
         ]
         self.proc = subprocess.Popen(
-            [*server, str(fn_dir), module, export],
+            [*prefix, *server, str(fn_dir), module, export],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -87,7 +90,11 @@ class Shoal(Target):
         extra_args=(),
         lift_memory: bool = True,
         before_deploy=None,
+        prefix=(),
+        preexec_fn=None,
     ):
+        """`prefix` and `preexec_fn`: a command the daemon runs under, and what to do before
+        it starts (callgrind, for instruction counts)."""
         self.name = name
         self.binary = binary
         self.data = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
@@ -98,6 +105,7 @@ class Shoal(Target):
         lift = ["--max-memory-mib", "1048576"] if lift_memory else []
         self.proc = subprocess.Popen(
             [
+                *prefix,
                 binary,
                 "--data-dir",
                 str(self.data),
@@ -113,6 +121,7 @@ class Shoal(Target):
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,
         )
         self.pid = self.proc.pid
         deadline = time.time() + 30

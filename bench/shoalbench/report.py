@@ -150,6 +150,8 @@ def report(run, res: dict, command: str) -> str:
             w(f"| {c} | " + " | ".join(
                 f"{fmt(by[l]['runtime_us'])} | {fmt(by[l]['daemon_us'])}" for l in r["levels"]) + " |")
         w("")
+        if "instructions" in r:
+            w(instructions_table(r["instructions"]))
         w(f"![throughput]({rel(r['plot'])})\n")
     if "cold-start" in res:
         r = res["cold-start"]
@@ -615,6 +617,35 @@ def summary(res: dict) -> str:
         "|---|" + "---|" * len(others),
     ]
     return "\n".join(head + rows) + "\n"
+
+
+def instructions_table(counted: dict) -> str:
+    """The overhead scenario's instructions per request (bench/shoalbench/instructions.py)."""
+    rows = counted["rows"]
+    direct = (rows.get("direct") or {}).get("runtime")
+    out = [
+        f"Instructions per request (user space, counted by callgrind: {fmt(counted['requests'])} "
+        f"requests at c={counted['concurrency']} after a warm-up, `oha -n "
+        f"{counted['requests']} -c {counted['concurrency']}`; each process under `valgrind "
+        "--tool=callgrind`, counters zeroed before and dumped after with `callgrind_control`; "
+        "Shoal with `--sandbox off` and the function pinned to one instance of concurrency 16; "
+        "see `bench/shoalbench/instructions.py`). Kernel work (system calls, wake-ups) is not "
+        "in these counts; the CPU table above has it. Node runs far more instructions per "
+        "request under valgrind than natively (its JIT does not settle the same way: direct's "
+        "count at its real request rate would be more than a core can execute), so compare "
+        "runtime counts with each other and the daemon's (compiled Rust) with its own "
+        "history, not the two with each other.\n",
+        "| contender | daemon | runtime | total | total vs direct |",
+        "|---|---|---|---|---|",
+    ]
+    for c, row in rows.items():
+        daemon = row.get("daemon")
+        total = (daemon or 0) + row["runtime"]
+        out.append(
+            f"| {c} | {fmt(daemon) if daemon is not None else '–'} | {fmt(row['runtime'])} | "
+            f"{fmt(total)} | {ratio(total, direct)} |"
+        )
+    return "\n".join(out) + "\n"
 
 
 def check_complete(res: dict) -> list[str]:

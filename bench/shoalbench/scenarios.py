@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import plots
+from . import instructions, plots
 from .common import BENCH, CONTENDERS, PYTHON_CONTENDERS, ROOT, SETTINGS, BenchError, log
 from .contenders import Direct, Shoal, Target, function_dir, manifest
 from .measure import (
@@ -204,6 +204,16 @@ class Run(QueueScenarios, ChangeScenarios, JetStreamScenarios, ClusterScenarios)
             for c, by_level in raw.items()
         }
         key = "python-overhead" if python else "overhead"
+        counted = None
+        if python or self.quick:
+            # The CI smoke run leaves callgrind out: Node under valgrind takes seconds to
+            # start, near the daemon's start timeout on a busy machine.
+            pass
+        elif instructions.available():
+            # Instructions per request: stable where the timings above are not.
+            counted = instructions.count(self, requests=2000, warmup=1000)
+        else:
+            log("overhead: valgrind is not installed; no instruction counts (apt-get install valgrind)")
         plot = self.plots / f"{key}-throughput.svg"
         plots.bar_chart(
             plot,
@@ -212,7 +222,10 @@ class Run(QueueScenarios, ChangeScenarios, JetStreamScenarios, ClusterScenarios)
             [f"{l} concurrent" for l in levels],
             {c: [rows[c][l]["rps"] for l in levels] for c in contenders},
         )
-        return {"levels": levels, "seconds": seconds, "reps": reps, "rows": rows, "plot": plot}
+        out = {"levels": levels, "seconds": seconds, "reps": reps, "rows": rows, "plot": plot}
+        if counted is not None:
+            out["instructions"] = counted
+        return out
 
     # -- noisy neighbour -----------------------------------------------------------------
     def noisy_neighbour(self) -> dict:

@@ -1,7 +1,8 @@
 //! Invocations: the Invoke API's three invocation types, and HTTP requests matched to a
 //! route. Each invocation runs inside one `tracing` span carrying function, version,
 //! request id and (once a slot is granted) instance, so everything logged about it can be
-//! found together.
+//! found together. The span is at debug level (`RUST_LOG=shoal_core=debug` shows it);
+//! what is logged about a call above that level names the function and request itself.
 
 use bytes::Bytes;
 use shoal_dispatch::Outcome;
@@ -73,9 +74,37 @@ pub enum InvokeOutcome {
     DryRun,
 }
 
-/// A fresh request id, in the UUID form Lambda uses.
+/// A fresh request id, in the UUID form Lambda uses (version 4, random).
 pub fn new_request_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+    let uuid = uuid::Builder::from_random_bytes(random_bytes()).into_uuid();
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid.hyphenated().encode_lower(&mut text).to_owned()
+}
+
+/// Sixteen random bytes from the operating system, taken from a per-thread buffer that
+/// one `getrandom` call refills every 32 uses (ids are made for every call, two per HTTP
+/// request). They name requests; secrets (tokens, keys) read the OS directly.
+pub fn random_bytes() -> [u8; 16] {
+    use std::cell::RefCell;
+    const BUFFER: usize = 512;
+    thread_local! {
+        static POOL: RefCell<([u8; BUFFER], usize)> = const { RefCell::new(([0; BUFFER], BUFFER)) };
+    }
+    POOL.with(|pool| {
+        let (bytes, used) = &mut *pool.borrow_mut();
+        if *used == BUFFER {
+            if getrandom::fill(bytes).is_err() {
+                return uuid::Uuid::new_v4().into_bytes();
+            }
+            *used = 0;
+        }
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&bytes[*used..*used + 16]);
+        // What was handed out is not kept.
+        bytes[*used..*used + 16].fill(0);
+        *used += 16;
+        out
+    })
 }
 
 /// A route matched for an HTTP request: which function, and the route's parameters.
@@ -226,8 +255,11 @@ impl Platform {
         client_context: Option<Bytes>,
         trigger: &'static str,
     ) -> (Option<u32>, Result<Outcome>) {
-        // The dispatcher fills in version and instance once it has chosen them.
-        let span = tracing::info_span!(
+        // The dispatcher fills in version and instance once it has chosen them. At debug
+        // level: the formatter writes out a span's fields when it opens, which at info
+        // would cost every call (about 5% of the daemon's instructions on a no-op) for
+        // the rare event inside it; what is logged above debug names its call itself.
+        let span = tracing::debug_span!(
             "invoke",
             function,
             version = tracing::field::Empty,
@@ -250,7 +282,7 @@ impl Platform {
                         &function,
                         instance,
                         &request_id,
-                        &[crate::report::start_line(&request_id, shown)],
+                        &[&crate::report::start_line(&request_id, shown)],
                     )
                 })
             };
@@ -281,7 +313,7 @@ impl Platform {
                     function,
                     &call.instance,
                     request_id,
-                    &[crate::report::end_line(request_id), report.to_string()],
+                    &[&crate::report::end_line(request_id), &report.line()],
                 );
             }
             match &result {
@@ -303,7 +335,7 @@ impl Platform {
                     tracing::debug!(error = %error, "invocation refused")
                 }
                 Err(error) => {
-                    tracing::warn!(error = %chain(error), "invocation failed");
+                    tracing::warn!(function, request_id, error = %chain(error), "invocation failed");
                     self.logs.system(
                         function,
                         "-",
@@ -338,4 +370,22 @@ fn ran(result: &Result<Outcome>, arrived: std::time::Instant) -> Option<std::tim
         Ok(_) | Err(Error::FunctionTimeout(_) | Error::InstanceFailed(_))
     )
     .then(|| arrived.elapsed())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_ids_are_random_version_4_uuids_and_never_repeat() {
+        let mut seen = std::collections::HashSet::new();
+        // Several refills of the per-thread buffer.
+        for _ in 0..2_000 {
+            let id = super::new_request_id();
+            let parsed = uuid::Uuid::parse_str(&id).expect("a UUID");
+            assert_eq!(parsed.get_version_num(), 4, "{id}");
+            assert_eq!(parsed.get_variant(), uuid::Variant::RFC4122, "{id}");
+            assert_eq!(id, parsed.hyphenated().to_string());
+            assert!(seen.insert(id), "an id came twice");
+        }
+        assert_ne!(super::random_bytes(), super::random_bytes());
+    }
 }

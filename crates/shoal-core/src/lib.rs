@@ -40,7 +40,9 @@ pub use cluster::{Cluster, ClusterError, Peer, Placement};
 pub use cost::{lambda_prices, LAMBDA_PRICES_SOURCE};
 pub use error::{chain, Error, Result};
 pub use events::{Change, ChangeFeed, ChangeOp, ChangeSources, Lag, SourceError};
-pub use invoke::{new_request_id, InvocationType, InvokeOutcome, InvokeRequest, Invoked};
+pub use invoke::{
+    new_request_id, random_bytes, InvocationType, InvokeOutcome, InvokeRequest, Invoked,
+};
 pub use lambda::VersionDetail;
 pub use logs::{now_ms, DEFAULT_MAX_LOG_BYTES};
 pub use metrics::prometheus_text;

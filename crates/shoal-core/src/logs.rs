@@ -132,14 +132,27 @@ impl LogStore {
         self.append_all(function, std::slice::from_ref(record));
     }
 
-    /// Several records in one write (a call's `END` and `REPORT` lines).
+    /// Several records in one write.
     pub fn append_all(&self, function: &str, records: &[LogRecord]) {
         let mut line = Vec::new();
         for record in records {
-            if serde_json::to_writer(&mut line, record).is_ok() {
-                line.push(b'\n');
-            }
+            write_record(
+                &mut line,
+                &Fields {
+                    ts: record.ts,
+                    instance: &record.instance,
+                    request_id: record.request_id.as_deref(),
+                    stream: &record.stream,
+                    level: record.level.as_deref(),
+                    message: &record.message,
+                },
+            );
         }
+        self.append_lines(function, line);
+    }
+
+    /// Whole JSON lines, written together.
+    fn append_lines(&self, function: &str, line: Vec<u8>) {
         if line.is_empty() {
             return;
         }
@@ -239,21 +252,29 @@ impl LogStore {
     }
 
     /// Lambda's `START`, `END` and `REPORT` lines (stream `platform`, no level), in one
-    /// write: a call's own lines are never split by another's.
-    pub fn lifecycle(&self, function: &str, instance: &str, request_id: &str, messages: &[String]) {
+    /// write: a call's own lines are never split by another's. Written straight into
+    /// their JSON lines: this runs twice for every call.
+    pub fn lifecycle(&self, function: &str, instance: &str, request_id: &str, messages: &[&str]) {
         let ts = now_ms();
-        let records: Vec<LogRecord> = messages
+        let size: usize = messages
             .iter()
-            .map(|message| LogRecord {
-                ts,
-                instance: instance.to_owned(),
-                request_id: Some(request_id.to_owned()),
-                stream: "platform".into(),
-                level: None,
-                message: message.clone(),
-            })
-            .collect();
-        self.append_all(function, &records);
+            .map(|m| m.len() + 160 + instance.len() + request_id.len())
+            .sum();
+        let mut line = Vec::with_capacity(size);
+        for message in messages {
+            write_record(
+                &mut line,
+                &Fields {
+                    ts,
+                    instance,
+                    request_id: Some(request_id),
+                    stream: "platform",
+                    level: None,
+                    message,
+                },
+            );
+        }
+        self.append_lines(function, line);
     }
 
     /// Every record still on disk for `function` whose line contains `needle`, oldest
@@ -507,6 +528,39 @@ fn parse_lambda_line(line: &str) -> (Option<String>, Option<String>, String) {
     (None, None, line.to_owned())
 }
 
+/// A [`LogRecord`]'s fields, borrowed.
+struct Fields<'a> {
+    ts: u64,
+    instance: &'a str,
+    request_id: Option<&'a str>,
+    stream: &'a str,
+    level: Option<&'a str>,
+    message: &'a str,
+}
+
+/// One record as a JSON line, byte for byte what `serde_json` writes for a [`LogRecord`]
+/// (same field order, absent options left out), without building one.
+fn write_record(out: &mut Vec<u8>, record: &Fields<'_>) {
+    use shoal_events::json;
+    out.extend_from_slice(b"{\"ts\":");
+    json::push_u64(out, record.ts);
+    out.extend_from_slice(b",\"instance\":");
+    json::push_str(out, record.instance);
+    if let Some(request_id) = record.request_id {
+        out.extend_from_slice(b",\"request_id\":");
+        json::push_str(out, request_id);
+    }
+    out.extend_from_slice(b",\"stream\":");
+    json::push_str(out, record.stream);
+    if let Some(level) = record.level {
+        out.extend_from_slice(b",\"level\":");
+        json::push_str(out, level);
+    }
+    out.extend_from_slice(b",\"message\":");
+    json::push_str(out, record.message);
+    out.extend_from_slice(b"}\n");
+}
+
 /// Now, as Unix epoch milliseconds (log timestamps, event times).
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -566,6 +620,43 @@ mod tests {
     /// Bytes one `record(n)` takes in the file.
     fn record_len() -> u64 {
         serde_json::to_vec(&record(0)).unwrap().len() as u64 + 1
+    }
+
+    #[test]
+    fn records_are_written_as_serde_writes_them_and_read_back() {
+        let records = [
+            record(1),
+            LogRecord {
+                ts: 1_796_010_664_845,
+                instance: "noop-v1-1".into(),
+                request_id: Some("0f4bc2d5-0e5c-494d-b463-a2520f9b416a".into()),
+                stream: "platform".into(),
+                level: Some("ERROR".into()),
+                message: "REPORT RequestId: x\tDuration: 0.05 ms \"quoted\" \\ \u{1} ✓".into(),
+            },
+        ];
+        let dir = Dir::new("format");
+        let logs = dir.store(1 << 20);
+        logs.append_all("f", &records);
+        logs.lifecycle(
+            "f",
+            "i-1",
+            "r-1",
+            &["START RequestId: r-1 Version: 1", "END\t\"x\""],
+        );
+        logs.flush_all();
+        let written = std::fs::read_to_string(logs.path("f")).unwrap();
+        let lines: Vec<&str> = written.lines().collect();
+        assert_eq!(lines.len(), 4);
+        for (line, record) in lines.iter().zip(&records) {
+            assert_eq!(*line, serde_json::to_string(record).unwrap());
+        }
+        let end: LogRecord = serde_json::from_str(lines[3]).unwrap();
+        assert_eq!(end.message, "END\t\"x\"");
+        assert_eq!(end.request_id.as_deref(), Some("r-1"));
+        assert_eq!((end.stream.as_str(), end.level), ("platform", None));
+        let (read, _) = logs.read("f", Some(0), 10).unwrap();
+        assert_eq!(&read[..2], &records);
     }
 
     #[test]

@@ -68,6 +68,18 @@ impl Report {
         }
     }
 
+    /// The line, as `to_string` writes it, into a buffer sized for it at once.
+    pub(crate) fn line(&self) -> String {
+        use std::fmt::Write;
+        let mut line = String::with_capacity(
+            320 + self.request_id.len()
+                + self.instance.len()
+                + self.status.as_ref().map_or(0, String::len),
+        );
+        let _ = write!(line, "{self}");
+        line
+    }
+
     /// Read a line this module wrote; `None` for any other line.
     pub fn parse(line: &str) -> Option<Report> {
         let rest = line.strip_prefix("REPORT ")?;
@@ -98,43 +110,112 @@ impl Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "REPORT RequestId: {}\tDuration: {:.2} ms\tBilled Duration: {} ms\tMemory Size: {} MB",
-            self.request_id,
-            self.duration_ms,
-            self.billed_ms(),
-            self.memory_size_mb
-        )?;
+        // One line per call: numbers are written by hand (see `fixed`), not through
+        // float formatting, which cost more than the rest of the line.
+        let mut digits = [0u8; 32];
+        f.write_str("REPORT RequestId: ")?;
+        f.write_str(&self.request_id)?;
+        f.write_str("\tDuration: ")?;
+        fixed(f, &mut digits, self.duration_ms, 2)?;
+        f.write_str(" ms\tBilled Duration: ")?;
+        f.write_str(integer(&mut digits, self.billed_ms()))?;
+        f.write_str(" ms\tMemory Size: ")?;
+        f.write_str(integer(&mut digits, self.memory_size_mb))?;
+        f.write_str(" MB")?;
         if let Some(used) = self.max_memory_used_mb {
-            write!(f, "\tMax Memory Used: {used} MB")?;
+            f.write_str("\tMax Memory Used: ")?;
+            f.write_str(integer(&mut digits, used))?;
+            f.write_str(" MB")?;
         }
         if let Some(init) = self.init_ms {
-            write!(f, "\tInit Duration: {init:.2} ms")?;
+            f.write_str("\tInit Duration: ")?;
+            fixed(f, &mut digits, init, 2)?;
+            f.write_str(" ms")?;
         }
         if let Some(status) = &self.status {
-            write!(f, "\tStatus: {status}")?;
+            f.write_str("\tStatus: ")?;
+            f.write_str(status)?;
         }
-        write!(
-            f,
-            "\tInstance: {}\tQueue Wait: {:.2} ms\tInstance Share: {:.2} ms\tCPU Share: {:.2} ms\tMemory Share: {:.3} MB-s",
-            self.instance,
-            self.queue_wait_ms,
-            self.instance_share_ms,
-            self.cpu_share_ms,
-            self.memory_share_mb_s
-        )
+        f.write_str("\tInstance: ")?;
+        f.write_str(&self.instance)?;
+        f.write_str("\tQueue Wait: ")?;
+        fixed(f, &mut digits, self.queue_wait_ms, 2)?;
+        f.write_str(" ms\tInstance Share: ")?;
+        fixed(f, &mut digits, self.instance_share_ms, 2)?;
+        f.write_str(" ms\tCPU Share: ")?;
+        fixed(f, &mut digits, self.cpu_share_ms, 2)?;
+        f.write_str(" ms\tMemory Share: ")?;
+        fixed(f, &mut digits, self.memory_share_mb_s, 3)?;
+        f.write_str(" MB-s")
     }
+}
+
+/// `n` in decimal, in the tail of `digits`.
+fn integer(digits: &mut [u8; 32], mut n: u64) -> &str {
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&digits[at..]).expect("ASCII digits")
+}
+
+/// `value` with `decimals` places, as `{:.N}` writes it. By integer arithmetic when that
+/// is certainly the same text: a value that is not negative, not huge, and not within a
+/// millionth of a rounding tie (where the product's own rounding could tip it); through
+/// `{:.N}` otherwise.
+fn fixed(
+    f: &mut fmt::Formatter<'_>,
+    digits: &mut [u8; 32],
+    value: f64,
+    decimals: u32,
+) -> fmt::Result {
+    let scale = f64::from(10u32.pow(decimals));
+    let scaled = value * scale;
+    let tie = (scaled - scaled.floor() - 0.5).abs() < 1e-6;
+    if !(0.0..1e12).contains(&scaled) || tie {
+        return write!(f, "{value:.*}", decimals as usize);
+    }
+    let mut n = scaled.round() as u64;
+    let mut at = digits.len();
+    for _ in 0..decimals {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    at -= 1;
+    digits[at] = b'.';
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    f.write_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"))
 }
 
 /// Lambda's `START` line.
 pub fn start_line(request_id: &str, version: u32) -> String {
-    format!("START RequestId: {request_id} Version: {version}")
+    let mut line = String::with_capacity(40 + request_id.len());
+    line.push_str("START RequestId: ");
+    line.push_str(request_id);
+    line.push_str(" Version: ");
+    line.push_str(integer(&mut [0u8; 32], u64::from(version)));
+    line
 }
 
 /// Lambda's `END` line.
 pub fn end_line(request_id: &str) -> String {
-    format!("END RequestId: {request_id}")
+    let mut line = String::with_capacity(16 + request_id.len());
+    line.push_str("END RequestId: ");
+    line.push_str(request_id);
+    line
 }
 
 fn ms(d: Duration) -> f64 {

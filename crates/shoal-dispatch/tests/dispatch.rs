@@ -673,6 +673,47 @@ async fn a_timed_out_call_keeps_its_slot_and_a_stuck_instance_is_stopped() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_leaves_mid_call_keeps_the_slot_until_the_instance_answers() {
+    let mut cfg = config(1);
+    cfg.max_instances = 1;
+    cfg.timeout = Duration::from_secs(30);
+    let (launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 10,
+            ..Default::default()
+        },
+        cfg,
+    );
+    // The first caller goes away (a client disconnecting) while its 2 s call runs.
+    let first = {
+        let d = d.clone();
+        tokio::spawn(async move { d.invoke("f", "a".into(), Bytes::from_static(b"2000")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    let start = tokio::time::Instant::now();
+    let second = d.invoke("f", "b".into(), Bytes::from_static(b"10")).await;
+    assert!(second.is_ok(), "{second:?}");
+    // The second call waited for the first to finish on the instance (about 1.5 s more).
+    assert!(
+        start.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        launcher.peak_in_flight.load(Ordering::SeqCst),
+        1,
+        "never two calls in one instance"
+    );
+    assert_eq!(
+        launcher.launches.load(Ordering::SeqCst),
+        1,
+        "an instance that answered is not stuck"
+    );
+}
+
 /// `loops` callers, each calling again as soon as its call returns, for `for_how_long`.
 async fn sustained(
     d: &Arc<Dispatcher>,

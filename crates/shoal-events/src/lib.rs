@@ -10,6 +10,7 @@
 //! ([`build_sqs_event`], [`parse_batch_response`]), the asynchronous-invocation failure
 //! record ([`build_failure_record`]), data-change records shaped as DynamoDB Streams'
 //! ([`build_stream_event`], [`build_stream_failure`]), and the local account, region and ARNs they all carry.
+//! [`json`] writes the JSON built for every call by hand (strings escaped as serde does).
 //!
 //! It must not touch sockets, processes, files, SQL or the clock: callers pass times and
 //! ids in, and it uses no hyper/http types (the server maps hyper types into
@@ -21,6 +22,7 @@
 mod aws;
 mod destination;
 mod iso8601;
+pub mod json;
 mod percent;
 mod request;
 mod response;

@@ -8,13 +8,14 @@
 //! type (base64 otherwise). It does not choose the route (see `route`) or read the clock:
 //! the caller passes the request id and time, which keeps the output reproducible.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use serde::Serialize;
 
 use crate::aws::ACCOUNT_ID;
-use crate::percent;
+use crate::{json, percent};
 
 /// One incoming HTTP request, already read by the gateway.
 #[derive(Debug, Clone, Copy)]
@@ -25,7 +26,7 @@ pub struct HttpRequest<'a> {
     /// Raw query string without the `?`; `None` when the URL had none.
     pub query: Option<&'a str>,
     /// Header names lower-case, in the order received; repeats allowed.
-    pub headers: &'a [(String, Vec<u8>)],
+    pub headers: &'a [(&'a str, &'a [u8])],
     pub body: &'a [u8],
     pub source_ip: &'a str,
     /// API Gateway's own id of the request (`requestContext.requestId`), not the Lambda
@@ -66,63 +67,22 @@ impl RouteMatch {
     }
 }
 
-// Field order mirrors AWS's documented example so events read the same in logs.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct EventV2<'a> {
-    version: &'static str,
-    route_key: &'a str,
-    raw_path: &'a str,
-    raw_query_string: &'a str,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    cookies: Vec<&'a str>,
-    headers: BTreeMap<&'a str, String>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    query_string_parameters: BTreeMap<String, String>,
-    request_context: RequestContext<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    body: Option<String>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    path_parameters: &'a BTreeMap<String, String>,
-    is_base64_encoded: bool,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct RequestContext<'a> {
-    account_id: &'static str,
-    api_id: &'a str,
-    domain_name: &'a str,
-    domain_prefix: &'a str,
-    http: HttpContext<'a>,
-    request_id: &'a str,
-    route_key: &'a str,
-    stage: &'a str,
-    time: String,
-    time_epoch: u64,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct HttpContext<'a> {
-    method: &'a str,
-    path: &'a str,
-    protocol: &'static str,
-    source_ip: &'a str,
-    user_agent: String,
-}
-
 /// Builds the API Gateway HTTP API (payload format 2.0) event as JSON bytes.
+///
+/// Written by hand (every HTTP call builds one): field order as in AWS's documented
+/// example, so events read the same in logs; strings escaped as serde escapes them
+/// ([`json`]); header values borrowed unless a name repeats.
 pub fn build_v2_event(
     req: &HttpRequest,
     m: &RouteMatch,
     api_id: &str,
     domain_name: &str,
 ) -> Vec<u8> {
-    let mut headers: BTreeMap<&str, String> = BTreeMap::new();
-    let mut cookies = Vec::new();
-    let mut content_type = None;
-    for (name, value) in req.headers {
+    // Headers by name (a stable sort keeps each name's values in the order received);
+    // cookies lifted out of their header.
+    let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(req.headers.len());
+    let mut cookies: Vec<&str> = Vec::new();
+    for &(name, value) in req.headers {
         if name == "cookie" {
             // Borrowing needs the value as &str; a cookie header that is not UTF-8 is
             // dropped rather than mangled, since the handler could not parse it anyway.
@@ -131,54 +91,149 @@ pub fn build_v2_event(
             }
             continue;
         }
-        let value = String::from_utf8_lossy(value);
-        if name == "content-type" && content_type.is_none() {
-            content_type = Some(value.clone().into_owned());
-        }
-        headers
-            .entry(name.as_str())
-            .and_modify(|joined| {
-                joined.push(',');
-                joined.push_str(&value);
-            })
-            .or_insert_with(|| value.into_owned());
+        headers.push((name, value));
     }
-    let user_agent = headers.get("user-agent").cloned().unwrap_or_default();
-
+    headers.sort_by(|a, b| a.0.cmp(b.0));
+    let content_type = headers
+        .iter()
+        .find(|(name, _)| *name == "content-type")
+        .map(|(_, value)| String::from_utf8_lossy(value));
     let (body, is_base64_encoded) = encode_body(req.body, content_type.as_deref());
+    let query = query_parameters(req.query.unwrap_or(""));
 
-    let event = EventV2 {
-        version: "2.0",
-        route_key: &m.route_key,
-        raw_path: req.path,
-        raw_query_string: req.query.unwrap_or(""),
-        cookies,
-        headers,
-        query_string_parameters: query_parameters(req.query.unwrap_or("")),
-        request_context: RequestContext {
-            account_id: ACCOUNT_ID,
-            api_id,
-            domain_name,
-            domain_prefix: domain_name.split('.').next().unwrap_or(domain_name),
-            http: HttpContext {
-                method: req.method,
-                path: req.path,
-                protocol: "HTTP/1.1",
-                source_ip: req.source_ip,
-                user_agent,
-            },
-            request_id: req.request_id,
-            route_key: &m.route_key,
-            stage: &m.stage,
-            time: format_clf_time(req.time_epoch_ms),
-            time_epoch: req.time_epoch_ms,
-        },
-        body,
-        path_parameters: &m.path_params,
-        is_base64_encoded,
+    let mut out = Vec::with_capacity(
+        640 + req.path.len() * 2
+            + req.query.map_or(0, |q| q.len() * 2)
+            + req
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len() + 6)
+                .sum::<usize>()
+            + body.as_ref().map_or(0, |b| b.len() + 16),
+    );
+    let field = |out: &mut Vec<u8>, name: &str| {
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
     };
-    // Serializing plain strings, integers and maps with string keys cannot fail.
-    serde_json::to_vec(&event).expect("event serializes")
+    out.extend_from_slice(b"{\"version\":\"2.0\"");
+    field(&mut out, "routeKey");
+    json::push_str(&mut out, &m.route_key);
+    field(&mut out, "rawPath");
+    json::push_str(&mut out, req.path);
+    field(&mut out, "rawQueryString");
+    json::push_str(&mut out, req.query.unwrap_or(""));
+    if !cookies.is_empty() {
+        field(&mut out, "cookies");
+        out.push(b'[');
+        for (i, cookie) in cookies.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            json::push_str(&mut out, cookie);
+        }
+        out.push(b']');
+    }
+    field(&mut out, "headers");
+    out.push(b'{');
+    let mut user_agent = std::borrow::Cow::Borrowed("");
+    let mut at = 0;
+    while at < headers.len() {
+        let name = headers[at].0;
+        let same = headers[at..].iter().take_while(|(n, _)| *n == name).count();
+        if at > 0 {
+            out.push(b',');
+        }
+        json::push_str(&mut out, name);
+        out.push(b':');
+        // Repeated headers joined with `,`, as API Gateway does.
+        let value = match same {
+            1 => String::from_utf8_lossy(headers[at].1),
+            _ => std::borrow::Cow::Owned(
+                headers[at..at + same]
+                    .iter()
+                    .map(|(_, v)| String::from_utf8_lossy(v))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+        };
+        json::push_str(&mut out, &value);
+        if name == "user-agent" {
+            user_agent = value;
+        }
+        at += same;
+    }
+    out.push(b'}');
+    if !query.is_empty() {
+        field(&mut out, "queryStringParameters");
+        push_map(&mut out, &query);
+    }
+    field(&mut out, "requestContext");
+    out.extend_from_slice(b"{\"accountId\":");
+    json::push_str(&mut out, ACCOUNT_ID);
+    field(&mut out, "apiId");
+    json::push_str(&mut out, api_id);
+    field(&mut out, "domainName");
+    json::push_str(&mut out, domain_name);
+    field(&mut out, "domainPrefix");
+    json::push_str(
+        &mut out,
+        domain_name.split('.').next().unwrap_or(domain_name),
+    );
+    field(&mut out, "http");
+    out.extend_from_slice(b"{\"method\":");
+    json::push_str(&mut out, req.method);
+    field(&mut out, "path");
+    json::push_str(&mut out, req.path);
+    field(&mut out, "protocol");
+    out.extend_from_slice(b"\"HTTP/1.1\"");
+    field(&mut out, "sourceIp");
+    json::push_str(&mut out, req.source_ip);
+    field(&mut out, "userAgent");
+    json::push_str(&mut out, &user_agent);
+    out.push(b'}');
+    field(&mut out, "requestId");
+    json::push_str(&mut out, req.request_id);
+    field(&mut out, "routeKey");
+    json::push_str(&mut out, &m.route_key);
+    field(&mut out, "stage");
+    json::push_str(&mut out, &m.stage);
+    field(&mut out, "time");
+    out.push(b'"');
+    push_clf_time(&mut out, req.time_epoch_ms);
+    out.push(b'"');
+    field(&mut out, "timeEpoch");
+    json::push_u64(&mut out, req.time_epoch_ms);
+    out.push(b'}');
+    if let Some(body) = &body {
+        field(&mut out, "body");
+        json::push_str(&mut out, body);
+    }
+    if !m.path_params.is_empty() {
+        field(&mut out, "pathParameters");
+        push_map(&mut out, &m.path_params);
+    }
+    field(&mut out, "isBase64Encoded");
+    out.extend_from_slice(if is_base64_encoded {
+        b"true}"
+    } else {
+        b"false}"
+    });
+    out
+}
+
+/// A map of strings as a JSON object, in the map's (sorted) order.
+fn push_map(out: &mut Vec<u8>, map: &BTreeMap<String, String>) {
+    out.push(b'{');
+    for (i, (key, value)) in map.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json::push_str(out, key);
+        out.push(b':');
+        json::push_str(out, value);
+    }
+    out.push(b'}');
 }
 
 // Payload 1.0, field order as in AWS's documented example. Absent collections are `null`.
@@ -196,7 +251,7 @@ struct EventV1<'a> {
     request_context: RequestContextV1<'a>,
     path_parameters: Option<&'a BTreeMap<String, String>>,
     stage_variables: Option<BTreeMap<String, String>>,
-    body: Option<String>,
+    body: Option<Cow<'a, str>>,
     is_base64_encoded: bool,
 }
 
@@ -250,13 +305,13 @@ pub fn build_v1_event(
     let mut headers: BTreeMap<&str, String> = BTreeMap::new();
     let mut multi_headers: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let mut content_type = None;
-    for (name, value) in req.headers {
+    for &(name, value) in req.headers {
         let value = String::from_utf8_lossy(value).into_owned();
         if name == "content-type" && content_type.is_none() {
             content_type = Some(value.clone());
         }
-        headers.insert(name.as_str(), value.clone());
-        multi_headers.entry(name.as_str()).or_default().push(value);
+        headers.insert(name, value.clone());
+        multi_headers.entry(name).or_default().push(value);
     }
     let user_agent = headers.get("user-agent").cloned();
     let mut query: BTreeMap<String, String> = BTreeMap::new();
@@ -349,17 +404,19 @@ fn query_parameters(raw: &str) -> BTreeMap<String, String> {
 
 /// The body as the event carries it: `None` when empty, text when it is UTF-8 and the
 /// content type says text, base64 otherwise (with `isBase64Encoded: true`).
-fn encode_body(body: &[u8], content_type: Option<&str>) -> (Option<String>, bool) {
+fn encode_body<'a>(body: &'a [u8], content_type: Option<&str>) -> (Option<Cow<'a, str>>, bool) {
     if body.is_empty() {
         return (None, false);
     }
     if content_type.is_some_and(is_textual) {
         if let Ok(text) = std::str::from_utf8(body) {
-            return (Some(text.to_owned()), false);
+            return (Some(Cow::Borrowed(text)), false);
         }
     }
     (
-        Some(base64::engine::general_purpose::STANDARD.encode(body)),
+        Some(Cow::Owned(
+            base64::engine::general_purpose::STANDARD.encode(body),
+        )),
         true,
     )
 }
@@ -385,19 +442,35 @@ fn is_textual(content_type: &str) -> bool {
 
 /// `time` in the access-log form AWS uses: `12/Mar/2020:19:03:58 +0000` (always UTC).
 fn format_clf_time(epoch_ms: u64) -> String {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    let mut out = Vec::with_capacity(26);
+    push_clf_time(&mut out, epoch_ms);
+    String::from_utf8(out).expect("ASCII")
+}
+
+/// [`format_clf_time`], appended to `out` (no `format!`: every HTTP call writes one).
+fn push_clf_time(out: &mut Vec<u8>, epoch_ms: u64) {
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
     ];
+    let two = |out: &mut Vec<u8>, n: u64| {
+        out.extend_from_slice(&[b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8])
+    };
     let secs = epoch_ms / 1000;
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (year, month, day) = civil_from_days(days);
-    format!(
-        "{day:02}/{}/{year}:{:02}:{:02}:{:02} +0000",
-        MONTHS[month as usize - 1],
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    two(out, day);
+    out.push(b'/');
+    out.extend_from_slice(MONTHS[month as usize - 1]);
+    out.push(b'/');
+    json::push_u64(out, year);
+    out.push(b':');
+    two(out, rem / 3600);
+    out.push(b':');
+    two(out, rem % 3600 / 60);
+    out.push(b':');
+    two(out, rem % 60);
+    out.extend_from_slice(b" +0000");
 }
 
 /// Days since 1970-01-01 to (year, month 1..=12, day 1..=31) in the proleptic Gregorian

@@ -178,10 +178,10 @@ fn request_cases() {
                 .unwrap();
         }
         let spec = &case.request;
-        let headers: Vec<(String, Vec<u8>)> = spec
+        let headers: Vec<(&str, &[u8])> = spec
             .headers
             .iter()
-            .map(|(n, v)| (n.clone(), v.clone().into_bytes()))
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
             .collect();
         let body = match (&spec.body, &spec.body_base64) {
             (Some(text), None) => text.clone().into_bytes(),

@@ -58,7 +58,8 @@ struct State {
 
 struct Shared {
     instance: String,
-    arn: String,
+    /// The function's ARN, as the header every invocation carries (made once).
+    arn: Option<hyper::header::HeaderValue>,
     pid: u32,
     /// Reads the instance's CPU and memory at every call's start and end.
     tree: crate::procfs::TreeReader,
@@ -123,10 +124,11 @@ pub(crate) async fn launch(start: Launch) -> Result<Arc<dyn InstanceHandle>, Lau
     })?;
     let shared = Arc::new(Shared {
         instance: start.request.instance_id.clone(),
-        arn: format!(
+        arn: hyper::header::HeaderValue::try_from(format!(
             "arn:aws:lambda:local:000000000000:function:{}",
             start.code.function
-        ),
+        ))
+        .ok(),
         pid: spawned.pid,
         tree: crate::procfs::TreeReader::new(spawned.pid),
         state: Mutex::new(State::default()),
@@ -222,7 +224,10 @@ async fn close_on_exit(shared: Arc<Shared>, server: tokio::task::JoinHandle<()>)
 #[derive(Debug)]
 enum Answer {
     /// An invocation for a `/next` poll.
-    Invocation { assigned: Assigned, arn: String },
+    Invocation {
+        assigned: Assigned,
+        arn: Option<hyper::header::HeaderValue>,
+    },
     /// A response, error or init error was taken.
     Accepted,
 }

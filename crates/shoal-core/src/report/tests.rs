@@ -57,6 +57,7 @@ fn report_lines_match_lambdas_format_and_read_back() {
         let report = Report::from_call(&c.request_id, &call, case.status.as_deref());
         let line = report.to_string();
         assert_eq!(line, case.line, "case: {}", case.name);
+        assert_eq!(report.line(), line, "case: {}", case.name);
         let back = Report::parse(&line).expect("a REPORT line parses");
         assert_eq!(back.to_string(), line, "case: {}", case.name);
         assert_eq!(back.billed_ms(), report.billed_ms(), "case: {}", case.name);
@@ -75,4 +76,54 @@ fn start_and_end_lines_are_lambdas() {
     );
     assert_eq!(Report::parse("START RequestId: x Version: 1"), None);
     assert_eq!(Report::parse("REPORT nonsense"), None);
+}
+
+#[test]
+fn numbers_read_as_float_formatting_writes_them() {
+    struct Fixed(f64, u32);
+    impl fmt::Display for Fixed {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            fixed(f, &mut [0u8; 32], self.0, self.1)
+        }
+    }
+    // Whole numbers, values rounded to hundredths as `ms` rounds them, ties in binary
+    // (0.125, 2.5) and near-ties, tiny, large and beyond the integer path.
+    let mut values = vec![
+        0.0,
+        1.0,
+        0.005,
+        0.125,
+        2.5,
+        0.0049999999,
+        0.0050000001,
+        1e-9,
+        123456.789,
+        9.9999,
+        1e13,
+        -1.25,
+    ];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..20_000 {
+        // A fixed pseudo-random walk over magnitudes 1e-6 .. 1e7.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let mantissa = (x >> 11) as f64 / (1u64 << 53) as f64;
+        let value = mantissa * 10f64.powi((x % 14) as i32 - 6);
+        values.push(value);
+        values.push((value * 100.0).round() / 100.0);
+    }
+    for value in values {
+        for decimals in [2, 3] {
+            assert_eq!(
+                Fixed(value, decimals).to_string(),
+                format!("{value:.*}", decimals as usize),
+                "{value:e} with {decimals} decimals"
+            );
+        }
+    }
+    let mut digits = [0u8; 32];
+    for n in [0, 9, 10, 2185, u64::MAX] {
+        assert_eq!(integer(&mut digits, n), n.to_string());
+    }
 }

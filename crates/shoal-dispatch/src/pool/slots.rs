@@ -19,8 +19,8 @@ use super::lifecycle::STUCK_GRACE;
 use super::{Inner, InstanceState, Pool, Slot};
 use crate::meter::Meter;
 use crate::{
-    CallReport, DispatchError, ErrorType, InstanceFailure, InstanceHandle, Invocation, LaunchError,
-    OnStart, Outcome, Result,
+    BoxFuture, CallReport, DispatchError, ErrorType, InstanceFailure, InstanceHandle, Invocation,
+    LaunchError, OnStart, Outcome, Result,
 };
 
 /// How many times one call may be moved off instances that refused it before running it.
@@ -53,10 +53,11 @@ impl Drop for Grant {
 impl Pool {
     /// Run one invocation: wait for a slot (bounded by the deadline), then run it there.
     ///
-    /// The run itself happens on its own task, which keeps the slot until the instance
-    /// really finishes the call: a caller that times out or goes away must not free a slot
-    /// whose handler is still running (that would push the instance past its limit). An
-    /// instance that has not answered by the deadline plus [`STUCK_GRACE`] is stopped.
+    /// The run happens on the caller's task and keeps the slot until the instance really
+    /// finishes the call: a caller that times out or goes away must not free a slot whose
+    /// handler is still running (that would push the instance past its limit), so then
+    /// the rest moves to a task of its own (see [`Running`]). An instance that has not
+    /// answered by the deadline plus [`STUCK_GRACE`] is stopped.
     ///
     /// A call an instance refused without running it (its process just died, and the
     /// pool has not heard yet) goes to another instance, up to [`MAX_REROUTES`] times
@@ -112,55 +113,53 @@ impl Pool {
             Err(_) => return (Err(DispatchError::Timeout(self.config.timeout)), None),
         };
         // The caller's span (one per invocation, opened by the core) learns where the call
-        // runs, and the task that runs it stays inside that span.
-        let span = tracing::Span::current();
-        span.record("instance", grant.instance.as_str());
-        let (reply, result) = oneshot::channel();
-        let timeout = self.config.timeout;
-        let memory_limit_kib = self.config.memory_limit_kib;
-        let run = async move {
-            let handle = grant.handle.clone();
-            if let Some(on_start) = on_start {
-                on_start(&grant.instance);
-            }
-            let started = Instant::now();
-            let mark = {
-                let wants = lock_meter(&grant.meter).wants_reading(started);
-                let reading = if wants { handle.resources() } else { None };
-                lock_meter(&grant.meter).start(started, reading)
-            };
-            let mut call = handle.invoke(invocation);
-            let outcome = match tokio::time::timeout_at(deadline, &mut call).await {
-                Ok(outcome) => outcome.map_err(DispatchError::from),
-                Err(_) => Err(DispatchError::Timeout(timeout)),
-            };
-            let ended = Instant::now();
-            let usage = {
-                let wants = lock_meter(&grant.meter).wants_reading(ended);
-                let reading = if wants { handle.resources() } else { None };
-                lock_meter(&grant.meter).finish(mark, ended, reading)
-            };
-            let report = CallReport {
-                instance: grant.instance.clone(),
-                queued: started.saturating_duration_since(arrived),
-                duration: ended.saturating_duration_since(started),
-                init: grant.init,
-                usage,
-                memory_limit_kib,
-            };
-            let timed_out = matches!(outcome, Err(DispatchError::Timeout(_)));
-            let _ = reply.send((outcome, Some(report)));
-            if timed_out && tokio::time::timeout(STUCK_GRACE, call).await.is_err() {
-                if let Some(pool) = &grant.pool {
-                    pool.stop_stuck(&grant.instance);
-                }
-            }
-            drop(grant);
+        // runs.
+        tracing::Span::current().record("instance", grant.instance.as_str());
+        if let Some(on_start) = on_start {
+            on_start(&grant.instance);
+        }
+        let handle = grant.handle.clone();
+        let started = Instant::now();
+        let mark = {
+            let wants = lock_meter(&grant.meter).wants_reading(started);
+            let reading = if wants { handle.resources() } else { None };
+            lock_meter(&grant.meter).start(started, reading)
         };
-        tokio::spawn(tracing::Instrument::instrument(run, span));
-        result
-            .await
-            .unwrap_or((Err(DispatchError::ShuttingDown), None))
+        // The call runs on the caller's task (no hand-over to another task and back on
+        // every call); if the caller goes away first, `Running`'s drop hands what is left
+        // to a task of its own.
+        let mut running = Running {
+            call: Some(handle.invoke(invocation)),
+            mark: Some(mark),
+            grant,
+            deadline,
+        };
+        let outcome = match tokio::time::timeout_at(
+            deadline,
+            running.call.as_mut().expect("set above"),
+        )
+        .await
+        {
+            Ok(outcome) => {
+                running.call = None;
+                outcome.map_err(DispatchError::from)
+            }
+            Err(_) => Err(DispatchError::Timeout(self.config.timeout)),
+        };
+        let ended = Instant::now();
+        let usage = running.finish_meter(ended);
+        let report = CallReport {
+            instance: running.grant.instance.clone(),
+            queued: started.saturating_duration_since(arrived),
+            duration: ended.saturating_duration_since(started),
+            init: running.grant.init,
+            usage,
+            memory_limit_kib: self.config.memory_limit_kib,
+        };
+        // A call that timed out still holds its slot until the instance answers: `running`
+        // keeps watching it (and stops an instance stuck past `STUCK_GRACE`).
+        drop(running);
+        (outcome, Some(report))
     }
 
     async fn acquire(self: &Arc<Self>, deadline: Instant) -> Result<Grant> {
@@ -326,6 +325,81 @@ impl Pool {
     pub(crate) fn in_flight(&self) -> u32 {
         let inner = self.lock();
         inner.slots.iter().map(|s| s.in_flight).sum::<u32>() + inner.queue.len() as u32
+    }
+}
+
+/// A call handed to an instance, on its caller's task. It holds the slot (the grant)
+/// until the instance really answers: a caller that timed out or went away must not free
+/// a slot whose handler still runs (that would push the instance past its limit). So when
+/// it is dropped with the call unfinished, the rest moves to a task of its own: wait for
+/// the answer until the deadline, count the call in the instance's meter, and stop an
+/// instance that has not answered `STUCK_GRACE` past it.
+struct Running {
+    grant: Grant,
+    call: Option<BoxFuture<std::result::Result<Outcome, InstanceFailure>>>,
+    /// The call's start in the instance's meter, until its end is counted.
+    mark: Option<crate::meter::Mark>,
+    deadline: Instant,
+}
+
+impl Running {
+    /// Count the call's end in the instance's meter (once).
+    fn finish_meter(&mut self, ended: Instant) -> crate::meter::Usage {
+        finish_meter(&self.grant, self.mark.take(), ended)
+    }
+}
+
+fn finish_meter(
+    grant: &Grant,
+    mark: Option<crate::meter::Mark>,
+    ended: Instant,
+) -> crate::meter::Usage {
+    let Some(mark) = mark else {
+        return crate::meter::Usage::default();
+    };
+    let wants = lock_meter(&grant.meter).wants_reading(ended);
+    let reading = if wants {
+        grant.handle.resources()
+    } else {
+        None
+    };
+    lock_meter(&grant.meter).finish(mark, ended, reading)
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let Some(mut call) = self.call.take() else {
+            return; // answered: the grant's own drop frees the slot
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // the daemon is going away; the instances go with it
+        };
+        let mark = self.mark.take();
+        let deadline = self.deadline;
+        // The grant moves to the watcher; this `Running` keeps an inert copy.
+        let grant = Grant {
+            pool: self.grant.pool.take(),
+            instance: self.grant.instance.clone(),
+            handle: self.grant.handle.clone(),
+            started: self.grant.started,
+            meter: self.grant.meter.clone(),
+            init: None,
+        };
+        let watch = async move {
+            let mut timed_out = true;
+            if mark.is_some() {
+                // The caller left before the deadline: the call may still finish in time.
+                timed_out = tokio::time::timeout_at(deadline, &mut call).await.is_err();
+                finish_meter(&grant, mark, Instant::now());
+            }
+            if timed_out && tokio::time::timeout(STUCK_GRACE, call).await.is_err() {
+                if let Some(pool) = &grant.pool {
+                    pool.stop_stuck(&grant.instance);
+                }
+            }
+            drop(grant);
+        };
+        runtime.spawn(tracing::Instrument::in_current_span(watch));
     }
 }
 

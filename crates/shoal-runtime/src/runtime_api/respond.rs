@@ -5,13 +5,22 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper::header::HeaderValue;
 use hyper::{Response, StatusCode};
 
 use super::{Answer, Refusal};
 
 pub(super) fn answer(result: Result<Answer, Refusal>) -> Response<Full<Bytes>> {
     match result {
-        Ok(Answer::Accepted) => json(StatusCode::ACCEPTED, serde_json::json!({ "status": "OK" })),
+        // Every answered call gets this one: a constant, not a JSON value built each time.
+        Ok(Answer::Accepted) => {
+            let mut response = Response::new(Full::new(Bytes::from_static(br#"{"status":"OK"}"#)));
+            *response.status_mut() = StatusCode::ACCEPTED;
+            response
+                .headers_mut()
+                .insert(hyper::header::CONTENT_TYPE, APPLICATION_JSON);
+            response
+        }
         Ok(Answer::Invocation { assigned, arn }) => invocation(assigned, arn),
         Err(refusal) => {
             let too_large = format!(
@@ -58,29 +67,41 @@ pub(super) fn answer(result: Result<Answer, Refusal>) -> Response<Full<Bytes>> {
     }
 }
 
-fn invocation(assigned: super::Assigned, arn: String) -> Response<Full<Bytes>> {
+const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+fn invocation(assigned: super::Assigned, arn: Option<HeaderValue>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(assigned.payload));
     let headers = response.headers_mut();
-    let mut set = |name: &'static str, value: String| {
-        if let Ok(value) = value.parse() {
+    headers.insert(hyper::header::CONTENT_TYPE, APPLICATION_JSON);
+    let mut set = |name: &'static str, value: &[u8]| {
+        if let Ok(value) = HeaderValue::from_bytes(value) {
             headers.insert(name, value);
         }
     };
-    set("content-type", "application/json".into());
-    set(
-        "lambda-runtime-trace-id",
-        format!("Root=1-00000000-{}", assigned.request_id.replace('-', "")),
-    );
+    let mut trace = Vec::with_capacity(48);
+    trace.extend_from_slice(b"Root=1-00000000-");
+    trace.extend(assigned.request_id.bytes().filter(|b| *b != b'-'));
+    set("lambda-runtime-trace-id", &trace);
     set(
         "lambda-runtime-deadline-ms",
-        assigned.deadline_ms.to_string(),
+        assigned.deadline_ms.to_string().as_bytes(),
     );
-    set("lambda-runtime-invoked-function-arn", arn);
-    set("lambda-runtime-aws-request-id", assigned.request_id);
+    if let Some(arn) = arn {
+        headers.insert("lambda-runtime-invoked-function-arn", arn);
+    }
+    let mut set = |name: &'static str, value: &[u8]| {
+        if let Ok(value) = HeaderValue::from_bytes(value) {
+            headers.insert(name, value);
+        }
+    };
+    set(
+        "lambda-runtime-aws-request-id",
+        assigned.request_id.as_bytes(),
+    );
     if let Some(context) = assigned.client_context {
         set(
             "lambda-runtime-client-context",
-            String::from_utf8_lossy(&context).into_owned(),
+            String::from_utf8_lossy(&context).as_bytes(),
         );
     }
     response
@@ -89,9 +110,8 @@ fn invocation(assigned: super::Assigned, arn: String) -> Response<Full<Bytes>> {
 fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        "application/json".parse().expect("static"),
-    );
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, APPLICATION_JSON);
     response
 }
