@@ -286,6 +286,29 @@ impl Drop for JetStreamQueues {
     }
 }
 
+/// Write `value` at `key` only if the key is still as `seen` left it (absent, or at that
+/// entry's revision): `Ok(Some(revision))` when written, `Ok(None)` when another writer got
+/// there first (read again and decide anew), `Err` with the store's words otherwise.
+async fn write_if_unchanged(
+    store: &kv::Store,
+    key: &str,
+    value: Bytes,
+    seen: Option<&kv::Entry>,
+) -> std::result::Result<Option<u64>, String> {
+    match seen {
+        Some(entry) => match store.update(key, value, entry.revision).await {
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(e) => Err(e.to_string()),
+        },
+        None => match store.create(key, value).await {
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(e.to_string()),
+        },
+    }
+}
+
 /// Opens (creating if missing) a key-value bucket of history 1 on file storage.
 ///
 /// async-nats 0.42's `create_key_value` first reads the account's info, whose answer from a
@@ -890,38 +913,18 @@ impl QueueBackend for JetStreamQueues {
             let stored = StoredQueue::new(name, &config, now_ms(), rand_u64(), receipt_key);
             // The stream first: a queue in the bucket always has its stream.
             inner.ensure_stream(name, &stored).await?;
-            let written = match &entry {
-                Some(deleted) => inner
-                    .queues_kv
-                    .update(&key, stored.to_bytes(), deleted.revision)
-                    .await
-                    .map_err(|e| {
-                        (
-                            e.kind() == kv::UpdateErrorKind::WrongLastRevision,
-                            e.to_string(),
-                        )
-                    }),
-                None => inner
-                    .queues_kv
-                    .create(&key, stored.to_bytes())
-                    .await
-                    .map_err(|e| {
-                        (
-                            e.kind() == kv::CreateErrorKind::AlreadyExists,
-                            e.to_string(),
-                        )
-                    }),
-            };
+            let written =
+                write_if_unchanged(&inner.queues_kv, &key, stored.to_bytes(), entry.as_ref()).await;
             match written {
-                Ok(revision) => {
+                Ok(Some(revision)) => {
                     inner
                         .lock()
                         .apply_queue(name.to_owned(), Some(stored), revision);
                     return Ok(());
                 }
                 // Another node created it in between: compare with theirs.
-                Err((true, _)) => continue,
-                Err((false, e)) => return Err(storage(format!("creating queue {name}"), e)),
+                Ok(None) => continue,
+                Err(e) => return Err(storage(format!("creating queue {name}"), e)),
             }
         }
     }
@@ -1572,26 +1575,9 @@ impl QueueBackend for JetStreamQueues {
                 result?;
             }
             let value = Bytes::from(fire_ms.to_string());
-            let written = match &entry {
-                Some(e) => inner
-                    .schedules_kv
-                    .update(&k, value, e.revision)
-                    .await
-                    .map_err(|e| {
-                        (
-                            e.kind() == kv::UpdateErrorKind::WrongLastRevision,
-                            e.to_string(),
-                        )
-                    }),
-                None => inner.schedules_kv.create(&k, value).await.map_err(|e| {
-                    (
-                        e.kind() == kv::CreateErrorKind::AlreadyExists,
-                        e.to_string(),
-                    )
-                }),
-            };
+            let written = write_if_unchanged(&inner.schedules_kv, &k, value, entry.as_ref()).await;
             match written {
-                Ok(revision) => {
+                Ok(Some(revision)) => {
                     inner
                         .lock()
                         .apply_schedule(key.to_owned(), Some(fire_ms), revision);
@@ -1602,8 +1588,8 @@ impl QueueBackend for JetStreamQueues {
                     return Ok(true);
                 }
                 // Another node recorded a fire in between: look again.
-                Err((true, _)) => continue,
-                Err((false, e)) => {
+                Ok(None) => continue,
+                Err(e) => {
                     return Err(storage(
                         format!("recording schedule {key} in bucket {bucket}"),
                         e,
@@ -1638,33 +1624,16 @@ impl QueueBackend for JetStreamQueues {
                 }
             }
             let value = Bytes::from(now_ms.to_string());
-            let written = match &entry {
-                Some(e) => inner
-                    .schedules_kv
-                    .update(&k, value, e.revision)
-                    .await
-                    .map_err(|e| {
-                        (
-                            e.kind() == kv::UpdateErrorKind::WrongLastRevision,
-                            e.to_string(),
-                        )
-                    }),
-                None => inner.schedules_kv.create(&k, value).await.map_err(|e| {
-                    (
-                        e.kind() == kv::CreateErrorKind::AlreadyExists,
-                        e.to_string(),
-                    )
-                }),
-            };
+            let written = write_if_unchanged(&inner.schedules_kv, &k, value, entry.as_ref()).await;
             match written {
-                Ok(revision) => {
+                Ok(Some(revision)) => {
                     inner
                         .lock()
                         .apply_schedule(key.to_owned(), Some(now_ms), revision);
                     return Ok(now_ms);
                 }
-                Err((true, _)) => continue,
-                Err((false, e)) => {
+                Ok(None) => continue,
+                Err(e) => {
                     return Err(storage(
                         format!("starting schedule {key} in bucket {bucket}"),
                         e,

@@ -309,7 +309,12 @@ impl Pool {
             inner.slots[index].idle_since = Instant::now();
         }
         self.feed_waiters(&mut inner, index);
-        if inner.queue.is_empty() && inner.slots.iter().all(|s| s.in_flight == 0) {
+        // The pool went idle (for the learned keep-alive): only worth a look over the
+        // other instances when this one just emptied, so a busy pool pays nothing here.
+        if inner.slots[index].in_flight == 0
+            && inner.queue.is_empty()
+            && inner.slots.iter().all(|s| s.in_flight == 0)
+        {
             inner.idle_from = Some(now);
         }
         let slot = &inner.slots[index];
