@@ -204,6 +204,25 @@ def function_dir(workdir: Path, source: Path, contender: str, manifest: str) -> 
     return dest
 
 
+def provided_c(workdir: Path, contender: str, manifest: str) -> Path:
+    """`noop-provided-c` compiled (`cc -O2 -pthread`) into a function directory whose
+    `bootstrap` is the binary, with a shoal.toml for this contender."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise BenchError("the compiled provided client needs a C compiler (cc or gcc)")
+    dest = Path(tempfile.mkdtemp(prefix=f"fn-{contender}-", dir=workdir))
+    source = BENCH / "functions" / "noop-provided-c" / "bootstrap.c"
+    result = subprocess.run(
+        [cc, "-O2", "-pthread", "-o", str(dest / "bootstrap"), str(source)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise BenchError(f"compiling {source}: {result.stderr.strip()[:400]}")
+    (dest / "shoal.toml").write_text(manifest)
+    return dest
+
+
 def manifest(
     name: str, handler: str, path: str, settings: dict, runtime="nodejs", extra="", trigger=None
 ) -> str:

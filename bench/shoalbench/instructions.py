@@ -5,7 +5,7 @@ on it (timings on two busy cores swing by tens of percent between runs).
 
 Each contender runs with its processes under `valgrind --tool=callgrind`: the direct Node
 server; Shoal's daemon and its one Node instance (native channel); the daemon and a
-`provided` Runtime API client. After a warm-up (the JIT settles, the instance is up), the
+`provided` Runtime API client, compiled (C) and in Node. After a warm-up (the JIT settles, the instance is up), the
 counters are zeroed (`callgrind_control -z`), `oha` sends a fixed number of requests, the
 counters are dumped (`-d`), and each process's total is divided by the requests answered.
 
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from .common import BENCH, BenchError, log
-from .contenders import Direct, Shoal, Target, function_dir, manifest
+from .contenders import Direct, Shoal, Target, function_dir, manifest, provided_c
 from .measure import children, get
 
 CALLGRIND = ["valgrind", "--tool=callgrind", "--quiet"]
@@ -112,8 +112,8 @@ def _oha_fixed(tool: str, url: str, requests: int, concurrency: int) -> int:
 
 
 def count(run, requests: int, warmup: int, concurrency: int = 16, only=None) -> dict:
-    """Instructions per request for direct, shoal-native and shoal-provided (or `only`
-    those named): a row per contender with `daemon` and `runtime` (None where there is
+    """Instructions per request for direct, shoal-native, shoal-provided (the compiled
+    client) and shoal-provided-node (or `only` those named): a row per contender with `daemon` and `runtime` (None where there is
     none)."""
     tool = run.load_tool()
     work = Path(run.workdir) / "callgrind"
@@ -121,7 +121,7 @@ def count(run, requests: int, warmup: int, concurrency: int = 16, only=None) -> 
     noop = BENCH / "functions" / "noop"
     pinned = {"concurrency": "16", "max_instances": "1"}
     rows: dict[str, dict] = {}
-    for contender in only or ("direct", "shoal-native", "shoal-provided"):
+    for contender in only or ("direct", "shoal-native", "shoal-provided", "shoal-provided-node"):
         log(f"overhead: instructions per request, {contender} under callgrind")
         out = work / contender
         out.mkdir(exist_ok=True)
@@ -145,6 +145,18 @@ def count(run, requests: int, warmup: int, concurrency: int = 16, only=None) -> 
             node.chmod(0o755)
             if contender == "shoal-native":
                 fn = function_dir(run.workdir, noop, contender, manifest("noop", "index.handler", "/noop", pinned))
+            elif contender == "shoal-provided":
+                fn = provided_c(run.workdir, contender, manifest("noop", "", "/noop", pinned, runtime="provided"))
+                # The compiled client runs under callgrind too (all its threads).
+                (fn / "bootstrap.bin").write_bytes((fn / "bootstrap").read_bytes())
+                (fn / "bootstrap.bin").chmod(0o755)
+                (fn / "bootstrap").unlink()
+                (fn / "bootstrap").write_text(
+                    "#!/bin/sh\n"
+                    f"exec {' '.join(CALLGRIND)} --callgrind-out-file={out}/runtime.%p.out "
+                    '"$(dirname "$0")/bootstrap.bin"\n'
+                )
+                (fn / "bootstrap").chmod(0o755)
             else:
                 fn = function_dir(
                     run.workdir,

@@ -124,8 +124,11 @@ def report(run, res: dict, command: str) -> str:
             w(f"A no-op handler under closed-loop load from `oha -c C -z {r['seconds']}s`, median "
               f"of {r['reps']} repetition(s): a bare Node.js HTTP server calling it (direct), Shoal's "
               "native channel (shoal-native, concurrency auto, sandboxed), the same with "
-              "`--sandbox off` (shoal-native-unsandboxed: what the walls cost per call), and a "
-              "`provided` Runtime API client doing the same (shoal-provided).\n")
+              "`--sandbox off` (shoal-native-unsandboxed: what the walls cost per call), and "
+              "`provided` Runtime API clients doing the same: compiled, the way Go, Rust and "
+              "C++ functions use the API (shoal-provided: `bench/functions/noop-provided-c`, "
+              "one thread and keep-alive connection per poll), and a Node.js script "
+              "(shoal-provided-node: `bench/functions/noop-provided`, Node's `http` client).\n")
         w("| contender | " + " | ".join(f"c={l} req/s | c={l} p50 ms | c={l} p99 ms" for l in r["levels"]) + " |")
         w("|---|" + "---|---|---|" * len(r["levels"]))
         for c, by in r["rows"].items():
@@ -134,7 +137,8 @@ def report(run, res: dict, command: str) -> str:
                 for l in r["levels"]) + " |")
         d = r["rows"]["direct"]
         lines = []
-        for c in [c for c in ("shoal-native", "shoal-native-unsandboxed", "shoal-provided") if c in r["rows"]]:
+        shown = ("shoal-native", "shoal-native-unsandboxed", "shoal-provided", "shoal-provided-node")
+        for c in [c for c in shown if c in r["rows"]]:
             parts = []
             for l in r["levels"]:
                 added = r["rows"][c][l]["p50_ms"] - d[l]["p50_ms"]

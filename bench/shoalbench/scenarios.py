@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import instructions, plots
 from .common import BENCH, CONTENDERS, PYTHON_CONTENDERS, ROOT, SETTINGS, BenchError, log
-from .contenders import Direct, Shoal, Target, function_dir, manifest
+from .contenders import Direct, Shoal, Target, function_dir, manifest, provided_c
 from .measure import (
     Sampler,
     burst,
@@ -145,7 +145,13 @@ class Run(QueueScenarios, ChangeScenarios, JetStreamScenarios, ClusterScenarios)
         seconds = 2 if self.quick else 10
         reps = 1 if self.quick else 2
         noop = BENCH / "functions" / "noop"
-        contenders = ["direct", "shoal-native", "shoal-native-unsandboxed", "shoal-provided"]
+        contenders = [
+            "direct",
+            "shoal-native",
+            "shoal-native-unsandboxed",
+            "shoal-provided",
+            "shoal-provided-node",
+        ]
         if python:
             noop = BENCH / "functions" / "noop-python"
             contenders = ["direct", "shoal-native", "shoal-native-unsandboxed"]
@@ -169,11 +175,11 @@ class Run(QueueScenarios, ChangeScenarios, JetStreamScenarios, ClusterScenarios)
                     extra = ("--sandbox", "off") if c.endswith("unsandboxed") else ()
                     target = Shoal(self.binary, self.workdir, c, fn, "/noop", extra_args=extra)
                 else:
-                    fn = function_dir(
-                        self.workdir,
-                        BENCH / "functions" / "noop-provided",
-                        c,
-                        manifest("noop", "", "/noop", {"max_concurrency": "64"}, runtime="provided"),
+                    spec = manifest("noop", "", "/noop", {"max_concurrency": "64"}, runtime="provided")
+                    fn = (
+                        function_dir(self.workdir, BENCH / "functions" / "noop-provided", c, spec)
+                        if c == "shoal-provided-node"
+                        else provided_c(self.workdir, c, spec)
                     )
                     target = Shoal(self.binary, self.workdir, c, fn, "/noop")
                 try:

@@ -309,6 +309,9 @@ async fn read_answer(req: Request<Incoming>) -> Result<Result<Bytes, AnswerSize>
         return Ok(Err(AnswerSize::Exactly(len)));
     }
     let mut body = req.into_body();
+    // The usual answer arrives as one frame: kept as it is, not copied. A second frame
+    // starts a buffer.
+    let mut first: Option<Bytes> = None;
     let mut kept = Vec::new();
     let mut seen: u64 = 0;
     while let Some(frame) = body.frame().await {
@@ -320,16 +323,23 @@ async fn read_answer(req: Request<Incoming>) -> Result<Result<Bytes, AnswerSize>
         if seen > MAX_MEASURED {
             return Ok(Err(AnswerSize::MoreThan(MAX_MEASURED)));
         }
-        if seen <= MAX_RESPONSE_BYTES as u64 {
+        if seen > MAX_RESPONSE_BYTES as u64 {
+            // Over the limit: only the count matters from here.
+            first = None;
+            kept = Vec::new();
+        } else if first.is_none() && kept.is_empty() {
+            first = Some(data);
+        } else {
+            if let Some(first) = first.take() {
+                kept.extend_from_slice(&first);
+            }
             kept.extend_from_slice(&data);
-        } else if !kept.is_empty() {
-            kept = Vec::new(); // over the limit: only the count matters from here
         }
     }
     if seen > MAX_RESPONSE_BYTES as u64 {
         return Ok(Err(AnswerSize::Exactly(seen)));
     }
-    Ok(Ok(Bytes::from(kept)))
+    Ok(Ok(first.unwrap_or_else(|| Bytes::from(kept))))
 }
 
 /// The invocation fails with Lambda's size error, and the runtime is told its answer was
