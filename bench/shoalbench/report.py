@@ -69,6 +69,7 @@ def report(run, res: dict, command: str) -> str:
       "by the client from sending the request to the end of the response.\n")
     w(SEED_REFERENCE + "\n")
     w(summary(res))
+    w(efficiency_goals(res))
     for key in BURSTS:
         if key not in res:
             continue
@@ -579,6 +580,104 @@ def jetstream_queue(r: dict, load: str | None) -> str:
     if cpu:
         w("CPU per message deleted: " + "; ".join(cpu) + ".\n")
     return "\n".join(out) + "\n"
+
+
+# Issue 12's "today" column: the figures measured before the efficiency work, as the issue
+# states them (history, not re-measured; the "now" column comes from this run's results).
+EFFICIENCY_BEFORE = {
+    "seed-burst-100": "1.31× / 5.13× (7 instances)",
+    "sustained": "1.97× / 1.64×, p99 1.13×",
+    "db-connections": "7.00× (70 vs 10)",
+    "overload": "0.04× (0.4 of 10 calls/s)",
+    "frozen": "new calls kept going to it (504)",
+    "overhead-c16": "0.49×",
+    "overhead-cpu": "38 µs; runtime 30 µs vs direct 23",
+    "overhead-c1": "+45 µs",
+    "provided": "0.18×",
+    "cold-start": "59 ms (node require 89 ms)",
+}
+
+
+def efficiency_goals(res: dict) -> str:
+    """Issue 12's table: each measure before the efficiency work, in this report's run, the
+    goal and whether this run meets it. Rows whose scenario did not run are left out."""
+    rows = []
+
+    def row(measure, before, now, goal, met):
+        rows.append(f"| {measure} | {before} | {now} | {goal} | {'yes' if met else '**no**'} |")
+
+    burst = res.get("seed-burst-100", {}).get("rows", {})
+    if "shoal-auto" in burst and "direct" in burst:
+        a, d = burst["shoal-auto"], burst["direct"]
+        lat, mem = a["median"] / d["median"], a["pss_mib"] / d["pss_mib"]
+        row("seed-burst-100: median latency / peak memory vs direct", EFFICIENCY_BEFORE["seed-burst-100"],
+            f"{lat:.2f}× / {mem:.2f}× ({fmt(a['instances'])} instance(s))", "≤ 1.1× / ≤ 2×",
+            lat <= 1.1 and mem <= 2)
+    sus = res.get("sustained", {}).get("rows", {})
+    cal = res.get("calibration")
+    if "shoal-auto" in sus and "direct" in sus and cal:
+        a, d = sus["shoal-auto"], sus["direct"]
+        inst, gb, p99 = a["instance_s"] / d["instance_s"], a["gb_s"] / d["gb_s"], a["p99_ms"] / cal["wall_ms"]
+        row("sustained: instance-seconds / GB-s vs direct, p99 vs uncontended", EFFICIENCY_BEFORE["sustained"],
+            f"{inst:.2f}× / {gb:.2f}×, p99 {p99:.2f}× (direct's: {d['p99_ms'] / cal['wall_ms']:.2f}×)",
+            "≤ 1.15× / ≤ 1.15×, p99 ≤ 1.2×", inst <= 1.15 and gb <= 1.15 and p99 <= 1.2)
+    db = res.get("db-connections", {}).get("rows", {})
+    if "shoal-auto" in db and "direct" in db:
+        a, d = db["shoal-auto"]["warm"]["peak_connections"], db["direct"]["warm"]["peak_connections"]
+        row("db-connections, warm burst of 100: peak connections vs direct", EFFICIENCY_BEFORE["db-connections"],
+            f"{a / d:.2f}× ({a} vs {d})", "≤ 1.5×", a / d <= 1.5)
+    over = res.get("overload")
+    if over:
+        share = over["goodput_rps"] / over["capacity_rps"]
+        refused = over["rows"].get("429", {})
+        row("overload, 10× capacity for 60 s: share of capacity answered 200", EFFICIENCY_BEFORE["overload"],
+            f"{share:.2f}×; {fmt(refused.get('count', 0))} refused with 429 (p50 {fmt(refused.get('p50_ms'), 1)} ms)",
+            "≥ 0.9×, the rest refused fast with 429", share >= 0.9)
+    frozen = res.get("frozen")
+    if frozen:
+        last = frozen.get("last_failure_s")
+        row("a frozen instance (SIGSTOP 2 s in, 100 calls/s)", EFFICIENCY_BEFORE["frozen"],
+            f"{frozen['failed']} of {fmt(frozen['total'])} failed, the last sent at "
+            f"{fmt(last, 2) if last is not None else '-'} s",
+            "no new call goes to it: no call sent from 3 s on fails", last is None or last < 3.0)
+    oh = res.get("overhead", {}).get("rows", {})
+    d16 = oh.get("direct", {}).get("16")
+    n16 = oh.get("shoal-native", {}).get("16")
+    if d16 and n16:
+        t = n16["rps"] / d16["rps"]
+        row("no-op at c=16: throughput vs direct", EFFICIENCY_BEFORE["overhead-c16"], f"{t:.2f}×", "≥ 0.8×", t >= 0.8)
+        row("no-op at c=16: daemon CPU per request; runtime vs direct", EFFICIENCY_BEFORE["overhead-cpu"],
+            f"{n16['daemon_us']:.0f} µs; runtime {n16['runtime_us']:.0f} µs vs direct {d16['runtime_us']:.0f}",
+            "≤ 12 µs; runtime ≤ direct", n16["daemon_us"] <= 12 and n16["runtime_us"] <= d16["runtime_us"])
+    d1, n1 = oh.get("direct", {}).get("1"), oh.get("shoal-native", {}).get("1")
+    if d1 and n1:
+        added = (n1["p50_ms"] - d1["p50_ms"]) * 1000
+        row("added median latency at c=1", EFFICIENCY_BEFORE["overhead-c1"], f"+{added:.0f} µs", "≤ +25 µs", added <= 25)
+    for name in ("shoal-provided", "shoal-provided-node"):
+        p16 = oh.get(name, {}).get("16")
+        if d16 and p16:
+            t = p16["rps"] / d16["rps"]
+            client = "compiled client" if name == "shoal-provided" else "Node.js client"
+            row(f"`provided` ({client}) at c=16: throughput vs direct", EFFICIENCY_BEFORE["provided"],
+                f"{t:.2f}×", "≥ 0.5×", t >= 0.5)
+    cold = res.get("cold-start", {}).get("rows", {}).get("noop")
+    if cold:
+        worst = res["cold-start"].get("max", {}).get("noop", {})
+        ms = cold["shoal-auto"]
+        row("cold start, no-op, request to response (warm pool)", EFFICIENCY_BEFORE["cold-start"],
+            f"{ms:.0f} ms (worst {fmt(worst.get('shoal-auto'))}); no pool {cold['shoal-no-pool']:.0f} ms; "
+            f"node require {cold['node require']:.0f} ms", "≤ 15 ms", ms <= 15)
+    if not rows:
+        return ""
+    head = [
+        "## Efficiency goals (issue 12)\n",
+        "Each measure before the efficiency work (the figures issue 12 was filed with), in "
+        "this report's runs, and its goal. Each scenario's section below has the absolute "
+        "numbers and how they were taken.\n",
+        "| measure | before | now | goal | met |",
+        "|---|---|---|---|---|",
+    ]
+    return "\n".join(head + rows) + "\n"
 
 
 def summary(res: dict) -> str:
