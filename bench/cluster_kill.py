@@ -36,7 +36,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,8 @@ from pathlib import Path
 import kill
 from kill import BATCH, FUNCTION, FUNCTION_NAME, QUEUE, HarnessError, log
 from shoalbench import killreport
+from shoalbench.common import BenchError
+from shoalbench.natsserver import Nats
 
 ROOT = Path(__file__).resolve().parent.parent
 NODES = ["n1", "n2", "n3"]
@@ -64,39 +65,6 @@ exports.handler = async (event, context) => {
   return ledger.handler(event, context);
 };
 """
-
-
-class Nats:
-    """A private nats-server -js on a free loopback port, its store in the work dir."""
-
-    def __init__(self, workdir: Path):
-        binary = "/usr/sbin/nats-server" if Path("/usr/sbin/nats-server").exists() else "nats-server"
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.log = open(workdir / "nats.log", "ab")
-        try:
-            self.proc = subprocess.Popen(
-                [binary, "-js", "-sd", str(workdir / "jetstream"), "-a", "127.0.0.1", "-p", str(self.port)],
-                stdout=self.log, stderr=self.log,
-            )
-        except OSError as e:
-            raise HarnessError(f"starting nats-server (Debian's nats-server package): {e}")
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise HarnessError(f"nats-server did not start; see {workdir / 'nats.log'}")
-                time.sleep(0.05)
-        self.url = f"nats://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-        self.log.close()
 
 
 class Node(kill.Daemon):
@@ -576,7 +544,7 @@ def main() -> int:
                 if conn.getresponse().status != 200:
                     rejoin_error = f"{node.name} does not serve /ping"
                 conn.close()
-        except (HarnessError, OSError, http.client.HTTPException) as e:
+        except (HarnessError, BenchError, OSError, http.client.HTTPException) as e:
             rejoin_error = str(e)
         res = run.verdict(time.monotonic() - started, drain_s, rejoin_s, rejoin_error)
         (workdir / "kill-report.json").write_text(json.dumps(res, indent=1))
@@ -590,7 +558,7 @@ def main() -> int:
         if res["lost"]:
             print(f"\nLOST {res['lost']} acknowledged id(s): {', '.join(res['lost_ids'][:50])}")
         code = 1 if res["lost"] or rejoin_error or run.rejoin_missed else 0
-    except HarnessError as e:
+    except (HarnessError, BenchError) as e:
         print(f"cluster kill: {e}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
@@ -608,7 +576,7 @@ def main() -> int:
     if code == 0 and not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
     else:
-        log(f"work dir kept: {workdir} (n*/daemon.log, nats.log, ledger.log, kill-report.json)")
+        log(f"work dir kept: {workdir} (n*/daemon.log, nats-*/nats.log, ledger.log, kill-report.json)")
     return code
 
 

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import tempfile
 import threading
 import time
 import urllib.error
@@ -22,44 +19,7 @@ from pathlib import Path
 from .common import BENCH, BenchError, log
 from .contenders import Shoal, function_dir, manifest
 from .measure import cpu_secs, get, med, oha
-
-NATS_BINARY = "/usr/sbin/nats-server"
-
-
-class Nats:
-    """A private nats-server -js on a free loopback port."""
-
-    def __init__(self, workdir: Path):
-        binary = NATS_BINARY if Path(NATS_BINARY).exists() else "nats-server"
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.dir = Path(tempfile.mkdtemp(prefix="nats-", dir=workdir))
-        self.log = open(self.dir / "nats.log", "w")
-        try:
-            self.proc = subprocess.Popen(
-                [binary, "-js", "-sd", str(self.dir / "js"), "-a", "127.0.0.1", "-p", str(self.port)],
-                stdout=self.log,
-                stderr=subprocess.STDOUT,
-            )
-        except OSError as e:
-            raise BenchError(f"starting nats-server (apt-get install nats-server): {e}")
-        deadline = time.time() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                if self.proc.poll() is not None or time.time() > deadline:
-                    raise BenchError(f"nats-server did not start; see {self.dir / 'nats.log'}")
-                time.sleep(0.05)
-        self.url = f"nats://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-        self.log.close()
-
+from .natsserver import Nats
 
 def _instances(node: Shoal, function: str) -> int:
     """Instances of the function's active pool (a redeploy's retired pool drains apart)."""
