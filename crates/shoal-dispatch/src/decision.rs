@@ -82,11 +82,15 @@ pub enum Decision {
         wanted: usize,
         refusal: BudgetRefusal,
     },
-    /// Demand averaged over both windows fits `remaining` instances: `instance` drains.
+    /// Demand averaged over both windows fits `remaining` instances filled to
+    /// `utilization` of their limits (the headroom its p99 over the stable window needs):
+    /// `instance` drains.
     ScaleIn {
         instance: String,
         demand_stable: f64,
         demand_panic: f64,
+        demand_p99: f64,
+        utilization: f64,
         remaining: usize,
         mean_limit: f64,
     },
@@ -257,12 +261,16 @@ impl fmt::Display for Decision {
                 instance,
                 demand_stable,
                 demand_panic,
+                demand_p99,
+                utilization,
                 remaining,
                 mean_limit,
             } => write!(
                 f,
-                "demand {demand_stable:.1} (60 s) / {demand_panic:.1} (6 s) fits {remaining} \
-                 instance(s) at limit {mean_limit:.0}: draining {instance}"
+                "demand {demand_stable:.1} (60 s) / {demand_panic:.1} (6 s), p99 {demand_p99:.1}, \
+                 fits {remaining} instance(s) at limit {mean_limit:.0} filled to {:.0}% (the \
+                 headroom its p99 needs): draining {instance}",
+                utilization * 100.0
             ),
             Decision::IdleStop {
                 instance,

@@ -1364,6 +1364,107 @@ async fn a_steady_load_that_fits_one_instance_converges_to_one() {
     assert_eq!(launcher.live.load(Ordering::SeqCst), 1);
 }
 
+/// Live instances (not stopping) of `f`.
+fn live_instances(d: &Arc<Dispatcher>) -> usize {
+    d.status(Some("f"))[0]
+        .instances
+        .iter()
+        .filter(|i| i.state != shoal_dispatch::InstanceState::Stopping)
+        .count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn scale_in_lets_a_steady_load_fill_one_instance_close_to_its_limit() {
+    // Three instances of 8 (a burst), then a steady 7 in flight: its p99 is its mean, so
+    // one instance at 7 of 8 is enough. A fixed 30 % headroom would keep two (7 > 0.7 × 8).
+    // The idle timeout is long: scale-in, not idleness, has to do it.
+    let mut cfg = config(8);
+    cfg.idle_timeout = Duration::from_secs(3600);
+    let (launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 100,
+            ..Default::default()
+        },
+        cfg,
+    );
+    burst(&d, 20, "500").await;
+    assert_eq!(launcher.launches.load(Ordering::SeqCst), 3);
+    let served = sustained(&d, 7, "300", Duration::from_secs(120)).await;
+    assert!(served > 2000, "{served}");
+    let status = &d.status(Some("f"))[0];
+    assert_eq!(live_instances(&d), 1, "{:#?}", status.instances);
+    assert_eq!(launcher.launches.load(Ordering::SeqCst), 3, "no scale-out again");
+    let last = decisions(status)
+        .into_iter()
+        .rev()
+        .find_map(|d| match d {
+            Decision::ScaleIn {
+                remaining,
+                demand_p99,
+                utilization,
+                ..
+            } => Some((*remaining, *demand_p99, *utilization)),
+            _ => None,
+        })
+        .expect("a scale-in on record");
+    assert_eq!(last.0, 1);
+    assert_eq!(last.1, 7.0, "the steady load's p99 is its level");
+    assert!(last.2 > 0.85, "filled close to the limit: {last:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn scale_in_keeps_the_instances_a_bursty_load_needs_for_its_p99() {
+    // The same mean of 7, as 14 calls of 1 s every 2 s: the p99 is 14, which needs two
+    // instances of 8. Filling the remaining instances to 95 % as for a steady load would
+    // keep one, and every burst would queue and scale out again.
+    let mut cfg = config(8);
+    cfg.idle_timeout = Duration::from_secs(3600);
+    let (launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 100,
+            ..Default::default()
+        },
+        cfg,
+    );
+    burst(&d, 20, "500").await;
+    assert_eq!(launcher.launches.load(Ordering::SeqCst), 3);
+    let start = tokio::time::Instant::now();
+    let mut queued = Duration::ZERO;
+    for round in 0..60u32 {
+        let results = burst(&d, 14, "1000").await;
+        assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+        let took = start.elapsed().saturating_sub(Duration::from_secs(2) * round);
+        queued = queued.max(took.saturating_sub(Duration::from_secs(1)));
+        tokio::time::sleep_until(start + Duration::from_secs(2) * (round + 1)).await;
+    }
+    let status = &d.status(Some("f"))[0];
+    assert_eq!(
+        live_instances(&d),
+        2,
+        "two fit the p99, three are more than it needs: {:#?}",
+        status.instances
+    );
+    assert_eq!(
+        launcher.launches.load(Ordering::SeqCst),
+        3,
+        "the instances it kept took every burst: {:#?}",
+        status.decisions
+    );
+    assert!(
+        queued < Duration::from_millis(50),
+        "no burst waited: {queued:?}"
+    );
+    assert!(
+        decisions(status).iter().any(|d| matches!(
+            d,
+            Decision::ScaleIn { remaining: 2, demand_p99, utilization, .. }
+                if *demand_p99 >= 14.0 && *utilization == 0.5
+        )),
+        "{:#?}",
+        status.decisions
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn overload_refuses_at_once_what_cannot_be_served_before_its_deadline() {
     // One instance of one slot serves ten 100 ms calls a second; a hundred a second arrive

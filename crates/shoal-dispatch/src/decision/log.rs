@@ -59,6 +59,8 @@ impl Decision {
                 instance,
                 demand_stable,
                 demand_panic,
+                demand_p99,
+                utilization,
                 remaining,
                 mean_limit,
             } => tracing::info!(
@@ -68,6 +70,8 @@ impl Decision {
                 instance,
                 demand_stable,
                 demand_panic,
+                demand_p99,
+                utilization,
                 remaining,
                 mean_limit,
                 "{self}"
