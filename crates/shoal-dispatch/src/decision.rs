@@ -74,6 +74,17 @@ pub enum Decision {
     },
     /// Work waits, but the pool already has `max_instances` live: it stays queued.
     AtMaxInstances { waiting: usize, max_instances: u32 },
+    /// Work waits, but the `instances` ready (measured) instances spend more of their time
+    /// waiting for a core than running (`wait_ms_per_s` and `run_ms_per_s` each, on
+    /// average): other work holds the host's CPU, and another instance would wait with
+    /// them. No instance starts; calls that cannot be served before their deadline are
+    /// refused.
+    ScaleOutHeld {
+        waiting: usize,
+        instances: usize,
+        wait_ms_per_s: f64,
+        run_ms_per_s: f64,
+    },
     /// The host budget refused a launch after `started` of `wanted`; the work stays
     /// queued and the launch is retried on every housekeeping tick.
     BudgetRefused {
@@ -162,6 +173,7 @@ impl Decision {
         match self {
             Decision::ScaleOut { .. } => "scale_out",
             Decision::AtMaxInstances { .. } => "at_max_instances",
+            Decision::ScaleOutHeld { .. } => "scale_out_held",
             Decision::BudgetRefused { .. } => "budget_refused",
             Decision::ScaleIn { .. } => "scale_in",
             Decision::IdleStop { .. } => "idle_stop",
@@ -194,6 +206,7 @@ impl Decision {
             | Decision::ProbeGrew { instance, .. } => Some(instance),
             Decision::ScaleOut { .. }
             | Decision::AtMaxInstances { .. }
+            | Decision::ScaleOutHeld { .. }
             | Decision::BudgetRefused { .. }
             | Decision::LaunchFailed { .. }
             | Decision::ProbeDone { .. }
@@ -241,6 +254,18 @@ impl fmt::Display for Decision {
             } => write!(
                 f,
                 "{waiting} waiting, at max_instances {max_instances}: queueing"
+            ),
+            Decision::ScaleOutHeld {
+                waiting,
+                instances,
+                wait_ms_per_s,
+                run_ms_per_s,
+            } => write!(
+                f,
+                "host CPU saturated: the {instances} ready instance(s) wait {wait_ms_per_s:.0} ms \
+                 per s for a core (and run {run_ms_per_s:.0} ms per s): {waiting} waiting, \
+                 starting no more instances (a call that cannot be served before its deadline \
+                 is refused)"
             ),
             Decision::BudgetRefused {
                 reason,

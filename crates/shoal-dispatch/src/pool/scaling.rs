@@ -18,6 +18,18 @@
 //! queue-driven scale-out. The p99 remembers the last 60 s, so a burst that scaled out
 //! is not scaled in again until it is a minute old: scale-in and scale-out cannot flap.
 //!
+//! Scale-out does not start instances into a host whose CPU other work holds. Under
+//! `auto` the sampler measures each ready instance's run time and run-queue wait (the
+//! time its threads sat runnable without a core) once a second. When the measured ready
+//! instances, on average, waited for a core a quarter of the time or more *and* at least
+//! as long as they ran, the cores are the shortage: another instance would get no core
+//! either, only add to everyone's wait (at load 23 the queue-driven scale-out once
+//! reached 72 instances at limit 1). Then the queue starts nothing; the work waits for the
+//! instances there are, and the queue's deadline admission refuses (429) what cannot be
+//! served before its deadline, as it does at `max_instances`. A `scale_out_held`
+//! decision says so, at most one per [`HOLD_RECORD_EVERY`]; once the wait subsides the
+//! next housekeeping tick starts what the queue needs.
+//!
 //! This module chooses which instances to start or stop and records why; it must not
 //! launch or stop a process itself (`lifecycle` and `Slot` do) nor change a limit
 //! (`sampling` does).
@@ -28,7 +40,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Inner, InstanceState, Pool};
+use super::{Inner, InstanceState, Pool, HOST_BUSY_WAITING};
 use crate::decision::{Decision, LaunchReason};
 
 /// Demand averaged over this long decides scale-in (long: avoids flapping).
@@ -48,6 +60,9 @@ const MIN_SCALE_IN_UTILIZATION: f64 = 0.5;
 const SCALE_IN_PERCENTILE: f64 = 0.99;
 /// At most one instance is drained per this period.
 const SCALE_IN_COOLDOWN: Duration = Duration::from_secs(10);
+/// A scale-out held for a saturated host is recorded at most once per this period: every
+/// queued call and every tick asks again while it lasts.
+const HOLD_RECORD_EVERY: Duration = Duration::from_secs(5);
 /// Under host-budget pressure, an instance idle this long is given back early.
 const BUDGET_RECLAIM_IDLE: Duration = Duration::from_millis(500);
 
@@ -82,6 +97,23 @@ impl Pool {
                 max_instances: self.config.max_instances,
             };
             self.decide(inner, decision);
+            return;
+        }
+        if let Some(host) = host_saturated(inner) {
+            let now = Instant::now();
+            if inner
+                .last_hold_recorded
+                .is_none_or(|t| now.duration_since(t) >= HOLD_RECORD_EVERY)
+            {
+                inner.last_hold_recorded = Some(now);
+                let decision = Decision::ScaleOutHeld {
+                    waiting,
+                    instances: host.instances,
+                    wait_ms_per_s: host.waiting * 1000.0,
+                    run_ms_per_s: host.running * 1000.0,
+                };
+                self.decide(inner, decision);
+            }
             return;
         }
         let reason = LaunchReason::Queued {
@@ -288,6 +320,39 @@ impl Pool {
     }
 }
 
+/// What the ready instances' last samples say about the host's CPU, when it is
+/// saturated by work that is not theirs to fix.
+pub(super) struct HostSaturated {
+    /// Ready instances measured.
+    pub(super) instances: usize,
+    /// Their mean fraction of an interval spent waiting for a core, and running.
+    pub(super) waiting: f64,
+    pub(super) running: f64,
+}
+
+/// `Some` when the ready instances (those measured: under `auto`, once sampled) waited
+/// for a core, on average, at least [`HOST_BUSY_WAITING`] of their last interval and at
+/// least as long as they ran: the host has no core for another instance.
+pub(super) fn host_saturated(inner: &Inner) -> Option<HostSaturated> {
+    let (instances, waiting, running) = inner
+        .slots
+        .iter()
+        .filter(|s| s.state == InstanceState::Ready && !s.refused)
+        .filter_map(|s| s.cpu_waiting.zip(s.cpu_busy))
+        .fold((0usize, 0.0, 0.0), |(n, w, r), (wait, busy)| {
+            (n + 1, w + wait, r + busy)
+        });
+    if instances == 0 {
+        return None;
+    }
+    let (waiting, running) = (waiting / instances as f64, running / instances as f64);
+    (waiting >= HOST_BUSY_WAITING && waiting >= running).then_some(HostSaturated {
+        instances,
+        waiting,
+        running,
+    })
+}
+
 /// Mean demand over the stable and the panic window.
 pub(super) fn demand_means(inner: &Inner, now: Instant) -> (f64, f64) {
     (
@@ -350,7 +415,10 @@ mod tests {
             MIN_SCALE_IN_UTILIZATION,
             "a rare spike does not hold idle instances beyond twice the mean"
         );
-        assert_eq!(scale_in_utilization(f64::NAN, 3.0), MIN_SCALE_IN_UTILIZATION);
+        assert_eq!(
+            scale_in_utilization(f64::NAN, 3.0),
+            MIN_SCALE_IN_UTILIZATION
+        );
     }
 
     #[test]
