@@ -74,6 +74,17 @@ pub enum Decision {
     },
     /// Work waits, but the pool already has `max_instances` live: it stays queued.
     AtMaxInstances { waiting: usize, max_instances: u32 },
+    /// Work waits, but the `instances` ready (measured) instances spend more of their time
+    /// waiting for a core than running (`wait_ms_per_s` and `run_ms_per_s` each, on
+    /// average): other work holds the host's CPU, and another instance would wait with
+    /// them. No instance starts; calls that cannot be served before their deadline are
+    /// refused.
+    ScaleOutHeld {
+        waiting: usize,
+        instances: usize,
+        wait_ms_per_s: f64,
+        run_ms_per_s: f64,
+    },
     /// The host budget refused a launch after `started` of `wanted`; the work stays
     /// queued and the launch is retried on every housekeeping tick.
     BudgetRefused {
@@ -82,11 +93,15 @@ pub enum Decision {
         wanted: usize,
         refusal: BudgetRefusal,
     },
-    /// Demand averaged over both windows fits `remaining` instances: `instance` drains.
+    /// Demand averaged over both windows fits `remaining` instances filled to
+    /// `utilization` of their limits (the headroom its p99 over the stable window needs):
+    /// `instance` drains.
     ScaleIn {
         instance: String,
         demand_stable: f64,
         demand_panic: f64,
+        demand_p99: f64,
+        utilization: f64,
         remaining: usize,
         mean_limit: f64,
     },
@@ -158,6 +173,7 @@ impl Decision {
         match self {
             Decision::ScaleOut { .. } => "scale_out",
             Decision::AtMaxInstances { .. } => "at_max_instances",
+            Decision::ScaleOutHeld { .. } => "scale_out_held",
             Decision::BudgetRefused { .. } => "budget_refused",
             Decision::ScaleIn { .. } => "scale_in",
             Decision::IdleStop { .. } => "idle_stop",
@@ -190,6 +206,7 @@ impl Decision {
             | Decision::ProbeGrew { instance, .. } => Some(instance),
             Decision::ScaleOut { .. }
             | Decision::AtMaxInstances { .. }
+            | Decision::ScaleOutHeld { .. }
             | Decision::BudgetRefused { .. }
             | Decision::LaunchFailed { .. }
             | Decision::ProbeDone { .. }
@@ -238,6 +255,18 @@ impl fmt::Display for Decision {
                 f,
                 "{waiting} waiting, at max_instances {max_instances}: queueing"
             ),
+            Decision::ScaleOutHeld {
+                waiting,
+                instances,
+                wait_ms_per_s,
+                run_ms_per_s,
+            } => write!(
+                f,
+                "host CPU saturated: the {instances} ready instance(s) wait {wait_ms_per_s:.0} ms \
+                 per s for a core (and run {run_ms_per_s:.0} ms per s): {waiting} waiting, \
+                 starting no more instances (a call that cannot be served before its deadline \
+                 is refused)"
+            ),
             Decision::BudgetRefused {
                 reason,
                 started,
@@ -257,12 +286,16 @@ impl fmt::Display for Decision {
                 instance,
                 demand_stable,
                 demand_panic,
+                demand_p99,
+                utilization,
                 remaining,
                 mean_limit,
             } => write!(
                 f,
-                "demand {demand_stable:.1} (60 s) / {demand_panic:.1} (6 s) fits {remaining} \
-                 instance(s) at limit {mean_limit:.0}: draining {instance}"
+                "demand {demand_stable:.1} (60 s) / {demand_panic:.1} (6 s), p99 {demand_p99:.1}, \
+                 fits {remaining} instance(s) at limit {mean_limit:.0} filled to {:.0}% (the \
+                 headroom its p99 needs): draining {instance}",
+                utilization * 100.0
             ),
             Decision::IdleStop {
                 instance,

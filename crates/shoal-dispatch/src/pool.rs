@@ -38,6 +38,11 @@ pub use status::{InstanceState, InstanceStatus, PoolStatus, Room};
 /// How often the housekeeping task samples instances, looks for idle ones and finished
 /// drains.
 const HOUSEKEEPING_PERIOD: Duration = Duration::from_millis(250);
+/// An instance that waited for a core this fraction of its last interval or more is short
+/// of CPU the host does not have: another instance would wait too, and add to everyone's
+/// wait. [`Room`] then does not call it saturated, and the queue-driven scale-out holds
+/// while the ready instances wait like this more than they run.
+const HOST_BUSY_WAITING: f64 = 0.25;
 
 struct Slot {
     id: String,
@@ -95,6 +100,11 @@ impl Slot {
         self.window.last_change = Some(now);
     }
 
+    /// The instance waited for a core [`HOST_BUSY_WAITING`] of its last interval or more.
+    fn waits_for_core(&self) -> bool {
+        self.cpu_waiting.is_some_and(|w| w >= HOST_BUSY_WAITING)
+    }
+
     fn is_live(&self) -> bool {
         matches!(self.state, InstanceState::Starting | InstanceState::Ready)
     }
@@ -137,6 +147,9 @@ struct Inner {
     demand: VecDeque<(Instant, f64)>,
     last_sample: Instant,
     last_scale_in: Instant,
+    /// When a scale-out held for a saturated host was last recorded (one per few seconds:
+    /// every queued call asks again).
+    last_hold_recorded: Option<Instant>,
     /// Smoothed seconds a call holds its slot (hand-over to answer), for admission.
     service_secs: Option<f64>,
     /// Nothing measured yet: a burst starts one instance, sized by `probe` before more
@@ -194,6 +207,7 @@ impl Pool {
                 demand: VecDeque::new(),
                 last_sample: Instant::now(),
                 last_scale_in: Instant::now(),
+                last_hold_recorded: None,
             }),
         });
         tokio::spawn(housekeeping(Arc::downgrade(&pool)));

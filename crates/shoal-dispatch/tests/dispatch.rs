@@ -33,6 +33,9 @@ struct FakeLauncher {
     /// Instances whose core is always busy (CPU time grows with the clock), like a
     /// runtime that computes without pause.
     always_busy: bool,
+    /// When set, instances report run-queue wait (`run_wait`): this many milliseconds per
+    /// second of the clock, like a host whose cores other work holds. Changed mid-test.
+    host_wait_ms_per_s: Option<Arc<AtomicU64>>,
 }
 
 struct FakeInstance {
@@ -52,6 +55,15 @@ struct FakeInstance {
     over_told: Arc<AtomicUsize>,
     /// Set when its core is always busy: CPU time counts from here.
     busy_since: Option<tokio::time::Instant>,
+    host_wait: Option<HostWait>,
+}
+
+/// Run-queue wait a fake instance accrues at the host's rate (see
+/// `FakeLauncher::host_wait_ms_per_s`).
+struct HostWait {
+    ms_per_s: Arc<AtomicU64>,
+    /// The wait accrued up to when it was last read.
+    accrued: Mutex<(Duration, tokio::time::Instant)>,
 }
 
 impl InstanceLauncher for FakeLauncher {
@@ -77,6 +89,10 @@ impl InstanceLauncher for FakeLauncher {
             told: request.max_concurrency,
             over_told: self.over_told.clone(),
             busy_since: self.always_busy.then(tokio::time::Instant::now),
+            host_wait: self.host_wait_ms_per_s.clone().map(|ms_per_s| HostWait {
+                ms_per_s,
+                accrued: Mutex::new((Duration::ZERO, tokio::time::Instant::now())),
+            }),
         });
         if !fail {
             self.instances.lock().unwrap().push(instance.clone());
@@ -178,6 +194,17 @@ impl InstanceHandle for FakeInstance {
                 + self.busy_since.map_or(Duration::ZERO, |s| s.elapsed()),
             rss_kib: self.rss_kib.load(Ordering::SeqCst),
         })
+    }
+
+    fn run_wait(&self) -> Option<Duration> {
+        let host = self.host_wait.as_ref()?;
+        let mut accrued = host.accrued.lock().unwrap();
+        let now = tokio::time::Instant::now();
+        let per_s = host.ms_per_s.load(Ordering::SeqCst) as f64 / 1000.0;
+        let since = now.duration_since(accrued.1);
+        accrued.0 += since.mul_f64(per_s);
+        accrued.1 = now;
+        Some(accrued.0)
     }
 }
 
@@ -1362,6 +1389,238 @@ async fn a_steady_load_that_fits_one_instance_converges_to_one() {
         .count();
     assert_eq!(live, 1, "{:#?}", status.instances);
     assert_eq!(launcher.live.load(Ordering::SeqCst), 1);
+}
+
+/// Live instances (not stopping) of `f`.
+fn live_instances(d: &Arc<Dispatcher>) -> usize {
+    d.status(Some("f"))[0]
+        .instances
+        .iter()
+        .filter(|i| i.state != shoal_dispatch::InstanceState::Stopping)
+        .count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn scale_in_lets_a_steady_load_fill_one_instance_close_to_its_limit() {
+    // Three instances of 8 (a burst), then a steady 7 in flight: its p99 is its mean, so
+    // one instance at 7 of 8 is enough. A fixed 30 % headroom would keep two (7 > 0.7 × 8).
+    // The idle timeout is long: scale-in, not idleness, has to do it.
+    let mut cfg = config(8);
+    cfg.idle_timeout = Duration::from_secs(3600);
+    let (launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 100,
+            ..Default::default()
+        },
+        cfg,
+    );
+    burst(&d, 20, "500").await;
+    assert_eq!(launcher.launches.load(Ordering::SeqCst), 3);
+    let served = sustained(&d, 7, "300", Duration::from_secs(120)).await;
+    assert!(served > 2000, "{served}");
+    let status = &d.status(Some("f"))[0];
+    assert_eq!(live_instances(&d), 1, "{:#?}", status.instances);
+    assert_eq!(
+        launcher.launches.load(Ordering::SeqCst),
+        3,
+        "no scale-out again"
+    );
+    let last = decisions(status)
+        .into_iter()
+        .rev()
+        .find_map(|d| match d {
+            Decision::ScaleIn {
+                remaining,
+                demand_p99,
+                utilization,
+                ..
+            } => Some((*remaining, *demand_p99, *utilization)),
+            _ => None,
+        })
+        .expect("a scale-in on record");
+    assert_eq!(last.0, 1);
+    assert_eq!(last.1, 7.0, "the steady load's p99 is its level");
+    assert!(last.2 > 0.85, "filled close to the limit: {last:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn scale_in_keeps_the_instances_a_bursty_load_needs_for_its_p99() {
+    // The same mean of 7, as 14 calls of 1 s every 2 s: the p99 is 14, which needs two
+    // instances of 8. Filling the remaining instances to 95 % as for a steady load would
+    // keep one, and every burst would queue and scale out again.
+    let mut cfg = config(8);
+    cfg.idle_timeout = Duration::from_secs(3600);
+    let (launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 100,
+            ..Default::default()
+        },
+        cfg,
+    );
+    burst(&d, 20, "500").await;
+    assert_eq!(launcher.launches.load(Ordering::SeqCst), 3);
+    let start = tokio::time::Instant::now();
+    let mut queued = Duration::ZERO;
+    for round in 0..60u32 {
+        let results = burst(&d, 14, "1000").await;
+        assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+        let took = start
+            .elapsed()
+            .saturating_sub(Duration::from_secs(2) * round);
+        queued = queued.max(took.saturating_sub(Duration::from_secs(1)));
+        tokio::time::sleep_until(start + Duration::from_secs(2) * (round + 1)).await;
+    }
+    let status = &d.status(Some("f"))[0];
+    assert_eq!(
+        live_instances(&d),
+        2,
+        "two fit the p99, three are more than it needs: {:#?}",
+        status.instances
+    );
+    assert_eq!(
+        launcher.launches.load(Ordering::SeqCst),
+        3,
+        "the instances it kept took every burst: {:#?}",
+        status.decisions
+    );
+    assert!(
+        queued < Duration::from_millis(50),
+        "no burst waited: {queued:?}"
+    );
+    assert!(
+        decisions(status).iter().any(|d| matches!(
+            d,
+            Decision::ScaleIn { remaining: 2, demand_p99, utilization, .. }
+                if *demand_p99 >= 14.0 && *utilization == 0.5
+        )),
+        "{:#?}",
+        status.decisions
+    );
+}
+
+/// `auto` with the limit pinned at `limit` (its `max_concurrency`), on fake instances that
+/// report run-queue wait at the returned rate (ms per s, 0 to start with).
+fn on_a_host_with_run_wait(
+    limit: u32,
+    timeout: Duration,
+) -> (Arc<FakeLauncher>, Arc<Dispatcher>, Arc<AtomicU64>) {
+    let mut cfg = config(limit);
+    cfg.auto = true;
+    cfg.max_concurrency = limit;
+    cfg.max_instances = 10;
+    cfg.timeout = timeout;
+    let rate = Arc::new(AtomicU64::new(0));
+    let (launcher, d) = setup(
+        FakeLauncher {
+            start_delay_ms: 100,
+            host_wait_ms_per_s: Some(rate.clone()),
+            ..Default::default()
+        },
+        cfg,
+    );
+    (launcher, d, rate)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backlog_starts_no_instance_while_the_host_cpu_is_saturated() {
+    // Calls that wait 1 s and compute 50 ms, four per instance. One instance is warm;
+    // then other work takes the host's cores, so it waits 600 ms per s for a core while
+    // it runs 200: another instance would wait as well. A backlog of 40 (ten instances'
+    // worth) starts none until the wait goes away.
+    let (launcher, d, host_wait) = on_a_host_with_run_wait(4, Duration::from_secs(30));
+    sustained(&d, 2, "1000/50", Duration::from_secs(3)).await;
+    assert_eq!(launcher.launches.load(Ordering::SeqCst), 1);
+    host_wait.store(600, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let backlog = {
+        let d = d.clone();
+        tokio::spawn(async move { burst(&d, 40, "1000/50").await })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        launcher.launches.load(Ordering::SeqCst),
+        1,
+        "{:#?}",
+        d.status(Some("f"))[0].decisions
+    );
+    let held: Vec<Decision> = decisions(&d.status(Some("f"))[0])
+        .into_iter()
+        .filter(|d| matches!(d, Decision::ScaleOutHeld { .. }))
+        .cloned()
+        .collect();
+    // Asked by every queued call and every tick, recorded once in these 3 s.
+    assert_eq!(held.len(), 1, "{held:#?}");
+    let Decision::ScaleOutHeld {
+        wait_ms_per_s,
+        run_ms_per_s,
+        instances: 1,
+        ..
+    } = held[0]
+    else {
+        panic!("{held:?}")
+    };
+    assert!((500.0..=700.0).contains(&wait_ms_per_s), "{held:?}");
+    assert!(run_ms_per_s < wait_ms_per_s, "{held:?}");
+
+    // The other work goes away: the next samples see no wait, and the queue's backlog
+    // gets its instances.
+    host_wait.store(0, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let started = launcher.launches.load(Ordering::SeqCst);
+    assert!(started > 1, "{:#?}", d.status(Some("f"))[0].decisions);
+    let status = &d.status(Some("f"))[0];
+    let after_hold = decisions(status)
+        .into_iter()
+        .skip_while(|d| !matches!(d, Decision::ScaleOutHeld { .. }))
+        .any(|d| {
+            matches!(
+                d,
+                Decision::ScaleOut {
+                    reason: LaunchReason::Queued { .. },
+                    ..
+                }
+            )
+        });
+    assert!(after_hold, "{:#?}", status.decisions);
+    assert!(backlog.await.unwrap().iter().all(|r| r.is_ok()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_saturated_host_refuses_at_once_what_its_instances_cannot_serve_in_time() {
+    // One slot, 1 s calls, a 5.5 s timeout, the host's cores taken by other work: no
+    // instance starts, so of a burst of 20 the queue admits what the one slot can serve
+    // before the deadline (the one running and four behind it) and refuses the rest at
+    // once, instead of holding them to time out.
+    let (launcher, d, host_wait) = on_a_host_with_run_wait(1, Duration::from_millis(5500));
+    sustained(&d, 1, "1000/50", Duration::from_secs(3)).await;
+    host_wait.store(600, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let d = d.clone();
+            tokio::spawn(async move {
+                let sent = tokio::time::Instant::now();
+                let r = d
+                    .invoke("f", format!("b{i}"), Bytes::from_static(b"1000/50"))
+                    .await;
+                (r, sent.elapsed())
+            })
+        })
+        .collect();
+    let (mut ok, mut refused, mut other) = (0, 0, Vec::new());
+    for t in tasks {
+        match t.await.unwrap() {
+            (Ok(_), _) => ok += 1,
+            (Err(DispatchError::Overloaded { .. }), took) => {
+                assert!(took < Duration::from_millis(1), "refused after {took:?}");
+                refused += 1;
+            }
+            (r, _) => other.push(r),
+        }
+    }
+    assert!(other.is_empty(), "neither served nor refused: {other:?}");
+    assert_eq!((ok, refused), (5, 15));
+    assert_eq!(launcher.launches.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(start_paused = true)]

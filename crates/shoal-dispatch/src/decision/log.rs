@@ -40,6 +40,21 @@ impl Decision {
                 waiting,
                 max_instances,
             } => tracing::info!(function, version, kind, waiting, max_instances, "{self}"),
+            Decision::ScaleOutHeld {
+                waiting,
+                instances,
+                wait_ms_per_s,
+                run_ms_per_s,
+            } => tracing::warn!(
+                function,
+                version,
+                kind,
+                waiting,
+                instances,
+                wait_ms_per_s,
+                run_ms_per_s,
+                "{self}"
+            ),
             Decision::BudgetRefused {
                 reason,
                 started,
@@ -59,6 +74,8 @@ impl Decision {
                 instance,
                 demand_stable,
                 demand_panic,
+                demand_p99,
+                utilization,
                 remaining,
                 mean_limit,
             } => tracing::info!(
@@ -68,6 +85,8 @@ impl Decision {
                 instance,
                 demand_stable,
                 demand_panic,
+                demand_p99,
+                utilization,
                 remaining,
                 mean_limit,
                 "{self}"

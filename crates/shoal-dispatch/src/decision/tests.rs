@@ -98,4 +98,31 @@ fn display_reads_as_a_sentence() {
         d.to_string(),
         "instance f-v1-3 still busy 2s after a call's deadline: stopping it"
     );
+    let d = Decision::ScaleOutHeld {
+        waiting: 12,
+        instances: 2,
+        wait_ms_per_s: 612.4,
+        run_ms_per_s: 201.0,
+    };
+    assert_eq!((d.kind(), d.instance()), ("scale_out_held", None));
+    assert_eq!(
+        d.to_string(),
+        "host CPU saturated: the 2 ready instance(s) wait 612 ms per s for a core (and run \
+         201 ms per s): 12 waiting, starting no more instances (a call that cannot be served \
+         before its deadline is refused)"
+    );
+    let d = Decision::ScaleIn {
+        instance: "f-v1-2".into(),
+        demand_stable: 7.0,
+        demand_panic: 6.96,
+        demand_p99: 7.0,
+        utilization: 0.95,
+        remaining: 1,
+        mean_limit: 8.0,
+    };
+    assert_eq!(
+        d.to_string(),
+        "demand 7.0 (60 s) / 7.0 (6 s), p99 7.0, fits 1 instance(s) at limit 8 filled to 95% \
+         (the headroom its p99 needs): draining f-v1-2"
+    );
 }

@@ -5,6 +5,31 @@
 //! keeps `min_instances` warm, gives idle capacity back under budget pressure and
 //! finishes a retired pool.
 //!
+//! Scale-in keeps the headroom the demand's own spread needs, not a fixed one. The
+//! demand (in flight + queued) is sampled every housekeeping tick; over the stable
+//! window its 99th percentile `p99` says how high it goes, its mean `m` (the larger of
+//! the stable and the panic window's) how much there is. The remaining instances may be
+//! filled on average to `u = clamp(m / p99, 0.5, 0.95)` of their limits: one instance
+//! drains when `m ≤ (ready − 1) × mean limit × u`. A steady load (p99 ≈ mean) fills the
+//! remaining instances to 95 % (never 100 %: the next arrival would queue and scale out
+//! again), so a steady 7 at limit 8 runs on one instance; a bursty one keeps room for
+//! its p99 (a load that peaks at twice its mean keeps half its capacity free). The floor
+//! of 50 % bounds what a rare spike can hold: a peak beyond twice the mean is left to the
+//! queue-driven scale-out. The p99 remembers the last 60 s, so a burst that scaled out
+//! is not scaled in again until it is a minute old: scale-in and scale-out cannot flap.
+//!
+//! Scale-out does not start instances into a host whose CPU other work holds. Under
+//! `auto` the sampler measures each ready instance's run time and run-queue wait (the
+//! time its threads sat runnable without a core) once a second. When the measured ready
+//! instances, on average, waited for a core a quarter of the time or more *and* at least
+//! as long as they ran, the cores are the shortage: another instance would get no core
+//! either, only add to everyone's wait (at load 23 the queue-driven scale-out once
+//! reached 72 instances at limit 1). Then the queue starts nothing; the work waits for the
+//! instances there are, and the queue's deadline admission refuses (429) what cannot be
+//! served before its deadline, as it does at `max_instances`. A `scale_out_held`
+//! decision says so, at most one per [`HOLD_RECORD_EVERY`]; once the wait subsides the
+//! next housekeeping tick starts what the queue needs.
+//!
 //! This module chooses which instances to start or stop and records why; it must not
 //! launch or stop a process itself (`lifecycle` and `Slot` do) nor change a limit
 //! (`sampling` does).
@@ -15,7 +40,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Inner, InstanceState, Pool};
+use super::{Inner, InstanceState, Pool, HOST_BUSY_WAITING};
 use crate::decision::{Decision, LaunchReason};
 
 /// Demand averaged over this long decides scale-in (long: avoids flapping).
@@ -23,11 +48,21 @@ const STABLE_WINDOW: Duration = Duration::from_secs(60);
 /// Demand averaged over this long is shown beside the stable one (bursts are handled at
 /// once by the queue-driven scale-up).
 const PANIC_WINDOW: Duration = Duration::from_secs(6);
-/// Scale-in happens only when the stable demand would fill the remaining instances to at
-/// most this fraction of their limits: headroom so the next wobble does not scale out again.
-const SCALE_IN_UTILIZATION: f64 = 0.7;
+/// Scale-in fills the remaining instances to at most this fraction of their limits,
+/// however steady the demand: a pool at exactly its limits queues its next arrival and
+/// scales out again.
+const MAX_SCALE_IN_UTILIZATION: f64 = 0.95;
+/// ... and to at least this fraction, however bursty: a rare spike beyond twice the mean
+/// demand is left to the queue-driven scale-out rather than holding idle instances.
+const MIN_SCALE_IN_UTILIZATION: f64 = 0.5;
+/// The percentile of the stable window's demand samples the remaining instances must
+/// have room for.
+const SCALE_IN_PERCENTILE: f64 = 0.99;
 /// At most one instance is drained per this period.
 const SCALE_IN_COOLDOWN: Duration = Duration::from_secs(10);
+/// A scale-out held for a saturated host is recorded at most once per this period: every
+/// queued call and every tick asks again while it lasts.
+const HOLD_RECORD_EVERY: Duration = Duration::from_secs(5);
 /// Under host-budget pressure, an instance idle this long is given back early.
 const BUDGET_RECLAIM_IDLE: Duration = Duration::from_millis(500);
 
@@ -62,6 +97,23 @@ impl Pool {
                 max_instances: self.config.max_instances,
             };
             self.decide(inner, decision);
+            return;
+        }
+        if let Some(host) = host_saturated(inner) {
+            let now = Instant::now();
+            if inner
+                .last_hold_recorded
+                .is_none_or(|t| now.duration_since(t) >= HOLD_RECORD_EVERY)
+            {
+                inner.last_hold_recorded = Some(now);
+                let decision = Decision::ScaleOutHeld {
+                    waiting,
+                    instances: host.instances,
+                    wait_ms_per_s: host.waiting * 1000.0,
+                    run_ms_per_s: host.running * 1000.0,
+                };
+                self.decide(inner, decision);
+            }
             return;
         }
         let reason = LaunchReason::Queued {
@@ -130,8 +182,11 @@ impl Pool {
             .map(|&i| inner.slots[i].limit as f64)
             .sum::<f64>()
             / ready.len() as f64;
-        let capacity_after = (ready.len() - 1) as f64 * mean_limit * SCALE_IN_UTILIZATION;
-        if stable.max(panic) > capacity_after {
+        let mean = stable.max(panic);
+        let p99 = percentile(&inner.demand, SCALE_IN_PERCENTILE);
+        let utilization = scale_in_utilization(mean, p99);
+        let capacity_after = (ready.len() - 1) as f64 * mean_limit * utilization;
+        if mean > capacity_after {
             return;
         }
         let Some(&victim) = ready.iter().min_by_key(|&&i| inner.slots[i].in_flight) else {
@@ -143,6 +198,8 @@ impl Pool {
             instance: slot.id.clone(),
             demand_stable: stable,
             demand_panic: panic,
+            demand_p99: p99,
+            utilization,
             remaining: ready.len() - 1,
             mean_limit,
         };
@@ -263,12 +320,68 @@ impl Pool {
     }
 }
 
+/// What the ready instances' last samples say about the host's CPU, when it is
+/// saturated by work that is not theirs to fix.
+pub(super) struct HostSaturated {
+    /// Ready instances measured.
+    pub(super) instances: usize,
+    /// Their mean fraction of an interval spent waiting for a core, and running.
+    pub(super) waiting: f64,
+    pub(super) running: f64,
+}
+
+/// `Some` when the ready instances (those measured: under `auto`, once sampled) waited
+/// for a core, on average, at least [`HOST_BUSY_WAITING`] of their last interval and at
+/// least as long as they ran: the host has no core for another instance.
+pub(super) fn host_saturated(inner: &Inner) -> Option<HostSaturated> {
+    let (instances, waiting, running) = inner
+        .slots
+        .iter()
+        .filter(|s| s.state == InstanceState::Ready && !s.refused)
+        .filter_map(|s| s.cpu_waiting.zip(s.cpu_busy))
+        .fold((0usize, 0.0, 0.0), |(n, w, r), (wait, busy)| {
+            (n + 1, w + wait, r + busy)
+        });
+    if instances == 0 {
+        return None;
+    }
+    let (waiting, running) = (waiting / instances as f64, running / instances as f64);
+    (waiting >= HOST_BUSY_WAITING && waiting >= running).then_some(HostSaturated {
+        instances,
+        waiting,
+        running,
+    })
+}
+
 /// Mean demand over the stable and the panic window.
 pub(super) fn demand_means(inner: &Inner, now: Instant) -> (f64, f64) {
     (
         window_mean(&inner.demand, now, STABLE_WINDOW),
         window_mean(&inner.demand, now, PANIC_WINDOW),
     )
+}
+
+/// How full scale-in may leave the remaining instances, on average, for a demand of
+/// mean `mean` whose high percentile is `high`: the room the peak needs above the mean,
+/// within [`MIN_SCALE_IN_UTILIZATION`] and [`MAX_SCALE_IN_UTILIZATION`]. No demand at all
+/// fits anywhere (the ceiling).
+fn scale_in_utilization(mean: f64, high: f64) -> f64 {
+    let ratio = if high > 0.0 { mean / high } else { 1.0 };
+    if !ratio.is_finite() {
+        return MIN_SCALE_IN_UTILIZATION;
+    }
+    ratio.clamp(MIN_SCALE_IN_UTILIZATION, MAX_SCALE_IN_UTILIZATION)
+}
+
+/// The `q` quantile (nearest rank) of the demand samples kept (the stable window).
+fn percentile(demand: &VecDeque<(Instant, f64)>, q: f64) -> f64 {
+    let mut values: Vec<f64> = demand.iter().map(|(_, d)| *d).collect();
+    if values.is_empty() {
+        return 0.0;
+    }
+    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    let (_, nth, _) = values.select_nth_unstable_by(rank - 1, f64::total_cmp);
+    *nth
 }
 
 fn window_mean(demand: &VecDeque<(Instant, f64)>, now: Instant, window: Duration) -> f64 {
@@ -280,5 +393,42 @@ fn window_mean(demand: &VecDeque<(Instant, f64)>, now: Instant, window: Duration
         0.0
     } else {
         sum / n as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_steady_demand_may_fill_the_remaining_instances_nearly_to_their_limits() {
+        assert_eq!(scale_in_utilization(7.0, 7.0), MAX_SCALE_IN_UTILIZATION);
+        assert_eq!(scale_in_utilization(0.0, 0.0), MAX_SCALE_IN_UTILIZATION);
+    }
+
+    #[test]
+    fn a_bursty_demand_keeps_room_for_its_peak_within_the_floor() {
+        assert!((scale_in_utilization(6.0, 8.0) - 0.75).abs() < 1e-9);
+        assert_eq!(scale_in_utilization(7.0, 14.0), 0.5);
+        assert_eq!(
+            scale_in_utilization(1.0, 40.0),
+            MIN_SCALE_IN_UTILIZATION,
+            "a rare spike does not hold idle instances beyond twice the mean"
+        );
+        assert_eq!(
+            scale_in_utilization(f64::NAN, 3.0),
+            MIN_SCALE_IN_UTILIZATION
+        );
+    }
+
+    #[test]
+    fn the_percentile_is_the_nearest_rank() {
+        let t = Instant::now();
+        let mut demand: VecDeque<(Instant, f64)> = (1..=200).map(|d| (t, f64::from(d))).collect();
+        assert_eq!(percentile(&demand, 0.99), 198.0);
+        assert_eq!(percentile(&demand, 1.0), 200.0);
+        demand.truncate(1);
+        assert_eq!(percentile(&demand, 0.99), 1.0);
+        assert_eq!(percentile(&VecDeque::new(), 0.99), 0.0);
     }
 }

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::lifecycle::STUCK_GRACE;
+use super::scaling::host_saturated;
 use super::{Inner, InstanceState, Pool, Slot};
 use crate::meter::Meter;
 use crate::{
@@ -204,14 +205,15 @@ impl Pool {
     }
 
     /// The wait a new call would have before a slot frees, when that plus its own run is
-    /// longer than `left` (the time to its deadline) and the pool cannot add capacity: the queue
-    /// ahead of it times the smoothed service time, over the slots of the live instances.
-    /// `None` when the call should queue: it can make it, or more instances may come,
-    /// or nothing has been measured yet.
+    /// longer than `left` (the time to its deadline) and the pool cannot add capacity (it
+    /// is at `max_instances`, or the host's CPU is saturated and scale-out holds): the
+    /// queue ahead of it times the smoothed service time, over the slots of the live
+    /// instances. `None` when the call should queue: it can make it, or more instances
+    /// may come, or nothing has been measured yet.
     fn hopeless_wait(&self, inner: &Inner, left: Duration) -> Option<Duration> {
         let service = inner.service_secs?;
         let live: Vec<&Slot> = inner.slots.iter().filter(|s| s.is_live()).collect();
-        if (live.len() as u32) < self.config.max_instances {
+        if (live.len() as u32) < self.config.max_instances && host_saturated(inner).is_none() {
             return None;
         }
         let capacity: u32 = live.iter().map(|s| s.limit).sum();

@@ -65,10 +65,6 @@ const SATURATED_FRACTION_OF_TARGET: f64 = 0.6;
 /// saturated too; shorter than that, growth may still come (the controller samples once
 /// a second).
 const HELD_FOR: Duration = Duration::from_secs(3);
-/// An instance that waited for a core this fraction of its last interval or more is short
-/// of CPU the host does not have: neither a CPU-busy nor a held instance then makes
-/// another instance worth starting (it would wait too, and add to everyone's wait).
-const HOST_BUSY_WAITING: f64 = 0.25;
 
 /// What one pool can take now, for a caller that paces itself to it rather than queueing
 /// (a queue poller, whose backlog waits just as well in its queue): calls queued here
@@ -185,7 +181,7 @@ impl Pool {
                     let waiting = s.cpu_waiting.unwrap_or(0.0);
                     // Waiting for a core: the host's CPU is taken, and another instance
                     // would only wait with it.
-                    let host_busy = waiting >= HOST_BUSY_WAITING;
+                    let host_busy = s.waits_for_core();
                     s.limit >= self.config.max_concurrency
                         || (!host_busy
                             && s.cpu_busy.is_some()
