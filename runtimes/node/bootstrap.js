@@ -734,7 +734,9 @@ async function main() {
     const vars = await waitForAssign();
     if (exiting) return;
     for (const key of Object.keys(vars)) {
-      if (typeof vars[key] === 'string') env[key] = vars[key];
+      // Only what changes: writing TZ, even unchanged, makes V8 drop its time-zone data
+      // and read it again at the next Date (a cold start's first log line).
+      if (typeof vars[key] === 'string' && env[key] !== vars[key]) env[key] = vars[key];
     }
     delete env.SHOAL_POOLED;
     readFunctionEnv();

@@ -460,8 +460,13 @@ impl InstanceLauncher for ProcessLauncher {
             sandbox: self.sandbox.clone(),
         };
         let pooled = warm::Shape::of(&start.code).and_then(|shape| self.warm.take(shape));
-        if let Some(pooled) = pooled {
-            return Box::pin(native::assign(pooled, start));
+        if let Some((pooled, assigning)) = pooled {
+            return Box::pin(async move {
+                let started = native::assign(pooled, start).await;
+                // The instance is up (or failed): now the pool may refill.
+                drop(assigning);
+                started
+            });
         }
         match start.code.runtime {
             RuntimeKind::Node => {

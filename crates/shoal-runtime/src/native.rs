@@ -83,6 +83,7 @@ pub(crate) async fn launch(
         },
         start.logs.clone(),
     )
+    .await
     .map_err(|e| start.error(ErrorType::Unknown, format!("starting {program}: {e}")))?;
     let (read, write) = ours.into_split();
     let reader = BufReader::with_capacity(256 * 1024, read);
@@ -102,7 +103,7 @@ pub(crate) struct RuntimeSpawn<'a> {
 }
 
 /// Start the runtime process with its end of a fresh channel; returns ours.
-pub(crate) fn spawn_runtime(
+pub(crate) async fn spawn_runtime(
     spec: RuntimeSpawn<'_>,
     logs: Arc<dyn LogSink>,
 ) -> Result<(Spawned, UnixStream), String> {
@@ -139,6 +140,7 @@ pub(crate) fn spawn_runtime(
         },
         logs,
     )
+    .await
     .map_err(|e| e.to_string())?;
     Ok((spawned, ours))
 }
@@ -264,7 +266,7 @@ pub(crate) async fn spawn_pooled(
 ) -> Result<Pooled, String> {
     let task_dir = spec.cwd.to_owned();
     let owner = spec.owner.clone();
-    let (spawned, ours) = spawn_runtime(spec, logs)?;
+    let (spawned, ours) = spawn_runtime(spec, logs).await?;
     let (read, write) = ours.into_split();
     let mut reader = BufReader::with_capacity(256 * 1024, read);
     let first = match first_frame(start_timeout, &spawned, &mut reader).await {

@@ -86,8 +86,48 @@ pub(crate) struct SpawnSpec<'a> {
     pub channel: Option<OwnedFd>,
 }
 
+/// Threads that fork instance processes (see [`fork_thread`]).
+const FORK_THREADS: usize = 4;
+
+type ForkJob = Box<dyn FnOnce() + Send>;
+
+/// Where the fork of every process happens: a few threads of the daemon's own that never
+/// exit. Not a runtime worker: until the child has executed, the parent waits (the child
+/// joins its cgroups first, which on cgroup v1 waits for an RCU grace period, often 10 ms
+/// or more), and a worker blocked that long holds up every connection and instance
+/// channel it serves — among them the instance whose start asked for this process (a
+/// warm pool's refill). Not tokio's blocking pool either: the child asks for SIGKILL when
+/// its parent *thread* ends (`PR_SET_PDEATHSIG`), and a blocking-pool thread ends after
+/// ten idle seconds, killing every instance it forked.
+fn fork_thread() -> &'static std::sync::mpsc::Sender<ForkJob> {
+    static JOBS: std::sync::OnceLock<std::sync::mpsc::Sender<ForkJob>> = std::sync::OnceLock::new();
+    JOBS.get_or_init(|| {
+        let (jobs, queue) = std::sync::mpsc::channel::<ForkJob>();
+        let queue = Arc::new(Mutex::new(queue));
+        for n in 0..FORK_THREADS {
+            let queue = queue.clone();
+            let started = std::thread::Builder::new()
+                .name(format!("shoal-fork-{n}"))
+                .spawn(move || loop {
+                    let job = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                });
+            if let Err(e) = started {
+                // Fewer threads only fork fewer processes at once; with none, every
+                // spawn fails (the queue has no receiver left).
+                tracing::error!(error = %e, "starting a process-forking thread");
+            }
+        }
+        jobs
+    })
+}
+
+/// Start the process, forked from one of the daemon's fork threads ([`fork_thread`]).
 #[allow(clippy::disallowed_methods)] // this crate is the one place that spawns processes
-pub(crate) fn spawn(spec: SpawnSpec<'_>, logs: Arc<dyn LogSink>) -> std::io::Result<Spawned> {
+pub(crate) async fn spawn(spec: SpawnSpec<'_>, logs: Arc<dyn LogSink>) -> std::io::Result<Spawned> {
     let mut command = match &spec.sandbox {
         Some(plan) => {
             let mut command = Command::new(&plan.bwrap);
@@ -141,9 +181,23 @@ pub(crate) fn spawn(spec: SpawnSpec<'_>, logs: Arc<dyn LogSink>) -> std::io::Res
         identity: spec.sandbox.as_ref().map(|p| p.uid.uid),
     };
     before_exec.install(&mut command);
-    let mut child = command.spawn()?;
-    // The child has its copies now.
-    drop((channel, seccomp, spec.channel));
+    let inherited = (channel, seccomp, spec.channel);
+    let runtime = tokio::runtime::Handle::current();
+    let (spawned, child) = tokio::sync::oneshot::channel();
+    fork_thread()
+        .send(Box::new(move || {
+            // The child is watched by this runtime's process driver.
+            let _runtime = runtime.enter();
+            let child = command.spawn();
+            // The child has its copies now.
+            drop(inherited);
+            // Nobody waiting: the child is dropped, and killed (`kill_on_drop`).
+            let _ = spawned.send(child);
+        }))
+        .map_err(|_| std::io::Error::other("no thread left to start processes from"))?;
+    let mut child = child
+        .await
+        .map_err(|_| std::io::Error::other("the process-forking thread failed"))??;
     let uid = spec.sandbox.map(|plan| plan.uid);
     let pid = child.id().unwrap_or(0);
     let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
@@ -434,4 +488,53 @@ async fn pump<R: AsyncRead + Unpin>(
         });
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    struct NoLogs;
+    impl LogSink for NoLogs {
+        fn line(&self, _: &str, _: &str, _: LogStream, _: &str) {}
+    }
+
+    /// A process asks to die with the thread that forked it, so that thread must live as
+    /// long as the daemon: forked from tokio's blocking pool, instances were killed ten
+    /// seconds after their start, when the idle thread ended.
+    #[test]
+    fn a_process_outlives_the_runtime_threads_that_go_idle() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .thread_keep_alive(Duration::from_millis(20))
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let scratch = std::env::temp_dir().join(format!("shoal-fork-{}", std::process::id()));
+            std::fs::create_dir_all(&scratch).unwrap();
+            let spawned = spawn(
+                SpawnSpec {
+                    program: Path::new("/usr/bin/sleep"),
+                    args: &["30".to_owned()],
+                    cwd: Path::new("/"),
+                    env: vec![],
+                    owner: Owner::new("f", "f-1-1"),
+                    scratch: &scratch,
+                    cgroup: None,
+                    sandbox: None,
+                    channel: None,
+                },
+                Arc::new(NoLogs),
+            )
+            .await
+            .unwrap();
+            // Many times the blocking pool's keep-alive: any idle thread of it has ended.
+            // Nothing to await instead: what is tested is that nothing happens.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert_eq!(*spawned.exit.borrow(), None, "the process died early");
+            spawned.kill.notify_one();
+            assert_eq!(exit_reason(spawned.exit.clone()).await, "killed by SIGKILL");
+        });
+    }
 }

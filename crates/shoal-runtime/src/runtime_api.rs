@@ -116,6 +116,7 @@ pub(crate) async fn launch(start: Launch) -> Result<Arc<dyn InstanceHandle>, Lau
         },
         start.logs.clone(),
     )
+    .await
     .map_err(|e| {
         start.error(
             ErrorType::InvalidEntrypoint,
