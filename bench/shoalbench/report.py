@@ -641,20 +641,25 @@ def efficiency_goals(res: dict) -> str:
             f"{fmt(last, 2) if last is not None else '-'} s",
             "no new call goes to it: no call sent from 3 s on fails", last is None or last < 3.0)
     oh = res.get("overhead", {}).get("rows", {})
-    d16 = oh.get("direct", {}).get("16")
-    n16 = oh.get("shoal-native", {}).get("16")
+
+    def at(contender, level):
+        # Levels are ints in a fresh run's results and strings once read back from JSON.
+        by = oh.get(contender, {})
+        return by.get(level, by.get(str(level)))
+
+    d16, n16 = at("direct", 16), at("shoal-native", 16)
     if d16 and n16:
         t = n16["rps"] / d16["rps"]
         row("no-op at c=16: throughput vs direct", EFFICIENCY_BEFORE["overhead-c16"], f"{t:.2f}×", "≥ 0.8×", t >= 0.8)
         row("no-op at c=16: daemon CPU per request; runtime vs direct", EFFICIENCY_BEFORE["overhead-cpu"],
             f"{n16['daemon_us']:.0f} µs; runtime {n16['runtime_us']:.0f} µs vs direct {d16['runtime_us']:.0f}",
             "≤ 12 µs; runtime ≤ direct", n16["daemon_us"] <= 12 and n16["runtime_us"] <= d16["runtime_us"])
-    d1, n1 = oh.get("direct", {}).get("1"), oh.get("shoal-native", {}).get("1")
+    d1, n1 = at("direct", 1), at("shoal-native", 1)
     if d1 and n1:
         added = (n1["p50_ms"] - d1["p50_ms"]) * 1000
         row("added median latency at c=1", EFFICIENCY_BEFORE["overhead-c1"], f"+{added:.0f} µs", "≤ +25 µs", added <= 25)
     for name in ("shoal-provided", "shoal-provided-node"):
-        p16 = oh.get(name, {}).get("16")
+        p16 = at(name, 16)
         if d16 and p16:
             t = p16["rps"] / d16["rps"]
             client = "compiled client" if name == "shoal-provided" else "Node.js client"
