@@ -480,19 +480,9 @@ def main() -> int:
     parser.add_argument("--settle", type=float,
                         help="seconds to wait for redeliveries once every id came (default 35: "
                              "beyond the 30 s lease; 3 quick)")
-    parser.add_argument("--visibility-timeout", type=int, default=5, help="the queue's, in seconds")
     parser.add_argument("--stall", type=float, default=45,
                         help="seconds without a new delivery before the drain gives up (beyond the 30 s lease)")
-    parser.add_argument("--drain-timeout", type=float, help="seconds to wait for delivery after the kills")
-    parser.add_argument("--send-patience", type=float, help="seconds the sending phase may take at most")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--shoal", help="the shoal binary (default: build it with cargo)")
-    parser.add_argument("--release", action=argparse.BooleanOptionalAction, default=None,
-                        help="build in release (default for the full form)")
-    parser.add_argument("--record", action=argparse.BooleanOptionalAction, default=None,
-                        help="write docs/KILL-CLUSTER.json and its section of docs/BENCHMARKS.md "
-                             "(default for the full form)")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    kill.harness_args(parser, "docs/KILL-CLUSTER.json")
     args = parser.parse_args()
     q = args.quick
     args.messages = args.messages or (1_000 if q else 20_000)

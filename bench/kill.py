@@ -1058,6 +1058,21 @@ def summary(res: dict) -> str:
     return "\n".join(lines)
 
 
+def harness_args(parser: argparse.ArgumentParser, record: str) -> None:
+    """The options this test and its cluster form (bench/cluster_kill.py) share; `record`
+    is the JSON file `--record` writes."""
+    parser.add_argument("--visibility-timeout", type=int, default=5, help="the queue's, in seconds")
+    parser.add_argument("--drain-timeout", type=float, help="seconds to wait for delivery after the kills")
+    parser.add_argument("--send-patience", type=float, help="seconds the sending phase may take at most")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--shoal", help="the shoal binary (default: build it with cargo)")
+    parser.add_argument("--release", action=argparse.BooleanOptionalAction, default=None,
+                        help="build in release (default for the full form)")
+    parser.add_argument("--record", action=argparse.BooleanOptionalAction, default=None,
+                        help=f"write {record} and its section of docs/BENCHMARKS.md (default for the full form)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="2,000 ids and 20 kills (CI)")
@@ -1066,18 +1081,9 @@ def main() -> int:
     parser.add_argument("--async-share", type=float, default=0.25, help="share of ids sent as Event invokes (1 = no queue)")
     parser.add_argument("--no-schedule", action="store_true", help="deploy no schedule")
     parser.add_argument("--mean-uptime", type=float, help="mean seconds between a start and the next kill")
-    parser.add_argument("--visibility-timeout", type=int, default=5, help="the queue's, in seconds")
     parser.add_argument("--fail-every", type=int, default=40,
                         help="refuse the first delivery of one queue id in N (async: one in 2N; none with --quick)")
-    parser.add_argument("--drain-timeout", type=float, help="seconds to wait for delivery after the kills")
-    parser.add_argument("--send-patience", type=float, help="seconds the sending phase may take at most")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--shoal", help="the shoal binary (default: build it with cargo)")
-    parser.add_argument("--release", action=argparse.BooleanOptionalAction, default=None,
-                        help="build in release (default for the full form)")
-    parser.add_argument("--record", action=argparse.BooleanOptionalAction, default=None,
-                        help="write docs/KILL.json and its section of docs/BENCHMARKS.md (default for the full form)")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    harness_args(parser, "docs/KILL.json")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args()
     q = args.quick

@@ -9,6 +9,7 @@
 //! Parsing reads fields by name, so a line from an older daemon with fewer fields still
 //! reads.
 
+use shoal_events::json;
 use std::fmt;
 use std::time::Duration;
 
@@ -112,19 +113,19 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // One line per call: numbers are written by hand (see `fixed`), not through
         // float formatting, which cost more than the rest of the line.
-        let mut digits = [0u8; 32];
+        let mut digits = [0u8; 20];
         f.write_str("REPORT RequestId: ")?;
         f.write_str(&self.request_id)?;
         f.write_str("\tDuration: ")?;
         fixed(f, &mut digits, self.duration_ms, 2)?;
         f.write_str(" ms\tBilled Duration: ")?;
-        f.write_str(integer(&mut digits, self.billed_ms()))?;
+        f.write_str(json::decimal(self.billed_ms(), &mut digits))?;
         f.write_str(" ms\tMemory Size: ")?;
-        f.write_str(integer(&mut digits, self.memory_size_mb))?;
+        f.write_str(json::decimal(self.memory_size_mb, &mut digits))?;
         f.write_str(" MB")?;
         if let Some(used) = self.max_memory_used_mb {
             f.write_str("\tMax Memory Used: ")?;
-            f.write_str(integer(&mut digits, used))?;
+            f.write_str(json::decimal(used, &mut digits))?;
             f.write_str(" MB")?;
         }
         if let Some(init) = self.init_ms {
@@ -150,27 +151,13 @@ impl fmt::Display for Report {
     }
 }
 
-/// `n` in decimal, in the tail of `digits`.
-fn integer(digits: &mut [u8; 32], mut n: u64) -> &str {
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    std::str::from_utf8(&digits[at..]).expect("ASCII digits")
-}
-
 /// `value` with `decimals` places, as `{:.N}` writes it. By integer arithmetic when that
 /// is certainly the same text: a value that is not negative, not huge, and not within a
 /// millionth of a rounding tie (where the product's own rounding could tip it); through
 /// `{:.N}` otherwise.
 fn fixed(
     f: &mut fmt::Formatter<'_>,
-    digits: &mut [u8; 32],
+    digits: &mut [u8; 20],
     value: f64,
     decimals: u32,
 ) -> fmt::Result {
@@ -180,24 +167,18 @@ fn fixed(
     if !(0.0..1e12).contains(&scaled) || tie {
         return write!(f, "{value:.*}", decimals as usize);
     }
-    let mut n = scaled.round() as u64;
-    let mut at = digits.len();
-    for _ in 0..decimals {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
+    let n = scaled.round() as u64;
+    let unit = 10u64.pow(decimals);
+    f.write_str(json::decimal(n / unit, digits))?;
+    f.write_str(".")?;
+    let mut places = [b'0'; 9];
+    let places = &mut places[..decimals as usize];
+    let mut rest = n % unit;
+    for place in places.iter_mut().rev() {
+        *place = b'0' + (rest % 10) as u8;
+        rest /= 10;
     }
-    at -= 1;
-    digits[at] = b'.';
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    f.write_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"))
+    f.write_str(std::str::from_utf8(places).expect("ASCII digits"))
 }
 
 /// Lambda's `START` line.
@@ -206,7 +187,7 @@ pub fn start_line(request_id: &str, version: u32) -> String {
     line.push_str("START RequestId: ");
     line.push_str(request_id);
     line.push_str(" Version: ");
-    line.push_str(integer(&mut [0u8; 32], u64::from(version)));
+    line.push_str(json::decimal(u64::from(version), &mut [0u8; 20]));
     line
 }
 

@@ -82,8 +82,13 @@ fn escape_mask(word: u64) -> u64 {
 }
 
 /// Append `n` in decimal.
-pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
+pub fn push_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(decimal(n, &mut [0u8; 20]).as_bytes());
+}
+
+/// `n` in decimal, written into the tail of `digits` (20 places hold any `u64`): for
+/// writers that are not a byte buffer, without `format!`.
+pub fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &str {
     let mut at = digits.len();
     loop {
         at -= 1;
@@ -93,7 +98,7 @@ pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
             break;
         }
     }
-    out.extend_from_slice(&digits[at..]);
+    std::str::from_utf8(&digits[at..]).expect("ASCII digits")
 }
 
 #[cfg(test)]

@@ -175,8 +175,7 @@ impl Pool {
         {
             return;
         }
-        let stable = window_mean(&inner.demand, now, STABLE_WINDOW);
-        let panic = window_mean(&inner.demand, now, PANIC_WINDOW);
+        let (stable, panic) = demand_means(inner, now);
         let mean_limit = ready
             .iter()
             .map(|&i| inner.slots[i].limit as f64)
